@@ -1,0 +1,122 @@
+"""Fixed-key AES-128 PRG in Matyas-Meyer-Oseas form (DESIGN §5.2).
+
+``H_k(s) = AES_k(sigma(s)) XOR sigma(s)`` with the orthomorphism
+``sigma(hi, lo) = (hi XOR lo, hi)``. Three public fixed keys give three independent
+hashes: ``L`` and ``R`` expand a tree node into its children, ``V`` expands values.
+
+A 128-bit block is a pair of uint64 words stored as ``[..., 2]`` arrays with index 0 the
+low word (bytes 0-7, little endian) and index 1 the high word (bytes 8-15), so a
+C-contiguous ``(N, 2)`` uint64 array *is* the byte string AES sees. The round keys are
+expanded once per process (one ``cryptography`` encryptor per fixed key, reused for every
+call); a whole tree level goes through one ``update_into`` call.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+
+def _fixed_key(label: str) -> bytes:
+    """Public, nothing-up-my-sleeve AES keys: SHA-256 of a label, first 16 bytes."""
+    return hashlib.sha256(f"fusec/prg/v1/{label}".encode()).digest()[:16]
+
+
+FIXED_KEYS: dict[str, bytes] = {name: _fixed_key(name) for name in ("L", "R", "V")}
+
+#: Domain-separation tweaks XORed into the high word before hashing values, so the value
+#: stream of a tree level and the leaf conversion never hash the same block.
+TWEAK_LEVEL_VALUE = np.uint64(0)
+TWEAK_LEAF_VALUE = np.uint64(1 << 62)
+
+
+def sigma(blocks: np.ndarray) -> np.ndarray:
+    """sigma(hi, lo) = (hi ^ lo, hi) on [..., 2] uint64 blocks (index 0 = lo)."""
+    out = np.empty_like(blocks)
+    out[..., 0] = blocks[..., 1]
+    out[..., 1] = blocks[..., 1] ^ blocks[..., 0]
+    return out
+
+
+class AesMmo:
+    """H_k for one fixed key; keeps a single ECB encryptor so the key schedule runs once."""
+
+    def __init__(self, key: bytes):
+        self.key = key
+        self._enc = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
+        self.calls = 0  # AES block encryptions done, for cost accounting in tests/bench
+
+    def __call__(self, blocks: np.ndarray) -> np.ndarray:
+        shape = blocks.shape
+        flat = np.ascontiguousarray(sigma(blocks).reshape(-1, 2))
+        nbytes = flat.size * 8
+        out = bytearray(nbytes + 15)
+        n = self._enc.update_into(memoryview(flat).cast("B"), out)
+        assert n == nbytes
+        enc = np.frombuffer(out, dtype=np.uint64, count=flat.size).reshape(flat.shape)
+        self.calls += flat.shape[0]
+        return (enc ^ flat).reshape(shape)
+
+
+class CpuPrg:
+    """The three hashes plus the value-stream expansion, on numpy arrays."""
+
+    def __init__(self) -> None:
+        self.h = {name: AesMmo(key) for name, key in FIXED_KEYS.items()}
+
+    def children(self, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Uncorrected child blocks (H_L(s), H_R(s)); callers clear t from s first."""
+        return self.h["L"](seeds), self.h["R"](seeds)
+
+    def child(self, seeds: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """Only the child each element walks to (one AES per element): ``right`` is 0/1."""
+        out = np.empty_like(seeds)
+        r = right.astype(bool)
+        if r.any():
+            out[r] = self.h["R"](seeds[r])
+        if (~r).any():
+            out[~r] = self.h["L"](seeds[~r])
+        return out
+
+    def value_blocks(self, blocks: np.ndarray, nblocks: int, tweak: np.uint64) -> np.ndarray:
+        """``nblocks`` pseudorandom 128-bit blocks per input: H_V(b ^ (i, tweak)), i < nblocks.
+
+        Returns shape ``blocks.shape[:-1] + (nblocks, 2)``.
+        """
+        tw = np.repeat(blocks[..., None, :], nblocks, axis=-2)
+        tw[..., 0] ^= np.arange(nblocks, dtype=np.uint64)
+        tw[..., 1] ^= tweak
+        return self.h["V"](tw)
+
+    @property
+    def aes_calls(self) -> int:
+        return sum(h.calls for h in self.h.values())
+
+
+def words_to_fields(blocks: np.ndarray, count: int, bits: int) -> np.ndarray:
+    """Cut ``count`` consecutive ``bits``-wide fields out of a stream of 128-bit blocks.
+
+    ``blocks`` has shape ``(..., nblocks, 2)``; the stream is the little-endian
+    concatenation of the blocks. Returns ``(..., count)`` uint64. Needs
+    ``nblocks * 128 >= count * bits``.
+    """
+    words = blocks.reshape(blocks.shape[:-2] + (-1,))
+    if bits == 64:
+        return words[..., :count].copy()
+    m = np.uint64((1 << bits) - 1)
+    starts = np.arange(count) * bits
+    w0 = starts // 64
+    sh = (starts % 64).astype(np.uint64)
+    first = words[..., w0] >> sh
+    spill = (starts % 64) + bits > 64
+    if spill.any():
+        nxt = np.minimum(w0 + 1, words.shape[-1] - 1)
+        second = np.where(spill, words[..., nxt] << ((np.uint64(64) - sh) & np.uint64(63)), np.uint64(0))
+        first = first | second
+    return first & m
+
+
+def blocks_needed(count: int, bits: int) -> int:
+    """128-bit blocks needed to hold ``count`` fields of ``bits`` bits."""
+    return max(1, (count * bits + 127) // 128)

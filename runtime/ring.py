@@ -1,0 +1,141 @@
+"""Arithmetic in Z_{2^n} for any width 1..64, stored in uint64 arrays.
+
+All functions take an array module ``xp`` implicitly through the array they are given
+(numpy on the CPU, CuPy on the GPU share this code): they only use operators and
+``astype``/``view`` that both libraries provide. Values are always kept reduced to
+``[0, 2^n)``; arithmetic on uint64 wraps mod 2^64, so reducing mod 2^n is one AND.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from fusec.errors import ParameterError
+
+U64 = np.uint64
+
+
+def check_bits(bits: int, what: str = "ring width") -> int:
+    """Validate a bit width (1..64) and return it as int."""
+    if not isinstance(bits, (int, np.integer)) or not 1 <= int(bits) <= 64:
+        raise ParameterError(
+            f"{what} must be between 1 and 64 bits, got {bits!r}",
+            "values live in uint64; pick n <= 64 (the baselines use n=50, f=12 or n=37)",
+        )
+    return int(bits)
+
+
+def mask(bits: int) -> np.uint64:
+    """2^bits - 1 as uint64 (all ones for bits == 64)."""
+    bits = check_bits(bits)
+    return U64((1 << bits) - 1)
+
+
+def reduce(x, bits: int):
+    """x mod 2^bits, as uint64 (works on numpy and CuPy arrays)."""
+    return x & mask(bits)
+
+
+def lo(x, k: int):
+    """lo_k(x) = x mod 2^k (k may be 0)."""
+    if k == 0:
+        return x & U64(0)
+    return x & mask(k)
+
+
+def hi(x, s: int):
+    """hi_s(x) = floor(x / 2^s) for x already reduced (logical shift)."""
+    if s == 0:
+        return x.copy()
+    if s >= 64:
+        return x & U64(0)
+    return x >> U64(s)
+
+
+def msb(x, bits: int):
+    """Most significant bit of the bits-wide value, as uint64 0/1."""
+    return (x >> U64(bits - 1)) & U64(1)
+
+
+def to_signed(x, bits: int):
+    """Two's-complement reading of an n-bit value, as int64."""
+    bits = check_bits(bits)
+    if bits == 64:
+        return x.view(np.int64) if hasattr(x, "view") else np.int64(x)
+    xs = (x & mask(bits)).astype(np.int64)
+    half = np.int64(1 << (bits - 1))
+    return xs - ((xs >= half).astype(np.int64) << np.int64(bits))
+
+
+def from_signed(x, bits: int):
+    """int64 (or int) values -> n-bit ring elements in uint64."""
+    arr = np.asarray(x) if not hasattr(x, "astype") else x
+    return arr.astype(np.int64).view(np.uint64) & mask(bits) if arr.dtype != np.uint64 else arr & mask(bits)
+
+
+def encode_fixed(values, frac_bits: int, bits: int) -> np.ndarray:
+    """Round real numbers to fixed point with ``frac_bits`` fractional bits in Z_{2^bits}."""
+    v = np.rint(np.asarray(values, dtype=np.float64) * float(2 ** frac_bits))
+    limit = 2.0 ** (bits - 1)
+    if v.size and (np.max(v) >= limit or np.min(v) < -limit):
+        raise ParameterError(
+            f"value {float(np.max(np.abs(v))) / 2 ** frac_bits:g} does not fit fixed point "
+            f"with n={bits}, f={frac_bits}",
+            "use a wider ring (n) or fewer fractional bits (f)",
+        )
+    return from_signed(v.astype(np.int64), bits)
+
+
+def decode_fixed(x, frac_bits: int, bits: int) -> np.ndarray:
+    """Inverse of :func:`encode_fixed`."""
+    return to_signed(np.asarray(x, dtype=np.uint64), bits).astype(np.float64) / float(2 ** frac_bits)
+
+
+# ---------------------------------------------------------------- bit packing
+def packed_size(count: int, bits: int) -> int:
+    """Bytes needed for ``count`` values of ``bits`` bits each (rounded up to a byte)."""
+    return (count * bits + 7) // 8
+
+
+def pack_bits(values, bits: int) -> np.ndarray:
+    """Pack n-bit values (any shape, flattened C-order) into a dense little-endian byte string.
+
+    Value i occupies bits [i*bits, (i+1)*bits) of the stream, least significant bit first.
+    Widths 8/16/32/64 are byte views; other widths go through a bit matrix. Returns uint8.
+    """
+    bits = check_bits(bits, "packing width")
+    v = np.ascontiguousarray(np.asarray(values, dtype=np.uint64).reshape(-1))
+    if bits in (8, 16, 32, 64):
+        return v.astype(np.dtype(f"<u{bits // 8}")).view(np.uint8).copy()
+    if 64 % bits == 0:
+        per = 64 // bits
+        n = v.size
+        padded = np.zeros(((n + per - 1) // per) * per, dtype=np.uint64)
+        padded[:n] = v & mask(bits)
+        shifts = (np.arange(per, dtype=np.uint64) * U64(bits))
+        words = np.bitwise_or.reduce(padded.reshape(-1, per) << shifts, axis=1)
+        return words.astype("<u8").view(np.uint8)[: packed_size(n, bits)].copy()
+    shifts = np.arange(bits, dtype=np.uint64)
+    bitmat = ((v[:, None] >> shifts) & U64(1)).astype(np.uint8)
+    return np.packbits(bitmat.reshape(-1), bitorder="little")
+
+
+def unpack_bits(buf, bits: int, count: int) -> np.ndarray:
+    """Inverse of :func:`pack_bits`: ``count`` values of ``bits`` bits from a byte buffer."""
+    bits = check_bits(bits, "packing width")
+    b = np.frombuffer(buf, dtype=np.uint8) if not isinstance(buf, np.ndarray) else buf.reshape(-1)
+    need = packed_size(count, bits)
+    if b.size < need:
+        raise ParameterError(f"buffer holds {b.size} bytes, {need} needed for {count}x{bits}-bit values")
+    if bits in (8, 16, 32, 64):
+        return b[: count * bits // 8].view(np.dtype(f"<u{bits // 8}")).astype(np.uint64)
+    if 64 % bits == 0:
+        per = 64 // bits
+        nwords = (count + per - 1) // per
+        raw = np.zeros(nwords * 8, dtype=np.uint8)
+        raw[:need] = b[:need]
+        words = raw.view("<u8").astype(np.uint64)
+        shifts = (np.arange(per, dtype=np.uint64) * U64(bits))
+        return ((words[:, None] >> shifts) & mask(bits)).reshape(-1)[:count]
+    bitv = np.unpackbits(b[:need], bitorder="little")[: count * bits].reshape(count, bits)
+    weights = (U64(1) << np.arange(bits, dtype=np.uint64))
+    return (bitv.astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)

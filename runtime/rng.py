@@ -1,0 +1,51 @@
+"""The dealer's randomness: a CSPRNG (DESIGN §1).
+
+Seeds come from ``os.urandom``; they are expanded with AES-128-CTR (``cryptography``), so
+generating gigabytes of masks and tree seeds is fast. Tests may pass a fixed 16-byte seed
+to make key generation reproducible; production code never does (``fusec keygen`` always
+draws a fresh seed from the OS).
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from fusec.runtime import ring
+
+
+class DealerRng:
+    """AES-CTR keystream as a source of uniform uint64 words."""
+
+    def __init__(self, seed: bytes | None = None):
+        if seed is None:
+            seed = os.urandom(32)
+        key = seed[:16].ljust(16, b"\0")
+        nonce = (seed[16:32] if len(seed) >= 32 else b"").ljust(16, b"\0")
+        self._enc = Cipher(algorithms.AES(key), modes.CTR(nonce)).encryptor()
+
+    def words(self, count: int) -> np.ndarray:
+        """``count`` uniform uint64 words."""
+        zeros = bytes(8 * count)
+        return np.frombuffer(self._enc.update(zeros), dtype=np.uint64).copy()
+
+    def ring(self, shape, bits: int) -> np.ndarray:
+        """Uniform elements of Z_{2^bits} with the given shape."""
+        shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+        n = int(np.prod(shape, dtype=np.int64))
+        return (self.words(n) & ring.mask(bits)).reshape(shape)
+
+    def bits(self, shape) -> np.ndarray:
+        """Uniform 0/1 values as uint64."""
+        return self.ring(shape, 1)
+
+    def blocks(self, shape) -> np.ndarray:
+        """Uniform 128-bit blocks, shape + (2,)."""
+        shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+        return self.ring(shape + (2,), 64)
+
+    def share(self, value: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+        """Additive shares of ``value`` in Z_{2^bits}: s0 + s1 = value."""
+        s0 = self.ring(value.shape, bits)
+        return s0, (value - s0) & ring.mask(bits)
