@@ -1,0 +1,73 @@
+"""Backends: where the online phase's arithmetic runs.
+
+Gates are written once against a :class:`Backend`: array arithmetic through ``be.xp``
+(numpy or CuPy, which share the API the gates use) and the FSS evaluations through the
+backend's methods. The CPU backend is the bit-exact reference; a GPU backend overrides
+the FSS methods with CUDA kernels and ``xp`` with CuPy, and the gates do not change.
+"""
+from __future__ import annotations
+
+from types import ModuleType
+
+import numpy as np
+
+from fusec.errors import FusecError
+from fusec.runtime import dcf, dpf
+from fusec.runtime.prg import CpuPrg
+
+
+class Backend:
+    """Interface every backend implements (CPU reference shown here)."""
+
+    name = "cpu"
+    xp: ModuleType = np
+
+    def __init__(self) -> None:
+        self.prg = CpuPrg()
+
+    # -- data movement: keys and inputs arrive as numpy arrays from files/sockets
+    def asarray(self, a: np.ndarray):
+        return a
+
+    def asnumpy(self, a) -> np.ndarray:
+        return np.asarray(a)
+
+    def stage_key(self, arrays: dict[str, np.ndarray]) -> dict:
+        """Move one gate's key arrays to where ``eval`` runs (device memory on a GPU)."""
+        return {k: self.asarray(v) for k, v in arrays.items()}
+
+    # -- FSS evaluations
+    def dcf_eval(self, party: int, key: dcf.DcfKey, x):
+        return dcf.eval(party, key, x, self.prg)
+
+    def dpf_lt_eval(self, party: int, key: dpf.DpfKey, x):
+        return dpf.lt_eval(party, key, x, self.prg)
+
+    def dpf_eval(self, party: int, key: dpf.DpfKey, x):
+        return dpf.eval(party, key, x, self.prg)
+
+    def dpf_eval_full(self, party: int, key: dpf.DpfKey):
+        return dpf.eval_full(party, key, self.prg)
+
+    @property
+    def aes_calls(self) -> int:
+        """AES blocks this backend has encrypted so far (checks the cost model)."""
+        return self.prg.aes_calls
+
+
+CpuBackend = Backend
+
+
+def get_backend(name: str = "cpu") -> Backend:
+    """The backend called ``name`` ('cpu' or 'gpu'), with a clear error if unavailable."""
+    if name == "cpu":
+        return CpuBackend()
+    if name == "gpu":
+        try:
+            from fusec.runtime.gpu_backend import GpuBackend  # type: ignore
+        except ImportError as e:  # CuPy missing or no GPU backend built
+            raise FusecError(f"the GPU backend is not available here ({e})",
+                             "install fusec[gpu-cuda12] or fusec[gpu-cuda13] on a machine with an NVIDIA GPU, "
+                             "or run with --backend cpu") from None
+        return GpuBackend()
+    raise FusecError(f"unknown backend {name!r}", "choose 'cpu' or 'gpu'")

@@ -1,0 +1,141 @@
+"""What a gate is: one keygen/eval pair over masked wires, with its cost as data.
+
+Masked wires (DESIGN §5.1): a wire of ``bits`` bits carrying x is public as
+``u = x + r mod 2^bits``; the dealer alone knows the mask ``r``. A gate's keygen gets the
+input masks, draws (or derives, for linear gates) the output mask, and returns one key
+per party; its eval turns public inputs into the public masked output.
+
+Eval is a generator: it ``yield``s :class:`Open` requests and receives the reconstructed
+values, then ``return``s the masked output. The executor (protocol.py) advances every
+independent gate until each waits on an open and sends all those opens as one message,
+so a gate never talks to the channel itself and rounds batch across gates for free.
+"""
+from __future__ import annotations
+
+import dataclasses
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Generator
+
+import numpy as np
+
+from fusec.errors import ParameterError
+from fusec.runtime import ring
+from fusec.runtime.rng import DealerRng
+
+Key = dict[str, np.ndarray]
+FieldSpec = tuple[str, tuple[int, ...], int]  # (name, shape, bits)
+
+
+@dataclass(frozen=True)
+class GateCost:
+    """Per-element, per-party cost of one gate (what ``fusec inspect`` prints).
+
+    key_bits: key material per element; aes: AES blocks per element at eval;
+    rounds: sequential opens; open_bits: bits this party sends per element.
+    """
+
+    key_bits: int
+    aes: int
+    rounds: int
+    open_bits: int
+
+    def __add__(self, other: "GateCost") -> "GateCost":
+        return GateCost(self.key_bits + other.key_bits, self.aes + other.aes,
+                        self.rounds + other.rounds, self.open_bits + other.open_bits)
+
+    def parallel(self, other: "GateCost") -> "GateCost":
+        """Cost of two gates run side by side: rounds overlap."""
+        return dataclasses.replace(self + other, rounds=max(self.rounds, other.rounds))
+
+    def as_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+ZERO_COST = GateCost(0, 0, 0, 0)
+
+
+@dataclass
+class Open:
+    """Ask the executor to reconstruct ``share`` (sum of both parties' shares mod 2^bits).
+
+    With ``sender`` set, only that party sends (its share is the whole value, e.g. an
+    input owner sending ``x + r``); the other party contributes nothing and receives it.
+    1-bit opens are XOR openings (sum mod 2). The scope names the profiler bucket.
+    """
+
+    share: Any
+    bits: int
+    sender: int | None = None
+    scope: str = "open"
+
+
+EvalGen = Generator[Open, Any, Any]
+
+
+def field_bits(fields: list[FieldSpec]) -> int:
+    """Total key bits of a list of field specs."""
+    return sum(int(np.prod(shape, dtype=np.int64)) * bits for _, shape, bits in fields)
+
+
+def prefixed(prefix: str, arrays: dict[str, np.ndarray]) -> Key:
+    return {f"{prefix}.{k}": v for k, v in arrays.items()}
+
+
+def unprefixed(prefix: str, key: Key) -> dict[str, np.ndarray]:
+    p = prefix + "."
+    return {k[len(p):]: v for k, v in key.items() if k.startswith(p)}
+
+
+class Gate(ABC):
+    """A keygen/eval pair for ``elements`` independent elements.
+
+    Subclasses set ``kind``, store their parameters, and implement ``fields``,
+    ``keygen``, ``eval`` and ``cost``. ``inputs`` is the number of input wires.
+    """
+
+    kind: ClassVar[str] = "gate"
+    inputs: ClassVar[int] = 1
+
+    def __init__(self, elements: int):
+        if elements <= 0:
+            raise ParameterError(f"{self.kind}: a gate needs at least one element, got {elements}",
+                                 "empty tensors have nothing to compute; drop the node")
+        self.elements = int(elements)
+
+    @abstractmethod
+    def fields(self) -> list[FieldSpec]:
+        """The key layout of one party (same for both), structure of arrays."""
+
+    @abstractmethod
+    def keygen(self, rng: DealerRng, in_masks: list[np.ndarray]) -> tuple[np.ndarray, Key, Key]:
+        """Return (output mask, key of party 0, key of party 1)."""
+
+    @abstractmethod
+    def eval(self, party: int, key: Key, inputs: list, be) -> EvalGen:
+        """Generator: yields :class:`Open` requests, returns the public masked output."""
+
+    @abstractmethod
+    def cost(self) -> GateCost:
+        """Per-element cost, matching what keygen/eval really do."""
+
+    def key_bits_total(self) -> int:
+        return field_bits(self.fields())
+
+    def describe(self) -> dict:
+        """Parameters and cost, for ``fusec inspect``."""
+        params = {k: v for k, v in vars(self).items() if isinstance(v, (int, float, str, bool))}
+        return {"kind": self.kind, **params, "cost": self.cost().as_dict()}
+
+
+def check_width(bits: int, what: str) -> int:
+    return ring.check_bits(bits, what)
+
+
+def run_local(gen: EvalGen):
+    """Drive a generator that must not open anything (linear gates); return its value."""
+    try:
+        req = next(gen)
+    except StopIteration as stop:
+        return stop.value
+    raise RuntimeError(f"gate opened a value ({req}) where none was expected")

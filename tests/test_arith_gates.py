@@ -1,0 +1,59 @@
+"""Multiply, matmul, input/output gates against numpy integer arithmetic."""
+import numpy as np
+import pytest
+
+from fusec.runtime import ring
+from fusec.runtime.gates.arith import MatMulPrivate, Mul
+from fusec.runtime.gates.linear import Add, AddPublic, MatMulPublic, MulPublic
+from fusec.runtime.rng import DealerRng
+from tests.harness import forced_masks, run_gate
+
+
+@pytest.mark.parametrize("n", [1, 3, 6])
+def test_mul_exhaustive_small(n):
+    vals = np.arange(2 ** n, dtype=np.uint64)
+    x, y = np.meshgrid(vals, vals)
+    x, y = x.reshape(-1), y.reshape(-1)
+    for rx in vals:
+        got, _, logs = run_gate(Mul(x.size, n), [x, y], [n, n], in_masks=[np.full_like(x, rx), np.full_like(y, (rx * 5 + 3) % 2 ** n)])
+        assert np.array_equal(got, (x * y) & ring.mask(n))
+    assert logs[0].rounds == 1
+
+
+@pytest.mark.parametrize("n", [37, 50, 64])
+def test_mul_random_and_forced_masks(n):
+    rng = np.random.default_rng(n)
+    x = rng.integers(0, 2 ** 63, 500, dtype=np.uint64) & ring.mask(n)
+    y = rng.integers(0, 2 ** 63, 500, dtype=np.uint64) & ring.mask(n)
+    expect = (x * y) & ring.mask(n)
+    for mask in [None] + forced_masks(x.shape, n):
+        masks = None if mask is None else [mask, mask]
+        got, _, logs = run_gate(Mul(x.size, n), [x, y], [n, n], in_masks=masks)
+        assert np.array_equal(got, expect)
+        assert logs[0].bytes_sent["mul"] == ring.packed_size(x.size, n)
+
+
+def test_matmul_private_and_public_against_numpy():
+    n = 50
+    rng = np.random.default_rng(0)
+    X = rng.integers(-1000, 1000, (2, 3, 4))
+    W = rng.integers(-1000, 1000, (2, 4, 5))
+    expect = ring.from_signed(np.matmul(X, W), n)
+    got, _, _ = run_gate(MatMulPrivate((2, 3, 4), (2, 4, 5), n), [ring.from_signed(X, n), ring.from_signed(W, n)], [n, n])
+    assert np.array_equal(got.reshape(expect.shape), expect)
+    W2 = rng.integers(-1000, 1000, (4, 6))
+    got, _, logs = run_gate(MatMulPublic((2, 3, 4), W2, n), [ring.from_signed(X, n)], [n])
+    assert np.array_equal(got.reshape(2, 3, 6), ring.from_signed(X @ W2, n))
+    assert logs[0].rounds == 0
+
+
+def test_linear_gates():
+    n = 37
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 2 ** n, 100, dtype=np.uint64)
+    y = rng.integers(0, 2 ** n, 100, dtype=np.uint64)
+    m = ring.mask(n)
+    assert np.array_equal(run_gate(Add(100, n), [x, y], [n, n])[0], (x + y) & m)
+    assert np.array_equal(run_gate(Add(100, n, subtract=True), [x, y], [n, n])[0], (x - y) & m)
+    assert np.array_equal(run_gate(MulPublic(100, n, -3), [x], [n])[0], (x * np.uint64(2 ** 64 - 3)) & m)
+    assert np.array_equal(run_gate(AddPublic(100, n, y), [x], [n])[0], (x + y) & m)

@@ -1,0 +1,481 @@
+"""Keystream layout and key files: round trips and every refusal a user can hit."""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from fusec.errors import FusecError, KeyFileError, KeyReuseError, ParameterError
+from fusec.runtime.keyfile import (
+    KeyFile,
+    KeyFileWriter,
+    KeySetReader,
+    new_key_set_id,
+    read_header,
+    used_path,
+)
+from fusec.runtime.layout import GateSlot, KeyField, KeyLayout, pack_gate_key, unpack_gate_key
+
+K = 3
+
+
+def make_layout(bits_c: int = 50) -> KeyLayout:
+    return KeyLayout(
+        [
+            ("g0.cmp", "dcf_lt", 5, (
+                KeyField("scw", (7, 5, 2), 64),
+                KeyField("tcw", (7, 5, 2), 1),
+                KeyField("vcw", (7, 5), bits_c),
+            )),
+            ("g1.lut", "lut", 3, (
+                KeyField("table", (3, 4), 2),
+                KeyField("corr", (3,), 7),
+            )),
+            ("g2.empty", "noop", 0, (KeyField("nothing", (0,), 13),)),
+            ("g3.mul", "mul", 11, (
+                KeyField("rz", (11,), 50),
+                KeyField("bit", (11,), 1),
+                KeyField("scalar", (), 64),
+            )),
+        ]
+    )
+
+
+def random_keys(layout: KeyLayout, rng: np.random.Generator) -> dict[str, dict[str, np.ndarray]]:
+    keys = {}
+    for s in layout.slots:
+        g = {}
+        for f in s.fields:
+            if f.bits == 64:
+                v = rng.integers(0, 2**63, size=f.shape, dtype=np.uint64, endpoint=False) * np.uint64(2) + \
+                    rng.integers(0, 2, size=f.shape, dtype=np.uint64)
+            else:
+                v = rng.integers(0, 2**f.bits, size=f.shape, dtype=np.uint64, endpoint=False)
+            g[f.name] = v
+        keys[s.gate_id] = g
+    return keys
+
+
+def write_pair(tmp_path, layout, n=K, seed=1, stream_p1=True):
+    """Write p0.key (write_set) and p1.key (streaming API); return paths, keys[party][set], ksid."""
+    rng = np.random.default_rng(seed)
+    ksid = new_key_set_id()
+    written = {0: [], 1: []}
+    paths = {b: tmp_path / "keys" / f"p{b}.key" for b in (0, 1)}
+    for b in (0, 1):
+        with KeyFileWriter(paths[b], layout, b, ksid, n) as w:
+            for i in range(n):
+                keys = random_keys(layout, rng)
+                written[b].append(keys)
+                if b == 1 and stream_p1:
+                    w.begin_set(i)
+                    for s in layout.slots:
+                        w.write_gate(s.gate_id, keys[s.gate_id])
+                    w.end_set()
+                else:
+                    w.write_set(i, keys)
+    return paths, written, ksid
+
+
+def read_all(reader: KeySetReader, layout: KeyLayout):
+    out = {s.gate_id: reader.read_gate(s.gate_id) for s in layout.slots}
+    assert reader.remaining_bytes == 0
+    reader.finish()
+    return out
+
+
+def assert_keys_equal(got, want):
+    assert got.keys() == want.keys()
+    for g in want:
+        assert got[g].keys() == want[g].keys()
+        for name, arr in want[g].items():
+            assert got[g][name].dtype == np.uint64
+            assert got[g][name].shape == arr.shape
+            np.testing.assert_array_equal(got[g][name], arr)
+
+
+def flip_byte(path, offset):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+# --------------------------------------------------------------------------- layout
+def test_layout_offsets_alignment_and_sizes():
+    lay = make_layout()
+    pos = 0
+    for s in lay.slots:
+        assert s.offset == pos and s.offset % 8 == 0
+        assert s.nbytes == sum(f.nbytes for f in s.fields)
+        offs = lay.field_offsets(s.gate_id)
+        fpos = s.offset
+        for f in s.fields:
+            assert offs[f.name] == (fpos, f.nbytes)
+            assert fpos % 8 == 0 and f.nbytes % 8 == 0
+            assert f.nbytes >= (f.count * f.bits + 7) // 8
+            assert f.nbytes - (f.count * f.bits + 7) // 8 < 8
+            fpos += f.nbytes
+        pos += s.nbytes
+    assert lay.set_nbytes == pos
+    assert [s.gate_id for s in lay.slots] == ["g0.cmp", "g1.lut", "g2.empty", "g3.mul"]
+    assert lay.slot("g1.lut").kind == "lut"
+    assert KeyField("x", (), 64).count == 1
+    assert KeyField("t", (7, 5, 2), 1).nbytes == 16  # 70 bits -> 9 bytes -> 16
+    rows = lay.describe()
+    assert [r[0] for r in rows] == lay.gate_ids
+    row = rows[0]
+    assert row[1:5] == ("dcf_lt", 5, 0, lay.slot("g0.cmp").nbytes)
+    assert "tcw[7,5,2]:1b" in row[5] and "vcw[7,5]:50b" in row[5]
+    table = lay.format_table()
+    assert "g3.mul" in table and str(lay.set_nbytes) in table
+
+
+def test_layout_json_round_trip_and_digest():
+    lay = make_layout()
+    s = lay.to_json()
+    assert s == make_layout().to_json()  # deterministic
+    assert json.loads(s) == json.loads(lay.to_json(indent=2))
+    back = KeyLayout.from_json(s)
+    assert back.to_json() == s
+    assert back.digest() == lay.digest()
+    assert back.slots == lay.slots
+    assert len(lay.digest()) == 64
+    assert lay.digest() == make_layout().digest()
+    # any change of a field changes the digest
+    assert make_layout(bits_c=49).digest() != lay.digest()
+    entries = [(sl.gate_id, sl.kind, sl.elements, sl.fields) for sl in lay.slots]
+    renamed = list(entries)
+    renamed[1] = ("g1.lut", "lut", 3, (KeyField("table", (3, 4), 2), KeyField("corr2", (3,), 7)))
+    assert KeyLayout(renamed).digest() != lay.digest()
+    reshaped = list(entries)
+    reshaped[1] = ("g1.lut", "lut", 3, (KeyField("table", (4, 3), 2), KeyField("corr", (3,), 7)))
+    assert KeyLayout(reshaped).digest() != lay.digest()
+    assert KeyLayout(entries[::-1]).digest() != lay.digest()
+    # a hand-edited offset is refused
+    d = json.loads(s)
+    d["slots"][1]["offset"] += 8
+    with pytest.raises(ParameterError, match="inconsistent"):
+        KeyLayout.from_json(json.dumps(d))
+    with pytest.raises(ParameterError, match="not a fusec key layout"):
+        KeyLayout.from_json('{"slots": []}')
+
+
+def test_layout_rejects_bad_parameters():
+    f = KeyField("a", (2,), 8)
+    with pytest.raises(ParameterError, match="duplicate gate id 'g'"):
+        KeyLayout([("g", "k", 2, (f,)), ("g", "k", 2, (f,))])
+    for bits in (0, 65, -1):
+        with pytest.raises(ParameterError, match="between 1 and 64"):
+            KeyField("a", (2,), bits)
+    with pytest.raises(ParameterError, match="negative"):
+        KeyField("a", (2, -1), 8)
+    with pytest.raises(ParameterError, match="duplicate key field"):
+        KeyLayout([("g", "k", 2, (f, KeyField("a", (3,), 4)))])
+    with pytest.raises(ParameterError):
+        KeyLayout([("g", "k", -1, (f,))])
+    assert isinstance(ParameterError("x"), FusecError)
+
+
+# --------------------------------------------------------------------------- pack/unpack
+def test_pack_unpack_gate_round_trip():
+    lay = make_layout()
+    keys = random_keys(lay, np.random.default_rng(5))
+    for s in lay.slots:
+        buf = pack_gate_key(s, keys[s.gate_id])
+        assert isinstance(buf, bytes) and len(buf) == s.nbytes
+        got = unpack_gate_key(s, buf)
+        for name, arr in keys[s.gate_id].items():
+            np.testing.assert_array_equal(got[name], arr)
+            assert got[name].shape == arr.shape
+    # widths at the extremes with all-ones values
+    s = GateSlot("x", "k", 9, (KeyField("w1", (9,), 1), KeyField("w7", (9,), 7), KeyField("w64", (9,), 64)))
+    arrays = {"w1": np.ones(9, np.uint64), "w7": np.full(9, 127, np.uint64), "w64": np.full(9, 2**64 - 1, np.uint64)}
+    got = unpack_gate_key(s, pack_gate_key(s, arrays))
+    for n, a in arrays.items():
+        np.testing.assert_array_equal(got[n], a)
+    # bool and small unsigned / non-negative signed dtypes are accepted
+    got = unpack_gate_key(s, pack_gate_key(s, {"w1": arrays["w1"].astype(bool), "w7": np.arange(9, dtype=np.int16), "w64": arrays["w64"]}))
+    np.testing.assert_array_equal(got["w7"], np.arange(9))
+
+
+def test_pack_rejects_malformed_gate_keys():
+    lay = make_layout()
+    s = lay.slot("g1.lut")
+    good = random_keys(lay, np.random.default_rng(0))["g1.lut"]
+    with pytest.raises(KeyFileError, match=r"g1\.lut.*missing field.*'corr'"):
+        pack_gate_key(s, {"table": good["table"]})
+    with pytest.raises(KeyFileError, match=r"g1\.lut.*unexpected field.*'bogus'"):
+        pack_gate_key(s, {**good, "bogus": good["corr"]})
+    with pytest.raises(KeyFileError, match=r"g1\.lut.*'table'.*shape \(4, 3\).*\(3, 4\)"):
+        pack_gate_key(s, {**good, "table": good["table"].reshape(4, 3)})
+    wide = good["corr"].copy()
+    wide[2] = 128  # 8 bits in a 7-bit field
+    with pytest.raises(KeyFileError, match=r"g1\.lut.*'corr'.*128.*7 bits"):
+        pack_gate_key(s, {**good, "corr": wide})
+    with pytest.raises(KeyFileError, match=r"'corr'.*negative"):
+        pack_gate_key(s, {**good, "corr": np.array([1, -1, 2])})
+    with pytest.raises(KeyFileError, match=r"'corr'.*dtype"):
+        pack_gate_key(s, {**good, "corr": np.array([1.0, 2.0, 3.0])})
+    with pytest.raises(KeyFileError, match="holds 3 bytes"):
+        unpack_gate_key(s, b"abc")
+
+
+# --------------------------------------------------------------------------- files
+def test_key_file_round_trip_both_parties(tmp_path):
+    lay = make_layout()
+    paths, written, ksid = write_pair(tmp_path, lay)
+    for b in (0, 1):
+        with KeyFile.open(paths[b], lay, b) as kf:
+            assert kf.party == b
+            assert kf.count == K
+            assert kf.key_set_id == ksid.hex()
+            assert kf.layout is lay
+            assert kf.used_sets() == []
+            kf.verify_all()
+            for i in range(K):
+                assert kf.next_unused() == i
+                reader = kf.claim(kf.next_unused())
+                assert reader.index == i
+                assert reader.remaining_bytes == lay.set_nbytes
+                assert_keys_equal(read_all(reader, lay), written[b][i])
+            assert kf.next_unused() is None
+            assert kf.used_sets() == list(range(K))
+    h0, h1 = read_header(paths[0]), read_header(paths[1])
+    assert h0.key_set_id == h1.key_set_id == ksid.hex()
+    assert (h0.party, h1.party) == (0, 1)
+    assert h0.file_nbytes == paths[0].stat().st_size
+    # the two parties' keys differ (independent random arrays were written)
+    assert paths[0].read_bytes()[h0.data_offset:] != paths[1].read_bytes()[h1.data_offset:]
+
+
+def test_claim_out_of_order_and_raw_reads(tmp_path):
+    lay = make_layout()
+    paths, written, _ = write_pair(tmp_path, lay)
+    kf = KeyFile.open(paths[0], lay, 0)
+    r = kf.claim(2)
+    raw = r.read_gate_raw("g0.cmp")
+    assert raw.nbytes == lay.slot("g0.cmp").nbytes and not raw.flags.writeable
+    np.testing.assert_array_equal(unpack_gate_key(lay.slot("g0.cmp"), raw)["scw"], written[0][2]["g0.cmp"]["scw"])
+    for g in lay.gate_ids[1:]:
+        got = r.read_gate(g)
+        for n, a in written[0][2][g].items():
+            np.testing.assert_array_equal(got[n], a)
+    r.finish()
+    assert kf.next_unused() == 0
+    with kf.claim(0) as r0:
+        assert_keys_equal({g: r0.read_gate(g) for g in lay.gate_ids}, written[0][0])
+    kf.close()
+
+
+def test_missing_and_foreign_files(tmp_path):
+    lay = make_layout()
+    missing = tmp_path / "nope" / "p0.key"
+    with pytest.raises(KeyFileError, match="does not exist") as e:
+        KeyFile.open(missing, lay, 0)
+    assert str(missing) in str(e.value) and "fusec keygen" in str(e.value)
+    junk = tmp_path / "junk.key"
+    junk.write_bytes(os.urandom(500))
+    with pytest.raises(KeyFileError, match="not a fusec key file"):
+        KeyFile.open(junk, lay, 0)
+    empty = tmp_path / "empty.key"
+    empty.write_bytes(b"")
+    with pytest.raises(KeyFileError, match="not a fusec key file"):
+        KeyFile.open(empty, lay, 0)
+
+
+def test_other_party_file(tmp_path):
+    lay = make_layout()
+    paths, _, _ = write_pair(tmp_path, lay, n=1)
+    with pytest.raises(KeyFileError, match="party 1's key file but you are running as party 0") as e:
+        KeyFile.open(paths[1], lay, 0)
+    assert "p0.key" in str(e.value)
+    with pytest.raises(KeyFileError, match="party 0's key file but you are running as party 1"):
+        KeyFile.open(paths[0], lay, 1)
+    with pytest.raises(ParameterError):
+        KeyFile.open(paths[0], lay, 2)
+
+
+def test_other_layout(tmp_path):
+    lay = make_layout()
+    paths, _, _ = write_pair(tmp_path, lay, n=1)
+    other = make_layout(bits_c=51)
+    with pytest.raises(KeyFileError, match="another build/layout") as e:
+        KeyFile.open(paths[0], other, 0)
+    assert "re-run fusec keygen" in str(e.value)
+
+
+def test_truncated_and_extended_file(tmp_path):
+    lay = make_layout()
+    paths, _, _ = write_pair(tmp_path, lay)
+    data = paths[0].read_bytes()
+    paths[0].write_bytes(data[:-5])
+    with pytest.raises(KeyFileError, match="truncated"):
+        KeyFile.open(paths[0], lay, 0)
+    paths[0].write_bytes(data[:100])  # cut inside the header
+    with pytest.raises(KeyFileError, match="truncated"):
+        KeyFile.open(paths[0], lay, 0)
+    paths[0].write_bytes(data[:40])  # cut inside the fixed header fields
+    with pytest.raises(KeyFileError, match="truncated"):
+        KeyFile.open(paths[0], lay, 0)
+    paths[0].write_bytes(data + b"\0")
+    with pytest.raises(KeyFileError, match="trailing bytes"):
+        KeyFile.open(paths[0], lay, 0)
+
+
+def test_corrupted_set_detected_only_when_claimed(tmp_path):
+    lay = make_layout()
+    paths, written, _ = write_pair(tmp_path, lay)
+    h = read_header(paths[0])
+    flip_byte(paths[0], h.set_offset(1) + lay.slot("g3.mul").offset + 3)
+    kf = KeyFile.open(paths[0], lay, 0)  # opening does not read the sets
+    assert_keys_equal(read_all(kf.claim(0), lay), written[0][0])
+    with pytest.raises(KeyFileError, match="key set 1 of .* is corrupted"):
+        kf.claim(1)
+    with pytest.raises(KeyFileError, match="key set 1 .*corrupted"):
+        kf.verify_set(1)
+    kf.verify_set(2)
+    assert_keys_equal(read_all(kf.claim(2), lay), written[0][2])
+    assert kf.used_sets() == [0, 2]  # the corrupted set was not recorded as used
+
+
+@pytest.mark.parametrize("where", ["party", "digest", "ksid", "count", "setbytes", "setsum", "headsum", "padding"])
+def test_corrupted_header(tmp_path, where):
+    lay = make_layout()
+    paths, _, _ = write_pair(tmp_path, lay)
+    offset = {"party": 10, "digest": 20, "ksid": 50, "count": 59, "setbytes": 64,
+              "setsum": 71 + 32 + 5, "headsum": 71 + 32 * K + 1, "padding": 71 + 32 * K + 40}[where]
+    flip_byte(paths[0], offset)
+    with pytest.raises(KeyFileError, match="corrupted"):
+        KeyFile.open(paths[0], lay, 0)
+
+
+def test_bad_magic_and_version(tmp_path):
+    lay = make_layout()
+    paths, _, _ = write_pair(tmp_path, lay, n=1)
+    data = paths[0].read_bytes()
+    flip_byte(paths[0], 0)
+    with pytest.raises(KeyFileError, match="not a fusec key file"):
+        KeyFile.open(paths[0], lay, 0)
+    paths[0].write_bytes(data[:8] + (7).to_bytes(2, "little") + data[10:])
+    with pytest.raises(KeyFileError, match="format version 7"):
+        KeyFile.open(paths[0], lay, 0)
+
+
+def test_reuse_refused_across_objects(tmp_path):
+    lay = make_layout()
+    paths, written, ksid = write_pair(tmp_path, lay)
+    kf = KeyFile.open(paths[0], lay, 0)
+    r = kf.claim(0)
+    # mark-then-use: the record is on disk before any key is read
+    rec = json.loads(used_path(paths[0]).read_text())
+    assert rec["used"] == [0] and rec["key_set_id"] == ksid.hex()
+    with pytest.raises(KeyReuseError, match="key set 0 of .* was already used") as e:
+        kf.claim(0)
+    assert "difference of two inputs" in str(e.value) and "fusec keygen" in str(e.value)
+    read_all(r, lay)
+    kf.close()
+    kf2 = KeyFile.open(paths[0], lay, 0)
+    with pytest.raises(KeyReuseError):
+        kf2.claim(0)
+    assert kf2.next_unused() == 1
+    # the other party's record is separate
+    kf1 = KeyFile.open(paths[1], lay, 1)
+    assert kf1.next_unused() == 0
+    assert_keys_equal(read_all(kf1.claim(0), lay), written[1][0])
+    # exhausting the file
+    kf2.claim(1)
+    kf2.claim(2)
+    assert kf2.next_unused() is None
+    with pytest.raises(KeyFileError, match="all 3 key sets .* used") as e:
+        kf2.claim(3)
+    assert "fusec keygen --count" in str(e.value)
+    assert not isinstance(e.value, KeyReuseError)
+
+
+def test_unreadable_used_record_is_refused(tmp_path):
+    lay = make_layout()
+    paths, _, _ = write_pair(tmp_path, lay, n=2)
+    used_path(paths[0]).write_text("{not json")
+    kf = KeyFile.open(paths[0], lay, 0)
+    with pytest.raises(KeyFileError, match="unreadable"):
+        kf.claim(0)
+
+
+def test_fresh_keygen_at_same_path_resets_record(tmp_path):
+    lay = make_layout()
+    paths, _, _ = write_pair(tmp_path, lay, n=2, seed=1)
+    kf = KeyFile.open(paths[0], lay, 0)
+    kf.claim(0)
+    kf.close()
+    paths, written, _ = write_pair(tmp_path, lay, n=2, seed=2)  # new key-set id
+    kf = KeyFile.open(paths[0], lay, 0)
+    assert kf.next_unused() == 0
+    assert_keys_equal(read_all(kf.claim(0), lay), written[0][0])
+
+
+def test_reader_order_and_finish(tmp_path):
+    lay = make_layout()
+    paths, _, _ = write_pair(tmp_path, lay)
+    kf = KeyFile.open(paths[0], lay, 0)
+    r = kf.claim(0)
+    with pytest.raises(KeyFileError, match=r"expected gate 'g0\.cmp'.*got 'g1\.lut'"):
+        r.read_gate("g1.lut")
+    r.read_gate("g0.cmp")
+    assert r.remaining_bytes == lay.set_nbytes - lay.slot("g0.cmp").nbytes
+    with pytest.raises(KeyFileError, match=rf"consumed {lay.slot('g0.cmp').nbytes} of {lay.set_nbytes} bytes: program and layout disagree"):
+        r.finish()
+    for g in lay.gate_ids[1:]:
+        r.read_gate(g)
+    with pytest.raises(KeyFileError, match="already read"):
+        r.read_gate("g0.cmp")
+    r.finish()
+    with pytest.raises(KeyFileError, match="finished"):
+        r.read_gate("g0.cmp")
+
+
+def test_writer_rejects_bad_input_and_leaves_no_file(tmp_path):
+    lay = make_layout()
+    keys = random_keys(lay, np.random.default_rng(3))
+    path = tmp_path / "p0.key"
+    ksid = new_key_set_id()
+    # value too wide for its field at write time
+    bad = {g: dict(a) for g, a in keys.items()}
+    bad["g3.mul"]["rz"] = bad["g3.mul"]["rz"].copy()
+    bad["g3.mul"]["rz"][4] = np.uint64(1) << np.uint64(50)
+    with pytest.raises(KeyFileError, match=r"g3\.mul.*'rz'.*does not fit in 50 bits"):
+        with KeyFileWriter(path, lay, 0, ksid, 1) as w:
+            w.write_set(0, bad)
+    assert not path.exists()
+    assert list(tmp_path.iterdir()) == []  # temp file removed
+    # gates out of order in the streaming API
+    w = KeyFileWriter(path, lay, 0, ksid, 2)
+    w.begin_set(0)
+    with pytest.raises(KeyFileError, match=r"expected gate 'g0\.cmp'.*got 'g1\.lut'"):
+        w.write_gate("g1.lut", keys["g1.lut"])
+    w.write_gate("g0.cmp", keys["g0.cmp"])
+    with pytest.raises(KeyFileError, match="incomplete"):
+        w.end_set()
+    # missing gates in write_set
+    with pytest.raises(KeyFileError, match=r"missing keys for gate\(s\) \['g2\.empty'\]"):
+        w.write_set(1, {g: a for g, a in keys.items() if g != "g2.empty"})
+    # closing before all sets are written: refused, nothing left behind
+    with pytest.raises(KeyFileError):
+        w.close()
+    assert not path.exists()
+    assert list(tmp_path.iterdir()) == []
+    # sets in any order, each once
+    with KeyFileWriter(path, lay, 1, ksid, 2) as w:
+        w.write_set(1, keys)
+        with pytest.raises(KeyFileError, match="already written"):
+            w.write_set(1, keys)
+        w.write_set(0, keys)
+        assert not path.exists()  # nothing looks complete before close()
+    kf = KeyFile.open(path, lay, 1)
+    assert_keys_equal(read_all(kf.claim(1), lay), keys)
+    # parameter checks
+    with pytest.raises(ParameterError):
+        KeyFileWriter(tmp_path / "x.key", lay, 0, b"short", 1)
+    with pytest.raises(ParameterError):
+        KeyFileWriter(tmp_path / "x.key", lay, 0, ksid, 0)
