@@ -139,3 +139,48 @@ def run_local(gen: EvalGen):
     except StopIteration as stop:
         return stop.value
     raise RuntimeError(f"gate opened a value ({req}) where none was expected")
+
+
+class Chain(Gate):
+    """Gates applied one after another; keys nested under ``"<i>."`` prefixes.
+
+    The output mask of stage i is the input mask of stage i+1; costs add up. Used to
+    compose a lookup with its output truncation, or DReLU with Select.
+    """
+
+    kind = "chain"
+
+    def __init__(self, stages: list[Gate], kind: str | None = None):
+        super().__init__(stages[0].elements)
+        self.stages = stages
+        self.inputs = stages[0].inputs  # type: ignore[misc]
+        if kind:
+            self.kind = kind  # type: ignore[misc]
+        self.bits = getattr(stages[0], "bits", None)
+        self.out_bits = getattr(stages[-1], "out_bits", getattr(stages[-1], "bits", None))
+
+    def fields(self):
+        return [(f"{i}.{name}", shape, bits) for i, g in enumerate(self.stages) for name, shape, bits in g.fields()]
+
+    def keygen(self, rng: DealerRng, in_masks):
+        keys: tuple[Key, Key] = ({}, {})
+        masks = in_masks
+        for i, g in enumerate(self.stages):
+            out, k0, k1 = g.keygen(rng, masks)
+            keys[0].update(prefixed(str(i), k0))
+            keys[1].update(prefixed(str(i), k1))
+            masks = [out]
+        return masks[0], keys[0], keys[1]
+
+    def eval(self, party: int, key: Key, inputs, be) -> EvalGen:
+        vals = inputs
+        for i, g in enumerate(self.stages):
+            out = yield from g.eval(party, unprefixed(str(i), key), vals, be)
+            vals = [out]
+        return vals[0]
+
+    def cost(self) -> GateCost:
+        total = ZERO_COST
+        for g in self.stages:
+            total = total + g.cost()
+        return total

@@ -1,0 +1,220 @@
+"""OperatorSpec: a scalar fixed-point function as interval partition + polynomial pieces.
+
+The spec is the compiler's description of one nonlinearity on ``Z_{2^n}`` (DESIGN §3):
+the input's signed fixed-point grid (``n_in`` bits, ``f_in`` fractional) is cut at
+``breakpoints`` into intervals; on each interval the output is an integer polynomial
+``p_i(x) = sum_k coeffs[i][k] * (x - centers[i])^k`` in the *integer* input x (centred so
+the coefficients' rounding error scales with the piece's half-width), valued at scale
+``poly_scale``; the gate then shifts right by ``out_shift = poly_scale - f_out`` bits.
+Integer coefficients make the ring identity ``p(x) = p(u - r) mod 2^n`` exact, which is
+what lets the gate evaluate the polynomial on the public masked value.
+
+Specs are produced by :func:`fit` (least squares per interval on the grid, then exact
+integer evaluation to measure the error actually achieved) and are checkable:
+:meth:`OperatorSpec.reference` evaluates the spec in plain integer arithmetic, the oracle
+tests compare the secure gate to.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from fusec.errors import ParameterError
+
+
+@dataclass(frozen=True)
+class OperatorSpec:
+    name: str
+    n_in: int                      # input ring bits
+    f_in: int                      # input fractional bits
+    f_out: int                     # output fractional bits
+    breakpoints: tuple[int, ...]   # interior breakpoints b_1 < ... < b_{m-1}, signed integers
+    coeffs: tuple[tuple[int, ...], ...]  # per interval (m of them), c_0..c_d
+    centers: tuple[int, ...]       # per interval, the integer the polynomial is centred at
+    poly_scale: int                # fractional bits of p_i(x)
+    max_error_ulps: float = float("nan")   # measured on fit_range, in output ulps
+    fit_range: tuple[float, float] = (0.0, 0.0)
+    notes: str = ""
+
+    def __post_init__(self):
+        if len(self.coeffs) != len(self.breakpoints) + 1:
+            raise ParameterError(f"spec {self.name}: {len(self.breakpoints)} breakpoints need "
+                                 f"{len(self.breakpoints) + 1} pieces, got {len(self.coeffs)}")
+        lo, hi = -(1 << (self.n_in - 1)), 1 << (self.n_in - 1)
+        bp = list(self.breakpoints)
+        if bp != sorted(set(bp)) or any(not lo < b < hi for b in bp):
+            raise ParameterError(f"spec {self.name}: breakpoints must be strictly increasing signed "
+                                 f"{self.n_in}-bit integers")
+        if len(self.centers) != len(self.coeffs):
+            raise ParameterError(f"spec {self.name}: one centre per piece needed")
+        if self.out_shift < 0:
+            raise ParameterError(f"spec {self.name}: poly_scale {self.poly_scale} < f_out {self.f_out}")
+
+    @property
+    def pieces(self) -> int:
+        return len(self.coeffs)
+
+    @property
+    def degree(self) -> int:
+        return max(len(c) for c in self.coeffs) - 1
+
+    @property
+    def out_shift(self) -> int:
+        return self.poly_scale - self.f_out
+
+    def monomials(self, i: int, bits: int) -> tuple[int, ...]:
+        """Piece i as monomial coefficients in x, exact mod 2^bits (non-negative ints)."""
+        c, m = self.coeffs[i], self.centers[i]
+        out = [0] * len(c)
+        for k, ck in enumerate(c):
+            for j in range(k + 1):
+                out[j] += ck * math.comb(k, j) * (-m) ** (k - j)
+        return tuple(v % (1 << bits) for v in out)
+
+    def unsigned_partition(self, bits: int | None = None) -> tuple[list[int], list[tuple[int, ...]]]:
+        """Breakpoints and monomial pieces over the unsigned representatives [0, 2^n).
+
+        Signed interval [b_j, b_{j+1}) of a negative range maps to [b_j + 2^n, ...); the
+        boundary 2^(n-1) (signed -2^(n-1)) is always a breakpoint, and 0 is added where
+        an interval straddles it. Polynomials keep their coefficients: integer
+        polynomials agree on x and x + 2^n modulo 2^n.
+        """
+        n = self.n_in
+        bits = bits or n
+        full = [-(1 << (n - 1))] + list(self.breakpoints) + [1 << (n - 1)]
+        segs = []  # (lo_unsigned, coeffs)
+        for i in range(self.pieces):
+            c = self.monomials(i, bits)
+            lo, hi = full[i], full[i + 1]
+            if lo < 0 < hi:
+                segs.append((lo + (1 << n), c))
+                segs.append((0, c))
+            else:
+                segs.append((lo % (1 << n), c))
+        segs.sort(key=lambda s: s[0])
+        bps = [s[0] for s in segs[1:]]
+        return bps, [s[1] for s in segs]
+
+    def reference(self, x_signed: np.ndarray) -> np.ndarray:
+        """Exact integer evaluation: floor(p_i(x) / 2^out_shift) as Python-int-safe int64.
+
+        Uses Python integers (object arrays) so nothing overflows; this is the oracle.
+        """
+        x = np.asarray(x_signed, dtype=object).reshape(-1)
+        idx = np.searchsorted(np.asarray(self.breakpoints, dtype=np.int64), np.asarray(x_signed, np.int64).reshape(-1), side="right")
+        out = np.empty(x.shape, dtype=object)
+        for i, c in enumerate(self.coeffs):
+            sel = idx == i
+            if not sel.any():
+                continue
+            xs = x[sel] - int(self.centers[i])
+            acc = np.zeros(xs.shape, dtype=object)
+            for ck in reversed(c):
+                acc = acc * xs + int(ck)
+            out[sel] = acc // (1 << self.out_shift) if self.out_shift else acc
+        return out.reshape(np.shape(x_signed))
+
+    def max_abs_poly(self, lo: int, hi: int) -> int:
+        """Largest |p_i(x)| over the integer grid [lo, hi) (exact), for range checks."""
+        xs = np.arange(lo, hi, max(1, (hi - lo) // 4096), dtype=np.int64)
+        vals = self.reference(xs) * (1 << self.out_shift)
+        return int(max(abs(int(v)) for v in vals)) if len(vals) else 0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["breakpoints"] = [str(b) for b in self.breakpoints]
+        d["coeffs"] = [[str(c) for c in cs] for cs in self.coeffs]
+        d["centers"] = [str(c) for c in self.centers]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "OperatorSpec":
+        d = dict(d)
+        d["breakpoints"] = tuple(int(b) for b in d["breakpoints"])
+        d["coeffs"] = tuple(tuple(int(c) for c in cs) for cs in d["coeffs"])
+        d["centers"] = tuple(int(c) for c in d["centers"])
+        d["fit_range"] = tuple(d["fit_range"])
+        return cls(**d)
+
+
+@dataclass
+class Tail:
+    """A piece outside the fitted range given exactly: value = a*x_real + b."""
+
+    slope: float = 0.0
+    offset: float = 0.0
+
+
+@dataclass
+class FitRequest:
+    name: str
+    fn: Callable[[np.ndarray], np.ndarray]
+    lo: float                     # fitted range [lo, hi)
+    hi: float
+    pieces: int                   # number of polynomial pieces inside [lo, hi)
+    degree: int
+    n_in: int = 50
+    f_in: int = 12
+    f_out: int = 12
+    guard_bits: int = 2           # coefficient rounding stays under 2^-guard output ulps per term
+    left: Tail = field(default_factory=Tail)
+    right: Tail = field(default_factory=Tail)
+    breakpoints: Sequence[float] | None = None  # explicit interior breakpoints in (lo, hi)
+
+
+def fit(req: FitRequest) -> OperatorSpec:
+    """Least-squares fit of ``req.fn`` on the input grid, pieces at uniform (or given) cuts.
+
+    Each piece is centred at its midpoint m with half-width h (grid units), so the term
+    ``c_k (x - m)^k`` has rounding error at most ``h^k / 2`` at scale ``poly_scale``; the
+    scale is the smallest with ``h^k <= 2^(poly_scale - f_out - guard_bits)`` for all
+    pieces and k. The error reported is measured by exact integer evaluation over the grid
+    of [lo, hi) (every point, or 65536 evenly spaced ones).
+    """
+    if req.degree < 0 or req.pieces < 1:
+        raise ParameterError(f"fit {req.name}: need degree >= 0 and at least one piece")
+    F = 1 << req.f_in
+    if req.breakpoints is not None:
+        cuts = [req.lo] + list(req.breakpoints) + [req.hi]
+    else:
+        cuts = list(np.linspace(req.lo, req.hi, req.pieces + 1))
+    cuts_int = [int(math.floor(c * F)) for c in cuts]
+    half_max = max((b - a) / 2 for a, b in zip(cuts_int[:-1], cuts_int[1:]))
+    S = req.f_out + req.guard_bits + max(0, math.ceil(req.degree * math.log2(max(half_max, 1))))
+    coeffs: list[tuple[int, ...]] = []
+    centers: list[int] = []
+
+    def tail(t: Tail) -> tuple[int, ...]:
+        # a*x_real + b at scale S: x_real = x / 2^f_in
+        return (int(round(t.offset * 2.0 ** S)), int(round(t.slope * 2.0 ** (S - req.f_in))))
+
+    coeffs.append(tail(req.left))
+    centers.append(0)
+    for lo_i, hi_i in zip(cuts_int[:-1], cuts_int[1:]):
+        xs = np.arange(lo_i, hi_i, max(1, (hi_i - lo_i) // 2048), dtype=np.int64)
+        mid = (lo_i + hi_i) // 2
+        half = max((hi_i - lo_i) / 2, 1.0)
+        t = (xs - mid) / half
+        cheb = np.polynomial.chebyshev.Chebyshev.fit(t, req.fn(xs / F), req.degree, domain=[-1, 1])
+        poly_t = cheb.convert(kind=np.polynomial.Polynomial).coef
+        poly_t = np.pad(poly_t, (0, req.degree + 1 - len(poly_t)))
+        # value(x) = sum_k a_k ((x - mid)/half)^k, so the integer coefficient of (x - mid)^k
+        # at scale S is a_k * 2^S / half^k
+        coeffs.append(tuple(int(round(a * 2.0 ** S / half ** k)) for k, a in enumerate(poly_t)))
+        centers.append(mid)
+    coeffs.append(tail(req.right))
+    centers.append(0)
+    bps = tuple(cuts_int)
+    if cuts_int[0] <= -(1 << (req.n_in - 1)):
+        raise ParameterError(f"fit {req.name}: range start {req.lo} is below what n_in={req.n_in}, f_in={req.f_in} holds")
+    spec = OperatorSpec(req.name, req.n_in, req.f_in, req.f_out, bps, tuple(coeffs), tuple(centers), S,
+                        fit_range=(req.lo, req.hi))
+    xs = np.arange(cuts_int[0], cuts_int[-1], max(1, (cuts_int[-1] - cuts_int[0]) // 65536), dtype=np.int64)
+    got = np.array([int(v) for v in spec.reference(xs)], dtype=np.float64)
+    want = req.fn(xs / F) * (1 << req.f_out)
+    err = float(np.max(np.abs(got - want))) if xs.size else 0.0
+    return OperatorSpec(**{**asdict(spec), "breakpoints": spec.breakpoints, "coeffs": spec.coeffs,
+                           "centers": spec.centers, "max_error_ulps": err})

@@ -1,0 +1,224 @@
+"""Compiled scalar gates: an OperatorSpec evaluated on the public masked value (DESIGN §5.6).
+
+Two interval lookups turn the public ``u = x + r`` into additive shares of
+``p_{I(x)}(x)`` (the active piece's polynomial at x), at scale ``spec.poly_scale``:
+
+``shifted`` (the default, ours): ONE DCF key with ``alpha = r`` and the vector payload
+``beta = ((-r)^0, (-r)^1, ..., (-r)^d)``. By the public-threshold identity
+``[x < c] * beta = D(u - c) - D(u) + [u < c] * beta`` the same key evaluated at the public
+points ``u, u - a_1, ..., u - a_{M-1}`` yields shares of ``[x < a_i] * (-r)^j`` for every
+breakpoint and power. Writing ``f = P_{M-1} + sum_i [x < a_i] (P_{i-1} - P_i)`` and
+``x^k = sum_j C(k,j) u^(k-j) (-r)^j``, every remaining factor is a public polynomial in u,
+so the output share is local (Horner on u). The key is one DCF with d+1 payload words
+whatever the number of pieces, and its shape never depends on r: nothing to pad.
+
+``pieces`` (Boyle et al.-style spline, the baseline): the dealer shifts the partition by
+r, sorts the u-space boundaries and gives one DCF per boundary whose payload is the
+difference of consecutive pieces' coefficients *as polynomials in u*. A partition of M
+pieces has M or M-1 nonzero u-space boundaries depending on r, so the key is padded to M
+DCFs (a dummy ``alpha=0, beta=0`` key never fires). ``pad=False`` is the insecure
+mask-dependent variant kept only for the padding ablation: its key shape is fixed at
+keygen from the masks and so reveals them.
+
+If ``spec.out_shift > 0`` the polynomial's value is opened under a fresh mask and a
+TruncateSlack gate brings it to ``f_out`` (a second round; valid while
+``|p(x)| * 2^poly_scale < 2^(n-2)``, which the fitter's ranges ensure).
+"""
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+
+from fusec.errors import ParameterError
+from fusec.ir.spec import OperatorSpec
+from fusec.runtime import dcf, ring
+from fusec.runtime.gates.base import (Chain, EvalGen, Gate, GateCost, Key, Open, check_width,
+                                      prefixed, unprefixed)
+from fusec.runtime.rng import DealerRng
+
+
+def _powers(u: np.ndarray, d: int, m: np.uint64) -> list[np.ndarray]:
+    out = [np.ones_like(u)]
+    for _ in range(d):
+        out.append((out[-1] * u) & m)
+    return out
+
+
+def _shift_poly(coeffs: list[int], j: int, bits: int) -> list[int]:
+    """Coefficients in u of sum_k c_k C(k, j) u^(k-j): the factor multiplying (-r)^j."""
+    return [(coeffs[j + e] * math.comb(j + e, j)) % (1 << bits) for e in range(len(coeffs) - j)]
+
+
+def _horner(coeffs: list[int], upow: list[np.ndarray], m: np.uint64) -> np.ndarray:
+    acc = np.zeros_like(upow[0])
+    for e, c in enumerate(coeffs):
+        if c:
+            acc = acc + np.uint64(c) * upow[e]
+    return acc & m
+
+
+class SplineLookup(Gate):
+    """Shares of the active piece's polynomial at x, opened under a fresh mask (one round)."""
+
+    kind = "spline"
+
+    def __init__(self, elements: int, spec: OperatorSpec, lookup: str = "shifted", pad: bool = True):
+        super().__init__(elements)
+        self.spec = spec
+        self.bits = self.out_bits = check_width(spec.n_in, "spline input ring width")
+        if lookup not in ("shifted", "pieces"):
+            raise ParameterError(f"unknown interval lookup {lookup!r}", "use 'shifted' or 'pieces'")
+        self.lookup = lookup
+        self.pad = pad
+        if not pad:
+            if lookup != "pieces":
+                raise ParameterError("padding only applies to the 'pieces' lookup")
+            warnings.warn("INSECURE: mask-dependent key shapes (--insecure-mask-dependent-shapes): "
+                          "the key layout reveals information about the masks; for ablations only",
+                          stacklevel=2)
+        self.bps, mono = spec.unsigned_partition(self.bits)
+        self.d = max(len(c) for c in mono) - 1
+        self.mono = [list(c) + [0] * (self.d + 1 - len(c)) for c in mono]
+        self.M = len(self.mono)
+        self._slots = self.M if pad else None  # u-space boundaries: up to M nonzero (a_j + r)
+
+    # ------------------------------------------------------------------ layout and cost
+    @property
+    def slots(self) -> int:
+        if self._slots is None:
+            raise ParameterError("the unpadded (insecure) lookup's key shape is only known after keygen")
+        return self._slots
+
+    def _dcf_count(self) -> int:
+        return 1 if self.lookup == "shifted" else self.slots
+
+    def fields(self):
+        N, n, d = self.elements, self.bits, self.d
+        K = self._dcf_count()
+        specs = dcf.DcfKey.field_specs(n, d + 1, n, N * K)
+        out = [(f"dcf.{name}", shape, bits) for name, shape, bits in specs]
+        if self.lookup == "shifted":
+            out.append(("rpow", (N, d), n)) if d else None
+        else:
+            out.append(("base", (N, d + 1), n))
+        out.append(("r_out", (N,), n))
+        return out
+
+    def cost(self) -> GateCost:
+        n, d = self.bits, self.d
+        K = self._dcf_count()
+        key = K * dcf.DcfKey.key_bits(n, d + 1, n) + (d * n if self.lookup == "shifted" else (d + 1) * n) + n
+        points = self.M if self.lookup == "shifted" else K
+        return GateCost(key_bits=key, aes=points * dcf.DcfKey.aes_per_eval(n, d + 1, n), rounds=1, open_bits=n)
+
+    # ------------------------------------------------------------------ keygen
+    def keygen(self, rng: DealerRng, in_masks):
+        r = np.asarray(in_masks[0], np.uint64).reshape(-1) & ring.mask(self.bits)
+        n, d, N = self.bits, self.d, self.elements
+        m = ring.mask(n)
+        r_out = rng.ring(N, n)
+        k = ({}, {})
+        if self.lookup == "shifted":
+            negr = (np.uint64(0) - r) & m
+            beta = np.stack(_powers(negr, d, m), axis=1)
+            k0, k1 = dcf.keygen(rng, r, beta, n, n)
+            if d:
+                k[0]["rpow"], k[1]["rpow"] = rng.share(beta[:, 1:], n)
+        else:
+            alpha, beta, base = self._piece_table(r)
+            K = alpha.shape[1]
+            if self._slots is None:
+                self._slots = K
+            k0, k1 = dcf.keygen(rng, alpha.reshape(-1), beta.reshape(N * K, d + 1), n, n)
+            k[0]["base"], k[1]["base"] = rng.share(base, n)
+        k[0].update(prefixed("dcf", k0.arrays()))
+        k[1].update(prefixed("dcf", k1.arrays()))
+        k[0]["r_out"], k[1]["r_out"] = rng.share(r_out, n)
+        return r_out, k[0], k[1]
+
+    def _piece_table(self, r: np.ndarray):
+        """u-space boundaries (N, K) and payload differences (N, K, d+1), base (N, d+1)."""
+        n, d, N, M = self.bits, self.d, self.elements, self.M
+        m = ring.mask(n)
+        a = np.array([0] + self.bps, dtype=np.uint64)
+        theta = (a[None, :] + r[:, None]) & m                        # (N, M)
+        zero = theta == 0
+        theta_s = np.sort(np.where(zero, np.uint64(0), theta), axis=1)  # zeros first
+        # starts of u-pieces: 0 then each nonzero boundary (zeros sort first and are skipped)
+        starts = np.concatenate([np.zeros((N, 1), np.uint64), theta_s], axis=1)  # (N, M+1)
+        valid = np.concatenate([np.ones((N, 1), bool), np.sort(~zero, axis=1)], axis=1)
+        x_start = (starts - r[:, None]) & m
+        piece = np.searchsorted(a, x_start.reshape(-1), side="right").reshape(N, M + 1) - 1
+        mono = np.array(self.mono, dtype=np.uint64)[piece]          # (N, M+1, d+1), mod 2^n
+        rp = _powers((np.uint64(0) - r) & m, d, m)                  # (-r)^t, t <= d
+        Q = np.zeros((N, M + 1, d + 1), np.uint64)
+        for e in range(d + 1):        # Q_e = sum_k c_k C(k, e) (-r)^(k-e): uint64 wraps mod 2^64
+            for k in range(e, d + 1):
+                Q[:, :, e] += mono[:, :, k] * np.uint64(math.comb(k, e)) * rp[k - e][:, None]
+        Q &= m
+        # payload of piece p applies on [start_p, start_{p+1}); invalid (skipped) starts
+        # are duplicates of the next valid piece, so their difference is zero.
+        last = np.take_along_axis(Q, (valid.cumsum(axis=1).argmax(axis=1))[:, None, None].repeat(d + 1, 2), axis=1)[:, 0]
+        diff = (Q[:, :-1] - Q[:, 1:]) & m                           # [u < start_{p+1}] * (Q_p - Q_{p+1})
+        alpha = starts[:, 1:]
+        diff = np.where(valid[:, 1:, None], diff, np.uint64(0))
+        alpha = np.where(valid[:, 1:], alpha, np.uint64(0))
+        if not self.pad:
+            K = int(valid[:, 1:].sum(axis=1).max())
+            order = np.argsort(~valid[:, 1:], axis=1, kind="stable")
+            alpha = np.take_along_axis(alpha, order, 1)[:, :K]
+            diff = np.take_along_axis(diff, order[:, :, None].repeat(d + 1, 2), 1)[:, :K]
+        return alpha, diff, last
+
+    # ------------------------------------------------------------------ eval
+    def eval(self, party: int, key: Key, inputs, be) -> EvalGen:
+        n, d, N = self.bits, self.d, self.elements
+        m = ring.mask(n)
+        u = inputs[0].reshape(-1) & m
+        upow = _powers(u, d, m)
+        K = self._dcf_count()
+        dk = dcf.DcfKey.from_arrays(n, d + 1, n, unprefixed("dcf", key))
+        if self.lookup == "shifted":
+            a = np.array(self.bps, dtype=np.uint64)
+            pts = np.concatenate([u[:, None], (u[:, None] - a[None, :]) & m], axis=1)  # (N, M)
+            D = be.dcf_eval(party, dk, pts)                                         # (N, M, d+1)
+            rp = np.zeros((N, d + 1), np.uint64)
+            if party == 1:
+                rp[:, 0] = 1
+            if d:
+                rp[:, 1:] = key["rpow"]
+            below = (u[:, None] < a[None, :]).astype(np.uint64)                     # [u < a_i]
+            E = (D[:, 1:, :] - D[:, :1, :] + below[:, :, None] * rp[:, None, :]) & m  # [x<a_i](-r)^j
+            z = np.zeros(N, np.uint64)
+            last = self.mono[-1]
+            for j in range(d + 1):
+                z += rp[:, j] * _horner(_shift_poly(last, j, n), upow, m)
+                for i in range(1, self.M):
+                    delta = [(p - q) % (1 << n) for p, q in zip(self.mono[i - 1], self.mono[i])]
+                    z += E[:, i - 1, j] * _horner(_shift_poly(delta, j, n), upow, m)
+        else:
+            D = be.dcf_eval(party, dk, np.repeat(u, K)).reshape(N, K, d + 1)
+            coef = (key["base"] + D.sum(axis=1)) & m                                # Q(u) shares
+            z = np.zeros(N, np.uint64)
+            for e in range(d + 1):
+                z += coef[:, e] * upow[e]
+        share = (z + key["r_out"]) & m
+        return (yield Open(share, n, scope="lookup"))
+
+
+class ScalarGate(Chain):
+    """The compiled gate: interval lookup (+ output truncation when the spec needs it)."""
+
+    kind = "scalar"
+
+    def __init__(self, elements: int, spec: OperatorSpec, lookup: str = "shifted", pad: bool = True):
+        from fusec.runtime.gates.truncation import TruncateSlack  # noqa: PLC0415
+
+        stages: list[Gate] = [SplineLookup(elements, spec, lookup, pad)]
+        if spec.out_shift:
+            stages.append(TruncateSlack(elements, spec.n_in, spec.out_shift))
+        super().__init__(stages, kind="scalar")
+        self.spec = spec
+        self.lookup = lookup
