@@ -28,9 +28,15 @@ def queue_exchanges(timeout: float = 60.0):
     return make(0), make(1)
 
 
+def party_backends(be=None):
+    """One backend object per party: AES contexts and counters are never shared."""
+    kind = type(be) if be is not None else type(get_backend("cpu"))
+    return kind(), kind()
+
+
 def run_pair(gens0, gens1, be=None):
     """Drive two parties' generator lists concurrently; return (results0, results1, logs)."""
-    be = be or get_backend("cpu")
+    bes = party_backends(be)
     ex = queue_exchanges()
     out = [None, None]
     logs = [RoundLog(), RoundLog()]
@@ -38,7 +44,7 @@ def run_pair(gens0, gens1, be=None):
 
     def work(p, gens):
         try:
-            out[p] = drive(gens, ex[p], p, be, logs[p])
+            out[p] = drive(gens, ex[p], p, bes[p], logs[p])
         except BaseException as e:  # pragma: no cover - surfaced below
             err.append(e)
 
@@ -64,8 +70,9 @@ def run_gate(gate, in_values, in_bits, rng=None, in_masks=None, be=None):
     in_masks = [np.asarray(m, np.uint64) & ring.mask(b) for m, b in zip(in_masks, in_bits)]
     us = [(np.asarray(v, np.uint64) + m) & ring.mask(b) for v, m, b in zip(in_values, in_masks, in_bits)]
     r_out, k0, k1 = gate.keygen(rng, in_masks)
-    o0, o1, logs = run_pair([gate.eval(0, k0, [u.copy() for u in us], be or get_backend("cpu"))],
-                            [gate.eval(1, k1, [u.copy() for u in us], be or get_backend("cpu"))], be)
+    b0, b1 = party_backends(be)
+    o0, o1, logs = run_pair([gate.eval(0, k0, [u.copy() for u in us], b0)],
+                            [gate.eval(1, k1, [u.copy() for u in us], b1)], be)
     u0, u1 = o0[0], o1[0]
     assert np.array_equal(np.asarray(u0), np.asarray(u1)), "parties disagree on the opened output"
     out_bits = getattr(gate, "out_bits", getattr(gate, "bits", 64))

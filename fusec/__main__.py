@@ -1,0 +1,3 @@
+from fusec.cli import main
+
+main()

@@ -1,0 +1,50 @@
+"""The bundled example until the compiler exists: a small gate graph run for real.
+
+P1 (the client) holds a vector x, P0 holds a private vector w. The servers compute,
+under FSS, ``h = x * w`` (secret x secret), rescale it exactly, then the compiled GELU
+scalar gate, a two-round ReLU and the maximum of the ReLU outputs (log-depth tree); P1
+receives ``gelu(x*w)`` and ``max(relu(x*w))``. The dealer, P0 and P1 are three separate
+processes; P0 and P1 talk over TCP on loopback.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import numpy as np
+
+from fusec.ir.spec import FitRequest, OperatorSpec, Tail, fit
+from fusec.runtime.gates.arith import Mul
+from fusec.runtime.gates.compare import MaxTree, ReLU2
+from fusec.runtime.gates.scalar import ScalarGate
+from fusec.runtime.gates.truncation import ArsOneRound
+from fusec.runtime.graph import GateGraph
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    return 0.5 * x * (1.0 + np.vectorize(math.erf)(x / math.sqrt(2.0)))
+
+
+@functools.lru_cache(maxsize=8)
+def gelu_spec(n: int, f: int) -> OperatorSpec:
+    return fit(FitRequest("gelu", gelu, -4.0, 4.0, pieces=16, degree=2, n_in=n, f_in=f, f_out=f,
+                          right=Tail(slope=1.0)))
+
+
+def build_graph(elements: int, n: int = 50, f: int = 12) -> GateGraph:
+    g = GateGraph()
+    x = g.input("x", elements, n, owner=1)
+    w = g.input("w", elements, n, owner=0)
+    h2 = g.add("mul", Mul(elements, n), [x, w])
+    h = g.add("rescale", ArsOneRound(elements, n, f), [h2])
+    y = g.add("gelu", ScalarGate(elements, gelu_spec(n, f)), [h])
+    r = g.add("relu", ReLU2(elements, n), [h])
+    m = g.add("max", MaxTree((elements,), n), [r])
+    g.output("gelu_out", y)
+    g.output("max_out", m)
+    return g
+
+
+def plaintext(x: np.ndarray, w: np.ndarray) -> dict[str, np.ndarray]:
+    h = x * w
+    return {"gelu_out": gelu(h), "max_out": np.array([max(0.0, float(h.max()))])}

@@ -1,0 +1,122 @@
+"""A gate graph: the runtime's view of a program (wires, gates, key-consumption order).
+
+Nodes are kept in the order the builder (later: the compiler) fixed; that order is the
+key layout's order. Evaluation is dataflow: a node starts as soon as its inputs exist,
+all nodes waiting on an open share one message per round (protocol.drive), and both
+parties walk the same deterministic schedule.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from fusec.errors import ParameterError
+from fusec.runtime.gates.arith import Input, Output
+from fusec.runtime.gates.base import Gate, GateCost, Key
+from fusec.runtime.layout import KeyField, KeyLayout
+from fusec.runtime.protocol import Exchange, RoundLog, drive
+from fusec.runtime.rng import DealerRng
+
+
+@dataclass
+class Node:
+    id: str
+    gate: Gate
+    inputs: list[str]
+
+
+class GateGraph:
+    """Builder + keygen + evaluation of a small program of gates."""
+
+    def __init__(self) -> None:
+        self.nodes: list[Node] = []
+        self._ids: set[str] = set()
+
+    # ------------------------------------------------------------------ building
+    def add(self, node_id: str, gate: Gate, inputs: list[str] = ()) -> str:
+        if node_id in self._ids:
+            raise ParameterError(f"duplicate node id {node_id!r}")
+        for w in inputs:
+            if w not in self._ids:
+                raise ParameterError(f"node {node_id!r} reads {w!r}, which no earlier node produces")
+        if len(inputs) != gate.inputs:
+            raise ParameterError(f"node {node_id!r}: {gate.kind} takes {gate.inputs} inputs, got {len(inputs)}")
+        self.nodes.append(Node(node_id, gate, list(inputs)))
+        self._ids.add(node_id)
+        return node_id
+
+    def input(self, name: str, elements: int, bits: int, owner: int = 1) -> str:
+        return self.add(name, Input(elements, bits, owner))
+
+    def output(self, name: str, wire: str, receiver: int = 1) -> str:
+        g = self.node(wire).gate
+        bits = getattr(g, "out_bits", None) or getattr(g, "bits")
+        return self.add(name, Output(g.elements, bits, receiver), [wire])
+
+    def node(self, node_id: str) -> Node:
+        for n in self.nodes:
+            if n.id == node_id:
+                return n
+        raise KeyError(node_id)
+
+    @property
+    def inputs(self) -> list[Node]:
+        return [n for n in self.nodes if isinstance(n.gate, Input)]
+
+    @property
+    def outputs(self) -> list[Node]:
+        return [n for n in self.nodes if isinstance(n.gate, Output)]
+
+    # ------------------------------------------------------------------ layout / cost
+    def layout(self) -> KeyLayout:
+        return KeyLayout([(n.id, n.gate.kind, n.gate.elements,
+                           tuple(KeyField(name, tuple(shape), bits) for name, shape, bits in n.gate.fields()))
+                          for n in self.nodes])
+
+    def costs(self) -> list[tuple[str, str, int, GateCost]]:
+        return [(n.id, n.gate.kind, n.gate.elements, n.gate.cost()) for n in self.nodes]
+
+    # ------------------------------------------------------------------ dealer
+    def keygen(self, rng: DealerRng) -> tuple[dict[str, Key], dict[str, Key], dict[str, np.ndarray]]:
+        """Both parties' keys for one inference, plus every wire's mask (dealer only)."""
+        masks: dict[str, np.ndarray] = {}
+        keys: tuple[dict[str, Key], dict[str, Key]] = ({}, {})
+        for n in self.nodes:
+            out, k0, k1 = n.gate.keygen(rng, [masks[w] for w in n.inputs])
+            masks[n.id] = out
+            keys[0][n.id], keys[1][n.id] = k0, k1
+        return keys[0], keys[1], masks
+
+    # ------------------------------------------------------------------ online
+    def evaluate(self, party: int, keys: Callable[[str], Key] | dict[str, Key], inputs: dict[str, np.ndarray],
+                 exchange: Exchange, be, log: RoundLog | None = None) -> dict[str, np.ndarray]:
+        """Run this party's side; returns the outputs this party receives (by node id)."""
+        get = keys.__getitem__ if isinstance(keys, dict) else keys
+        values: dict[str, object] = {}
+        started: set[str] = set()
+        gen_node: list[str] = []
+
+        def start_ready():
+            gens = []
+            for n in self.nodes:
+                if n.id in started or any(w not in values for w in n.inputs):
+                    continue
+                started.add(n.id)
+                if isinstance(n.gate, Input):
+                    args = [inputs.get(n.id) if party == n.gate.owner else None]
+                    if party == n.gate.owner and n.id not in inputs:
+                        raise ParameterError(f"no value given for input {n.id!r}")
+                else:
+                    args = [values[w] for w in n.inputs]
+                gens.append(n.gate.eval(party, be.stage_key(get(n.id)), args, be))
+                gen_node.append(n.id)
+            return gens
+
+        def on_done(i: int, result):
+            values[gen_node[i]] = result
+            return start_ready()
+
+        drive(start_ready(), exchange, party, be, log, on_done=on_done)
+        return {n.id: values[n.id] for n in self.outputs if values.get(n.id) is not None}
