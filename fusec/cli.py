@@ -32,6 +32,17 @@ def cli() -> None:
     """fusec: compile models to two-party FSS secure inference."""
 
 
+@cli.command()
+@click.option("--n", "bits", default=50, show_default=True, help="ring bits")
+@click.option("--f", "frac", default=12, show_default=True, help="shift / fractional bits")
+def gates(bits, frac) -> None:
+    """Per-element cost of every gate in the library (per party)."""
+    from fusec.runtime.gates.catalog import table
+
+    click.echo(f"n={bits}, f={frac}; key bytes, AES blocks, rounds and bits opened per element, per party")
+    click.echo(table(bits, frac))
+
+
 # ---------------------------------------------------------------------- demo
 @cli.group(invoke_without_command=True)
 @click.option("--elements", default=8, show_default=True, help="vector length")
@@ -99,8 +110,10 @@ def demo_keygen(elements, bits, frac, count, out) -> None:
 @click.option("--input", "input_path", type=click.Path(), help=".npy with this party's private vector")
 @click.option("--output", "output_path", type=click.Path(), help="write received outputs as JSON")
 @click.option("--timeout", default=60.0, show_default=True, help="seconds without progress before giving up")
+@click.option("--connect-retry", default=30.0, show_default=True, help="seconds to keep retrying --peer while it starts")
 @click.option("--backend", default="cpu", show_default=True)
-def demo_run(elements, bits, frac, party, key_path, listen, peer, input_path, output_path, timeout, backend) -> None:
+def demo_run(elements, bits, frac, party, key_path, listen, peer, input_path, output_path, timeout, connect_retry,
+             backend) -> None:
     """One server of the demo graph."""
     from fusec import demo as d
     from fusec.runtime import ring
@@ -120,7 +133,7 @@ def demo_run(elements, bits, frac, party, key_path, listen, peer, input_path, ou
         inputs["w" if party == 0 else "x"] = ring.encode_fixed(vec, frac, bits)
     be = get_backend(backend)
     ch = TcpChannel.listen(*parse_address(listen), timeout=timeout) if listen else \
-        TcpChannel.connect(*parse_address(peer), timeout=timeout)
+        TcpChannel.connect(*parse_address(peer), timeout=timeout, retry_for=connect_retry)
     with ch:
         res = run_party(graph, party, kf, idx, ch, inputs, be)
     outs = {k: ring.decode_fixed(v, frac, bits).tolist() for k, v in res.outputs.items()}

@@ -218,3 +218,13 @@ def fit(req: FitRequest) -> OperatorSpec:
     err = float(np.max(np.abs(got - want))) if xs.size else 0.0
     return OperatorSpec(**{**asdict(spec), "breakpoints": spec.breakpoints, "coeffs": spec.coeffs,
                            "centers": spec.centers, "max_error_ulps": err})
+
+
+def relu_spec(n: int, f: int) -> OperatorSpec:
+    """ReLU as an exact spec (no fitting, no output shift): 0 below 0, x above.
+
+    Compiled through :class:`~fusec.runtime.gates.scalar.ScalarGate` this is the
+    one-round ReLU: one DCF with payload (1, -r), two evaluation points, one open.
+    """
+    return OperatorSpec("relu", n, f, f, (0,), ((0,), (0, 1)), (0, 0), f, max_error_ulps=0.0,
+                        notes="exact")

@@ -1,0 +1,58 @@
+"""The gate library at a glance: one instance of each gate with its per-element cost.
+
+``fusec gates`` prints this table; the README quotes it. Costs are the gates' own
+``cost()`` (tested against the key arrays and the AES counter), not a separate model.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fusec.ir.spec import FitRequest, Tail, fit, relu_spec
+from fusec.runtime.gates.arith import MatMulPrivate, Mul
+from fusec.runtime.gates.base import Gate
+from fusec.runtime.gates.compare import DReLU, IntervalContainment, LutDpf, MaxTree, ReLU2, Select
+from fusec.runtime.gates.linear import Add, MatMulPublic, MulPublic
+from fusec.runtime.gates.scalar import ScalarGate
+from fusec.runtime.gates.truncation import (ArsExact, ArsOneRound, SignExtend, TruncateLocal,
+                                            TruncateReduce, TruncateSlack)
+
+
+def _gelu(x):
+    return 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+
+
+def library(n: int = 50, f: int = 12) -> list[tuple[str, Gate]]:
+    """(label, gate) for every gate kind at ring width n, shift f."""
+    spec = fit(FitRequest("gelu", _gelu, -4, 4, pieces=16, degree=2, n_in=n, f_in=f, f_out=f, right=Tail(1.0)))
+    return [
+        ("add (free)", Add(1, n)),
+        ("public scalar (free)", MulPublic(1, n, 3)),
+        ("matmul, public weights (free)", MatMulPublic((1, 4), np.ones((4, 1), np.int64), n)),
+        ("mul (secret x secret)", Mul(1, n)),
+        ("matmul, private weights 128x768x768 /out elem", MatMulPrivate((128, 768), (768, 768), n)),
+        (f"truncate-reduce s={f}", TruncateReduce(1, n, f)),
+        (f"sign extension {n - f}->{n}", SignExtend(1, n - f, n)),
+        (f"ARS exact (TR+SExt) s={f}", ArsExact(1, n, f)),
+        (f"ARS one round, two DCFs s={f}", ArsOneRound(1, n, f)),
+        (f"TR with slack s={f}", TruncateSlack(1, n, f)),
+        (f"local truncation s={f} (approx.)", TruncateLocal(1, n, f)),
+        ("DReLU", DReLU(1, n)),
+        ("select", Select(1, n)),
+        ("ReLU two-round (DReLU+select)", ReLU2(1, n)),
+        ("ReLU one-round (spline, 1 DCF)", ScalarGate(1, relu_spec(n, f))),
+        ("max over 8 (tree) /out elem", MaxTree((8,), n)),
+        ("LUT 8-bit via DPF", LutDpf(1, n, np.arange(256), n, view_bits=8)),
+        ("interval containment (2 intervals)", IntervalContainment(1, n, [(-10, 10), (0, 100)])),
+        ("ScalarGate GELU 16x quad, shifted (ours)", ScalarGate(1, spec, "shifted")),
+        ("ScalarGate GELU 16x quad, piece table", ScalarGate(1, spec, "pieces")),
+    ]
+
+
+def table(n: int = 50, f: int = 12) -> str:
+    rows = ["| gate | key bytes | AES | rounds | bits opened |", "| --- | ---: | ---: | ---: | ---: |"]
+    for label, g in library(n, f):
+        c = g.cost()
+        rows.append(f"| {label} | {c.key_bits / 8:,.1f} | {c.aes} | {c.rounds} | {c.open_bits} |")
+    return "\n".join(rows)
