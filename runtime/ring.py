@@ -7,6 +7,8 @@ All functions take an array module ``xp`` implicitly through the array they are 
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from fusec.errors import ParameterError
@@ -75,6 +77,9 @@ def from_signed(x, bits: int):
 def encode_fixed(values, frac_bits: int, bits: int) -> np.ndarray:
     """Round real numbers to fixed point with ``frac_bits`` fractional bits in Z_{2^bits}."""
     v = np.rint(np.asarray(values, dtype=np.float64) * float(2 ** frac_bits))
+    if v.size and not np.all(np.isfinite(v)):
+        raise ParameterError(f"{int(np.sum(~np.isfinite(v)))} value(s) are NaN or infinite",
+                             "fixed point holds finite numbers only; check the input")
     limit = 2.0 ** (bits - 1)
     if v.size and (np.max(v) >= limit or np.min(v) < -limit):
         raise ParameterError(
@@ -114,9 +119,30 @@ def pack_bits(values, bits: int) -> np.ndarray:
         shifts = (np.arange(per, dtype=np.uint64) * U64(bits))
         words = np.bitwise_or.reduce(padded.reshape(-1, per) << shifts, axis=1)
         return words.astype("<u8").view(np.uint8)[: packed_size(n, bits)].copy()
-    shifts = np.arange(bits, dtype=np.uint64)
-    bitmat = ((v[:, None] >> shifts) & U64(1)).astype(np.uint8)
-    return np.packbits(bitmat.reshape(-1), bitorder="little")
+    return _pack_blocks(v, bits)
+
+
+def _block_geometry(bits: int) -> tuple[int, int]:
+    """A block of ``64/g`` values of ``bits`` bits fills exactly ``bits/g`` words (g = gcd)."""
+    g = math.gcd(bits, 64)
+    return 64 // g, bits // g
+
+
+def _pack_blocks(v: np.ndarray, bits: int) -> np.ndarray:
+    per, words = _block_geometry(bits)
+    n = v.size
+    nblk = (n + per - 1) // per
+    vals = np.zeros(nblk * per, np.uint64)
+    vals[:n] = v & mask(bits)
+    vals = vals.reshape(nblk, per)
+    out = np.zeros((nblk, words + 1), np.uint64)
+    for j in range(per):  # loop over positions inside a block, vectorized over blocks
+        off = j * bits
+        w, sh = off // 64, off % 64
+        out[:, w] |= vals[:, j] << np.uint64(sh)
+        if sh + bits > 64:
+            out[:, w + 1] |= vals[:, j] >> np.uint64(64 - sh)
+    return out[:, :words].astype("<u8").reshape(-1).view(np.uint8)[: packed_size(n, bits)].copy()
 
 
 def unpack_bits(buf, bits: int, count: int) -> np.ndarray:
@@ -136,6 +162,19 @@ def unpack_bits(buf, bits: int, count: int) -> np.ndarray:
         words = raw.view("<u8").astype(np.uint64)
         shifts = (np.arange(per, dtype=np.uint64) * U64(bits))
         return ((words[:, None] >> shifts) & mask(bits)).reshape(-1)[:count]
-    bitv = np.unpackbits(b[:need], bitorder="little")[: count * bits].reshape(count, bits)
-    weights = (U64(1) << np.arange(bits, dtype=np.uint64))
-    return (bitv.astype(np.uint64) * weights).sum(axis=1, dtype=np.uint64)
+    per, words = _block_geometry(bits)
+    nblk = (count + per - 1) // per
+    raw = np.zeros(nblk * words * 8 + 8, np.uint8)
+    raw[:need] = b[:need]
+    wv = raw.view("<u8").astype(np.uint64)
+    out = np.empty((nblk, per), np.uint64)
+    m = mask(bits)
+    for j in range(per):
+        off = j * bits
+        w, sh = off // 64, off % 64
+        idx = np.arange(nblk) * words + w
+        val = wv[idx] >> np.uint64(sh)
+        if sh + bits > 64:
+            val |= wv[idx + 1] << np.uint64(64 - sh)
+        out[:, j] = val & m
+    return out.reshape(-1)[:count]

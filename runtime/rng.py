@@ -7,6 +7,7 @@ draws a fresh seed from the OS).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 
 import numpy as np
@@ -19,10 +20,9 @@ class DealerRng:
     """AES-CTR keystream as a source of uniform uint64 words."""
 
     def __init__(self, seed: bytes | None = None):
-        if seed is None:
-            seed = os.urandom(32)
-        key = seed[:16].ljust(16, b"\0")
-        nonce = (seed[16:32] if len(seed) >= 32 else b"").ljust(16, b"\0")
+        # OS entropy goes straight in; a test seed of any length is hashed so every byte counts
+        material = os.urandom(32) if seed is None else hashlib.sha256(b"fusec/dealer-seed/v1" + bytes(seed)).digest()
+        key, nonce = material[:16], material[16:32]
         self._enc = Cipher(algorithms.AES(key), modes.CTR(nonce)).encryptor()
 
     def words(self, count: int) -> np.ndarray:

@@ -108,6 +108,23 @@ def test_dpf_random_points(n):
         assert np.array_equal(dpf.lt_eval(1, l1, X[:, j], prg), dpf.lt_eval(1, l1, X, prg)[:, j])
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [13, 14])
+def test_dpf_all_points_many_alphas(n):
+    """Every x of a 13/14-bit domain against 260 alphas (edges + random): eq, [alpha < x], [x < alpha]."""
+    rnd = random.Random(1000 + n)
+    rng, prg = DealerRng(bytes([n, 3]) * 16), CpuPrg()
+    alphas = np.array(edge_alphas(n, 255, rnd), np.uint64)
+    D = 1 << n
+    X = np.broadcast_to(np.arange(D, dtype=np.uint64), (alphas.size, D)).copy()
+    a_col = alphas[:, None]
+    k0, k1 = dpf.keygen(rng, alphas, n, prg)
+    assert np.array_equal((dpf.eval(0, k0, X, prg) ^ dpf.eval(1, k1, X, prg)).astype(bool), X == a_col)
+    assert np.array_equal((dpf.prefix_parity(0, k0, X, prg) ^ dpf.prefix_parity(1, k1, X, prg)).astype(bool), a_col < X)
+    l0, l1 = dpf.lt_keygen(rng, alphas, n, prg)
+    assert np.array_equal((dpf.lt_eval(0, l0, X, prg) ^ dpf.lt_eval(1, l1, X, prg)).astype(bool), X < a_col)
+
+
 @pytest.mark.parametrize("n", [8, 10, 12])
 def test_dpf_early_termination_matches_full_tree(n):
     rnd = random.Random(n)
@@ -246,6 +263,28 @@ def test_dcf_random(n, w, m):
         x = np.array([r[0] for r in pts], np.uint64)
         got = dcf_reconstruct(dcf.eval(0, j0, x, prg), dcf.eval(1, j1, x, prg), w)
         assert got == [[b[0] if xx < a else 0] for b, xx, a in zip(betas, x.tolist(), alphas)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n,w,m", [(64, 64, 4), (50, 50, 1), (37, 37, 2)])
+def test_dcf_random_many_keys(n, w, m):
+    """20k keys x 8 points each, numpy oracle."""
+    rng, prg = DealerRng(bytes([n, w, m, 77]) * 8), CpuPrg()
+    K, P = 20_000, 8
+    nm, wm = np.uint64(umask(n)), np.uint64(umask(w))
+    alphas = rng.ring(K, n)
+    alphas[:3] = [0, 1, umask(n)]
+    betas = rng.ring((K, m), w)
+    X = rng.ring((K, P), n)
+    X[:, 0] = alphas
+    X[:, 1] = (alphas - np.uint64(1)) & nm
+    X[:, 2] = (alphas + np.uint64(1)) & nm
+    X[:, 3] = 0
+    X[:, 4] = nm
+    k0, k1 = dcf.keygen(rng, alphas, betas, n, w, prg)
+    got = (dcf.eval(0, k0, X, prg) + dcf.eval(1, k1, X, prg)) & wm
+    want = np.where((X < alphas[:, None])[..., None], betas[:, None, :], np.uint64(0))
+    assert np.array_equal(got, want)
 
 
 @pytest.mark.parametrize("n,w,m", [(50, 50, 1), (37, 64, 4), (64, 1, 3)])

@@ -127,6 +127,11 @@ def test_encode_decode_fixed(bits, frac):
     assert np.all(np.abs(dec - np.array(vals)) <= 0.5 / 2 ** frac)
 
 
+def test_encode_fixed_rejects_nan():
+    with pytest.raises(ParameterError):
+        ring.encode_fixed([float("nan"), 1.0], 12, 50)
+
+
 def test_encode_fixed_out_of_range():
     with pytest.raises(ParameterError):
         ring.encode_fixed([128.0], 0, 8)
@@ -281,6 +286,14 @@ def test_dealer_rng_different_seeds():
     assert not np.array_equal(base, DealerRng(b"s" * 16 + b"n" * 16).words(64))  # nonce half matters
     assert not np.array_equal(DealerRng().words(64), DealerRng().words(64))
     assert not np.array_equal(DealerRng(None).words(64), base)
+
+
+def test_dealer_rng_seed_17_to_31_bytes_all_used():
+    assert not np.array_equal(DealerRng(b"x" * 16 + b"aaaa").words(8), DealerRng(b"x" * 16 + b"bbbb").words(8))
+
+
+def test_dealer_rng_long_seed_all_used():
+    assert not np.array_equal(DealerRng(b"x" * 32 + b"a").words(8), DealerRng(b"x" * 32 + b"b").words(8))
 
 
 def test_dealer_rng_ranges_and_share():

@@ -299,7 +299,8 @@ class LutDpf(Gate):
     The result is ``T[x mod 2^k]`` for every x: the table sees x's low k bits, so it is
     the function the caller wants when x fits in k bits (unsigned, or two's complement
     with T indexed by ``x mod 2^k``). Key: ``128 + 129k + 2*out`` bits; AES: a full-domain
-    expansion, ``3 * 2^k - 2`` blocks.
+    expansion, ``3 * 2^k - 2`` blocks. Eval holds ``(elements, 2^k)`` arrays (one-hot shares,
+    index matrix), so callers batch large tensors into gates of bounded size.
     """
 
     kind = "lut_dpf"
