@@ -12,7 +12,7 @@ from types import ModuleType
 import numpy as np
 
 from fusec.errors import FusecError
-from fusec.runtime import dcf, dpf
+from fusec.runtime import dcf, dpf, dpf_arith
 from fusec.runtime.prg import CpuPrg
 
 
@@ -48,6 +48,9 @@ class Backend:
 
     def dpf_eval_full(self, party: int, key: dpf.DpfKey):
         return dpf.eval_full(party, key, self.prg)
+
+    def dpf_arith_eval_full(self, party: int, key: dpf_arith.DpfArithKey):
+        return dpf_arith.eval_full(party, key, self.prg)
 
     @property
     def aes_calls(self) -> int:

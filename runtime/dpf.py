@@ -22,8 +22,7 @@ from fusec.errors import ParameterError
 from fusec.runtime import ring
 from fusec.runtime.prg import TWEAK_LEAF_VALUE, CpuPrg
 from fusec.runtime.rng import DealerRng
-from fusec.runtime.tree import (ONE, clear_t, control_bit, path_bit, select_block,
-                                times_bit, with_low_bit)
+from fusec.runtime.tree import ONE, control_bit, expand_full, keygen_tree, times_bit, walk
 
 LEAF_BITS = 7
 
@@ -93,44 +92,24 @@ def keygen(rng: DealerRng, alpha: np.ndarray, n: int, prg: CpuPrg | None = None)
     N = alpha.shape[0]
     nu = leaf_bits(n)
     depth = n - nu
-    top = alpha >> np.uint64(nu)
-    st = [with_low_bit(rng.blocks(N), np.zeros(N, np.uint64)), with_low_bit(rng.blocks(N), np.ones(N, np.uint64))]
-    roots = [s.copy() for s in st]
-    cw_seed = np.empty((depth, N, 2), np.uint64)
-    cw_tr = np.empty((depth, N), np.uint64)
-    for i in range(depth):
-        a = path_bit(top, i, depth)
-        raw = [prg.children(clear_t(st[b])) for b in (0, 1)]
-        lose = [select_block(a, raw[b][0], raw[b][1]) for b in (0, 1)]
-        keep = [select_block(a, raw[b][1], raw[b][0]) for b in (0, 1)]
-        s_cw = clear_t(lose[0] ^ lose[1])
-        tcw_l = control_bit(raw[0][0]) ^ control_bit(raw[1][0]) ^ a ^ ONE
-        tcw_r = control_bit(raw[0][1]) ^ control_bit(raw[1][1]) ^ a
-        cw_seed[i] = with_low_bit(s_cw, tcw_l)
-        cw_tr[i] = tcw_r
-        cw_keep = with_low_bit(s_cw, np.where(a.astype(bool), tcw_r, tcw_l))
-        st = [keep[b] ^ times_bit(control_bit(st[b]), cw_keep) for b in (0, 1)]
+    roots, cw_seed, cw_tr, st = keygen_tree(rng, alpha >> np.uint64(nu), depth, prg)
     conv = [prg.value_blocks(st[b], 1, TWEAK_LEAF_VALUE)[..., 0, :] for b in (0, 1)]
     cw_leaf = conv[0] ^ conv[1] ^ _unit_block(alpha & ring.mask(nu) if nu else np.zeros(N, np.uint64))
     return tuple(DpfKey(n, roots[b], cw_seed, cw_tr, cw_leaf) for b in (0, 1))  # type: ignore
 
 
 def _walk(key: DpfKey, x: np.ndarray, prg: CpuPrg, prefix_parity: bool):
-    """Walk x's path; returns (leaf block, accumulated prefix parity or None)."""
+    """Walk x's path; returns (leaf block, accumulated prefix parity)."""
     depth = key.n - key.nu
     exp = (lambda a: a[:, None]) if x.ndim == 2 else (lambda a: a)
-    top = x >> np.uint64(key.nu)
-    st = np.broadcast_to(exp(key.root), x.shape + (2,)).copy()
     acc = np.zeros(x.shape, np.uint64)
-    for i in range(depth):
-        xi = path_bit(top, i, depth)
-        t = control_bit(st)
-        raw = prg.child(clear_t(st), xi)
-        cws = np.broadcast_to(exp(key.cw_seed[i]), st.shape)
-        cw_dir = with_low_bit(cws, np.where(xi.astype(bool), exp(key.cw_tr[i]), cws[..., 0] & ONE))
-        st = raw ^ times_bit(t, cw_dir)
-        if prefix_parity:
-            acc ^= xi & (t ^ control_bit(st))
+
+    def parity(xi, t_parent, t_child):
+        # going right: the left sibling's share of [alpha in subtree] is t_parent ^ t_child
+        acc[...] ^= xi & (t_parent ^ t_child)
+
+    st = walk(key.root, key.cw_seed, key.cw_tr, x >> np.uint64(key.nu), depth, prg,
+              parity if prefix_parity else None)
     t = control_bit(st)
     leaf = prg.value_blocks(st, 1, TWEAK_LEAF_VALUE)[..., 0, :] ^ times_bit(t, np.broadcast_to(exp(key.cw_leaf), st.shape))
     return leaf, acc
@@ -187,17 +166,7 @@ def eval_full(party: int, key: DpfKey, prg: CpuPrg | None = None) -> np.ndarray:
                              "use eval() at chosen points, or a domain of at most 24 bits")
     prg = prg or CpuPrg()
     N = key.elements
-    depth = key.n - key.nu
-    st = key.root[:, None, :].copy()
-    for i in range(depth):
-        t = control_bit(st)
-        L, R = prg.children(clear_t(st))
-        cw = key.cw_seed[i][:, None, :]
-        cwl = with_low_bit(np.broadcast_to(cw, L.shape), np.broadcast_to(cw[..., 0] & ONE, L.shape[:-1]))
-        cwr = with_low_bit(np.broadcast_to(cw, R.shape), np.broadcast_to(key.cw_tr[i][:, None], R.shape[:-1]))
-        L ^= times_bit(t, cwl)
-        R ^= times_bit(t, cwr)
-        st = np.stack([L, R], axis=2).reshape(N, -1, 2)
+    st = expand_full(key.root, key.cw_seed, key.cw_tr, key.n - key.nu, prg)
     t = control_bit(st)
     leaf = prg.value_blocks(st, 1, TWEAK_LEAF_VALUE)[..., 0, :] ^ times_bit(t, np.broadcast_to(key.cw_leaf[:, None, :], st.shape))
     bits = np.arange(2 ** key.nu, dtype=np.uint64)

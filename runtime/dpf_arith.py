@@ -29,8 +29,7 @@ from fusec.errors import ParameterError
 from fusec.runtime import ring
 from fusec.runtime.prg import TWEAK_LEAF_VALUE, CpuPrg, blocks_needed, words_to_fields
 from fusec.runtime.rng import DealerRng
-from fusec.runtime.tree import (ONE, clear_t, control_bit, neg_if, path_bit, select_block,
-                                times_bit, with_low_bit)
+from fusec.runtime.tree import control_bit, expand_full, keygen_tree, neg_if, walk
 
 #: Largest domain :func:`eval_full` expands (2^24 outputs per key).
 MAX_FULL_DOMAIN_BITS = 24
@@ -105,23 +104,7 @@ def keygen(rng: DealerRng, alpha: np.ndarray, beta, n: int, w: int,
     if beta.size not in (1, N):
         raise ParameterError(f"arithmetic DPF keygen: {N} alphas but {beta.size} betas")
     beta = np.broadcast_to(ring.from_signed(beta.reshape(-1), w), (N,))
-    st = [with_low_bit(rng.blocks(N), np.zeros(N, np.uint64)), with_low_bit(rng.blocks(N), np.ones(N, np.uint64))]
-    roots = [s.copy() for s in st]
-    cw_seed = np.empty((n, N, 2), np.uint64)
-    cw_tr = np.empty((n, N), np.uint64)
-    for i in range(n):
-        a = path_bit(alpha, i, n)
-        raw = [prg.children(clear_t(st[b])) for b in (0, 1)]
-        lose = [select_block(a, raw[b][0], raw[b][1]) for b in (0, 1)]
-        keep = [select_block(a, raw[b][1], raw[b][0]) for b in (0, 1)]
-        s_cw = clear_t(lose[0] ^ lose[1])
-        # use the *parent's* t when correcting (DESIGN §5.3 pitfalls)
-        tcw_l = control_bit(raw[0][0]) ^ control_bit(raw[1][0]) ^ a ^ ONE
-        tcw_r = control_bit(raw[0][1]) ^ control_bit(raw[1][1]) ^ a
-        cw_seed[i] = with_low_bit(s_cw, tcw_l)
-        cw_tr[i] = tcw_r
-        cw_keep = with_low_bit(s_cw, np.where(a.astype(bool), tcw_r, tcw_l))
-        st = [keep[b] ^ times_bit(control_bit(st[b]), cw_keep) for b in (0, 1)]
+    roots, cw_seed, cw_tr, st = keygen_tree(rng, alpha, n, prg)
     conv = [_convert(prg, st[b], w) for b in (0, 1)]
     cw_final = neg_if(control_bit(st[1]), (beta - conv[0] + conv[1]) & wm, wm)
     return tuple(DpfArithKey(n, w, roots[b], cw_seed, cw_tr, cw_final) for b in (0, 1))  # type: ignore
@@ -145,14 +128,7 @@ def eval(party: int, key: DpfArithKey, x: np.ndarray, prg: CpuPrg | None = None)
         raise ParameterError(f"arithmetic DPF eval: inputs of shape {x.shape} for {key.elements} keys",
                              "pass x as (N,) or (N, P) with N = number of keys")
     exp = (lambda a: a[:, None]) if x.ndim == 2 else (lambda a: a)
-    st = np.broadcast_to(exp(key.root), x.shape + (2,)).copy()
-    for i in range(key.n):
-        xi = path_bit(x, i, key.n)
-        t = control_bit(st)
-        raw = prg.child(clear_t(st), xi)
-        cws = np.broadcast_to(exp(key.cw_seed[i]), st.shape)
-        cw_dir = with_low_bit(cws, np.where(xi.astype(bool), exp(key.cw_tr[i]), cws[..., 0] & ONE))
-        st = raw ^ times_bit(t, cw_dir)
+    st = walk(key.root, key.cw_seed, key.cw_tr, x, key.n, prg)
     return _finish(party, key, st, np.broadcast_to(exp(key.cw_final), x.shape), prg)
 
 
@@ -167,14 +143,5 @@ def eval_full(party: int, key: DpfArithKey, prg: CpuPrg | None = None) -> np.nda
                              f"use eval() at chosen points, or a domain of at most {MAX_FULL_DOMAIN_BITS} bits")
     prg = prg or CpuPrg()
     N = key.elements
-    st = key.root[:, None, :].copy()
-    for i in range(key.n):
-        t = control_bit(st)
-        L, R = prg.children(clear_t(st))
-        cw = key.cw_seed[i][:, None, :]
-        cwl = with_low_bit(np.broadcast_to(cw, L.shape), np.broadcast_to(cw[..., 0] & ONE, L.shape[:-1]))
-        cwr = with_low_bit(np.broadcast_to(cw, R.shape), np.broadcast_to(key.cw_tr[i][:, None], R.shape[:-1]))
-        L ^= times_bit(t, cwl)
-        R ^= times_bit(t, cwr)
-        st = np.stack([L, R], axis=2).reshape(N, -1, 2)
+    st = expand_full(key.root, key.cw_seed, key.cw_tr, key.n, prg)
     return _finish(party, key, st, key.cw_final[:, None], prg)

@@ -265,7 +265,6 @@ def test_dcf_random(n, w, m):
         assert got == [[b[0] if xx < a else 0] for b, xx, a in zip(betas, x.tolist(), alphas)]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("n,w,m", [(64, 64, 4), (50, 50, 1), (37, 37, 2)])
 def test_dcf_random_many_keys(n, w, m):
     """20k keys x 8 points each, numpy oracle."""

@@ -344,12 +344,7 @@ class LutDpf(Gate):
 
     def _eval_full(self, party: int, key: Key, be):
         dk = DpfArithKey.from_arrays(self.view_bits, self.out_bits, unprefixed("dpf", key))
-        fn = getattr(be, "dpf_arith_eval_full", None)
-        if fn is not None:
-            return fn(party, dk)
-        arrays = {k: be.asnumpy(v) for k, v in dk.arrays().items()}
-        host = DpfArithKey.from_arrays(self.view_bits, self.out_bits, arrays)
-        return be.asarray(dpf_arith.eval_full(party, host, be.prg))
+        return be.dpf_arith_eval_full(party, dk)
 
     def eval(self, party: int, key: Key, inputs, be) -> EvalGen:
         xp = be.xp

@@ -102,7 +102,20 @@ def _u(inputs, bits: int):
 
 
 # ----------------------------------------------------------------------------- TR
-class TruncateReduce(Gate):
+class _Shift(Gate):
+    """Common parameters of the shift gates: ring width, shift, output width."""
+
+    reduces = False  # output on n - s bits (truncate-reduce style) instead of n bits
+
+    def __init__(self, elements: int, bits: int, shift: int, max_shift: int | None = None):
+        super().__init__(elements)
+        self.bits = check_width(bits, f"{self.kind} ring width")
+        kw = {} if max_shift is None else {"max_shift": max_shift(self.bits)}
+        self.shift = _check_shift(self.kind, self.bits, shift, **kw)
+        self.out_bits = self.bits - self.shift if self.reduces else self.bits
+
+
+class TruncateReduce(_Shift):
     """SIGMA's TR: ``hi_s(x)`` of the unsigned n-bit ``x``, output in ``n - s`` bits.
 
     ``hi_s(x) = hi_s(u) - hi_s(r) - [lo_s(u) < lo_s(r)]  (mod 2^(n-s))``: the
@@ -117,11 +130,7 @@ class TruncateReduce(Gate):
 
     kind = "truncate_reduce"
 
-    def __init__(self, elements: int, bits: int, shift: int):
-        super().__init__(elements)
-        self.bits = check_width(bits, f"{self.kind} ring width")
-        self.shift = _check_shift(self.kind, self.bits, shift)
-        self.out_bits = self.bits - self.shift
+    reduces = True
 
     def fields(self) -> list[FieldSpec]:
         N, s, w = self.elements, self.shift, self.out_bits
@@ -206,7 +215,7 @@ class SignExtend(Gate):
 
 
 # ----------------------------------------------------------------------------- ARS, exact, 2 rounds
-class ArsExact(Gate):
+class ArsExact(_Shift):
     """Exact arithmetic shift right, ``floor(x / 2^s)`` for signed n-bit x, width kept n.
 
     SIGMA's TrFloor chain: :class:`TruncateReduce` gives ``floor(x/2^s) mod 2^(n-s)``
@@ -218,10 +227,7 @@ class ArsExact(Gate):
     kind = "ars_exact"
 
     def __init__(self, elements: int, bits: int, shift: int):
-        super().__init__(elements)
-        self.bits = check_width(bits, f"{self.kind} ring width")
-        self.shift = _check_shift(self.kind, self.bits, shift)
-        self.out_bits = self.bits
+        super().__init__(elements, bits, shift)
         self._tr = TruncateReduce(elements, self.bits, self.shift)
         self._se = SignExtend(elements, self.bits - self.shift, self.bits)
 
@@ -243,7 +249,7 @@ class ArsExact(Gate):
 
 
 # ----------------------------------------------------------------------------- ARS, one round
-class ArsOneRound(Gate):
+class ArsOneRound(_Shift):
     """Exact ``floor(x / 2^s)`` for signed n-bit x, width kept n, in ONE round.
 
     Offset to unsigned: ``x' = x + 2^(n-1)`` in ``[0, 2^n)``, masked by
@@ -263,11 +269,6 @@ class ArsOneRound(Gate):
 
     kind = "ars_one_round"
 
-    def __init__(self, elements: int, bits: int, shift: int):
-        super().__init__(elements)
-        self.bits = check_width(bits, f"{self.kind} ring width")
-        self.shift = _check_shift(self.kind, self.bits, shift)
-        self.out_bits = self.bits
 
     def fields(self) -> list[FieldSpec]:
         N, n, s = self.elements, self.bits, self.shift
@@ -301,7 +302,7 @@ class ArsOneRound(Gate):
 
 
 # ----------------------------------------------------------------------------- TR with slack
-class TruncateSlack(Gate):
+class TruncateSlack(_Shift):
     """``floor(x / 2^s)`` in n bits, one round, one s-bit DCF — WITH A RANGE PRECONDITION.
 
     !!! VALID ONLY FOR ``-2^(n-2) <= x < 2^(n-2)`` (one bit of headroom below the sign).
@@ -327,13 +328,10 @@ class TruncateSlack(Gate):
     kind = "truncate_slack"
 
     def __init__(self, elements: int, bits: int, shift: int):
-        super().__init__(elements)
-        self.bits = check_width(bits, f"{self.kind} ring width")
-        if self.bits < 3:
-            raise ParameterError(f"{self.kind}: needs a ring of at least 3 bits, got {self.bits}",
+        if check_width(bits, f"{self.kind} ring width") < 3:
+            raise ParameterError(f"{self.kind}: needs a ring of at least 3 bits, got {bits}",
                                  "the slack gate reserves one bit of headroom and needs s <= n-2")
-        self.shift = _check_shift(self.kind, self.bits, shift, max_shift=self.bits - 2)
-        self.out_bits = self.bits
+        super().__init__(elements, bits, shift, max_shift=lambda n: n - 2)
 
     def fields(self) -> list[FieldSpec]:
         N, n, s = self.elements, self.bits, self.shift
@@ -365,7 +363,7 @@ class TruncateSlack(Gate):
 
 
 # ----------------------------------------------------------------------------- local, approximate
-class TruncateLocal(Gate):
+class TruncateLocal(_Shift):
     """APPROXIMATE truncation with no key and no round: output ``hi_s(u)`` in n-s bits.
 
     The output mask is ``hi_s(r)`` (derived, like a linear gate's; uniform in n-s bits
@@ -384,11 +382,7 @@ class TruncateLocal(Gate):
 
     kind = "truncate_local"
 
-    def __init__(self, elements: int, bits: int, shift: int):
-        super().__init__(elements)
-        self.bits = check_width(bits, f"{self.kind} ring width")
-        self.shift = _check_shift(self.kind, self.bits, shift)
-        self.out_bits = self.bits - self.shift
+    reduces = True
 
     def fields(self) -> list[FieldSpec]:
         return []
