@@ -15,6 +15,7 @@ from fusec.runtime.gates.base import Gate
 from fusec.runtime.gates.compare import DReLU, IntervalContainment, LutDpf, MaxTree, ReLU2, Select
 from fusec.runtime.gates.linear import Add, MatMulPublic, MulPublic
 from fusec.runtime.gates.scalar import ScalarGate
+from fusec.runtime.gates.table import TableLookup
 from fusec.runtime.gates.truncation import (ArsExact, ArsOneRound, SignExtend, TruncateLocal,
                                             TruncateReduce, TruncateSlack)
 
@@ -44,6 +45,7 @@ def library(n: int = 50, f: int = 12) -> list[tuple[str, Gate]]:
         ("ReLU one-round (spline, 1 DCF)", ScalarGate(1, relu_spec(n, f))),
         ("max over 8 (tree) /out elem", MaxTree((8,), n)),
         ("LUT 8-bit via DPF", LutDpf(1, n, np.arange(256), n, view_bits=8)),
+        ("LUT 8-bit via shared truth table", TableLookup(1, n, np.arange(256), n, 8)),
         ("interval containment (2 intervals)", IntervalContainment(1, n, [(-10, 10), (0, 100)])),
         ("ScalarGate GELU 16x quad, shifted (ours)", ScalarGate(1, spec, "shifted")),
         ("ScalarGate GELU 16x quad, piece table", ScalarGate(1, spec, "pieces")),
