@@ -174,6 +174,7 @@ class SplineLookup(Gate):
 
     # ------------------------------------------------------------------ eval
     def eval(self, party: int, key: Key, inputs, be) -> EvalGen:
+        xp = be.xp
         n, d, N = self.bits, self.d, self.elements
         m = ring.mask(n)
         u = inputs[0].reshape(-1) & m
@@ -181,17 +182,17 @@ class SplineLookup(Gate):
         K = self._dcf_count()
         dk = dcf.DcfKey.from_arrays(n, d + 1, n, unprefixed("dcf", key))
         if self.lookup == "shifted":
-            a = np.array(self.bps, dtype=np.uint64)
-            pts = np.concatenate([u[:, None], (u[:, None] - a[None, :]) & m], axis=1)  # (N, M)
+            a = xp.asarray(np.array(self.bps, dtype=np.uint64))
+            pts = xp.concatenate([u[:, None], (u[:, None] - a[None, :]) & m], axis=1)  # (N, M)
             D = be.dcf_eval(party, dk, pts)                                         # (N, M, d+1)
-            rp = np.zeros((N, d + 1), np.uint64)
+            rp = xp.zeros((N, d + 1), np.uint64)
             if party == 1:
                 rp[:, 0] = 1
             if d:
                 rp[:, 1:] = key["rpow"]
             below = (u[:, None] < a[None, :]).astype(np.uint64)                     # [u < a_i]
             E = (D[:, 1:, :] - D[:, :1, :] + below[:, :, None] * rp[:, None, :]) & m  # [x<a_i](-r)^j
-            z = np.zeros(N, np.uint64)
+            z = xp.zeros(N, np.uint64)
             last = self.mono[-1]
             for j in range(d + 1):
                 z += rp[:, j] * _horner(_shift_poly(last, j, n), upow, m)
@@ -199,9 +200,9 @@ class SplineLookup(Gate):
                     delta = [(p - q) % (1 << n) for p, q in zip(self.mono[i - 1], self.mono[i])]
                     z += E[:, i - 1, j] * _horner(_shift_poly(delta, j, n), upow, m)
         else:
-            D = be.dcf_eval(party, dk, np.repeat(u, K)).reshape(N, K, d + 1)
+            D = be.dcf_eval(party, dk, xp.repeat(u, K)).reshape(N, K, d + 1)
             coef = (key["base"] + D.sum(axis=1)) & m                                # Q(u) shares
-            z = np.zeros(N, np.uint64)
+            z = xp.zeros(N, np.uint64)
             for e in range(d + 1):
                 z += coef[:, e] * upow[e]
         share = (z + key["r_out"]) & m
