@@ -139,8 +139,9 @@ def eval(party: int, key: DcfKey, x: np.ndarray, prg: CpuPrg | None = None) -> n
     prg = prg or CpuPrg()
     x = np.asarray(x, dtype=np.uint64) & ring.mask(key.n)
     N = key.elements
-    if x.shape[0] != N:
-        raise ParameterError(f"DCF eval: {x.shape[0]} inputs for {N} keys")
+    if x.ndim not in (1, 2) or x.shape[0] != N:
+        raise ParameterError(f"DCF eval: inputs of shape {x.shape} for {N} keys",
+                             "pass x as (N,) or (N, P) with N = number of keys")
     multi = x.ndim == 2
     exp = (lambda a: a[:, None]) if multi else (lambda a: a)
     wm = ring.mask(key.w)

@@ -127,8 +127,9 @@ def eval(party: int, key: DpfKey, x: np.ndarray, prg: CpuPrg | None = None) -> n
 
 def _check_x(key: DpfKey, x) -> np.ndarray:
     x = np.asarray(x, dtype=np.uint64) & ring.mask(key.n)
-    if x.shape[0] != key.elements:
-        raise ParameterError(f"DPF eval: {x.shape[0]} inputs for {key.elements} keys")
+    if x.ndim not in (1, 2) or x.shape[0] != key.elements:
+        raise ParameterError(f"DPF eval: inputs of shape {x.shape} for {key.elements} keys",
+                             "pass x as (N,) or (N, P) with N = number of keys")
     return x
 
 

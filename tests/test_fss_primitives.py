@@ -466,3 +466,15 @@ def test_eval_full_too_large():
     k0, _ = dpf.keygen(DealerRng(b"f" * 32), u64([5]), 30)
     with pytest.raises(ParameterError):
         dpf.eval_full(0, k0)
+
+
+def test_scalar_point_is_a_clear_error():
+    from fusec.runtime import dcf as _dcf, dpf as _dpf
+    from fusec.runtime.rng import DealerRng as _Rng
+    rng = _Rng()
+    k0, _ = _dcf.keygen(rng, np.array([3], np.uint64), np.array([[1]], np.uint64), 8, 8)
+    with pytest.raises(ParameterError):
+        _dcf.eval(0, k0, np.uint64(3))
+    l0, _ = _dpf.lt_keygen(rng, np.array([3], np.uint64), 8)
+    with pytest.raises(ParameterError):
+        _dpf.lt_eval(0, l0, np.uint64(3))
