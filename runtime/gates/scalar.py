@@ -100,7 +100,8 @@ class SplineLookup(Gate):
         specs = dcf.DcfKey.field_specs(n, d + 1, n, N * K)
         out = [(f"dcf.{name}", shape, bits) for name, shape, bits in specs]
         if self.lookup == "shifted":
-            out.append(("rpow", (N, d), n)) if d else None
+            if d:
+                out.append(("rpow", (N, d), n))   # shares of (-r)^j, j = 1..d
         else:
             out.append(("base", (N, d + 1), n))
         out.append(("r_out", (N,), n))
