@@ -81,6 +81,9 @@ def drive(gens: Iterable[EvalGen], exchange: Exchange, party: int, be, log: Roun
           on_done: Callable[[int, object], Iterable[EvalGen]] | None = None) -> list:
     """Run generators to completion with batched opens; return their results in order.
 
+    A generator yields an :class:`Open` (and receives the value) or a list of them
+    (and receives the list of values).
+
     ``on_done(i, result)`` may return new generators that become runnable when
     generator ``i`` finishes (dataflow scheduling); their results are appended.
     """
@@ -108,7 +111,9 @@ def drive(gens: Iterable[EvalGen], exchange: Exchange, party: int, be, log: Roun
                     queue.append(len(gens) - 1)
         if not waiting:
             break
-        reqs = [r for _, r in waiting]
+        # a generator may yield one Open or a list of Opens (independent sub-steps of a
+        # composite gate in the same round); flatten for the message, regroup after
+        reqs = [r for _, req in waiting for r in (req if isinstance(req, list) else [req])]
         scope = reqs[0].scope
         t0 = time.perf_counter()
         mine = _pack(reqs, party, be)
@@ -116,8 +121,14 @@ def drive(gens: Iterable[EvalGen], exchange: Exchange, party: int, be, log: Roun
         vals = _unpack(reqs, party, theirs, be)
         if log is not None:
             log.add(scope, len(mine), time.perf_counter() - t0)
-        for (i, _), v in zip(waiting, vals):
-            inbox[i] = v
+        pos = 0
+        for i, req in waiting:
+            if isinstance(req, list):
+                inbox[i] = vals[pos:pos + len(req)]
+                pos += len(req)
+            else:
+                inbox[i] = vals[pos]
+                pos += 1
             active.append(i)
     return results
 

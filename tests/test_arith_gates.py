@@ -57,3 +57,26 @@ def test_linear_gates():
     assert np.array_equal(run_gate(Add(100, n, subtract=True), [x, y], [n, n])[0], (x - y) & m)
     assert np.array_equal(run_gate(MulPublic(100, n, -3), [x], [n])[0], (x * np.uint64(2 ** 64 - 3)) & m)
     assert np.array_equal(run_gate(AddPublic(100, n, y), [x], [n])[0], (x + y) & m)
+
+
+def test_parallel_sub_gates_share_rounds():
+    """Two one-round gates run through base.parallel inside one generator: one round."""
+    from fusec.runtime.gates.base import parallel
+    from tests.harness import run_pair
+    from fusec.runtime.backend import get_backend
+    n = 37
+    rng = DealerRng()
+    x = rng.ring(50, n)
+    y = rng.ring(50, n)
+    g1, g2 = Mul(50, n), Mul(50, n)
+    rx, ry = rng.ring(50, n), rng.ring(50, n)
+    o1, a0, a1 = g1.keygen(rng, [rx, ry])
+    o2, b0, b1 = g2.keygen(rng, [ry, rx])
+    ux, uy = (x + rx) & ring.mask(n), (y + ry) & ring.mask(n)
+    be = get_backend()
+    r0, r1, logs = run_pair([parallel(g1.eval(0, a0, [ux, uy], be), g2.eval(0, b0, [uy, ux], be))],
+                            [parallel(g1.eval(1, a1, [ux, uy], be), g2.eval(1, b1, [uy, ux], be))])
+    z1, z2 = r0[0]
+    assert np.array_equal((z1 - o1) & ring.mask(n), (x * y) & ring.mask(n))
+    assert np.array_equal((z2 - o2) & ring.mask(n), (x * y) & ring.mask(n))
+    assert logs[0].rounds == 1

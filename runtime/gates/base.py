@@ -70,7 +70,36 @@ class Open:
     scope: str = "open"
 
 
-EvalGen = Generator[Open, Any, Any]
+EvalGen = Generator["Open | list[Open]", Any, Any]
+
+
+def parallel(*gens: EvalGen) -> EvalGen:
+    """Run sub-gate evaluations side by side inside one gate: their opens of the same
+    step share a round (yielded as one list). Returns the list of their results."""
+    gens = list(gens)
+    results: list = [None] * len(gens)
+    pending: dict[int, Any] = {}
+    for i, g in enumerate(gens):
+        try:
+            pending[i] = next(g)
+        except StopIteration as stop:
+            results[i] = stop.value
+    while pending:
+        order = list(pending)
+        flat = [r for i in order for r in (pending[i] if isinstance(pending[i], list) else [pending[i]])]
+        vals = yield flat
+        pos, nxt = 0, {}
+        for i in order:
+            req = pending[i]
+            k = len(req) if isinstance(req, list) else 1
+            v = vals[pos:pos + k] if isinstance(req, list) else vals[pos]
+            pos += k
+            try:
+                nxt[i] = gens[i].send(v)
+            except StopIteration as stop:
+                results[i] = stop.value
+        pending = nxt
+    return results
 
 
 def field_bits(fields: list[FieldSpec]) -> int:
