@@ -17,7 +17,7 @@ import numpy as np
 
 from fusec.errors import ParameterError
 from fusec.runtime import ring
-from fusec.runtime.prg import TWEAK_LEAF_VALUE, TWEAK_LEVEL_VALUE, CpuPrg, blocks_needed, words_to_fields
+from fusec.runtime.prg import TWEAK_LEAF_VALUE, TWEAK_LEVEL_VALUE, CpuPrg, default_prg, blocks_needed, words_to_fields
 from fusec.runtime.rng import DealerRng
 from fusec.runtime.tree import (ONE, clear_t, control_bit, neg_if, path_bit, select_block,
                                 times_bit, with_low_bit)
@@ -90,7 +90,7 @@ def keygen(rng: DealerRng, alpha: np.ndarray, beta: np.ndarray, n: int, w: int,
     _check(n, w, m)
     if alpha.shape[0] != N:
         raise ParameterError(f"DCF keygen: {alpha.shape[0]} alphas but {N} payloads")
-    prg = prg or CpuPrg()
+    prg = prg or default_prg()
     wm = ring.mask(w)
     alpha = alpha & ring.mask(n)
     beta = beta & wm
@@ -136,7 +136,7 @@ def eval(party: int, key: DcfKey, x: np.ndarray, prg: CpuPrg | None = None) -> n
     ``x`` is (N,) or (N, P) (P points per key). Returns (N, m) or (N, P, m) uint64 in
     Z_{2^w}. Loops only over the n tree levels.
     """
-    prg = prg or CpuPrg()
+    prg = prg or default_prg()
     x = np.asarray(x, dtype=np.uint64) & ring.mask(key.n)
     N = key.elements
     if x.ndim not in (1, 2) or x.shape[0] != N:

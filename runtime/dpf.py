@@ -20,7 +20,7 @@ import numpy as np
 
 from fusec.errors import ParameterError
 from fusec.runtime import ring
-from fusec.runtime.prg import TWEAK_LEAF_VALUE, CpuPrg
+from fusec.runtime.prg import TWEAK_LEAF_VALUE, CpuPrg, default_prg
 from fusec.runtime.rng import DealerRng
 from fusec.runtime.tree import ONE, control_bit, expand_full, keygen_tree, times_bit, walk
 
@@ -87,7 +87,7 @@ def _unit_block(pos: np.ndarray) -> np.ndarray:
 def keygen(rng: DealerRng, alpha: np.ndarray, n: int, prg: CpuPrg | None = None) -> tuple[DpfKey, DpfKey]:
     """Keys for the point function ``[x == alpha]`` on n bits, XOR-shared output."""
     ring.check_bits(n, "DPF domain width")
-    prg = prg or CpuPrg()
+    prg = prg or default_prg()
     alpha = np.asarray(alpha, dtype=np.uint64).reshape(-1) & ring.mask(n)
     N = alpha.shape[0]
     nu = leaf_bits(n)
@@ -117,7 +117,7 @@ def _walk(key: DpfKey, x: np.ndarray, prg: CpuPrg, prefix_parity: bool):
 
 def eval(party: int, key: DpfKey, x: np.ndarray, prg: CpuPrg | None = None) -> np.ndarray:  # noqa: A001
     """XOR share of ``[x == alpha]``; x is (N,) or (N, P)."""
-    prg = prg or CpuPrg()
+    prg = prg or default_prg()
     x = _check_x(key, x)
     leaf, _ = _walk(key, x, prg, False)
     pos = x & ring.mask(key.nu) if key.nu else np.zeros_like(x)
@@ -135,7 +135,7 @@ def _check_x(key: DpfKey, x) -> np.ndarray:
 
 def prefix_parity(party: int, key: DpfKey, x: np.ndarray, prg: CpuPrg | None = None) -> np.ndarray:
     """XOR share of ``[alpha < x]`` (XOR of the point function over [0, x))."""
-    prg = prg or CpuPrg()
+    prg = prg or default_prg()
     x = _check_x(key, x)
     leaf, acc = _walk(key, x, prg, True)
     pos = x & ring.mask(key.nu) if key.nu else np.zeros_like(x)
@@ -165,7 +165,7 @@ def eval_full(party: int, key: DpfKey, prg: CpuPrg | None = None) -> np.ndarray:
     if key.n > 24:
         raise ParameterError(f"full-domain DPF evaluation over {key.n} bits would need 2^{key.n} outputs per key",
                              "use eval() at chosen points, or a domain of at most 24 bits")
-    prg = prg or CpuPrg()
+    prg = prg or default_prg()
     N = key.elements
     st = expand_full(key.root, key.cw_seed, key.cw_tr, key.n - key.nu, prg)
     t = control_bit(st)

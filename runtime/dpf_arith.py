@@ -27,7 +27,7 @@ import numpy as np
 
 from fusec.errors import ParameterError
 from fusec.runtime import ring
-from fusec.runtime.prg import TWEAK_LEAF_VALUE, CpuPrg, blocks_needed, words_to_fields
+from fusec.runtime.prg import TWEAK_LEAF_VALUE, CpuPrg, default_prg, blocks_needed, words_to_fields
 from fusec.runtime.rng import DealerRng
 from fusec.runtime.tree import control_bit, expand_full, keygen_tree, neg_if, walk
 
@@ -96,7 +96,7 @@ def keygen(rng: DealerRng, alpha: np.ndarray, beta, n: int, w: int,
            prg: CpuPrg | None = None) -> tuple[DpfArithKey, DpfArithKey]:
     """Keys for ``beta * [x == alpha]``; alpha (N,) in [0, 2^n), beta scalar or (N,) in Z_{2^w}."""
     _check(n, w)
-    prg = prg or CpuPrg()
+    prg = prg or default_prg()
     alpha = np.asarray(alpha, dtype=np.uint64).reshape(-1) & ring.mask(n)
     N = alpha.shape[0]
     wm = ring.mask(w)
@@ -122,7 +122,7 @@ def eval(party: int, key: DpfArithKey, x: np.ndarray, prg: CpuPrg | None = None)
     ``x`` is (N,) or (N, P) (P points per key); returns uint64 of x's shape in Z_{2^w}.
     Loops only over the n tree levels.
     """
-    prg = prg or CpuPrg()
+    prg = prg or default_prg()
     x = np.asarray(x, dtype=np.uint64) & ring.mask(key.n)
     if x.ndim not in (1, 2) or x.shape[0] != key.elements:
         raise ParameterError(f"arithmetic DPF eval: inputs of shape {x.shape} for {key.elements} keys",
@@ -141,7 +141,7 @@ def eval_full(party: int, key: DpfArithKey, prg: CpuPrg | None = None) -> np.nda
     if key.n > MAX_FULL_DOMAIN_BITS:
         raise ParameterError(f"full-domain arithmetic DPF evaluation over {key.n} bits would need 2^{key.n} outputs per key",
                              f"use eval() at chosen points, or a domain of at most {MAX_FULL_DOMAIN_BITS} bits")
-    prg = prg or CpuPrg()
+    prg = prg or default_prg()
     N = key.elements
     st = expand_full(key.root, key.cw_seed, key.cw_tr, key.n, prg)
     return _finish(party, key, st, key.cw_final[:, None], prg)

@@ -13,6 +13,7 @@ call); a whole tree level goes through one ``update_into`` call.
 from __future__ import annotations
 
 import hashlib
+import threading
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -120,3 +121,17 @@ def words_to_fields(blocks: np.ndarray, count: int, bits: int) -> np.ndarray:
 def blocks_needed(count: int, bits: int) -> int:
     """128-bit blocks needed to hold ``count`` fields of ``bits`` bits."""
     return max(1, (count * bits + 127) // 128)
+
+
+_local = threading.local()
+
+
+def default_prg() -> CpuPrg:
+    """This thread's PRG: the fixed keys are expanded once per thread, never per call.
+
+    (A ``cryptography`` encryptor must not be shared between threads, hence per thread.)
+    """
+    prg = getattr(_local, "prg", None)
+    if prg is None:
+        prg = _local.prg = CpuPrg()
+    return prg
