@@ -123,6 +123,40 @@ class OperatorSpec:
         vals = self.reference(xs) * (1 << self.out_shift)
         return int(max(abs(int(v)) for v in vals)) if len(vals) else 0
 
+    def exact_input_range(self, ring_bits: int | None = None, headroom_bits: int = 2) -> tuple[int, int]:
+        """Integer inputs [lo, hi] on which ``|p(x)| * 2^poly_scale`` (the value the gate
+        opens before its output shift) stays under ``2^(ring_bits - headroom_bits)``.
+
+        Outside it the truncation-with-slack after the lookup is not exact. The compiler
+        checks activation ranges against this; the gate documents it. Found by bisection
+        on the piece polynomials' values at piece ends and centres (exact integers).
+        """
+        n = ring_bits or self.n_in
+        limit = 1 << (n - headroom_bits)
+        full = [-(1 << (self.n_in - 1))] + list(self.breakpoints) + [(1 << (self.n_in - 1)) - 1]
+
+        def fits(lo: int, hi: int) -> bool:
+            for i, c in enumerate(self.coeffs):
+                a, b = max(full[i], lo), min(full[i + 1], hi)
+                if a > b:
+                    continue
+                pts = {a, b, min(max(self.centers[i], a), b)}
+                for x in pts:
+                    v = sum(int(ck) * (x - self.centers[i]) ** k for k, ck in enumerate(c))
+                    if abs(v) >= limit:
+                        return False
+            return True
+
+        def search(sign: int) -> int:
+            good, bad = 0, 1 << (self.n_in - 1)
+            while bad - good > 1:
+                mid = (good + bad) // 2
+                ok = fits(-mid, 0) if sign < 0 else fits(0, mid)
+                good, bad = (mid, bad) if ok else (good, mid)
+            return good
+
+        return -search(-1), search(1)
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["breakpoints"] = [str(b) for b in self.breakpoints]
@@ -216,8 +250,15 @@ def fit(req: FitRequest) -> OperatorSpec:
     got = np.array([int(v) for v in spec.reference(xs)], dtype=np.float64)
     want = req.fn(xs / F) * (1 << req.f_out)
     err = float(np.max(np.abs(got - want))) if xs.size else 0.0
-    return OperatorSpec(**{**asdict(spec), "breakpoints": spec.breakpoints, "coeffs": spec.coeffs,
+    spec = OperatorSpec(**{**asdict(spec), "breakpoints": spec.breakpoints, "coeffs": spec.coeffs,
                            "centers": spec.centers, "max_error_ulps": err})
+    lo_ok, hi_ok = spec.exact_input_range(req.n_in, headroom_bits=2 if spec.out_shift else 1)
+    if lo_ok > cuts_int[0] or hi_ok < cuts_int[-1] - 1:
+        raise ParameterError(
+            f"fit {req.name}: at poly_scale {S} a {req.n_in}-bit ring cannot hold the function's values on "
+            f"[{req.lo}, {req.hi}) (exact only on [{lo_ok / F:g}, {hi_ok / F:g}])",
+            "use more pieces (smaller half-width, smaller scale), a lower degree, or a wider ring")
+    return spec
 
 
 def relu_spec(n: int, f: int) -> OperatorSpec:

@@ -9,12 +9,14 @@ import math
 
 import numpy as np
 
+from fusec.errors import ParameterError
 from fusec.ir.spec import FitRequest, Tail, fit, relu_spec
 from fusec.runtime.gates.arith import MatMulPrivate, Mul
 from fusec.runtime.gates.base import Gate
 from fusec.runtime.gates.compare import DReLU, IntervalContainment, LutDpf, MaxTree, ReLU2, Select
 from fusec.runtime.gates.linear import Add, MatMulPublic, MulPublic
 from fusec.runtime.gates.scalar import ScalarGate
+from fusec.runtime.gates.sigma import SigmaGelu
 from fusec.runtime.gates.table import TableLookup
 from fusec.runtime.gates.truncation import (ArsExact, ArsOneRound, SignExtend, TruncateLocal,
                                             TruncateReduce, TruncateSlack)
@@ -24,9 +26,17 @@ def _gelu(x):
     return 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
 
 
+def gelu_spec(n: int, f: int):
+    """16 quadratic pieces on [-4, 4) where the ring holds them, else 32 linear ones."""
+    try:
+        return fit(FitRequest("gelu", _gelu, -4, 4, pieces=16, degree=2, n_in=n, f_in=f, f_out=f, right=Tail(1.0)))
+    except ParameterError:
+        return fit(FitRequest("gelu", _gelu, -4, 4, pieces=32, degree=1, n_in=n, f_in=f, f_out=f, right=Tail(1.0)))
+
+
 def library(n: int = 50, f: int = 12) -> list[tuple[str, Gate]]:
     """(label, gate) for every gate kind at ring width n, shift f."""
-    spec = fit(FitRequest("gelu", _gelu, -4, 4, pieces=16, degree=2, n_in=n, f_in=f, f_out=f, right=Tail(1.0)))
+    spec = gelu_spec(n, f)
     return [
         ("add (free)", Add(1, n)),
         ("public scalar (free)", MulPublic(1, n, 3)),
@@ -47,8 +57,9 @@ def library(n: int = 50, f: int = 12) -> list[tuple[str, Gate]]:
         ("LUT 8-bit via DPF", LutDpf(1, n, np.arange(256), n, view_bits=8)),
         ("LUT 8-bit via shared truth table", TableLookup(1, n, np.arange(256), n, 8)),
         ("interval containment (2 intervals)", IntervalContainment(1, n, [(-10, 10), (0, 100)])),
-        ("ScalarGate GELU 16x quad, shifted (ours)", ScalarGate(1, spec, "shifted")),
-        ("ScalarGate GELU 16x quad, piece table", ScalarGate(1, spec, "pieces")),
+        (f"ScalarGate GELU {spec.pieces - 2}x deg {spec.degree}, shifted (ours)", ScalarGate(1, spec, "shifted")),
+        (f"ScalarGate GELU {spec.pieces - 2}x deg {spec.degree}, piece table", ScalarGate(1, spec, "pieces")),
+        ("SIGMA-style GELU (TR, DReLU, clip, 8-bit DPF LUT, select)", SigmaGelu(1, n, f)),
     ]
 
 

@@ -21,8 +21,10 @@ mask-dependent variant kept only for the padding ablation: its key shape is fixe
 keygen from the masks and so reveals them.
 
 If ``spec.out_shift > 0`` the polynomial's value is opened under a fresh mask and a
-TruncateSlack gate brings it to ``f_out`` (a second round; valid while
-``|p(x)| * 2^poly_scale < 2^(n-2)``, which the fitter's ranges ensure).
+TruncateSlack gate brings it to ``f_out`` (a second round). That is exact only while
+``|p(x)| * 2^poly_scale < 2^(n-2)``: ``ScalarGate.exact_range`` gives the inputs for which
+this holds (GELU at n=50, f=12: all x < 0 and x < 16384), and the compiler must keep
+activations inside it.
 """
 from __future__ import annotations
 
@@ -224,3 +226,15 @@ class ScalarGate(Chain):
         super().__init__(stages, kind="scalar")
         self.spec = spec
         self.lookup = lookup
+        #: integer inputs on which the gate is exact; outside, the output shift's slack
+        #: assumption fails and the result is wrong. The compiler must keep activations
+        #: inside it (it is printed by ``describe()``).
+        self.exact_range = spec.exact_input_range(spec.n_in, headroom_bits=2 if spec.out_shift else 1)
+
+    def describe(self) -> dict:
+        d = super().describe()
+        lo, hi = self.exact_range
+        d.update(spec=self.spec.name, pieces=self.spec.pieces, degree=self.spec.degree,
+                 max_error_ulps=self.spec.max_error_ulps,
+                 exact_for=[lo / 2 ** self.spec.f_in, hi / 2 ** self.spec.f_in])
+        return d
