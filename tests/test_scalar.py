@@ -9,7 +9,7 @@ from fusec.errors import ParameterError
 from fusec.ir.spec import FitRequest, OperatorSpec, Tail, fit
 from fusec.runtime import ring
 from fusec.runtime.backend import get_backend
-from fusec.runtime.gates.scalar import ScalarGate, SplineLookup
+from fusec.runtime.gates.scalar import PackedLookup, ScalarGate, SplineLookup, _lookup
 from fusec.runtime.rng import DealerRng
 from tests.harness import forced_masks, run_gate
 
@@ -31,16 +31,16 @@ SMALL_SPEC = {n: OperatorSpec("toy", n, 0, 0, (-3, 0, 2), ((1, 2), (5,), (0, 1, 
 
 
 @pytest.mark.parametrize("n", [4, 6])
-@pytest.mark.parametrize("lookup", ["shifted", "pieces"])
+@pytest.mark.parametrize("lookup", ["shifted", "pieces", "packed"])
 def test_spline_exhaustive_all_masks(n, lookup):
     spec = SMALL_SPEC[n]
     xs = np.arange(2 ** n, dtype=np.uint64)
     expect = poly_oracle(spec, xs, n)
     for r in range(2 ** n):
-        got, _, logs = run_gate(SplineLookup(xs.size, spec, lookup), [xs], [n],
+        got, _, logs = run_gate(_lookup(xs.size, spec, lookup, True), [xs], [n],
                                 in_masks=[np.full(xs.size, r, np.uint64)])
         assert np.array_equal(got, expect), f"r={r}"
-    assert logs[0].rounds == 1
+    assert logs[0].rounds == (2 if lookup == "packed" else 1)
 
 
 def gelu(x):
@@ -48,7 +48,7 @@ def gelu(x):
 
 
 @pytest.mark.parametrize("n", [37, 50, 64])
-@pytest.mark.parametrize("lookup", ["shifted", "pieces"])
+@pytest.mark.parametrize("lookup", ["shifted", "pieces", "packed"])
 def test_spline_random_and_forced_masks(n, lookup):
     # a 37-bit ring cannot hold quadratic pieces at the scale they need: linear ones there
     pieces, degree = (6, 2) if n >= 50 else (24, 1)
@@ -58,11 +58,11 @@ def test_spline_random_and_forced_masks(n, lookup):
     xs = ring.from_signed(xs_signed, n)
     expect = poly_oracle(spec, xs, n)
     for masks in [None] + [[m] for m in forced_masks(xs.shape, n)]:
-        got, _, _ = run_gate(SplineLookup(xs.size, spec, lookup), [xs], [n], in_masks=masks)
+        got, _, _ = run_gate(_lookup(xs.size, spec, lookup, True), [xs], [n], in_masks=masks)
         assert np.array_equal(got, expect)
 
 
-@pytest.mark.parametrize("lookup", ["shifted", "pieces"])
+@pytest.mark.parametrize("lookup", ["shifted", "pieces", "packed"])
 def test_scalar_gate_gelu_matches_spec_and_float(lookup):
     n, f = 50, 12
     spec = fit(FitRequest("gelu", gelu, -4, 4, pieces=16, degree=2, n_in=n, f_in=f, f_out=f, right=Tail(1.0)))
@@ -76,13 +76,13 @@ def test_scalar_gate_gelu_matches_spec_and_float(lookup):
     # and within the fitted error bound (+1 ulp for the input's rounding) of real GELU
     err = np.abs(got_s / 2 ** f - gelu(xi / 2 ** f)) * 2 ** f
     assert err.max() <= spec.max_error_ulps + 1
-    assert logs[0].rounds == 2 == ScalarGate(1, spec, lookup).cost().rounds
+    assert logs[0].rounds == ScalarGate(1, spec, lookup).cost().rounds == (3 if lookup == "packed" else 2)
 
 
 def test_costs_match_code():
     n = 50
     spec = fit(FitRequest("gelu", gelu, -4, 4, pieces=8, degree=2, n_in=n, right=Tail(1.0)))
-    for lookup in ("shifted", "pieces"):
+    for lookup in ("shifted", "pieces", "packed"):
         g = ScalarGate(64, spec, lookup)
         assert g.key_bits_total() == g.cost().key_bits * 64
         rng = DealerRng()
@@ -92,7 +92,7 @@ def test_costs_match_code():
         be = get_backend("cpu")
         before = be.aes_calls
         gen = g.stages[0].eval(0, {k[2:]: v for k, v in k0.items() if k.startswith("0.")}, [rng.ring(64, n)], be)
-        next(gen)
+        next(gen)   # all FSS evaluation happens before the first open
         assert be.aes_calls - before == g.stages[0].cost().aes * 64
     # the compiled gate's key is independent of the number of pieces; the piece table is not
     one = ScalarGate(1, spec, "shifted").cost().key_bits
@@ -155,7 +155,7 @@ def test_one_round_relu(n):
     xs_s = ring.to_signed(xs, n)
     expect = ring.from_signed(np.where(xs_s > 0, xs_s, 0), n)
     for masks in mask_sets:
-        got, _, logs = run_gate(ScalarGate(xs.size, spec), [xs], [n], in_masks=masks)
+        got, _, logs = run_gate(ScalarGate(xs.size, spec, "shifted"), [xs], [n], in_masks=masks)
         assert np.array_equal(got, expect)
         assert logs[0].rounds == 1
 
@@ -177,3 +177,20 @@ def test_exact_range_is_tight():
 def test_fit_refuses_a_spec_the_ring_cannot_hold():
     with pytest.raises(ParameterError, match="cannot hold"):
         fit(FitRequest("gelu", gelu, -4, 4, pieces=4, degree=2, n_in=40, f_in=12, f_out=12, right=Tail(1.0)))
+
+
+def test_deferred_shift_outputs_at_poly_scale():
+    n, f = 50, 12
+    spec = fit(FitRequest("gelu", gelu, -4, 4, pieces=16, degree=2, n_in=n, f_in=f, f_out=f, right=Tail(1.0)))
+    xi = np.arange(-6 << f, 6 << f, 97, dtype=np.int64)
+    g = ScalarGate(xi.size, spec, "packed", defer_shift=True)
+    got, _, logs = run_gate(g, [ring.from_signed(xi, n)], [n])
+    assert g.out_scale == spec.poly_scale and logs[0].rounds == 2
+    # floor(value / 2^out_shift) of the deferred output is exactly the spec's output
+    assert np.array_equal(ring.to_signed(got, n) >> spec.out_shift, np.array([int(v) for v in spec.reference(xi)]))
+
+
+def test_auto_picks_the_smallest_key():
+    spec = fit(FitRequest("gelu", gelu, -4, 4, pieces=16, degree=2, n_in=50, right=Tail(1.0)))
+    sizes = {lk: ScalarGate(1, spec, lk).cost().key_bits for lk in ("packed", "shifted")}
+    assert ScalarGate(1, spec).cost().key_bits == min(sizes.values())

@@ -35,7 +35,7 @@ import numpy as np
 
 from fusec.errors import ParameterError
 from fusec.ir.spec import OperatorSpec
-from fusec.runtime import dcf, ring
+from fusec.runtime import dcf, dpf, ring
 from fusec.runtime.gates.base import (Chain, EvalGen, Gate, GateCost, Key, Open, check_width,
                                       prefixed, unprefixed)
 from fusec.runtime.rng import DealerRng
@@ -59,6 +59,23 @@ def _horner(coeffs: list[int], upow: list[np.ndarray], m: np.uint64) -> np.ndarr
         if c:
             acc = acc + np.uint64(c) * upow[e]
     return acc & m
+
+
+def combine(mono: list[list[int]], E, rp, upow: list, n: int):
+    """Shares of f(x) = P_last(x) + sum_i [x < a_i] (P_{i-1} - P_i)(x) from
+    ``E[:, i-1, j]`` = shares of ``[x < a_i] (-r)^j`` and ``rp[:, j]`` = shares of ``(-r)^j``,
+    using ``x^k = sum_j C(k,j) u^(k-j) (-r)^j``: every other factor is public (Horner on u).
+    """
+    m = ring.mask(n)
+    d = len(mono[0]) - 1
+    z = rp[:, 0] * _horner(_shift_poly(mono[-1], 0, n), upow, m)
+    for j in range(1, d + 1):
+        z = z + rp[:, j] * _horner(_shift_poly(mono[-1], j, n), upow, m)
+    for i in range(1, len(mono)):
+        delta = [(p - q) % (1 << n) for p, q in zip(mono[i - 1], mono[i])]
+        for j in range(d + 1):
+            z = z + E[:, i - 1, j] * _horner(_shift_poly(delta, j, n), upow, m)
+    return z & m
 
 
 class SplineLookup(Gate):
@@ -195,13 +212,7 @@ class SplineLookup(Gate):
                 rp[:, 1:] = key["rpow"]
             below = (u[:, None] < a[None, :]).astype(np.uint64)                     # [u < a_i]
             E = (D[:, 1:, :] - D[:, :1, :] + below[:, :, None] * rp[:, None, :]) & m  # [x<a_i](-r)^j
-            z = xp.zeros(N, np.uint64)
-            last = self.mono[-1]
-            for j in range(d + 1):
-                z += rp[:, j] * _horner(_shift_poly(last, j, n), upow, m)
-                for i in range(1, self.M):
-                    delta = [(p - q) % (1 << n) for p, q in zip(self.mono[i - 1], self.mono[i])]
-                    z += E[:, i - 1, j] * _horner(_shift_poly(delta, j, n), upow, m)
+            z = combine(self.mono, E, rp, upow, n)
         else:
             D = be.dcf_eval(party, dk, xp.repeat(u, K)).reshape(N, K, d + 1)
             coef = (key["base"] + D.sum(axis=1)) & m                                # Q(u) shares
@@ -212,18 +223,110 @@ class SplineLookup(Gate):
         return (yield Open(share, n, scope="lookup"))
 
 
+class PackedLookup(SplineLookup):
+    """Packed comparison + correlation lookup: the active piece's polynomial in two rounds.
+
+    Round 1, the packed comparison: ONE 1-bit DPF less-than key (``alpha = r``, prefix
+    parity) evaluated at ``u`` and ``u - a_i`` gives XOR shares of every predicate
+    ``c_i = [x < a_i]`` through ``[x < c] = [u - c < r] ^ [u < r] ^ [u < c]``; the bits are
+    opened under dealer masks ``rho_i`` (M-1 bits per element, packed 64 to a word).
+    Round 2, the lookup: with ``c^_i`` public, ``c_i = c^_i + rho_i - 2 c^_i rho_i``, so
+    ``c_i (-r)^j = c^_i (-r)^j + (1 - 2 c^_i) rho_i (-r)^j`` is local given the dealer's
+    shares of ``(-r)^j`` and of the correlations ``rho_i (-r)^j``; Horner on u as in the
+    shifted lookup, then one open under a fresh mask. The DPF key costs ~129n bits whatever
+    the payload, and the per-piece data are plain words: cheaper than one DCF carrying
+    d+1 payload words per level, and one AES per tree level instead of 1 + ceil((d+1)n/128).
+    """
+
+    kind = "packed_lookup"
+
+    def __init__(self, elements: int, spec: OperatorSpec):
+        super().__init__(elements, spec, "shifted")
+        self.lookup = "packed"
+
+    def fields(self):
+        N, n, d, P = self.elements, self.bits, self.d, self.M - 1
+        out = [(f"lt.{name}", shape, bits) for name, shape, bits in dpf.DpfKey.field_specs(n, N)]
+        out += [("rho", (N, P), 1), ("rho_a", (N, P), n)]
+        if d:
+            out += [("rpow", (N, d), n), ("rho_rpow", (N, P, d), n)]
+        return out + [("r_out", (N,), n)]
+
+    def cost(self) -> GateCost:
+        n, d, P = self.bits, self.d, self.M - 1
+        key = dpf.DpfKey.key_bits(n) + P + P * n + d * n + P * d * n + n
+        return GateCost(key_bits=key, aes=self.M * dpf.DpfKey.aes_per_eval(n), rounds=2, open_bits=P + n)
+
+    def keygen(self, rng: DealerRng, in_masks):
+        r = np.asarray(in_masks[0], np.uint64).reshape(-1) & ring.mask(self.bits)
+        n, d, N, P = self.bits, self.d, self.elements, self.M - 1
+        m = ring.mask(n)
+        k0, k1 = dpf.lt_keygen(rng, r, n)
+        keys = (prefixed("lt", k0.arrays()), prefixed("lt", k1.arrays()))
+        rho = rng.bits((N, P))
+        keys[0]["rho"], keys[1]["rho"] = rng.share(rho, 1)
+        keys[0]["rho_a"], keys[1]["rho_a"] = rng.share(rho, n)          # rho_i (-r)^0
+        if d:
+            rpow = np.stack(_powers((np.uint64(0) - r) & m, d, m)[1:], axis=1)   # (N, d)
+            keys[0]["rpow"], keys[1]["rpow"] = rng.share(rpow, n)
+            keys[0]["rho_rpow"], keys[1]["rho_rpow"] = rng.share((rho[:, :, None] * rpow[:, None, :]) & m, n)
+        r_out = rng.ring(N, n)
+        keys[0]["r_out"], keys[1]["r_out"] = rng.share(r_out, n)
+        return r_out, keys[0], keys[1]
+
+    def eval(self, party: int, key: Key, inputs, be) -> EvalGen:
+        xp = be.xp
+        n, d, N, P = self.bits, self.d, self.elements, self.M - 1
+        m = ring.mask(n)
+        one = np.uint64(1)
+        u = inputs[0].reshape(-1) & m
+        a = xp.asarray(np.array(self.bps, dtype=np.uint64))
+        pts = xp.concatenate([u[:, None], (u[:, None] - a[None, :]) & m], axis=1)      # (N, M)
+        t = be.dpf_lt_eval(party, dpf.DpfKey.from_arrays(n, unprefixed("lt", key)), pts)  # [z < r]
+        c = t[:, 1:] ^ t[:, :1] ^ key["rho"]
+        if party == 1:
+            c = c ^ (u[:, None] < a[None, :]).astype(np.uint64)
+        c_hat = yield Open(c & one, 1, scope="cmp")                                     # round 1
+        c_hat = c_hat.reshape(N, P) & one
+        sign = (one - (c_hat << one))                                                    # 1 - 2 c^
+        rp = xp.zeros((N, d + 1), np.uint64)
+        if party == 1:
+            rp[:, 0] = 1
+        if d:
+            rp[:, 1:] = key["rpow"]
+        corr = xp.concatenate([key["rho_a"][:, :, None], key["rho_rpow"]], axis=2) if d else key["rho_a"][:, :, None]
+        E = (c_hat[:, :, None] * rp[:, None, :] + sign[:, :, None] * corr) & m            # c_i (-r)^j
+        z = combine(self.mono, E, rp, _powers(u, d, m), n)
+        return (yield Open((z + key["r_out"]) & m, n, scope="lookup"))                  # round 2
+
+
+def _lookup(elements: int, spec: OperatorSpec, lookup: str, pad: bool) -> Gate:
+    return PackedLookup(elements, spec) if lookup == "packed" else SplineLookup(elements, spec, lookup, pad)
+
+
 class ScalarGate(Chain):
     """The compiled gate: interval lookup (+ output truncation when the spec needs it)."""
 
     kind = "scalar"
 
-    def __init__(self, elements: int, spec: OperatorSpec, lookup: str = "shifted", pad: bool = True):
+    def __init__(self, elements: int, spec: OperatorSpec, lookup: str = "auto", pad: bool = True,
+                 defer_shift: bool = False):
+        """``lookup``: 'packed' (packed comparison + correlations, 2 rounds), 'shifted' (one
+        DCF, 1 round), 'pieces' (baseline piece table) or 'auto' (smallest key). With
+        ``defer_shift`` the output stays at ``spec.poly_scale`` (no truncation stage): the
+        consumer's own rescale (e.g. after the next matmul) absorbs the shift for free.
+        """
         from fusec.runtime.gates.truncation import TruncateSlack  # noqa: PLC0415
 
-        stages: list[Gate] = [SplineLookup(elements, spec, lookup, pad)]
-        if spec.out_shift:
+        if lookup == "auto":  # the cheapest key for this spec (a function of the spec only)
+            lookup = min(("packed", "shifted"), key=lambda lk: _lookup(1, spec, lk, True).cost().key_bits)
+        stages: list[Gate] = [_lookup(elements, spec, lookup, pad)]
+        if spec.out_shift and not defer_shift:
             stages.append(TruncateSlack(elements, spec.n_in, spec.out_shift))
+        self.out_scale = spec.poly_scale if defer_shift else spec.f_out
+        out_scale = self.out_scale
         super().__init__(stages, kind="scalar")
+        self.out_scale = out_scale
         self.spec = spec
         self.lookup = lookup
         #: integer inputs on which the gate is exact; outside, the output shift's slack
