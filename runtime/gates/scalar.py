@@ -1,7 +1,10 @@
 """Compiled scalar gates: an OperatorSpec evaluated on the public masked value (DESIGN §5.6).
 
-Two interval lookups turn the public ``u = x + r`` into additive shares of
-``p_{I(x)}(x)`` (the active piece's polynomial at x), at scale ``spec.poly_scale``:
+Three interval lookups turn the public ``u = x + r`` into additive shares of
+``p_{I(x)}(x)`` (the active piece's polynomial at x), at scale ``spec.poly_scale``.
+:class:`ScalarGate` picks the one with the smallest key (``lookup="auto"``), which for
+real specs is ``packed`` (:class:`PackedLookup`: one packed comparison from a single 1-bit
+DPF less-than key, then the lookup from dealer correlations; two rounds). The other two:
 
 ``shifted`` (the default, ours): ONE DCF key with ``alpha = r`` and the vector payload
 ``beta = ((-r)^0, (-r)^1, ..., (-r)^d)``. By the public-threshold identity
