@@ -142,6 +142,5 @@ def eval_full(party: int, key: DpfArithKey, prg: CpuPrg | None = None) -> np.nda
         raise ParameterError(f"full-domain arithmetic DPF evaluation over {key.n} bits would need 2^{key.n} outputs per key",
                              f"use eval() at chosen points, or a domain of at most {MAX_FULL_DOMAIN_BITS} bits")
     prg = prg or default_prg()
-    N = key.elements
     st = expand_full(key.root, key.cw_seed, key.cw_tr, key.n, prg)
     return _finish(party, key, st, key.cw_final[:, None], prg)

@@ -82,3 +82,48 @@ def run_gate(gate, in_values, in_bits, rng=None, in_masks=None, be=None):
 def forced_masks(shape, bits):
     """The masks every gate is tested at: 0, 2^n - 1, 2^(n-1)."""
     return [np.full(shape, v, np.uint64) for v in (0, (1 << bits) - 1, 1 << (bits - 1))]
+
+
+class CostProbe:
+    """Wraps a gate for :func:`run_gate`: checks its keys against ``fields()`` and counts.
+
+    Every key is validated (names, dtype, shapes, values < 2^bits) and round-tripped through
+    the key-file packing of its layout slot; ``key_bits`` records the bits of the arrays
+    keygen really produced, ``aes[party]`` the AES blocks each party's eval really used.
+    """
+
+    def __init__(self, gate):
+        from fusec.runtime.layout import GateSlot, KeyField
+
+        self.gate = gate
+        self.bits, self.out_bits = gate.bits, gate.out_bits
+        self.specs = {name: (tuple(shape), bits) for name, shape, bits in gate.fields()}
+        self.slot = GateSlot("g", gate.kind, gate.elements,
+                             tuple(KeyField(nm, s, b) for nm, (s, b) in self.specs.items()))
+        self.aes: dict[int, int] = {}
+        self.key_bits: list[int] = []
+
+    def _check(self, key):
+        from fusec.runtime.layout import pack_gate_key, unpack_gate_key
+
+        assert set(key) == set(self.specs), set(key) ^ set(self.specs)
+        total = 0
+        for name, (shape, bits) in self.specs.items():
+            a = key[name]
+            assert a.dtype == np.uint64 and a.shape == shape, (name, a.dtype, a.shape, shape)
+            if bits < 64 and a.size:
+                assert int(a.max()) < (1 << bits), name
+            total += a.size * bits
+        self.key_bits.append(total)
+        return unpack_gate_key(self.slot, pack_gate_key(self.slot, key))
+
+    def keygen(self, rng, in_masks):
+        r, k0, k1 = self.gate.keygen(rng, in_masks)
+        assert self.gate.key_bits_total() == self.gate.cost().key_bits * self.gate.elements
+        return r, self._check(k0), self._check(k1)
+
+    def eval(self, party, key, inputs, be):
+        a0 = be.aes_calls
+        out = yield from self.gate.eval(party, key, inputs, be)
+        self.aes[party] = be.aes_calls - a0
+        return out

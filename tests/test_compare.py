@@ -11,46 +11,13 @@ from fusec.errors import ParameterError
 from fusec.runtime import ring
 from fusec.runtime.gates.base import GateCost
 from fusec.runtime.gates.compare import DReLU, IntervalContainment, LutDpf, MaxTree, ReLU2, Select
-from fusec.runtime.layout import GateSlot, KeyField, pack_gate_key, unpack_gate_key
 from fusec.runtime.rng import DealerRng
-from tests.harness import forced_masks, run_gate
+from tests.harness import CostProbe, forced_masks, run_gate
 
 LARGE = [37, 50, 64]
 
 
 # ----------------------------------------------------------------------------- helpers
-class Checked:
-    """Wraps a gate for run_gate: validates and round-trips keys, counts each party's AES."""
-
-    def __init__(self, gate):
-        self.gate = gate
-        self.bits, self.out_bits = gate.bits, gate.out_bits
-        self.aes = {}
-        fields = gate.fields()
-        self.slot = GateSlot("g", gate.kind, gate.elements, tuple(KeyField(n, s, b) for n, s, b in fields))
-        self.specs = {n: (tuple(s), b) for n, s, b in fields}
-
-    def _check(self, key):
-        assert set(key) == set(self.specs), set(key) ^ set(self.specs)
-        for name, (shape, bits) in self.specs.items():
-            a = key[name]
-            assert a.dtype == np.uint64 and a.shape == shape, (name, a.dtype, a.shape, shape)
-            if bits < 64 and a.size:
-                assert int(a.max()) < (1 << bits), name
-        return unpack_gate_key(self.slot, pack_gate_key(self.slot, key))
-
-    def keygen(self, rng, in_masks):
-        r, k0, k1 = self.gate.keygen(rng, in_masks)
-        assert self.gate.key_bits_total() == self.gate.cost().key_bits * self.gate.elements
-        return r, self._check(k0), self._check(k1)
-
-    def eval(self, party, key, inputs, be):
-        a0 = be.aes_calls
-        out = yield from self.gate.eval(party, key, inputs, be)
-        self.aes[party] = be.aes_calls - a0
-        return out
-
-
 def expected_bytes(gate) -> int:
     """Bytes one party sends: each open is packed to its width (DESIGN §5.1)."""
     E = gate.elements
@@ -71,7 +38,7 @@ def expected_bytes(gate) -> int:
 
 def run(gate, values, bits, masks=None, rng=None):
     """Evaluate through the harness; check cost model; return the unmasked output."""
-    c = Checked(gate)
+    c = CostProbe(gate)
     got, r_out, logs = run_gate(c, values, bits, rng=rng, in_masks=masks)
     cost = gate.cost()
     for p in (0, 1):
@@ -237,7 +204,6 @@ def test_lut_exhaustive(n):
 @pytest.mark.parametrize("n", LARGE)
 def test_lut_random(n):
     g = np.random.default_rng(n)
-    k = 8
     xs = g.integers(-128, 128, 300, dtype=np.int64)           # fits in k bits (two's complement)
     xs[:4] = [-128, 127, 0, -1]
     xu = g.integers(0, 256, 100, dtype=np.int64)              # fits unsigned

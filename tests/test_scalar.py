@@ -9,7 +9,7 @@ from fusec.errors import ParameterError
 from fusec.ir.spec import FitRequest, OperatorSpec, Tail, fit
 from fusec.runtime import ring
 from fusec.runtime.backend import get_backend
-from fusec.runtime.gates.scalar import PackedLookup, ScalarGate, SplineLookup, _lookup
+from fusec.runtime.gates.scalar import ScalarGate, SplineLookup, _lookup
 from fusec.runtime.rng import DealerRng
 from tests.harness import forced_masks, run_gate
 

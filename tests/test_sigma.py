@@ -16,8 +16,7 @@ from fusec.runtime import ring
 from fusec.runtime.gates.base import GateCost
 from fusec.runtime.gates.scalar import ScalarGate
 from fusec.runtime.gates.sigma import SigmaGelu
-from fusec.runtime.layout import GateSlot, KeyField, pack_gate_key, unpack_gate_key
-from tests.harness import forced_masks, run_gate
+from tests.harness import CostProbe, forced_masks, run_gate
 
 F = 12
 LUT_FRAC = 6
@@ -55,45 +54,9 @@ def construction_oracle(xi: np.ndarray, n: int, f=F, lut_frac=LUT_FRAC, clip=CLI
     return np.array(out, dtype=np.int64)
 
 
-class Measured:
-    """Wraps a gate for run_gate: checks its key arrays against fields() (via the key
-    layout round trip) and counts each party's AES blocks during eval."""
-
-    def __init__(self, gate):
-        self.gate = gate
-        self.bits, self.out_bits = gate.bits, gate.out_bits
-        self.specs = {name: (tuple(shape), bits) for name, shape, bits in gate.fields()}
-        self.slot = GateSlot("g", gate.kind, gate.elements,
-                             tuple(KeyField(nm, s, b) for nm, (s, b) in self.specs.items()))
-        self.aes: dict[int, int] = {}
-        self.key_bits: list[int] = []
-
-    def _check(self, key):
-        assert set(key) == set(self.specs), set(key) ^ set(self.specs)
-        total = 0
-        for name, (shape, bits) in self.specs.items():
-            a = key[name]
-            assert a.dtype == np.uint64 and a.shape == shape, (name, a.shape, shape)
-            if bits < 64 and a.size:
-                assert int(a.max()) < (1 << bits), name
-            total += a.size * bits
-        self.key_bits.append(total)
-        return unpack_gate_key(self.slot, pack_gate_key(self.slot, key))
-
-    def keygen(self, rng, in_masks):
-        r, k0, k1 = self.gate.keygen(rng, in_masks)
-        return r, self._check(k0), self._check(k1)
-
-    def eval(self, party, key, inputs, be):
-        a0 = be.aes_calls
-        out = yield from self.gate.eval(party, key, inputs, be)
-        self.aes[party] = be.aes_calls - a0
-        return out
-
-
 def measure(gate, xi, n, masks=None):
     """Run two parties; return (signed output, measured per-element cost, logs)."""
-    m = Measured(gate)
+    m = CostProbe(gate)
     got, _, logs = run_gate(m, [ring.from_signed(xi, n)], [n], in_masks=masks)
     E = gate.elements
     assert m.key_bits[0] == m.key_bits[1]

@@ -58,7 +58,7 @@ def library(n: int = 50, f: int = 12) -> list[tuple[str, Gate]]:
         ("LUT 8-bit via shared truth table", TableLookup(1, n, np.arange(256), n, 8)),
         ("interval containment (2 intervals)", IntervalContainment(1, n, [(-10, 10), (0, 100)])),
         (f"ScalarGate GELU {spec.pieces - 2}x deg {spec.degree}, packed cmp (ours)", ScalarGate(1, spec, "packed")),
-        (f"  same, output shift deferred to the consumer's rescale", ScalarGate(1, spec, "packed", defer_shift=True)),
+        ("  same, output shift deferred to the consumer's rescale", ScalarGate(1, spec, "packed", defer_shift=True)),
         (f"ScalarGate GELU {spec.pieces - 2}x deg {spec.degree}, shifted DCF (ours)", ScalarGate(1, spec, "shifted")),
         (f"ScalarGate GELU {spec.pieces - 2}x deg {spec.degree}, piece table", ScalarGate(1, spec, "pieces")),
         ("SIGMA-style GELU (TR, DReLU, clip, 8-bit DPF LUT, select)", SigmaGelu(1, n, f)),
