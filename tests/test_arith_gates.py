@@ -80,3 +80,26 @@ def test_parallel_sub_gates_share_rounds():
     assert np.array_equal((z1 - o1) & ring.mask(n), (x * y) & ring.mask(n))
     assert np.array_equal((z2 - o2) & ring.mask(n), (x * y) & ring.mask(n))
     assert logs[0].rounds == 1
+
+
+@pytest.mark.parametrize("n", [37, 50, 64])
+def test_matmul_and_linear_gates_forced_masks(n):
+    """Every width, with masks forced to 0, 2^n - 1 and 2^(n-1) on every operand."""
+    rng = np.random.default_rng(n)
+    m = ring.mask(n)
+    X = rng.integers(0, 2 ** 63, (2, 3, 4), dtype=np.uint64) & m
+    W = rng.integers(0, 2 ** 63, (2, 4, 5), dtype=np.uint64) & m
+    Wp = rng.integers(-50, 50, (4, 6))
+    expect = np.matmul(X, W) & m                       # uint64 wraps mod 2^64, exact mod 2^n
+    expect_pub = np.matmul(X, Wp.astype(np.int64).astype(np.uint64)) & m
+    y = rng.integers(0, 2 ** 63, 24, dtype=np.uint64) & m
+    for fx, fw in zip(forced_masks(X.shape, n), forced_masks(W.shape, n)):
+        got, _, _ = run_gate(MatMulPrivate(X.shape, W.shape, n), [X, W], [n, n], in_masks=[fx, fw])
+        assert np.array_equal(got.reshape(expect.shape), expect)
+        got, _, _ = run_gate(MatMulPublic(X.shape, Wp, n), [X], [n], in_masks=[fx])
+        assert np.array_equal(got.reshape(expect_pub.shape), expect_pub)
+        fy = fx.reshape(-1)
+        assert np.array_equal(run_gate(Add(24, n), [X.reshape(-1), y], [n, n], in_masks=[fy, fy])[0],
+                              (X.reshape(-1) + y) & m)
+        assert np.array_equal(run_gate(MulPublic(24, n, -7), [y], [n], in_masks=[fy])[0],
+                              (y * np.uint64(2 ** 64 - 7)) & m)
