@@ -142,3 +142,184 @@ def demo_run(elements, bits, frac, party, key_path, listen, peer, input_path, ou
     if output_path:
         Path(output_path).write_text(json.dumps(summary))
     click.echo(json.dumps({k: v for k, v in summary.items() if k != "outputs"}))
+
+
+# ---------------------------------------------------------------------- the compiler
+def _shape_arg(values: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    out = {}
+    for v in values:
+        name, _, dims = v.partition("=")
+        try:
+            out[name] = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            raise FusecError(f"--input-shape {v!r} is not NAME=D1xD2x...", "for example --input-shape input_ids=1x128")
+    return out
+
+
+def _array_arg(values: tuple[str, ...], what: str) -> dict[str, np.ndarray]:
+    out = {}
+    for v in values:
+        name, _, path = v.partition("=")
+        if not path:
+            raise FusecError(f"{what} {v!r} is not NAME=FILE.npy")
+        try:
+            out[name] = np.load(path, allow_pickle=False)
+        except Exception as e:  # noqa: BLE001
+            raise FusecError(f"{what}: cannot read {path}: {e}") from None
+    return out
+
+
+def compile_options(f):
+    """The flags shared by `compile` and `verify`."""
+    opts = [
+        click.option("--batch", type=int, help="fix the batch dimension (true batching: one forward on [B, ...])"),
+        click.option("--seq", type=int, help="fix the sequence-length dimension"),
+        click.option("--input-shape", "input_shape", multiple=True, help="NAME=D1xD2... (overrides --batch/--seq)"),
+        click.option("--public-input", "public_input", multiple=True,
+                     help="NAME=FILE.npy: an input fixed at compile time (default: attention_mask = ones)"),
+        click.option("--bits", default=50, show_default=True, help="ring width n"),
+        click.option("--frac", default=12, show_default=True, help="fractional bits f"),
+        click.option("--gates", "gate_set", type=click.Choice(["fused", "sigma"]), default="fused", show_default=True,
+                     help="fused: compiled scalar gates (ours); sigma: SIGMA-style constructions (baseline)"),
+        click.option("--weights", type=click.Choice(["public", "private"]), default="public", show_default=True),
+        click.option("--rescale", type=click.Choice(["slack", "ars"]), default="slack", show_default=True),
+        click.option("--max-error-ulps", default=8.0, show_default=True, help="error bound for fitted specs"),
+        click.option("--calib", type=click.Path(exists=True, dir_okay=False),
+                     help=".npy/.npz calibration input (default: random ids / standard normal)"),
+        click.option("--insecure-mask-dependent-shapes", "insecure", is_flag=True,
+                     help="INSECURE: key shapes depend on masks (padding ablation only)"),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _compile(model, out, batch, seq, input_shape, public_input, bits, frac, gate_set, weights, rescale,
+             max_error_ulps, calib, insecure, quiet: bool = False):
+    from fusec.build import compile_model, frontend, load_inputs  # noqa: F401
+    from fusec.passes.options import CompileOptions
+
+    calib_feeds = None
+    if calib:
+        from fusec.ir.graph import Graph
+        probe = frontend(model, batch, seq, _shape_arg(input_shape), _array_arg(public_input, "--public-input"))
+        calib_feeds = load_inputs(calib, probe)
+        del Graph
+    opts = CompileOptions(bits=bits, frac=frac, weight_frac=frac, gates=gate_set, weights=weights, rescale=rescale,
+                          max_error_ulps=max_error_ulps, insecure_mask_dependent_shapes=insecure, calib=calib_feeds)
+    if insecure:
+        click.echo("WARNING: --insecure-mask-dependent-shapes: this build leaks information about its masks "
+                   "through key shapes. Ablation only; never deploy it.", err=True)
+    say = (lambda s: None) if quiet else (lambda s: click.echo(f"  [{s}]", err=True))
+    return compile_model(model, out, opts, batch=batch, seq=seq, input_shapes=_shape_arg(input_shape),
+                         public_inputs=_array_arg(public_input, "--public-input"), progress=say)
+
+
+@cli.command("compile")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="build directory")
+@compile_options
+def compile_cmd(model, out, **kw) -> None:
+    """ONNX model -> build directory (IR, program, key layout, weights, report)."""
+    from fusec.report import totals
+
+    b = _compile(model, out, **kw)
+    t = totals(b)
+    click.echo(f"compiled {model} -> {out}: {t['gates']} gates, {t['rounds']} rounds, "
+               f"key {t['key_bytes'] / 2**20:.2f} MiB/party, online {t['bytes_sent_per_party'] / 2**20:.2f} MiB/party")
+    for n in b.ir.meta.get("notes", []):
+        click.echo(f"note: {n}", err=True)
+
+
+@cli.command()
+@click.argument("build_dir", type=click.Path(file_okay=False))
+@click.option("--ir", "show_ir", is_flag=True, help="print the IR")
+@click.option("--layout", "show_layout", is_flag=True, help="print the keystream layout")
+@click.option("--program", "show_program", is_flag=True, help="print the round schedule")
+def inspect(build_dir, show_ir, show_layout, show_program) -> None:
+    """Look at a build: IR, per-gate costs, specs, split, key layout, estimated rounds/bytes/keys."""
+    from fusec.build import load_build
+    from fusec.report import report
+
+    b = load_build(build_dir)
+    if show_ir:
+        click.echo(b.ir.pretty())
+    if show_layout:
+        lay = b.gates.layout()
+        click.echo("| # | gate | kind | elements | offset | bytes/party | fields |")
+        click.echo("| ---: | --- | --- | ---: | ---: | ---: | --- |")
+        for i, s in enumerate(lay.slots):
+            fields = ", ".join(f"{f.name}{list(f.shape)}:{f.bits}b" for f in s.fields)
+            click.echo(f"| {i} | {s.gate_id} | {s.kind} | {s.elements:,} | {s.offset:,} | {s.nbytes:,} | {fields} |")
+    if show_program:
+        for s in b.steps:
+            click.echo(f"rounds [{s.start:3d},{s.end:3d})  {s.kind:16s} {s.id}  ({s.elements:,} elements, {s.scope})")
+    if not (show_ir or show_layout or show_program):
+        click.echo(report(b))
+
+
+@cli.command()
+@click.argument("build_dir", type=click.Path(file_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="where p0.key and p1.key go")
+@click.option("--count", default=1, show_default=True, help="key sets, one per inference (internal batch)")
+def keygen(build_dir, out, count) -> None:
+    """The dealer: one key file per server, from a CSPRNG."""
+    import time
+
+    from fusec.build import load_build
+    from fusec.runtime.dealer import write_keys
+
+    b = load_build(build_dir)
+    t0 = time.perf_counter()
+    with click.progressbar(length=count, label="key sets", file=sys.stderr) as bar:
+        paths = write_keys(b.gates, out, count, progress=lambda i, k: bar.update(1))
+    click.echo(f"wrote {paths[0]} and {paths[1]}: {count} key set(s) of {b.gates.layout().set_nbytes:,} bytes "
+               f"per party in {time.perf_counter() - t0:.2f} s")
+
+
+@cli.command()
+@click.argument("build_dir", type=click.Path(file_okay=False))
+@click.option("--party", type=click.IntRange(0, 1), required=True)
+@click.option("--keys", "key_path", required=True, type=click.Path())
+@click.option("--listen", help="host:port (or :port) to accept the peer on")
+@click.option("--peer", help="host:port of the listening peer")
+@click.option("--input", "input_path", type=click.Path(), help=".npy (one input) or .npz (named) private input")
+@click.option("--output", "output_path", type=click.Path(), help="write the received output(s) here (.npy/.npz)")
+@click.option("--timeout", default=120.0, show_default=True, help="seconds without progress before giving up")
+@click.option("--connect-retry", default=30.0, show_default=True, help="seconds to keep retrying --peer")
+@click.option("--backend", default="cpu", show_default=True, type=click.Choice(["cpu", "gpu"]))
+@click.option("--stats", "stats_path", type=click.Path(), help="write timing/bytes/rounds JSON here")
+def run(build_dir, party, key_path, listen, peer, input_path, output_path, timeout, connect_retry, backend,
+        stats_path) -> None:
+    """One server's online phase."""
+    from fusec.build import decode_outputs, encode_inputs, load_build, load_inputs
+    from fusec.runtime.backend import get_backend
+    from fusec.runtime.channel import TcpChannel, parse_address
+    from fusec.runtime.party import open_keys, run_party
+
+    if (listen is None) == (peer is None):
+        raise FusecError("give exactly one of --listen and --peer", "P0 usually listens, P1 connects with --peer")
+    b = load_build(build_dir)
+    if b.manifest.get("insecure"):
+        click.echo("WARNING: this build is INSECURE (mask-dependent key shapes; ablation only)", err=True)
+    kf, idx = open_keys(b.gates, party, key_path)        # every key check before any socket
+    owners = {owner for _, owner in b.low.inputs.values()}
+    if party in owners and not input_path:
+        raise FusecError(f"party {party} owns the model input and needs --input", "pass --input x.npy (or .npz)")
+    inputs = encode_inputs(b, load_inputs(input_path, b.ir), party) if party in owners else {}
+    be = get_backend(backend)
+    ch = TcpChannel.listen(*parse_address(listen), timeout=timeout) if listen else \
+        TcpChannel.connect(*parse_address(peer), timeout=timeout, retry_for=connect_retry)
+    with ch:
+        res = run_party(b.gates, party, kf, idx, ch, inputs, be)
+    outs = decode_outputs(b, res.outputs)
+    if output_path and outs:
+        if output_path.endswith(".npz") or len(outs) > 1:
+            np.savez(output_path, **outs)
+        else:
+            np.save(output_path, next(iter(outs.values())))
+    stats = {"party": party, "key_set": res.key_set, "online_seconds": res.online_seconds, "rounds": res.rounds,
+             "bytes_sent": res.bytes_sent, "scopes": res.scopes}
+    if stats_path:
+        Path(stats_path).write_text(json.dumps(stats, indent=1))
+    click.echo(json.dumps(stats))

@@ -1,0 +1,231 @@
+"""The driver: ONNX -> build directory, and build directory -> gates, inputs, outputs.
+
+``compile_model`` runs the frontend and the pass pipeline and writes the build directory
+(DESIGN §2): ``ir.json`` (final IR), ``weights.npz`` (its constants), ``program.json``
+(ordered steps with their rounds), ``keys.layout.json``, ``manifest.json`` (versions,
+flags, hashes) and ``report.txt`` (notes: clamped constants, overflow warnings, specs).
+``load_build`` reads it back, checks the hashes, and rebuilds the identical gate graph.
+The input owner's side (``encode_inputs``) runs the plaintext prefix and encodes the
+values that are shared; ``decode_outputs`` turns received ring values back into floats.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from fusec.errors import CompileError, FusecError
+from fusec.ir.graph import Graph
+from fusec.ir.ops import run_node
+from fusec.passes.lower import Lowered
+from fusec.passes.options import CompileOptions
+from fusec.passes.pipeline import build_gates, run_passes
+from fusec.passes.schedule import Step
+from fusec.runtime import ring
+
+FORMAT = 1
+HASHED = ("ir.json", "weights.npz", "program.json", "keys.layout.json")
+
+
+@dataclass
+class Build:
+    path: Path
+    ir: Graph
+    opts: CompileOptions
+    low: Lowered
+    steps: list[Step]
+    manifest: dict
+
+    @property
+    def gates(self):
+        return self.low.gates
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def frontend(model, batch: int | None = None, seq: int | None = None, input_shapes: dict | None = None,
+             public_inputs: dict | None = None) -> Graph:
+    from fusec.ir.onnx_frontend import load_model  # noqa: PLC0415
+    return load_model(model, batch=batch, seq=seq, input_shapes=input_shapes, public_inputs=public_inputs)
+
+
+def compile_graph(graph: Graph, opts: CompileOptions, progress: Callable[[str], None] | None = None):
+    graph = run_passes(graph, opts, progress)
+    graph.meta["flags"] = opts.as_dict()
+    low, steps = build_gates(graph, opts)
+    return graph, low, steps
+
+
+def compile_model(model, out_dir, opts: CompileOptions, batch: int | None = None, seq: int | None = None,
+                  input_shapes: dict | None = None, public_inputs: dict | None = None,
+                  progress: Callable[[str], None] | None = None) -> Build:
+    t0 = time.perf_counter()
+    if progress:
+        progress("frontend")
+    graph = frontend(model, batch, seq, input_shapes, public_inputs)
+    graph, low, steps = compile_graph(graph, opts, progress)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if progress:
+        progress("writing build directory")
+    (out / "ir.json").write_text(graph.to_json())
+    np.savez(out / "weights.npz", **{k: v for k, v in graph.consts.items()})
+    (out / "program.json").write_text(json.dumps(program(graph, low, steps), indent=1))
+    (out / "keys.layout.json").write_text(low.gates.layout().to_json(indent=1))
+    manifest = {
+        "format": FORMAT,
+        "fusec": _version(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "flags": opts.as_dict(),
+        "model": str(model) if not hasattr(model, "SerializeToString") else "<in-memory model>",
+        "batch": batch, "seq": seq,
+        "layout_digest": low.gates.layout().digest(),
+        "compile_seconds": round(time.perf_counter() - t0, 3),
+        "insecure": bool(graph.meta.get("insecure")),
+        "hashes": {name: _sha(out / name) for name in HASHED},
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    from fusec.report import report  # noqa: PLC0415
+    b = Build(out, graph, opts, low, steps, manifest)
+    (out / "report.txt").write_text(report(b))
+    return b
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version  # noqa: PLC0415
+        return version("fusec")
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def program(graph: Graph, low: Lowered, steps: list[Step]) -> dict:
+    return {
+        "rounds": max((s.end for s in steps), default=0),
+        "inputs": {gid: {"tensor": t, "owner": owner, "shape": list(graph.info(t).shape)}
+                   for gid, (t, owner) in low.inputs.items()},
+        "outputs": {gid: {"tensor": t, "scale": s, "shape": list(graph.info(t).shape)}
+                    for gid, (t, s) in low.outputs.items()},
+        "steps": [s.as_dict() for s in steps],
+    }
+
+
+def load_build(path) -> Build:
+    p = Path(path)
+    if not (p / "manifest.json").is_file():
+        raise FusecError(f"{p} is not a build directory (no manifest.json)", "run `fusec compile model.onnx -o DIR` first")
+    try:
+        manifest = json.loads((p / "manifest.json").read_text())
+    except json.JSONDecodeError as e:
+        raise FusecError(f"{p / 'manifest.json'} is corrupt ({e})", "re-run `fusec compile`") from None
+    if manifest.get("format") != FORMAT:
+        raise FusecError(f"{p} was written by another fusec build format ({manifest.get('format')})",
+                         "re-run `fusec compile` with this version")
+    for name, digest in manifest.get("hashes", {}).items():
+        f = p / name
+        if not f.is_file() or _sha(f) != digest:
+            raise FusecError(f"{f} is missing or was modified after compilation",
+                             "re-run `fusec compile`; keys must be generated from the same build")
+    with np.load(p / "weights.npz", allow_pickle=False) as w:
+        weights = {k: w[k] for k in w.files}
+    graph = Graph.from_json((p / "ir.json").read_text(), weights)
+    opts = CompileOptions(**manifest["flags"])
+    low, steps = build_gates(graph, opts)
+    if low.gates.layout().digest() != manifest["layout_digest"]:
+        raise FusecError("rebuilding the gate graph gave a different key layout than at compile time",
+                         "the fusec version changed since compilation; re-run `fusec compile`")
+    return Build(p, graph, opts, low, steps, manifest)
+
+
+# ---------------------------------------------------------------------- the input owner's side
+def load_inputs(path, graph: Graph) -> dict[str, np.ndarray]:
+    """Inputs from ``.npy`` (one model input) or ``.npz`` (named); checked against the IR."""
+    p = Path(path)
+    if not p.is_file():
+        raise FusecError(f"input file {p} does not exist")
+    try:
+        data = np.load(p, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001
+        raise FusecError(f"cannot read input file {p}: {e}", "give a .npy array or a .npz of named arrays") from None
+    if isinstance(data, np.ndarray):
+        if len(graph.inputs) != 1:
+            raise FusecError(f"the model has {len(graph.inputs)} inputs ({', '.join(graph.inputs)}); a .npy holds one",
+                             "save them with np.savez(path, name=array, ...)")
+        return {graph.inputs[0]: data}
+    with data:
+        return {k: data[k] for k in data.files}
+
+
+def check_inputs(graph: Graph, feeds: dict[str, np.ndarray]) -> None:
+    for name in graph.inputs:
+        info = graph.info(name)
+        if name not in feeds:
+            raise FusecError(f"no value for model input {name!r}", f"the model's inputs: {', '.join(graph.inputs)}")
+        v = np.asarray(feeds[name])
+        if tuple(v.shape) != info.shape:
+            raise FusecError(f"input {name!r} has shape {tuple(v.shape)}, the build expects {info.shape}",
+                             "recompile with matching --batch/--seq, or reshape the input")
+        if info.dtype == "int" and not np.issubdtype(v.dtype, np.integer):
+            raise FusecError(f"input {name!r} must be integer token ids, got dtype {v.dtype}")
+        if info.dtype == "float" and not np.issubdtype(v.dtype, np.number):
+            raise FusecError(f"input {name!r} must be numeric, got dtype {v.dtype}")
+        if info.dtype == "float" and not np.all(np.isfinite(v)):
+            raise FusecError(f"input {name!r} contains NaN or infinity")
+        for n in graph.consumers(name):
+            if n.op == "Gather" and n.inputs[1] == name and graph.is_const(n.inputs[0]):
+                vocab = graph.const(n.inputs[0]).shape[n.attrs.get("axis", 0)]
+                bad = (v < 0) | (v >= vocab)
+                if bad.any():
+                    raise FusecError(f"input {name!r}: token id {int(v[bad].reshape(-1)[0])} is outside the "
+                                     f"vocabulary [0, {vocab})", "tokenize with the model's own tokenizer")
+    extra = set(feeds) - set(graph.inputs)
+    if extra:
+        raise FusecError(f"unknown input(s) {', '.join(sorted(extra))}", f"the model's inputs: {', '.join(graph.inputs)}")
+
+
+def encode_inputs(build: Build, feeds: dict[str, np.ndarray], party: int) -> dict[str, np.ndarray]:
+    """Run this party's plaintext prefix and encode the shared tensors (gate id -> ring values)."""
+    g, opts = build.ir, build.opts
+    mine = {gid: t for gid, (t, owner) in build.low.inputs.items() if owner == party}
+    if not mine:
+        return {}
+    check_inputs(g, feeds)
+    env: dict[str, np.ndarray] = dict(g.consts)
+    for name in g.inputs:
+        v = np.asarray(feeds[name])
+        env[name] = v.astype(np.float64) if g.info(name).dtype == "float" else v.astype(np.int64)
+    for n in g.nodes():
+        if n.attrs.get("at") == "client":
+            for t, v in zip(n.outputs, run_node(n.op, [env[t] if t else None for t in n.inputs], n.attrs)):
+                env[t] = v
+    out = {}
+    lim = 2.0 ** (opts.bits - 2 - opts.frac)
+    for gid, t in mine.items():
+        v = np.asarray(env[t], np.float64)
+        if np.any(np.abs(v) >= lim):
+            raise FusecError(f"input tensor {t!r} has |x| up to {np.max(np.abs(v)):.4g}, beyond what fixed point "
+                             f"n={opts.bits}, f={opts.frac} holds ({lim:g})", "scale the input or use a wider --bits")
+        out[gid] = ring.encode_fixed(v.reshape(-1), opts.frac, opts.bits)
+    return out
+
+
+def decode_outputs(build: Build, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    res = {}
+    for gid, v in outputs.items():
+        t, scale = build.low.outputs[gid]
+        res[t] = ring.decode_fixed(np.asarray(v), scale, build.opts.bits).reshape(build.ir.info(t).shape)
+    return res
+
+
+def require(cond: bool, msg: str, hint: str | None = None) -> None:
+    if not cond:
+        raise CompileError(msg, hint)

@@ -1,0 +1,105 @@
+"""Expand vector blocks (Softmax, LayerNorm) into explicit reductions and scalar gates.
+
+DESIGN §3: blocks are built from IR nodes so their reductions stay explicit. The scalar
+parts become ``Scalar`` nodes whose label and ``domain`` say what they compute, so the
+spec-fitting pass (fused gates) and the SIGMA lowering (``--gates sigma``) treat them
+alike and the comparison between the two is about the gates only:
+
+- Softmax: ``m = max(x)``; ``e = exp(x - m)`` (label ``nexp``, domain x <= 0);
+  ``s = sum(e)``; ``y = e * (1/s)`` (label ``reciprocal``, domain [1, k]).
+- LayerNorm: ``d = x - mean(x)``; ``r = 1/sqrt(sum(d*d)/k + eps)`` (label ``rsqrt``, the
+  1/k and eps folded into the scalar function, so the sum feeds the gate directly);
+  ``y = d * r * gamma + beta``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from fusec.ir import scalar_fn
+from fusec.ir.graph import Graph, Node, TensorInfo
+from fusec.passes.options import CompileOptions
+
+
+class _Builder:
+    def __init__(self, graph: Graph, node: Node):
+        self.g, self.base = graph, node.name
+        self.vis = "secret"
+
+    def op(self, op: str, inputs: list[str], shape, out: str | None = None, **attrs) -> str:
+        out = out or self.g.fresh(f"{self.base}_{op.lower()}")
+        self.g.add_node(op, inputs, [out], name=self.g.fresh(f"{self.base}/{op.lower()}"),
+                        infos=[TensorInfo(tuple(shape), "float", self.vis)], **attrs)
+        return out
+
+    def const(self, name: str, value) -> str:
+        return self.g.add_const(self.g.fresh(f"{self.base}_{name}"), np.asarray(value, np.float64))
+
+
+def _reduced(shape, axes) -> tuple[int, ...]:
+    return tuple(1 if i in axes else d for i, d in enumerate(shape))
+
+
+def _softmax(graph: Graph, node: Node) -> None:
+    b = _Builder(graph, node)
+    x, out = node.inputs[0], node.outputs[0]
+    shape = graph.info(x).shape
+    axis = node.attrs["axis"] % len(shape)
+    red = _reduced(shape, {axis})
+    k = shape[axis]
+    graph.remove_node(node.name)
+    m = b.op("ReduceMax", [x], red, axes=[axis], keepdims=True)
+    mb = b.op("Expand", [m], shape, shape=list(shape))
+    d = b.op("Sub", [x, mb], shape)
+    e = b.op("Scalar", [d], shape, fn=scalar_fn.unary("Exp", label="nexp"), label="nexp",
+             domain=[None, 0.0], block="softmax")
+    s = b.op("ReduceSum", [e], red, axes=[axis], keepdims=True)
+    r = b.op("Scalar", [s], red, fn=scalar_fn.unary("Reciprocal", label="reciprocal"), label="reciprocal",
+             domain=[1.0, float(k)], block="softmax")
+    rb = b.op("Expand", [r], shape, shape=list(shape))
+    b.op("Mul", [e, rb], shape, out=out, block="softmax")
+
+
+def _layernorm(graph: Graph, node: Node) -> None:
+    b = _Builder(graph, node)
+    x, out = node.inputs[0], node.outputs[0]
+    gamma = node.inputs[1] if len(node.inputs) > 1 and node.inputs[1] else None
+    beta = node.inputs[2] if len(node.inputs) > 2 and node.inputs[2] else None
+    shape = graph.info(x).shape
+    axes = list(range(node.attrs["axis"] % len(shape), len(shape)))
+    red = _reduced(shape, set(axes))
+    k = int(np.prod([shape[a] for a in axes]))
+    eps = float(node.attrs.get("epsilon", 1e-5))
+    graph.remove_node(node.name)
+    mean = b.op("ReduceMean", [x], red, axes=axes, keepdims=True)
+    d = b.op("Sub", [x, b.op("Expand", [mean], shape, shape=list(shape))], shape)
+    sq = b.op("Mul", [d, d], shape)
+    ssum = b.op("ReduceSum", [sq], red, axes=axes, keepdims=True)
+    fn = {"input": "x", "output": "y", "label": "rsqrt", "consts": {"k": 1.0 / k, "eps": eps, "h": -0.5},
+          "nodes": [{"op": "Mul", "inputs": ["x", "k"], "outputs": ["v"], "attrs": {}},
+                    {"op": "Add", "inputs": ["v", "eps"], "outputs": ["ve"], "attrs": {}},
+                    {"op": "Pow", "inputs": ["ve", "h"], "outputs": ["y"], "attrs": {}}]}
+    r = b.op("Scalar", [ssum], red, fn=fn, label="rsqrt", domain=[0.0, None], block="layernorm",
+             rsqrt_scale=1.0 / k, rsqrt_eps=eps)
+    y = b.op("Mul", [d, b.op("Expand", [r], shape, shape=list(shape))], shape, block="layernorm")
+    if gamma is not None:
+        y = b.op("Mul", [y, gamma], shape, block="layernorm")
+    if beta is not None:
+        y = b.op("Add", [y, beta], shape, block="layernorm")
+    # give the block's last tensor the block's output name
+    last = graph.producer(y)
+    info = graph.info(y)
+    graph.remove_node(last.name)
+    graph.add_node(last.op, last.inputs, [out], name=last.name, infos=[info], **last.attrs)
+    graph.tensors.pop(y, None)
+
+
+def expand_blocks(graph: Graph, opts: CompileOptions) -> Graph:
+    for node in graph.nodes():
+        if graph.info(node.inputs[0]).visibility != "secret" if node.inputs else True:
+            continue
+        if node.op == "Softmax":
+            _softmax(graph, node)
+        elif node.op == "LayerNorm":
+            _layernorm(graph, node)
+    graph.remove_unused()
+    return graph

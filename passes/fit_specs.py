@@ -1,0 +1,148 @@
+"""Fit an OperatorSpec to every ``Scalar`` node, to a stated error bound.
+
+For each node the pass decides the interval the function must be right on (from its
+label: GELU on [-4, 4] with exact tails 0 and x; exp of a non-positive input down to where
+it rounds to 0; reciprocal / rsqrt on their positive domain with geometric pieces; an
+unknown function on its calibrated range plus a margin, tails held constant) and then
+searches degree x pieces for the cheapest key that meets ``--max-error-ulps`` (in ulps of
+the activation scale f). The input is taken at the scale it arrives (the rescale before
+the gate is fused into the spec); when no fit at that scale fits the ring, or a rescale
+first gives a cheaper gate, a ``Rescale`` is inserted in front. Specs are cached per
+(function, range, scales), so BERT's twelve GELUs are fitted once.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from fusec.errors import CompileError, ParameterError
+from fusec.ir import scalar_fn
+from fusec.ir.graph import Graph, Node, TensorInfo
+from fusec.ir.spec import FitRequest, OperatorSpec, Tail, fit, relu_spec
+from fusec.passes.options import CompileOptions
+
+CANDIDATES = [(d, p) for d in (1, 2, 3) for p in (4, 8, 16, 32, 64, 128)]
+SIGMA_LABELS = {"gelu", "nexp", "reciprocal", "rsqrt"}
+
+
+@dataclass
+class Domain:
+    lo: float
+    hi: float
+    left: Tail
+    right: Tail
+    geometric: bool = False   # pieces spaced geometrically (1/x, 1/sqrt x)
+    note: str = ""
+
+
+def _domain(node: Node, f: float, rng: tuple[float, float], f_out: int) -> Domain:
+    lab = node.attrs.get("label", "custom")
+    fn = node.attrs["fn"]
+    val = lambda x: float(scalar_fn.evaluate(fn, np.asarray([x]))[0])  # noqa: E731
+    if lab in ("gelu", "gelu_tanh"):
+        return Domain(-4.0, 4.0, Tail(0.0, 0.0), Tail(1.0, 0.0))
+    if lab == "silu":
+        return Domain(-8.0, 8.0, Tail(0.0, 0.0), Tail(1.0, 0.0))
+    if lab == "sigmoid":
+        return Domain(-8.0, 8.0, Tail(0.0, 0.0), Tail(0.0, 1.0))
+    if lab == "tanh":
+        return Domain(-4.0, 4.0, Tail(0.0, -1.0), Tail(0.0, 1.0))
+    if lab in ("nexp", "exp"):
+        floor = -math.ceil((f_out + 1) * math.log(2))            # exp(x) < 2^-(f_out+1) below it
+        hi = 0.0 if lab == "nexp" else max(rng[1] * 1.25, 0.0) + 2.0 ** -f
+        lo = max(floor, min(rng[0] * 1.25, -1.0)) if lab == "exp" else floor
+        return Domain(lo, hi, Tail(0.0, 0.0), Tail(0.0, math.exp(hi)))
+    if lab in ("reciprocal", "rsqrt", "sqrt") or (node.attrs.get("domain") or [None])[0] == 0.0:
+        dom = node.attrs.get("domain") or [None, None]
+        lo = dom[0] if dom[0] is not None else max(rng[0], 0.0)
+        hi = dom[1] if dom[1] is not None else max(rng[1] * 4.0, lo * 2 + 1.0)
+        if lab == "rsqrt" and "rsqrt_eps" in node.attrs:      # fn(s) = 1/sqrt(s*k + eps): resolve near 0
+            lo = max(lo, node.attrs["rsqrt_eps"] / node.attrs["rsqrt_scale"] / 4)
+        lo = max(lo, 2.0 ** -(f - 2))
+        return Domain(lo, hi, Tail(0.0, val(lo)), Tail(0.0, val(hi)), geometric=hi / lo > 8)
+    lo, hi = rng
+    span = max(hi - lo, 2.0 ** -f * 16)
+    lo, hi = lo - 0.25 * span, hi + 0.25 * span
+    return Domain(lo, hi, Tail(0.0, val(lo)), Tail(0.0, val(hi)),
+                  note=f"{lab} fitted on its calibrated range [{lo:.4g}, {hi:.4g}], held constant outside")
+
+
+def _fit_one(name: str, fn, dom: Domain, degree: int, pieces: int, n: int, f_in: int, f_out: int) -> OperatorSpec:
+    bps = None
+    if dom.geometric:
+        bps = list(np.geomspace(dom.lo, dom.hi, pieces + 1)[1:-1])
+    return fit(FitRequest(name, fn, dom.lo, dom.hi, pieces=pieces, degree=degree, n_in=n, f_in=f_in,
+                          f_out=f_out, left=dom.left, right=dom.right, breakpoints=bps))
+
+
+def _key_bits(spec: OperatorSpec) -> int:
+    from fusec.runtime.gates.scalar import ScalarGate  # noqa: PLC0415
+    return ScalarGate(1, spec).cost().key_bits
+
+
+def search(name: str, fn, dom: Domain, n: int, f_in: int, f_out: int, bound_ulps: float) -> tuple[OperatorSpec | None, OperatorSpec | None]:
+    """(cheapest spec meeting the bound, most accurate spec) over the candidate grid."""
+    best = accurate = None
+    for d, p in CANDIDATES:
+        try:
+            spec = _fit_one(name, fn, dom, d, p, n, f_in, f_out)
+        except ParameterError:
+            continue
+        if accurate is None or spec.max_error_ulps < accurate.max_error_ulps:
+            accurate = spec
+        if spec.max_error_ulps <= bound_ulps and (best is None or _key_bits(spec) < _key_bits(best)):
+            best = spec
+    return best, accurate
+
+
+def fit_specs(graph: Graph, opts: CompileOptions) -> Graph:
+    cache: dict[str, tuple] = {}
+    ranges = graph.meta.get("ranges", {})
+    for node in graph.nodes():
+        if node.op != "Scalar":
+            continue
+        lab = node.attrs.get("label")
+        if opts.gates == "sigma" and lab in SIGMA_LABELS:
+            node.attrs["impl"] = "sigma"
+            continue
+        x, y = node.inputs[0], node.outputs[0]
+        f_in, f_out = graph.info(x).scale, graph.info(y).scale
+        if lab == "relu":
+            node.attrs["spec"] = relu_spec(opts.bits, f_in).to_dict()
+            graph.info(y).scale = f_in
+            node.attrs["impl"] = "fused"
+            continue
+        fnj = node.attrs["fn"]
+        fn = lambda v, fnj=fnj: scalar_fn.evaluate(fnj, v)  # noqa: E731
+        dom = _domain(node, opts.frac, tuple(ranges.get(x, (-1.0, 1.0))), f_out)
+        bound = opts.max_error_ulps * 2.0 ** (f_out - opts.frac)
+        key = json.dumps([fnj, dom.lo, dom.hi, dom.geometric, f_in, f_out, opts.bits, bound], sort_keys=True, default=str)
+        if key not in cache:
+            at_in = search(lab, fn, dom, opts.bits, f_in, f_out, bound)
+            at_f = search(lab, fn, dom, opts.bits, opts.frac, f_out, bound) if f_in > opts.frac else (None, None)
+            cache[key] = (at_in, at_f)
+        (best_in, acc_in), (best_f, acc_f) = cache[key]
+        from fusec.runtime.gates.truncation import TruncateSlack  # noqa: PLC0415
+        rescale_bits = TruncateSlack(1, opts.bits, max(f_in - opts.frac, 1)).cost().key_bits
+        use_rescale = best_in is None and (best_f is not None or acc_in is None) or (
+            best_in is not None and best_f is not None and _key_bits(best_f) + rescale_bits < 0.8 * _key_bits(best_in))
+        spec = (best_f or acc_f) if use_rescale else (best_in or acc_in)
+        if spec is None:
+            raise CompileError(f"cannot fit {lab} ({scalar_fn.describe(fnj)}) of {node!r} on [{dom.lo:g}, {dom.hi:g}] "
+                               f"in a {opts.bits}-bit ring", "use a wider ring (--bits) or a smaller --frac")
+        if use_rescale:
+            new = graph.fresh(f"{x}_s{opts.frac}")
+            graph.add_node("Rescale", [x], [new], name=graph.fresh(f"rescale_{x}"),
+                           infos=[TensorInfo(graph.info(x).shape, "float", "secret", scale=opts.frac, bits=opts.bits)],
+                           shift=f_in - opts.frac)
+            graph.rename_input(node.name, x, new)
+        if spec.max_error_ulps > bound:
+            opts.notes.append(f"{node!r}: best fit of {lab} has {spec.max_error_ulps:.1f} ulps > bound {bound:g}")
+        if dom.note:
+            opts.notes.append(f"{node!r}: {dom.note}")
+        node.attrs["spec"] = spec.to_dict()
+        node.attrs["impl"] = "fused"
+    return graph

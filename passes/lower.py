@@ -1,0 +1,300 @@
+"""Lower the secure part of the IR to a runtime gate graph (gate selection).
+
+Each IR node becomes one gate (or a few, for broadcasting), named after the node, so the
+key layout, the profiler and ``inspect`` all speak the IR's names. Constants are encoded
+here at the scale the scale pass chose. Data movement of every kind becomes one
+``Rearrange`` gate whose index map is the op itself run on ``arange`` (so it is exactly
+the reference semantics). ``--gates sigma`` changes only which gate a labelled ``Scalar``
+becomes. The lowering is deterministic: keygen and both servers rebuild the same graph
+from ``ir.json`` + ``weights.npz``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fusec.errors import CompileError
+from fusec.ir.graph import Graph, Node
+from fusec.ir.ops import run_node
+from fusec.ir.spec import OperatorSpec
+from fusec.passes.options import CompileOptions
+from fusec.passes.scales import MOVEMENT
+from fusec.runtime import ring
+from fusec.runtime.gates.arith import MatMulPrivate, Mul
+from fusec.runtime.gates.base import Gate
+from fusec.runtime.gates.compare import MaxTree, ReLU2
+from fusec.runtime.gates.linear import Add, AddPublic, MatMulPublic, MulPublic
+from fusec.runtime.gates.movement import Rearrange, SumAxis
+from fusec.runtime.gates.scalar import ScalarGate
+from fusec.runtime.gates.sigma import SigmaGelu
+from fusec.runtime.gates.truncation import ArsOneRound, TruncateSlack
+from fusec.runtime.graph import GateGraph
+
+
+@dataclass
+class Lowered:
+    gates: GateGraph
+    wire: dict[str, str] = field(default_factory=dict)         # IR tensor -> gate node id
+    inputs: dict[str, tuple[str, int]] = field(default_factory=dict)   # Share node -> (client tensor, owner)
+    outputs: dict[str, tuple[str, int]] = field(default_factory=dict)  # gate id -> (IR tensor, scale)
+    ir_node: dict[str, str] = field(default_factory=dict)       # gate id -> IR node name
+
+
+def encode(c, scale: int, bits: int) -> np.ndarray:
+    """Round a public real constant to the ring at ``scale`` fractional bits."""
+    v = np.round(np.asarray(c, np.float64) * 2.0 ** scale)
+    return v.astype(np.int64).astype(np.uint64) & ring.mask(bits)
+
+
+class _Lowering:
+    def __init__(self, graph: Graph, opts: CompileOptions):
+        self.g, self.o, self.n = graph, opts, opts.bits
+        self.out = Lowered(GateGraph())
+
+    # ------------------------------------------------------------------ helpers
+    def add(self, gid: str, gate: Gate, inputs: list[str], node: Node) -> str:
+        self.out.gates.add(gid, gate, inputs)
+        self.out.ir_node[gid] = node.name
+        return gid
+
+    def secret(self, t: str) -> bool:
+        return self.g.info(t).visibility == "secret"
+
+    def shape(self, t: str) -> tuple[int, ...]:
+        return self.g.info(t).shape
+
+    def scale(self, t: str) -> int:
+        return self.g.info(t).scale
+
+    def broadcast(self, node: Node, t: str, shape: tuple[int, ...], tag: str) -> str:
+        """Wire of tensor ``t`` broadcast to ``shape`` (free Rearrange when needed)."""
+        src = self.out.wire[t]
+        if self.shape(t) == tuple(shape):
+            return src
+        size = int(np.prod(self.shape(t)))
+        idx = np.broadcast_to(np.arange(size).reshape(self.shape(t)), shape).reshape(-1)
+        return self.add(f"{node.name}/{tag}", Rearrange([size], idx, self.n), [src], node)
+
+    def const_full(self, t: str, shape) -> np.ndarray:
+        return np.broadcast_to(np.asarray(self.g.const(t), np.float64), shape).reshape(-1)
+
+    # ------------------------------------------------------------------ per op
+    def movement(self, node: Node) -> None:
+        secret = [t for t in node.inputs if t and self.secret(t)]
+        if node.op in ("Gather",) and not self.g.is_const(node.inputs[1]):
+            raise CompileError(f"{node!r} gathers with secret indices", "only public (constant) indices are supported")
+        offsets, args, sizes = 0, [], []
+        for t in node.inputs:
+            if t and self.secret(t):
+                size = int(np.prod(self.shape(t)))
+                args.append(np.arange(offsets, offsets + size, dtype=np.int64).reshape(self.shape(t)) + 1)
+                sizes.append(size)
+                offsets += size
+            elif t and self.g.is_const(t) and node.op in ("Gather",):
+                args.append(self.g.const(t))
+            elif t:
+                raise CompileError(f"{node!r} mixes constants into data movement of secret tensors",
+                                   "this pattern is not supported yet")
+            else:
+                args.append(None)
+        attrs = dict(node.attrs)
+        if node.op in ("Pad", "Im2Col"):
+            attrs["value"] = 0
+        results = run_node(node.op, args, attrs)
+        wires = [self.out.wire[t] for t in secret]
+        for i, (t, idx) in enumerate(zip(node.outputs, results)):
+            gid = node.name if len(node.outputs) == 1 else f"{node.name}:{i}"
+            index = np.asarray(idx, np.int64).reshape(-1) - 1
+            if len(secret) == 1 and index.size == sizes[0] and np.array_equal(index, np.arange(index.size)):
+                self.out.wire[t] = wires[0]       # a pure reshape: no gate at all
+                continue
+            self.out.wire[t] = self.add(gid, Rearrange(sizes, index, self.n), wires, node)
+
+    def add_sub(self, node: Node) -> None:
+        a, b = node.inputs
+        out = node.outputs[0]
+        shape, s, N = self.shape(out), self.scale(out), int(np.prod(self.shape(out)))
+        sub = node.op == "Sub"
+        if self.secret(a) and self.secret(b):
+            wa, wb = self.broadcast(node, a, shape, "bcast0"), self.broadcast(node, b, shape, "bcast1")
+            self.out.wire[out] = self.add(node.name, Add(N, self.n, subtract=sub), [wa, wb], node)
+            return
+        x, c = (a, b) if self.secret(a) else (b, a)
+        wx = self.broadcast(node, x, shape, "bcast")
+        cval = self.const_full(c, shape)
+        if sub and x == b:     # c - x = (-1) x + c
+            wx = self.add(f"{node.name}/neg", MulPublic(N, self.n, -1), [wx], node)
+        elif sub:
+            cval = -cval
+        self.out.wire[out] = self.add(node.name, AddPublic(N, self.n, encode(cval, s, self.n)), [wx], node)
+
+    def mul(self, node: Node) -> None:
+        a, b = node.inputs
+        out = node.outputs[0]
+        shape, N = self.shape(out), int(np.prod(self.shape(out)))
+        if self.secret(a) and self.secret(b):
+            wa, wb = self.broadcast(node, a, shape, "bcast0"), self.broadcast(node, b, shape, "bcast1")
+            self.out.wire[out] = self.add(node.name, Mul(N, self.n), [wa, wb], node)
+            return
+        x, c = (a, b) if self.secret(a) else (b, a)
+        wx = self.broadcast(node, x, shape, "bcast")
+        cv = self.const_full(c, shape)
+        scalar = cv[0] if np.all(cv == cv[0]) else None
+        k = encode(scalar if scalar is not None else cv, node.attrs["const_scale"], self.n)
+        self.out.wire[out] = self.add(node.name, MulPublic(N, self.n, k), [wx], node)
+
+    def matmul(self, node: Node) -> None:
+        a, b = node.inputs
+        out = node.outputs[0]
+        if self.secret(a) and self.secret(b):
+            sa, sb = self.shape(a), self.shape(b)
+            batch = np.broadcast_shapes(sa[:-2], sb[:-2])
+            wa = self.broadcast(node, a, batch + sa[-2:], "bcast0")
+            wb = self.broadcast(node, b, batch + sb[-2:], "bcast1")
+            self.out.wire[out] = self.add(node.name, MatMulPrivate(batch + sa[-2:], batch + sb[-2:], self.n),
+                                          [wa, wb], node)
+            return
+        cs = node.attrs["const_scale"]
+        if self.secret(a):
+            W = self.g.const(b)
+            if W.ndim != 2:
+                raise CompileError(f"{node!r}: public weight of rank {W.ndim}", "only 2-D public weights are supported")
+            self.out.wire[out] = self.add(node.name, MatMulPublic(self.shape(a), encode(W, cs, self.n), self.n),
+                                          [self.out.wire[a]], node)
+            return
+        # C @ X = (X^T @ C^T)^T for a public 2-D C
+        C, sx = self.g.const(a), self.shape(b)
+        if C.ndim != 2 or len(sx) < 2:
+            raise CompileError(f"{node!r}: public left operand of rank {C.ndim}", "only 2-D public weights are supported")
+        perm = list(range(len(sx) - 2)) + [len(sx) - 1, len(sx) - 2]
+        size = int(np.prod(sx))
+        xt_shape = tuple(sx[p] for p in perm)
+        idx = np.transpose(np.arange(size).reshape(sx), perm).reshape(-1)
+        wt = self.add(f"{node.name}/xT", Rearrange([size], idx, self.n), [self.out.wire[b]], node)
+        prod = self.add(f"{node.name}/mm", MatMulPublic(xt_shape, encode(C.T, cs, self.n), self.n), [wt], node)
+        pshape = xt_shape[:-1] + (C.shape[0],)
+        idx2 = np.transpose(np.arange(int(np.prod(pshape))).reshape(pshape), perm).reshape(-1)
+        self.out.wire[out] = self.add(node.name, Rearrange([int(np.prod(pshape))], idx2, self.n), [prod], node)
+
+    def reduce(self, node: Node) -> None:
+        x, out = node.inputs[0], node.outputs[0]
+        shape = self.shape(x)
+        axes = tuple(node.attrs.get("axes") if node.attrs.get("axes") is not None else range(len(shape)))
+        if node.op in ("ReduceSum", "ReduceMean"):
+            gid = node.name if node.op == "ReduceSum" else f"{node.name}/sum"
+            w = self.add(gid, SumAxis(shape, axes, self.n, keepdims=True), [self.out.wire[x]], node)
+            if node.op == "ReduceMean":
+                k = int(np.prod([shape[a] for a in axes]))
+                N = int(np.prod(self.shape(out)))
+                w = self.add(node.name, MulPublic(N, self.n, encode(1.0 / k, node.attrs["const_scale"], self.n)), [w], node)
+            self.out.wire[out] = w
+        elif node.op == "ReduceMax":
+            if len(axes) != 1:
+                raise CompileError(f"{node!r}: max over several axes", "reshape so one axis is reduced")
+            self.out.wire[out] = self.add(node.name, MaxTree(shape, self.n, axes[0]), [self.out.wire[x]], node)
+        else:
+            raise CompileError(f"{node!r}: {node.op} of a secret tensor is not supported")
+
+    def where(self, node: Node) -> None:
+        cond, a, b = node.inputs
+        out = node.outputs[0]
+        if not self.g.is_const(cond):
+            raise CompileError(f"{node!r}: Where with a secret condition", "only public conditions are supported")
+        shape, N, s = self.shape(out), int(np.prod(self.shape(out))), self.scale(out)
+        cv = np.broadcast_to(self.g.const(cond).astype(bool), shape).reshape(-1)
+        parts, const = [], np.zeros(N)
+        for t, sel, tag in ((a, cv, "a"), (b, ~cv, "b")):
+            if self.secret(t):
+                w = self.broadcast(node, t, shape, f"bcast_{tag}")
+                parts.append(self.add(f"{node.name}/{tag}", MulPublic(N, self.n, sel.astype(np.int64)), [w], node))
+            else:
+                const = const + np.where(sel, self.const_full(t, shape), 0.0)
+        w = parts[0] if len(parts) == 1 else self.add(f"{node.name}/sum", Add(N, self.n), parts, node)
+        self.out.wire[out] = self.add(node.name, AddPublic(N, self.n, encode(const, s, self.n)), [w], node)
+
+    def scalar(self, node: Node) -> None:
+        x, out = node.inputs[0], node.outputs[0]
+        N = int(np.prod(self.shape(x)))
+        lab, s_in = node.attrs.get("label"), self.scale(x)
+        if node.attrs.get("impl") == "sigma":
+            gate = self.sigma_gate(node, lab, N, s_in)
+        else:
+            spec = OperatorSpec.from_dict(node.attrs["spec"])
+            if spec.f_in != s_in:
+                raise CompileError(f"{node!r}: spec fitted at f_in={spec.f_in}, input arrives at {s_in}")
+            gate = ScalarGate(N, spec, lookup=node.attrs.get("lookup", "auto"), pad=node.attrs.get("pad", True))
+            if gate.out_scale != self.scale(out):
+                raise CompileError(f"{node!r}: gate output scale {gate.out_scale} != IR scale {self.scale(out)}")
+        self.out.wire[out] = self.add(node.name, gate, [self.out.wire[x]], node)
+
+    def sigma_gate(self, node: Node, lab: str, N: int, s_in: int) -> Gate:
+        from fusec.runtime.gates import sigma_nonlinear as sn  # noqa: PLC0415
+        f = self.o.frac
+        if lab == "gelu":
+            return SigmaGelu(N, self.n, s_in)
+        if lab == "relu":
+            return ReLU2(N, self.n)
+        if lab == "nexp":
+            return sn.SigmaNegExp(N, self.n, f)
+        if lab == "reciprocal":
+            return sn.SigmaInverse(N, self.n, f, max_value=node.attrs["domain"][1])
+        if lab == "rsqrt":
+            return sn.sigma_layernorm_rsqrt(N, self.n, f, node.attrs["rsqrt_scale"], node.attrs["rsqrt_eps"])
+        raise CompileError(f"{node!r}: no SIGMA construction for {lab}")
+
+    def rescale(self, node: Node) -> None:
+        x, out = node.inputs[0], node.outputs[0]
+        N, sh = int(np.prod(self.shape(x))), node.attrs["shift"]
+        gate = TruncateSlack(N, self.n, sh) if self.o.rescale == "slack" else ArsOneRound(N, self.n, sh)
+        self.out.wire[out] = self.add(node.name, gate, [self.out.wire[x]], node)
+
+    def share(self, node: Node) -> None:
+        from fusec.runtime.gates.arith import Input  # noqa: PLC0415
+        out = node.outputs[0]
+        owner = node.attrs.get("owner", 1)
+        self.out.wire[out] = self.add(node.name, Input(int(np.prod(self.shape(out))), self.n, owner), [], node)
+        self.out.inputs[node.name] = (node.inputs[0], owner)
+
+    def visit(self, node: Node) -> None:
+        if node.attrs.get("at") == "client":
+            return
+        op = node.op
+        if op == "Share":
+            self.share(node)
+        elif op == "Identity":
+            self.out.wire[node.outputs[0]] = self.out.wire[node.inputs[0]]
+        elif op in MOVEMENT:
+            self.movement(node)
+        elif op in ("Add", "Sub"):
+            self.add_sub(node)
+        elif op == "Mul":
+            self.mul(node)
+        elif op == "MatMul":
+            self.matmul(node)
+        elif op.startswith("Reduce"):
+            self.reduce(node)
+        elif op == "Where":
+            self.where(node)
+        elif op == "Scalar":
+            self.scalar(node)
+        elif op == "Rescale":
+            self.rescale(node)
+        else:
+            raise CompileError(f"{node!r} cannot run on secret data yet (no lowering for {op})",
+                               "this op should have been fused or expanded by an earlier pass; please report it")
+
+
+def lower(graph: Graph, opts: CompileOptions) -> Lowered:
+    lw = _Lowering(graph, opts)
+    for node in graph.nodes():
+        lw.visit(node)
+    from fusec.runtime.gates.arith import Output  # noqa: PLC0415
+    for t in graph.outputs:
+        if graph.info(t).visibility != "secret":
+            raise CompileError(f"output {t!r} does not depend on the private input", "nothing to compute securely")
+        gid = f"output:{t}"
+        node = Node(gid, "Output", [t], [])
+        lw.add(gid, Output(int(np.prod(graph.info(t).shape)), opts.bits, 1), [lw.out.wire[t]], node)
+        lw.out.outputs[gid] = (t, graph.info(t).scale)
+    return lw.out

@@ -1,0 +1,46 @@
+"""Compile flags, shared by every pass (one frozen dataclass, recorded in the manifest)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from fusec.errors import CompileError
+
+GATE_SETS = ("fused", "sigma")
+RESCALES = ("slack", "ars")
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    bits: int = 50                  # ring width n
+    frac: int = 12                  # fractional bits f of activations
+    weight_frac: int = 12           # fractional bits of public weights / constants
+    gates: str = "fused"            # "fused" (ours) or "sigma" (SIGMA-style baseline)
+    weights: str = "public"         # "public" | "private"
+    rescale: str = "slack"          # truncation after products: TR with slack (1 round) or one-round ARS (2 DCFs)
+    max_error_ulps: float = 8.0     # bound each fitted OperatorSpec must meet on its range
+    insecure_mask_dependent_shapes: bool = False   # padding ablation only
+    calib_seed: int = 0
+    notes: list = field(default_factory=list, compare=False, hash=False)
+    calib: dict | None = field(default=None, compare=False, hash=False, repr=False)  # input name -> array
+
+    def __post_init__(self):
+        if self.gates not in GATE_SETS:
+            raise CompileError(f"unknown gate set {self.gates!r}", f"use one of {', '.join(GATE_SETS)}")
+        if self.rescale not in RESCALES:
+            raise CompileError(f"unknown rescale {self.rescale!r}", f"use one of {', '.join(RESCALES)}")
+        if not 16 <= self.bits <= 64:
+            raise CompileError(f"ring width {self.bits} is out of range", "use --bits between 16 and 64")
+        if not 0 < self.frac < self.bits // 2:
+            raise CompileError(f"--frac {self.frac} does not fit a {self.bits}-bit ring with products at 2f",
+                               f"use --frac below {self.bits // 2}")
+
+    @property
+    def safe_magnitude(self) -> float:
+        """Largest |value| (real) a constant may have: keeps x*2^f well inside 2^(n-2)."""
+        return float(2 ** (self.bits - self.frac - 5))
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d.pop("notes")
+        d.pop("calib")
+        return d

@@ -1,0 +1,60 @@
+"""The compiler pipeline: one readable list of passes, IR -> IR, then lowering to gates.
+
+``PASSES`` run in order on the IR produced by the ONNX frontend; each takes
+``(graph, options)`` and returns the graph. ``build_gates`` turns the final IR into the
+runtime gate graph in key-consumption order; keygen and both servers call it on the
+saved ``ir.json`` so all three agree on the layout (its digest is checked everywhere).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+from fusec.ir.graph import Graph
+from fusec.passes.calibrate import calibrate
+from fusec.passes.canonicalize import canonicalize
+from fusec.passes.clamp_constants import clamp_constants
+from fusec.passes.client_split import client_split
+from fusec.passes.expand_blocks import expand_blocks
+from fusec.passes.fit_specs import fit_specs
+from fusec.passes.fold_constants import fold_constants
+from fusec.passes.fuse_scalar import fuse_scalar
+from fusec.passes.key_order import key_order
+from fusec.passes.lower import Lowered, lower
+from fusec.passes.options import CompileOptions
+from fusec.passes.padding import pad_shapes
+from fusec.passes.scales import assign_scales
+from fusec.passes.schedule import Step, schedule, scope_of
+
+Pass = Callable[[Graph, CompileOptions], Graph]
+
+PASSES: list[Pass] = [
+    fold_constants,    # shape arithmetic, masks built from public inputs
+    client_split,      # the input owner's plaintext prefix; Share where the secure part starts
+    clamp_constants,   # -3.4e38 and friends -> the most negative safe fixed-point value
+    canonicalize,      # Div -> Mul(Reciprocal), Pow 2 -> Mul, ReduceL2 -> Sqrt(Sum(x*x)), sink movement
+    fuse_scalar,       # elementwise chains on one tensor -> one Scalar (GELU, SiLU, rsqrt, ...)
+    expand_blocks,     # Softmax, LayerNorm -> reductions + labelled Scalars
+    calibrate,         # plaintext float run: every tensor's range
+    assign_scales,     # fixed-point scales, lazy Rescale insertion, overflow warnings
+    fit_specs,         # OperatorSpec per Scalar, to the error bound
+    pad_shapes,        # mask-independent key shapes (or the loud ablation)
+]
+
+
+def run_passes(graph: Graph, opts: CompileOptions, progress: Callable[[str], None] | None = None) -> Graph:
+    for p in PASSES:
+        if progress:
+            progress(p.__name__)
+        graph = p(graph, opts)
+    graph.meta["notes"] = list(opts.notes)
+    return graph
+
+
+def build_gates(graph: Graph, opts: CompileOptions) -> tuple[Lowered, list[Step]]:
+    """Lower, schedule, and order keys. Deterministic in (graph, opts)."""
+    low = lower(graph, opts)
+    ir_attrs = {gid: graph.node(name).attrs if name in graph.g else {} for gid, name in low.ir_node.items()}
+    scopes = {n.id: scope_of(ir_attrs.get(n.id, {}), n.gate.kind) for n in low.gates.nodes}
+    steps = schedule(low.gates, scopes)
+    low.gates, steps = key_order(low.gates, steps)
+    return low, steps

@@ -1,0 +1,166 @@
+"""Fixed-point scale assignment with lazy rescaling (DESIGN §4).
+
+Every secret tensor gets a scale s (fractional bits) on the n-bit ring. Products add
+scales; instead of truncating after every product, a ``Rescale`` is inserted only where
+the next product would not fit: before a multiply whose result would exceed the scale cap
+(3f) or the ring (calibrated magnitude * 2^s must stay under 2^(n-2) with 3 bits of
+headroom). Sums, reductions, data movement and max keep the scale; an add of tensors at
+different scales multiplies the lower one by a public power of two (free and exact).
+Scalar gates take their input at whatever scale it arrives (their spec is fitted at that
+``f_in``), so the rescale before a nonlinearity is fused into it whenever the fit allows.
+
+Ranges come from ``passes.calibrate``; a tensor whose calibrated range overflows even at
+the smallest useful scale gets a warning naming it.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from fusec.ir.graph import Graph, Node, TensorInfo
+from fusec.passes.options import CompileOptions
+
+MOVEMENT = {"Reshape", "Transpose", "Slice", "Concat", "Split", "Gather", "Expand", "Pad", "Im2Col",
+            "Squeeze", "Unsqueeze", "Identity", "Flatten"}
+KEEP_SCALE = MOVEMENT | {"ReduceSum", "ReduceMax", "ReduceMin", "Add", "Sub", "Where", "Neg"}
+HEADROOM_BITS = 3
+
+
+class _Scaler:
+    def __init__(self, graph: Graph, opts: CompileOptions):
+        self.g, self.o = graph, opts
+        self.ranges: dict = graph.meta.get("ranges", {})
+        self.cache: dict[tuple[str, int], str] = {}
+        self.warned: set[str] = set()
+
+    # -------------------------------------------------------------- helpers
+    def maxabs(self, t: str) -> float:
+        lo, hi = self.ranges.get(t, (0.0, 0.0))
+        return max(abs(lo), abs(hi))
+
+    def fits(self, t: str, scale: int) -> bool:
+        m = self.maxabs(t)
+        return m == 0 or math.log2(m) + scale + HEADROOM_BITS < self.o.bits - 2
+
+    def scale(self, t: str) -> int:
+        return self.g.info(t).scale
+
+    def set(self, t: str, scale: int) -> None:
+        info = self.g.info(t)
+        info.scale, info.bits = int(scale), self.o.bits
+
+    def check(self, t: str) -> None:
+        if not self.fits(t, self.scale(t)) and t not in self.warned:
+            self.warned.add(t)
+            self.o.notes.append(
+                f"WARNING overflow risk: tensor {t!r} reaches |x| = {self.maxabs(t):.4g} in calibration; at scale "
+                f"2^-{self.scale(t)} on a {self.o.bits}-bit ring that leaves under {HEADROOM_BITS} bits of headroom "
+                f"(use --bits {self.o.bits + 4} or a smaller --frac)")
+
+    def rescaled(self, node: Node, t: str, to: int) -> str:
+        """Make ``node`` read ``t`` at scale ``to`` (down: Rescale; up: multiply by 2^k)."""
+        s = self.scale(t)
+        if s == to:
+            return t
+        key = (t, to)
+        if key not in self.cache:
+            info = self.g.info(t)
+            new = self.g.fresh(f"{t}_s{to}")
+            if s > to:
+                self.g.add_node("Rescale", [t], [new], name=self.g.fresh(f"rescale_{t}"),
+                                infos=[TensorInfo(info.shape, "float", "secret")], shift=s - to)
+            else:
+                c = self.g.add_const(self.g.fresh(f"pow2_{to - s}"), np.asarray(float(2 ** (to - s))))
+                self.g.add_node("Mul", [t, c], [new], name=self.g.fresh(f"upscale_{t}"),
+                                infos=[TensorInfo(info.shape, "float", "secret")], const_scale=0)
+            self.ranges[new] = self.ranges.get(t, [0.0, 0.0])
+            self.set(new, to)
+            self.cache[key] = new
+        self.g.rename_input(node.name, t, self.cache[key])
+        return self.cache[key]
+
+    def const_scale(self, c: np.ndarray) -> int:
+        """Integer-valued constants (masks 0/1, 2^k) need no fractional bits."""
+        c = np.asarray(c, np.float64)
+        return 0 if np.all(c == np.round(c)) and np.all(np.abs(c) < 2 ** 20) else self.o.weight_frac
+
+    # -------------------------------------------------------------- rules
+    def product(self, node: Node) -> None:
+        a, b = node.inputs[:2]
+        out = node.outputs[0]
+        f, cap = self.o.frac, 3 * self.o.frac
+        secret = [t for t in (a, b) if self.g.info(t).visibility == "secret"]
+        cs = None
+        if len(secret) == 1:
+            c = a if b in secret else b
+            cs = node.attrs.get("const_scale", self.const_scale(self.g.const(c)))
+            node.attrs["const_scale"] = cs
+        for _ in range(4):
+            total = sum(self.scale(t) for t in secret) + (cs or 0)
+            if total <= cap and self.fits(out, total):
+                break
+            big = max(secret, key=self.scale)
+            if self.scale(big) <= f:
+                break
+            secret = [self.rescaled(node, t, f) if t == big else t for t in secret]
+        self.set(out, sum(self.scale(t) for t in secret) + (cs or 0))
+
+    def scalar_out(self, node: Node) -> int:
+        f = self.o.frac
+        if node.attrs.get("label") in ("reciprocal", "rsqrt") and self.o.gates == "fused":
+            out = node.outputs[0]
+            for s in range(2 * f, f, -1):   # extra precision for small outputs feeding a product
+                if self.fits(out, s + f):
+                    return s
+        return f
+
+    def visit(self, node: Node) -> None:
+        op, g = node.op, self.g
+        if node.attrs.get("at") == "client":
+            return
+        outs = node.outputs
+        secret_in = [t for t in node.inputs if t and g.info(t).visibility == "secret"]
+        if op == "Share":
+            self.set(outs[0], self.o.frac)
+        elif op in ("Mul", "MatMul") and secret_in:
+            self.product(node)
+        elif op == "ReduceMean":
+            node.attrs["const_scale"] = self.o.weight_frac
+            s = self.scale(secret_in[0])
+            if s + self.o.weight_frac > 3 * self.o.frac or not self.fits(outs[0], s + self.o.weight_frac):
+                s = self.scale(self.rescaled(node, secret_in[0], self.o.frac))
+            self.set(outs[0], s + self.o.weight_frac)
+        elif op == "Scalar":
+            if self.o.gates == "sigma" and node.attrs.get("label") != "gelu":
+                self.rescaled(node, secret_in[0], self.o.frac)
+            elif self.scale(secret_in[0]) > 2 * self.o.frac:
+                self.rescaled(node, secret_in[0], 2 * self.o.frac)
+            relu = node.attrs.get("label") == "relu" and self.o.gates == "fused"
+            self.set(outs[0], self.scale(node.inputs[0]) if relu else self.scalar_out(node))
+        elif op in KEEP_SCALE or op in ("Rescale",):
+            if len(secret_in) > 1:
+                top = max(self.scale(t) for t in secret_in)
+                for t in secret_in:
+                    self.rescaled(node, t, top)
+            s = self.scale(node.inputs[0] if node.inputs[0] in secret_in else secret_in[0])
+            if op == "Rescale":
+                s -= node.attrs["shift"]
+            for t in outs:
+                if g.info(t).visibility == "secret":
+                    self.set(t, s)
+        else:
+            for t in outs:
+                if g.info(t).visibility == "secret":
+                    self.set(t, self.o.frac)
+        for t in outs:
+            if g.info(t).visibility == "secret":
+                self.check(t)
+
+
+def assign_scales(graph: Graph, opts: CompileOptions) -> Graph:
+    s = _Scaler(graph, opts)
+    for node in graph.nodes():
+        s.visit(node)
+    graph.meta["ranges"] = s.ranges
+    return graph
