@@ -25,10 +25,10 @@ class _Builder:
         self.g, self.base = graph, node.name
         self.vis = "secret"
 
-    def op(self, op: str, inputs: list[str], shape, out: str | None = None, **attrs) -> str:
+    def op(self, op: str, inputs: list[str], out_shape, out: str | None = None, **attrs) -> str:
         out = out or self.g.fresh(f"{self.base}_{op.lower()}")
         self.g.add_node(op, inputs, [out], name=self.g.fresh(f"{self.base}/{op.lower()}"),
-                        infos=[TensorInfo(tuple(shape), "float", self.vis)], **attrs)
+                        infos=[TensorInfo(tuple(out_shape), "float", self.vis)], **attrs)
         return out
 
     def const(self, name: str, value) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -72,8 +73,9 @@ def _domain(node: Node, f: float, rng: tuple[float, float], f_out: int) -> Domai
 
 def _fit_one(name: str, fn, dom: Domain, degree: int, pieces: int, n: int, f_in: int, f_out: int) -> OperatorSpec:
     bps = None
-    if dom.geometric:
-        bps = list(np.geomspace(dom.lo, dom.hi, pieces + 1)[1:-1])
+    if dom.geometric:   # geometric cuts, snapped to the input grid, no empty piece
+        grid = np.unique(np.ceil(np.geomspace(dom.lo, dom.hi, pieces + 1) * 2.0 ** f_in))
+        bps = [float(c) / 2.0 ** f_in for c in grid if dom.lo * 2.0 ** f_in < c < dom.hi * 2.0 ** f_in]
     return fit(FitRequest(name, fn, dom.lo, dom.hi, pieces=pieces, degree=degree, n_in=n, f_in=f_in,
                           f_out=f_out, left=dom.left, right=dom.right, breakpoints=bps))
 
@@ -88,8 +90,10 @@ def search(name: str, fn, dom: Domain, n: int, f_in: int, f_out: int, bound_ulps
     best = accurate = None
     for d, p in CANDIDATES:
         try:
-            spec = _fit_one(name, fn, dom, d, p, n, f_in, f_out)
-        except ParameterError:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                spec = _fit_one(name, fn, dom, d, p, n, f_in, f_out)
+        except (ParameterError, TypeError, np.linalg.LinAlgError):
             continue
         if accurate is None or spec.max_error_ulps < accurate.max_error_ulps:
             accurate = spec
@@ -119,6 +123,8 @@ def fit_specs(graph: Graph, opts: CompileOptions) -> Graph:
         fn = lambda v, fnj=fnj: scalar_fn.evaluate(fnj, v)  # noqa: E731
         dom = _domain(node, opts.frac, tuple(ranges.get(x, (-1.0, 1.0))), f_out)
         bound = opts.max_error_ulps * 2.0 ** (f_out - opts.frac)
+        if dom.geometric:   # steep positive-domain functions: the bound is relative to their largest value
+            bound *= max(1.0, abs(dom.left.offset))
         key = json.dumps([fnj, dom.lo, dom.hi, dom.geometric, f_in, f_out, opts.bits, bound], sort_keys=True, default=str)
         if key not in cache:
             at_in = search(lab, fn, dom, opts.bits, f_in, f_out, bound)

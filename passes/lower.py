@@ -246,6 +246,9 @@ class _Lowering:
     def rescale(self, node: Node) -> None:
         x, out = node.inputs[0], node.outputs[0]
         N, sh = int(np.prod(self.shape(x))), node.attrs["shift"]
+        if sh < 0:      # upscale: multiply by 2^-shift, free and exact
+            self.out.wire[out] = self.add(node.name, MulPublic(N, self.n, 1 << -sh), [self.out.wire[x]], node)
+            return
         gate = TruncateSlack(N, self.n, sh) if self.o.rescale == "slack" else ArsOneRound(N, self.n, sh)
         self.out.wire[out] = self.add(node.name, gate, [self.out.wire[x]], node)
 

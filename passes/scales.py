@@ -67,13 +67,9 @@ class _Scaler:
         if key not in self.cache:
             info = self.g.info(t)
             new = self.g.fresh(f"{t}_s{to}")
-            if s > to:
-                self.g.add_node("Rescale", [t], [new], name=self.g.fresh(f"rescale_{t}"),
-                                infos=[TensorInfo(info.shape, "float", "secret")], shift=s - to)
-            else:
-                c = self.g.add_const(self.g.fresh(f"pow2_{to - s}"), np.asarray(float(2 ** (to - s))))
-                self.g.add_node("Mul", [t, c], [new], name=self.g.fresh(f"upscale_{t}"),
-                                infos=[TensorInfo(info.shape, "float", "secret")], const_scale=0)
+            # Rescale is the identity on real values; a negative shift multiplies by 2^k (free, exact)
+            self.g.add_node("Rescale", [t], [new], name=self.g.fresh(f"rescale_{t}" if s > to else f"upscale_{t}"),
+                            infos=[TensorInfo(info.shape, "float", "secret")], shift=s - to)
             self.ranges[new] = self.ranges.get(t, [0.0, 0.0])
             self.set(new, to)
             self.cache[key] = new
@@ -143,7 +139,8 @@ class _Scaler:
                 top = max(self.scale(t) for t in secret_in)
                 for t in secret_in:
                     self.rescaled(node, t, top)
-            s = self.scale(node.inputs[0] if node.inputs[0] in secret_in else secret_in[0])
+            secret_in = [t for t in node.inputs if t and g.info(t).visibility == "secret"]   # after renaming
+            s = self.scale(secret_in[0])
             if op == "Rescale":
                 s -= node.attrs["shift"]
             for t in outs:

@@ -84,7 +84,7 @@ class MatMulPrivate(Gate):
         for name, val in (("r_x", rx), ("r_w", rw), ("r_xw_z", (np.matmul(rx, rw) + rz) & ring.mask(n))):
             s0, s1 = rng.share(val, n)
             keys[0][name], keys[1][name] = s0, s1
-        return rz, keys[0], keys[1]
+        return rz.reshape(-1), keys[0], keys[1]
 
     def eval(self, party: int, key: Key, inputs, be) -> EvalGen:
         xp = be.xp
@@ -93,7 +93,7 @@ class MatMulPrivate(Gate):
         share = key["r_xw_z"] - xp.matmul(ux, key["r_w"]) - xp.matmul(key["r_x"], uw)
         if party == 1:
             share = share + xp.matmul(ux, uw)
-        return (yield Open(share & ring.mask(self.bits), self.bits, scope="linear"))
+        return (yield Open((share & ring.mask(self.bits)).reshape(-1), self.bits, scope="linear"))
 
     def cost(self) -> GateCost:
         xs, ws, zs = (int(np.prod(s)) for s in (self.x_shape, self.w_shape, self.out_shape))
