@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import warnings
 
+from fusec.errors import CompileError
 from fusec.ir.graph import Graph
 from fusec.passes.options import CompileOptions
 
@@ -15,16 +16,14 @@ INSECURE_NOTE = ("INSECURE BUILD: --insecure-mask-dependent-shapes: key shapes d
 
 
 def pad_shapes(graph: Graph, opts: CompileOptions) -> Graph:
-    pad = not opts.insecure_mask_dependent_shapes
-    count = 0
+    if opts.insecure_mask_dependent_shapes:
+        warnings.warn(INSECURE_NOTE, stacklevel=2)
+        raise CompileError(
+            "--insecure-mask-dependent-shapes: an unpadded piece table's key shape is only known after keygen "
+            "(it depends on the masks), and a build's key layout is fixed at compile time, so whole-model "
+            "unpadded builds are not supported yet",
+            "the padding ablation is measured per gate: python -m pytest tests/test_scalar.py -k pad -s")
     for node in graph.nodes():
         if node.op == "Scalar" and node.attrs.get("impl") == "fused":
-            node.attrs["pad"] = pad
-            if not pad:
-                node.attrs["lookup"] = "pieces"   # the padded/unpadded choice lives in the piece table
-            count += 1
-    if not pad and count:
-        warnings.warn(INSECURE_NOTE, stacklevel=2)
-        opts.notes.append(INSECURE_NOTE)
-        graph.meta["insecure"] = True
+            node.attrs["pad"] = True
     return graph
