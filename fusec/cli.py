@@ -323,3 +323,29 @@ def run(build_dir, party, key_path, listen, peer, input_path, output_path, timeo
     if stats_path:
         Path(stats_path).write_text(json.dumps(stats, indent=1))
     click.echo(json.dumps(stats))
+
+
+@cli.command("verify")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--workdir", type=click.Path(file_okay=False), help="where build, keys and outputs go (default: temp)")
+@click.option("--input", "input_path", type=click.Path(dir_okay=False), help=".npy/.npz input (default: random)")
+@click.option("--seed", default=0, show_default=True, help="seed of the random *input* (keys always use the CSPRNG)")
+@compile_options
+def verify_cmd(model, workdir, input_path, seed, batch, seq, input_shape, public_input, bits, frac, gate_set, weights,
+               rescale, max_error_ulps, calib, insecure) -> None:
+    """compile -> keygen -> P0 and P1 as two processes -> compare with onnxruntime."""
+    from fusec.run3 import workdir as mkwd
+    from fusec.verify import verify
+
+    argv = ["--bits", str(bits), "--frac", str(frac), "--gates", gate_set, "--weights", weights,
+            "--rescale", rescale, "--max-error-ulps", str(max_error_ulps)]
+    for flag, val in (("--batch", batch), ("--seq", seq), ("--calib", calib)):
+        if val is not None:
+            argv += [flag, str(val)]
+    for v in input_shape:
+        argv += ["--input-shape", v]
+    for v in public_input:
+        argv += ["--public-input", v]
+    if insecure:
+        argv.append("--insecure-mask-dependent-shapes")
+    verify(model, mkwd(workdir), argv, input_path, seed, echo=click.echo)
