@@ -105,8 +105,11 @@ class _Scaler:
     def scalar_out(self, node: Node) -> int:
         f = self.o.frac
         if node.attrs.get("label") in ("reciprocal", "rsqrt") and self.o.gates == "fused":
+            # extra precision for small outputs that feed a product, where the ring has room
+            # for it (n=50, f=12: 12 extra bits; n=37: none)
+            extra = max(0, min(f, self.o.bits - 2 - 2 * f - 12))
             out = node.outputs[0]
-            for s in range(2 * f, f, -1):   # extra precision for small outputs feeding a product
+            for s in range(f + extra, f, -1):
                 if self.fits(out, s + f):
                     return s
         return f
@@ -135,8 +138,9 @@ class _Scaler:
             relu = node.attrs.get("label") == "relu" and self.o.gates == "fused"
             self.set(outs[0], self.scale(node.inputs[0]) if relu else self.scalar_out(node))
         elif op in KEEP_SCALE or op in ("Rescale",):
-            if len(secret_in) > 1:
-                top = max(self.scale(t) for t in secret_in)
+            if len(secret_in) > 1:   # align: upscale (free) where the result fits, else rescale down
+                scales = sorted({self.scale(t) for t in secret_in}, reverse=True)
+                top = next((s for s in scales if self.fits(outs[0], s)), max(min(scales), self.o.frac))
                 for t in secret_in:
                     self.rescaled(node, t, top)
             secret_in = [t for t in node.inputs if t and g.info(t).visibility == "secret"]   # after renaming
