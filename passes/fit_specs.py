@@ -4,7 +4,7 @@ For each node the pass decides the interval the function must be right on (from 
 label: GELU on [-4, 4] with exact tails 0 and x; exp of a non-positive input down to where
 it rounds to 0; reciprocal / rsqrt on their positive domain with geometric pieces; an
 unknown function on its calibrated range plus a margin, tails held constant) and then
-searches degree x pieces for the cheapest key that meets ``--max-error-ulps`` (in ulps of
+searches degree x pieces for the cheapest gate (key bytes + online AES) that meets ``--max-error-ulps`` (in ulps of
 the activation scale f). The input is taken at the scale it arrives (the rescale before
 the gate is fused into the spec); when no fit at that scale fits the ring, or a rescale
 first gives a cheaper gate, a ``Rescale`` is inserted in front. Specs are cached per
@@ -83,9 +83,18 @@ def _fit_one(name: str, fn, dom: Domain, degree: int, pieces: int, n: int, f_in:
                           f_out=f_out, left=dom.left, right=dom.right, breakpoints=bps))
 
 
-def _key_bits(spec: OperatorSpec) -> int:
+def _price(spec: OperatorSpec) -> float:
+    """What a spec costs per element: key bytes plus 16 bytes per AES block evaluated
+    (each block is 16 bytes of PRG output the servers must produce online)."""
     from fusec.runtime.gates.scalar import ScalarGate  # noqa: PLC0415
-    return ScalarGate(1, spec).cost().key_bits
+    c = ScalarGate(1, spec).cost()
+    return c.key_bits / 8 + 16 * c.aes
+
+
+def _rescale_price(n: int, shift: int) -> float:
+    from fusec.runtime.gates.truncation import TruncateSlack  # noqa: PLC0415
+    c = TruncateSlack(1, n, max(shift, 1)).cost()
+    return c.key_bits / 8 + 16 * c.aes
 
 
 def search(name: str, fn, dom: Domain, n: int, f_in: int, f_out: int, bound_ulps: float) -> tuple[OperatorSpec | None, OperatorSpec | None]:
@@ -100,7 +109,7 @@ def search(name: str, fn, dom: Domain, n: int, f_in: int, f_out: int, bound_ulps
             continue
         if accurate is None or spec.max_error_ulps < accurate.max_error_ulps:
             accurate = spec
-        if spec.max_error_ulps <= bound_ulps and (best is None or _key_bits(spec) < _key_bits(best)):
+        if spec.max_error_ulps <= bound_ulps and (best is None or _price(spec) < _price(best)):
             best = spec
     return best, accurate
 
@@ -134,10 +143,9 @@ def fit_specs(graph: Graph, opts: CompileOptions) -> Graph:
             at_f = search(lab, fn, dom, opts.bits, opts.frac, f_out, bound) if f_in > opts.frac else (None, None)
             cache[key] = (at_in, at_f)
         (best_in, acc_in), (best_f, acc_f) = cache[key]
-        from fusec.runtime.gates.truncation import TruncateSlack  # noqa: PLC0415
-        rescale_bits = TruncateSlack(1, opts.bits, max(f_in - opts.frac, 1)).cost().key_bits
         use_rescale = best_in is None and (best_f is not None or acc_in is None) or (
-            best_in is not None and best_f is not None and _key_bits(best_f) + rescale_bits < 0.8 * _key_bits(best_in))
+            best_in is not None and best_f is not None
+            and _price(best_f) + _rescale_price(opts.bits, f_in - opts.frac) < _price(best_in))
         spec = (best_f or acc_f) if use_rescale else (best_in or acc_in)
         if spec is None:
             raise CompileError(f"cannot fit {lab} ({scalar_fn.describe(fnj)}) of {node!r} on [{dom.lo:g}, {dom.hi:g}] "
