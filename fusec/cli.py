@@ -349,3 +349,25 @@ def verify_cmd(model, workdir, input_path, seed, batch, seq, input_shape, public
     if insecure:
         argv.append("--insecure-mask-dependent-shapes")
     verify(model, mkwd(workdir), argv, input_path, seed, echo=click.echo)
+
+
+@cli.command()
+@click.option("--workdir", type=click.Path(file_okay=False), help="where build, keys and outputs go (default: temp)")
+@click.option("--gates", "gate_set", type=click.Choice(["fused", "sigma"]), default="fused", show_default=True)
+def example(workdir, gate_set) -> None:
+    """The bundled example: a digits classifier (8 test images, true batch 8) run securely
+    (compile, keygen, P0 and P1 as processes over TCP) and checked against onnxruntime."""
+    from importlib.resources import files
+
+    from fusec.run3 import workdir as mkwd
+    from fusec.verify import verify
+
+    ex = files("fusec") / "examples"
+    wd = mkwd(workdir)
+    info = json.loads((ex / "digits_sample.json").read_text())
+    verify(str(ex / "digits_mlp.onnx"), wd, ["--batch", "8", "--gates", gate_set], str(ex / "digits_sample.npy"),
+           echo=click.echo)
+    with np.load(wd / "out.npz") as z:
+        pred = np.argmax(z[z.files[0]], axis=-1).tolist()
+    click.echo(f"secure predictions: {pred}")
+    click.echo(f"true labels:        {info['labels']}")
