@@ -36,8 +36,9 @@ class CompileOptions:
 
     @property
     def safe_magnitude(self) -> float:
-        """Largest |value| (real) a constant may have: keeps x*2^f well inside 2^(n-2)."""
-        return float(2 ** (self.bits - self.frac - 5))
+        """What "infinity" becomes (attention masks): far beyond any real score (exp of minus it is
+        0 at every precision), and x*2^f stays well inside 2^(n-2)."""
+        return float(min(2 ** (self.bits - self.frac - 5), 2 ** 16))
 
     def as_dict(self) -> dict:
         d = asdict(self)

@@ -145,6 +145,11 @@ class _Scaler:
                     self.rescaled(node, t, top)
             secret_in = [t for t in node.inputs if t and g.info(t).visibility == "secret"]   # after renaming
             s = self.scale(secret_in[0])
+            if op != "Rescale" and s > self.o.frac and not self.fits(outs[0], s):
+                # e.g. a bias or an attention mask makes the result larger than its input
+                s = next((k for k in range(s - 1, self.o.frac, -1) if self.fits(outs[0], k)), self.o.frac)
+                for t in secret_in:
+                    self.rescaled(node, t, s)
             if op == "Rescale":
                 s -= node.attrs["shift"]
             for t in outs:
