@@ -25,7 +25,7 @@ from fusec.ir.graph import Graph, Node, TensorInfo
 from fusec.ir.spec import FitRequest, OperatorSpec, Tail, fit, relu_spec
 from fusec.passes.options import CompileOptions
 
-CANDIDATES = [(d, p) for d in (1, 2, 3) for p in (4, 8, 16, 32, 64, 128)]
+CANDIDATES = [(d, p) for d in (1, 2, 3) for p in (4, 8, 16, 32, 64, 128)] + [(1, 256), (1, 512), (2, 256)]
 SIGMA_LABELS = {"gelu", "nexp", "reciprocal", "rsqrt"}
 
 
@@ -114,8 +114,40 @@ def search(name: str, fn, dom: Domain, n: int, f_in: int, f_out: int, bound_ulps
     return best, accurate
 
 
+_CACHE: dict[str, tuple] = {}
+
+
+def choose(node: Node, rng: tuple[float, float], f_in: int, f_out: int,
+           opts: CompileOptions) -> tuple[OperatorSpec | None, bool, Domain, float]:
+    """(spec, whether to rescale the input to f first, domain, bound) for a Scalar node."""
+    fnj = node.attrs["fn"]
+    fn = lambda v, fnj=fnj: scalar_fn.evaluate(fnj, v)  # noqa: E731
+    dom = _domain(node, opts.frac, rng, f_out)
+    bound = opts.max_error_ulps * 2.0 ** (f_out - opts.frac)
+    if dom.geometric:   # steep positive-domain functions: the bound is relative to their largest value
+        bound *= max(1.0, abs(dom.left.offset))
+    key = json.dumps([fnj, dom.lo, dom.hi, dom.geometric, f_in, f_out, opts.bits, opts.frac, bound],
+                     sort_keys=True, default=str)
+    if key not in _CACHE:
+        lab = node.attrs.get("label", "custom")
+        at_in = search(lab, fn, dom, opts.bits, f_in, f_out, bound)
+        at_f = search(lab, fn, dom, opts.bits, opts.frac, f_out, bound) if f_in > opts.frac else (None, None)
+        (best_in, acc_in), (best_f, acc_f) = at_in, at_f
+        use_rescale = best_in is None and (best_f is not None or acc_in is None) or (
+            best_in is not None and best_f is not None
+            and _price(best_f) + _rescale_price(opts.bits, f_in - opts.frac) < _price(best_in))
+        _CACHE[key] = ((best_f or acc_f) if use_rescale else (best_in or acc_in), use_rescale)
+    spec, use_rescale = _CACHE[key]
+    return spec, use_rescale, dom, bound
+
+
+def feasible(node: Node, rng: tuple[float, float], f_in: int, f_out: int, opts: CompileOptions) -> bool:
+    """Whether some spec at these scales fits the ring and meets the bound (the scale pass asks)."""
+    spec, _, _, bound = choose(node, rng, f_in, f_out, opts)
+    return spec is not None and spec.max_error_ulps <= bound
+
+
 def fit_specs(graph: Graph, opts: CompileOptions) -> Graph:
-    cache: dict[str, tuple] = {}
     ranges = graph.meta.get("ranges", {})
     for node in graph.nodes():
         if node.op != "Scalar":
@@ -132,21 +164,7 @@ def fit_specs(graph: Graph, opts: CompileOptions) -> Graph:
             node.attrs["impl"] = "fused"
             continue
         fnj = node.attrs["fn"]
-        fn = lambda v, fnj=fnj: scalar_fn.evaluate(fnj, v)  # noqa: E731
-        dom = _domain(node, opts.frac, tuple(ranges.get(x, (-1.0, 1.0))), f_out)
-        bound = opts.max_error_ulps * 2.0 ** (f_out - opts.frac)
-        if dom.geometric:   # steep positive-domain functions: the bound is relative to their largest value
-            bound *= max(1.0, abs(dom.left.offset))
-        key = json.dumps([fnj, dom.lo, dom.hi, dom.geometric, f_in, f_out, opts.bits, bound], sort_keys=True, default=str)
-        if key not in cache:
-            at_in = search(lab, fn, dom, opts.bits, f_in, f_out, bound)
-            at_f = search(lab, fn, dom, opts.bits, opts.frac, f_out, bound) if f_in > opts.frac else (None, None)
-            cache[key] = (at_in, at_f)
-        (best_in, acc_in), (best_f, acc_f) = cache[key]
-        use_rescale = best_in is None and (best_f is not None or acc_in is None) or (
-            best_in is not None and best_f is not None
-            and _price(best_f) + _rescale_price(opts.bits, f_in - opts.frac) < _price(best_in))
-        spec = (best_f or acc_f) if use_rescale else (best_in or acc_in)
+        spec, use_rescale, dom, bound = choose(node, tuple(ranges.get(x, (-1.0, 1.0))), f_in, f_out, opts)
         if spec is None:
             raise CompileError(f"cannot fit {lab} ({scalar_fn.describe(fnj)}) of {node!r} on [{dom.lo:g}, {dom.hi:g}] "
                                f"in a {opts.bits}-bit ring", "use a wider ring (--bits) or a smaller --frac")

@@ -109,8 +109,10 @@ class _Scaler:
             # for it (n=50, f=12: 12 extra bits; n=37: none)
             extra = max(0, min(f, self.o.bits - 2 - 2 * f - 12))
             out = node.outputs[0]
+            from fusec.passes.fit_specs import feasible  # noqa: PLC0415
+            rng = tuple(self.ranges.get(node.inputs[0], (-1.0, 1.0)))
             for s in range(f + extra, f, -1):
-                if self.fits(out, s + f):
+                if self.fits(out, s + f) and feasible(node, rng, self.scale(node.inputs[0]), s, self.o):
                     return s
         return f
 
