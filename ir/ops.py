@@ -168,6 +168,11 @@ def _rescale(xs, a):
     return [xs[0]]
 
 
+@_op("Share", "misc", doc="the input owner masks and sends a plaintext tensor (start of the secure part)")
+def _share(xs, a):
+    return [np.asarray(xs[0], np.float64)]
+
+
 # ------------------------------------------------------------------ data movement (any dtype)
 @_op("Reshape", "movement", doc="attr shape (static)")
 def _reshape(xs, a):

@@ -37,6 +37,8 @@ def _scalar_const(graph: Graph, base: str, value: float) -> str:
 def _rewrite_arith(graph: Graph) -> None:
     for node in graph.nodes():
         op, ins = node.op, node.inputs
+        if node.attrs.get("at") == "client":   # plaintext at the input owner: nothing to rewrite
+            continue
         if op == "Div" and graph.info(ins[0]).dtype == "float":
             if graph.is_const(ins[1]):
                 with np.errstate(divide="ignore"):
@@ -52,6 +54,8 @@ def _rewrite_arith(graph: Graph) -> None:
         elif op == "Pow" and graph.is_const(ins[1]) and graph.const(ins[1]).size == 1 \
                 and float(graph.const(ins[1]).reshape(-1)[0]) == 2.0 and _secret(graph, ins[0]):
             _replace(graph, node, "Mul", [ins[0], ins[0]])
+        elif op in ("Max", "Min") and len(ins) >= 2 and all(_secret(graph, t) for t in ins):
+            _minmax(graph, node)
         elif op in ("ReduceL2", "ReduceSumSquare"):
             x = ins[0]
             sq = graph.fresh(x + "_sq")
@@ -67,11 +71,35 @@ def _rewrite_arith(graph: Graph) -> None:
                 _replace(graph, node, "Sqrt", [s])
 
 
+def _minmax(graph: Graph, node: Node) -> None:
+    """max(a, b) = relu(a - b) + b and min(a, b) = a - relu(a - b), chained for more inputs."""
+    out = node.outputs[0]
+    info = graph.info(out)
+    graph.remove_node(node.name)
+    acc = node.inputs[0]
+    for i, b in enumerate(node.inputs[1:]):
+        last = i == len(node.inputs) - 2
+        mk = lambda tag: graph.fresh(f"{out}_{tag}{i}")  # noqa: E731
+        d, r = mk("diff"), mk("relu")
+        graph.add_node("Sub", [acc, b], [d], name=graph.fresh(f"{node.name}/sub{i}"),
+                       infos=[TensorInfo(info.shape, "float", info.visibility)])
+        graph.add_node("Relu", [d], [r], name=graph.fresh(f"{node.name}/relu{i}"),
+                       infos=[TensorInfo(info.shape, "float", info.visibility)])
+        res = out if last else mk("acc")
+        if node.op == "Max":
+            graph.add_node("Add", [r, b], [res], name=graph.fresh(f"{node.name}/add{i}"),
+                           infos=[TensorInfo(info.shape, "float", info.visibility)])
+        else:
+            graph.add_node("Sub", [acc, r], [res], name=graph.fresh(f"{node.name}/sub_relu{i}"),
+                           infos=[TensorInfo(info.shape, "float", info.visibility)])
+        acc = res
+
+
 def _sink_movement(graph: Graph) -> bool:
     changed = False
     for node in graph.nodes():
         d = OPS.get(node.op)
-        if d is None or d.kind != "unary" or len(node.inputs) != 1:
+        if d is None or d.kind != "unary" or len(node.inputs) != 1 or node.attrs.get("at") == "client":
             continue
         mv = graph.producer(node.inputs[0])
         if mv is None or mv.op not in MOVABLE or len(graph.consumers(node.inputs[0])) != 1 \

@@ -36,7 +36,8 @@ def client_split(graph: Graph, opts: CompileOptions) -> Graph:
         info.owner = 1 if info.owner is None else info.owner
     for node in graph.nodes():
         vis = {graph.info(t).visibility for t in node.inputs if t}
-        if "client" in vis and "secret" not in vis and node.op in CLIENT_OPS:
+        ints = any(graph.info(t).dtype != "float" for t in node.inputs if t and graph.info(t).visibility == "client")
+        if "client" in vis and "secret" not in vis and node.op in CLIENT_OPS and (opts.client_prefix or ints):
             node.attrs["at"] = "client"
             owners = {graph.info(t).owner for t in node.inputs if t and graph.info(t).visibility == "client"}
             if len(owners) > 1:

@@ -58,6 +58,9 @@ def _domain(node: Node, f: float, rng: tuple[float, float], f_out: int) -> Domai
         return Domain(lo, hi, Tail(0.0, 0.0), Tail(0.0, math.exp(hi)))
     if lab in ("reciprocal", "rsqrt", "sqrt") or (node.attrs.get("domain") or [None])[0] == 0.0:
         dom = node.attrs.get("domain") or [None, None]
+        if dom[0] is None and rng[0] <= 0 and lab != "sqrt":
+            raise CompileError(f"{node!r}: {lab} of a tensor that reaches {rng[0]:g} <= 0 in calibration",
+                               "only positive inputs are supported for reciprocal / rsqrt (a pole at 0)")
         lo = dom[0] if dom[0] is not None else max(rng[0], 0.0)
         hi = dom[1] if dom[1] is not None else max(rng[1] * 4.0, lo * 2 + 1.0)
         if lab == "rsqrt" and "rsqrt_eps" in node.attrs:      # fn(s) = 1/sqrt(s*k + eps): resolve near 0
@@ -67,9 +70,14 @@ def _domain(node: Node, f: float, rng: tuple[float, float], f_out: int) -> Domai
         lo = max(lo, 2.0 ** -(f - 2))
         return Domain(lo, hi, Tail(0.0, val(lo)), Tail(0.0, val(hi)), geometric=hi / lo > 8,
                       note=f"{lab} saturates below {lo:.4g} and above {hi:.4g}" if rng[0] > 0 else "")
-    lo, hi = rng
-    span = max(hi - lo, 2.0 ** -f * 16)
-    lo, hi = lo - 0.25 * span, hi + 0.25 * span
+    lo0, hi0 = rng
+    span = max(hi0 - lo0, 2.0 ** -f * 16)
+    lo, hi = lo0 - 0.25 * span, hi0 + 0.25 * span
+    with np.errstate(all="ignore"):     # functions defined on part of the line only (log, sqrt, 1/x)
+        if not np.isfinite(val(lo)):
+            lo = lo0 if np.isfinite(val(lo0)) else lo0 + 2.0 ** -f
+        if not np.isfinite(val(hi)):
+            hi = hi0
     return Domain(lo, hi, Tail(0.0, val(lo)), Tail(0.0, val(hi)),
                   note=f"{lab} fitted on its calibrated range [{lo:.4g}, {hi:.4g}], held constant outside")
 

@@ -99,8 +99,9 @@ class _Lowering:
             else:
                 args.append(None)
         attrs = dict(node.attrs)
+        pad_value = float(attrs.get("value", 0.0) or 0.0) if node.op in ("Pad", "Im2Col") else 0.0
         if node.op in ("Pad", "Im2Col"):
-            attrs["value"] = 0
+            attrs["value"] = 0          # index 0 after the -1 below: the padding slot
         results = run_node(node.op, args, attrs)
         wires = [self.out.wire[t] for t in secret]
         for i, (t, idx) in enumerate(zip(node.outputs, results)):
@@ -110,6 +111,11 @@ class _Lowering:
                 self.out.wire[t] = wires[0]       # a pure reshape: no gate at all
                 continue
             self.out.wire[t] = self.add(gid, Rearrange(sizes, index, self.n), wires, node)
+            if pad_value != 0.0:        # e.g. max pooling pads with "minus infinity": a public constant
+                lim = self.o.safe_magnitude
+                const = np.where(index < 0, np.clip(pad_value, -lim, lim), 0.0)
+                self.out.wire[t] = self.add(f"{gid}/padvalue", AddPublic(index.size, self.n,
+                                            encode(const, self.scale(t), self.n)), [self.out.wire[t]], node)
 
     def add_sub(self, node: Node) -> None:
         a, b = node.inputs
@@ -189,10 +195,24 @@ class _Lowering:
                 N = int(np.prod(self.shape(out)))
                 w = self.add(node.name, MulPublic(N, self.n, encode(1.0 / k, node.attrs["const_scale"], self.n)), [w], node)
             self.out.wire[out] = w
-        elif node.op == "ReduceMax":
-            if len(axes) != 1:
-                raise CompileError(f"{node!r}: max over several axes", "reshape so one axis is reduced")
-            self.out.wire[out] = self.add(node.name, MaxTree(shape, self.n, axes[0]), [self.out.wire[x]], node)
+        elif node.op in ("ReduceMax", "ReduceMin"):
+            w = self.out.wire[x]
+            axes = tuple(sorted(a % len(shape) for a in axes))
+            if len(axes) > 1:           # move the reduced axes last, flatten them into one
+                keep = [a for a in range(len(shape)) if a not in axes]
+                perm = keep + list(axes)
+                idx = np.transpose(np.arange(int(np.prod(shape))).reshape(shape), perm).reshape(-1)
+                w = self.add(f"{node.name}/gather", Rearrange([int(np.prod(shape))], idx, self.n), [w], node)
+                shape = tuple(shape[a] for a in keep) + (int(np.prod([shape[a] for a in axes])),)
+                axes = (len(shape) - 1,)
+            N = int(np.prod(shape))
+            if node.op == "ReduceMin":  # min(x) = -max(-x)
+                w = self.add(f"{node.name}/neg", MulPublic(N, self.n, -1), [w], node)
+            w = self.add(node.name if node.op == "ReduceMax" else f"{node.name}/max", MaxTree(shape, self.n, axes[0]),
+                         [w], node)
+            if node.op == "ReduceMin":
+                w = self.add(node.name, MulPublic(N // shape[axes[0]], self.n, -1), [w], node)
+            self.out.wire[out] = w
         else:
             raise CompileError(f"{node!r}: {node.op} of a secret tensor is not supported")
 
@@ -235,6 +255,8 @@ class _Lowering:
             return SigmaGelu(N, self.n, s_in)
         if lab == "relu":
             return ReLU2(N, self.n)
+        if s_in != f:
+            raise CompileError(f"{node!r}: SIGMA {lab} expects its input at scale {f}, got {s_in}")
         if lab == "nexp":
             return sn.SigmaNegExp(N, self.n, f)
         if lab == "reciprocal":

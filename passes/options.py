@@ -20,6 +20,7 @@ class CompileOptions:
     max_error_ulps: float = 8.0     # bound each fitted OperatorSpec must meet on its range
     insecure_mask_dependent_shapes: bool = False   # padding ablation only
     calib_seed: int = 0
+    client_prefix: bool = True      # run the input owner's plaintext prefix (embeddings) before sharing
     notes: list = field(default_factory=list, compare=False, hash=False)
     calib: dict | None = field(default=None, compare=False, hash=False, repr=False)  # input name -> array
 

@@ -133,12 +133,13 @@ class _Scaler:
                 s = self.scale(self.rescaled(node, secret_in[0], self.o.frac))
             self.set(outs[0], s + self.o.weight_frac)
         elif op == "Scalar":
-            if self.o.gates == "sigma" and node.attrs.get("label") != "gelu":
+            if self.o.gates == "sigma" and node.attrs.get("label") not in ("gelu", "relu"):
                 self.rescaled(node, secret_in[0], self.o.frac)
             elif self.scale(secret_in[0]) > 2 * self.o.frac:
                 self.rescaled(node, secret_in[0], 2 * self.o.frac)
-            relu = node.attrs.get("label") == "relu" and self.o.gates == "fused"
-            self.set(outs[0], self.scale(node.inputs[0]) if relu else self.scalar_out(node))
+            # ReLU (both gate sets) and SIGMA's GELU (ReLU minus a LUT) output at their input scale
+            same = node.attrs.get("label") == "relu" or (node.attrs.get("label") == "gelu" and self.o.gates == "sigma")
+            self.set(outs[0], self.scale(node.inputs[0]) if same else self.scalar_out(node))
         elif op in KEEP_SCALE or op in ("Rescale",):
             if len(secret_in) > 1:   # align: upscale (free) where the result fits, else rescale down
                 scales = sorted({self.scale(t) for t in secret_in}, reverse=True)

@@ -95,15 +95,22 @@ class GateGraph:
         """Run this party's side; returns the outputs this party receives (by node id)."""
         get = keys.__getitem__ if isinstance(keys, dict) else keys
         values: dict[str, object] = {}
-        started: set[str] = set()
-        gen_node: list[str] = []
+        gen_node: list[int] = []
+        # Dataflow bookkeeping, linear in the graph size: per node the number of distinct
+        # input wires not yet produced, per wire the nodes that read it. A node starts
+        # when its count reaches zero; nodes that become ready together start in node
+        # order, exactly the order a full scan of the node list would give.
+        index = {n.id: i for i, n in enumerate(self.nodes)}
+        missing = [len(set(n.inputs)) for n in self.nodes]
+        readers: list[list[int]] = [[] for _ in self.nodes]
+        for i, n in enumerate(self.nodes):
+            for w in set(n.inputs):
+                readers[index[w]].append(i)
 
-        def start_ready():
+        def start(ready: list[int]):
             gens = []
-            for n in self.nodes:
-                if n.id in started or any(w not in values for w in n.inputs):
-                    continue
-                started.add(n.id)
+            for i in sorted(ready):
+                n = self.nodes[i]
                 if isinstance(n.gate, Input):
                     args = [inputs.get(n.id) if party == n.gate.owner else None]
                     if party == n.gate.owner and n.id not in inputs:
@@ -111,12 +118,18 @@ class GateGraph:
                 else:
                     args = [values[w] for w in n.inputs]
                 gens.append(n.gate.eval(party, be.stage_key(get(n.id)), args, be))
-                gen_node.append(n.id)
+                gen_node.append(i)
             return gens
 
-        def on_done(i: int, result):
-            values[gen_node[i]] = result
-            return start_ready()
+        def on_done(g: int, result):
+            done = gen_node[g]
+            values[self.nodes[done].id] = result
+            ready = []
+            for i in readers[done]:
+                missing[i] -= 1
+                if missing[i] == 0:
+                    ready.append(i)
+            return start(ready)
 
-        drive(start_ready(), exchange, party, be, log, on_done=on_done)
+        drive(start([i for i, c in enumerate(missing) if c == 0]), exchange, party, be, log, on_done=on_done)
         return {n.id: values[n.id] for n in self.outputs if values.get(n.id) is not None}
