@@ -79,6 +79,9 @@ def split(build) -> str:
                 if client else "none")]
     for n in shares:
         lines.append(f"shared: {n.inputs[0]} {list(g.info(n.outputs[0]).shape)} (owner P{n.attrs.get('owner', 1)})")
+    for name, how in g.meta.get("public_inputs", {}).items():
+        lines.append(f"public input fixed at compile time: {name} = {how.get('value')} ({how.get('source')}; "
+                     f"override with --public-input {name}=file.npy)")
     return "\n".join(lines)
 
 

@@ -65,11 +65,11 @@ def _domain(node: Node, f: float, rng: tuple[float, float], f_out: int) -> Domai
         hi = dom[1] if dom[1] is not None else max(rng[1] * 4.0, lo * 2 + 1.0)
         if lab == "rsqrt" and "rsqrt_eps" in node.attrs:      # fn(s) = 1/sqrt(s*k + eps): resolve near 0
             lo = max(lo, node.attrs["rsqrt_eps"] / node.attrs["rsqrt_scale"] / 4)
-        if rng[0] > 0:   # 64x below anything calibration saw, the value saturates (keeps the ring small)
+        if rng[0] > 0 and dom[0] is None:   # 64x below anything calibration saw, the value saturates
             lo = max(lo, rng[0] / 64)
         lo = max(lo, 2.0 ** -(f - 2))
         return Domain(lo, hi, Tail(0.0, val(lo)), Tail(0.0, val(hi)), geometric=hi / lo > 8,
-                      note=f"{lab} saturates below {lo:.4g} and above {hi:.4g}" if rng[0] > 0 else "")
+                      note=f"{lab} saturates below {lo:.4g} and above {hi:.4g}" if dom[1] is None else "")
     lo0, hi0 = rng
     span = max(hi0 - lo0, 2.0 ** -f * 16)
     lo, hi = lo0 - 0.25 * span, hi0 + 0.25 * span

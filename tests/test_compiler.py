@@ -115,7 +115,9 @@ def test_chains_are_labelled_and_whole_univariate_chains_fuse():
     g.add_node("Mul", ["y", "y"], ["sq"], infos=T(4))
     g.add_node("Exp", ["sq"], ["z"], infos=T(4))              # exp(y*y): one custom univariate function of y
     g.outputs = ["z"]
-    ir, _, _ = compile_graph(g, CompileOptions())
+    rng = np.random.default_rng(0)
+    calib = {"x": rng.standard_normal(4), "v": rng.uniform(0.1, 4.0, 4)}    # v is a variance: positive
+    ir, _, _ = compile_graph(g, CompileOptions(calib=calib))
     scalars = {n.inputs[0]: n.attrs["label"] for n in ir.nodes() if n.op == "Scalar"}
     assert sorted(scalars.values()) == ["custom", "rsqrt", "silu"], scalars
     assert [n.op for n in ir.nodes() if n.op == "Mul" and n.attrs.get("const_scale") is None] == ["Mul"]
