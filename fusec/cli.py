@@ -32,6 +32,18 @@ def cli() -> None:
     """fusec: compile models to two-party FSS secure inference."""
 
 
+def _check_endpoint(listen, peer) -> None:
+    if (listen is None) == (peer is None):
+        raise FusecError("give exactly one of --listen and --peer", "P0 usually listens, P1 connects with --peer")
+
+
+def _channel(listen, peer, timeout: float, connect_retry: float):
+    from fusec.runtime.channel import TcpChannel, parse_address
+
+    return TcpChannel.listen(*parse_address(listen), timeout=timeout) if listen else \
+        TcpChannel.connect(*parse_address(peer), timeout=timeout, retry_for=connect_retry)
+
+
 @cli.command()
 @click.option("--n", "bits", default=50, show_default=True, help="ring bits")
 @click.option("--f", "frac", default=12, show_default=True, help="shift / fractional bits")
@@ -118,11 +130,9 @@ def demo_run(elements, bits, frac, party, key_path, listen, peer, input_path, ou
     from fusec import demo as d
     from fusec.runtime import ring
     from fusec.runtime.backend import get_backend
-    from fusec.runtime.channel import TcpChannel, parse_address
     from fusec.runtime.party import open_keys, run_party
 
-    if (listen is None) == (peer is None):
-        raise FusecError("give exactly one of --listen and --peer", "P0 usually listens, P1 connects with --peer")
+    _check_endpoint(listen, peer)
     graph = d.build_graph(elements, bits, frac)
     kf, idx = open_keys(graph, party, key_path)       # every key check before any socket
     inputs = {}
@@ -132,8 +142,7 @@ def demo_run(elements, bits, frac, party, key_path, listen, peer, input_path, ou
             raise FusecError(f"input {input_path} has shape {vec.shape}, the program expects ({elements},)")
         inputs["w" if party == 0 else "x"] = ring.encode_fixed(vec, frac, bits)
     be = get_backend(backend)
-    ch = TcpChannel.listen(*parse_address(listen), timeout=timeout) if listen else \
-        TcpChannel.connect(*parse_address(peer), timeout=timeout, retry_for=connect_retry)
+    ch = _channel(listen, peer, timeout, connect_retry)
     with ch:
         res = run_party(graph, party, kf, idx, ch, inputs, be)
     outs = {k: ring.decode_fixed(v, frac, bits).tolist() for k, v in res.outputs.items()}
@@ -196,15 +205,13 @@ def compile_options(f):
 
 def _compile(model, out, batch, seq, input_shape, public_input, bits, frac, gate_set, weights, rescale,
              max_error_ulps, calib, insecure, quiet: bool = False):
-    from fusec.build import compile_model, frontend, load_inputs  # noqa: F401
+    from fusec.build import compile_model, frontend, load_inputs
     from fusec.passes.options import CompileOptions
 
     calib_feeds = None
     if calib:
-        from fusec.ir.graph import Graph
         probe = frontend(model, batch, seq, _shape_arg(input_shape), _array_arg(public_input, "--public-input"))
         calib_feeds = load_inputs(calib, probe)
-        del Graph
     opts = CompileOptions(bits=bits, frac=frac, weight_frac=frac, gates=gate_set, weights=weights, rescale=rescale,
                           max_error_ulps=max_error_ulps, insecure_mask_dependent_shapes=insecure, calib=calib_feeds)
     if insecure:
@@ -294,11 +301,9 @@ def run(build_dir, party, key_path, listen, peer, input_path, output_path, timeo
     """One server's online phase."""
     from fusec.build import decode_outputs, encode_inputs, load_build, load_inputs
     from fusec.runtime.backend import get_backend
-    from fusec.runtime.channel import TcpChannel, parse_address
     from fusec.runtime.party import open_keys, run_party
 
-    if (listen is None) == (peer is None):
-        raise FusecError("give exactly one of --listen and --peer", "P0 usually listens, P1 connects with --peer")
+    _check_endpoint(listen, peer)
     b = load_build(build_dir)
     if b.manifest.get("insecure"):
         click.echo("WARNING: this build is INSECURE (mask-dependent key shapes; ablation only)", err=True)
@@ -308,8 +313,7 @@ def run(build_dir, party, key_path, listen, peer, input_path, output_path, timeo
         raise FusecError(f"party {party} owns the model input and needs --input", "pass --input x.npy (or .npz)")
     inputs = encode_inputs(b, load_inputs(input_path, b.ir), party) if party in owners else {}
     be = get_backend(backend)
-    ch = TcpChannel.listen(*parse_address(listen), timeout=timeout) if listen else \
-        TcpChannel.connect(*parse_address(peer), timeout=timeout, retry_for=connect_retry)
+    ch = _channel(listen, peer, timeout, connect_retry)
     with ch:
         res = run_party(b.gates, party, kf, idx, ch, inputs, be)
     outs = decode_outputs(b, res.outputs)

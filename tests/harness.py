@@ -34,27 +34,37 @@ def party_backends(be=None):
     return kind(), kind()
 
 
-def run_pair(gens0, gens1, be=None):
-    """Drive two parties' generator lists concurrently; return (results0, results1, logs)."""
-    bes = party_backends(be)
-    ex = queue_exchanges()
-    out = [None, None]
-    logs = [RoundLog(), RoundLog()]
-    err = []
+def both_parties(work) -> None:
+    """Run ``work(0)`` and ``work(1)`` in two threads; re-raise the first error."""
+    err: list[BaseException] = []
 
-    def work(p, gens):
+    def guarded(p):
         try:
-            out[p] = drive(gens, ex[p], p, bes[p], logs[p])
+            work(p)
         except BaseException as e:  # pragma: no cover - surfaced below
             err.append(e)
 
-    ts = [threading.Thread(target=work, args=(p, g)) for p, g in ((0, gens0), (1, gens1))]
+    ts = [threading.Thread(target=guarded, args=(p,)) for p in (0, 1)]
     for t in ts:
         t.start()
     for t in ts:
         t.join()
     if err:
         raise err[0]
+
+
+def run_pair(gens0, gens1, be=None):
+    """Drive two parties' generator lists concurrently; return (results0, results1, logs)."""
+    bes = party_backends(be)
+    ex = queue_exchanges()
+    out = [None, None]
+    logs = [RoundLog(), RoundLog()]
+    gens = (gens0, gens1)
+
+    def work(p):
+        out[p] = drive(gens[p], ex[p], p, bes[p], logs[p])
+
+    both_parties(work)
     return out[0], out[1], logs
 
 
@@ -140,20 +150,12 @@ def run_graph(gates, inputs: dict, seed: bytes = b"graph-test"):
     owner = {n.id: n.gate.owner for n in gates.nodes if isinstance(n.gate, Input)}
     bes = party_backends()
     ex = queue_exchanges()
-    out, logs, err = [None, None], [RoundLog(), RoundLog()], []
+    out, logs = [None, None], [RoundLog(), RoundLog()]
+    keys = (k0, k1)
 
-    def work(p, keys):
-        try:
-            mine = {k: v for k, v in inputs.items() if owner.get(k) == p}
-            out[p] = gates.evaluate(p, keys, mine, ex[p], bes[p], logs[p])
-        except BaseException as e:  # pragma: no cover - surfaced below
-            err.append(e)
+    def work(p):
+        mine = {k: v for k, v in inputs.items() if owner.get(k) == p}
+        out[p] = gates.evaluate(p, keys[p], mine, ex[p], bes[p], logs[p])
 
-    ts = [threading.Thread(target=work, args=(p, k)) for p, k in ((0, k0), (1, k1))]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    if err:
-        raise err[0]
+    both_parties(work)
     return out[1], logs

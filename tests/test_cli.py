@@ -18,3 +18,67 @@ def test_help_and_gate_table():
 def test_unknown_option_is_a_usage_error_not_a_traceback():
     r = fusec("demo", "run", "--party", "7", "--keys", "x", "--peer", ":1")
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------------- compiler commands
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+EXAMPLE = Path(__file__).parent.parent / "fusec" / "examples" / "digits_mlp.onnx"
+
+
+def fusec(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "fusec", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, cwd=cwd)
+
+
+def test_compile_inspect_keygen_and_bad_inputs(tmp_path):
+    build, keys = tmp_path / "build", tmp_path / "keys"
+    r = fusec("compile", EXAMPLE, "-o", build, "--batch", "2")
+    assert r.returncode == 0, r.stderr
+    r = fusec("inspect", build)
+    assert r.returncode == 0 and "rounds" in r.stdout and "relu" in r.stdout
+    assert fusec("inspect", build, "--ir", "--layout", "--program").returncode == 0
+    assert fusec("keygen", build, "-o", keys).returncode == 0
+    # wrong shape, wrong dtype, NaN: refused with a message before any connection
+    for bad in (np.zeros((3, 64), np.float32), np.zeros((2, 64), np.int64).astype(object), np.full((2, 64), np.nan)):
+        np.save(tmp_path / "bad.npy", bad, allow_pickle=True)
+        r = fusec("run", build, "--party", "1", "--keys", keys / "p1.key", "--peer", "127.0.0.1:9",
+                  "--input", tmp_path / "bad.npy", "--connect-retry", "0")
+        assert r.returncode == 2 and "error:" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    # a modified build is refused
+    (build / "program.json").write_text("{}")
+    r = fusec("inspect", build)
+    assert r.returncode == 2 and "modified" in r.stderr
+
+
+def test_compile_bad_model_files(tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00\x01not a model" * 10)
+    r = fusec("compile", junk, "-o", tmp_path / "b")
+    assert r.returncode == 2 and "junk.onnx" in r.stderr and "Traceback" not in r.stderr
+    r = fusec("compile", EXAMPLE, "-o", tmp_path / "b")       # dynamic batch without --batch
+    assert r.returncode == 2 and "--batch" in r.stderr
+
+
+def test_token_ids_outside_the_vocabulary_are_refused():
+    from fusec.build import check_inputs
+    from fusec.errors import FusecError
+    from fusec.tests.test_compiler import _embedding_model
+
+    g, _ = _embedding_model(vocab=50)
+    try:
+        check_inputs(g, {"ids": np.array([[1, 2, 3, 50, 0, 0]])})
+    except FusecError as e:
+        assert "vocabulary" in str(e) and "50" in str(e)
+    else:
+        raise AssertionError("out-of-vocabulary id accepted")
+
+
+def test_verify_command_runs_two_processes(tmp_path):
+    r = fusec("example", "--workdir", tmp_path)
+    assert r.returncode == 0, r.stderr + r.stdout
+    assert "argmax agreement 1.000" in r.stdout

@@ -12,7 +12,6 @@ wrong answer. CI runs one case per op; ``-m slow`` runs them all.
 from __future__ import annotations
 
 import numpy as np
-import onnx
 import pytest
 from onnx.backend.test.case.node import collect_testcases
 
