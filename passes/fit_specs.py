@@ -65,7 +65,7 @@ def _domain(node: Node, f: float, rng: tuple[float, float], f_out: int) -> Domai
         hi = dom[1] if dom[1] is not None else max(rng[1] * 4.0, lo * 2 + 1.0)
         if lab == "rsqrt" and "rsqrt_eps" in node.attrs:      # fn(s) = 1/sqrt(s*k + eps): resolve near 0
             lo = max(lo, node.attrs["rsqrt_eps"] / node.attrs["rsqrt_scale"] / 4)
-        if rng[0] > 0 and dom[0] is None:   # 64x below anything calibration saw, the value saturates
+        if rng[0] > 0 and not (dom[0] or 0) > 0:   # 64x below anything calibration saw, the value saturates
             lo = max(lo, rng[0] / 64)
         lo = max(lo, 2.0 ** -(f - 2))
         return Domain(lo, hi, Tail(0.0, val(lo)), Tail(0.0, val(hi)), geometric=hi / lo > 8,
