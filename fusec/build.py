@@ -20,7 +20,7 @@ from typing import Callable
 
 import numpy as np
 
-from fusec.errors import CompileError, FusecError
+from fusec.errors import FusecError
 from fusec.ir.graph import Graph
 from fusec.ir.ops import run_node
 from fusec.passes.lower import Lowered
@@ -225,7 +225,3 @@ def decode_outputs(build: Build, outputs: dict[str, np.ndarray]) -> dict[str, np
         res[t] = ring.decode_fixed(np.asarray(v), scale, build.opts.bits).reshape(build.ir.info(t).shape)
     return res
 
-
-def require(cond: bool, msg: str, hint: str | None = None) -> None:
-    if not cond:
-        raise CompileError(msg, hint)
