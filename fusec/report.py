@@ -25,7 +25,7 @@ def totals(build) -> dict:
     layout = build.gates.layout()
     return {"gates": len(build.gates.nodes), "rounds": max((s.end for s in build.steps), default=0),
             "key_bytes": layout.set_nbytes,
-            "key_bytes_model": key_bits // 8, "aes_calls": aes, "bytes_sent_per_party": open_bits // 8}
+            "aes_calls": aes, "bytes_sent_per_party": open_bits // 8}
 
 
 def cost_table(build) -> str:

@@ -49,7 +49,7 @@ def onnxruntime_reference(model_path, feeds: dict[str, np.ndarray], public_meta:
                           user_public: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     import onnxruntime as ort  # noqa: PLC0415
 
-    from fusec.ir.onnx_frontend import _default_public  # noqa: PLC0415
+    from fusec.ir.onnx_frontend import default_public_input  # noqa: PLC0415
 
     sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     run_feeds = {}
@@ -62,7 +62,7 @@ def onnxruntime_reference(model_path, feeds: dict[str, np.ndarray], public_meta:
             run_feeds[inp.name] = np.asarray(user_public[inp.name]).astype(dtype)
         elif inp.name in public_meta:
             shape = tuple(public_meta[inp.name]["shape"])
-            run_feeds[inp.name] = _default_public(inp.name, shape, np.dtype(dtype))[0]
+            run_feeds[inp.name] = default_public_input(inp.name, shape, np.dtype(dtype))[0]
         else:
             raise FusecError(f"no value for ONNX input {inp.name!r} in the reference run")
     names = [o.name for o in sess.get_outputs()]

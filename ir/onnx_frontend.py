@@ -311,14 +311,15 @@ def _public_values(inputs: list[onnx.ValueInfoProto], shapes: dict[str, tuple[in
             values[name] = _as_input_array(user[name], dtype, name)
             how[name] = {"source": "user", "value": _describe(values[name]), "shape": list(shape)}
             continue
-        default = _default_public(name, shape, dtype)
+        default = default_public_input(name, shape, dtype)
         if default is not None:
             values[name], desc = default
             how[name] = {"source": "default", "value": desc, "shape": list(shape)}
     return values, how
 
 
-def _default_public(name: str, shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.ndarray, str] | None:
+def default_public_input(name: str, shape: tuple[int, ...], dtype: np.dtype) -> tuple[np.ndarray, str] | None:
+    """The value an input gets when the user fixes none (and how it is described), or None."""
     low = name.lower()
     if "attention_mask" in low:
         return np.ones(shape, dtype), "all ones (no padding)"

@@ -16,7 +16,7 @@ from fusec.ir.graph import Graph, Node, TensorInfo
 from fusec.ir.ops import OPS
 from fusec.passes.options import CompileOptions
 
-MOVABLE = {"Reshape", "Transpose", "Expand", "Slice", "Squeeze", "Unsqueeze"}
+MOVABLE = {"Reshape", "Transpose", "Expand", "Slice"}
 
 
 def _secret(graph: Graph, t: str) -> bool:

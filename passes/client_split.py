@@ -17,9 +17,8 @@ from fusec.ir.graph import Graph, TensorInfo
 from fusec.passes.options import CompileOptions
 
 #: ops the input owner may run on its own plaintext before sharing
-CLIENT_OPS = {"Gather", "Reshape", "Transpose", "Slice", "Concat", "Split", "Expand", "Pad", "Squeeze",
-              "Unsqueeze", "Identity", "Cast", "Add", "Sub", "Mul", "Div", "Equal", "Less", "Greater",
-              "Not", "And", "Or", "Where", "Neg"}
+CLIENT_OPS = {"Gather", "Reshape", "Transpose", "Slice", "Concat", "Split", "Expand", "Pad", "Identity", "Cast",
+              "Add", "Sub", "Mul", "Div", "Equal", "Less", "Greater", "Not", "And", "Or", "Where", "Neg"}
 
 
 def client_split(graph: Graph, opts: CompileOptions) -> Graph:

@@ -21,8 +21,7 @@ import numpy as np
 from fusec.ir.graph import Graph, Node, TensorInfo
 from fusec.passes.options import CompileOptions
 
-MOVEMENT = {"Reshape", "Transpose", "Slice", "Concat", "Split", "Gather", "Expand", "Pad", "Im2Col",
-            "Squeeze", "Unsqueeze", "Identity", "Flatten"}
+MOVEMENT = {"Reshape", "Transpose", "Slice", "Concat", "Split", "Gather", "Expand", "Pad", "Im2Col", "Identity"}
 KEEP_SCALE = MOVEMENT | {"ReduceSum", "ReduceMax", "ReduceMin", "Add", "Sub", "Where", "Neg"}
 HEADROOM_BITS = 3
 

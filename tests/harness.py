@@ -159,3 +159,21 @@ def run_graph(gates, inputs: dict, seed: bytes = b"graph-test"):
 
     both_parties(work)
     return out[1], logs
+
+
+def measure_gate(gate, xi, n: int, masks=None):
+    """Run ``gate`` on signed inputs ``xi`` with both parties; return (signed output, the
+    per-element cost measured from the real keys, AES counter and bytes sent, logs)."""
+    from fusec.runtime.gates.base import GateCost
+
+    probe = CostProbe(gate)
+    got, _, logs = run_gate(probe, [ring.from_signed(np.asarray(xi, np.int64), n)], [n], in_masks=masks)
+    E = gate.elements
+    assert probe.key_bits[0] == probe.key_bits[1]
+    assert probe.aes[0] == probe.aes[1]
+    assert logs[0].rounds == logs[1].rounds
+    sent = [sum(lg.bytes_sent.values()) for lg in logs]
+    assert sent[0] == sent[1]
+    cost = GateCost(key_bits=probe.key_bits[0] / E, aes=probe.aes[0] / E, rounds=logs[0].rounds,
+                    open_bits=8 * sent[0] / E)
+    return ring.to_signed(got, n), cost, logs

@@ -1,10 +1,16 @@
-"""The CLI's own surface: help, the cost table, clean errors."""
+"""The CLI's own surface: help, the cost table, the compiler commands, clean errors."""
 import subprocess
 import sys
+from pathlib import Path
+
+import numpy as np
+
+EXAMPLE = Path(__file__).parent.parent / "fusec" / "examples" / "digits_mlp.onnx"
 
 
 def fusec(*args):
-    return subprocess.run([sys.executable, "-m", "fusec", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "fusec", *map(str, args)], capture_output=True, text=True,
+                          timeout=600)
 
 
 def test_help_and_gate_table():
@@ -21,20 +27,6 @@ def test_unknown_option_is_a_usage_error_not_a_traceback():
 
 
 # ---------------------------------------------------------------------- compiler commands
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-EXAMPLE = Path(__file__).parent.parent / "fusec" / "examples" / "digits_mlp.onnx"
-
-
-def fusec(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "fusec", *map(str, args)], capture_output=True, text=True,
-                          timeout=600, cwd=cwd)
-
-
 def test_compile_inspect_keygen_and_bad_inputs(tmp_path):
     build, keys = tmp_path / "build", tmp_path / "keys"
     r = fusec("compile", EXAMPLE, "-o", build, "--batch", "2")

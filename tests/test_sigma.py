@@ -13,10 +13,9 @@ import pytest
 from fusec.errors import ParameterError
 from fusec.ir.spec import FitRequest, Tail, fit
 from fusec.runtime import ring
-from fusec.runtime.gates.base import GateCost
 from fusec.runtime.gates.scalar import ScalarGate
 from fusec.runtime.gates.sigma import SigmaGelu
-from tests.harness import CostProbe, forced_masks, run_gate
+from tests.harness import forced_masks, measure_gate
 
 F = 12
 LUT_FRAC = 6
@@ -54,19 +53,7 @@ def construction_oracle(xi: np.ndarray, n: int, f=F, lut_frac=LUT_FRAC, clip=CLI
     return np.array(out, dtype=np.int64)
 
 
-def measure(gate, xi, n, masks=None):
-    """Run two parties; return (signed output, measured per-element cost, logs)."""
-    m = CostProbe(gate)
-    got, _, logs = run_gate(m, [ring.from_signed(xi, n)], [n], in_masks=masks)
-    E = gate.elements
-    assert m.key_bits[0] == m.key_bits[1]
-    assert m.aes[0] == m.aes[1]
-    assert logs[0].rounds == logs[1].rounds
-    sent = [sum(lg.bytes_sent.values()) for lg in logs]
-    assert sent[0] == sent[1]
-    cost = GateCost(key_bits=m.key_bits[0] / E, aes=m.aes[0] / E, rounds=logs[0].rounds,
-                    open_bits=8 * sent[0] / E)
-    return ring.to_signed(got, n), cost, logs
+measure = measure_gate
 
 
 def inputs(seed: int, count: int = 400) -> np.ndarray:

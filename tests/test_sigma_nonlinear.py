@@ -20,26 +20,16 @@ import pytest
 
 from fusec.errors import ParameterError
 from fusec.runtime import ring
-from fusec.runtime.gates.base import GateCost
 from fusec.runtime.gates.sigma_nonlinear import SigmaInverse, SigmaNegExp, SigmaRsqrt, sigma_layernorm_rsqrt
-from tests.harness import CostProbe, forced_masks, run_gate
+from tests.harness import forced_masks, measure_gate
 
 F = 12
 
 
 def measure(gate, xi, n, masks=None):
-    """Run two parties; return (signed output, measured per-element cost, number of opens)."""
-    probe = CostProbe(gate)
-    got, _, logs = run_gate(probe, [ring.from_signed(np.asarray(xi, np.int64), n)], [n], in_masks=masks)
-    E = gate.elements
-    assert probe.key_bits[0] == probe.key_bits[1]
-    assert probe.aes[0] == probe.aes[1]
-    assert logs[0].rounds == logs[1].rounds
-    sent = [sum(lg.bytes_sent.values()) for lg in logs]
-    assert sent[0] == sent[1]
-    cost = GateCost(key_bits=probe.key_bits[0] / E, aes=probe.aes[0] / E, rounds=logs[0].rounds,
-                    open_bits=8 * sent[0] / E)
-    return ring.to_signed(got, n), cost
+    """(signed output, measured per-element cost)."""
+    got, cost, _ = measure_gate(gate, xi, n, masks)
+    return got, cost
 
 
 def check_cost(gate, measured, opens: int):
@@ -85,7 +75,7 @@ def nexp_inputs(n, f=F, seed=0):
     return np.concatenate([np.array(edges, np.int64), dense, -g.integers(0, 1 << (n - 1), 200)])
 
 
-@pytest.mark.parametrize("n", [37, 50])
+@pytest.mark.parametrize("n", [37, 50, 64])
 def test_nexp_accuracy_exactness_and_cost(n):
     xi = nexp_inputs(n)
     for xi, masks in runs(xi, n, n):
@@ -146,7 +136,7 @@ def inverse_construction(xs, f=F, lf=6, of=F, k=13):
     return np.array(out, dtype=np.int64)
 
 
-@pytest.mark.parametrize("n", [37, 50])
+@pytest.mark.parametrize("n", [37, 50, 64])
 def test_inverse_accuracy_exactness_and_cost(n):
     one = 1 << F
     g = np.random.default_rng(n)
@@ -221,11 +211,11 @@ def rsqrt_bound(xs, B, M=7, f=F, of=F, k=1.0, eps=0.0):
     return rsqrt_oracle(xs, B, f, of, k, eps) * 2.0 ** -(M + 2) + 0.5
 
 
-@pytest.mark.parametrize("n", [37, 50])
+@pytest.mark.parametrize("n", [37, 50, 64])
 def test_rsqrt_accuracy_exactness_and_cost(n):
     gate = SigmaRsqrt(1, n, F)
     B = gate.exp_bits
-    assert (B, gate.view_bits) == {37: (32, 13), 50: (45, 13)}[n]
+    assert (B, gate.view_bits) == {37: (32, 13), 50: (45, 13), 64: (59, 13)}[n]
     g = np.random.default_rng(n)
     p2 = 2 ** np.arange(1, B + 1, 2)
     edges = [0, 1, 2, 3, 255, 256, 257, (1 << B) - 1, 1 << B, (1 << B) + 12345, (1 << (n - 1)) - 1]
