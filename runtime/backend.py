@@ -7,13 +7,17 @@ the FSS methods with CUDA kernels and ``xp`` with CuPy, and the gates do not cha
 """
 from __future__ import annotations
 
+import contextlib
 from types import ModuleType
+from typing import Iterator
 
 import numpy as np
 
 from fusec.errors import FusecError
-from fusec.runtime import dcf, dpf, dpf_arith
-from fusec.runtime.prg import CpuPrg
+from fusec.runtime import dcf, dpf, dpf_arith, xp as array_module
+from fusec.runtime.layout import KeyLayout, unpack_gate_key
+from fusec.runtime.prg import CpuPrg, active_prg
+from fusec.runtime.rng import DealerRng
 
 
 class Backend:
@@ -25,6 +29,20 @@ class Backend:
     def __init__(self) -> None:
         self.prg = CpuPrg()
 
+    @contextlib.contextmanager
+    def activate(self) -> Iterator["Backend"]:
+        """Make this backend's arrays and PRG the ones gate/keygen code uses (fusec.runtime.xp)."""
+        token = active_prg.set(self.prg)
+        try:
+            with array_module.using(self.xp):
+                yield self
+        finally:
+            active_prg.reset(token)
+
+    def dealer_rng(self, seed: bytes | None = None) -> DealerRng:
+        """The dealer's CSPRNG, drawing into this backend's arrays (same stream for a seed)."""
+        return DealerRng(seed)
+
     # -- data movement: keys and inputs arrive as numpy arrays from files/sockets
     def asarray(self, a: np.ndarray):
         return a
@@ -35,6 +53,14 @@ class Backend:
     def stage_key(self, arrays: dict[str, np.ndarray]) -> dict:
         """Move one gate's key arrays to where ``eval`` runs (device memory on a GPU)."""
         return {k: self.asarray(v) for k, v in arrays.items()}
+
+    def stage_set(self, layout: KeyLayout, buf: np.ndarray) -> dict[str, dict]:
+        """A whole key set (its bytes, as read from the file) -> every gate's key arrays."""
+        b = np.ascontiguousarray(buf).view(np.uint8).reshape(-1)
+        return {s.gate_id: self.stage_key(unpack_gate_key(s, b[s.offset:s.offset + s.nbytes])) for s in layout.slots}
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (profiling); nothing to wait for on the CPU."""
 
     # -- FSS evaluations
     def dcf_eval(self, party: int, key: dcf.DcfKey, x):

@@ -4,29 +4,38 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from fusec.runtime.backend import Backend, get_backend
 from fusec.runtime.graph import GateGraph
 from fusec.runtime.keyfile import KeyFileWriter, new_key_set_id
-from fusec.runtime.rng import DealerRng
 
 
 def write_keys(graph: GateGraph, out_dir: str | os.PathLike, count: int = 1,
-               seed: bytes | None = None, progress=None) -> tuple[Path, Path]:
+               seed: bytes | None = None, progress=None, backend: Backend | None = None) -> tuple[Path, Path]:
     """Generate ``count`` key sets (one per inference) into ``p0.key`` and ``p1.key``.
 
     ``seed`` is for reproducible tests only; without it the CSPRNG is seeded from the OS.
     Both files carry the same fresh key-set id, so servers can tell matching files apart.
+    ``backend`` picks where the dealer computes (the GPU dealer draws the same CSPRNG
+    stream, so for a test seed both dealers write identical files).
     """
+    be = backend or get_backend("cpu")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     layout = graph.layout()
     ksid = new_key_set_id()
-    rng = DealerRng(seed)
     paths = (out / "p0.key", out / "p1.key")
-    with KeyFileWriter(paths[0], layout, 0, ksid, count) as w0, KeyFileWriter(paths[1], layout, 1, ksid, count) as w1:
+    with KeyFileWriter(paths[0], layout, 0, ksid, count) as w0, KeyFileWriter(paths[1], layout, 1, ksid, count) as w1, \
+            be.activate():
+        rng = be.dealer_rng(seed)
         for i in range(count):
             k0, k1, _ = graph.keygen(rng)
-            w0.write_set(i, k0)
-            w1.write_set(i, k1)
+            w0.write_set(i, _host(be, k0))
+            w1.write_set(i, _host(be, k1))
             if progress:
                 progress(i + 1, count)
     return paths
+
+
+def _host(be: Backend, keys: dict) -> dict:
+    """A key set's arrays on the host, for the file (a no-op on the CPU backend)."""
+    return {gid: {name: be.asnumpy(a) for name, a in arrays.items()} for gid, arrays in keys.items()}

@@ -16,7 +16,7 @@ from fusec.errors import ParameterError
 from fusec.runtime.gates.arith import Input, Output
 from fusec.runtime.gates.base import Gate, GateCost, Key
 from fusec.runtime.layout import KeyField, KeyLayout
-from fusec.runtime.protocol import Exchange, RoundLog, drive
+from fusec.runtime.protocol import Exchange, RoundLog, drive, timed
 from fusec.runtime.rng import DealerRng
 
 
@@ -91,8 +91,13 @@ class GateGraph:
 
     # ------------------------------------------------------------------ online
     def evaluate(self, party: int, keys: Callable[[str], Key] | dict[str, Key], inputs: dict[str, np.ndarray],
-                 exchange: Exchange, be, log: RoundLog | None = None) -> dict[str, np.ndarray]:
-        """Run this party's side; returns the outputs this party receives (by node id)."""
+                 exchange: Exchange, be, log: RoundLog | None = None,
+                 scopes: dict[str, str] | None = None) -> dict[str, np.ndarray]:
+        """Run this party's side; returns the outputs this party receives (by node id).
+
+        With ``log`` and ``scopes`` (gate id -> profiler scope), each gate's local work is
+        timed into ``log.compute`` under its scope.
+        """
         get = keys.__getitem__ if isinstance(keys, dict) else keys
         values: dict[str, object] = {}
         gen_node: list[int] = []
@@ -117,7 +122,10 @@ class GateGraph:
                         raise ParameterError(f"no value given for input {n.id!r}")
                 else:
                     args = [values[w] for w in n.inputs]
-                gens.append(n.gate.eval(party, be.stage_key(get(n.id)), args, be))
+                gen = n.gate.eval(party, be.stage_key(get(n.id)), args, be)
+                if log is not None and scopes is not None:
+                    gen = timed(gen, scopes.get(n.id, "other"), log)
+                gens.append(gen)
                 gen_node.append(i)
             return gens
 
@@ -132,4 +140,4 @@ class GateGraph:
             return start(ready)
 
         drive(start([i for i, c in enumerate(missing) if c == 0]), exchange, party, be, log, on_done=on_done)
-        return {n.id: values[n.id] for n in self.outputs if values.get(n.id) is not None}
+        return {n.id: be.asnumpy(values[n.id]) for n in self.outputs if values.get(n.id) is not None}

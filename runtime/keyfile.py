@@ -742,6 +742,15 @@ class KeySetReader:
         v.flags.writeable = False
         return v
 
+    def read_all_raw(self) -> np.ndarray:
+        """Every remaining gate's slot, in the layout's order, as the set's packed bytes
+        (read-only, no copy): what a GPU stages to device memory in one transfer."""
+        while self._pos < len(self._slots):
+            self._next_slot(self._slots[self._pos].gate_id)
+        v = self._buf.view()
+        v.flags.writeable = False
+        return v
+
     def read_gate(self, gate_id: str) -> dict[str, np.ndarray]:
         """The next gate's keys, unpacked: ``{field: uint64 array of the field's shape}``."""
         slot = self._next_slot(gate_id)

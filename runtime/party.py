@@ -28,6 +28,9 @@ class PartyResult:
     rounds: int
     bytes_sent: int
     scopes: dict = field(default_factory=dict)
+    key_load_seconds: float = 0.0
+    compute_seconds: dict = field(default_factory=dict)
+    wire_seconds: dict = field(default_factory=dict)
 
 
 def open_keys(graph: GateGraph, party: int, key_path) -> tuple[KeyFile, int]:
@@ -42,8 +45,14 @@ def open_keys(graph: GateGraph, party: int, key_path) -> tuple[KeyFile, int]:
 
 
 def run_party(graph: GateGraph, party: int, kf: KeyFile, idx: int, channel: Channel,
-              inputs: dict[str, np.ndarray], be: Backend) -> PartyResult:
-    """Handshake, claim the key set, evaluate this party's side of ``graph``."""
+              inputs: dict[str, np.ndarray], be: Backend, scopes: dict[str, str] | None = None,
+              sync_scopes: bool = False) -> PartyResult:
+    """Handshake, claim the key set, stage it (timed apart), evaluate this party's side.
+
+    ``scopes`` maps gate ids to profiler scopes (the build's schedule); with
+    ``sync_scopes`` the device is synchronized after every gate step so GPU time lands in
+    the right scope (slower; for profiles, not for latency figures).
+    """
     me = {"party": party, "layout": graph.layout().digest(), "key_set_id": kf.key_set_id, "set": idx}
     peer = channel.handshake(me)
     if peer.get("party") != 1 - party:
@@ -59,10 +68,14 @@ def run_party(graph: GateGraph, party: int, kf: KeyFile, idx: int, channel: Chan
         raise PeerError(f"key files out of step: this party would use key set {idx}, the peer key set {peer.get('set')}",
                         "a run failed on one side only; generate fresh keys for both servers")
     reader = kf.claim(idx)
-    keys = {slot.gate_id: reader.read_gate(slot.gate_id) for slot in graph.layout().slots}
+    t_load = time.perf_counter()
+    keys = be.stage_set(graph.layout(), reader.read_all_raw())
+    be.synchronize()
+    t_load = time.perf_counter() - t_load
     reader.finish()
-    log = RoundLog()
+    log = RoundLog(sync=be.synchronize if sync_scopes else None)
     t0 = time.perf_counter()
-    outputs = graph.evaluate(party, keys, inputs, channel.exchange, be, log)
+    outputs = graph.evaluate(party, keys, inputs, channel.exchange, be, log, scopes=scopes)
     dt = time.perf_counter() - t0
-    return PartyResult(outputs, idx, dt, log.rounds, sum(log.bytes_sent.values()), dict(log.bytes_sent))
+    return PartyResult(outputs, idx, dt, log.rounds, sum(log.bytes_sent.values()), dict(log.bytes_sent),
+                       t_load, dict(log.compute), dict(log.seconds))

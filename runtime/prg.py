@@ -12,11 +12,14 @@ call); a whole tree level goes through one ``update_into`` call.
 """
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import threading
 
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from fusec.runtime.xp import np as xnp
 
 
 def _fixed_key(label: str) -> bytes:
@@ -34,7 +37,7 @@ TWEAK_LEAF_VALUE = np.uint64(1 << 62)
 
 def sigma(blocks: np.ndarray) -> np.ndarray:
     """sigma(hi, lo) = (hi ^ lo, hi) on [..., 2] uint64 blocks (index 0 = lo)."""
-    out = np.empty_like(blocks)
+    out = np.empty_like(blocks)  # dispatches on the array type (numpy or CuPy)
     out[..., 0] = blocks[..., 1]
     out[..., 1] = blocks[..., 1] ^ blocks[..., 0]
     return out
@@ -106,15 +109,16 @@ def words_to_fields(blocks: np.ndarray, count: int, bits: int) -> np.ndarray:
     if bits == 64:
         return words[..., :count].copy()
     m = np.uint64((1 << bits) - 1)
-    starts = np.arange(count) * bits
+    starts = np.arange(count) * bits            # field geometry: host integers
     w0 = starts // 64
-    sh = (starts % 64).astype(np.uint64)
-    first = words[..., w0] >> sh
-    spill = (starts % 64) + bits > 64
+    sh = starts % 64
+    spill = sh + bits > 64
+    first = words[..., xnp.asarray(w0)] >> xnp.asarray(sh.astype(np.uint64))
     if spill.any():
         nxt = np.minimum(w0 + 1, words.shape[-1] - 1)
-        second = np.where(spill, words[..., nxt] << ((np.uint64(64) - sh) & np.uint64(63)), np.uint64(0))
-        first = first | second
+        up = np.where(spill, (np.uint64(64) - sh.astype(np.uint64)) & np.uint64(63), 0).astype(np.uint64)
+        keep = np.where(spill, ~np.uint64(0), np.uint64(0)).astype(np.uint64)
+        first = first | ((words[..., xnp.asarray(nxt)] << xnp.asarray(up)) & xnp.asarray(keep))
     return first & m
 
 
@@ -124,13 +128,18 @@ def blocks_needed(count: int, bits: int) -> int:
 
 
 _local = threading.local()
+#: The PRG of the backend that is running (set by ``Backend.activate``); None: the CPU one.
+active_prg: contextvars.ContextVar = contextvars.ContextVar("fusec_prg", default=None)
 
 
 def default_prg() -> CpuPrg:
-    """This thread's PRG: the fixed keys are expanded once per thread, never per call.
+    """The running backend's PRG, else this thread's CPU PRG (keys expanded once per thread).
 
     (A ``cryptography`` encryptor must not be shared between threads, hence per thread.)
     """
+    prg = active_prg.get()
+    if prg is not None:
+        return prg
     prg = getattr(_local, "prg", None)
     if prg is None:
         prg = _local.prg = CpuPrg()

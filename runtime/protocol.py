@@ -28,12 +28,38 @@ class RoundLog:
 
     rounds: int = 0
     bytes_sent: dict[str, int] = field(default_factory=dict)
-    seconds: dict[str, float] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)   # pack + exchange + unpack, per open scope
+    compute: dict[str, float] = field(default_factory=dict)   # local gate work, per gate scope
+    sync: Callable[[], None] | None = None                    # device sync before each compute reading
 
     def add(self, scope: str, nbytes: int, secs: float) -> None:
         self.rounds += 1
         self.bytes_sent[scope] = self.bytes_sent.get(scope, 0) + nbytes
         self.seconds[scope] = self.seconds.get(scope, 0.0) + secs
+
+    def add_compute(self, scope: str, secs: float) -> None:
+        self.compute[scope] = self.compute.get(scope, 0.0) + secs
+
+
+def timed(gen: EvalGen, scope: str, log: RoundLog) -> EvalGen:
+    """``gen`` with the time of each of its local steps charged to ``scope`` in ``log``."""
+    step = gen.__next__
+    while True:
+        t0 = time.perf_counter()
+        try:
+            req = step()
+        except StopIteration as stop:
+            _charge(log, scope, t0)
+            return stop.value
+        _charge(log, scope, t0)
+        value = yield req
+        step = lambda: gen.send(value)  # noqa: E731  (value is bound per step)
+
+
+def _charge(log: RoundLog, scope: str, t0: float) -> None:
+    if log.sync is not None:
+        log.sync()
+    log.add_compute(scope, time.perf_counter() - t0)
 
 
 def _pack(requests: list[Open], party: int, be) -> bytes:
@@ -87,6 +113,11 @@ def drive(gens: Iterable[EvalGen], exchange: Exchange, party: int, be, log: Roun
     ``on_done(i, result)`` may return new generators that become runnable when
     generator ``i`` finishes (dataflow scheduling); their results are appended.
     """
+    with be.activate():
+        return _drive(gens, exchange, party, be, log, on_done)
+
+
+def _drive(gens, exchange: Exchange, party: int, be, log: RoundLog | None, on_done) -> list:
     gens = list(gens)
     results: list = [None] * len(gens)
     inbox: dict[int, object] = {i: None for i in range(len(gens))}

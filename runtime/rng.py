@@ -22,8 +22,8 @@ class DealerRng:
     def __init__(self, seed: bytes | None = None):
         # OS entropy goes straight in; a test seed of any length is hashed so every byte counts
         material = os.urandom(32) if seed is None else hashlib.sha256(b"fusec/dealer-seed/v1" + bytes(seed)).digest()
-        key, nonce = material[:16], material[16:32]
-        self._enc = Cipher(algorithms.AES(key), modes.CTR(nonce)).encryptor()
+        self.key, self.nonce = material[:16], material[16:32]
+        self._enc = Cipher(algorithms.AES(self.key), modes.CTR(self.nonce)).encryptor()
 
     def words(self, count: int) -> np.ndarray:
         """``count`` uniform uint64 words."""

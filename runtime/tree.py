@@ -9,7 +9,7 @@ material is therefore 129 bits: ``cw_seed`` (128 bits whose low bit stores ``tCW
 """
 from __future__ import annotations
 
-import numpy as np
+from fusec.runtime.xp import np
 
 ONE = np.uint64(1)
 NOT_ONE = np.uint64(0xFFFFFFFFFFFFFFFE)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
+from fusec.runtime.xp import np
 
 from fusec.errors import ParameterError
 from fusec.runtime import ring

@@ -6,6 +6,7 @@ shares. Gate tests use this; the TCP and multi-process tests use real sockets.
 """
 from __future__ import annotations
 
+import os
 import queue
 import threading
 
@@ -28,9 +29,22 @@ def queue_exchanges(timeout: float = 60.0):
     return make(0), make(1)
 
 
+def test_backend_kind():
+    """The backend gate tests run on: ``FUSEC_TEST_BACKEND`` = cpu (default), fakegpu or gpu.
+
+    ``fakegpu`` runs the GPU backend's data path on the CPU with a strict stand-in for CuPy
+    (tests/fakedevice.py), ``gpu`` the real one (on a GPU machine).
+    """
+    name = os.environ.get("FUSEC_TEST_BACKEND", "cpu")
+    if name == "fakegpu":
+        from tests.fakedevice import FakeDeviceBackend
+        return FakeDeviceBackend
+    return type(get_backend(name))
+
+
 def party_backends(be=None):
     """One backend object per party: AES contexts and counters are never shared."""
-    kind = type(be) if be is not None else type(get_backend("cpu"))
+    kind = type(be) if be is not None else test_backend_kind()
     return kind(), kind()
 
 
@@ -54,18 +68,28 @@ def both_parties(work) -> None:
 
 
 def run_pair(gens0, gens1, be=None):
-    """Drive two parties' generator lists concurrently; return (results0, results1, logs)."""
-    bes = party_backends(be)
+    """Drive two parties' generator lists concurrently; return (results0, results1, logs).
+
+    ``be`` is a backend to copy, or the pair of backend objects the generators were made with.
+    """
+    bes = be if isinstance(be, tuple) else party_backends(be)
     ex = queue_exchanges()
     out = [None, None]
     logs = [RoundLog(), RoundLog()]
     gens = (gens0, gens1)
 
     def work(p):
-        out[p] = drive(gens[p], ex[p], p, bes[p], logs[p])
+        out[p] = to_host(bes[p], drive(gens[p], ex[p], p, bes[p], logs[p]))
 
     both_parties(work)
     return out[0], out[1], logs
+
+
+def to_host(be, v):
+    """Results of a gate evaluation as numpy arrays (lists/tuples kept)."""
+    if isinstance(v, (list, tuple)):
+        return type(v)(to_host(be, x) for x in v)
+    return v if v is None or isinstance(v, (int, float)) else be.asnumpy(v)
 
 
 def run_gate(gate, in_values, in_bits, rng=None, in_masks=None, be=None):
@@ -81,8 +105,8 @@ def run_gate(gate, in_values, in_bits, rng=None, in_masks=None, be=None):
     us = [(np.asarray(v, np.uint64) + m) & ring.mask(b) for v, m, b in zip(in_values, in_masks, in_bits)]
     r_out, k0, k1 = gate.keygen(rng, in_masks)
     b0, b1 = party_backends(be)
-    o0, o1, logs = run_pair([gate.eval(0, k0, [u.copy() for u in us], b0)],
-                            [gate.eval(1, k1, [u.copy() for u in us], b1)], be)
+    o0, o1, logs = run_pair([gate.eval(0, b0.stage_key(k0), [b0.asarray(u.copy()) for u in us], b0)],
+                            [gate.eval(1, b1.stage_key(k1), [b1.asarray(u.copy()) for u in us], b1)], (b0, b1))
     u0, u1 = o0[0], o1[0]
     assert np.array_equal(np.asarray(u0), np.asarray(u1)), "parties disagree on the opened output"
     out_bits = getattr(gate, "out_bits", getattr(gate, "bits", 64))

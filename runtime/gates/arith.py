@@ -7,7 +7,7 @@ and the masked wires.
 """
 from __future__ import annotations
 
-import numpy as np
+from fusec.runtime.xp import np
 
 from fusec.errors import ParameterError
 from fusec.runtime import ring

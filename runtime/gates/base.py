@@ -17,7 +17,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generator
 
-import numpy as np
+from fusec.runtime.xp import np
 
 from fusec.errors import ParameterError
 from fusec.runtime import ring

@@ -34,34 +34,36 @@ def gelu_spec(n: int, f: int):
         return fit(FitRequest("gelu", _gelu, -4, 4, pieces=32, degree=1, n_in=n, f_in=f, f_out=f, right=Tail(1.0)))
 
 
-def library(n: int = 50, f: int = 12) -> list[tuple[str, Gate]]:
-    """(label, gate) for every gate kind at ring width n, shift f."""
+def library(n: int = 50, f: int = 12, elements: int = 1) -> list[tuple[str, Gate]]:
+    """(label, gate) for every gate kind at ring width n, shift f (``elements`` per gate:
+    1 for the cost table, more where tests run every kind on many elements)."""
     spec = gelu_spec(n, f)
+    E = elements
     return [
-        ("add (free)", Add(1, n)),
-        ("public scalar (free)", MulPublic(1, n, 3)),
-        ("matmul, public weights (free)", MatMulPublic((1, 4), np.ones((4, 1), np.int64), n)),
-        ("mul (secret x secret)", Mul(1, n)),
+        ("add (free)", Add(E, n)),
+        ("public scalar (free)", MulPublic(E, n, 3)),
+        ("matmul, public weights (free)", MatMulPublic((E, 4), np.arange(4, dtype=np.int64).reshape(4, 1) - 1, n)),
+        ("mul (secret x secret)", Mul(E, n)),
         ("matmul, private weights 128x768x768 /out elem", MatMulPrivate((128, 768), (768, 768), n)),
-        (f"truncate-reduce s={f}", TruncateReduce(1, n, f)),
-        (f"sign extension {n - f}->{n}", SignExtend(1, n - f, n)),
-        (f"ARS exact (TR+SExt) s={f}", ArsExact(1, n, f)),
-        (f"ARS one round, two DCFs s={f}", ArsOneRound(1, n, f)),
-        (f"TR with slack s={f}", TruncateSlack(1, n, f)),
-        (f"local truncation s={f} (approx.)", TruncateLocal(1, n, f)),
-        ("DReLU", DReLU(1, n)),
-        ("select", Select(1, n)),
-        ("ReLU two-round (DReLU+select)", ReLU2(1, n)),
-        ("ReLU one-round (spline, 1 DCF)", ScalarGate(1, relu_spec(n, f), "shifted")),
-        ("max over 8 (tree) /out elem", MaxTree((8,), n)),
-        ("LUT 8-bit via DPF", LutDpf(1, n, np.arange(256), n, view_bits=8)),
-        ("LUT 8-bit via shared truth table", TableLookup(1, n, np.arange(256), n, 8)),
-        ("interval containment (2 intervals)", IntervalContainment(1, n, [(-10, 10), (0, 100)])),
-        (f"ScalarGate GELU {spec.pieces - 2}x deg {spec.degree}, packed cmp (ours)", ScalarGate(1, spec, "packed")),
-        ("  same, output shift deferred to the consumer's rescale", ScalarGate(1, spec, "packed", defer_shift=True)),
-        (f"ScalarGate GELU {spec.pieces - 2}x deg {spec.degree}, shifted DCF (ours)", ScalarGate(1, spec, "shifted")),
-        (f"ScalarGate GELU {spec.pieces - 2}x deg {spec.degree}, piece table", ScalarGate(1, spec, "pieces")),
-        ("SIGMA-style GELU (TR, DReLU, clip, 8-bit DPF LUT, select)", SigmaGelu(1, n, f)),
+        (f"truncate-reduce s={f}", TruncateReduce(E, n, f)),
+        (f"sign extension {n - f}->{n}", SignExtend(E, n - f, n)),
+        (f"ARS exact (TR+SExt) s={f}", ArsExact(E, n, f)),
+        (f"ARS one round, two DCFs s={f}", ArsOneRound(E, n, f)),
+        (f"TR with slack s={f}", TruncateSlack(E, n, f)),
+        (f"local truncation s={f} (approx.)", TruncateLocal(E, n, f)),
+        ("DReLU", DReLU(E, n)),
+        ("select", Select(E, n)),
+        ("ReLU two-round (DReLU+select)", ReLU2(E, n)),
+        ("ReLU one-round (spline, 1 DCF)", ScalarGate(E, relu_spec(n, f), "shifted")),
+        ("max over 8 (tree) /out elem", MaxTree((E, 8), n)),
+        ("LUT 8-bit via DPF", LutDpf(E, n, np.arange(256), n, view_bits=8)),
+        ("LUT 8-bit via shared truth table", TableLookup(E, n, np.arange(256), n, 8)),
+        ("interval containment (2 intervals)", IntervalContainment(E, n, [(-10, 10), (0, 100)])),
+        (f"ScalarGate GELU {spec.pieces - 2}x deg {spec.degree}, packed cmp (ours)", ScalarGate(E, spec, "packed")),
+        ("  same, output shift deferred to the consumer's rescale", ScalarGate(E, spec, "packed", defer_shift=True)),
+        (f"ScalarGate GELU {spec.pieces - 2}x deg {spec.degree}, shifted DCF (ours)", ScalarGate(E, spec, "shifted")),
+        (f"ScalarGate GELU {spec.pieces - 2}x deg {spec.degree}, piece table", ScalarGate(E, spec, "pieces")),
+        ("SIGMA-style GELU (TR, DReLU, clip, 8-bit DPF LUT, select)", SigmaGelu(E, n, f)),
     ]
 
 

@@ -12,7 +12,7 @@ counter.
 """
 from __future__ import annotations
 
-import numpy as np
+from fusec.runtime.xp import const, frozen, np
 
 from fusec.errors import ParameterError
 from fusec.runtime import dcf, dpf, dpf_arith, ring
@@ -326,7 +326,7 @@ class LutDpf(Gate):
         if table.size != 1 << k:
             raise ParameterError(f"LUT table has {table.size} entries, a {k}-bit view needs exactly {1 << k}")
         self.view_bits = k
-        self.table = ring.from_signed(table, self.out_bits)
+        self.table = frozen(ring.from_signed(table, self.out_bits))
         self.scope = scope
 
     def fields(self):
@@ -353,7 +353,7 @@ class LutDpf(Gate):
         e = self._eval_full(party, key, be)                        # (N, 2^k) one-hot shares
         j = xp.arange(1 << k, dtype=np.uint64)
         idx = (uk[:, None] - j[None, :]) & ring.mask(k)          # (N, 2^k): u_k - j mod 2^k
-        table = be.asarray(self.table)
+        table = const(self.table)
         share = (e * table[idx]).sum(axis=1, dtype=np.uint64) + key["r_out"]
         return (yield Open(share & ring.mask(self.out_bits), self.out_bits, scope=self.scope))
 
@@ -409,10 +409,10 @@ class IntervalContainment(Gate):
         self.intervals = len(bounds)
         off = (1 << (n - 1)) if self.signed else 0
         # unsigned thresholds: c_lo = p', c_hi = q' + 1 (may be 2^n: then [. < c_hi] = 1)
-        self._c_lo = np.array([p + off for p, _ in bounds], dtype=np.uint64)
+        self._c_lo = frozen(np.array([p + off for p, _ in bounds], dtype=np.uint64))
         c_hi = [q + off + 1 for _, q in bounds]
-        self._c_hi_full = np.array([c == 1 << n for c in c_hi], dtype=bool)
-        self._c_hi = np.array([c & ((1 << n) - 1) for c in c_hi], dtype=np.uint64)
+        self._c_hi_full = frozen(np.array([c == 1 << n for c in c_hi], dtype=bool))
+        self._c_hi = frozen(np.array([c & ((1 << n) - 1) for c in c_hi], dtype=np.uint64))
 
     def fields(self):
         N = self.elements
@@ -433,14 +433,14 @@ class IntervalContainment(Gate):
         u = _flat(self, inputs[0]) & m
         if self.signed:
             u = (u + np.uint64(1 << (n - 1))) & m
-        c_lo, c_hi = be.asarray(self._c_lo), be.asarray(self._c_hi)
+        c_lo, c_hi = const(self._c_lo), const(self._c_hi)
         # points (N, 2M): [u - c_lo_0, u - c_hi_0, u - c_lo_1, ...]
         pts = xp.stack([(u[:, None] - c_lo[None, :]) & m, (u[:, None] - c_hi[None, :]) & m], axis=2).reshape(N, 2 * M)
         dk = DcfKey.from_arrays(n, 1, 1, unprefixed("dcf", key))
         d = be.dcf_eval(party, dk, pts).reshape(N, M, 2)
         share = (d[..., 0] ^ d[..., 1] ^ key["c"]) & ONE
         if party == 1:
-            below_hi = (u[:, None] < c_hi[None, :]) | be.asarray(self._c_hi_full)[None, :]
+            below_hi = (u[:, None] < c_hi[None, :]) | const(self._c_hi_full)[None, :]
             below_lo = u[:, None] < c_lo[None, :]
             share = share ^ (below_hi ^ below_lo).astype(np.uint64)
         return (yield Open(share, 1, scope=self.scope))

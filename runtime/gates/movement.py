@@ -17,7 +17,7 @@ gate that consumes them draws its own fresh output mask.
 """
 from __future__ import annotations
 
-import numpy as np
+from fusec.runtime.xp import const, frozen, np
 
 from fusec.errors import ParameterError
 from fusec.runtime import ring
@@ -64,10 +64,9 @@ class Rearrange(_Free):
         self.pads = bool((idx < 0).any())
         # -1 -> one extra zero element appended after the inputs: one gather, no branch
         gather = np.where(idx < 0, total, idx)
-        self.index = gather.astype(np.int32 if total < 2 ** 31 - 1 else np.int64)
+        self.index = frozen(gather.astype(np.int32 if total < 2 ** 31 - 1 else np.int64))
 
     def value_map(self, vals, be):
-        xp = be.xp if be is not None else np
         if len(vals) != len(self.in_sizes):
             raise ParameterError(f"rearrange: got {len(vals)} inputs, the gate takes {len(self.in_sizes)}")
         flat = []
@@ -75,11 +74,11 @@ class Rearrange(_Free):
             got = int(np.prod(np.shape(v), dtype=np.int64))
             if got != size:
                 raise ParameterError(f"rearrange: an input has {got} elements, the gate expects {size}")
-            flat.append(xp.asarray(v, dtype=np.uint64).reshape(-1))
+            flat.append(np.asarray(v, dtype=np.uint64).reshape(-1))
         if self.pads:
-            flat.append(xp.zeros(1, dtype=np.uint64))
-        src = flat[0] if len(flat) == 1 else xp.concatenate(flat)
-        idx = be.asarray(self.index) if be is not None else self.index
+            flat.append(np.zeros(1, dtype=np.uint64))
+        src = flat[0] if len(flat) == 1 else np.concatenate(flat)
+        idx = const(self.index)
         return src[idx]
 
 
@@ -113,11 +112,10 @@ class SumAxis(_Free):
         self.out_bits = self.bits
 
     def value_map(self, vals, be):
-        xp = be.xp if be is not None else np
         v = vals[0]
         got = int(np.prod(np.shape(v), dtype=np.int64))
         if got != int(np.prod(self.shape, dtype=np.int64)):
             raise ParameterError(f"sum: input has {got} elements, shape {self.shape} expected")
         # uint64 sums wrap mod 2^64, which is exact mod 2^bits
-        s = xp.asarray(v, dtype=np.uint64).reshape(self.shape).sum(axis=self.axes, dtype=np.uint64)
+        s = np.asarray(v, dtype=np.uint64).reshape(self.shape).sum(axis=self.axes, dtype=np.uint64)
         return s.reshape(-1) & ring.mask(self.bits)

@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import warnings
 
-import numpy as np
+from fusec.runtime.xp import np
 
 from fusec.errors import ParameterError
 from fusec.ir.spec import OperatorSpec

@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
+from fusec.runtime.xp import np
 
 from fusec.errors import ParameterError
 from fusec.runtime import ring

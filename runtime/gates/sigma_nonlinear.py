@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
+from fusec.runtime.xp import const, frozen, np
 
 from fusec.errors import ParameterError
 from fusec.runtime import ring
@@ -349,8 +349,8 @@ class _OneHotScale(Gate):
         self.out_bits = check_width(out_bits, "one-hot index width")
         self.count = int(count)
         self.w0 = U64(w0 % (1 << self.bits))
-        self.w = np.array([int(v) % (1 << self.bits) for v in w], dtype=np.uint64)
-        self.a = np.array([int(v) % (1 << self.out_bits) for v in a], dtype=np.uint64)
+        self.w = frozen(np.array([int(v) % (1 << self.bits) for v in w], dtype=np.uint64))
+        self.a = frozen(np.array([int(v) % (1 << self.out_bits) for v in a], dtype=np.uint64))
         if self.w.shape != (count,) or self.a.shape != (count,):
             raise ParameterError("one-hot scale: one weight and one index per bit")
 
@@ -377,7 +377,7 @@ class _OneHotScale(Gate):
         N, B = self.elements, self.count
         c = inputs[0].reshape(N, B) & ONE
         u = inputs[1].reshape(-1) & ring.mask(self.bits)
-        wv, av = be.asarray(self.w), be.asarray(self.a)
+        wv, av = const(self.w), const(self.a)
         sign = ONE - (c << ONE)                                            # 1 - 2c mod 2^64
         W = self.w0 + (c * wv[None, :]).sum(axis=1, dtype=np.uint64)
         y = key["r_y"] - W * key["r"] + (wv[None, :] * sign * (u[:, None] * key["rho"] - key["rho_r"])).sum(

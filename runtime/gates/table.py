@@ -1,7 +1,7 @@
 """Table lookup on a tiny domain with a shared truth table: one round, no AES."""
 from __future__ import annotations
 
-import numpy as np
+from fusec.runtime.xp import const, frozen, np
 
 from fusec.errors import ParameterError
 from fusec.runtime import ring, truth_table
@@ -28,7 +28,7 @@ class TableLookup(Gate):
         t = np.asarray(table)
         if t.shape != (1 << view_bits,):
             raise ParameterError(f"table has shape {t.shape}, a {view_bits}-bit view needs ({1 << view_bits},)")
-        self.table = ring.from_signed(t.astype(np.int64), self.out_bits)
+        self.table = frozen(ring.from_signed(t.astype(np.int64), self.out_bits))
 
     def fields(self):
         return truth_table.TableKey.field_specs(self.view_bits, self.out_bits, self.elements)
@@ -36,7 +36,7 @@ class TableLookup(Gate):
     def keygen(self, rng: DealerRng, in_masks):
         r = np.asarray(in_masks[0], np.uint64).reshape(-1)
         r_out = rng.ring(self.elements, self.out_bits)
-        vals = (self.table[None, :] + r_out[:, None]) & ring.mask(self.out_bits)
+        vals = (const(self.table)[None, :] + r_out[:, None]) & ring.mask(self.out_bits)
         k0, k1 = truth_table.keygen(rng, vals, r, self.view_bits, self.out_bits)
         return r_out, {"table": k0.table}, {"table": k1.table}
 

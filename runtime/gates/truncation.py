@@ -36,7 +36,7 @@ is a local map like the linear gates, its output mask ``hi_s(r)`` is derived.
 """
 from __future__ import annotations
 
-import numpy as np
+from fusec.runtime.xp import np
 
 from fusec.errors import ParameterError
 from fusec.runtime import dcf, ring

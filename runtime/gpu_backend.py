@@ -1,0 +1,155 @@
+"""The GPU backend: CuPy arrays for the gates, generated CUDA kernels for the FSS work.
+
+Gates do not change between backends (runtime/xp.py): on the GPU their array code runs
+on CuPy and the hot FSS evaluations — DCF and DPF tree walks, the fixed-key AES, the
+dealer's AES-CTR stream, bit packing — run in the kernels of ``kernels.cu``
+(codegen/cuda.py renders it from templates/*.cu.j2; :mod:`fusec.runtime.gpu_kernels`
+compiles it with ``cupy.RawModule``). Every kernel computes exactly what its CPU
+reference does, so for the same key files and inputs the two backends put the same
+bytes on the wire (tests/test_gpu_backend.py, run on a GPU machine).
+
+Data stays on the device between gates; only the bytes of an open cross to the host.
+A key set is staged into device memory once (:meth:`GpuBackend.stage_set`, timed
+separately from the online phase) and unpacked there.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from fusec.errors import FusecError
+from fusec.runtime import dcf, dpf, dpf_arith
+from fusec.runtime.backend import Backend
+from fusec.runtime.layout import KeyLayout
+from fusec.runtime.rng import DealerRng
+from fusec.runtime.xp import const
+
+
+def _import_cupy():
+    """CuPy and a usable device, or a FusecError that says what is missing and what to do."""
+    try:
+        import cupy
+    except ImportError as e:
+        raise FusecError(f"the GPU backend needs CuPy, which is not installed here ({e})",
+                         "install fusec[gpu] (CUDA 13) or fusec[gpu-cuda12], or run with --backend cpu") from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except Exception as e:  # CUDARuntimeError: no driver, driver too old, no device
+        raise FusecError(f"no usable CUDA GPU: {e}",
+                         "check `nvidia-smi` and that the CuPy build matches the driver's CUDA version, "
+                         "or run with --backend cpu") from None
+    if count == 0:
+        raise FusecError("no CUDA GPU is visible", "check CUDA_VISIBLE_DEVICES, or run with --backend cpu")
+    return cupy
+
+
+class GpuPrg:
+    """The fixed-key MMO hashes of prg.CpuPrg, on device arrays (same interface)."""
+
+    def __init__(self, kernels) -> None:
+        self.k = kernels
+        self.calls = 0
+
+    def children(self, seeds):
+        self.calls += 2 * (seeds.size // 2)
+        return self.k.children(seeds)
+
+    def child(self, seeds, right):
+        self.calls += seeds.size // 2
+        return self.k.child(seeds, right)
+
+    def value_blocks(self, blocks, nblocks: int, tweak):
+        self.calls += (blocks.size // 2) * nblocks
+        return self.k.value_blocks(blocks, nblocks, tweak)
+
+    @property
+    def aes_calls(self) -> int:
+        return self.calls
+
+
+class GpuDealerRng(DealerRng):
+    """The dealer's AES-128-CTR stream computed on the device.
+
+    Same key, nonce and counter as :class:`DealerRng` (the ``cryptography`` CTR mode: a
+    128-bit big-endian counter starting at the nonce), so for a test seed the GPU dealer
+    writes byte-identical key files; without a seed the key comes from ``os.urandom``.
+    """
+
+    def __init__(self, kernels, seed: bytes | None = None) -> None:
+        super().__init__(seed)
+        self.k = kernels
+        self._pos = 0  # words of the stream consumed so far
+
+    def words(self, count: int):
+        first = self._pos // 2
+        skip = self._pos % 2
+        blocks = (skip + count + 1) // 2
+        out = self.k.ctr_keystream(self.key, self.nonce, first, 2 * blocks)[skip:skip + count]
+        self._pos += count
+        return out
+
+
+class GpuBackend(Backend):
+    """CuPy arrays + the generated kernels. ``source``: a build's kernels.cu (else the default)."""
+
+    name = "gpu"
+
+    def __init__(self, source: str | None = None, device: int | None = None) -> None:
+        cupy = _import_cupy()
+        from fusec.runtime.gpu_kernels import GpuKernels
+
+        if device is not None:
+            cupy.cuda.Device(device).use()
+        self.xp = cupy
+        self.kernels = GpuKernels(source)
+        self.prg = GpuPrg(self.kernels)
+        self.last_stage_seconds: float | None = None
+
+    # -- data movement
+    def asarray(self, a):
+        return const(a) if isinstance(a, np.ndarray) and not a.flags.writeable else self.xp.asarray(a)
+
+    def asnumpy(self, a) -> np.ndarray:
+        return self.xp.asnumpy(a)
+
+    def synchronize(self) -> None:
+        self.xp.cuda.get_current_stream().synchronize()
+
+    def stage_set(self, layout: KeyLayout, buf: np.ndarray) -> dict[str, dict[str, Any]]:
+        """One key set's bytes -> device memory in one copy, every gate's fields unpacked there."""
+        t0 = time.perf_counter()
+        dev = self.xp.asarray(np.ascontiguousarray(buf).view(np.uint8).reshape(-1))
+        keys: dict[str, dict[str, Any]] = {}
+        for slot in layout.slots:
+            fields, pos = {}, slot.offset
+            for f in slot.fields:
+                raw = dev[pos:pos + f.packed_nbytes]
+                fields[f.name] = (self.kernels.unpack_bits(raw, f.bits, f.count) if f.count
+                                  else self.xp.zeros(0, np.uint64)).reshape(f.shape)
+                pos += f.nbytes
+            keys[slot.gate_id] = fields
+        self.synchronize()
+        self.last_stage_seconds = time.perf_counter() - t0
+        return keys
+
+    def dealer_rng(self, seed: bytes | None = None) -> DealerRng:
+        return GpuDealerRng(self.kernels, seed)
+
+    # -- FSS evaluations: one fused kernel per tree walk
+    def dcf_eval(self, party: int, key: dcf.DcfKey, x):
+        return self.kernels.dcf_eval(party, key.root, key.cw_seed, key.cw_tr, key.cw_v, key.cw_final,
+                                     x, key.n, key.m, key.w)
+
+    def dpf_lt_eval(self, party: int, key: dpf.DpfKey, x):
+        return self.kernels.dpf_lt_eval(party, key.root, key.cw_seed, key.cw_tr, key.cw_leaf, x, key.n)
+
+    def dpf_eval(self, party: int, key: dpf.DpfKey, x):
+        return self.kernels.dpf_eval(party, key.root, key.cw_seed, key.cw_tr, key.cw_leaf, x, key.n)
+
+    def dpf_eval_full(self, party: int, key: dpf.DpfKey):
+        return dpf.eval_full(party, key, self.prg)
+
+    def dpf_arith_eval_full(self, party: int, key: dpf_arith.DpfArithKey):
+        return dpf_arith.eval_full(party, key, self.prg)

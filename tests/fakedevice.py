@@ -1,0 +1,164 @@
+"""A strict stand-in for CuPy, so the GPU code path can be tested where there is no GPU.
+
+CuPy refuses to mix its arrays with numpy arrays (``cupy_array + numpy_array`` and
+``numpy.asarray(cupy_array)`` raise TypeError): every host/device crossing must be an
+explicit ``asarray``/``asnumpy``. Code that forgets one works on the CPU backend and
+fails on the GPU. :data:`fakecupy` reproduces exactly that rule with a numpy subclass
+(:class:`DeviceArray`), so the whole two-party runtime and the dealer can run on the
+"device" in CI and every forgotten crossing fails here, not on a rented GPU.
+"""
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import numpy
+
+from fusec.runtime.backend import Backend
+from fusec.runtime.prg import CpuPrg
+from fusec.runtime.rng import DealerRng
+
+
+class DeviceArray(numpy.ndarray):
+    """An array that lives on the pretend device."""
+
+    def __array__(self, dtype=None, copy=None):  # numpy.asarray(device array): refused, like CuPy
+        raise TypeError("implicit conversion of a device array to a host numpy array (use asnumpy)")
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        _refuse_host(inputs, f"ufunc {ufunc.__name__}")
+        out = kwargs.get("out")
+        if out is not None:
+            _refuse_host(out, f"ufunc {ufunc.__name__} out=")
+            kwargs["out"] = tuple(_host_view(o) for o in out)
+        res = getattr(ufunc, method)(*(_host_view(i) for i in inputs), **kwargs)
+        if out is not None:
+            return out[0] if len(out) == 1 else out
+        return _device(res)
+
+    def __array_function__(self, func, types, args, kwargs):
+        _refuse_host((args, kwargs), func.__name__)
+        return _device(func(*_unwrap(args), **_unwrap(kwargs)))
+
+    def get(self) -> numpy.ndarray:
+        return _host_view(self).copy()
+
+
+def _host_view(a):
+    return a.view(numpy.ndarray) if isinstance(a, DeviceArray) else a
+
+
+def _refuse_host(obj: Any, where: str) -> None:
+    if isinstance(obj, DeviceArray):
+        return
+    if isinstance(obj, numpy.ndarray):
+        raise TypeError(f"{where}: a host numpy array {obj.shape} {obj.dtype} was mixed with device arrays "
+                        "(a missing asarray on the GPU path)")
+    if isinstance(obj, (list, tuple)):
+        for o in obj:
+            _refuse_host(o, where)
+    elif isinstance(obj, dict):
+        for o in obj.values():
+            _refuse_host(o, where)
+
+
+def _unwrap(obj: Any) -> Any:
+    if isinstance(obj, DeviceArray):
+        return _host_view(obj)
+    if isinstance(obj, list):
+        return [_unwrap(o) for o in obj]
+    if isinstance(obj, tuple):
+        return tuple(_unwrap(o) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _unwrap(v) for k, v in obj.items()}
+    return obj
+
+
+def _device(res: Any) -> Any:
+    if isinstance(res, numpy.ndarray) and not isinstance(res, DeviceArray):
+        return res.view(DeviceArray)
+    if isinstance(res, tuple):
+        return tuple(_device(r) for r in res)
+    if isinstance(res, list):
+        return [_device(r) for r in res]
+    return res
+
+
+class _FakeCupy(ModuleType):
+    """Module-like: ``fakecupy.zeros(...)`` is a device array; host arrays are refused."""
+
+    def __init__(self) -> None:
+        super().__init__("fakecupy")
+        self.ndarray = DeviceArray
+
+    def asarray(self, a, dtype=None):
+        return numpy.array(_host_view(a), dtype=dtype, copy=True).view(DeviceArray) \
+            if not isinstance(a, DeviceArray) or dtype not in (None, a.dtype) else a
+
+    def asnumpy(self, a):
+        return _host_view(a).copy() if isinstance(a, DeviceArray) else numpy.asarray(a)
+
+    def __getattr__(self, name: str):
+        obj = getattr(numpy, name)
+        if not callable(obj) or isinstance(obj, type):
+            return obj
+
+        def wrapped(*args, **kwargs):
+            _refuse_host((args, kwargs), f"fakecupy.{name}")
+            return _device(obj(*_unwrap(args), **_unwrap(kwargs)))
+
+        return wrapped
+
+
+fakecupy = _FakeCupy()
+
+
+class _HostPrg:
+    """The CPU PRG behind the device boundary: what the GPU PRG kernels compute."""
+
+    def __init__(self) -> None:
+        self._cpu = CpuPrg()
+
+    def children(self, seeds):
+        return tuple(_device(h) for h in self._cpu.children(_host_view(seeds)))
+
+    def child(self, seeds, right):
+        return _device(self._cpu.child(_host_view(seeds), _host_view(right)))
+
+    def value_blocks(self, blocks, nblocks, tweak):
+        return _device(self._cpu.value_blocks(_host_view(blocks), nblocks, tweak))
+
+    @property
+    def aes_calls(self) -> int:
+        return self._cpu.aes_calls
+
+
+class FakeDeviceBackend(Backend):
+    """The GPU backend's data path (device arrays, explicit crossings) on the CPU."""
+
+    name = "fakegpu"
+    xp = fakecupy
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prg = _HostPrg()
+
+    def asarray(self, a):
+        return fakecupy.asarray(a)
+
+    def asnumpy(self, a):
+        return fakecupy.asnumpy(a)
+
+
+class _DeviceRng(DealerRng):
+    """The dealer's CSPRNG stream, delivered as device arrays (as the GPU dealer's is)."""
+
+    def words(self, count: int):
+        return _device(super().words(count))
+
+
+def _dealer_rng(self, seed: bytes | None = None):
+    return _DeviceRng(seed)
+
+
+FakeDeviceBackend.dealer_rng = _dealer_rng  # type: ignore[attr-defined]

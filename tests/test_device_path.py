@@ -1,0 +1,170 @@
+"""The GPU backend's data path, checked on the CPU with a strict stand-in for CuPy.
+
+The same gate code runs on numpy (CPU backend) and on device arrays (GPU backend). These
+tests run a compiled model's dealer and both parties on the pretend device
+(tests/fakedevice.py, which refuses every implicit host/device crossing, as CuPy does)
+and compare with the CPU backend: identical key files for one dealer seed, identical
+opened bytes in every round, identical outputs. The real GPU runs the same tests with
+FUSEC_TEST_BACKEND=gpu (tests/test_gpu_backend.py).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fusec.build import compile_model, encode_inputs, load_build
+from fusec.passes.calibrate import default_feeds
+from fusec.passes.options import CompileOptions
+from fusec.runtime.dealer import write_keys
+from fusec.runtime.keyfile import KeyFile
+from fusec.runtime.backend import get_backend
+from fusec.runtime.protocol import RoundLog
+from fusec.runtime.gates.arith import MatMulPrivate
+from fusec.runtime.gates.catalog import library
+from fusec.runtime.gates.compare import Select
+from fusec.runtime.gates.movement import Rearrange, SumAxis  # noqa: F401
+from fusec.runtime.gates.sigma_nonlinear import SigmaInverse, SigmaNegExp, sigma_layernorm_rsqrt
+from fusec.runtime.rng import DealerRng
+from tests.fakedevice import FakeDeviceBackend
+from tests.harness import both_parties, queue_exchanges, run_pair
+
+
+def _gpu_kind():
+    try:
+        from fusec.runtime.gpu_backend import GpuBackend
+        GpuBackend()
+    except Exception as e:  # no CuPy, no GPU, no driver
+        pytest.skip(f"no GPU backend here: {e}")
+    return GpuBackend
+
+
+DEVICES = [pytest.param(lambda: FakeDeviceBackend, id="fakegpu"),
+           pytest.param(_gpu_kind, id="gpu", marks=pytest.mark.gpu)]
+
+BERT_TINY = "tests/data/bert_tiny_legacy.onnx"
+
+
+@pytest.fixture(scope="module")
+def bert_build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bert_tiny_build")
+    compile_model(BERT_TINY, out, CompileOptions(bits=37), batch=1, seq=8)
+    return load_build(out)
+
+
+def _key_sets(build, where, backend):
+    write_keys(build.gates, where, 1, seed=b"device-path", backend=backend)
+    sets = []
+    for p in (0, 1):
+        with KeyFile.open(where / f"p{p}.key", build.gates.layout(), p) as kf:
+            sets.append(kf._read_set(0).tobytes())
+    return sets
+
+
+def _run(build, keys_dir, backend_kind, feeds):
+    """Both parties on ``backend_kind``; returns P1's outputs and every message each party sent."""
+    sent = [[], []]
+    ex = queue_exchanges()
+    out = [None, None]
+
+    def work(p):
+        be = backend_kind()
+        with KeyFile.open(keys_dir / f"p{p}.key", build.gates.layout(), p) as kf:
+            reader = kf.claim(0)
+            keys = {s.gate_id: be.stage_key(reader.read_gate(s.gate_id)) for s in build.gates.layout().slots}
+
+        def exchange(data, scope):
+            sent[p].append(bytes(data))
+            return ex[p](data, scope)
+
+        inputs = encode_inputs(build, feeds, p) if p == 1 else {}
+        out[p] = build.gates.evaluate(p, keys, inputs, exchange, be, RoundLog())
+
+    both_parties(work)
+    return out[1], sent
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_dealer_writes_the_cpu_dealers_keys(bert_build, tmp_path, device):
+    cpu = _key_sets(bert_build, tmp_path / "cpu", get_backend("cpu"))
+    dev = _key_sets(bert_build, tmp_path / "dev", device()())
+    assert cpu[0] == dev[0] and cpu[1] == dev[1]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_run_opens_the_same_bytes_as_the_cpu(bert_build, tmp_path, device):
+    write_keys(bert_build.gates, tmp_path, 1, seed=b"same")
+    feeds = default_feeds(bert_build.ir, seed=3)
+    out_cpu, sent_cpu = _run(bert_build, tmp_path, type(get_backend("cpu")), feeds)
+    (tmp_path / "p0.key.used").unlink()
+    (tmp_path / "p1.key.used").unlink()
+    out_dev, sent_dev = _run(bert_build, tmp_path, device(), feeds)
+    assert len(sent_cpu[0]) == len(sent_dev[0]) > 10
+    for p in (0, 1):
+        for r, (a, b) in enumerate(zip(sent_cpu[p], sent_dev[p])):
+            assert a == b, f"party {p}, round {r}: the device opened different bytes"
+    assert out_cpu.keys() == out_dev.keys()
+    for k in out_cpu:
+        assert isinstance(out_dev[k], np.ndarray) and np.array_equal(out_cpu[k], out_dev[k])
+
+
+def _every_gate(n: int = 50, f: int = 12, E: int = 300):
+    gates = [(label, g) for label, g in library(n, f, elements=E) if not isinstance(g, MatMulPrivate)]
+    rng = np.random.default_rng(1)
+    return gates + [
+        ("matmul, private weights", MatMulPrivate((2, 12, 16), (2, 16, 8), n)),
+        ("rearrange (gather with fill)", Rearrange([E], np.where(rng.random(E) < 0.1, -1, rng.integers(0, E, E)), n)),
+        ("sum over an axis", SumAxis((E // 4, 4), (1,), n)),
+        ("SIGMA nExp", SigmaNegExp(E, n, f)),
+        ("SIGMA inverse", SigmaInverse(E, n, f, 128.0)),
+        ("SIGMA layernorm rsqrt", sigma_layernorm_rsqrt(E, n, f, 1 / 768, 1e-5)),
+    ]
+
+
+def _sent_bytes(gate, be_pair, keys, us):
+    """Every message each party sent while evaluating ``gate`` on ``be_pair``, and its output."""
+    sent = [[], []]
+    ex = queue_exchanges()
+
+    def recorder(p):
+        def exchange(data, scope):
+            sent[p].append(bytes(data))
+            return ex[p](data, scope)
+        return exchange
+
+    from fusec.runtime.protocol import drive
+    out = [None, None]
+
+    def work(p):
+        be = be_pair[p]
+        out[p] = be.asnumpy(drive([gate.eval(p, be.stage_key(keys[p]), [be.asarray(u) for u in us], be)],
+                                  recorder(p), p, be)[0])
+
+    both_parties(work)
+    return sent, out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("label", [label for label, _ in _every_gate()])
+def test_every_gate_kind_opens_the_same_bytes_on_the_device(label, device):
+    gate = dict(_every_gate())[label]
+    rng = DealerRng(b"every-gate")
+    in_bits = [1, gate.bits] if isinstance(gate, Select) else [gate.bits] * gate.inputs
+    if isinstance(gate, MatMulPrivate):
+        sizes = [int(np.prod(s)) for s in (gate.x_shape, gate.w_shape)]
+    elif hasattr(gate, "x_shape"):
+        sizes = [int(np.prod(gate.x_shape))]
+    elif hasattr(gate, "shape"):  # reductions (sum, max tree) read a whole shape
+        sizes = [int(np.prod(gate.shape))]
+    elif isinstance(gate, Rearrange):
+        sizes = list(gate.in_sizes)
+    else:
+        sizes = [gate.elements] * gate.inputs
+    masks = [rng.ring(k, b) for k, b in zip(sizes, in_bits)]
+    _, k0, k1 = gate.keygen(rng, masks)
+    us = [rng.ring(k, b) for k, b in zip(sizes, in_bits)]
+    cpu = type(get_backend("cpu"))
+    sent_cpu, out_cpu = _sent_bytes(gate, (cpu(), cpu()), (k0, k1), us)
+    kind = device()
+    sent_dev, out_dev = _sent_bytes(gate, (kind(), kind()), (k0, k1), us)
+    assert sent_cpu == sent_dev
+    assert np.array_equal(out_cpu[0], out_dev[0]) and np.array_equal(out_cpu[1], out_dev[1])
