@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 
 from fusec.errors import FusecError
-from fusec.runtime import dcf, dpf, dpf_arith, xp as array_module
+from fusec.runtime import dcf, dpf, dpf_arith, ring, xp as array_module
 from fusec.runtime.layout import KeyLayout, unpack_gate_key
 from fusec.runtime.prg import CpuPrg, active_prg
 from fusec.runtime.rng import DealerRng
@@ -58,6 +58,18 @@ class Backend:
         """A whole key set (its bytes, as read from the file) -> every gate's key arrays."""
         b = np.ascontiguousarray(buf).view(np.uint8).reshape(-1)
         return {s.gate_id: self.stage_key(unpack_gate_key(s, b[s.offset:s.offset + s.nbytes])) for s in layout.slots}
+
+    def pack_open(self, share, bits: int):
+        """One open's share, reduced and packed to ``bits`` bits per value (uint8)."""
+        return self.asarray(ring.pack_bits(self.asnumpy(share) & ring.mask(bits), bits))
+
+    def unpack_open(self, buf, bits: int, count: int):
+        """``count`` peer values of ``bits`` bits from packed bytes (as this backend's array)."""
+        return self.asarray(ring.unpack_bits(self.asnumpy(buf), bits, count))
+
+    def matmul(self, a, b):
+        """Products over Z_{2^64} (uint64 wraps; callers reduce mod 2^n)."""
+        return self.xp.matmul(a, b)
 
     def synchronize(self) -> None:
         """Wait for queued device work (profiling); nothing to wait for on the CPU."""

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from fusec.errors import FusecError
-from fusec.runtime import dcf, dpf, dpf_arith
+from fusec.runtime import dcf, dpf, dpf_arith, ring
 from fusec.runtime.backend import Backend
 from fusec.runtime.layout import KeyLayout
 from fusec.runtime.rng import DealerRng
@@ -113,6 +113,15 @@ class GpuBackend(Backend):
 
     def asnumpy(self, a) -> np.ndarray:
         return self.xp.asnumpy(a)
+
+    def pack_open(self, share, bits: int):
+        return self.kernels.pack_bits(share & ring.mask(bits), bits)
+
+    def unpack_open(self, buf, bits: int, count: int):
+        return self.kernels.unpack_bits(buf, bits, count)
+
+    def matmul(self, a, b):
+        return self.kernels.matmul_mod(a, b, 64)
 
     def synchronize(self) -> None:
         self.xp.cuda.get_current_stream().synchronize()

@@ -63,12 +63,15 @@ def _charge(log: RoundLog, scope: str, t0: float) -> None:
 
 
 def _pack(requests: list[Open], party: int, be) -> bytes:
-    parts = []
-    for req in requests:
-        if req.sender in (None, party):
-            vals = be.asnumpy(req.share) & ring.mask(req.bits)
-            parts.append(ring.pack_bits(vals, req.bits))
-    return b"".join(p.tobytes() for p in parts)
+    """This party's shares of one round, each packed to its ring width, as one message.
+
+    Packing runs where the shares live (on a GPU: a kernel), so only the packed bytes
+    cross to the host, in one copy per round.
+    """
+    parts = [be.pack_open(req.share, req.bits) for req in requests if req.sender in (None, party)]
+    if not parts:
+        return b""
+    return be.asnumpy(parts[0] if len(parts) == 1 else be.xp.concatenate(parts)).tobytes()
 
 
 def _expected(requests: list[Open], who: int) -> int:
@@ -76,30 +79,25 @@ def _expected(requests: list[Open], who: int) -> int:
 
 
 def _unpack(requests: list[Open], party: int, peer_bytes: bytes, be) -> list:
+    """The reconstructed value of every open of the round (peer bytes copied over once)."""
     peer = 1 - party
     need = _expected(requests, peer)
     if len(peer_bytes) != need:
         raise PeerError(f"peer sent {len(peer_bytes)} bytes in a round where {need} were expected",
                         "both parties must run the same build with key files from the same keygen run")
+    theirs_all = be.asarray(np.frombuffer(peer_bytes, np.uint8)) if need else None
     out, off = [], 0
     for req in requests:
         shape = np.shape(req.share)
         count = int(np.prod(shape))
         m = ring.mask(req.bits)
-        own = be.asnumpy(req.share).astype(np.uint64) & m
-        if req.sender in (None, peer):
-            nb = ring.packed_size(count, req.bits)
-            theirs = ring.unpack_bits(np.frombuffer(peer_bytes, np.uint8, nb, off), req.bits, count).reshape(shape)
-            off += nb
-        else:
-            theirs = np.zeros(shape, np.uint64)
-        if req.sender == peer:
-            val = theirs
-        elif req.sender == party:
-            val = own
-        else:
-            val = (own + theirs) & m
-        out.append(be.asarray(val))
+        if req.sender == party:
+            out.append(req.share & m)
+            continue
+        nb = ring.packed_size(count, req.bits)
+        theirs = be.unpack_open(theirs_all[off:off + nb], req.bits, count).reshape(shape)
+        off += nb
+        out.append(theirs if req.sender == peer else (req.share + theirs) & m)
     return out
 
 

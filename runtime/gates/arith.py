@@ -87,12 +87,11 @@ class MatMulPrivate(Gate):
         return rz.reshape(-1), keys[0], keys[1]
 
     def eval(self, party: int, key: Key, inputs, be) -> EvalGen:
-        xp = be.xp
         ux = inputs[0].reshape(self.x_shape)
         uw = inputs[1].reshape(self.w_shape)
-        share = key["r_xw_z"] - xp.matmul(ux, key["r_w"]) - xp.matmul(key["r_x"], uw)
+        share = key["r_xw_z"] - be.matmul(ux, key["r_w"]) - be.matmul(key["r_x"], uw)
         if party == 1:
-            share = share + xp.matmul(ux, uw)
+            share = share + be.matmul(ux, uw)
         return (yield Open((share & ring.mask(self.bits)).reshape(-1), self.bits, scope="linear"))
 
     def cost(self) -> GateCost:
