@@ -15,7 +15,7 @@ import numpy as np
 
 from fusec.errors import FusecError
 from fusec.runtime import dcf, dpf, dpf_arith, ring, xp as array_module
-from fusec.runtime.layout import KeyLayout, unpack_gate_key
+from fusec.runtime.layout import GateSlot, KeyLayout, pack_gate_array, unpack_gate_key
 from fusec.runtime.prg import CpuPrg, active_prg
 from fusec.runtime.rng import DealerRng
 
@@ -70,6 +70,10 @@ class Backend:
     def matmul(self, a, b):
         """Products over Z_{2^64} (uint64 wraps; callers reduce mod 2^n)."""
         return self.xp.matmul(a, b)
+
+    def pack_key(self, slot: GateSlot, arrays: dict) -> np.ndarray:
+        """One gate's key as its slot bytes (host uint8), checked against the layout."""
+        return pack_gate_array(slot, {k: self.asnumpy(v) for k, v in arrays.items()})
 
     def synchronize(self) -> None:
         """Wait for queued device work (profiling); nothing to wait for on the CPU."""

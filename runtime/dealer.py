@@ -27,15 +27,16 @@ def write_keys(graph: GateGraph, out_dir: str | os.PathLike, count: int = 1,
     with KeyFileWriter(paths[0], layout, 0, ksid, count) as w0, KeyFileWriter(paths[1], layout, 1, ksid, count) as w1, \
             be.activate():
         rng = be.dealer_rng(seed)
+        slots = {s.gate_id: s for s in layout.slots}
         for i in range(count):
-            k0, k1, _ = graph.keygen(rng)
-            w0.write_set(i, _host(be, k0))
-            w1.write_set(i, _host(be, k1))
+            w0.begin_set(i)
+            w1.begin_set(i)
+            for gate_id, k0, k1 in graph.keygen_stream(rng):
+                w0.write_gate_packed(gate_id, be.pack_key(slots[gate_id], k0))
+                w1.write_gate_packed(gate_id, be.pack_key(slots[gate_id], k1))
+            w0.end_set()
+            w1.end_set()
             if progress:
                 progress(i + 1, count)
     return paths
 
-
-def _host(be: Backend, keys: dict) -> dict:
-    """A key set's arrays on the host, for the file (a no-op on the CPU backend)."""
-    return {gid: {name: be.asnumpy(a) for name, a in arrays.items()} for gid, arrays in keys.items()}

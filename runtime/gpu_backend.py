@@ -120,6 +120,20 @@ class GpuBackend(Backend):
     def unpack_open(self, buf, bits: int, count: int):
         return self.kernels.unpack_bits(buf, bits, count)
 
+    def pack_key(self, slot, arrays: dict) -> np.ndarray:
+        """The slot's fields bit-packed on the device (layout order), one copy to the host."""
+        parts = []
+        for f in slot.fields:
+            a = arrays[f.name]
+            if tuple(a.shape) != tuple(f.shape):
+                raise FusecError(f"dealer bug: gate {slot.gate_id!r} field {f.name!r} has shape {a.shape}, "
+                                 f"the layout says {f.shape}")
+            packed = self.kernels.pack_bits(self.xp.asarray(a, dtype=np.uint64).reshape(-1), f.bits) if f.count \
+                else self.xp.zeros(0, np.uint8)
+            pad = f.nbytes - f.packed_nbytes
+            parts.append(packed if not pad else self.xp.concatenate([packed, self.xp.zeros(pad, np.uint8)]))
+        return self.xp.asnumpy(self.xp.concatenate(parts)) if parts else np.zeros(0, np.uint8)
+
     def matmul(self, a, b):
         return self.kernels.matmul_mod(a, b, 64)
 

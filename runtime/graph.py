@@ -8,7 +8,7 @@ parties walk the same deterministic schedule.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -83,11 +83,18 @@ class GateGraph:
         """Both parties' keys for one inference, plus every wire's mask (dealer only)."""
         masks: dict[str, np.ndarray] = {}
         keys: tuple[dict[str, Key], dict[str, Key]] = ({}, {})
+        for node_id, k0, k1 in self.keygen_stream(rng, masks):
+            keys[0][node_id], keys[1][node_id] = k0, k1
+        return keys[0], keys[1], masks
+
+    def keygen_stream(self, rng: DealerRng, masks: dict | None = None) -> Iterator[tuple[str, Key, Key]]:
+        """The keys gate by gate, in layout order, so a dealer can write each and drop it
+        (a large model's key set need not fit in memory); wire masks go into ``masks``."""
+        masks = {} if masks is None else masks
         for n in self.nodes:
             out, k0, k1 = n.gate.keygen(rng, [masks[w] for w in n.inputs])
             masks[n.id] = out
-            keys[0][n.id], keys[1][n.id] = k0, k1
-        return keys[0], keys[1], masks
+            yield n.id, k0, k1
 
     # ------------------------------------------------------------------ online
     def evaluate(self, party: int, keys: Callable[[str], Key] | dict[str, Key], inputs: dict[str, np.ndarray],

@@ -326,6 +326,18 @@ class KeyFileWriter:
 
     def write_gate(self, gate_id: str, arrays: Mapping[str, Any]) -> None:
         """Write the next gate of the open set; it must be the next slot in layout order."""
+        slot = self._expect(gate_id)
+        self._write_slot(slot, pack_gate_array(slot, arrays))
+
+    def write_gate_packed(self, gate_id: str, buf: np.ndarray) -> None:
+        """Like :meth:`write_gate` for a slot the dealer already packed (e.g. on a GPU)."""
+        slot = self._expect(gate_id)
+        if buf.dtype != np.uint8 or buf.size != slot.nbytes:
+            raise KeyFileError(f"gate {gate_id!r}: packed key holds {buf.size} bytes, the layout says {slot.nbytes}",
+                               "dealer bug: pack every field of the slot in layout order")
+        self._write_slot(slot, buf)
+
+    def _expect(self, gate_id: str) -> GateSlot:
         self._check_open()
         if self._cur is None:
             raise KeyFileError("write_gate() outside a key set; call begin_set(index) first")
@@ -340,7 +352,9 @@ class KeyFileWriter:
                 f"(slot {self._pos}), got {gate_id!r}",
                 "the dealer must emit keys in the layout's key-consumption order",
             )
-        buf = pack_gate_array(slot, arrays)
+        return slot
+
+    def _write_slot(self, slot: GateSlot, buf: np.ndarray) -> None:
         self._hasher.update(buf)
         self._f.write(memoryview(buf))
         self._pos += 1
