@@ -30,7 +30,7 @@ from fusec.passes.schedule import Step
 from fusec.runtime import ring
 
 FORMAT = 1
-HASHED = ("ir.json", "weights.npz", "program.json", "keys.layout.json")
+HASHED = ("ir.json", "weights.npz", "program.json", "keys.layout.json", "kernels.cu")
 
 
 @dataclass
@@ -45,6 +45,17 @@ class Build:
     @property
     def gates(self):
         return self.low.gates
+
+    @property
+    def kernels_source(self) -> str | None:
+        """The generated kernels.cu (None for builds from before codegen)."""
+        f = self.path / "kernels.cu"
+        return f.read_text() if f.is_file() else None
+
+    @property
+    def scopes(self) -> dict[str, str]:
+        """Profiler scope of every gate (from the schedule)."""
+        return {s.id: s.scope for s in self.steps}
 
 
 def _sha(path: Path) -> str:
@@ -80,6 +91,7 @@ def compile_model(model, out_dir, opts: CompileOptions, batch: int | None = None
     np.savez(out / "weights.npz", **{k: v for k, v in graph.consts.items()})
     (out / "program.json").write_text(json.dumps(program(graph, low, steps), indent=1))
     (out / "keys.layout.json").write_text(low.gates.layout().to_json(indent=1))
+    (out / "kernels.cu").write_text(kernels_source(low))
     manifest = {
         "format": FORMAT,
         "fusec": _version(),
@@ -98,6 +110,15 @@ def compile_model(model, out_dir, opts: CompileOptions, batch: int | None = None
     b = Build(out, graph, opts, low, steps, manifest)
     (out / "report.txt").write_text(report(b))
     return b
+
+
+def kernels_source(low: Lowered) -> str:
+    """The build's CUDA kernels, specialized for its DCF/DPF shapes and wire widths."""
+    from fusec.codegen.cuda import render  # noqa: PLC0415
+    from fusec.codegen.program import kernel_config  # noqa: PLC0415
+    widths = {int(b) for n in low.gates.nodes for b in (getattr(n.gate, "bits", None), getattr(n.gate, "out_bits", None))
+              if isinstance(b, int)}
+    return render(kernel_config(low.gates.layout(), widths))
 
 
 def _version() -> str:

@@ -103,8 +103,11 @@ class Backend:
 CpuBackend = Backend
 
 
-def get_backend(name: str = "cpu") -> Backend:
-    """The backend called ``name`` ('cpu' or 'gpu'), with a clear error if unavailable."""
+def get_backend(name: str = "cpu", kernels_source: str | None = None) -> Backend:
+    """The backend called ``name`` ('cpu' or 'gpu'), with a clear error if unavailable.
+
+    ``kernels_source``: a build's generated kernels.cu, for the GPU backend.
+    """
     if name == "cpu":
         return CpuBackend()
     if name == "gpu":
@@ -114,5 +117,5 @@ def get_backend(name: str = "cpu") -> Backend:
             raise FusecError(f"the GPU backend is not available here ({e})",
                              "install fusec[gpu-cuda12] or fusec[gpu-cuda13] on a machine with an NVIDIA GPU, "
                              "or run with --backend cpu") from None
-        return GpuBackend()
+        return GpuBackend(kernels_source)
     raise FusecError(f"unknown backend {name!r}", "choose 'cpu' or 'gpu'")

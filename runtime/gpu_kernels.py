@@ -67,7 +67,11 @@ class Launcher(Protocol):
     xp: Any
     on_device: bool  # False: a host build, where the device-only kernels (tiled matmul) are missing
 
-    def run(self, name: str, step: str, total: int, args: Sequence, *, aes: bool, rk_extra=None) -> None: ...
+    def run(self, name: str, step: str, total: int, args: Sequence, *, aes: bool, persistent: bool,
+            rk_extra=None) -> None:
+        """Run a grid-stride entry point over ``total`` items with ``args`` (then ``total`` and
+        ``rk_extra``). ``aes``: the kernel uses the fixed round keys (the host build takes them
+        as a first argument); ``step`` names the work in error messages."""
 
     def launch_grid(self, name: str, step: str, grid: tuple[int, int, int], block: int, args: Sequence) -> None: ...
 
@@ -97,7 +101,8 @@ class CupyLauncher:
         self.sync = os.environ.get("FUSEC_GPU_SYNC") == "1" if sync is None else sync
         self._module = None
         self._functions: dict[str, Any] = {}
-        self._max_grid = 0
+        self._waves: dict[str, int] = {}
+        self._sms = 0
 
     @property
     def module(self):
@@ -112,8 +117,7 @@ class CupyLauncher:
                                      "check the CUDA toolkit / driver; codegen.cuda.compile_check reproduces it") from e
             keys = fixed_round_keys()
             cupy.ndarray(keys.shape, cupy.uint32, rk).set(keys)
-            sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
-            self._max_grid = sms * 16  # AES kernels: enough blocks to fill the SMs, few table loads
+            self._sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
             self._module = module
         return self._module
 
@@ -133,12 +137,27 @@ class CupyLauncher:
             raise GpuKernelError(f"CUDA kernel {name} failed ({step}): {e}",
                                  "rerun with FUSEC_GPU_SYNC=1 to attribute asynchronous errors") from e
 
-    def run(self, name: str, step: str, total: int, args: Sequence, *, aes: bool, rk_extra=None) -> None:
+    def _one_wave(self, name: str) -> int:
+        """Blocks of ``name`` that fit on the GPU at once (occupancy x SMs)."""
+        wave = self._waves.get(name)
+        if wave is None:
+            try:
+                per_sm = self.xp.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(
+                    self._function(name).kernel.ptr, self.block, 0)
+            except Exception:  # older CuPy without the occupancy API: a safe guess
+                per_sm = 4
+            wave = self._waves[name] = max(1, per_sm) * self._sms
+        return wave
+
+    def run(self, name: str, step: str, total: int, args: Sequence, *, aes: bool, persistent: bool,
+            rk_extra=None) -> None:
+        """One thread per item, or (``persistent``) one wave of blocks striding over the items:
+        light AES kernels then load their shared T-table once per block, not once per 256 items."""
         if total == 0:
             return
         self.module  # noqa: B018 - compile before sizing the grid
         blocks = -(-total // self.block)
-        grid = min(blocks, self._max_grid) if aes else min(blocks, 1 << 30)
+        grid = min(blocks, self._one_wave(name)) if persistent else min(blocks, (1 << 31) - 1)
         extra = () if rk_extra is None else (rk_extra,)
         self._call(name, step, (grid,), (self.block,), (*args, np.uint64(total), *extra))
 
@@ -170,7 +189,8 @@ class HostLauncher:
                 return ctype(a)
         raise TypeError(f"unsupported kernel argument {a!r}")
 
-    def run(self, name: str, step: str, total: int, args: Sequence, *, aes: bool, rk_extra=None) -> None:
+    def run(self, name: str, step: str, total: int, args: Sequence, *, aes: bool, persistent: bool = False,
+            rk_extra=None) -> None:
         fn = getattr(self._lib, name)
         fn.restype = None
         full = ((self._rk,) if aes else ()) + tuple(args) + (np.uint64(total),)
@@ -189,12 +209,15 @@ class GpuKernels:
     """The FSS kernels of one ``kernels.cu`` as numpy-compatible functions on device arrays.
 
     ``source``: a build's kernels.cu (default: rendered from ``config`` or the default
-    config). ``launcher``: where to run (default: CuPy on the current GPU). ``aes_blocks``
-    counts AES block encryptions launched, like ``CpuPrg.aes_calls``.
+    config); the kernels it defines decide which specializations are used, the others run
+    generic. One instance per device (the fixed round keys live in its constant memory). ``launcher``: where to run (default: CuPy on the current GPU). ``poison``: fill
+    every output with 0xA5 bytes before the launch, so a kernel that skips an output is
+    caught by the tests (costs one memset per call). ``aes_blocks`` counts AES block
+    encryptions launched, like ``CpuPrg.aes_calls``.
     """
 
     def __init__(self, source: str | None = None, *, config: codegen.KernelConfig | None = None,
-                 launcher: Launcher | None = None, sync: bool | None = None):
+                 launcher: Launcher | None = None, sync: bool | None = None, poison: bool = False):
         src = source if source is not None else codegen.render(config or codegen.default_config())
         block = re.search(r"^#define FUSEC_BLOCK (\d+)", src, re.M)
         self.launcher = launcher or CupyLauncher(src, int(block.group(1)) if block else codegen.BLOCK_SIZE, sync)
@@ -203,18 +226,34 @@ class GpuKernels:
         if not self.launcher.on_device:
             self._available.discard("fusec_matmul_mod_tiled")
         self._ctr_keys: dict[bytes, Any] = {}
+        self.poison = poison
         self.aes_blocks = 0
+
+    def compile(self) -> None:
+        """Compile and load the module now (NVRTC takes seconds the first time; CuPy caches it
+        on disk), e.g. before a timed run, instead of at the first kernel call."""
+        if self.launcher.on_device:
+            self.launcher.module  # noqa: B018
 
     # -- helpers
     def _u64(self, a) -> Any:
         """A C-contiguous uint64 array of this launcher's module (copies only if needed)."""
         return self.xp.ascontiguousarray(self.xp.asarray(a, dtype=np.uint64))
 
+    def _empty(self, shape, dtype=np.uint64) -> Any:
+        """An output buffer (poisoned when asked: see the class docstring)."""
+        if not self.poison:
+            return self.xp.empty(shape, dtype)
+        out = self.xp.empty(shape, dtype)
+        out.view(np.uint8)[...] = 0xA5
+        return out
+
     def _pick(self, specialized: str, generic: str) -> str:
         return specialized if specialized in self._available else generic
 
-    def _run(self, name: str, step: str, total: int, args: Sequence, *, aes: bool = True, rk_extra=None) -> None:
-        self.launcher.run(name, step, int(total), args, aes=aes, rk_extra=rk_extra)
+    def _run(self, name: str, step: str, total: int, args: Sequence, *, aes: bool = True, persistent: bool = False,
+             rk_extra=None) -> None:
+        self.launcher.run(name, step, int(total), args, aes=aes, persistent=persistent, rk_extra=rk_extra)
 
     @staticmethod
     def _check_blocks(blocks, what: str) -> None:
@@ -228,9 +267,10 @@ class GpuKernels:
             raise ParameterError(f"unknown fixed key {which!r}", "choose 'L', 'R' or 'V'")
         b = self._u64(blocks)
         self._check_blocks(b, "aes_mmo")
-        out = self.xp.empty_like(b)
+        out = self._empty(b.shape)
         n = b.size // 2
-        self._run("fusec_aes_mmo", f"AES-MMO with key {which}", n, (b, out, np.int32(KEY_INDEX[which])))
+        self._run("fusec_aes_mmo", f"AES-MMO with key {which}", n, (b, out, np.int32(KEY_INDEX[which])),
+                  persistent=True)
         self.aes_blocks += n
         return out
 
@@ -241,8 +281,8 @@ class GpuKernels:
         r = self.xp.ascontiguousarray(self.xp.asarray(right) != 0, dtype=np.uint8)
         if r.shape != s.shape[:-1]:
             raise ParameterError(f"child: {r.shape} direction bits for seeds of shape {s.shape}")
-        out = self.xp.empty_like(s)
-        self._run("fusec_prg_child", "PRG child", s.size // 2, (s, r, out))
+        out = self._empty(s.shape)
+        self._run("fusec_prg_child", "PRG child", s.size // 2, (s, r, out), persistent=True)
         self.aes_blocks += s.size // 2
         return out
 
@@ -250,8 +290,8 @@ class GpuKernels:
         """(H_L(s), H_R(s)) == CpuPrg.children."""
         s = self._u64(seeds)
         self._check_blocks(s, "children")
-        left, right = self.xp.empty_like(s), self.xp.empty_like(s)
-        self._run("fusec_prg_children", "PRG children", s.size // 2, (s, left, right))
+        left, right = self._empty(s.shape), self._empty(s.shape)
+        self._run("fusec_prg_children", "PRG children", s.size // 2, (s, left, right), persistent=True)
         self.aes_blocks += s.size
         return left, right
 
@@ -260,10 +300,11 @@ class GpuKernels:
         b = self._u64(blocks)
         self._check_blocks(b, "value_blocks")
         nblocks = int(nblocks)
-        out = self.xp.empty(b.shape[:-1] + (nblocks, 2), np.uint64)
+        out = self._empty(b.shape[:-1] + (nblocks, 2), np.uint64)
         total = (b.size // 2) * nblocks
         if nblocks > 0:
-            self._run("fusec_value_blocks", "PRG value blocks", total, (b, out, np.uint64(nblocks), np.uint64(tweak)))
+            self._run("fusec_value_blocks", "PRG value blocks", total, (b, out, np.uint64(nblocks), np.uint64(tweak)),
+                      persistent=True)
         self.aes_blocks += total
         return out
 
@@ -281,7 +322,7 @@ class GpuKernels:
         expect = [(N, 2), (n, N, 2), (n, N), (n, N, m), (N, m)]
         self._check_key("DCF", ("root", "cw_seed", "cw_tr", "cw_v", "cw_final"), keys, expect)
         xs, P = self._points("DCF", x, N)
-        out = self.xp.empty(xs.shape + (m,), np.uint64)
+        out = self._empty(xs.shape + (m,), np.uint64)
         name = self._pick(codegen.dcf_kernel_name(n, m, w), codegen.DCF_GENERIC)
         self._run(name, f"DCF eval n={n} m={m} w={w}", N * P,
                   (*keys, xs, out, np.uint64(N), np.uint64(P), np.int32(n), np.int32(m), np.int32(w), np.int32(party)))
@@ -295,9 +336,10 @@ class GpuKernels:
         depth = n - min(7, n)
         keys = [self._u64(a) for a in (root, cw_seed, cw_tr, cw_leaf)]
         N = keys[0].shape[0]
-        self._check_key("DPF", ("root", "cw_seed", "cw_tr", "cw_leaf"), keys, [(N, 2), (depth, N, 2), (depth, N), (N, 2)])
+        self._check_key("DPF", ("root", "cw_seed", "cw_tr", "cw_leaf"), keys,
+                        [(N, 2), (depth, N, 2), (depth, N), (N, 2)])
         xs, P = self._points("DPF", x, N)
-        out = self.xp.empty(xs.shape, np.uint64)
+        out = self._empty(xs.shape, np.uint64)
         name = self._pick(codegen.dpf_kernel_name(mode, n), codegen.dpf_kernel_name(mode, None))
         self._run(name, f"DPF {mode} n={n}", N * P, (*keys, xs, out, np.uint64(N), np.uint64(P), np.int32(n)))
         self.aes_blocks += N * P * (depth + 1)
@@ -343,10 +385,11 @@ class GpuKernels:
             rk = self._ctr_keys[bytes(key16)] = self.launcher.device_keys(codegen.expand_key(bytes(key16)))
         ctr = (int.from_bytes(nonce16, "big") + int(start_block)) % (1 << 128)
         nwords = int(nwords)
-        out = self.xp.empty(nwords, np.uint64)
+        out = self._empty(nwords, np.uint64)
         nblk = -(-nwords // 2)
         self._run("fusec_ctr_keystream", "AES-CTR keystream", nblk,
-                  (out, np.uint64(ctr >> 64), np.uint64(ctr & ((1 << 64) - 1)), np.uint64(nwords)), rk_extra=rk)
+                  (out, np.uint64(ctr >> 64), np.uint64(ctr & ((1 << 64) - 1)), np.uint64(nwords)), persistent=True,
+                  rk_extra=rk)
         self.aes_blocks += nblk
         return out
 
@@ -356,7 +399,7 @@ class GpuKernels:
         bits = ring.check_bits(bits, "packing width")
         v = self._u64(values).reshape(-1)
         nwords = -(-(v.size * bits) // 64)
-        words = self.xp.empty(nwords, np.uint64)
+        words = self._empty(nwords, np.uint64)
         pack, _ = self._pick_pack(bits)
         self._run(pack, f"pack {bits}-bit values", nwords, (v, words, np.uint64(v.size), np.int32(bits)), aes=False)
         return words.view(np.uint8)[: ring.packed_size(v.size, bits)]
@@ -370,10 +413,10 @@ class GpuKernels:
         need = ring.packed_size(int(count), bits)
         if b.size < need:
             raise ParameterError(f"buffer holds {b.size} bytes, {need} needed for {count}x{bits}-bit values")
-        out = self.xp.empty(int(count), np.uint64)
+        out = self._empty(int(count), np.uint64)
         _, unpack = self._pick_pack(bits)
-        self._run(unpack, f"unpack {bits}-bit values", int(count), (b, np.uint64(need), out, np.uint64(count), np.int32(bits)),
-                  aes=False)
+        self._run(unpack, f"unpack {bits}-bit values", int(count),
+                  (b, np.uint64(need), out, np.uint64(count), np.int32(bits)), aes=False)
         return out
 
     def _pick_pack(self, bits: int) -> tuple[str, str]:
@@ -402,6 +445,9 @@ class GpuKernels:
         if K != K2:
             raise ParameterError(f"matmul_mod: shapes {tuple(a.shape)} and {tuple(b.shape)} do not align")
         batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        final = batch + (() if a_vec else (M,)) + (() if b_vec else (N,))
+        if 0 in (M, N, K) or math.prod(batch) == 0:  # empty sums are 0
+            return self.xp.zeros(final, np.uint64)
         if b.ndim == 2:  # one right operand for every batch: fold the batch into the rows
             a2, b2 = a.reshape(-1, K), b
         else:
@@ -415,7 +461,7 @@ class GpuKernels:
         if method == "limb" and plan is None:
             raise ParameterError(f"matmul_mod: K = {K} is too long for exact fp64 limbs", "use method='tiled'")
         out = self._matmul_limb(a2, b2, bits, *plan) if method == "limb" else self._matmul_tiled(a2, b2, bits)
-        return out.reshape(batch + (() if a_vec else (M,)) + (() if b_vec else (N,)))
+        return out.reshape(final)
 
     def _matmul_tiled(self, a, b, bits: int) -> Any:
         """a (M, K) or (B, M, K) @ b (K, N) or (B, K, N) with the shared-memory kernel."""
@@ -423,15 +469,16 @@ class GpuKernels:
         M, K = a.shape[-2:]
         N = b.shape[-1]
         nb = a.shape[0] if batched else 1
-        out = self.xp.empty((nb, M, N) if batched else (M, N), np.uint64)
-        tile = 64
+        out = self._empty((nb, M, N) if batched else (M, N), np.uint64)
+        strides = [np.uint64(s if batched else 0) for s in (M * K, K * N, M * N)]
+        tile = 64  # FUSEC_MM_TILE; the kernel runs 256 threads per 64 x 64 tile
         for z0 in range(0, nb, 65535):  # gridDim.z limit
             z = min(65535, nb - z0)
             sa, sb, so = (a[z0:], b[z0:], out[z0:]) if batched else (a, b, out)
             self.launcher.launch_grid(
-                "fusec_matmul_mod_tiled", f"matmul {M}x{K} @ {K}x{N} mod 2^{bits}", (-(-N // tile), -(-M // tile), z), 256,
-                (sa, sb, so, np.int32(M), np.int32(N), np.int32(K), ring.mask(bits),
-                 np.uint64(M * K if batched else 0), np.uint64(K * N if batched else 0), np.uint64(M * N if batched else 0)))
+                "fusec_matmul_mod_tiled", f"matmul {M}x{K} @ {K}x{N} mod 2^{bits}",
+                (-(-N // tile), -(-M // tile), z), 256,
+                (sa, sb, so, np.int32(M), np.int32(N), np.int32(K), ring.mask(bits), *strides))
         return out
 
     def _matmul_limb(self, a, b, bits: int, limb_bits: int, nlimbs: int) -> Any:
@@ -440,20 +487,20 @@ class GpuKernels:
         la, lb = self._split_limbs(a, bits, limb_bits, nlimbs), self._split_limbs(b, bits, limb_bits, nlimbs)
         out_shape = np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
         npairs = nlimbs * (nlimbs + 1) // 2
-        prods = xp.empty((npairs,) + out_shape, np.float64)
+        prods = self._empty((npairs,) + out_shape, np.float64)
         p = 0
         for i in range(nlimbs):
             for j in range(nlimbs - i):
                 xp.matmul(la[i], lb[j], out=prods[p])
                 p += 1
-        out = xp.empty(out_shape, np.uint64)
+        out = self._empty(out_shape)
         count = math.prod(out_shape)
         self._run("fusec_combine_limbs", "matmul: recombine limb products", count,
                   (prods, out, np.uint64(count), np.int32(limb_bits), np.int32(nlimbs), ring.mask(bits)), aes=False)
         return out
 
     def _split_limbs(self, a, bits: int, limb_bits: int, nlimbs: int) -> Any:
-        out = self.xp.empty((nlimbs,) + a.shape, np.float64)
+        out = self._empty((nlimbs,) + a.shape, np.float64)
         self._run("fusec_split_limbs", "matmul: split into limbs", a.size,
                   (a, out, np.uint64(a.size), np.int32(limb_bits), np.int32(nlimbs), ring.mask(bits)), aes=False)
         return out

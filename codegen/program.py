@@ -1,0 +1,41 @@
+"""Which kernels a compiled program needs: its DCF shapes, DPF widths and open widths.
+
+Read off the key layout (the compiler's own record of every key it will consume), so the
+generated ``kernels.cu`` is specialized for exactly the program it ships with and the
+runtime never meets a shape the compiler did not foresee (the generic kernels stay as a
+fallback all the same).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+from fusec.codegen.cuda import KernelConfig
+from fusec.runtime.dpf import LEAF_BITS
+from fusec.runtime.layout import KeyLayout
+
+DCF_FIELDS = {"root", "cw_seed", "cw_tr", "cw_v", "cw_final"}
+
+
+def _groups(slot) -> dict[str, dict]:
+    """A slot's fields grouped by their prefix (``lo.cw_seed`` -> group ``lo``)."""
+    groups: dict[str, dict] = defaultdict(dict)
+    for f in slot.fields:
+        prefix, _, name = f.name.rpartition(".")
+        groups[prefix][name] = f
+    return groups
+
+
+def kernel_config(layout: KeyLayout, ring_widths: set[int]) -> KernelConfig:
+    """The KernelConfig of a program with this key layout and these wire widths."""
+    dcf: set[tuple[int, int, int]] = set()
+    dpf: set[int] = set()
+    for slot in layout.slots:
+        for fields in _groups(slot).values():
+            if DCF_FIELDS <= fields.keys():
+                n = fields["cw_seed"].shape[0]
+                dcf.add((n, fields["cw_v"].shape[-1], fields["cw_v"].bits))
+            elif {"root", "cw_seed", "cw_leaf"} <= fields.keys():
+                depth = fields["cw_seed"].shape[0]
+                if depth:  # n = depth + 7 (shallower trees are n <= 7: generic kernel)
+                    dpf.add(depth + LEAF_BITS)
+    return KernelConfig(tuple(sorted(dcf)), tuple(sorted(dpf)), tuple(sorted(ring_widths | {1, 2})))

@@ -1,0 +1,266 @@
+"""The generated CUDA kernels, checked without a GPU.
+
+* The rendered ``kernels.cu`` is a deterministic function of the kernel config.
+* It compiles for the device (``nvcc -arch=sm_90 -cubin``).
+* Its per-element logic is bit-exact with the numpy reference: the same source compiled
+  with ``-DFUSEC_HOST_TEST`` turns every kernel into an ``extern "C"`` host loop over the
+  same ``__host__ __device__`` code, and :class:`GpuKernels` drives it through
+  :class:`HostLauncher` on numpy arrays. So these tests also cover the Python wrapper's
+  shape handling and kernel selection, for the specialized kernels and the generic ones.
+
+Expected values come from the CPU reference (runtime/prg.py, dcf.py, dpf.py, ring.py,
+rng.py) or from ``cryptography`` directly, never from the code under test. The nvcc tests
+skip where the CUDA toolkit is absent.
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from fusec.codegen import cuda
+from fusec.errors import ParameterError
+from fusec.runtime import dcf, dpf, prg, ring
+from fusec.runtime.gpu_kernels import GpuKernels, HostLauncher, kernel_names, limb_plan
+from fusec.runtime.rng import DealerRng
+
+needs_nvcc = pytest.mark.skipif(cuda.nvcc_path() is None,
+                                reason="nvcc (CUDA toolkit) not found: the generated kernels cannot be compiled here")
+
+#: The default shapes plus odd ones, so the specialized kernels cover every edge of the
+#: field extraction (w = 1, 64; m up to 17; payloads spanning several value blocks).
+TEST_CONFIG = cuda.default_config().merged(cuda.KernelConfig(
+    dcf_shapes=((37, 17, 37), (64, 3, 50), (50, 17, 1), (64, 17, 64), (5, 2, 63)),
+    dpf_widths=(1, 5, 7, 8), ring_widths=(3, 7, 8, 63)))
+
+DCF_SHAPES = [(50, 1, 50), (37, 3, 37), (64, 17, 64), (37, 17, 37), (64, 3, 50), (50, 17, 1), (64, 1, 1),
+              (12, 1, 37), (5, 2, 63), (20, 5, 33), (1, 1, 64)]
+DPF_WIDTHS = [1, 5, 7, 8, 12, 36, 37, 49, 50, 63, 64, 9]
+
+
+# ------------------------------------------------------------------------------ no compiler needed
+def test_render_is_deterministic_and_normalized():
+    a = cuda.render(TEST_CONFIG)
+    assert a == cuda.render(TEST_CONFIG)
+    shuffled = cuda.KernelConfig(tuple(reversed(TEST_CONFIG.dcf_shapes)) + TEST_CONFIG.dcf_shapes[:3],
+                                 TEST_CONFIG.dpf_widths[::-1], TEST_CONFIG.ring_widths * 2)
+    assert shuffled == TEST_CONFIG
+    assert cuda.render(shuffled) == a
+    assert cuda.render() == cuda.render(cuda.default_config())
+
+
+def test_every_specialization_is_stamped():
+    names = kernel_names(cuda.render(TEST_CONFIG))
+    for n, m, w in TEST_CONFIG.dcf_shapes:
+        assert cuda.dcf_kernel_name(n, m, w) in names
+    for mode in cuda.DPF_MODES:
+        assert cuda.dpf_kernel_name(mode, None) in names
+        assert all(cuda.dpf_kernel_name(mode, n) in names for n in TEST_CONFIG.dpf_widths)
+    assert all(k in names for b in TEST_CONFIG.ring_widths for k in cuda.pack_kernel_names(b))
+    assert {cuda.DCF_GENERIC, *cuda.PACK_GENERIC, "fusec_aes_mmo", "fusec_ctr_keystream",
+            "fusec_matmul_mod_tiled", "fusec_split_limbs", "fusec_combine_limbs"} <= names
+
+
+@pytest.mark.parametrize("bad", [
+    {"dcf_shapes": ((0, 1, 50),)}, {"dcf_shapes": ((50, 0, 50),)}, {"dcf_shapes": ((50, 1, 65),)},
+    {"dcf_shapes": ((50, cuda.MAX_SPECIALIZED_M + 1, 50),)}, {"dpf_widths": (65,)}, {"ring_widths": (0,)},
+    {"block_size": 100},
+])
+def test_config_rejects_bad_shapes(bad):
+    with pytest.raises(ParameterError):
+        cuda.KernelConfig(**bad)
+
+
+def test_aes_tables_and_fips197_key_schedule():
+    sbox = cuda.aes_sbox()
+    assert (sbox[0x00], sbox[0x01], sbox[0x53], sbox[0xFF]) == (0x63, 0x7C, 0xED, 0x16)
+    assert sorted(sbox) == list(range(256))
+    assert cuda.aes_t0()[0] == 0xA56363C6  # (2S, S, S, 3S) of S = 0x63, little endian
+    rk = cuda.expand_key(bytes.fromhex("2b7e151628aed2a6abf7158809cf4f3c"))  # FIPS-197 A.1
+    assert [x.to_bytes(4, "little").hex() for x in (rk[4], rk[43])] == ["a0fafe17", "b6630ca6"]
+
+
+def _py_aes_encrypt(rk: tuple[int, ...], block: bytes) -> bytes:
+    """Textbook AES-128 on bytes (FIPS-197 §5.1), only to test the key schedule without nvcc."""
+    sbox = cuda.aes_sbox()
+    keys = b"".join(w.to_bytes(4, "little") for w in rk)
+    xt = lambda b: ((b << 1) ^ 0x11B) if b & 0x80 else b << 1  # noqa: E731
+    s = bytearray(a ^ k for a, k in zip(block, keys[:16]))
+    for r in range(1, 11):
+        s = bytearray(sbox[b] for b in s)
+        s = bytearray(s[(i + 4 * (i % 4)) % 16] for i in range(16))  # ShiftRows (column-major)
+        if r < 10:
+            out = bytearray()
+            for c in range(4):
+                a = s[4 * c: 4 * c + 4]
+                out += bytes(xt(a[i]) ^ xt(a[(i + 1) % 4]) ^ a[(i + 1) % 4] ^ a[(i + 2) % 4] ^ a[(i + 3) % 4]
+                             for i in range(4))
+            s = out
+        s = bytearray(a ^ k for a, k in zip(s, keys[16 * r: 16 * r + 16]))
+    return bytes(s)
+
+
+def test_key_schedule_matches_cryptography():
+    rnd = np.random.default_rng(7)
+    for key in [*prg.FIXED_KEYS.values(), *(rnd.bytes(16) for _ in range(3))]:
+        block = rnd.bytes(16)
+        ref = Cipher(algorithms.AES(key), modes.ECB()).encryptor().update(block)
+        assert _py_aes_encrypt(cuda.expand_key(key), block) == ref
+
+
+@pytest.mark.parametrize("K", [1, 768, 3072, 1 << 20])
+@pytest.mark.parametrize("bits", [1, 37, 50, 64])
+def test_limb_plan_is_exact_and_covers_the_ring(K, bits):
+    L, count = limb_plan(K, bits)
+    assert K * ((1 << L) - 1) ** 2 <= 1 << 53  # every fp64 limb GEMM output is an exact integer
+    assert L * count >= bits and L * (count - 1) < bits
+    assert limb_plan(1 << 54, 50) is None
+
+
+# ------------------------------------------------------------------------------ nvcc
+@needs_nvcc
+@pytest.mark.parametrize("config", [TEST_CONFIG, cuda.KernelConfig(((50, 1, 50),), (50,), (50,), inline_aes=True)],
+                         ids=["out-of-line-aes", "inlined-aes"])
+def test_compiles_for_sm90(config):
+    cuda.compile_check(cuda.render(config), arch="sm_90")
+
+
+@needs_nvcc
+def test_compile_errors_carry_nvcc_output():
+    with pytest.raises(cuda.CudaCompileError, match="error"):
+        cuda.compile_check(cuda.render(cuda.KernelConfig()) + "\nthis is not C++;\n")
+
+
+@pytest.fixture(scope="session")
+def host_launcher(tmp_path_factory) -> HostLauncher:
+    """The host build of TEST_CONFIG's kernels, compiled once per test session."""
+    if cuda.nvcc_path() is None:
+        pytest.skip("nvcc (CUDA toolkit) not found: cannot build the host test harness")
+    lib = cuda.compile_host_library(cuda.render(TEST_CONFIG), tmp_path_factory.mktemp("fusec-host-kernels"))
+    return HostLauncher(lib)
+
+
+@pytest.fixture(params=["specialized", "generic"])
+def kernels(request, host_launcher) -> GpuKernels:
+    """The wrapper over the host build; 'generic' hides the specializations from it."""
+    config = TEST_CONFIG if request.param == "specialized" else cuda.KernelConfig()
+    return GpuKernels(cuda.render(config), launcher=host_launcher, poison=True)
+
+
+@pytest.fixture
+def rnd() -> np.random.Generator:
+    return np.random.default_rng(2024)
+
+
+def _blocks(rnd, shape) -> np.ndarray:
+    return rnd.integers(0, 2**64, size=tuple(shape) + (2,), dtype=np.uint64)
+
+
+@pytest.mark.parametrize("shape", [(1,), (257,), (3, 5)])
+def test_prg_matches_cpu(host_launcher, rnd, shape):
+    k = GpuKernels(cuda.render(TEST_CONFIG), launcher=host_launcher, poison=True)
+    cpu = prg.CpuPrg()
+    b = _blocks(rnd, shape)
+    for which in "LRV":
+        np.testing.assert_array_equal(k.aes_mmo(which, b), prg.AesMmo(prg.FIXED_KEYS[which])(b))
+    right = rnd.integers(0, 3, size=shape)  # any nonzero value means right, as astype(bool)
+    np.testing.assert_array_equal(k.child(b, right), cpu.child(b, right))
+    for got, ref in zip(k.children(b), cpu.children(b)):
+        np.testing.assert_array_equal(got, ref)
+    for nblocks, tweak in [(1, prg.TWEAK_LEAF_VALUE), (3, prg.TWEAK_LEVEL_VALUE), (9, np.uint64(5))]:
+        np.testing.assert_array_equal(k.value_blocks(b, nblocks, tweak), cpu.value_blocks(b, nblocks, tweak))
+    assert k.aes_blocks == b.size // 2 * (3 + 1 + 2 + 13)
+
+
+@pytest.mark.parametrize("n,m,w", DCF_SHAPES)
+@pytest.mark.parametrize("points", [None, 3])
+def test_dcf_eval_matches_cpu(kernels, n, m, w, points):
+    rng = DealerRng(b"dcf-%d-%d-%d" % (n, m, w))
+    N = 67
+    alpha, beta = rng.ring(N, n), rng.ring((N, m), w)
+    keys = dcf.keygen(rng, alpha, beta, n, w)
+    x = rng.ring(N if points is None else (N, points), n)
+    x[:4] = (alpha[:4] if points is None else alpha[:4, None])  # the boundary itself
+    x[4:8] = (x[4:8] | ~ring.mask(n)) if n < 64 else x[4:8]     # high bits the eval must drop
+    shares = []
+    for party, key in enumerate(keys):
+        got = kernels.dcf_eval(party, key.root, key.cw_seed, key.cw_tr, key.cw_v, key.cw_final, x, n, m, w)
+        ref = dcf.eval(party, key, x)
+        assert got.shape == ref.shape
+        np.testing.assert_array_equal(got, ref)
+        shares.append(got)
+    lt = (x & ring.mask(n)) < (alpha if points is None else alpha[:, None])
+    expect = np.where(lt[..., None], beta if points is None else beta[:, None, :], 0)
+    np.testing.assert_array_equal((shares[0] + shares[1]) & ring.mask(w), expect)
+
+
+@pytest.mark.parametrize("n", DPF_WIDTHS)
+@pytest.mark.parametrize("points", [None, 4])
+def test_dpf_evals_match_cpu(kernels, n, points):
+    rng = DealerRng(b"dpf-%d" % n)
+    N = 97
+    alpha = rng.ring(N, n)
+    x = rng.ring(N if points is None else (N, points), n)
+    x[:5] = alpha[:5] if points is None else alpha[:5, None]
+    for keygen, pairs in [(dpf.keygen, [(dpf.eval, kernels.dpf_eval), (dpf.prefix_parity, kernels.dpf_prefix_parity)]),
+                          (dpf.lt_keygen, [(dpf.lt_eval, kernels.dpf_lt_eval)])]:
+        keys = keygen(rng, alpha, n)
+        for ref_fn, gpu_fn in pairs:
+            for party, key in enumerate(keys):
+                got = gpu_fn(party, key.root, key.cw_seed, key.cw_tr, key.cw_leaf, x, n)
+                np.testing.assert_array_equal(got, ref_fn(party, key, x))
+
+
+def test_dcf_rejects_mismatched_keys(kernels):
+    rng = DealerRng(b"shapes")
+    k0, _ = dcf.keygen(rng, rng.ring(8, 20), rng.ring((8, 2), 20), 20, 20)
+    with pytest.raises(ParameterError, match="cw_v"):
+        kernels.dcf_eval(0, k0.root, k0.cw_seed, k0.cw_tr, k0.cw_v[:, :, :1], k0.cw_final, rng.ring(8, 20), 20, 2, 20)
+    with pytest.raises(ParameterError, match="inputs of shape"):
+        kernels.dcf_eval(0, k0.root, k0.cw_seed, k0.cw_tr, k0.cw_v, k0.cw_final, rng.ring(9, 20), 20, 2, 20)
+
+
+def test_ctr_keystream_is_dealer_rng(host_launcher):
+    k = GpuKernels(cuda.render(TEST_CONFIG), launcher=host_launcher, poison=True)
+    seed = b"ctr-seed"
+    material = hashlib.sha256(b"fusec/dealer-seed/v1" + seed).digest()  # as DealerRng derives it
+    key, nonce = material[:16], material[16:]
+    rng = DealerRng(seed)
+    head = rng.words(1001)
+    np.testing.assert_array_equal(k.ctr_keystream(key, nonce, 0, 1001), head)
+    tail = rng.words(8)  # continues at word 1001, inside block 500
+    np.testing.assert_array_equal(k.ctr_keystream(key, nonce, 500, 9)[1:], tail)
+    for nonce in (b"\xff" * 15 + b"\xfe", b"\x00" * 8 + b"\xff" * 7 + b"\xfd"):  # carries across 2^64 and 2^128
+        ref = np.frombuffer(Cipher(algorithms.AES(key), modes.CTR(nonce)).encryptor().update(bytes(8 * 11)), np.uint64)
+        np.testing.assert_array_equal(k.ctr_keystream(key, nonce, 0, 11), ref)
+        np.testing.assert_array_equal(k.ctr_keystream(key, nonce, 3, 5), ref[6:11])
+
+
+@pytest.mark.parametrize("bits", range(1, 65))
+def test_pack_unpack_match_ring(kernels, rnd, bits):
+    for count in (0, 1, 7, 64, 65, 333):
+        v = rnd.integers(0, 2**64, size=count, dtype=np.uint64)
+        ref = ring.pack_bits(v, bits)
+        got = kernels.pack_bits(v, bits)
+        assert got.dtype == np.uint8 and got.tobytes() == ref.tobytes()
+        np.testing.assert_array_equal(kernels.unpack_bits(ref, bits, count), ring.unpack_bits(ref, bits, count))
+    # a packed message sliced at an odd byte offset (an open inside a batched message)
+    v = rnd.integers(0, 2**64, size=50, dtype=np.uint64)
+    buf = np.concatenate([np.zeros(3, np.uint8), ring.pack_bits(v, bits), np.full(5, 0xFF, np.uint8)])
+    np.testing.assert_array_equal(kernels.unpack_bits(buf[3:], bits, 50), v & ring.mask(bits))
+
+
+@pytest.mark.parametrize("bits", [1, 37, 50, 64])
+@pytest.mark.parametrize("sa,sb", [((5, 7), (7, 3)), ((2, 4, 9), (9, 5)), ((3, 4, 9), (3, 9, 5)), ((9,), (9, 4)),
+                                   ((4, 9), (9,)), ((1, 4, 9), (3, 9, 2)), ((16, 3072), (3072, 3)), ((2, 0), (0, 3))])
+def test_matmul_limbs_match_numpy(host_launcher, rnd, bits, sa, sb):
+    k = GpuKernels(cuda.render(TEST_CONFIG), launcher=host_launcher, poison=True)
+    A = rnd.integers(0, 2**64, size=sa, dtype=np.uint64)
+    B = rnd.integers(0, 2**64, size=sb, dtype=np.uint64)
+    ref = np.matmul(A, B) & ring.mask(bits)  # numpy's integer matmul wraps mod 2^64
+    got = k.matmul_mod(A, B, bits, method="limb")
+    assert got.shape == ref.shape
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(k.matmul_mod(A, B, bits), ref)  # auto: limbs on the host build

@@ -1,0 +1,156 @@
+"""The generated kernels on a real GPU (CuPy), against the CPU reference.
+
+Every :class:`GpuKernels` function is compared bit for bit with its numpy counterpart on
+fresh random inputs, at sizes that are not multiples of the block size and (for AES) large
+enough to fill the GPU. Outputs are poisoned (0xA5 bytes) before each launch, so a kernel
+that skips an element fails. Skipped where CuPy or a CUDA device is missing; CI checks the
+same kernel code on the host in tests/test_codegen.py.
+
+    python -m pytest -q -m gpu tests/test_gpu_kernels.py
+"""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from fusec.codegen import cuda
+from fusec.runtime import dcf, dpf, prg, ring
+from fusec.runtime.gpu_kernels import GpuKernelError, GpuKernels
+from fusec.runtime.rng import DealerRng
+
+
+def _cuda_unavailable() -> str | None:
+    """Why the GPU tests cannot run here (None when they can)."""
+    try:
+        import cupy
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return "no CUDA device"
+    except Exception as e:  # ImportError, CUDARuntimeError (no driver)
+        return f"CuPy / CUDA unavailable: {e}"
+    return None
+
+
+_REASON = _cuda_unavailable()
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
+
+#: The default shapes plus a few the tests evaluate both specialized and generic.
+CONFIG = cuda.default_config().merged(cuda.KernelConfig(dcf_shapes=((64, 17, 64), (37, 17, 37)), dpf_widths=(8,)))
+SIZES = [1, 255, 257, 10_007]
+
+
+@pytest.fixture(scope="module", params=["specialized", "generic"])
+def gk(request) -> GpuKernels:
+    """Kernels of CONFIG, or of the empty config (every call then runs a generic kernel)."""
+    config = CONFIG if request.param == "specialized" else cuda.KernelConfig()
+    return GpuKernels(config=config, poison=True, sync=True)
+
+
+@pytest.fixture(scope="module")
+def cp():
+    import cupy
+    return cupy
+
+
+@pytest.fixture
+def rnd() -> np.random.Generator:
+    return np.random.default_rng()
+
+
+def _blocks(rnd, n: int) -> np.ndarray:
+    return rnd.integers(0, 2**64, size=(n, 2), dtype=np.uint64)
+
+
+def _same(got, ref) -> None:
+    got = got.get()
+    assert got.shape == ref.shape and got.dtype == ref.dtype
+    np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("n", SIZES + [1 << 20, 1_000_003])
+def test_aes_mmo(gk, cp, rnd, n):
+    b = _blocks(rnd, n)
+    for which in "LRV":
+        _same(gk.aes_mmo(which, cp.asarray(b)), prg.AesMmo(prg.FIXED_KEYS[which])(b))
+
+
+@pytest.mark.parametrize("n", SIZES)
+def test_prg_child_children_value_blocks(gk, cp, rnd, n):
+    cpu = prg.CpuPrg()
+    b = _blocks(rnd, n)
+    right = rnd.integers(0, 2, size=n).astype(np.uint64)
+    _same(gk.child(cp.asarray(b), cp.asarray(right)), cpu.child(b, right))
+    for got, ref in zip(gk.children(cp.asarray(b)), cpu.children(b)):
+        _same(got, ref)
+    for nblocks, tweak in [(1, prg.TWEAK_LEAF_VALUE), (7, prg.TWEAK_LEVEL_VALUE)]:
+        _same(gk.value_blocks(cp.asarray(b), nblocks, tweak), cpu.value_blocks(b, nblocks, tweak))
+
+
+@pytest.mark.parametrize("n,m,w", [(50, 1, 50), (37, 3, 37), (64, 17, 64), (37, 17, 37), (64, 1, 1), (50, 5, 50),
+                                   (12, 1, 50), (20, 4, 33)])
+@pytest.mark.parametrize("points", [None, 3])
+def test_dcf_eval(gk, cp, n, m, w, points):
+    rng = DealerRng()
+    N = 3001 if m < 17 else 517
+    alpha, beta = rng.ring(N, n), rng.ring((N, m), w)
+    keys = dcf.keygen(rng, alpha, beta, n, w)
+    x = rng.ring(N if points is None else (N, points), n)
+    for party, key in enumerate(keys):
+        dev = [cp.asarray(a) for a in (key.root, key.cw_seed, key.cw_tr, key.cw_v, key.cw_final, x)]
+        _same(gk.dcf_eval(party, *dev, n, m, w), dcf.eval(party, key, x))
+
+
+@pytest.mark.parametrize("n", [5, 8, 12, 36, 37, 49, 50, 63, 64, 21])
+@pytest.mark.parametrize("points", [None, 4])
+def test_dpf_evals(gk, cp, n, points):
+    rng = DealerRng()
+    N = 4099
+    alpha = rng.ring(N, n)
+    x = rng.ring(N if points is None else (N, points), n)
+    x[:7] = alpha[:7] if points is None else alpha[:7, None]
+    for keygen, pairs in [(dpf.keygen, [(dpf.eval, gk.dpf_eval), (dpf.prefix_parity, gk.dpf_prefix_parity)]),
+                          (dpf.lt_keygen, [(dpf.lt_eval, gk.dpf_lt_eval)])]:
+        for party, key in enumerate(keygen(rng, alpha, n)):
+            dev = [cp.asarray(a) for a in (key.root, key.cw_seed, key.cw_tr, key.cw_leaf, x)]
+            for ref_fn, gpu_fn in pairs:
+                _same(gpu_fn(party, *dev, n), ref_fn(party, key, x))
+
+
+def test_ctr_keystream(gk):
+    seed = b"gpu-ctr"
+    material = hashlib.sha256(b"fusec/dealer-seed/v1" + seed).digest()
+    key, nonce = material[:16], material[16:]
+    rng = DealerRng(seed)
+    _same(gk.ctr_keystream(key, nonce, 0, (1 << 20) + 1), rng.words((1 << 20) + 1))
+    nonce = b"\x00" * 8 + b"\xff" * 8
+    ref = np.frombuffer(Cipher(algorithms.AES(key), modes.CTR(nonce)).encryptor().update(bytes(8 * 1001)), np.uint64)
+    _same(gk.ctr_keystream(key, nonce, 0, 1001), ref)
+
+
+@pytest.mark.parametrize("bits", range(1, 65))
+def test_pack_unpack(gk, cp, rnd, bits):
+    for count in (1, 255, 257, 100_003):
+        v = rnd.integers(0, 2**64, size=count, dtype=np.uint64)
+        ref = ring.pack_bits(v, bits)
+        _same(gk.pack_bits(cp.asarray(v), bits), ref)
+        _same(gk.unpack_bits(cp.asarray(ref), bits, count), ring.unpack_bits(ref, bits, count))
+    buf = np.concatenate([np.zeros(5, np.uint8), ref])  # unaligned start, as inside a batched message
+    _same(gk.unpack_bits(cp.asarray(buf)[5:], bits, count), ring.unpack_bits(ref, bits, count))
+
+
+@pytest.mark.parametrize("method", ["tiled", "limb", "auto"])
+@pytest.mark.parametrize("bits", [1, 37, 50, 64])
+@pytest.mark.parametrize("sa,sb", [((65, 130), (130, 67)), ((2, 3, 33, 70), (70, 129)), ((4, 31, 64), (4, 64, 65)),
+                                   ((1, 17, 9), (3, 9, 8)), ((128, 768), (768, 96)), ((5, 3072), (3072, 7))])
+def test_matmul_mod(gk, cp, rnd, method, bits, sa, sb):
+    A = rnd.integers(0, 2**64, size=sa, dtype=np.uint64)
+    B = rnd.integers(0, 2**64, size=sb, dtype=np.uint64)
+    _same(gk.matmul_mod(cp.asarray(A), cp.asarray(B), bits, method=method), np.matmul(A, B) & ring.mask(bits))
+
+
+def test_launch_errors_name_the_kernel(gk, cp):
+    b = cp.zeros((4, 2), cp.uint64)
+    with pytest.raises(GpuKernelError, match="fusec_aes_mmo.*bad block"):  # 4096 threads: over the limit
+        gk.launcher.launch_grid("fusec_aes_mmo", "bad block", (1, 1, 1), 4096, (b, b, np.int32(0), np.uint64(4)))
