@@ -269,17 +269,21 @@ def inspect(build_dir, show_ir, show_layout, show_program) -> None:
 @click.argument("build_dir", type=click.Path(file_okay=False))
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="where p0.key and p1.key go")
 @click.option("--count", default=1, show_default=True, help="key sets, one per inference (internal batch)")
-def keygen(build_dir, out, count) -> None:
+@click.option("--backend", default="cpu", show_default=True, type=click.Choice(["cpu", "gpu"]),
+              help="where the dealer computes (same CSPRNG construction either way)")
+def keygen(build_dir, out, count, backend) -> None:
     """The dealer: one key file per server, from a CSPRNG."""
     import time
 
     from fusec.build import load_build
+    from fusec.runtime.backend import get_backend
     from fusec.runtime.dealer import write_keys
 
     b = load_build(build_dir)
+    be = get_backend(backend, b.kernels_source)
     t0 = time.perf_counter()
     with click.progressbar(length=count, label="key sets", file=sys.stderr) as bar:
-        paths = write_keys(b.gates, out, count, progress=lambda i, k: bar.update(1))
+        paths = write_keys(b.gates, out, count, progress=lambda i, k: bar.update(1), backend=be)
     click.echo(f"wrote {paths[0]} and {paths[1]}: {count} key set(s) of {b.gates.layout().set_nbytes:,} bytes "
                f"per party in {time.perf_counter() - t0:.2f} s")
 
@@ -312,18 +316,19 @@ def run(build_dir, party, key_path, listen, peer, input_path, output_path, timeo
     if party in owners and not input_path:
         raise FusecError(f"party {party} owns the model input and needs --input", "pass --input x.npy (or .npz)")
     inputs = encode_inputs(b, load_inputs(input_path, b.ir), party) if party in owners else {}
-    be = get_backend(backend)
+    be = get_backend(backend, b.kernels_source)
     ch = _channel(listen, peer, timeout, connect_retry)
     with ch:
-        res = run_party(b.gates, party, kf, idx, ch, inputs, be)
+        res = run_party(b.gates, party, kf, idx, ch, inputs, be, scopes=b.scopes)
     outs = decode_outputs(b, res.outputs)
     if output_path and outs:
         if output_path.endswith(".npz") or len(outs) > 1:
             np.savez(output_path, **outs)
         else:
             np.save(output_path, next(iter(outs.values())))
-    stats = {"party": party, "key_set": res.key_set, "online_seconds": res.online_seconds, "rounds": res.rounds,
-             "bytes_sent": res.bytes_sent, "scopes": res.scopes}
+    stats = {"party": party, "backend": be.name, "key_set": res.key_set, "online_seconds": res.online_seconds,
+             "key_load_seconds": res.key_load_seconds, "rounds": res.rounds, "bytes_sent": res.bytes_sent,
+             "scopes": res.scopes, "compute_seconds": res.compute_seconds, "wire_seconds": res.wire_seconds}
     if stats_path:
         Path(stats_path).write_text(json.dumps(stats, indent=1))
     click.echo(json.dumps(stats))
@@ -334,9 +339,11 @@ def run(build_dir, party, key_path, listen, peer, input_path, output_path, timeo
 @click.option("--workdir", type=click.Path(file_okay=False), help="where build, keys and outputs go (default: temp)")
 @click.option("--input", "input_path", type=click.Path(dir_okay=False), help=".npy/.npz input (default: random)")
 @click.option("--seed", default=0, show_default=True, help="seed of the random *input* (keys always use the CSPRNG)")
+@click.option("--backend", default="cpu", show_default=True, type=click.Choice(["cpu", "gpu"]),
+              help="where the dealer and both servers compute")
 @compile_options
-def verify_cmd(model, workdir, input_path, seed, batch, seq, input_shape, public_input, bits, frac, gate_set, weights,
-               rescale, max_error_ulps, calib, insecure) -> None:
+def verify_cmd(model, workdir, input_path, seed, backend, batch, seq, input_shape, public_input, bits, frac, gate_set,
+               weights, rescale, max_error_ulps, calib, insecure) -> None:
     """compile -> keygen -> P0 and P1 as two processes -> compare with onnxruntime."""
     from fusec.run3 import workdir as mkwd
     from fusec.verify import verify
@@ -352,7 +359,7 @@ def verify_cmd(model, workdir, input_path, seed, batch, seq, input_shape, public
         argv += ["--public-input", v]
     if insecure:
         argv.append("--insecure-mask-dependent-shapes")
-    verify(model, mkwd(workdir), argv, input_path, seed, echo=click.echo)
+    verify(model, mkwd(workdir), argv, input_path, seed, echo=click.echo, backend=backend)
 
 
 @cli.command()
@@ -375,3 +382,66 @@ def example(workdir, gate_set) -> None:
         pred = np.argmax(z[z.files[0]], axis=-1).tolist()
     click.echo(f"secure predictions: {pred}")
     click.echo(f"true labels:        {info['labels']}")
+
+
+# ---------------------------------------------------------------------- benchmarks
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise FusecError(f"{flag} {text!r} is not a comma-separated list of integers", f"for example {flag} 1,2,4,8") \
+            from None
+
+
+@cli.command()
+@click.option("--model", "models", default="bert-base,gpt2", show_default=True,
+              help="comma-separated presets (bert-base, gpt2, bert-tiny, gpt2-tiny) and/or .onnx files")
+@click.option("--seq", "seqs", default="128", show_default=True, help="sequence lengths (comma-separated)")
+@click.option("--batch", "batches", default="1", show_default=True, help="true batch sizes (compile-time shape)")
+@click.option("--seq-sweep", default="", help="extra sequence lengths, run at the smallest --batch only")
+@click.option("--internal-batch", default=4, show_default=True, help="key sets evaluated back to back per timed step")
+@click.option("--gates", "gate_sets", default="fused,sigma", show_default=True, help="gate sets to compare")
+@click.option("--gpus", default="1", show_default=True,
+              help="1: both parties on GPU 0; 2: party p on GPU p (comma-separated to run both); gpu backend only")
+@click.option("--backend", default="cpu", show_default=True, type=click.Choice(["cpu", "gpu"]))
+@click.option("--warmup", default=1, show_default=True, help="untimed steps first")
+@click.option("--repeat", default=5, show_default=True, help="timed steps (the median is reported)")
+@click.option("--layers", type=int, help="override the presets' number of layers (quick runs; recorded)")
+@click.option("--bits", type=int, help="ring width n (default: 50, 37 for the tiny presets)")
+@click.option("--workdir", type=click.Path(file_okay=False), help="models, builds, logs (default: a temp dir)")
+@click.option("--keys-dir", type=click.Path(file_okay=False),
+              help="where key files go (default WORKDIR/keys); tens of GB per configuration, e.g. /dev/shm/fusec")
+@click.option("--keys", "keys_mode", default="auto", show_default=True,
+              type=click.Choice(["auto", "upfront", "per-step"]),
+              help="generate all key sets first, or each step's right before it (auto: up front if they fit)")
+@click.option("--dealers", default=1, show_default=True,
+              help="dealer processes in parallel (up-front keys then go in one file pair per step); "
+                   "each needs about 4.5x a key set (per party) of memory")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="results (default WORKDIR/bench.json)")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), help="also write the markdown tables")
+@click.option("--padding-ablation", is_flag=True, help="add fused gates without mask-independent padding (INSECURE)")
+@click.option("--timeout", default=1800.0, show_default=True, help="seconds any one stage or step may take")
+@click.option("--keep-going", is_flag=True, help="record a failed configuration and go on instead of stopping")
+def bench(models, seqs, batches, seq_sweep, internal_batch, gate_sets, gpus, backend, warmup, repeat, layers, bits,
+          workdir, keys_dir, keys_mode, dealers, json_path, markdown_path, padding_ablation, timeout,
+          keep_going) -> None:
+    """End-to-end benchmark: export, compile, keygen, P0 and P1 as processes; JSON (+ markdown)."""
+    import shlex
+
+    from fusec.bench import BenchOptions, resolve_model, run_bench
+    from fusec.run3 import workdir as mkwd
+
+    wd = mkwd(workdir)
+    opts = BenchOptions(
+        models=[resolve_model(m.strip(), layers, bits) for m in models.split(",") if m.strip()],
+        seqs=_int_list(seqs, "--seq"), batches=_int_list(batches, "--batch"),
+        seq_sweep=_int_list(seq_sweep, "--seq-sweep"), internal_batch=internal_batch,
+        gates=[g.strip() for g in gate_sets.split(",") if g.strip()], gpus=_int_list(gpus, "--gpus"),
+        backend=backend, warmup=warmup, repeat=repeat, workdir=wd, keys_dir=Path(keys_dir) if keys_dir else None,
+        keys_mode=keys_mode, dealers=dealers, padding_ablation=padding_ablation, timeout=timeout, keep_going=keep_going,
+        json_path=Path(json_path) if json_path else wd / "bench.json",
+        markdown_path=Path(markdown_path) if markdown_path else None,
+        command="fusec " + shlex.join(sys.argv[1:]))
+    click.echo(f"workdir {wd}; results -> {opts.json_path}", err=True)
+    run_bench(opts, echo=lambda s: click.echo(s, err=True))
+    click.echo(str(opts.json_path))

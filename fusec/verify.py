@@ -70,7 +70,7 @@ def onnxruntime_reference(model_path, feeds: dict[str, np.ndarray], public_meta:
 
 
 def verify(model, workdir, compile_argv: list[str], input_path: str | None = None, seed: int = 0,
-           timeout: float = 1800.0, echo=print) -> list[Comparison]:
+           timeout: float = 1800.0, echo=print, backend: str = "cpu") -> list[Comparison]:
     from fusec.build import load_build, load_inputs  # noqa: PLC0415
     from fusec.passes.calibrate import default_feeds  # noqa: PLC0415
     from fusec.run3 import free_port, fusec_cmd, run_three  # noqa: PLC0415
@@ -89,18 +89,19 @@ def verify(model, workdir, compile_argv: list[str], input_path: str | None = Non
     np.savez(wd / "input.npz", **feeds)
     port = free_port()
     echo(f"[2/4] keygen -> {wd / 'keys'}; [3/4] P0 listens on 127.0.0.1:{port}, P1 connects")
-    run_three(fusec_cmd("keygen", str(build), "-o", str(wd / "keys")),
+    be = ("--backend", backend)
+    run_three(fusec_cmd("keygen", str(build), "-o", str(wd / "keys"), *be),
               fusec_cmd("run", str(build), "--party", "0", "--keys", str(wd / "keys" / "p0.key"),
-                        "--listen", f"127.0.0.1:{port}", "--stats", str(wd / "p0.json")),
+                        "--listen", f"127.0.0.1:{port}", "--stats", str(wd / "p0.json"), *be),
               fusec_cmd("run", str(build), "--party", "1", "--keys", str(wd / "keys" / "p1.key"),
                         "--peer", f"127.0.0.1:{port}", "--input", str(wd / "input.npz"),
-                        "--output", str(wd / "out.npz"), "--stats", str(wd / "p1.json")), timeout=timeout)
+                        "--output", str(wd / "out.npz"), "--stats", str(wd / "p1.json"), *be), timeout=timeout)
     echo("[4/4] onnxruntime reference")
     with np.load(wd / "out.npz") as z:
         got = {k: z[k] for k in z.files}
     ref = onnxruntime_reference(model, feeds, b.ir.meta.get("public_inputs", {}))
     stats = [json.loads((wd / f"p{p}.json").read_text()) for p in (0, 1)]
-    echo(f"online: {max(s['online_seconds'] for s in stats):.3f} s, {stats[1]['rounds']} rounds, "
+    echo(f"online ({backend}): {max(s['online_seconds'] for s in stats):.3f} s, {stats[1]['rounds']} rounds, "
          f"{sum(s['bytes_sent'] for s in stats):,} bytes sent (both parties)")
     results = []
     for name in b.ir.outputs:
