@@ -10,7 +10,7 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1
 WORK=/dev/shm/fusec; [ "$(df --output=avail -B1G /dev/shm | tail -1)" -lt 60 ] && WORK=/tmp/fusec
 mkdir -p "$WORK"; df -h /dev/shm /tmp | tail -2; echo "work dir $WORK"
 t0=$SECONDS
-timeout 150 python3 -m fusec.models bert "$WORK/bert.onnx" --layers "$LAYERS" --hidden 768 --heads 12 \
+[ -s "$WORK/bert.onnx" ] || timeout 150 python3 -m fusec.models bert "$WORK/bert.onnx" --layers "$LAYERS" --hidden 768 --heads 12 \
   --intermediate 3072 --vocab 30522 --seq 128 > "$OUT/export.log" 2>&1; echo "export rc=$? $((SECONDS - t0)) s"
 for g in $GATES; do
   t0=$SECONDS

@@ -95,7 +95,8 @@ def verify(model, workdir, compile_argv: list[str], input_path: str | None = Non
                         "--listen", f"127.0.0.1:{port}", "--stats", str(wd / "p0.json"), *be),
               fusec_cmd("run", str(build), "--party", "1", "--keys", str(wd / "keys" / "p1.key"),
                         "--peer", f"127.0.0.1:{port}", "--input", str(wd / "input.npz"),
-                        "--output", str(wd / "out.npz"), "--stats", str(wd / "p1.json"), *be), timeout=timeout)
+                        "--output", str(wd / "out.npz"), "--stats", str(wd / "p1.json"), *be), timeout=timeout,
+              echo=echo)
     echo("[4/4] onnxruntime reference")
     with np.load(wd / "out.npz") as z:
         got = {k: z[k] for k in z.files}

@@ -137,22 +137,26 @@ class GpuBackend(Backend):
     def synchronize(self) -> None:
         self.xp.cuda.get_current_stream().synchronize()
 
-    def stage_set(self, layout: KeyLayout, buf: np.ndarray) -> dict[str, dict[str, Any]]:
-        """One key set's bytes -> device memory in one copy, every gate's fields unpacked there."""
+    def stage_set(self, layout: KeyLayout, buf: np.ndarray):
+        """One key set's bytes -> device memory in one copy; each gate's fields are unpacked
+        there when the gate starts (unpacked, 1-bit fields take 64x the room, so a whole
+        BERT-base set unpacked at once would not fit next to the other party's)."""
         t0 = time.perf_counter()
         dev = self.xp.asarray(np.ascontiguousarray(buf).view(np.uint8).reshape(-1))
-        keys: dict[str, dict[str, Any]] = {}
-        for slot in layout.slots:
-            fields, pos = {}, slot.offset
+        slots = {s.gate_id: s for s in layout.slots}
+        self.synchronize()
+        self.last_stage_seconds = time.perf_counter() - t0
+
+        def unpack(gate_id: str) -> dict[str, Any]:
+            slot, fields, pos = slots[gate_id], {}, slots[gate_id].offset
             for f in slot.fields:
                 raw = dev[pos:pos + f.packed_nbytes]
                 fields[f.name] = (self.kernels.unpack_bits(raw, f.bits, f.count) if f.count
                                   else self.xp.zeros(0, np.uint64)).reshape(f.shape)
                 pos += f.nbytes
-            keys[slot.gate_id] = fields
-        self.synchronize()
-        self.last_stage_seconds = time.perf_counter() - t0
-        return keys
+            return fields
+
+        return unpack
 
     def dealer_rng(self, seed: bytes | None = None) -> DealerRng:
         return GpuDealerRng(self.kernels, seed)
