@@ -74,6 +74,7 @@ def run_party(graph: GateGraph, party: int, kf: KeyFile, idx: int, channel: Chan
     t_load = time.perf_counter() - t_load
     reader.finish()
     log = RoundLog(sync=be.synchronize if sync_scopes else None)
+    channel.exchange(b"", "ready")  # both keys staged: the online clock starts together on both sides
     t0 = time.perf_counter()
     outputs = graph.evaluate(party, keys, inputs, channel.exchange, be, log, scopes=scopes)
     dt = time.perf_counter() - t0
