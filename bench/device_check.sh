@@ -7,6 +7,7 @@ export PYTHONUNBUFFERED=1
 step() { local name=$1 limit=$2; shift 2; echo "== $name"; local t0=$SECONDS
   timeout "$limit" "$@" > "$OUT/$name.log" 2>&1; local rc=$?
   echo "   rc=$rc in $((SECONDS - t0)) s"; tail -n 4 "$OUT/$name.log"; }
+if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site; fi
 nvidia-smi -L; python3 -c 'import cupy, numpy; print("cupy", cupy.__version__, "numpy", numpy.__version__)'
 step install 120 python3 -m pip install -q --no-deps --no-build-isolation -e .
 step kernels 240 python3 -m pytest -q -x -m gpu tests/test_gpu_kernels.py

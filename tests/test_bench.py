@@ -1,0 +1,302 @@
+"""``fusec bench``: the merge rules, the end-to-end run on the CPU, failures, plots and tables.
+
+The end-to-end test recomputes every merged number from the two workers' own JSON files
+(latency = the slower party, bytes = both parties added, rounds = the larger count,
+median over the timed steps), so it checks the bench against what the parties measured,
+not against the bench's own code.
+"""
+import importlib.util
+import json
+import runpy
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from fusec.bench import (BenchError, BenchOptions, Case, ModelSpec, PartyPair, classify_failure, merge_parties,
+                         plan_cases, plan_keys, render_markdown, resolve_model, summarize)
+from fusec.errors import FusecError
+
+ROOT = Path(__file__).parent.parent
+BERT_TINY = ROOT / "tests" / "data" / "bert_tiny_legacy.onnx"
+DIGITS = ROOT / "fusec" / "examples" / "digits_mlp.onnx"
+
+
+def fusec(*args, timeout=300):
+    return subprocess.run([sys.executable, "-m", "fusec", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+# ---------------------------------------------------------------------- merge and median, hand-made data
+def _party_step(step, warmup, online, nbytes, rounds, scopes):
+    return {"step": step, "warmup": warmup, "key_files": ["k"], "sets": [0], "online_seconds": online,
+            "wall_seconds": online + 1.0, "stage_seconds": None, "bytes_sent": nbytes, "rounds": rounds,
+            "scopes": scopes}
+
+
+def test_merge_takes_the_slower_party_and_adds_bytes():
+    p0 = _party_step(3, False, 2.0, 100, 10, {"gelu": {"seconds": 0.5, "bytes_sent": 40},
+                                               "linear": {"seconds": 0.1, "bytes_sent": 0}})
+    p1 = _party_step(3, False, 1.5, 60, 12, {"gelu": {"seconds": 0.7, "bytes_sent": 20},
+                                              "softmax": {"seconds": 0.2, "bytes_sent": 8, "gpu_seconds": 0.1}})
+    m = merge_parties(p0, p1)
+    assert m["step"] == 3 and m["warmup"] is False
+    assert m["online_seconds"] == 2.0 and m["wall_seconds"] == 3.0     # latency: max over parties
+    assert m["bytes_sent"] == 160                                       # bytes: both parties' sends
+    assert m["rounds"] == 12
+    assert "stage_seconds" not in m and "sets" not in m and "key_files" not in m
+    assert m["scopes"]["gelu"] == {"seconds": 0.7, "bytes_sent": 60}
+    assert m["scopes"]["linear"] == {"seconds": 0.1, "bytes_sent": 0}   # a scope only one party has
+    assert m["scopes"]["softmax"] == {"seconds": 0.2, "bytes_sent": 8, "gpu_seconds": 0.1}
+
+
+def test_summary_is_the_median_of_timed_steps_per_batch_and_per_inference():
+    sc = lambda s, b: {"cmp": {"seconds": s, "bytes_sent": b}}  # noqa: E731
+    steps = [{"step": 0, "warmup": True, "online_seconds": 99.0, "bytes_sent": 999, "rounds": 9, "scopes": sc(9, 9)},
+             {"step": 1, "warmup": False, "online_seconds": 4.0, "bytes_sent": 800, "rounds": 20, "scopes": sc(1, 80)},
+             {"step": 2, "warmup": False, "online_seconds": 8.0, "bytes_sent": 800, "rounds": 20, "scopes": sc(3, 80)},
+             {"step": 3, "warmup": False, "online_seconds": 5.0, "bytes_sent": 800, "rounds": 20, "scopes": {}}]
+    s = summarize(steps, batch=2, internal_batch=4, seq=16)
+    assert s["steps_timed"] == 3
+    assert s["per_step"] == {"online_seconds": 5.0, "bytes_sent": 800, "rounds": 20}
+    assert s["per_batch"] == {"online_seconds": 1.25, "bytes_sent": 200, "rounds": 5}
+    assert s["per_inference"] == {"online_seconds": 0.625, "bytes_sent": 100, "rounds": 5}   # rounds stay
+    assert s["tokens_per_second"] == pytest.approx(2 * 4 * 16 / 5.0)
+    assert s["scopes_per_batch"]["cmp"] == {"seconds": 1 / 4, "bytes_sent": 80 / 4}           # missing = 0
+    with pytest.raises(FusecError, match="no timed step"):
+        summarize(steps[:1], 1, 1, 1)
+
+
+def test_key_plan_up_front_per_step_or_skipped(tmp_path):
+    gb = 10**9
+    up = plan_keys("auto", gb, 6, 4, 100 * gb, tmp_path)        # 6 steps x 4 sets x 2 parties = 48 GB: fits
+    assert up.mode == "upfront" and up.files(5) == [(tmp_path, 24)] and up.generated_before(0) == [(tmp_path, 24)]
+    assert up.generated_before(1) == [] and up.stale(1) is None
+    per = plan_keys("auto", gb, 6, 4, 20 * gb, tmp_path)         # one step (8 GB) fits, all do not
+    assert per.mode == "per-step" and per.files(2) == [(tmp_path / "step2" / "part0", 4)]
+    assert per.generated_before(2) == per.files(2) and per.stale(2) == tmp_path / "step1"
+    assert [n for _, n in plan_keys("auto", gb, 6, 4, 20 * gb, tmp_path, dealers=3).files(0)] == [2, 1, 1]
+    with pytest.raises(BenchError, match="one step's key sets need 8.00 GB") as e:
+        plan_keys("auto", gb, 6, 4, 5 * gb, tmp_path)
+    assert e.value.kind == "disk"
+    with pytest.raises(BenchError, match="all key sets need 48.00 GB"):
+        plan_keys("upfront", gb, 6, 4, 20 * gb, tmp_path)
+    split = plan_keys("auto", gb, 6, 4, 100 * gb, tmp_path, dealers=3)      # parallel dealers: a file per step
+    assert split.files(1) == [(tmp_path / "step1", 4)] and len(split.generated_before(0)) == 6
+    assert split.resident == 24 and per.resident == 4
+
+
+def test_cases_grid_sweep_and_ablation(tmp_path):
+    m = resolve_model("bert-base", layers=2)
+    assert (m.layers, m.bits, m.label) == (2, 50, "bert-base-L2")
+    opts = BenchOptions([m], seqs=[128], batches=[1, 2], seq_sweep=[256, 128], gpus=[1, 2], backend="gpu",
+                        padding_ablation=True, workdir=tmp_path)
+    names = [c.name for c in plan_cases(opts)]
+    assert len(names) == len(set(names)) == 3 * 2 * 2 + 2
+    assert "bert-base-L2/seq256/b1/sigma/2gpu" in names and "bert-base-L2/seq256/b2/fused/1gpu" not in names
+    assert "bert-base-L2/seq128/b1/fused-unpadded/1gpu" in names
+    cpu = plan_cases(BenchOptions([m], gpus=[1, 2], backend="cpu", workdir=tmp_path))
+    assert [c.gpus for c in cpu] == [None, None]
+
+
+def test_bad_configuration_is_a_clear_error(tmp_path):
+    r = fusec("bench", "--model", "bert-huge", "--workdir", tmp_path)
+    assert r.returncode == 2 and "unknown model 'bert-huge'" in r.stderr and "Traceback" not in r.stderr
+    r = fusec("bench", "--model", DIGITS, "--gates", "fused,magic", "--workdir", tmp_path)
+    assert r.returncode == 2 and "unknown gate set" in r.stderr
+    with pytest.raises(FusecError, match="--layers applies to the presets"):
+        resolve_model(str(DIGITS), layers=3)
+
+
+def test_failure_kinds():
+    assert classify_failure(-9, "") == "memory"
+    assert classify_failure(1, "cupy.cuda.memory.OutOfMemoryError: out of memory allocating") == "memory"
+    assert classify_failure(1, "OSError: [Errno 28] No space left on device") == "disk"
+    assert classify_failure(2, "error: key file broken") == "error"
+
+
+# ---------------------------------------------------------------------- end to end on the CPU
+@pytest.fixture(scope="module")
+def bench_run(tmp_path_factory):
+    """One bench run: bert-tiny (legacy export), seq 8, batch 1, internal batch 2,
+    warm-up 1 + 2 timed steps, fused and SIGMA-style gates, CPU backend."""
+    wd = tmp_path_factory.mktemp("bench")
+    out = wd / "out.json"
+    t0 = time.perf_counter()
+    r = fusec("bench", "--model", BERT_TINY, "--seq", "8", "--batch", "1", "--internal-batch", "2",
+              "--warmup", "1", "--repeat", "2", "--gates", "fused,sigma", "--bits", "37", "--workdir", wd,
+              "--json", out, "--markdown", wd / "out.md", "--timeout", "300")
+    assert r.returncode == 0, r.stderr
+    return wd, json.loads(out.read_text()), time.perf_counter() - t0
+
+
+def _both(metric, a, b):
+    """Bytes of both parties add up; times are the slower party's."""
+    if a is None or b is None:
+        return a if b is None else b
+    return a + b if "bytes" in metric else max(a, b)
+
+
+def _expected_steps(party_files):
+    """Merged steps recomputed from the workers' own files."""
+    docs = [json.loads(Path(f).read_text()) for f in party_files]
+    assert [d["party"] for d in docs] == [0, 1]
+    p0, p1 = (d["steps"] for d in docs)
+    out = []
+    for a, b in zip(p0, p1):
+        assert a["step"] == b["step"] and a["warmup"] == b["warmup"] and a["sets"] == b["sets"]
+        out.append({"warmup": a["warmup"], "online_seconds": max(a["online_seconds"], b["online_seconds"]),
+                    "wall_seconds": max(a["wall_seconds"], b["wall_seconds"]),
+                    "bytes_sent": a["bytes_sent"] + b["bytes_sent"], "rounds": max(a["rounds"], b["rounds"]),
+                    "scopes": {sc: {m: _both(m, a["scopes"].get(sc, {}).get(m), b["scopes"].get(sc, {}).get(m))
+                                    for m in set(a["scopes"].get(sc, {})) | set(b["scopes"].get(sc, {}))}
+                               for sc in set(a["scopes"]) | set(b["scopes"])}})
+    return out
+
+
+def test_bench_end_to_end_on_the_cpu(bench_run):
+    wd, doc, seconds = bench_run
+    assert doc["fusec_bench"] == 1 and doc["command"].startswith("fusec bench --model")
+    assert doc["machine"]["cores"] >= 1 and doc["machine"]["cpu"]
+    assert [r["config"]["gates"] for r in doc["results"]] == ["fused", "sigma"]
+    for rec in doc["results"]:
+        assert "skipped" not in rec, rec.get("skipped")
+        c, on = rec["config"], rec["online"]
+        assert (c["seq"], c["batch"], c["internal_batch"], c["gpus"], c["backend"]) == (8, 1, 2, None, "cpu")
+        assert [s["warmup"] for s in on["steps"]] == [True, False, False]
+        exp = _expected_steps(rec["party_files"])
+        timed = [s for s in exp if not s["warmup"]]
+        for key in ("online_seconds", "wall_seconds", "bytes_sent", "rounds"):
+            assert on["per_step"][key] == pytest.approx(statistics.median(s[key] for s in timed)), key
+            assert on["per_batch"][key] == pytest.approx(on["per_step"][key] / 2), key
+        assert on["per_inference"]["online_seconds"] == pytest.approx(on["per_batch"]["online_seconds"])  # batch 1
+        assert on["tokens_per_second"] == pytest.approx(1 * 2 * 8 / on["per_step"]["online_seconds"])
+        assert set(on["scopes_per_batch"]) == {sc for s in timed for sc in s["scopes"]}
+        for sc, metrics in on["scopes_per_batch"].items():
+            for m, value in metrics.items():
+                want = statistics.median(s["scopes"].get(sc, {}).get(m, 0) for s in timed) / 2
+                assert value == pytest.approx(want), (sc, m)
+        # bytes never depend on the inputs or the keys: every step sends the same
+        assert len({s["bytes_sent"] for s in exp}) == 1
+        assert sum(m.get("bytes_sent", 0) for m in on["scopes_per_batch"].values()) == on["per_batch"]["bytes_sent"]
+        assert on["per_step"]["key_load_seconds"] > 0                          # claim + staging, not online
+        assert on["per_step"]["wall_seconds"] > on["per_step"]["online_seconds"]
+        assert on["per_batch"]["rounds"] == rec["compile"]["rounds_planned"]   # the executor ran the schedule
+        layout = json.loads((Path(rec["compile"]["build"]) / "keys.layout.json").read_text())
+        assert rec["keygen"]["per_batch"]["key_bytes_per_party"] == layout["set_nbytes"]
+        assert rec["keygen"]["sets"] == 6 and rec["keygen"]["per_batch"]["seconds"] > 0
+        assert not Path(rec["keys"]["dir"]).exists()          # single-use keys are deleted afterwards
+    md = (wd / "out.md").read_text()
+    assert md == render_markdown(doc)
+    assert "| model | seq | batch | gates |" in md and doc["command"] in md
+    assert "Fused against SIGMA-style gates" in md and "By scope, bert_tiny_legacy" in md
+
+
+def test_end_to_end_stays_fast(bench_run):
+    assert bench_run[2] < 90, f"the CPU bench of bert-tiny took {bench_run[2]:.0f} s"
+
+
+def test_plots_and_table_from_the_results(bench_run, tmp_path):
+    pytest.importorskip("matplotlib")
+    wd, doc, _ = bench_run
+    plot = runpy.run_path(str(ROOT / "bench" / "plot.py"), run_name="plot")
+    made = plot["plot_all"]([wd / "out.json"], tmp_path)
+    assert {p.name for p in made} >= {"scopes_bert_tiny_legacy.png", "throughput.png", "speedup.png"}
+    assert all(p.stat().st_size > 5000 and p.read_bytes()[:4] == b"\x89PNG" for p in made)
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "table.py"), str(wd / "out.json")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == render_markdown(doc).strip()
+
+
+def test_padding_ablation_refusal_is_recorded(tmp_path):
+    out = tmp_path / "out.json"
+    r = fusec("bench", "--model", DIGITS, "--seq", "1", "--batch", "2", "--internal-batch", "1", "--warmup", "0",
+              "--repeat", "1", "--gates", "sigma", "--padding-ablation", "--workdir", tmp_path, "--json", out)
+    assert r.returncode == 0, r.stderr
+    ran, ablation = json.loads(out.read_text())["results"]
+    assert ran["online"]["per_batch"]["rounds"] >= 1 and ran["online"]["steps_timed"] == 1
+    assert ablation["config"]["padded"] is False and ablation["skip_kind"] == "refused"
+    assert "insecure-mask-dependent-shapes" in ablation["skipped"]
+
+
+@pytest.mark.parametrize("keys, files, sets", [
+    (["--keys", "per-step"], 3, [0, 1]),                    # each step's 2 sets right before it
+    (["--dealers", "2"], 3, [0, 1]),                        # all up front, one file pair per step, in parallel
+    (["--keys", "per-step", "--dealers", "2"], 6, [0, 0]),  # each step's sets from 2 dealers at once
+])
+def test_keys_per_step_or_from_parallel_dealers(keys, files, sets, tmp_path):
+    out = tmp_path / "out.json"
+    r = fusec("bench", "--model", DIGITS, "--seq", "1", "--batch", "1", "--internal-batch", "2", "--warmup", "1",
+              "--repeat", "2", "--gates", "sigma", "--workdir", tmp_path, "--json", out, *keys)
+    assert r.returncode == 0, r.stderr
+    rec = json.loads(out.read_text())["results"][0]
+    assert rec["keys"]["files_per_party"] == files and rec["keygen"]["sets"] == 6 and rec["keygen"]["runs"] == files
+    steps = json.loads(Path(rec["party_files"][0]).read_text())["steps"]
+    assert len({f for s in steps for f in s["key_files"]}) == files and all(s["sets"] == sets for s in steps)
+    assert rec["online"]["per_batch"]["rounds"] == 3 and not Path(rec["keys"]["dir"]).exists()
+
+
+# ---------------------------------------------------------------------- failures surface quickly
+@pytest.fixture(scope="module")
+def digits_build(tmp_path_factory):
+    build = tmp_path_factory.mktemp("digits") / "build"
+    r = fusec("compile", DIGITS, "-o", build, "--batch", "1")
+    assert r.returncode == 0, r.stderr
+    return build
+
+
+def _pair(build, tmp_path, timeout=60.0):
+    case = Case(ModelSpec("digits"), seq=1, batch=1, gates="fused", gpus=None)
+    return case, PartyPair(case, build, "cpu", tmp_path / "run", timeout=timeout)
+
+
+def test_a_bad_key_path_is_a_clear_error_quickly(digits_build, tmp_path):
+    case, pair = _pair(digits_build, tmp_path)
+    t0 = time.perf_counter()
+    with pytest.raises(BenchError) as e, pair:
+        pair.start()
+        pair.step(0, False, [tmp_path / "no-such-keys"], 1)
+    assert time.perf_counter() - t0 < 30
+    msg = str(e.value)
+    assert msg.startswith(case.name) and "no-such-keys" in msg and "stderr (last lines)" in msg
+    assert "full logs" in msg and e.value.kind == "error"
+    assert all(p.poll() is not None for p in pair.procs)       # nobody is left running
+
+
+def test_a_dead_worker_is_reported_not_waited_for(digits_build, tmp_path):
+    case, pair = _pair(digits_build, tmp_path, timeout=600.0)
+    t0 = time.perf_counter()
+    with pytest.raises(BenchError, match="P1 exited") as e, pair:
+        pair.start()
+        pair.procs[1].kill()
+        pair.procs[1].wait()
+        pair.step(0, False, [tmp_path / "keys"], 1)
+    assert time.perf_counter() - t0 < 30 and case.name in str(e.value)
+    assert all(p.poll() is not None for p in pair.procs)
+
+
+# ---------------------------------------------------------------------- GPU (skipped without one)
+def _gpu_count() -> int:
+    if importlib.util.find_spec("cupy") is None or shutil.which("nvidia-smi") is None:
+        return 0
+    r = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True)
+    return r.stdout.count("GPU ") if r.returncode == 0 else 0
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_bench_on_gpus(gpus, tmp_path):
+    if _gpu_count() < gpus:
+        pytest.skip(f"needs {gpus} GPU(s) and CuPy")
+    out = tmp_path / "out.json"
+    r = fusec("bench", "--model", BERT_TINY, "--seq", "16", "--batch", "1,2", "--internal-batch", "2",
+              "--warmup", "1", "--repeat", "2", "--gates", "fused,sigma", "--bits", "37", "--backend", "gpu",
+              "--gpus", str(gpus), "--workdir", tmp_path, "--json", out, timeout=1800)
+    assert r.returncode == 0, r.stderr
+    for rec in json.loads(out.read_text())["results"]:
+        assert "skipped" not in rec, rec.get("skipped")
+        assert rec["config"]["gpus"] == gpus and rec["online"]["tokens_per_second"] > 0
