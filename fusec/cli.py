@@ -300,8 +300,10 @@ def keygen(build_dir, out, count, backend) -> None:
 @click.option("--connect-retry", default=30.0, show_default=True, help="seconds to keep retrying --peer")
 @click.option("--backend", default="cpu", show_default=True, type=click.Choice(["cpu", "gpu"]))
 @click.option("--stats", "stats_path", type=click.Path(), help="write timing/bytes/rounds JSON here")
+@click.option("--profile-sync", is_flag=True,
+              help="synchronize the GPU after every gate step so per-scope compute times are exact (slower)")
 def run(build_dir, party, key_path, listen, peer, input_path, output_path, timeout, connect_retry, backend,
-        stats_path) -> None:
+        stats_path, profile_sync) -> None:
     """One server's online phase."""
     from fusec.build import decode_outputs, encode_inputs, load_build, load_inputs
     from fusec.runtime.backend import get_backend
@@ -319,7 +321,7 @@ def run(build_dir, party, key_path, listen, peer, input_path, output_path, timeo
     be = get_backend(backend, b.kernels_source)
     ch = _channel(listen, peer, timeout, connect_retry)
     with ch:
-        res = run_party(b.gates, party, kf, idx, ch, inputs, be, scopes=b.scopes)
+        res = run_party(b.gates, party, kf, idx, ch, inputs, be, scopes=b.scopes, sync_scopes=profile_sync)
     outs = decode_outputs(b, res.outputs)
     if output_path and outs:
         if output_path.endswith(".npz") or len(outs) > 1:

@@ -36,11 +36,8 @@ def current() -> ModuleType:
 
 
 @contextlib.contextmanager
-def using(module: ModuleType | None) -> Iterator[ModuleType]:
+def using(module: ModuleType) -> Iterator[ModuleType]:
     """Run the enclosed dealer/evaluation code on ``module``'s arrays."""
-    if module is None:
-        yield current()
-        return
     token = _current.set(module)
     try:
         yield module
