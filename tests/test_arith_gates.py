@@ -62,8 +62,7 @@ def test_linear_gates():
 def test_parallel_sub_gates_share_rounds():
     """Two one-round gates run through base.parallel inside one generator: one round."""
     from fusec.runtime.gates.base import parallel
-    from tests.harness import run_pair
-    from fusec.runtime.backend import get_backend
+    from tests.harness import party_backends, run_pair
     n = 37
     rng = DealerRng()
     x = rng.ring(50, n)
@@ -73,9 +72,14 @@ def test_parallel_sub_gates_share_rounds():
     o1, a0, a1 = g1.keygen(rng, [rx, ry])
     o2, b0, b1 = g2.keygen(rng, [ry, rx])
     ux, uy = (x + rx) & ring.mask(n), (y + ry) & ring.mask(n)
-    be = get_backend()
-    r0, r1, logs = run_pair([parallel(g1.eval(0, a0, [ux, uy], be), g2.eval(0, b0, [uy, ux], be))],
-                            [parallel(g1.eval(1, a1, [ux, uy], be), g2.eval(1, b1, [uy, ux], be))])
+    bes = party_backends()  # the test backend (FUSEC_TEST_BACKEND): keys and inputs staged on it
+
+    def gens(p, k1, k2):
+        be = bes[p]
+        vx, vy = be.asarray(ux), be.asarray(uy)
+        return [parallel(g1.eval(p, be.stage_key(k1), [vx, vy], be), g2.eval(p, be.stage_key(k2), [vy, vx], be))]
+
+    r0, r1, logs = run_pair(gens(0, a0, b0), gens(1, a1, b1), bes)
     z1, z2 = r0[0]
     assert np.array_equal((z1 - o1) & ring.mask(n), (x * y) & ring.mask(n))
     assert np.array_equal((z2 - o2) & ring.mask(n), (x * y) & ring.mask(n))
