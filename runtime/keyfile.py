@@ -1,23 +1,28 @@
 """Key files: the dealer's output, one file per server, K key sets each.
 
-File format (version 1, all integers little-endian)
+File format (version 2, all integers little-endian)
 ===================================================
 
 ::
 
     offset  size   field
     0       8      magic            b"FUSECKEY"
-    8       2      version          u16 = 1
+    8       2      version          u16 = 2
     10      1      party            u8, 0 or 1
     11      32     layout digest    raw sha256 of the canonical keys.layout.json (KeyLayout.digest)
     43      16     key-set id       random, chosen by the dealer once per keygen run; the SAME
                                     id is written into both parties' files
     59      4      K                u32, number of key sets (inferences) in the file
     63      8      set bytes        u64, bytes per key set (= layout.set_nbytes)
-    71      32*K   set checksums    blake2b-256 of each key set's bytes, in set order
+    71      32*K   set checksums    chunked blake2b-256 of each key set's bytes, in set order
     71+32K  32     header checksum  blake2b-256 of bytes [0, 71+32K)
     ...            zero padding up to ``data_offset = round_up(103 + 32K, 4096)``
     data_offset + i*set_bytes       key set i (i = 0..K-1), laid out by the KeyLayout
+
+A set checksum is blake2b-256 over the concatenated blake2b-256 digests of the set's
+consecutive 64 MiB chunks (the last one shorter). Chunks are hashed — and written or read
+— in parallel threads: a BERT-base key set is tens of GB, and one blake2b stream (about
+1 GB/s) would make hashing the slowest part of keygen and of loading a set.
 
 A key set holds the keys of one inference: the gate slots of the layout back to back in
 key-consumption order, each slot structure-of-arrays (see :mod:`fusec.runtime.layout`).
@@ -51,6 +56,8 @@ import json
 import os
 import struct
 import tempfile
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
@@ -79,10 +86,11 @@ __all__ = [
 ]
 
 MAGIC = b"FUSECKEY"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 KEY_SET_ID_BYTES = 16
 DATA_ALIGN = 4096
 CHECKSUM_BYTES = 32
+CHUNK_BYTES = 1 << 26  # unit of the set checksum, and of parallel hashing/writing/reading
 
 # magic, version, party, layout digest, key-set id, K, bytes per set
 _FIXED = struct.Struct("<8sHB32s16sIQ")
@@ -92,6 +100,100 @@ _MAX_COUNT = 2**32 - 1
 
 def _checksum(data: Any) -> bytes:
     return hashlib.blake2b(data, digest_size=CHECKSUM_BYTES).digest()
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _io_pool() -> ThreadPoolExecutor:
+    """Threads for hashing and file I/O of chunks (both release the GIL on large buffers)."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=max(2, min(16, os.cpu_count() or 1)), thread_name_prefix="fusec-keyio")
+    return _POOL
+
+
+def _combine(chunk_digests: list[bytes]) -> bytes:
+    """A set checksum from its chunks' digests, in order."""
+    return _checksum(b"".join(chunk_digests))
+
+
+def set_checksum(data: Any) -> bytes:
+    """The checksum of one key set's bytes (chunks hashed in parallel)."""
+    mv = memoryview(data).cast("B")
+    chunks = [mv[i:i + CHUNK_BYTES] for i in range(0, len(mv), CHUNK_BYTES)]
+    return _combine(list(_io_pool().map(_checksum, chunks)))
+
+
+def _pwrite_all(fd: int, parts: list[memoryview], offset: int) -> bytes:
+    """Write ``parts`` back to back at ``offset``; their blake2b digest (one chunk's)."""
+    h = hashlib.blake2b(digest_size=CHECKSUM_BYTES)
+    for part in parts:
+        h.update(part)
+        done = 0
+        while done < len(part):
+            done += os.pwrite(fd, part[done:], offset + done)
+        offset += len(part)
+    return h.digest()
+
+
+def _pread_chunk(fd: int, out: memoryview, offset: int) -> tuple[int, bytes]:
+    """Fill ``out`` from ``offset`` (stops early at end of file): bytes read and their digest."""
+    got = 0
+    while got < len(out):
+        k = os.preadv(fd, [out[got:]], offset + got)
+        if not k:
+            break
+        got += k
+    return got, _checksum(out[:got])
+
+
+class _ChunkedSetWriter:
+    """Streams one key set into a file at ``offset``: gate buffers are cut into
+    CHUNK_BYTES chunks, each written (pwrite) and hashed in a pool thread, with at most
+    ``2 x threads`` chunks in flight so memory stays bounded. Buffers handed to
+    :meth:`add` must not change afterwards (the dealer packs fresh arrays per gate)."""
+
+    def __init__(self, fd: int, offset: int) -> None:
+        self.fd, self.offset = fd, offset
+        self.parts: list[memoryview] = []
+        self.fill = 0
+        self.futures: list[Future] = []
+        self.inflight: deque[Future] = deque()
+        self.limit = 2 * _io_pool()._max_workers
+
+    def add(self, buf: np.ndarray) -> None:
+        mv = memoryview(np.ascontiguousarray(buf)).cast("B")
+        pos = 0
+        while pos < len(mv):
+            take = min(CHUNK_BYTES - self.fill, len(mv) - pos)
+            self.parts.append(mv[pos:pos + take])
+            self.fill += take
+            pos += take
+            if self.fill == CHUNK_BYTES:
+                self._submit()
+
+    def _submit(self) -> None:
+        fut = _io_pool().submit(_pwrite_all, self.fd, self.parts, self.offset)
+        self.futures.append(fut)
+        self.inflight.append(fut)
+        self.offset += self.fill
+        self.parts, self.fill = [], 0
+        while len(self.inflight) > self.limit:
+            self.inflight.popleft().result()
+
+    def finish(self) -> bytes:
+        """Wait for every chunk; the set checksum."""
+        if self.fill:
+            self._submit()
+        return _combine([f.result() for f in self.futures])
+
+    def cancel(self) -> None:
+        for f in self.futures:
+            f.cancel()
+        for f in self.futures:
+            if not f.cancelled():
+                f.exception()  # wait; errors are moot once the file is discarded
 
 
 def _header_nbytes(count: int) -> int:
@@ -297,13 +399,13 @@ class KeyFileWriter:
         self._checksums: list[bytes | None] = [None] * self.count
         self._cur: int | None = None  # index of the open set
         self._pos = 0  # next slot of the open set
-        self._hasher = None
+        self._sink: _ChunkedSetWriter | None = None
         self._closed = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".partial")
         self._tmp = Path(tmp)
-        self._f = os.fdopen(fd, "wb")
-        self._f.write(bytes(self._data_offset))  # header placeholder (zeros: no valid magic)
+        self._fd = fd
+        os.pwrite(fd, bytes(self._data_offset), 0)  # header placeholder (zeros: no valid magic)
 
     # ------------------------------------------------------------------ streaming
     def _check_open(self) -> None:
@@ -319,10 +421,9 @@ class KeyFileWriter:
         index = int(index)
         if self._checksums[index] is not None:
             raise KeyFileError(f"key set {index} of {self.path} was already written")
-        self._f.seek(self._data_offset + index * self.layout.set_nbytes)
         self._cur = index
         self._pos = 0
-        self._hasher = hashlib.blake2b(digest_size=CHECKSUM_BYTES)
+        self._sink = _ChunkedSetWriter(self._fd, self._data_offset + index * self.layout.set_nbytes)
 
     def write_gate(self, gate_id: str, arrays: Mapping[str, Any]) -> None:
         """Write the next gate of the open set; it must be the next slot in layout order."""
@@ -330,7 +431,10 @@ class KeyFileWriter:
         self._write_slot(slot, pack_gate_array(slot, arrays))
 
     def write_gate_packed(self, gate_id: str, buf: np.ndarray) -> None:
-        """Like :meth:`write_gate` for a slot the dealer already packed (e.g. on a GPU)."""
+        """Like :meth:`write_gate` for a slot the dealer already packed (e.g. on a GPU).
+
+        The bytes are written and hashed in background threads: ``buf`` must not be
+        modified after the call."""
         slot = self._expect(gate_id)
         if buf.dtype != np.uint8 or buf.size != slot.nbytes:
             raise KeyFileError(f"gate {gate_id!r}: packed key holds {buf.size} bytes, the layout says {slot.nbytes}",
@@ -355,8 +459,7 @@ class KeyFileWriter:
         return slot
 
     def _write_slot(self, slot: GateSlot, buf: np.ndarray) -> None:
-        self._hasher.update(buf)
-        self._f.write(memoryview(buf))
+        self._sink.add(buf)
         self._pos += 1
 
     def end_set(self) -> None:
@@ -369,9 +472,13 @@ class KeyFileWriter:
                 f"key set {self._cur} is incomplete: {len(self._slots) - self._pos} gate(s) not written, "
                 f"next expected {missing[0]!r}"
             )
-        self._checksums[self._cur] = self._hasher.digest()
+        try:
+            self._checksums[self._cur] = self._sink.finish()
+        except OSError as e:
+            raise KeyFileError(f"writing key file {self.path} failed: {e}",
+                               "check free space and permissions of the output directory") from None
         self._cur = None
-        self._hasher = None
+        self._sink = None
 
     def write_set(self, index: int, keys: Mapping[str, Mapping[str, Any]]) -> None:
         """Write a whole key set: ``keys[gate_id][field] = array`` for every gate of the layout."""
@@ -395,7 +502,9 @@ class KeyFileWriter:
                 self.write_gate(s.gate_id, keys[s.gate_id])
         except BaseException:
             self._cur = None  # the set stays unwritten; it may be written again
-            self._hasher = None
+            if self._sink is not None:
+                self._sink.cancel()
+            self._sink = None
             raise
         self.end_set()
 
@@ -423,14 +532,13 @@ class KeyFileWriter:
                 set_nbytes=self.layout.set_nbytes,
                 set_checksums=tuple(self._checksums),
             )
-            self._f.seek(0, os.SEEK_END)
-            if self._f.tell() != header.file_nbytes:  # pragma: no cover - internal invariant
-                raise KeyFileError(f"internal error: wrote {self._f.tell()} bytes, expected {header.file_nbytes}")
-            self._f.seek(0)
-            self._f.write(header.pack())
-            self._f.flush()
-            os.fsync(self._f.fileno())
-            self._f.close()
+            size = os.fstat(self._fd).st_size
+            if size != header.file_nbytes:  # pragma: no cover - internal invariant
+                raise KeyFileError(f"internal error: wrote {size} bytes, expected {header.file_nbytes}")
+            os.pwrite(self._fd, header.pack(), 0)
+            os.fsync(self._fd)
+            fd, self._fd = self._fd, -1
+            os.close(fd)
             os.replace(self._tmp, self.path)
             _fsync_dir(self.path.parent)
             self._closed = True
@@ -445,7 +553,12 @@ class KeyFileWriter:
             return
         self._closed = True
         try:
-            self._f.close()
+            if self._sink is not None:
+                self._sink.cancel()
+                self._sink = None
+            if self._fd >= 0:
+                fd, self._fd = self._fd, -1
+                os.close(fd)
         finally:
             try:
                 self._tmp.unlink()
@@ -475,6 +588,7 @@ class KeyFile:
         self._layout = layout
         self.header = header
         self._f = f
+        self._verified: tuple[int, np.ndarray] | None = None  # last set verify_set read, for claim
 
     @classmethod
     def open(cls, path: str | os.PathLike, layout: KeyLayout, party: int) -> "KeyFile":
@@ -553,6 +667,7 @@ class KeyFile:
         return used_path(self.path)
 
     def close(self) -> None:
+        self._verified = None
         if self._f is not None:
             self._f.close()
             self._f = None
@@ -581,23 +696,23 @@ class KeyFile:
         return index
 
     def _read_set(self, index: int) -> np.ndarray:
-        """One read of set ``index`` into a fresh uint8 array, checksum-verified."""
+        """One read of set ``index`` into a fresh uint8 array, checksum-verified (chunks
+        read and hashed in parallel threads)."""
         if self._f is None:
             raise KeyFileError(f"key file {self.path} is closed")
         n = self.set_nbytes
         buf = np.empty(n, dtype=np.uint8)
         mv = memoryview(buf)
-        self._f.seek(self.header.set_offset(index))
-        got = 0
-        while got < n:
-            k = self._f.readinto(mv[got:])
-            if not k:
+        base, fd = self.header.set_offset(index), self._f.fileno()
+        starts = range(0, n, CHUNK_BYTES)
+        chunks = list(_io_pool().map(lambda s: _pread_chunk(fd, mv[s:s + CHUNK_BYTES], base + s), starts))
+        for s, (got, _) in zip(starts, chunks):
+            if got < min(CHUNK_BYTES, n - s):
                 raise KeyFileError(
-                    f"key file {self.path} is truncated: key set {index} ends after {got} of {n} bytes",
+                    f"key file {self.path} is truncated: key set {index} ends after {s + got} of {n} bytes",
                     "copy the key file again or re-run fusec keygen",
                 )
-            got += k
-        if _checksum(buf) != self.header.set_checksums[index]:
+        if _combine([d for _, d in chunks]) != self.header.set_checksums[index]:
             raise KeyFileError(
                 f"key set {index} of {self.path} is corrupted (checksum mismatch)",
                 "copy the key file again or re-run fusec keygen; do not use this set",
@@ -605,8 +720,13 @@ class KeyFile:
         return buf
 
     def verify_set(self, index: int) -> None:
-        """Check set ``index`` against its checksum; raises KeyFileError if it is corrupted."""
-        self._read_set(self._check_index(index))
+        """Check set ``index`` against its checksum; raises KeyFileError if it is corrupted.
+
+        The bytes are kept for a following :meth:`claim` of the same set (a server
+        verifies before it connects, then claims: one read of a multi-GB set, not two)."""
+        index = self._check_index(index)
+        self._verified = None
+        self._verified = (index, self._read_set(index))
 
     def verify_all(self) -> None:
         for i in range(self.count):
@@ -700,7 +820,8 @@ class KeyFile:
                     "generate fresh keys with fusec keygen"
                     + (f" (next unused set: {min(set(range(self.count)) - used)})" if len(used) < self.count else ""),
                 )
-            buf = self._read_set(index)
+            kept, self._verified = self._verified, None
+            buf = kept[1] if kept is not None and kept[0] == index else self._read_set(index)
             used.add(index)
             self._write_used(used)  # mark, then use
         finally:

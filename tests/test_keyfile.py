@@ -479,3 +479,43 @@ def test_writer_rejects_bad_input_and_leaves_no_file(tmp_path):
         KeyFileWriter(tmp_path / "x.key", lay, 0, b"short", 1)
     with pytest.raises(ParameterError):
         KeyFileWriter(tmp_path / "x.key", lay, 0, ksid, 0)
+
+
+def test_set_checksum_is_chunked_blake2b_and_catches_every_chunk(tmp_path, monkeypatch):
+    """With tiny chunks a set spans many: the header's set checksum equals blake2b over
+    the chunks' blake2b digests (computed here with hashlib on the file's bytes), and a
+    flipped byte in any chunk, or a file cut inside a set, is refused."""
+    import hashlib
+
+    import fusec.runtime.keyfile as keyfile
+
+    monkeypatch.setattr(keyfile, "CHUNK_BYTES", 64)
+    lay = make_layout()
+    paths, written, _ = write_pair(tmp_path, lay)
+    h = read_header(paths[0])
+    data = paths[0].read_bytes()
+    n = lay.set_nbytes
+    assert n > 3 * 64
+    for i in range(K):
+        set_bytes = data[h.set_offset(i):h.set_offset(i) + n]
+        digests = b"".join(hashlib.blake2b(set_bytes[s:s + 64], digest_size=32).digest() for s in range(0, n, 64))
+        assert h.set_checksums[i] == hashlib.blake2b(digests, digest_size=32).digest()
+    kf = KeyFile.open(paths[0], lay, 0)
+    kf.verify_set(0)
+    assert_keys_equal(read_all(kf.claim(0), lay), written[0][0])  # claim reuses the verified bytes
+    kf.close()
+    for where in (1, 64, n - 1):  # first, second and last chunk of set 2
+        p = tmp_path / f"flip{where}.key"
+        p.write_bytes(data)
+        flip_byte(p, h.set_offset(2) + where)
+        with pytest.raises(KeyFileError, match="key set 2 .*corrupted"):
+            KeyFile.open(p, lay, 0).verify_set(2)
+
+
+def test_claim_rereads_a_set_it_did_not_just_verify(tmp_path):
+    lay = make_layout()
+    paths, written, _ = write_pair(tmp_path, lay)
+    kf = KeyFile.open(paths[1], lay, 1)
+    kf.verify_set(1)
+    assert_keys_equal(read_all(kf.claim(0), lay), written[1][0])
+    assert_keys_equal(read_all(kf.claim(1), lay), written[1][1])
