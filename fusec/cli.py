@@ -24,6 +24,13 @@ def main() -> None:
     except FusecError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
+    except Exception as e:
+        from fusec.runtime.gpu_backend import memory_error  # noqa: PLC0415
+        err = memory_error(e)
+        if err is None:
+            raise
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
 
 
 @click.group()

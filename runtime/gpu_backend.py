@@ -45,6 +45,33 @@ def _import_cupy():
     return cupy
 
 
+# Room the online phase needs next to a staged key set: unpacked gate keys (1-bit fields
+# take 64x their packed size) and activations. Measured peak for BERT-base seq 128 is
+# well under this; it is a guard against a certain failure, not a tuning knob.
+ONLINE_HEADROOM_BYTES = 4 << 30
+
+
+def check_fits(nbytes: int, free: int, total: int, what: str = "the key set") -> None:
+    """A clear error, with the sizes, when ``nbytes`` cannot be staged into device memory."""
+    if nbytes + ONLINE_HEADROOM_BYTES <= free:
+        return
+    gb = 1 << 30
+    raise FusecError(
+        f"{what} needs {nbytes / gb:.2f} GiB of GPU memory plus about {ONLINE_HEADROOM_BYTES / gb:.0f} GiB "
+        f"for the online phase, but only {free / gb:.2f} GiB of {total / gb:.2f} GiB are free",
+        "free the GPU (another process may hold it; both parties on one GPU share it), run each party on "
+        "its own GPU (CUDA_VISIBLE_DEVICES), compile a smaller batch or sequence, or use --backend cpu")
+
+
+def memory_error(e: BaseException) -> FusecError | None:
+    """A FusecError for a CUDA out-of-memory error raised mid-run (else None)."""
+    if type(e).__name__ != "OutOfMemoryError" and "cudaErrorMemoryAllocation" not in str(e):
+        return None
+    return FusecError(f"the GPU ran out of memory: {e}",
+                      "run each party on its own GPU (CUDA_VISIBLE_DEVICES), free the GPU, compile a "
+                      "smaller batch or sequence, or use --backend cpu")
+
+
 class GpuPrg:
     """The fixed-key MMO hashes of prg.CpuPrg, on device arrays (same interface)."""
 
@@ -141,6 +168,8 @@ class GpuBackend(Backend):
         """One key set's bytes -> device memory in one copy; each gate's fields are unpacked
         there when the gate starts (unpacked, 1-bit fields take 64x the room, so a whole
         BERT-base set unpacked at once would not fit next to the other party's)."""
+        free, total = self.xp.cuda.runtime.memGetInfo()
+        check_fits(int(buf.nbytes), int(free) + self._pool_free_bytes(), int(total))
         t0 = time.perf_counter()
         dev = self.xp.asarray(np.ascontiguousarray(buf).view(np.uint8).reshape(-1))
         slots = {s.gate_id: s for s in layout.slots}
@@ -157,6 +186,11 @@ class GpuBackend(Backend):
             return fields
 
         return unpack
+
+    def _pool_free_bytes(self) -> int:
+        """Bytes CuPy's memory pool holds but does not use (reusable, not in memGetInfo's free)."""
+        pool = self.xp.get_default_memory_pool()
+        return int(pool.total_bytes() - pool.used_bytes())
 
     def dealer_rng(self, seed: bytes | None = None) -> DealerRng:
         return GpuDealerRng(self.kernels, seed)

@@ -168,3 +168,26 @@ def test_every_gate_kind_opens_the_same_bytes_on_the_device(label, device):
     sent_dev, out_dev = _sent_bytes(gate, (kind(), kind()), (k0, k1), us)
     assert sent_cpu == sent_dev
     assert np.array_equal(out_cpu[0], out_dev[0]) and np.array_equal(out_cpu[1], out_dev[1])
+
+
+def test_key_set_too_big_for_the_gpu_names_the_sizes():
+    """Staging refuses a set that cannot fit next to the online phase, before copying."""
+    from fusec.errors import FusecError
+    from fusec.runtime.gpu_backend import ONLINE_HEADROOM_BYTES, check_fits
+
+    gib = 1 << 30
+    check_fits(10 * gib, 10 * gib + ONLINE_HEADROOM_BYTES, 141 * gib)  # fits exactly
+    with pytest.raises(FusecError, match=r"needs 24\.27 GiB .* only 12\.00 GiB of 141\.00 GiB are free") as e:
+        check_fits(int(24.27 * gib), 12 * gib, 141 * gib)
+    assert "CUDA_VISIBLE_DEVICES" in str(e.value) and "--backend cpu" in str(e.value)
+
+
+def test_cuda_out_of_memory_becomes_a_clear_error():
+    from fusec.runtime.gpu_backend import memory_error
+
+    class OutOfMemoryError(Exception):  # the name CuPy's allocator error has
+        pass
+
+    err = memory_error(OutOfMemoryError("Out of memory allocating 1,073,741,824 bytes"))
+    assert err is not None and "ran out of memory" in str(err) and "1,073,741,824" in str(err)
+    assert memory_error(ValueError("shapes differ")) is None
