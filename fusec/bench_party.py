@@ -281,12 +281,14 @@ def keygen(args: argparse.Namespace) -> int:
     t1 = time.perf_counter()
     marks = [t1]
     try:
-        write_keys(b.gates, args.out, args.count, progress=lambda i, k: marks.append(time.perf_counter()), backend=be)
+        write_keys(b.gates, args.out, args.count, progress=lambda i, k: marks.append(time.perf_counter()), backend=be,
+                   durable=args.durable)
     except FusecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     t2 = time.perf_counter()
     doc = {"load_seconds": t1 - t0, "seconds": t2 - t1, "count": args.count, "backend": be.name,
+           "durable": args.durable, "finish_seconds": t2 - marks[-1],
            "set_nbytes": b.gates.layout().set_nbytes,
            "set_seconds": [b - a for a, b in zip(marks, marks[1:])]}
     text = json.dumps(doc)
@@ -315,6 +317,8 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--count", type=int, required=True)
     k.add_argument("--backend", default="cpu", choices=("cpu", "gpu"), help="where the dealer computes")
     k.add_argument("--json")
+    k.add_argument("--no-fsync", dest="durable", action="store_false",
+                   help="do not flush the files to disk (the bench deletes its keys after each step)")
     args = p.parse_args(argv)
     return serve(args) if args.what == "serve" else keygen(args)
 

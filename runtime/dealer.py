@@ -10,13 +10,17 @@ from fusec.runtime.keyfile import KeyFileWriter, new_key_set_id
 
 
 def write_keys(graph: GateGraph, out_dir: str | os.PathLike, count: int = 1,
-               seed: bytes | None = None, progress=None, backend: Backend | None = None) -> tuple[Path, Path]:
+               seed: bytes | None = None, progress=None, backend: Backend | None = None,
+               durable: bool = True) -> tuple[Path, Path]:
     """Generate ``count`` key sets (one per inference) into ``p0.key`` and ``p1.key``.
 
     ``seed`` is for reproducible tests only; without it the CSPRNG is seeded from the OS.
     Both files carry the same fresh key-set id, so servers can tell matching files apart.
     ``backend`` picks where the dealer computes (the GPU dealer draws the same CSPRNG
-    stream, so for a test seed both dealers write identical files).
+    stream, so for a test seed both dealers write identical files). ``durable=False``
+    skips the fsync of the finished files: for keys a benchmark deletes right after use,
+    where flushing tens of GB to disk would be most of the dealer's time. A file that did
+    not reach the disk before a crash fails its checksum; it is never silently used.
     """
     be = backend or get_backend("cpu")
     out = Path(out_dir)
@@ -24,7 +28,8 @@ def write_keys(graph: GateGraph, out_dir: str | os.PathLike, count: int = 1,
     layout = graph.layout()
     ksid = new_key_set_id()
     paths = (out / "p0.key", out / "p1.key")
-    with KeyFileWriter(paths[0], layout, 0, ksid, count) as w0, KeyFileWriter(paths[1], layout, 1, ksid, count) as w1, \
+    with KeyFileWriter(paths[0], layout, 0, ksid, count, durable) as w0, \
+            KeyFileWriter(paths[1], layout, 1, ksid, count, durable) as w1, \
             be.activate():
         rng = be.dealer_rng(seed)
         slots = {s.gate_id: s for s in layout.slots}

@@ -379,7 +379,8 @@ class KeyFileWriter:
     manager with an exception (or calling ``abort()``) discards everything.
     """
 
-    def __init__(self, path: str | os.PathLike, layout: KeyLayout, party: int, key_set_id: bytes, count: int):
+    def __init__(self, path: str | os.PathLike, layout: KeyLayout, party: int, key_set_id: bytes, count: int,
+                 durable: bool = True):
         if not isinstance(layout, KeyLayout):
             raise ParameterError(f"layout must be a KeyLayout, got {type(layout).__name__}")
         self.party = _check_party(party)
@@ -394,6 +395,7 @@ class KeyFileWriter:
         self.layout = layout
         self.key_set_id = bytes(key_set_id)
         self.count = int(count)
+        self.durable = durable  # fsync before the rename; off only for throwaway keys (benchmarks)
         self._slots = layout.slots
         self._data_offset = _data_offset(self.count)
         self._checksums: list[bytes | None] = [None] * self.count
@@ -536,11 +538,13 @@ class KeyFileWriter:
             if size != header.file_nbytes:  # pragma: no cover - internal invariant
                 raise KeyFileError(f"internal error: wrote {size} bytes, expected {header.file_nbytes}")
             os.pwrite(self._fd, header.pack(), 0)
-            os.fsync(self._fd)
+            if self.durable:
+                os.fsync(self._fd)
             fd, self._fd = self._fd, -1
             os.close(fd)
             os.replace(self._tmp, self.path)
-            _fsync_dir(self.path.parent)
+            if self.durable:
+                _fsync_dir(self.path.parent)
             self._closed = True
             return self.path
         except BaseException:
