@@ -31,10 +31,13 @@ activations inside it.
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 
-from fusec.runtime.xp import np
+import numpy
+
+from fusec.runtime.xp import const, frozen, np
 
 from fusec.errors import ParameterError
 from fusec.ir.spec import OperatorSpec
@@ -56,29 +59,40 @@ def _shift_poly(coeffs: list[int], j: int, bits: int) -> list[int]:
     return [(coeffs[j + e] * math.comb(j + e, j)) % (1 << bits) for e in range(len(coeffs) - j)]
 
 
-def _horner(coeffs: list[int], upow: list[np.ndarray], m: np.uint64) -> np.ndarray:
-    acc = np.zeros_like(upow[0])
-    for e, c in enumerate(coeffs):
-        if c:
-            acc = acc + np.uint64(c) * upow[e]
-    return acc & m
+@functools.lru_cache(maxsize=512)
+def _combine_table(mono: tuple[tuple[int, ...], ...], n: int) -> numpy.ndarray:
+    """``T[i*(d+1) + j, e]``: the coefficient of ``u^e`` in the public polynomial that
+    multiplies the share of ``[x < a_{i+1}] (-r)^j`` (rows of pieces 0..M-2: the difference
+    ``P_i - P_{i+1}`` shifted to ``(-r)^j``) and, in the last piece's rows, of ``(-r)^j`` alone
+    (``P_last``). A gate's table depends on its spec only, so it is built once."""
+    M, d1 = len(mono), len(mono[0])
+    T = numpy.zeros((M, d1, d1), numpy.uint64)
+    polys = [[(p - q) % (1 << n) for p, q in zip(mono[i], mono[i + 1])] for i in range(M - 1)] + [list(mono[-1])]
+    for i, poly in enumerate(polys):
+        for j in range(d1):
+            for e, c in enumerate(_shift_poly(poly, j, n)):
+                T[i, j, e] = c
+    return frozen(T.reshape(M * d1, d1))
 
 
-def combine(mono: list[list[int]], E, rp, upow: list, n: int):
+def combine(mono: list[list[int]], E, rp, upow: list, n: int, matmul=None):
     """Shares of f(x) = P_last(x) + sum_i [x < a_i] (P_{i-1} - P_i)(x) from
     ``E[:, i-1, j]`` = shares of ``[x < a_i] (-r)^j`` and ``rp[:, j]`` = shares of ``(-r)^j``,
-    using ``x^k = sum_j C(k,j) u^(k-j) (-r)^j``: every other factor is public (Horner on u).
+    using ``x^k = sum_j C(k,j) u^(k-j) (-r)^j``: every other factor is public, a polynomial
+    in u. Vectorized over pieces: ``z = sum_e u^e * (S @ T)[:, e]`` with S the shares of
+    every (piece, power), one product over Z_2^64 (``matmul``: the backend's), so the
+    launches do not grow with the number of pieces (a 259-piece rsqrt took ~3,000 small
+    kernels piece by piece). All arithmetic wraps mod 2^64 and is reduced mod 2^n at the
+    end, so it equals the piecewise Horner exactly.
     """
-    m = ring.mask(n)
-    d = len(mono[0]) - 1
-    z = rp[:, 0] * _horner(_shift_poly(mono[-1], 0, n), upow, m)
-    for j in range(1, d + 1):
-        z = z + rp[:, j] * _horner(_shift_poly(mono[-1], j, n), upow, m)
-    for i in range(1, len(mono)):
-        delta = [(p - q) % (1 << n) for p, q in zip(mono[i - 1], mono[i])]
-        for j in range(d + 1):
-            z = z + E[:, i - 1, j] * _horner(_shift_poly(delta, j, n), upow, m)
-    return z & m
+    T = const(_combine_table(tuple(tuple(int(c) for c in p) for p in mono), n))
+    N = rp.shape[0]
+    S = np.concatenate([E.reshape(N, -1), rp], axis=1)                  # (N, M*(d+1))
+    W = (matmul or np.matmul)(S, T)                                     # (N, d+1)
+    z = W[:, 0] * upow[0]
+    for e in range(1, T.shape[1]):
+        z = z + W[:, e] * upow[e]
+    return z & ring.mask(n)
 
 
 class SplineLookup(Gate):
@@ -215,7 +229,7 @@ class SplineLookup(Gate):
                 rp[:, 1:] = key["rpow"]
             below = (u[:, None] < a[None, :]).astype(np.uint64)                     # [u < a_i]
             E = (D[:, 1:, :] - D[:, :1, :] + below[:, :, None] * rp[:, None, :]) & m  # [x<a_i](-r)^j
-            z = combine(self.mono, E, rp, upow, n)
+            z = combine(self.mono, E, rp, upow, n, be.matmul)
         else:
             D = be.dcf_eval(party, dk, xp.repeat(u, K)).reshape(N, K, d + 1)
             coef = (key["base"] + D.sum(axis=1)) & m                                # Q(u) shares
@@ -299,7 +313,7 @@ class PackedLookup(SplineLookup):
             rp[:, 1:] = key["rpow"]
         corr = xp.concatenate([key["rho_a"][:, :, None], key["rho_rpow"]], axis=2) if d else key["rho_a"][:, :, None]
         E = (c_hat[:, :, None] * rp[:, None, :] + sign[:, :, None] * corr) & m            # c_i (-r)^j
-        z = combine(self.mono, E, rp, _powers(u, d, m), n)
+        z = combine(self.mono, E, rp, _powers(u, d, m), n, be.matmul)
         return (yield Open((z + key["r_out"]) & m, n, scope="lookup"))                  # round 2
 
 
