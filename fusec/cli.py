@@ -419,7 +419,8 @@ def _int_list(text: str, flag: str) -> list[int]:
 @click.option("--bits", type=int, help="ring width n (default: 50, 37 for the tiny presets)")
 @click.option("--workdir", type=click.Path(file_okay=False), help="models, builds, logs (default: a temp dir)")
 @click.option("--keys-dir", type=click.Path(file_okay=False),
-              help="where key files go (default WORKDIR/keys); tens of GB per configuration; prefer a disk to tmpfs, whose files take the RAM the parties need")
+              help="where key files go (default WORKDIR/keys); tens of GB per configuration; prefer a disk "
+                   "to tmpfs, whose files take the RAM the parties need")
 @click.option("--keys", "keys_mode", default="auto", show_default=True,
               type=click.Choice(["auto", "upfront", "per-step"]),
               help="generate all key sets first, or each step's right before it (auto: up front if they fit)")
