@@ -102,6 +102,7 @@ def _checksum(data: Any) -> bytes:
     return hashlib.blake2b(data, digest_size=CHECKSUM_BYTES).digest()
 
 
+_IO_THREADS = max(2, min(16, os.cpu_count() or 1))
 _POOL: ThreadPoolExecutor | None = None
 
 
@@ -109,20 +110,13 @@ def _io_pool() -> ThreadPoolExecutor:
     """Threads for hashing and file I/O of chunks (both release the GIL on large buffers)."""
     global _POOL
     if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=max(2, min(16, os.cpu_count() or 1)), thread_name_prefix="fusec-keyio")
+        _POOL = ThreadPoolExecutor(max_workers=_IO_THREADS, thread_name_prefix="fusec-keyio")
     return _POOL
 
 
 def _combine(chunk_digests: list[bytes]) -> bytes:
     """A set checksum from its chunks' digests, in order."""
     return _checksum(b"".join(chunk_digests))
-
-
-def set_checksum(data: Any) -> bytes:
-    """The checksum of one key set's bytes (chunks hashed in parallel)."""
-    mv = memoryview(data).cast("B")
-    chunks = [mv[i:i + CHUNK_BYTES] for i in range(0, len(mv), CHUNK_BYTES)]
-    return _combine(list(_io_pool().map(_checksum, chunks)))
 
 
 def _pwrite_all(fd: int, parts: list[memoryview], offset: int) -> bytes:
@@ -160,7 +154,7 @@ class _ChunkedSetWriter:
         self.fill = 0
         self.futures: list[Future] = []
         self.inflight: deque[Future] = deque()
-        self.limit = 2 * _io_pool()._max_workers
+        self.limit = 2 * _IO_THREADS
 
     def add(self, buf: np.ndarray) -> None:
         mv = memoryview(np.ascontiguousarray(buf)).cast("B")
