@@ -18,16 +18,16 @@ from fusec.errors import CompileError
 from fusec.ir.graph import Graph, Node
 from fusec.ir.ops import run_node
 from fusec.ir.spec import OperatorSpec
+from fusec.passes import lower_sigma
 from fusec.passes.options import CompileOptions
 from fusec.passes.scales import MOVEMENT
 from fusec.runtime import ring
 from fusec.runtime.gates.arith import MatMulPrivate, Mul
 from fusec.runtime.gates.base import Gate
-from fusec.runtime.gates.compare import MaxTree, ReLU2
+from fusec.runtime.gates.compare import MaxTree
 from fusec.runtime.gates.linear import Add, AddPublic, MatMulPublic, MulPublic
 from fusec.runtime.gates.movement import Rearrange, SumAxis
 from fusec.runtime.gates.scalar import ScalarGate
-from fusec.runtime.gates.sigma import SigmaGelu
 from fusec.runtime.gates.truncation import ArsOneRound, TruncateSlack
 from fusec.runtime.graph import GateGraph
 
@@ -238,7 +238,7 @@ class _Lowering:
         N = int(np.prod(self.shape(x)))
         lab, s_in = node.attrs.get("label"), self.scale(x)
         if node.attrs.get("impl") == "sigma":
-            gate = self.sigma_gate(node, lab, N, s_in)
+            gate = lower_sigma.scalar_gate(node, lab, N, s_in, self.o)
         else:
             spec = OperatorSpec.from_dict(node.attrs["spec"])
             if spec.f_in != s_in:
@@ -248,30 +248,16 @@ class _Lowering:
                 raise CompileError(f"{node!r}: gate output scale {gate.out_scale} != IR scale {self.scale(out)}")
         self.out.wire[out] = self.add(node.name, gate, [self.out.wire[x]], node)
 
-    def sigma_gate(self, node: Node, lab: str, N: int, s_in: int) -> Gate:
-        from fusec.runtime.gates import sigma_nonlinear as sn  # noqa: PLC0415
-        f = self.o.frac
-        if lab == "gelu":
-            return SigmaGelu(N, self.n, s_in)
-        if lab == "relu":
-            return ReLU2(N, self.n)
-        if s_in != f:
-            raise CompileError(f"{node!r}: SIGMA {lab} expects its input at scale {f}, got {s_in}")
-        if lab == "nexp":
-            return sn.SigmaNegExp(N, self.n, f)
-        if lab == "reciprocal":
-            return sn.SigmaInverse(N, self.n, f, max_value=node.attrs["domain"][1])
-        if lab == "rsqrt":
-            return sn.sigma_layernorm_rsqrt(N, self.n, f, node.attrs["rsqrt_scale"], node.attrs["rsqrt_eps"])
-        raise CompileError(f"{node!r}: no SIGMA construction for {lab}")
-
     def rescale(self, node: Node) -> None:
         x, out = node.inputs[0], node.outputs[0]
         N, sh = int(np.prod(self.shape(x))), node.attrs["shift"]
         if sh < 0:      # upscale: multiply by 2^-shift, free and exact
             self.out.wire[out] = self.add(node.name, MulPublic(N, self.n, 1 << -sh), [self.out.wire[x]], node)
             return
-        gate = TruncateSlack(N, self.n, sh) if self.o.rescale == "slack" else ArsOneRound(N, self.n, sh)
+        if self.o.gates == "sigma":
+            gate = lower_sigma.rescale_gate(N, sh, self.o)
+        else:
+            gate = TruncateSlack(N, self.n, sh) if self.o.rescale == "slack" else ArsOneRound(N, self.n, sh)
         self.out.wire[out] = self.add(node.name, gate, [self.out.wire[x]], node)
 
     def share(self, node: Node) -> None:
