@@ -250,12 +250,19 @@ def compile_cmd(model, out, **kw) -> None:
 @click.option("--ir", "show_ir", is_flag=True, help="print the IR")
 @click.option("--layout", "show_layout", is_flag=True, help="print the keystream layout")
 @click.option("--program", "show_program", is_flag=True, help="print the round schedule")
-def inspect(build_dir, show_ir, show_layout, show_program) -> None:
-    """Look at a build: IR, per-gate costs, specs, split, key layout, estimated rounds/bytes/keys."""
+@click.option("--ranges", "all_ranges", is_flag=True,
+              help="list every secret tensor's calibrated/proven range and width (default: a summary + the widest)")
+@click.option("--top", default=10, show_default=True, type=click.IntRange(0), help="widest tensors listed by default")
+@click.option("--json", "as_json", is_flag=True, help="the report's numbers as JSON (totals, classes, specs, ranges)")
+def inspect(build_dir, show_ir, show_layout, show_program, all_ranges, top, as_json) -> None:
+    """Look at a build: IR, per-gate costs, specs, split, ranges, key layout, estimated rounds/bytes/keys."""
     from fusec.build import load_build
-    from fusec.report import report
+    from fusec.report import report, summary
 
     b = load_build(build_dir)
+    if as_json:
+        click.echo(json.dumps(summary(b), indent=1, allow_nan=False))
+        return
     if show_ir:
         click.echo(b.ir.pretty())
     if show_layout:
@@ -269,7 +276,7 @@ def inspect(build_dir, show_ir, show_layout, show_program) -> None:
         for s in b.steps:
             click.echo(f"rounds [{s.start:3d},{s.end:3d})  {s.kind:16s} {s.id}  ({s.elements:,} elements, {s.scope})")
     if not (show_ir or show_layout or show_program):
-        click.echo(report(b))
+        click.echo(report(b, all_ranges=all_ranges, top=top))
 
 
 @cli.command()
