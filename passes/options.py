@@ -23,6 +23,7 @@ class CompileOptions:
     client_prefix: bool = True      # run the input owner's plaintext prefix (embeddings) before sharing
     notes: list = field(default_factory=list, compare=False, hash=False)
     calib: dict | None = field(default=None, compare=False, hash=False, repr=False)  # input name -> array
+    input_ranges: dict | None = field(default=None, compare=False, hash=False, repr=False)  # name -> (lo, hi)
 
     def __post_init__(self):
         if self.gates not in GATE_SETS:
@@ -45,4 +46,5 @@ class CompileOptions:
         d = asdict(self)
         d.pop("notes")
         d.pop("calib")
+        d.pop("input_ranges")
         return d

@@ -22,6 +22,7 @@ from fusec.passes.key_order import key_order
 from fusec.passes.lower import Lowered, lower
 from fusec.passes.options import CompileOptions
 from fusec.passes.padding import pad_shapes
+from fusec.passes.ranges import prove_ranges
 from fusec.passes.scales import assign_scales
 from fusec.passes.schedule import Step, schedule, scope_of
 
@@ -34,6 +35,7 @@ PASSES: list[Pass] = [
     canonicalize,      # Div -> Mul(Reciprocal), Pow 2 -> Mul, ReduceL2 -> Sqrt(Sum(x*x)), sink movement
     fuse_scalar,       # elementwise chains on one tensor -> one Scalar (GELU, SiLU, rsqrt, ...)
     expand_blocks,     # Softmax, LayerNorm -> reductions + labelled Scalars
+    prove_ranges,      # an interval per secret tensor that holds for every admissible input
     calibrate,         # plaintext float run: every tensor's range
     assign_scales,     # fixed-point scales, lazy Rescale insertion, overflow warnings
     fit_specs,         # OperatorSpec per Scalar, to the error bound
