@@ -103,6 +103,7 @@ def costs(build) -> dict:
         _add(by_kind[(r["class"], r["kind"])], r)
     tot = _finish(tot)
     tot["rounds"] = max((s.end for s in build.steps), default=0)
+    crit, per_gate = _critical_path(build, rows)
     tot["key_bytes_model"] = tot["key_bits_model"] / 8
     per_inf = {k: tot[k] / B for k in ("key_bytes", "key_bytes_model", "aes_calls", "bytes_sent_per_party",
                                        "bytes_sent_both")}
@@ -111,12 +112,31 @@ def costs(build) -> dict:
     for c, acc in by_class.items():
         acc = _finish(acc)
         acc["key_bytes_model"] = acc["key_bits_model"] / 8
+        acc["rounds_critical_path"] = crit.get(c, 0)
+        acc["rounds_per_gate"] = per_gate.get(c, 0)
         classes.append({"class": c, **acc})
     kinds = []
     for (c, k), acc in sorted(by_kind.items(), key=lambda kv: (-kv[1]["key_bytes"], kv[0])):
         acc = _finish(acc)
         kinds.append({"class": c, "kind": k, **acc})
     return {"batch": B, "totals": tot, "per_inference": per_inf, "by_class": classes, "by_kind": kinds}
+
+
+def _critical_path(build, rows: list[dict]) -> tuple[dict, dict]:
+    """Rounds by class: along one critical path of the schedule (they add up to the total),
+    and the most rounds one gate of the class takes."""
+    steps = {s.id: s for s in build.steps}
+    cls = {r["id"]: r["class"] for r in rows}
+    per_gate: dict = defaultdict(int)
+    for s in build.steps:
+        per_gate[cls.get(s.id, "other")] = max(per_gate[cls.get(s.id, "other")], s.end - s.start)
+    crit: dict = defaultdict(int)
+    cur = max(build.steps, key=lambda s: s.end, default=None)
+    while cur is not None and cur.end > 0:
+        crit[cls.get(cur.id, "other")] += cur.end - cur.start
+        cur = next((steps[i] for i in cur.inputs if i in steps and steps[i].end == cur.start and steps[i].end > 0),
+                   None)
+    return dict(crit), dict(per_gate)
 
 
 def totals(build) -> dict:
@@ -144,17 +164,18 @@ def cost_table(build, c: dict | None = None) -> str:
 
 def class_table(c: dict) -> str:
     B = c["batch"]
-    lines = [f"| class | gates | elements | key bytes | AES calls | bytes sent/party | key B/elem | AES/elem | "
-             f"sent B/elem | key bytes/inference |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines = [f"| class | gates | elements | key bytes | AES calls | bytes sent/party | rounds (critical path) | "
+             f"rounds/gate | key B/elem | AES/elem | sent B/elem | key bytes/inference |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in c["by_class"]:
         pe = r["per_element"]
         lines.append(f"| {r['class']} | {r['gates']} | {r['elements']:,} | {r['key_bytes']:,} | {r['aes_calls']:,} | "
-                     f"{_fmt(r['bytes_sent_per_party'])} | {_fmt(pe['key_bytes'], 1)} | {_fmt(pe['aes_calls'], 1)} | "
+                     f"{_fmt(r['bytes_sent_per_party'])} | {r['rounds_critical_path']} | {r['rounds_per_gate']} | "
+                     f"{_fmt(pe['key_bytes'], 1)} | {_fmt(pe['aes_calls'], 1)} | "
                      f"{_fmt(pe['bytes_sent_per_party'], 2)} | {_fmt(r['key_bytes'] / B)} |")
     t = c["totals"]
     lines.append(f"| total | {t['gates']} | {t['elements']:,} | {t['key_bytes']:,} | {t['aes_calls']:,} | "
-                 f"{_fmt(t['bytes_sent_per_party'])} | {_fmt(t['per_element']['key_bytes'], 1)} | "
+                 f"{_fmt(t['bytes_sent_per_party'])} | {t['rounds']} | | {_fmt(t['per_element']['key_bytes'], 1)} | "
                  f"{_fmt(t['per_element']['aes_calls'], 1)} | {_fmt(t['per_element']['bytes_sent_per_party'], 2)} | "
                  f"{_fmt(t['key_bytes'] / B)} |")
     return "\n".join(lines)
@@ -273,6 +294,8 @@ def ranges(build) -> dict:
                "proven_available": proven is not None,
                "with_proven": sum(r["proven"] is not None for r in rows),
                "proven_unbounded": sum(r["proven"] is not None and r["bits_proven"] is None for r in rows),
+               "proven_wider_than_ring": sum((r["bits_proven"] or 0) > build.opts.bits for r in rows),
+               "calibrated_wider_than_ring": sum((r["bits_calibrated"] or 0) > build.opts.bits for r in rows),
                "max_bits_calibrated": widest("bits_calibrated"), "max_bits_proven": widest("bits_proven"),
                "bits_calibrated_histogram": hist("bits_calibrated", "calibrated"),
                "bits_proven_histogram": hist("bits_proven", "proven")}
@@ -310,7 +333,9 @@ def ranges_text(rng: dict, top: int | None = 10) -> str:
             return f"{name} bits needed: -"
         return f"{name} bits needed (bits: tensors): " + ", ".join(f"{k}: {v['tensors']}" for k, v in h.items())
 
-    lines.append(f"widest: calibrated {_b(s['max_bits_calibrated'])} bits, proven {_b(s['max_bits_proven'])} bits")
+    lines.append(f"widest: calibrated {_b(s['max_bits_calibrated'])} bits, proven {_b(s['max_bits_proven'])} bits; "
+                 f"wider than the ring: {s['calibrated_wider_than_ring']} calibrated, "
+                 + (f"{s['proven_wider_than_ring']} proven" if s["proven_available"] else "- proven"))
     lines.append(hist_line("calibrated", s["bits_calibrated_histogram"]))
     lines.append(hist_line("proven", s["bits_proven_histogram"]))
     rows = rng["tensors"]

@@ -85,6 +85,8 @@ def test_class_and_kind_rows_add_up_to_the_totals(build):
     for c in ("gelu", "softmax", "layernorm", "rescale", "linear"):     # bert has all of them
         assert by[c]["elements"] > 0 and by[c]["key_bytes"] > 0, c
         assert by[c]["per_element"]["key_bytes"] == by[c]["key_bytes"] / by[c]["elements"]
+    assert sum(r["rounds_critical_path"] for r in d["by_class"]) == t["rounds"]
+    assert all(0 <= r["rounds_per_gate"] <= t["rounds"] for r in d["by_class"])
     # per class against the profiler scopes of the schedule, gate by gate
     scope = build.scopes
     for c in CLASSES:
