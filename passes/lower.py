@@ -20,6 +20,7 @@ from fusec.ir.ops import run_node
 from fusec.ir.spec import OperatorSpec
 from fusec.passes import lower_sigma
 from fusec.passes.options import CompileOptions
+from fusec.passes.ranges import narrow_bits
 from fusec.passes.scales import MOVEMENT
 from fusec.runtime import ring
 from fusec.runtime.gates.arith import MatMulPrivate, Mul
@@ -28,7 +29,7 @@ from fusec.runtime.gates.compare import MaxTree
 from fusec.runtime.gates.linear import Add, AddPublic, MatMulPublic, MulPublic
 from fusec.runtime.gates.movement import Rearrange, SumAxis
 from fusec.runtime.gates.scalar import ScalarGate
-from fusec.runtime.gates.truncation import ArsOneRound, TruncateSlack
+from fusec.runtime.gates.truncation import ArsOneRound, TruncateNarrow, TruncateSlack
 from fusec.runtime.graph import GateGraph
 
 
@@ -257,8 +258,18 @@ class _Lowering:
         if self.o.gates == "sigma":
             gate = lower_sigma.rescale_gate(N, sh, self.o)
         else:
-            gate = TruncateSlack(N, self.n, sh) if self.o.rescale == "slack" else ArsOneRound(N, self.n, sh)
+            gate = self.truncation(node, x, N, sh)
         self.out.wire[out] = self.add(node.name, gate, [self.out.wire[x]], node)
+
+    def truncation(self, node: Node, x: str, N: int, sh: int) -> Gate:
+        """Free truncation on the proven width, widened under slack (one round, no DCF);
+        the full-ring exact ARS where no width is proven (with a note naming the tensor)."""
+        k = narrow_bits(self.g, x, sh)
+        if k is not None and k - sh >= 3 and k <= self.n and self.n > k - sh:
+            return TruncateNarrow(N, self.n, k, sh)
+        self.o.notes.append(f"{node!r}: no proven width below {self.n} bits for {x!r}; exact full-ring "
+                            "truncation (two DCFs) instead of the free one")
+        return ArsOneRound(N, self.n, sh)
 
     def share(self, node: Node) -> None:
         from fusec.runtime.gates.arith import Input  # noqa: PLC0415

@@ -20,6 +20,7 @@ from fusec.passes.fold_constants import fold_constants
 from fusec.passes.fuse_scalar import fuse_scalar
 from fusec.passes.key_order import key_order
 from fusec.passes.lower import Lowered, lower
+from fusec.passes.merge_rescales import merge_rescales
 from fusec.passes.options import CompileOptions
 from fusec.passes.padding import pad_shapes
 from fusec.passes.ranges import prove_ranges
@@ -39,6 +40,7 @@ PASSES: list[Pass] = [
     calibrate,         # plaintext float run: every tensor's range
     assign_scales,     # fixed-point scales, lazy Rescale insertion, overflow warnings
     fit_specs,         # OperatorSpec per Scalar, to the error bound
+    merge_rescales,    # Rescale(Rescale(x)) -> one truncation
     pad_shapes,        # mask-independent key shapes (or the loud ablation)
 ]
 

@@ -95,6 +95,18 @@ def tensor_bits(graph: Graph, t: str, scale: int | None = None, slack: int = 1) 
     return width_bits(lo, hi, s, slack) if s is not None else None
 
 
+def narrow_bits(graph: Graph, t: str, shift: int) -> int | None:
+    """The view width k for a free truncation of ``t`` by ``shift`` (``TruncateNarrow``):
+    its proven values at its scale satisfy ``-2^(k-2) <= x < 2^(k-2) - 2^shift``."""
+    lo, hi = proven(graph, t)
+    s = graph.info(t).scale
+    m = max(abs(lo), abs(hi))
+    if s is None or not math.isfinite(m):
+        return None
+    q = math.ceil(m * 2.0 ** s) + (1 << shift) + 1
+    return q.bit_length() + 2
+
+
 def input_contract(graph: Graph, opts: CompileOptions, calib: dict | None) -> dict[str, list[float]]:
     """The range each float graph input is promised to lie in (refused outside it at run time).
 

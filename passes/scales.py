@@ -20,6 +20,7 @@ import numpy as np
 
 from fusec.ir.graph import Graph, Node, TensorInfo
 from fusec.passes.options import CompileOptions
+from fusec.passes.ranges import proven
 
 MOVEMENT = {"Reshape", "Transpose", "Slice", "Concat", "Split", "Gather", "Expand", "Pad", "Im2Col", "Identity"}
 KEEP_SCALE = MOVEMENT | {"ReduceSum", "ReduceMax", "ReduceMin", "Add", "Sub", "Where", "Neg"}
@@ -35,6 +36,10 @@ class _Scaler:
 
     # -------------------------------------------------------------- helpers
     def maxabs(self, t: str) -> float:
+        """The proven bound where there is one (sound for every input), else the calibrated."""
+        lo, hi = proven(self.g, t)
+        if math.isfinite(lo) and math.isfinite(hi):
+            return max(abs(lo), abs(hi))
         lo, hi = self.ranges.get(t, (0.0, 0.0))
         return max(abs(lo), abs(hi))
 

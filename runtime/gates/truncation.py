@@ -397,3 +397,79 @@ class TruncateLocal(_Shift):
 
     def cost(self) -> GateCost:
         return ZERO_COST
+
+
+# ----------------------------------------------------------------------------- free narrow truncation + slack widening
+def widen_share(party: int, u, m: int, msb_q, offset, w: int):
+    """This party's share, in ``Z_{2^w}``, of ``y + r_out`` for the m-bit wire ``u = y + q``
+    with ``-2^(m-2) <= y < 2^(m-2)`` (the slack), given shares of ``MSB(q)`` (in
+    ``Z_{2^(w-m)}``, used times ``2^m``) and of ``r_out - q`` (``offset``, w bits).
+
+    With ``y' = y + 2^(m-2)`` in ``[0, 2^(m-1))`` and ``u' = u + 2^(m-2) mod 2^m``, the wrap
+    ``[y' + q >= 2^m]`` is ``MSB(q) (1 - MSB(u'))`` (as in :class:`TruncateSlack`), so over the
+    integers ``y = u' - q + 2^m MSB(q) (1 - MSB(u')) - 2^(m-2)``: linear in dealer shares,
+    no comparison. Used by :class:`TruncateNarrow` and by gates that fold it into a round
+    they open anyway.
+    """
+    u1 = (u + U64(1 << (m - 2))) & ring.mask(m)
+    share = offset + ((msb_q * (U64(1) - ring.msb(u1, m))) << U64(m))
+    if party == 1:
+        share = share + u1 - U64(1 << (m - 2))
+    return share & ring.mask(w)
+
+
+class TruncateNarrow(Gate):
+    """``floor(x / 2^s) + c`` (``c`` in {0, 1}) of an n-bit wire whose value is PROVEN to fit
+    ``k`` signed bits with two bits of slack (``|x| < 2^(k-2) - 2^s``), back on ``out_bits``;
+    one round, no DCF.
+
+    1. Narrow (free, exact): ``x = (u - r) mod 2^k`` since x fits k bits; both sides reduce.
+    2. Truncate (free): ``hi_s(u mod 2^k) - hi_s(r mod 2^k) = floor(x / 2^s) + c (mod 2^m)``,
+       ``m = k - s``, ``c = [lo_s(u) < lo_s(r)]`` in {0, 1} (DESIGN §4): the mask of the
+       truncated wire is ``q = hi_s(r mod 2^k)``. ``c`` is 1 with probability
+       ``lo_s(x) / 2^s`` over the mask: stochastic rounding, at most one ulp, unbiased.
+    3. Widen (one round): :func:`widen_share` to ``out_bits`` under a fresh mask; the slack
+       makes the wrap bit a product of ``MSB(q)`` with a public bit.
+
+    Key per element: ``out_bits`` (offset) + ``out_bits - m`` (the MSB share) bits, versus
+    an s-bit DCF (~300 B at s = 12) for :class:`TruncateSlack`. The precondition is the
+    compiler's to prove (``passes/ranges.py``); outside it the output is garbage.
+    """
+
+    kind = "truncate_narrow"
+
+    def __init__(self, elements: int, bits: int, view_bits: int, shift: int, out_bits: int | None = None):
+        super().__init__(elements)
+        self.bits = check_width(bits, f"{self.kind} input ring width")
+        self.view_bits = check_width(view_bits, f"{self.kind} proven width")
+        if self.view_bits > self.bits:
+            raise ParameterError(f"{self.kind}: proven width {view_bits} exceeds the ring's {bits} bits")
+        self.shift = _check_shift(self.kind, self.view_bits, shift, max_shift=self.view_bits - 3)
+        self.mid_bits = self.view_bits - self.shift
+        self.out_bits = check_width(self.bits if out_bits is None else out_bits, f"{self.kind} output width")
+        if self.out_bits <= self.mid_bits:
+            raise ParameterError(f"{self.kind}: output width {self.out_bits} must exceed {self.mid_bits}")
+
+    def fields(self) -> list[FieldSpec]:
+        N, w, m = self.elements, self.out_bits, self.mid_bits
+        return [("offset", (N,), w), ("msb_q", (N,), w - m)]
+
+    def keygen(self, rng: DealerRng, in_masks):
+        N, k, s, m, w = self.elements, self.view_bits, self.shift, self.mid_bits, self.out_bits
+        r = _in_mask(in_masks[0], self.bits, N)
+        q = ring.hi(ring.lo(r, k), s)
+        r_out = rng.ring(N, w)
+        keys: tuple[Key, Key] = ({}, {})
+        _share(rng, r_out - q, w, "offset", keys)
+        _share(rng, ring.msb(q, m), w - m, "msb_q", keys)
+        return r_out, keys[0], keys[1]
+
+    def eval(self, party: int, key: Key, inputs, be) -> EvalGen:
+        k, s, m, w = self.view_bits, self.shift, self.mid_bits, self.out_bits
+        v = ring.hi(ring.lo(_u(inputs, self.bits), k), s)
+        share = widen_share(party, v, m, key["msb_q"], key["offset"], w)
+        return (yield Open(share, w, scope=SCOPE))
+
+    def cost(self) -> GateCost:
+        w, m = self.out_bits, self.mid_bits
+        return GateCost(key_bits=w + (w - m), aes=0, rounds=1, open_bits=w)
