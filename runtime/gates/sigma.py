@@ -1,63 +1,48 @@
-"""SIGMA-style GELU built from library gates: the baseline the compiled GELU is measured against.
+"""SIGMA's GELU (Gupta et al., PETS'24; EzPC ``GPU-MPC/fss/gpu_gelu.cu``): the baseline our GELU is measured against.
 
-DESIGN §5.6 asks every compiled scalar gate to state and test its cost against the
-SIGMA-style construction of the same function (§8: "GeLU: truncate, DReLU + clip, 8-bit
-LUT of ReLU-GeLU, select"). :class:`SigmaGelu` is that construction (Gupta et al.,
-PETS'24, GeLU protocol), composed as ONE gate out of existing library gates so that both
-run through the same runtime, key layout and round counter.
+DESIGN §5.6 asks every compiled scalar gate to state and test its cost against the SIGMA
+construction of the same function. :class:`SigmaGelu` is that construction with SIGMA's
+widths and round structure, built from SIGMA's blocks (sigma_fss.py), as ONE gate so that
+both run through the same runtime, key layout and round counter.
 
 The construction
 ----------------
-GELU(x) = x * Phi(x). With ``delta(x) = ReLU(x) - GELU(x) = |x| * Phi(-|x|)`` (an even
-function that decays to 0 fast), ``GELU(x) = ReLU(x) - delta(|x|)``, and delta is read
-from a small table on a coarse grid. With ``s = f - lut_frac``, ``m = n - s``,
-``T = clip * 2^lut_frac`` (256 for clip 4, lut_frac 6) and ``k = bitlen(T - 1)`` (8):
+``GELU(x) = ReLU(x) - delta(|x|)`` with ``delta(t) = t Phi(-t)`` (even, decays fast), read
+from a 256-entry table on a coarse grid. Ring n (50), scale ``frac`` (12), SIGMA's range
+assumption: activations fit ``in_bits`` = bin bits (38 at n = 50: ``|x| < 2^(bin-1)``).
+With ``s = frac - lut_frac`` (6), ``m = bin - s + 1`` (33), ``K = clip 2^lut_frac - 1`` (255),
+``k = bitlen(K)`` (8):
 
-1. ``x'  = TR_s(x)``  = ``floor(x / 2^s) mod 2^m``: x at ``lut_frac`` fractional bits on the
-   m-bit ring (:class:`TruncateReduce`, exact; sign(x') = sign(x)).
-2. ``d   = DReLU_m(x')`` = ``[x >= 0]`` (XOR-masked bit).
-3. in parallel: ``relu = Select_n(d, x)`` on the ORIGINAL n-bit x, and
-   ``a = Select_m(d, x')``; then ``|x'| = 2a - x'`` (free).
-4. ``c = min(|x'|, T - 1) = |x'| - ReLU_m(|x'| - (T - 1))`` (:class:`ReLU2` on the m-bit
-   ring; the subtraction of the public T-1 and of the ReLU are free).
-5. ``idx = c mod 2^k`` (free: ``0 <= c < T <= 2^k``; the composite reduces the public value
-   and the mask itself) and ``D = LUT[idx]`` with ``LUT[i] = round(delta(i / 2^lut_frac) * 2^f)``
-   in n bits (:class:`LutDpf`, ``lut="dpf"``, or :class:`TableLookup`, ``lut="table"``).
-6. ``y = relu - D`` (free)::
+1. ``x_t = TrWithSlack_s(x)`` on m bits = ``floor(x / 2^s)`` (:class:`SigmaTrunc`; two rounds).
+   ``|x_t| < 2^(m-2)``, so its (m-1)-bit view (32 bits) is exact.
+2. ONE (m-1)-bit DPF key (``alpha = r_t`` on the view, prefix parity), evaluated at four
+   shifted points, gives both bits (DESIGN §5.4's public-threshold identity):
+   ``d = [x_t >= 0]`` and ``ic = [-K <= x_t <= K]``; opened XOR-masked, 2 bits, one round.
+3. Mux (one round, k bits): ``c = ic ? (d ? x_t : -x_t) : K`` = ``min(|x_t|, K)``: the dealer
+   writes, for each of the 4 opened bit pairs, ``(c1, c0 - c1 r_t + r_c)`` mod 2^k (SIGMA's
+   ``linFunc`` table); each party computes ``c1 u_t + c0'``.
+4. ``D = LUT[c]`` (:class:`SigmaLut`, 8-bit 1-bit-DPF table of ``round(delta(i / 2^lut_frac) 2^frac)``):
+   U and V opened in two rounds; the result stays shared.
+5. ``relu = d x`` on the ORIGINAL n-bit x (Select's correlation with the opened d; shared).
+6. ``y = relu - D + r_out``: one open of n bits.
 
-       SigmaGelu(x) = ReLU(x) - LUT[ min(|floor(x / 2^(f - lut_frac))|, T - 1) ]
+Rounds: 2 + 1 + 1 + 2 + 1 = 7, as SIGMA. Key per element at n = 50, f = 12:
+TrWithSlack 6-bit DPF 256 + 1 + 2 x 33 | compare 32-bit DPF 3,481 + 2 | mux 8 x 8 |
+LUT 8-bit DPF 385 + 1 + 3 x 50 | relu 3 x 50 | r_out 50 = 4,606 bits = 575.75 bytes
+(SIGMA's published 575 B). AES: 1 + 4 x 26 + 4 (SIGMA evaluates its key at 3 points).
 
-The output mask is ``r_relu - r_lut`` (derived from the two fresh masks of step 3's
-Select and step 5's LUT); every other intermediate mask is fresh from its sub-gate or
-derived by a free linear map.
-
-Rounds (per element, one party; ``m = n - f + lut_frac``; n=50, f=12 gives m=44)
-------------------------------------------------------------------------------------
-=====  ===========================================  ================  ==============
-round  opens                                        bits opened        n=50, f=12
-=====  ===========================================  ================  ==============
-1      TruncateReduce x'                            m                 44
-2      DReLU(x')                                    1                 1
-3      Select(d, x)  ||  Select(d, x')              n + m             94
-4      DReLU(|x'| - (T-1))  (clip, first half)      1                 1
-5      Select (clip, second half)                   m                 44
-6      LUT delta[idx]                               n                 50
-=====  ===========================================  ================  ==============
-total  6 rounds                                     2n + 3m + 2       234
-
-``cost().rounds`` is the critical path: ``TR + DReLU + max(Select_relu, Select_abs +
-ReLU2 + LUT)`` = 1 + 1 + max(1, 1 + 2 + 1) = 6; key bits, AES and open bits are sums.
+``in_scale`` > frac (the input still carries a product's scale, e.g. a matmul's 24 bits):
+SIGMA truncates after every matmul, so the gate first runs :class:`SigmaTrFloor` by
+``in_scale - frac`` (4 rounds) and returns its output multiplied back to ``in_scale`` (free).
 
 Accuracy
 --------
-ReLU is exact (Select on the original x), so the error is that of ``delta``. For x >= 0,
-``|x'| = floor(x 2^lf)``; for x < 0, ``|x'| = ceil(|x| 2^lf)``: either way the grid point is
-within ``2^-lf`` of |x|, so inside the clip range
-``|err| <= max|delta'| * 2^-lut_frac + 2^-(f+1)`` (table rounding). ``max|delta'| =
-delta'(0) = 1/2`` (``delta'(t) = Phi(-t) - t phi(t)``), i.e. about ``2^-7 = 0.0078`` absolute
-(32 ulps at f=12), attained near x = 0. Beyond the clip the error is at most
-``delta((T-1)/2^lf)`` (1.4e-4 for clip 4), inside the same bound. Compare: the compiled
-ScalarGate GELU is within a few ulps (its spec's measured ``max_error_ulps``).
+ReLU is exact, so the error is that of ``delta``: ``c/2^lut_frac`` is within ``2^-lut_frac`` of
+|x| (``floor`` for x >= 0, ``ceil`` of |x| for x < 0), so inside the clip range
+``|err| <= max|delta'| 2^-lut_frac + 2^-(frac+1)`` (``max|delta'| = delta'(0) = 1/2``): about
+``2^-7`` absolute (32 ulps at f = 12), attained near 0. Beyond the clip the error is at most
+``delta(K / 2^lut_frac)`` (1.4e-4 for clip 4). Outside SIGMA's range assumption the output
+is garbage (the protocol cannot detect it).
 """
 from __future__ import annotations
 
@@ -67,14 +52,16 @@ from fusec.runtime.xp import np
 
 from fusec.errors import ParameterError
 from fusec.runtime import ring
-from fusec.runtime.gates.base import (EvalGen, FieldSpec, Gate, GateCost, Key, check_width, parallel,
-                                      prefixed, unprefixed)
-from fusec.runtime.gates.compare import DReLU, LutDpf, ReLU2, Select
-from fusec.runtime.gates.table import TableLookup
-from fusec.runtime.gates.truncation import TruncateReduce
+from fusec.runtime.dpf import DpfKey
+from fusec.runtime.gates.base import EvalGen, FieldSpec, Gate, GateCost, Key, Open, check_width, prefixed, unprefixed
+from fusec.runtime.gates.sigma_fss import (SigmaLut, SigmaTrFloor, SigmaTrunc, _lt_eval, _lt_fields, _lt_keygen,
+                                           _share)
 from fusec.runtime.rng import DealerRng
 
 __all__ = ["SigmaGelu", "gelu_delta", "delta_table"]
+
+U64 = np.uint64
+ONE = U64(1)
 
 
 def gelu_delta(t) -> np.ndarray:
@@ -90,22 +77,20 @@ def delta_table(lut_frac: int, frac: int, view_bits: int) -> np.ndarray:
     return np.rint(gelu_delta(i / 2.0 ** lut_frac) * 2.0 ** frac).astype(np.int64)
 
 
-def _sub_fields(prefix: str, g: Gate) -> list[FieldSpec]:
-    return [(f"{prefix}.{name}", shape, bits) for name, shape, bits in g.fields()]
-
-
 class SigmaGelu(Gate):
-    """SIGMA-style GELU on a signed n-bit fixed-point wire with ``frac`` fractional bits.
+    """SIGMA's GELU on a signed n-bit wire with ``frac`` fractional bits (module docstring).
 
-    Keys of the sub-gates are nested under ``tr.``, ``sign.``, ``relu.``, ``abs.``,
-    ``clip.`` and ``lut.``; see the module docstring for the construction, rounds and
-    error bound. ``lut`` is ``"dpf"`` (SIGMA's DPF LUT) or ``"table"`` (shared truth table).
+    Keys: ``pre.`` (TrFloor, only when ``in_scale > frac``), ``tr.`` (TrWithSlack), ``cmp.``
+    (the packed comparison's DPF), ``rho`` (its two output masks), ``mux_a``/``mux_b``,
+    ``lut.``, ``relu_rho``/``relu_r``/``relu_rho_r``, ``r_out``. ``in_bits`` is SIGMA's bin
+    (default ``n - frac``: 38 at n = 50); ``split_uv=False`` opens the LUT's U and V in one
+    round (6 rounds instead of SIGMA's 7).
     """
 
     kind = "sigma_gelu"
 
-    def __init__(self, elements: int, bits: int = 50, frac: int = 12, lut_frac: int = 6,
-                 clip: float = 4.0, lut: str = "dpf"):
+    def __init__(self, elements: int, bits: int = 50, frac: int = 12, lut_frac: int = 6, clip: float = 4.0,
+                 in_bits: int | None = None, in_scale: int | None = None, split_uv: bool = True):
         super().__init__(elements)
         n = self.bits = check_width(bits, "SIGMA GELU ring width")
         self.out_bits = n
@@ -113,49 +98,66 @@ class SigmaGelu(Gate):
         if not 0 <= self.lut_frac < self.frac:
             raise ParameterError(f"SIGMA GELU: lut_frac {lut_frac} must be in [0, frac={frac})",
                                  "the input is truncated by frac - lut_frac >= 1 bits before the LUT")
-        self.shift = self.frac - self.lut_frac
-        self.mid_bits = n - self.shift                      # m: ring of x', |x'| and the clip
+        self.in_scale = self.frac if in_scale is None else int(in_scale)
+        if self.in_scale < self.frac:
+            raise ParameterError(f"SIGMA GELU: input scale {self.in_scale} below frac {self.frac}")
+        self.out_scale = self.in_scale
+        self.shift = s = self.frac - self.lut_frac
         T = float(clip) * 2.0 ** self.lut_frac
         if T != int(T) or T < 2:
             raise ParameterError(f"SIGMA GELU: clip * 2^lut_frac = {T:g} must be an integer >= 2")
         self.clip = float(clip)
-        self.T = int(T)
-        self.view_bits = max(1, (self.T - 1).bit_length())  # k: idx = c mod 2^k, 0 <= c < T
-        if self.view_bits > 8:
-            raise ParameterError(f"SIGMA GELU: a {self.view_bits}-bit LUT index (clip * 2^lut_frac = {self.T})",
+        self.K = int(T) - 1                                         # clip value (SIGMA: 2^8 - 1)
+        k = self.view_bits = self.K.bit_length()
+        if k > 8:
+            raise ParameterError(f"SIGMA GELU: a {k}-bit LUT index (clip * 2^lut_frac = {int(T)})",
                                  "the SIGMA construction uses an 8-bit LUT: clip * 2^lut_frac <= 256")
-        if self.mid_bits < self.view_bits + 2:
-            raise ParameterError(f"SIGMA GELU: the {self.mid_bits}-bit truncated ring cannot hold the clip range",
-                                 "use a wider ring")
-        if lut not in ("dpf", "table"):
-            raise ParameterError(f"SIGMA GELU: unknown LUT {lut!r}", "use 'dpf' or 'table'")
-        self.lut = lut
-        N, m, k = self.elements, self.mid_bits, self.view_bits
+        self.in_bits = n - self.frac if in_bits is None else check_width(in_bits, "SIGMA GELU input width")
+        m = self.mid_bits = self.in_bits - s + 1                    # SIGMA's bwXt (33)
+        if self.in_bits > n - 1 or m - 1 < k + 2 or m > n:
+            raise ParameterError(f"SIGMA GELU: input width {self.in_bits} does not fit the construction on {n} bits",
+                                 "needs lut_frac + bitlen(clip) + 2 < in_bits - frac + lut_frac and in_bits < n")
+        self.cmp_bits = m - 1
+        N = self.elements
         self.table = delta_table(self.lut_frac, self.frac, k)
-        self._tr = TruncateReduce(N, n, self.shift)
-        self._sign = DReLU(N, m)
-        self._relu = Select(N, n)
-        self._abs = Select(N, m)
-        self._clip = ReLU2(N, m)
-        self._lut: Gate = (LutDpf(N, k, self.table, n, view_bits=k) if lut == "dpf"
-                           else TableLookup(N, k, self.table, n, k))
-        self._subs: list[tuple[str, Gate]] = [("tr", self._tr), ("sign", self._sign), ("relu", self._relu),
-                                              ("abs", self._abs), ("clip", self._clip), ("lut", self._lut)]
+        self.pre = self.in_scale - self.frac
+        self._pre = SigmaTrFloor(N, n, self.pre) if self.pre else None
+        self._tr = SigmaTrunc(N, n, s, out_bits=m, slack=True, scope="gelu")
+        self._lut = SigmaLut(N, k, self.table, n, split_uv=split_uv, open_out=False, scope="gelu")
+        self.split_uv = bool(split_uv)
 
     # ------------------------------------------------------------------ layout and cost
     def fields(self) -> list[FieldSpec]:
-        return [f for p, g in self._subs for f in _sub_fields(p, g)]
+        N, n, k = self.elements, self.bits, self.view_bits
+        out = [(f"pre.{a}", b, c) for a, b, c in self._pre.fields()] if self._pre else []
+        out += [(f"tr.{a}", b, c) for a, b, c in self._tr.fields()]
+        out += _lt_fields("cmp", self.cmp_bits, N) + [("rho", (N, 2), 1), ("mux_a", (N, 4), k), ("mux_b", (N, 4), k)]
+        out += [(f"lut.{a}", b, c) for a, b, c in self._lut.fields()]
+        return out + [("relu_rho", (N,), n), ("relu_r", (N,), n), ("relu_rho_r", (N,), n), ("r_out", (N,), n)]
 
     def cost(self) -> GateCost:
-        branch = self._abs.cost() + self._clip.cost() + self._lut.cost()   # |x'| -> clip -> LUT
-        return self._tr.cost() + self._sign.cost() + self._relu.cost().parallel(branch)
+        n, k, c = self.bits, self.view_bits, self.cmp_bits
+        cmp = GateCost(key_bits=DpfKey.key_bits(c) + 2, aes=4 * DpfKey.aes_per_eval(c), rounds=1, open_bits=2)
+        mux = GateCost(key_bits=8 * k, aes=0, rounds=1, open_bits=k)
+        out = GateCost(key_bits=4 * n, aes=0, rounds=1, open_bits=n)          # relu correlation + r_out
+        total = self._tr.cost() + cmp + mux + self._lut.cost() + out
+        return (self._pre.cost() + total) if self._pre else total
 
     # ------------------------------------------------------------------ keygen
+    def _points(self, u):
+        """The four points of the packed comparison on the (m-1)-bit view, from the public u_t."""
+        c, K = self.cmp_bits, self.K
+        H = 1 << (c - 1)
+        up = (ring.lo(u, c) + U64(H)) & ring.mask(c)                 # u' = u + H' masks x' = x + H'
+        pts = [(up - U64(H)) & ring.mask(c), up, (up - U64(H + K + 1)) & ring.mask(c),
+               (up - U64(H - K)) & ring.mask(c)]
+        return up, pts
+
     def keygen(self, rng: DealerRng, in_masks):
-        n, m, k = self.bits, self.mid_bits, self.view_bits
+        n, m, k, c, N = self.bits, self.mid_bits, self.view_bits, self.cmp_bits, self.elements
         r = np.asarray(in_masks[0], np.uint64).reshape(-1) & ring.mask(n)
-        if r.shape[0] != self.elements:
-            raise ParameterError(f"{self.kind}: input mask has {r.shape[0]} elements, the gate has {self.elements}")
+        if r.shape[0] != N:
+            raise ParameterError(f"{self.kind}: input mask has {r.shape[0]} elements, the gate has {N}")
         keys: tuple[Key, Key] = ({}, {})
 
         def add(prefix, out):
@@ -164,41 +166,75 @@ class SigmaGelu(Gate):
             keys[1].update(prefixed(prefix, k1))
             return mask
 
-        r1 = add("tr", self._tr.keygen(rng, [r]))                       # x' on m bits
-        rho = add("sign", self._sign.keygen(rng, [r1]))                 # d, XOR mask
-        r_relu = add("relu", self._relu.keygen(rng, [rho, r]))          # relu on n bits
-        r_a = add("abs", self._abs.keygen(rng, [rho, r1]))              # d * x' on m bits
-        r_abs = (2 * r_a - r1) & ring.mask(m)                           # |x'| = 2a - x'
-        r_cl = add("clip", self._clip.keygen(rng, [r_abs]))             # ReLU(|x'| - (T-1)): same mask
-        r_c = (r_abs - r_cl) & ring.mask(m)                             # c = |x'| - ReLU(.)
-        r_lut = add("lut", self._lut.keygen(rng, [ring.lo(r_c, k)]))    # idx = c mod 2^k
-        r_out = (r_relu - r_lut) & ring.mask(n)                         # y = relu - delta
+        if self._pre:
+            r = add("pre", self._pre.keygen(rng, [r]))
+        r_t = add("tr", self._tr.keygen(rng, [r]))                          # x_t on m bits
+        _lt_keygen(rng, keys, "cmp", ring.lo(r_t, c), c)                    # one key, four points
+        rho = rng.bits((N, 2))                                              # masks of d, ic
+        _share(rng, keys, "rho", rho, 1)
+        r_c = rng.ring(N, k)                                                # mask of the clipped |x_t|
+        e = np.arange(4, dtype=np.uint64)
+        d = (e[None, :] & ONE) ^ rho[:, 0:1]                                # actual bits per opened index
+        ic = (e[None, :] >> ONE) ^ rho[:, 1:2]
+        c1 = np.where(ic == 1, np.where(d == 1, U64(1), ~U64(0)), U64(0))     # 0, +1 or -1
+        c0 = np.where(ic == 1, U64(0), U64(self.K))
+        _share(rng, keys, "mux_a", c1, k)
+        _share(rng, keys, "mux_b", c0 - c1 * r_t[:, None] + r_c[:, None], k)
+        self._lut.keygen_shares(rng, r_c, keys, prefix="lut.")
+        rd = rho[:, 0]
+        _share(rng, keys, "relu_rho", rd, n)
+        _share(rng, keys, "relu_r", r, n)
+        _share(rng, keys, "relu_rho_r", rd * r, n)
+        r_out = rng.ring(N, n)
+        _share(rng, keys, "r_out", r_out, n)
+        if self.pre:
+            r_out = (r_out << U64(self.pre)) & ring.mask(n)
         return r_out, keys[0], keys[1]
 
     # ------------------------------------------------------------------ eval
     def eval(self, party: int, key: Key, inputs, be) -> EvalGen:
-        n, m, k = self.bits, self.mid_bits, self.view_bits
-        mm = ring.mask(m)
+        xp = be.xp
+        n, k, c = self.bits, self.view_bits, self.cmp_bits
         u = inputs[0].reshape(-1) & ring.mask(n)
-        sub = {p: unprefixed(p, key) for p, _ in self._subs}
-        # round 1: x' = TR(x);  round 2: d = DReLU(x')
-        u1 = yield from self._tr.eval(party, sub["tr"], [u], be)
-        d = yield from self._sign.eval(party, sub["sign"], [u1], be)
-        # round 3: relu = d * x  ||  a = d * x'
-        u_relu, u_a = yield from parallel(self._relu.eval(party, sub["relu"], [d, u], be),
-                                          self._abs.eval(party, sub["abs"], [d, u1], be))
-        u_abs = (u_a * np.uint64(2) - u1) & mm
-        # rounds 4-5: c = |x'| - ReLU(|x'| - (T-1))   (AddPublic: the mask is unchanged)
-        u_shift = (u_abs - np.uint64(self.T - 1)) & mm
-        u_cl = yield from self._clip.eval(party, sub["clip"], [u_shift], be)
-        u_c = (u_abs - u_cl) & mm
-        # round 6: D = LUT[c mod 2^k]
-        u_lut = yield from self._lut.eval(party, sub["lut"], [ring.lo(u_c, k)], be)
-        return (u_relu - u_lut) & ring.mask(n)
+        if u.shape[0] != self.elements:
+            raise ParameterError(f"{self.kind}: input has {u.shape[0]} elements, the gate has {self.elements}")
+        if self._pre:
+            u = yield from self._pre.eval(party, unprefixed("pre", key), [u], be)
+        # rounds 1-2: x_t = TrWithSlack(x)
+        ut = yield from self._tr.eval(party, unprefixed("tr", key), [u], be)
+        # round 3: d = [x_t >= 0], ic = [-K <= x_t <= K] from one DPF key at four points
+        up, pts = self._points(ut)
+        D = [_lt_eval(be, party, key, "cmp", c, p) for p in pts]
+        rho = key["rho"] & ONE
+        sd = D[0] ^ D[1] ^ rho[:, 0]
+        sic = D[2] ^ D[3] ^ rho[:, 1]
+        if party == 1:
+            H, K = 1 << (c - 1), self.K
+            sd = sd ^ ONE ^ (up < U64(H)).astype(np.uint64)
+            sic = sic ^ (up < U64(H + K + 1)).astype(np.uint64) ^ (up < U64(H - K)).astype(np.uint64)
+        dh, ich = yield [Open(sd, 1, scope="cmp"), Open(sic, 1, scope="cmp")]
+        dh, ich = dh & ONE, ich & ONE
+        # round 4: c = min(|x_t|, K) on k bits
+        e = (ich << ONE) | dh
+        sel = (e[:, None] == xp.arange(4, dtype=np.uint64)[None, :]).astype(np.uint64)
+        a = (key["mux_a"] * sel).sum(axis=1, dtype=np.uint64)
+        b = (key["mux_b"] * sel).sum(axis=1, dtype=np.uint64)
+        uc = yield Open((a * ut + b) & ring.mask(k), k, scope="gelu")
+        # rounds 5-6: D = LUT[c] (shared)
+        lut = yield from self._lut.eval_shares(party, key, uc, be, prefix="lut.")
+        # relu = d * x (shared), then round 7: y = relu - D
+        sign = ONE - (dh << ONE)
+        y = key["r_out"] - lut - dh * key["relu_r"] + sign * (u * key["relu_rho"] - key["relu_rho_r"])
+        if party == 1:
+            y = y + dh * u
+        out = yield Open(y & ring.mask(n), n, scope="gelu")
+        if self.pre:
+            out = (out << U64(self.pre)) & ring.mask(n)
+        return out
 
     def error_bound(self) -> float:
         """The stated absolute error bound (module docstring), from delta on a fine grid."""
         t = np.linspace(0.0, self.clip, 1 << 16)
         ddelta = np.abs(np.gradient(gelu_delta(t), t))
-        tail = float(gelu_delta((self.T - 1) / 2.0 ** self.lut_frac))
+        tail = float(gelu_delta(self.K / 2.0 ** self.lut_frac))
         return float(ddelta.max()) * 2.0 ** -self.lut_frac + max(tail, 0.0) + 2.0 ** -(self.frac + 1)
