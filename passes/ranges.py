@@ -95,11 +95,11 @@ def tensor_bits(graph: Graph, t: str, scale: int | None = None, slack: int = 1) 
     return width_bits(lo, hi, s, slack) if s is not None else None
 
 
-def narrow_bits(graph: Graph, t: str, shift: int) -> int | None:
+def narrow_bits(graph: Graph, t: str, shift: int, scale: int | None = None) -> int | None:
     """The view width k for a free truncation of ``t`` by ``shift`` (``TruncateNarrow``):
-    its proven values at its scale satisfy ``-2^(k-2) <= x < 2^(k-2) - 2^shift``."""
+    its proven values at its scale (or ``scale``) satisfy ``-2^(k-2) <= x < 2^(k-2) - 2^shift``."""
     lo, hi = proven(graph, t)
-    s = graph.info(t).scale
+    s = graph.info(t).scale if scale is None else scale
     m = max(abs(lo), abs(hi))
     if s is None or not math.isfinite(m):
         return None
@@ -217,7 +217,7 @@ class _Ranges:
                 self.notes.append(f"ranges: no proven bound for {n!r} ({n.op}); its output uses the full ring")
         outs = out if isinstance(out, list) else [out] * len(n.outputs)
         for t, b in zip(n.outputs, outs):
-            self.b[t] = b
+            self.b[t] = Bound.unbounded() if math.isnan(b.lo) or math.isnan(b.hi) else b   # nan: inf * 0
 
     def movement(self, n: Node) -> Bound:
         ins = [t for t in n.inputs if t]
@@ -262,13 +262,32 @@ class _Ranges:
             return 0.0
         return b.mag * math.sqrt(out_shape[axis])
 
+    def _aligned(self, r: str, red: Node, x: str) -> bool:
+        """Every tensor from ``red``'s output to ``r`` has ``x``'s keepdims-reduced shape or
+        ``x``'s shape, so ``r`` broadcasts each row's reduction back onto that row (keepdims=0
+        or a Reshape could pair a row with another row's reduction)."""
+        shape = self.shape(x)
+        axes = red.attrs.get("axes")
+        axes = range(len(shape)) if axes is None else [a % len(shape) for a in axes]
+        ok = (tuple(1 if i in axes else d for i, d in enumerate(shape)), tuple(shape))
+        t = r
+        while True:
+            if self.shape(t) not in ok:
+                return False
+            p = self.g.producer(t)
+            if p is None:
+                return False
+            if p is red:
+                return True
+            t = p.inputs[0]
+
     def _is_minus_max(self, n: Node) -> bool:
         """``x - Expand(ReduceMax(x))`` (softmax's shift): non-positive by construction."""
         x, m = n.inputs
         p = self.g.producer(m)
         while p is not None and p.op in ("Expand", "Reshape", "Identity"):
             p = self.g.producer(p.inputs[0])
-        return p is not None and p.op == "ReduceMax" and p.inputs[0] == x
+        return p is not None and p.op == "ReduceMax" and p.inputs[0] == x and self._aligned(m, p, x)
 
     def mul(self, n: Node) -> Bound:
         a_t, b_t = n.inputs
@@ -311,6 +330,8 @@ class _Ranges:
                 sq = self.g.producer(sq.inputs[0])
             if sq is None or sq.op != "Mul" or sq.inputs[0] != sq.inputs[1] or sq.inputs[0] != d:
                 continue
+            if not self._aligned(r, red, d):
+                continue
             shape = self.shape(d)
             axes = red.attrs.get("axes")
             axes = list(range(len(shape))) if axes is None else [a % len(shape) for a in axes]
@@ -322,6 +343,8 @@ class _Ranges:
             g = np.sqrt(s) * np.abs(f)
             if not np.all(np.isfinite(g)) or np.any(np.diff(g) < -1e-12 * g[1:]):
                 continue            # not of the rsqrt shape: no structural bound
+            if g[-1] > g[-134] * (1 + 1e-6):
+                continue            # still growing over the last decade: sup sqrt(s) f(s) may be infinite
             R = math.sqrt(m) * float(g[-1])
             return Bound(-R, R, {axes[-1]: R})
         return None
@@ -337,6 +360,11 @@ class _Ranges:
                 continue
             red = self.g.producer(p.inputs[0])
             if red is None or red.op != "ReduceSum" or red.inputs[0] != e or self.get(e).lo < -ABS_MARGIN:
+                continue
+            pe = self.g.producer(e)
+            if self.get(e).lo < 0 and (pe is None or pe.op != "Scalar" or pe.attrs.get("label") not in NONNEG):
+                continue            # e may be negative: e / sum(e) is not in [0, 1]
+            if not self._aligned(r, red, e):
                 continue
             axes = red.attrs.get("axes") or []
             if len(axes) != 1:
@@ -426,6 +454,8 @@ class _Ranges:
         return Bound(lo, hi)
 
 
+#: labels of functions that are >= 0 everywhere (their sampled range is padded below 0)
+NONNEG = {"nexp", "exp", "sigmoid", "relu"}
 #: labels with |f(x)| <= |x| everywhere (row norms pass through them)
 CONTRACTIONS = {"relu", "gelu", "gelu_tanh", "silu", "tanh"}
 
@@ -458,9 +488,16 @@ def _function_range(fn: dict, lo: float, hi: float) -> tuple[float, float] | Non
     xs = np.concatenate(pts + [np.asarray(ends, np.float64)]) if (pts or ends) else np.zeros(1)
     with np.errstate(all="ignore"):
         ys = scalar_fn.evaluate(fn, xs)
-    ys = ys[np.isfinite(ys)]
-    if ys.size == 0:
-        return None
+    if not np.all(np.isfinite(ys)):
+        return None                     # a pole, or outside the function's domain: nothing proven
+    xs_s, ys_s = xs[np.argsort(xs)], ys[np.argsort(xs)]
+    for i in {int(np.argmax(ys_s)), int(np.argmin(ys_s))}:     # refine around the extremes: a pole
+        sub = np.linspace(xs_s[max(i - 1, 0)], xs_s[min(i + 1, xs_s.size - 1)], 1025)    # between samples
+        with np.errstate(all="ignore"):
+            ysub = scalar_fn.evaluate(fn, sub)
+        slack = (float(ys.max()) - float(ys.min())) * 2.0 ** -11
+        if not np.all(np.isfinite(ysub)) or ysub.max() > ys.max() + slack or ysub.min() < ys.min() - slack:
+            return None
     if not (math.isfinite(lo) and math.isfinite(hi)):
         # an unbounded input: the function must be bounded where it was sampled far out
         far = [v for v in (lo, hi) if not math.isfinite(v)]
