@@ -43,7 +43,8 @@ from fusec.runtime.gates.arith import Mul
 from fusec.runtime.gates.base import (ZERO_COST, EvalGen, FieldSpec, Gate, GateCost, Key, Open,
                                       check_width, parallel, prefixed, unprefixed)
 from fusec.runtime.gates.compare import DReLU, IntervalContainment, LutDpf, Select
-from fusec.runtime.gates.truncation import TruncateReduce, TruncateSlack
+from fusec.runtime.gates.sigma_fss import SigmaLut, SigmaTrunc
+from fusec.runtime.gates.truncation import TruncateReduce
 from fusec.runtime.rng import DealerRng
 
 __all__ = ["SigmaNegExp", "SigmaInverse", "SigmaRsqrt", "sigma_layernorm_rsqrt", "nexp_tables", "inverse_table",
@@ -113,113 +114,91 @@ def nexp_tables(view_frac: int, frac: int, centre: bool = False) -> tuple[np.nda
 
 
 class SigmaNegExp(_Composite):
-    """SIGMA's nExp: ``exp(x)`` for ``x <= 0`` at scale ``frac``, output at scale ``frac``.
+    """SIGMA's nExp (``gpu_nexp.cu``): ``exp(x)`` for ``x <= 0`` at scale ``frac``, output at scale ``frac``.
 
-    Precondition (the caller's, e.g. ``x - max(x)`` in softmax): ``-2^(m-1) <= x <= 0`` with
-    ``m = in_bits`` (default n). Positive x give garbage (the construction reads ``-x`` as a
-    magnitude). A smaller ``in_bits`` (SIGMA's ``bin``, the input's known bit width) runs the
-    clip's DReLU on the m-bit view: a (m-1)-bit DPF instead of an (n-1)-bit one.
+    Precondition (the caller's, e.g. ``x - max(x)`` in softmax): ``-2^(m-1) < x <= 0`` with
+    ``m = in_bits`` (SIGMA: bin + 2 = 40 at n = 50; default ``n - frac + 2``, capped at n).
+    Positive x give garbage (the construction reads ``-x`` as a magnitude). ``frac <= 12``:
+    the 16-bit clip then covers ``[0, 2^(16 - frac))``, at least ``[0, 16)``.
 
-    Construction, with ``y = -x >= 0`` (free), ``vf = view_frac = min(frac, 12)`` and
-    ``s0 = frac - vf``: the 16-bit view ``floor(y / 2^s0)`` at ``vf`` fractional bits covers
-    ``[0, 2^(16 - vf))`` (``[0, 16)`` at vf = 12; ``exp(-16) = 1.1e-7`` is below half an ulp
-    for frac <= 22) and splits into two bytes ``hi``, ``lo``:
+    With ``y = -x >= 0`` (free) and ``p = 2^16 - 1``, SIGMA's sequence of rounds:
 
-    round 1  ``g = DReLU_m(y - 2^(16+s0)) = [y >= 2^(16+s0)]``  ||  ``hi = TR_{s0+8}(y mod 2^(s0+16))``
-             (8 bits)  ||  ``lo = TR_{s0}(y mod 2^(s0+8))`` (8 bits; free ``y mod 2^8`` if s0 = 0,
-             and then ``LUT_lo`` already runs in round 1)
-    round 2  clip: ``hi_c = hi - Select_8(g, hi - 255)`` (255 when y is past the view)  ||
-             ``b = LUT_lo[lo]``
-    round 3  ``a = LUT_hi[hi_c]``   (both LUTs: :class:`LutDpf`, 8-bit view, n-bit output)
-    round 4  ``p = a * b``  (:class:`Mul`, scale 2 frac)
-    round 5  ``z = floor((p + 2^(frac-1)) / 2^frac)``  (:class:`TruncateSlack`: p < 2^(n-2)
-             needs ``2 frac + 1 <= n - 2``)
+    1-2    ``c = min(y, p)`` on 16 bits: ``b = 1 XOR DReLU_m(y - p)`` (an (m-1)-bit DPF key; 39 bits
+           at m = 40), then ``Select_16(b, y - p) + p``
+    3-5    ``L = LUT_lo[c mod 2^8]``, ``LUT_lo[j] = exp(-j / 2^frac)`` (:class:`SigmaLut`: U, V, output)
+    6-7    ``h = TR_8(c)`` on 8 bits (:class:`SigmaTrunc`; SIGMA's TrWithSlack 16 -> 8, exact mod 2^8)
+    8-10   ``H = LUT_hi[h]``, ``LUT_hi[i] = exp(-256 i / 2^frac)``
+    11     ``P = H L`` (:class:`Mul`, scale 2 frac)
+    12-13  ``z = floor((P + 2^(frac-1)) / 2^frac)`` (:class:`SigmaTrunc` with slack, n bits; the
+           rounding offset is free, SIGMA floors)
 
-    SIGMA clips with a ReLU on the 16-bit view; clipping only the high byte is enough
-    (when ``g = 1``, ``LUT_hi[255] = exp(-15.9) 2^frac`` rounds to 0, so the low byte does
-    not matter) and lets the DReLU, the TR and the low LUT start at once: 5 rounds.
-
-    Accuracy: table rounding (half an ulp each, the other factor <= 1) plus the final
-    rounding: ``|z - exp(x) 2^frac| <= 1.5`` ulps at s0 = 0; with s0 > 0 the dropped low bits
-    add ``2^-vf / 2`` relative (the low table is centred on its interval).
+    Accuracy: each table entry is within half an ulp, the other factor <= 1, plus the final
+    rounding: ``|z - exp(x) 2^frac| <= 1.5`` ulps; beyond the clip ``exp(-2^(16-frac))`` (< 0.0005
+    ulps at frac 12).
     """
 
     kind = "sigma_nexp"
 
-    def __init__(self, elements: int, bits: int = 50, frac: int = 12, view_frac: int | None = None,
-                 in_bits: int | None = None):
+    def __init__(self, elements: int, bits: int = 50, frac: int = 12, in_bits: int | None = None):
         super().__init__(elements)
         n = self.bits = check_width(bits, "SIGMA nExp ring width")
         self.out_bits = n
         self.frac = self.out_scale = int(frac)
-        self.view_frac = min(self.frac, 12) if view_frac is None else int(view_frac)
-        if not 1 <= self.view_frac <= self.frac:
-            raise ParameterError(f"SIGMA nExp: view_frac {self.view_frac} must be in [1, frac={self.frac}]")
-        s0 = self.s0 = self.frac - self.view_frac
-        self.clip_at = 1 << (16 + s0)                       # y >= this: past the 16-bit view
-        self.in_bits = n if in_bits is None else check_width(in_bits, "SIGMA nExp input width")
-        if 16 + s0 > self.in_bits - 2 or self.in_bits > n:
-            raise ParameterError(f"SIGMA nExp: in_bits {self.in_bits} must lie in [{18 + s0}, {n}]",
-                                 "the clip compares -x with 2^(16 + frac - view_frac) on the in_bits view")
+        if not 1 <= self.frac <= 12:
+            raise ParameterError(f"SIGMA nExp: frac {frac} must be in [1, 12]",
+                                 "the 16-bit clip must cover [0, 16) of -x")
+        self.in_bits = min(n, n - self.frac + 2) if in_bits is None else check_width(in_bits, "SIGMA nExp input width")
+        if not 18 <= self.in_bits <= n:
+            raise ParameterError(f"SIGMA nExp: in_bits {self.in_bits} must lie in [18, {n}]",
+                                 "the clip compares -x - (2^16 - 1) on the in_bits view")
         if 2 * self.frac + 3 > n:
             raise ParameterError(f"SIGMA nExp: a {n}-bit ring cannot hold the product of two scale-{self.frac} "
                                  "values with headroom", "needs 2 frac + 3 <= n")
         N = self.elements
-        self.tab_hi, self.tab_lo = nexp_tables(self.view_frac, self.frac, centre=s0 > 0)
+        self.clip_at = (1 << 16) - 1
+        self.tab_hi, self.tab_lo = nexp_tables(self.frac, self.frac)
         self._clip = DReLU(N, self.in_bits)
-        self._hi = TruncateReduce(N, s0 + 16, s0 + 8)
-        self._lo = TruncateReduce(N, s0 + 8, s0) if s0 else None
-        self._sel = Select(N, 8)
-        self._lut_hi = LutDpf(N, 8, self.tab_hi, n, view_bits=8)
-        self._lut_lo = LutDpf(N, 8, self.tab_lo, n, view_bits=8)
+        self._sel = Select(N, 16)
+        self._lut_lo = SigmaLut(N, 8, self.tab_lo, n, scope="lookup")
+        self._hi = SigmaTrunc(N, 16, 8, out_bits=8, scope="softmax")
+        self._lut_hi = SigmaLut(N, 8, self.tab_hi, n, scope="lookup")
         self._mul = Mul(N, n)
-        self._trunc = TruncateSlack(N, n, self.frac)
-        subs = [("clip", self._clip), ("hi", self._hi), ("lo", self._lo), ("sel", self._sel),
-                ("lut_hi", self._lut_hi), ("lut_lo", self._lut_lo), ("mul", self._mul), ("trunc", self._trunc)]
-        self._subs = [(p, g) for p, g in subs if g is not None]
+        self._trunc = SigmaTrunc(N, n, self.frac, slack=True, scope="softmax")
+        self._subs = [("clip", self._clip), ("sel", self._sel), ("lut_lo", self._lut_lo), ("hi", self._hi),
+                      ("lut_hi", self._lut_hi), ("mul", self._mul), ("trunc", self._trunc)]
 
     def cost(self) -> GateCost:
-        hi = self._clip.cost().parallel(self._hi.cost()) + self._sel.cost() + self._lut_hi.cost()
-        lo = (self._lo.cost() if self._lo else ZERO_COST) + self._lut_lo.cost()
-        return hi.parallel(lo) + self._mul.cost() + self._trunc.cost()
+        total = ZERO_COST
+        for _, g in self._subs:
+            total = total + g.cost()
+        return total
 
     def keygen(self, rng: DealerRng, in_masks):
-        n, s0 = self.bits, self.s0
+        n = self.bits
         ry = (U64(0) - self._in_mask(in_masks)) & ring.mask(n)            # mask of y = -x
         acc = _KeyAcc()
-        rho = acc.add("clip", self._clip.keygen(rng, [ring.lo(ry, self.in_bits)]))   # y - 2^(16+s0): same mask
-        r_h = acc.add("hi", self._hi.keygen(rng, [ring.lo(ry, s0 + 16)]))
-        r_sel = acc.add("sel", self._sel.keygen(rng, [rho, r_h]))         # hi - 255: same mask
-        r_a = acc.add("lut_hi", self._lut_hi.keygen(rng, [(r_h - r_sel) & ring.mask(8)]))
-        r_l = acc.add("lo", self._lo.keygen(rng, [ring.lo(ry, s0 + 8)])) if self._lo else ring.lo(ry, 8)
-        r_b = acc.add("lut_lo", self._lut_lo.keygen(rng, [r_l]))
-        r_p = acc.add("mul", self._mul.keygen(rng, [r_a, r_b]))
+        rho = acc.add("clip", self._clip.keygen(rng, [ring.lo(ry, self.in_bits)]))   # y - p: same mask
+        r_c = acc.add("sel", self._sel.keygen(rng, [rho, ring.lo(ry, 16)]))          # + p: same mask
+        r_l = acc.add("lut_lo", self._lut_lo.keygen(rng, [ring.lo(r_c, 8)]))
+        r_h = acc.add("hi", self._hi.keygen(rng, [r_c]))
+        r_a = acc.add("lut_hi", self._lut_hi.keygen(rng, [r_h]))
+        r_p = acc.add("mul", self._mul.keygen(rng, [r_a, r_l]))
         r_out = acc.add("trunc", self._trunc.keygen(rng, [r_p]))          # + 2^(frac-1): same mask
         return r_out, acc.keys[0], acc.keys[1]
 
     def eval(self, party: int, key: Key, inputs, be) -> EvalGen:
-        n, s0 = self.bits, self.s0
-        mn, m8 = ring.mask(n), ring.mask(8)
+        n = self.bits
         sub = self._sub_keys(key)
-        y = (U64(0) - self._u(inputs)) & mn
-
-        def hi_branch():
-            z = ring.lo(y - U64(self.clip_at), self.in_bits)
-            g, h = yield from parallel(self._clip.eval(party, sub["clip"], [z], be),
-                                       self._hi.eval(party, sub["hi"], [ring.lo(y, s0 + 16)], be))
-            sel = yield from self._sel.eval(party, sub["sel"], [g, (h - U64(255)) & m8], be)
-            return (yield from self._lut_hi.eval(party, sub["lut_hi"], [(h - sel) & m8], be))
-
-        def lo_branch():
-            if self._lo is None:
-                lo = ring.lo(y, 8)
-            else:
-                lo = yield from self._lo.eval(party, sub["lo"], [ring.lo(y, s0 + 8)], be)
-            return (yield from self._lut_lo.eval(party, sub["lut_lo"], [lo], be))
-
-        a, b = yield from parallel(hi_branch(), lo_branch())
-        p = yield from self._mul.eval(party, sub["mul"], [a, b], be)
-        p = (p + U64(1 << (self.frac - 1))) & mn
+        y = (U64(0) - self._u(inputs)) & ring.mask(n)
+        z = (y - U64(self.clip_at)) & ring.mask(n)
+        d = yield from self._clip.eval(party, sub["clip"], [ring.lo(z, self.in_bits)], be)
+        s = yield from self._sel.eval(party, sub["sel"], [d ^ ONE, ring.lo(z, 16)], be)     # [y < p] (y - p)
+        c = (s + U64(self.clip_at)) & ring.mask(16)
+        lo = yield from self._lut_lo.eval(party, sub["lut_lo"], [ring.lo(c, 8)], be)
+        h = yield from self._hi.eval(party, sub["hi"], [c], be)
+        hi = yield from self._lut_hi.eval(party, sub["lut_hi"], [h], be)
+        p = yield from self._mul.eval(party, sub["mul"], [hi, lo], be)
+        p = (p + U64(1 << (self.frac - 1))) & ring.mask(n)
         return (yield from self._trunc.eval(party, sub["trunc"], [p], be))
 
 
@@ -252,10 +231,10 @@ class SigmaInverse(_Composite):
     Construction (SIGMA: TR by 6 bits, a 13-bit DPF LUT for L = 128): with
     ``s = frac - lut_frac`` and ``k = ceil(log2(max_value 2^lut_frac))``,
 
-    round 1  ``i = TR_s(x mod 2^(k+s))`` = ``floor(x / 2^s) mod 2^k``  (:class:`TruncateReduce`
-             on the (k+s)-bit view: an s-bit DCF with k-bit payload, k bits opened; skipped
-             when s = 0)
-    round 2  ``z = T[i]``  (:class:`LutDpf`, k-bit view, n-bit output), ``T`` = :func:`inverse_table`
+    rounds 1-2  ``i = TR_s(x mod 2^(k+s))`` = ``floor(x / 2^s) mod 2^k``  (:class:`SigmaTrunc`
+             on the (k+s)-bit view: an s-bit DPF key, 1 then k bits opened; SIGMA's TrWithSlack
+             19 -> 13 bits, exact mod 2^k; skipped when s = 0)
+    rounds 3-5  ``z = T[i]``  (:class:`SigmaLut`, k-bit view, n-bit output), ``T`` = :func:`inverse_table`
 
     Accuracy: within an index the input spans ``2^-lut_frac`` and ``|d(1/x)/dx| <= 1`` for
     x >= 1, so the centred table entry is within ``2^-(lut_frac+1)`` of 1/x, plus half an
@@ -291,8 +270,8 @@ class SigmaInverse(_Composite):
             raise ParameterError(f"SIGMA inverse: a {n}-bit ring cannot hold the {k + s}-bit view or the output")
         N = self.elements
         self.table = inverse_table(k, s, self.frac, self.out_frac)
-        self._tr = TruncateReduce(N, k + s, s) if s else None
-        self._lut = LutDpf(N, k, self.table, n, view_bits=k)
+        self._tr = SigmaTrunc(N, k + s, s, out_bits=k, scope="softmax") if s else None
+        self._lut = SigmaLut(N, k, self.table, n, scope="lookup")
         self._subs = [(p, g) for p, g in (("tr", self._tr), ("lut", self._lut)) if g is not None]
 
     def cost(self) -> GateCost:
