@@ -38,6 +38,10 @@ class OperatorSpec:
     max_error_ulps: float = float("nan")   # measured on fit_range, in output ulps
     fit_range: tuple[float, float] = (0.0, 0.0)
     notes: str = ""
+    #: the pieces are accurate up to ``2^(view_shift+1)`` grid units past their ends (and the
+    #: error is measured so), so the gate may pick the piece from a truncated view of x
+    #: (``floor(x / 2^view_shift) + {0, 1}``): a comparison on fewer bits
+    view_shift: int = 0
 
     def __post_init__(self):
         if len(self.coeffs) != len(self.breakpoints) + 1:
@@ -117,6 +121,14 @@ class OperatorSpec:
             out[sel] = acc // (1 << self.out_shift) if self.out_shift else acc
         return out.reshape(np.shape(x_signed))
 
+    def piece_value(self, i: int, xs: np.ndarray) -> np.ndarray:
+        """``floor(p_i(x) / 2^out_shift)`` of piece i at integer inputs (exact, Python ints)."""
+        x = np.asarray(xs, dtype=object).reshape(-1) - int(self.centers[i])
+        acc = np.zeros(x.shape, dtype=object)
+        for ck in reversed(self.coeffs[i]):
+            acc = acc * x + int(ck)
+        return acc // (1 << self.out_shift) if self.out_shift else acc
+
     def max_abs_poly(self, lo: int, hi: int) -> int:
         """Largest |p_i(x)| over the integer grid [lo, hi) (exact), for range checks."""
         xs = np.arange(lo, hi, max(1, (hi - lo) // 4096), dtype=np.int64)
@@ -180,6 +192,7 @@ class Tail:
 
     slope: float = 0.0
     offset: float = 0.0
+    exact_to: float = 0.0   # |x| (real) up to which a non-dyadic slope must stay within 1/4 ulp (0: 16x the range)
 
 
 @dataclass
@@ -197,6 +210,10 @@ class FitRequest:
     left: Tail = field(default_factory=Tail)
     right: Tail = field(default_factory=Tail)
     breakpoints: Sequence[float] | None = None  # explicit interior breakpoints in (lo, hi)
+    view: bool = True             # overlap the pieces so the gate may compare on a truncated view
+    # cap poly_scale at what the ring holds and lower the degree of the pieces too wide for it
+    # (None: on with explicit breakpoints, i.e. the geometric pieces of 1/x, 1/sqrt(x) over a wide range)
+    cap_scale: bool | None = None
 
 
 def fit(req: FitRequest) -> OperatorSpec:
@@ -205,8 +222,9 @@ def fit(req: FitRequest) -> OperatorSpec:
     Each piece is centred at its midpoint m with half-width h (grid units), so the term
     ``c_k (x - m)^k`` has rounding error at most ``h^k / 2`` at scale ``poly_scale``; the
     scale is the smallest with ``h^k <= 2^(poly_scale - f_out - guard_bits)`` for all
-    pieces and k. The error reported is measured by exact integer evaluation over the grid
-    of [lo, hi) (every point, or 65536 evenly spaced ones).
+    pieces and k. The error reported is measured by exact integer evaluation of every piece
+    over its interval widened by the overlap ``2^(view_shift+1)`` (the tails over the
+    overlap into the fitted range), 2048-4096 evenly spaced points each.
     """
     if req.degree < 0 or req.pieces < 1:
         raise ParameterError(f"fit {req.name}: need degree >= 0 and at least one piece")
@@ -218,6 +236,10 @@ def fit(req: FitRequest) -> OperatorSpec:
     cuts_int = [int(math.floor(c * F)) for c in cuts]
     half_max = max((b - a) / 2 for a, b in zip(cuts_int[:-1], cuts_int[1:]))
     S = req.f_out + req.guard_bits + max(0, math.ceil(req.degree * math.log2(max(half_max, 1))))
+    S = max(S, _tail_scale(req))
+    degrees = [req.degree] * (len(cuts_int) - 1)
+    if req.cap_scale or (req.cap_scale is None and req.breakpoints is not None):
+        S, degrees = _capped_scale(req, cuts_int, S)
     coeffs: list[tuple[int, ...]] = []
     centers: list[int] = []
 
@@ -225,19 +247,26 @@ def fit(req: FitRequest) -> OperatorSpec:
         # a*x_real + b at scale S: x_real = x / 2^f_in
         return (int(round(t.offset * 2.0 ** S)), int(round(t.slope * 2.0 ** (S - req.f_in))))
 
+    # pieces overlap their neighbours by delta grid units, so a coarse view of x that is one
+    # coarse ulp off near a breakpoint still picks an accurate piece
+    gap = min(b - a for a, b in zip(cuts_int[:-1], cuts_int[1:]))
+    view_shift = max(0, int(math.floor(math.log2(max(gap, 1) / 32)))) if req.view else 0
+    delta = (1 << (view_shift + 1)) if view_shift else 0
     coeffs.append(tail(req.left))
     centers.append(0)
-    for lo_i, hi_i in zip(cuts_int[:-1], cuts_int[1:]):
-        xs = np.arange(lo_i, hi_i, max(1, (hi_i - lo_i) // 2048), dtype=np.int64)
+    for (lo_i, hi_i), deg in zip(zip(cuts_int[:-1], cuts_int[1:]), degrees):
+        a, b = lo_i - delta, hi_i + delta
+        xs = np.arange(a, b, max(1, (b - a) // 2048), dtype=np.int64)
         mid = (lo_i + hi_i) // 2
-        half = max((hi_i - lo_i) / 2, 1.0)
+        half = max((b - a) / 2, 1.0)
         t = (xs - mid) / half
-        cheb = np.polynomial.chebyshev.Chebyshev.fit(t, req.fn(xs / F), req.degree, domain=[-1, 1])
+        deg = min(deg, max(len(xs) - 1, 0))
+        cheb = np.polynomial.chebyshev.Chebyshev.fit(t, req.fn(xs / F), deg, domain=[-1, 1])
         poly_t = cheb.convert(kind=np.polynomial.Polynomial).coef
-        poly_t = np.pad(poly_t, (0, req.degree + 1 - len(poly_t)))
+        poly_t = np.pad(poly_t, (0, deg + 1 - len(poly_t)))
         # value(x) = sum_k a_k ((x - mid)/half)^k, so the integer coefficient of (x - mid)^k
         # at scale S is a_k * 2^S / half^k
-        coeffs.append(tuple(int(round(a * 2.0 ** S / half ** k)) for k, a in enumerate(poly_t)))
+        coeffs.append(tuple(int(round(a_k * 2.0 ** S / half ** k)) for k, a_k in enumerate(poly_t)))
         centers.append(mid)
     coeffs.append(tail(req.right))
     centers.append(0)
@@ -245,13 +274,30 @@ def fit(req: FitRequest) -> OperatorSpec:
     if cuts_int[0] <= -(1 << (req.n_in - 1)):
         raise ParameterError(f"fit {req.name}: range start {req.lo} is below what n_in={req.n_in}, f_in={req.f_in} holds")
     spec = OperatorSpec(req.name, req.n_in, req.f_in, req.f_out, bps, tuple(coeffs), tuple(centers), S,
-                        fit_range=(req.lo, req.hi))
-    xs = np.arange(cuts_int[0], cuts_int[-1], max(1, (cuts_int[-1] - cuts_int[0]) // 65536), dtype=np.int64)
-    got = np.array([int(v) for v in spec.reference(xs)], dtype=np.float64)
-    want = req.fn(xs / F) * (1 << req.f_out)
-    err = float(np.max(np.abs(got - want))) if xs.size else 0.0
+                        fit_range=(req.lo, req.hi), view_shift=view_shift)
+    # error: every piece on its interval widened by the overlap (the tails on the overlap
+    # into the fitted range), by exact integer evaluation
+    err = 0.0
+    for i in range(spec.pieces):
+        if i == 0:
+            a, b = cuts_int[0] - delta, cuts_int[0] + delta
+        elif i == spec.pieces - 1:
+            a, b = cuts_int[-1] - delta, cuts_int[-1] + delta
+        else:
+            a, b = cuts_int[i - 1] - delta, cuts_int[i] + delta
+        if b <= a:
+            continue
+        xs = np.arange(a, b, max(1, (b - a) // 4096), dtype=np.int64)
+        got = np.array([int(v) for v in spec.piece_value(i, xs)], dtype=np.float64)
+        want = req.fn(xs / F) * (1 << req.f_out)
+        with np.errstate(invalid="ignore"):
+            e = np.abs(got - want)
+        e = e[np.isfinite(e)]
+        if e.size:
+            err = max(err, float(e.max()))
     spec = OperatorSpec(**{**asdict(spec), "breakpoints": spec.breakpoints, "coeffs": spec.coeffs,
-                           "centers": spec.centers, "max_error_ulps": err})
+                           "centers": spec.centers, "max_error_ulps": err,
+                           "notes": _fit_notes(req, spec, cuts_int, degrees, S)})
     lo_ok, hi_ok = spec.exact_input_range(req.n_in, headroom_bits=2 if spec.out_shift else 1)
     if lo_ok > cuts_int[0] or hi_ok < cuts_int[-1] - 1:
         raise ParameterError(
@@ -259,6 +305,75 @@ def fit(req: FitRequest) -> OperatorSpec:
             f"[{req.lo}, {req.hi}) (exact only on [{lo_ok / F:g}, {hi_ok / F:g}])",
             "use more pieces (smaller half-width, smaller scale), a lower degree, or a wider ring")
     return spec
+
+
+def _dyadic_bits(a: float, limit: int = 40) -> int | None:
+    """Smallest e with a * 2^e an integer (None above ``limit``: not dyadic)."""
+    for e in range(limit + 1):
+        v = a * 2.0 ** e
+        if v == round(v):
+            return e
+    return None
+
+
+def _tail_scale(req: FitRequest) -> int:
+    """The poly_scale a tail's slope needs: exact for a dyadic slope (1, 1/2, 1/6 is not),
+    else within 1/4 output ulp for |x| up to ``exact_to``."""
+    need = 0
+    for t in (req.left, req.right):
+        if t.slope == 0.0:
+            continue
+        e = _dyadic_bits(float(t.slope))
+        if e is not None:
+            need = max(need, req.f_in + e)
+            continue
+        reach = t.exact_to or 16.0 * max(abs(req.lo), abs(req.hi), 1.0)
+        need = max(need, req.f_out + req.guard_bits + math.ceil(math.log2(reach * 2.0 ** req.f_in)))
+    return need
+
+
+def _capped_scale(req: FitRequest, cuts_int: list[int], S: int) -> tuple[int, list[int]]:
+    """Cap S at what the ring holds over the fitted range (values at scale S under
+    2^(n-3)) and give each piece the highest degree whose coefficient rounding S can carry
+    (``k log2(half) <= S - f_out - guard``; degree 0 where none)."""
+    F = 1 << req.f_in
+    lo, hi = cuts_int[0], cuts_int[-1]
+    xs = np.unique(np.concatenate([np.linspace(lo, hi, 4097), np.geomspace(max(lo, 1), max(hi, 2), 4097)]))
+    xs = xs[(xs >= lo) & (xs <= hi)]
+    with np.errstate(all="ignore"):
+        v = np.abs(req.fn(np.floor(xs) / F))
+    v = v[np.isfinite(v)]
+    vmax = float(v.max()) if v.size else 1.0
+    s_ring = req.n_in - 3 - math.ceil(math.log2(max(vmax, 2.0 ** -req.f_out)) + 1e-9)
+    S = max(min(S, s_ring), req.f_out + req.guard_bits)
+    budget = S - req.f_out - req.guard_bits
+    degrees = []
+    for a, b in zip(cuts_int[:-1], cuts_int[1:]):
+        lh = math.log2(max((b - a) / 2, 1.0))
+        degrees.append(req.degree if lh <= 0 else max(0, min(req.degree, int(budget // lh))))
+    return S, degrees
+
+
+def _fit_notes(req: FitRequest, spec: OperatorSpec, cuts_int: list[int], degrees: list[int], S: int) -> str:
+    """Geometric pieces (explicit breakpoints): the relative error over the fitted range,
+    measured by exact integer evaluation where |f| >= 1 output ulp; lowered degrees."""
+    if req.breakpoints is None:
+        return ""
+    F = 1 << req.f_in
+    lo, hi = cuts_int[0], cuts_int[-1]
+    xs = np.unique(np.concatenate([np.linspace(lo, hi - 1, 4097), np.geomspace(max(lo, 1), max(hi - 1, 2), 8193)]))
+    xs = np.floor(xs[(xs >= lo) & (xs < hi)]).astype(np.int64)
+    got = np.array([int(v) for v in spec.reference(xs)], dtype=np.float64)
+    with np.errstate(all="ignore"):
+        want = req.fn(xs / F) * (1 << req.f_out)
+    ok = np.isfinite(want) & (np.abs(want) >= 1.0)
+    notes = []
+    if ok.any():
+        rel = float(np.max(np.abs(got[ok] - want[ok]) / np.abs(want[ok])))
+        notes.append(f"relative error {rel:.3g} (2^{math.log2(max(rel, 1e-30)):.1f}) on [{req.lo:.4g}, {req.hi:.4g})")
+    if min(degrees) < req.degree:
+        notes.append(f"degree {min(degrees)} on the widest pieces (poly_scale {S} is what the ring holds)")
+    return "; ".join(notes)
 
 
 def relu_spec(n: int, f: int) -> OperatorSpec:

@@ -244,7 +244,11 @@ class _Lowering:
             spec = OperatorSpec.from_dict(node.attrs["spec"])
             if spec.f_in != s_in:
                 raise CompileError(f"{node!r}: spec fitted at f_in={spec.f_in}, input arrives at {s_in}")
-            gate = ScalarGate(N, spec, lookup=node.attrs.get("lookup", "auto"), pad=node.attrs.get("pad", True))
+            k_in = narrow_bits(self.g, x, spec.view_shift)
+            k_out = narrow_bits(self.g, out, spec.out_shift, scale=spec.poly_scale) if spec.out_shift else None
+            gate = ScalarGate(N, spec, lookup=node.attrs.get("lookup", "auto"), pad=node.attrs.get("pad", True),
+                              view_bits=k_in if k_in is not None and k_in < self.n else None,
+                              out_view_bits=k_out if k_out is not None and k_out <= self.n else None)
             if gate.out_scale != self.scale(out):
                 raise CompileError(f"{node!r}: gate output scale {gate.out_scale} != IR scale {self.scale(out)}")
         self.out.wire[out] = self.add(node.name, gate, [self.out.wire[x]], node)

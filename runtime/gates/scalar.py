@@ -257,28 +257,83 @@ class PackedLookup(SplineLookup):
 
     kind = "packed_lookup"
 
-    def __init__(self, elements: int, spec: OperatorSpec):
+    def __init__(self, elements: int, spec: OperatorSpec, view_bits: int | None = None,
+                 value_bits: int | None = None):
+        """``view_bits`` = k: the input is PROVEN to fit k signed bits with two bits of slack
+        (``|x| < 2^(k-2) - 2^view_shift``); the comparison then runs on the view
+        ``hi_t(u mod 2^k)`` of ``m = k - t`` bits (``t = spec.view_shift``), which is
+        ``floor(x / 2^t) + {0, 1}`` under the mask ``hi_t(r mod 2^k)`` (DESIGN §4), against
+        the breakpoints ``floor(a_i / 2^t)``: a DPF of m levels instead of n. The spec's pieces
+        are fitted (and their error measured) ``2^(t+1)`` past their ends, so picking a
+        neighbour one coarse ulp from a breakpoint stays within the stated error.
+
+        ``value_bits`` = w: the polynomial's value at ``poly_scale`` is PROVEN to fit w signed
+        bits; the lookup then runs in ``Z_{2^w}`` (integer polynomials agree on x mod 2^w),
+        so its correlations, its output mask and its open are w bits, not n."""
         super().__init__(elements, spec, "shifted")
         self.lookup = "packed"
+        self.vbits = self.out_bits = check_width(value_bits or self.bits, "lookup value width")
+        if self.vbits > self.bits:
+            raise ParameterError(f"lookup value width {self.vbits} exceeds the input ring's {self.bits} bits")
+        self.view_bits, self.view_shift = self.bits, 0
+        self.cmp_bps = list(self.bps)
+        if view_bits is not None and view_bits < self.bits:
+            coarse = self._coarse(spec, int(view_bits))
+            if coarse is not None:
+                self.view_bits, self.view_shift, self.cmp_bps = coarse
+        self.cmp_bits = self.view_bits - self.view_shift
+
+    def _coarse(self, spec: OperatorSpec, k: int):
+        """(k, t, unsigned coarse breakpoints) when the coarse partition keeps the piece
+        order of the fine one (else None: compare on the exact k-bit view, t = 0)."""
+        for t in (spec.view_shift, 0):
+            m = k - t
+            if m < 3:
+                continue
+            # breakpoints past the view's range (|x_c| < 2^(m-2)) never separate two admissible
+            # inputs: pin them, in order, just outside it (the piece count stays the spec's)
+            h, bp = 1 << (m - 2), [b >> t for b in spec.breakpoints]
+            over = [i for i, b in enumerate(bp) if b >= h]
+            under = [i for i, b in enumerate(bp) if b < -h]
+            for j, i in enumerate(over):
+                bp[i] = h + j
+            for j, i in enumerate(under):
+                bp[i] = -h - len(under) + j
+            if len(over) >= h or len(under) >= h or bp != sorted(set(bp)) \
+                    or any(0 < b < (1 << t) for b in spec.breakpoints):
+                continue
+            try:
+                cspec = OperatorSpec(spec.name, m, 0, 0, tuple(bp), spec.coeffs, spec.centers, 0)
+                cbps, cmono = cspec.unsigned_partition(m)
+            except ParameterError:
+                continue
+            if len(cbps) == len(self.bps):
+                return k, t, cbps
+        return None
 
     def fields(self):
-        N, n, d, P = self.elements, self.bits, self.d, self.M - 1
-        out = [(f"lt.{name}", shape, bits) for name, shape, bits in dpf.DpfKey.field_specs(n, N)]
+        N, n, d, P = self.elements, self.vbits, self.d, self.M - 1
+        out = [(f"lt.{name}", shape, bits) for name, shape, bits in dpf.DpfKey.field_specs(self.cmp_bits, N)]
         out += [("rho", (N, P), 1), ("rho_a", (N, P), n)]
         if d:
             out += [("rpow", (N, d), n), ("rho_rpow", (N, P, d), n)]
         return out + [("r_out", (N,), n)]
 
     def cost(self) -> GateCost:
-        n, d, P = self.bits, self.d, self.M - 1
-        key = dpf.DpfKey.key_bits(n) + P + P * n + d * n + P * d * n + n
-        return GateCost(key_bits=key, aes=self.M * dpf.DpfKey.aes_per_eval(n), rounds=2, open_bits=P + n)
+        n, d, P = self.vbits, self.d, self.M - 1
+        key = dpf.DpfKey.key_bits(self.cmp_bits) + P + P * n + d * n + P * d * n + n
+        return GateCost(key_bits=key, aes=self.M * dpf.DpfKey.aes_per_eval(self.cmp_bits), rounds=2, open_bits=P + n)
+
+    def _view(self, v):
+        """The comparison view of a wire value or mask: ``hi_t(v mod 2^k)``."""
+        return ring.hi(ring.lo(v, self.view_bits), self.view_shift)
 
     def keygen(self, rng: DealerRng, in_masks):
         r = np.asarray(in_masks[0], np.uint64).reshape(-1) & ring.mask(self.bits)
-        n, d, N, P = self.bits, self.d, self.elements, self.M - 1
+        n, d, N, P = self.vbits, self.d, self.elements, self.M - 1
         m = ring.mask(n)
-        k0, k1 = dpf.lt_keygen(rng, r, n)
+        k0, k1 = dpf.lt_keygen(rng, self._view(r), self.cmp_bits)
+        r = r & m
         keys = (prefixed("lt", k0.arrays()), prefixed("lt", k1.arrays()))
         rho = rng.bits((N, P))
         keys[0]["rho"], keys[1]["rho"] = rng.share(rho, 1)
@@ -293,16 +348,18 @@ class PackedLookup(SplineLookup):
 
     def eval(self, party: int, key: Key, inputs, be) -> EvalGen:
         xp = be.xp
-        n, d, N, P = self.bits, self.d, self.elements, self.M - 1
+        n, d, N, P = self.vbits, self.d, self.elements, self.M - 1
         m = ring.mask(n)
         one = np.uint64(1)
-        u = inputs[0].reshape(-1) & m
-        a = xp.asarray(np.array(self.bps, dtype=np.uint64))
-        pts = xp.concatenate([u[:, None], (u[:, None] - a[None, :]) & m], axis=1)      # (N, M)
-        t = be.dpf_lt_eval(party, dpf.DpfKey.from_arrays(n, unprefixed("lt", key)), pts)  # [z < r]
+        u_in = inputs[0].reshape(-1) & ring.mask(self.bits)
+        mc, uc = ring.mask(self.cmp_bits), self._view(u_in)
+        u = u_in & m
+        a = xp.asarray(np.array(self.cmp_bps, dtype=np.uint64))
+        pts = xp.concatenate([uc[:, None], (uc[:, None] - a[None, :]) & mc], axis=1)     # (N, M)
+        t = be.dpf_lt_eval(party, dpf.DpfKey.from_arrays(self.cmp_bits, unprefixed("lt", key)), pts)  # [z < r]
         c = t[:, 1:] ^ t[:, :1] ^ key["rho"]
         if party == 1:
-            c = c ^ (u[:, None] < a[None, :]).astype(np.uint64)
+            c = c ^ (uc[:, None] < a[None, :]).astype(np.uint64)
         c_hat = yield Open(c & one, 1, scope="cmp")                                     # round 1
         c_hat = c_hat.reshape(N, P) & one
         sign = (one - (c_hat << one))                                                    # 1 - 2 c^
@@ -317,8 +374,11 @@ class PackedLookup(SplineLookup):
         return (yield Open((z + key["r_out"]) & m, n, scope="lookup"))                  # round 2
 
 
-def _lookup(elements: int, spec: OperatorSpec, lookup: str, pad: bool) -> Gate:
-    return PackedLookup(elements, spec) if lookup == "packed" else SplineLookup(elements, spec, lookup, pad)
+def _lookup(elements: int, spec: OperatorSpec, lookup: str, pad: bool, view_bits: int | None = None,
+            value_bits: int | None = None) -> Gate:
+    if lookup == "packed":
+        return PackedLookup(elements, spec, view_bits, value_bits)
+    return SplineLookup(elements, spec, lookup, pad)
 
 
 class ScalarGate(Chain):
@@ -327,18 +387,26 @@ class ScalarGate(Chain):
     kind = "scalar"
 
     def __init__(self, elements: int, spec: OperatorSpec, lookup: str = "auto", pad: bool = True,
-                 defer_shift: bool = False):
+                 defer_shift: bool = False, view_bits: int | None = None, out_view_bits: int | None = None):
         """``lookup``: 'packed' (packed comparison + correlations, 2 rounds), 'shifted' (one
         DCF, 1 round), 'pieces' (baseline piece table) or 'auto' (smallest key). With
         ``defer_shift`` the output stays at ``spec.poly_scale`` (no truncation stage): the
         consumer's own rescale (e.g. after the next matmul) absorbs the shift for free.
         """
-        from fusec.runtime.gates.truncation import TruncateSlack  # noqa: PLC0415
+        from fusec.runtime.gates.truncation import TruncateNarrow, TruncateSlack  # noqa: PLC0415
 
         if lookup == "auto":  # the cheapest key for this spec (a function of the spec only)
-            lookup = min(("packed", "shifted"), key=lambda lk: _lookup(1, spec, lk, True).cost().key_bits)
-        stages: list[Gate] = [_lookup(elements, spec, lookup, pad)]
-        if spec.out_shift and not defer_shift:
+            lookup = min(("packed", "shifted"),
+                         key=lambda lk: _lookup(1, spec, lk, True, view_bits).cost().key_bits)
+        k = out_view_bits
+        narrow_out = (lookup == "packed" and spec.out_shift and not defer_shift and k is not None
+                      and spec.out_shift <= k - 3 and k <= spec.n_in)
+        stages: list[Gate] = [_lookup(elements, spec, lookup, pad, view_bits, k if narrow_out else None)]
+        if narrow_out:
+            # the value is proven to fit k bits at poly_scale: the lookup runs mod 2^k, then a
+            # free truncation widened back to n bits (one round, no DCF)
+            stages.append(TruncateNarrow(elements, k, k, spec.out_shift, out_bits=spec.n_in))
+        elif spec.out_shift and not defer_shift:
             stages.append(TruncateSlack(elements, spec.n_in, spec.out_shift))
         self.out_scale = spec.poly_scale if defer_shift else spec.f_out
         out_scale = self.out_scale
