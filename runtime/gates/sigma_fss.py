@@ -125,7 +125,7 @@ class SigmaTrunc(Gate):
     Key: ``lt.*`` (s-bit DPF), ``rho`` (1 bit), ``corr`` (2 x out_bits), [``msb`` (out_bits)].
     """
 
-    kind = "sigma_trunc"
+    kind = "truncate_sigma"
 
     def __init__(self, elements: int, bits: int, shift: int, out_bits: int | None = None, slack: bool = False,
                  scope: str = "rescale"):
@@ -198,7 +198,7 @@ class SigmaSignExtend(Gate):
     Key: ``lt.*`` (m-bit DPF), ``rho``, ``corr`` (2 x n bits).
     """
 
-    kind = "sigma_sign_extend"
+    kind = "truncate_sigma_sext"
 
     def __init__(self, elements: int, bits: int, out_bits: int, scope: str = "rescale"):
         super().__init__(elements)
@@ -248,7 +248,7 @@ class SigmaTrFloor(Gate):
     No range assumption. Keys under ``tr.`` and ``se.``.
     """
 
-    kind = "sigma_trfloor"
+    kind = "truncate_sigma_floor"
 
     def __init__(self, elements: int, bits: int, shift: int, scope: str = "rescale"):
         super().__init__(elements)
