@@ -21,15 +21,18 @@ the AES counter and the round log) at n=50, f=12:
 ======================  ======  =========  ======  ===========  ==================================
 gate                    rounds  key bytes  AES     bits opened  max error, ulps (stated bound)
 ======================  ======  =========  ======  ===========  ==================================
-SigmaNegExp             5       1,500.6    1,617   217          1.20 (1.5)
-SigmaInverse (max 128)  2       363.9      24,587  63           31.0 over [1, 128] (32.5)
+SigmaNegExp             13      903.1      49      329          1.0 (1.5)
+SigmaInverse (max 128)  5       189.2      191     115          31.0 over [1, 128] (32.5)
 SigmaRsqrt (default B)  4       2,325.0    33,739  171          8.1 for x >= 1 (8.5); relative
                                                                 2^-9 + 0.5 ulp everywhere
 ======================  ======  =========  ======  ===========  ==================================
 
-The LUT gates' AES is the full-domain DPF expansion (``3 * 2^k - 2 + 2^k`` blocks for a
-k-bit view), so 13-bit views dominate: SIGMA pays the same, once per softmax row
-(inverse) or layer-norm row (rsqrt), not per element of the row.
+nExp and inverse use SIGMA's own blocks (sigma_fss.py: 1-bit DPF comparisons, two-round
+truncations, DPF LUTs whose U and V are opened in two rounds), in SIGMA's order of rounds.
+The rsqrt keeps an arithmetic-DPF LUT: SIGMA's GPU code evaluates layer norm's 1/sqrt on the
+opened masked sum of squares (no key, no round), which is not a secure construction.
+The LUT gates' AES is the full-domain DPF expansion, so 13-bit views dominate: SIGMA pays
+the same, once per softmax row (inverse) or layer-norm row (rsqrt), not per element.
 """
 from __future__ import annotations
 
