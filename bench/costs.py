@@ -92,29 +92,60 @@ def _slim(summary: dict, with_tensors: bool) -> dict:
     return summary
 
 
+def worker(build: Path, compile_args: list[str]) -> int:
+    """One configuration in one fresh process: ``fusec compile`` then what ``fusec inspect --json``
+    prints, both with the code imported once -- so an edit to the tree between the two (others
+    work on it) cannot make the inspection disagree with the compile."""
+    import click  # noqa: PLC0415
+
+    from fusec.build import load_build  # noqa: PLC0415
+    from fusec.cli import cli  # noqa: PLC0415
+    from fusec.errors import FusecError  # noqa: PLC0415
+    from fusec.report import summary  # noqa: PLC0415
+
+    try:
+        cli.main(["compile", *compile_args], standalone_mode=False)
+    except (FusecError, click.ClickException) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    (build.parent / f"{build.name}.summary.json").write_text(json.dumps(summary(load_build(build)), allow_nan=False))
+    return 0
+
+
 def measure_onnx(model: Path, gates: str, batch: int, seq: int | None, extra: list[str], workdir: Path,
-                 keep: bool, with_tensors: bool, log) -> dict:
+                 keep: bool, with_tensors: bool, log, retries: int = 1) -> dict:
     build = workdir / f"{_label(model)}_b{batch}_s{seq}_{gates}"
-    if build.exists():
-        shutil.rmtree(build)
-    cmd = _fusec("compile", model, "-o", build, *(["--seq", seq] if seq is not None else []), "--batch", batch,
-                 "--gates", gates, *extra)
+    out = build.parent / f"{build.name}.summary.json"
+    args = [str(model), "-o", str(build), *(["--seq", str(seq)] if seq is not None else []), "--batch", str(batch),
+            "--gates", gates, *extra]
     rec = {"label": _label(model), "source": str(model), "kind": "onnx", "gates": gates, "batch": batch, "seq": seq,
-           "extra_args": extra, "compile_command": "fusec " + " ".join(cmd[3:]),
-           "git_before": git_state()}
-    log(f"compile {model.name} --gates {gates} --batch {batch}" + (f" --seq {seq}" if seq else ""))
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    rec["compile_wall_seconds"] = round(time.perf_counter() - t0, 1)
-    rec["git_after"] = git_state()
-    if r.returncode != 0:
+           "extra_args": extra, "compile_command": "fusec compile " + " ".join(args),
+           "inspect_command": f"fusec inspect {build} --json (in the compiling process: fusec.report.summary)"}
+    for attempt in range(retries + 1):
+        for stale in (build, out):
+            if stale.is_dir():
+                shutil.rmtree(stale)
+            elif stale.exists():
+                stale.unlink()
+        rec["git_before"] = git_state()
+        log(f"compile {model.name} --gates {gates} --batch {batch}" + (f" --seq {seq}" if seq else "")
+            + (f" (retry {attempt})" if attempt else ""))
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", str(build), "--", *args],
+                           capture_output=True, text=True, cwd=ROOT)
+        rec["compile_wall_seconds"] = round(time.perf_counter() - t0, 1)
+        rec["git_after"] = git_state()
+        if r.returncode == 0 and out.is_file():
+            rec.pop("error", None)
+            break
         rec["error"] = (r.stderr.strip() or r.stdout.strip())[-3000:]
         log(f"  FAILED ({rec['compile_wall_seconds']} s): {rec['error'].splitlines()[-1] if rec['error'] else '?'}")
+    if "error" in rec:
         return rec
     rec["compile_stdout"] = r.stdout.strip()
-    rec["inspect_command"] = f"fusec inspect {build} --json"
-    rec["summary"] = _slim(inspect_json(build), with_tensors)
+    rec["summary"] = _slim(json.loads(out.read_text()), with_tensors)
     rec["build"] = str(build) if keep else None
+    out.unlink()
     if not keep:
         shutil.rmtree(build, ignore_errors=True)
     log(f"  {rec['compile_wall_seconds']} s: {r.stdout.strip()}")
@@ -156,6 +187,15 @@ def _num(v, digits=1) -> str:
     return "-" if v is None else f"{v:,.{digits}f}"
 
 
+def _commit(c: dict) -> str:
+    """The commit a configuration was compiled at; ``+`` when code files were modified in the tree."""
+    g = c.get("git_before") or {}
+    after = c.get("git_after") or g
+    dirty = g.get("modified_code_files") or after.get("modified_code_files")
+    same = g.get("commit") == after.get("commit")
+    return f"{(g.get('commit') or '?')[:8]}{'+' if dirty else ''}{'' if same else ' (moved)'}"
+
+
 def render(doc: dict) -> str:
     cfgs = [c for c in doc["configs"] if "summary" in c]
     failed = [c for c in doc["configs"] if "error" in c]
@@ -168,15 +208,16 @@ def render(doc: dict) -> str:
            + (f" with uncommitted changes to {', '.join(dirty)}" if dirty else "") + ". "
            "Numbers are the compiler's (`fusec inspect --json`): the gates' `cost()` summed over elements, "
            "key bytes from the key layout, rounds from the schedule; no keys generated, nothing run. "
-           "Online bytes are both parties' sends. GB/MB = 10^9/10^6 bytes, G/M AES = 10^9/10^6 blocks.", ""]
+           "Online bytes are both parties' sends. GB/MB = 10^9/10^6 bytes, G/M AES = 10^9/10^6 blocks. "
+           "git: the commit each configuration was compiled at (+: with uncommitted code changes in the tree).", ""]
     groups: dict = {}
     for c in cfgs:
         groups.setdefault((c["label"], c.get("seq"), c["batch"], tuple(c.get("extra_args") or ())), {})[c["gates"]] = c
 
     out += ["### Totals (per inference; rounds per forward of the true batch)", "",
             "| model | seq | batch | gates | key / party | online (both parties) | rounds | AES calls / party | "
-            "gates in program | compile s |",
-            "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+            "gates in program | compile s | git |",
+            "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for (label, seq, batch, _), by in groups.items():
         for g in ("fused", "sigma"):
             if g in by:
@@ -184,14 +225,14 @@ def render(doc: dict) -> str:
                 p, t = s["per_inference"], s["totals"]
                 out.append(f"| {label} | {seq or '-'} | {batch} | {g} | {_si(p['key_bytes'], 'B')} | "
                            f"{_si(p['bytes_sent_both'], 'B')} | {t['rounds']} | {_si(p['aes_calls'])} | {t['gates']} | "
-                           f"{by[g].get('compile_wall_seconds', '-')} |")
+                           f"{by[g].get('compile_wall_seconds', '-')} | {_commit(by[g])} |")
         if "fused" in by and "sigma" in by:
             f, s = by["fused"]["summary"], by["sigma"]["summary"]
             out.append(f"| {label} | {seq or '-'} | {batch} | **sigma / fused** | "
                        f"{_x(f['per_inference']['key_bytes'], s['per_inference']['key_bytes'])} | "
                        f"{_x(f['per_inference']['bytes_sent_both'], s['per_inference']['bytes_sent_both'])} | "
                        f"{_x(f['totals']['rounds'], s['totals']['rounds'])} | "
-                       f"{_x(f['per_inference']['aes_calls'], s['per_inference']['aes_calls'])} | | |")
+                       f"{_x(f['per_inference']['aes_calls'], s['per_inference']['aes_calls'])} | | | |")
     out.append("")
 
     for (label, seq, batch, _), by in groups.items():
@@ -265,6 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--append", action="store_true", help="add to an existing costs.json in --out")
     p.add_argument("--with-tensors", action="store_true", help="keep every tensor's ranges in the JSON")
     p.add_argument("--render", type=Path, help="print the markdown of an existing costs.json and exit")
+    p.add_argument("--retries", type=int, default=1, help="compile again after a failure (the tree may be mid-edit)")
+    p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else argv
+    if "--worker" in argv:          # internal: one compile + summary, see worker()
+        i = argv.index("--worker")
+        return worker(Path(argv[i + 1]), argv[argv.index("--") + 1:])
     a = p.parse_args(argv)
 
     if a.render:
@@ -278,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     a.workdir.mkdir(parents=True, exist_ok=True)
     jpath = out / "costs.json"
     doc = {"date": now.isoformat(timespec="seconds"), "machine": machine(), "git": git_state(),
-           "command": "python bench/costs.py " + " ".join(sys.argv[1:] if argv is None else argv), "configs": []}
+           "command": "python bench/costs.py " + " ".join(argv), "configs": []}
     if a.append and jpath.is_file():
         old = json.loads(jpath.read_text())
         doc["configs"] = old.get("configs", [])
@@ -303,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         for b in batches:
             for g in gates:
                 save(measure_onnx(inp, g, b, a.seq or None, a.compile_arg, a.workdir, a.keep_builds, a.with_tensors,
-                                  log))
+                                  log, a.retries))
     log(f"wrote {jpath} and {out / 'costs.md'}")
     print(render(doc))
     return 0
