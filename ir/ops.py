@@ -12,7 +12,7 @@ Attribute conventions: axes are non-negative after the frontend normalises them;
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -29,6 +29,15 @@ class OpDef:
     ref: Ref
     nonlinear: bool = False   # needs a gate with keys when its input is secret
     doc: str = ""
+    #: what passes ask instead of keeping name sets: "elementwise" (unary and binary ops),
+    #: "movement" (index maps, any dtype: free on shares), "reduce", "linear", "block", "misc"
+    category: str = ""
+    keeps_scale: bool = False   # the output has its input's fixed-point scale (sums, movement, max)
+    fusable: bool = False       # may join a fused scalar chain (passes/fuse_scalar)
+
+    def __post_init__(self):
+        if not self.category:
+            object.__setattr__(self, "category", "elementwise" if self.kind in ("unary", "binary") else self.kind)
 
 
 OPS: dict[str, OpDef] = {}
@@ -236,6 +245,47 @@ def _im2col(xs, a):
             patch = x[:, :, i * dh: i * dh + sh * (oh - 1) + 1: sh, j * dw: j * dw + sw * (ow - 1) + 1: sw]
             cols[:, :, :, i, j] = patch.reshape(N, C, oh * ow).transpose(0, 2, 1)
     return [cols.reshape(N, oh * ow, C * kh * kw)]
+
+
+# ------------------------------------------------------------------ categories as data
+OPS["Identity"] = replace(OPS["Identity"], category="movement")
+for _name in ("Reshape", "Transpose", "Slice", "Concat", "Split", "Gather", "Expand", "Pad", "Im2Col", "Identity",
+              "ReduceSum", "ReduceMax", "ReduceMin", "Add", "Sub", "Where", "Neg"):
+    OPS[_name] = replace(OPS[_name], keeps_scale=True)
+for _name, _d in list(OPS.items()):
+    # elementwise chains that fuse into one Scalar: unary float functions and arithmetic with scalars
+    if (_d.kind == "unary" and _name not in ("Scalar", "Identity")) or _name in ("Add", "Sub", "Mul", "Div", "Pow",
+                                                                                   "Max", "Min"):
+        OPS[_name] = replace(_d, fusable=True)
+
+
+def category(op: str) -> str | None:
+    d = OPS.get(op)
+    return d.category if d else None
+
+
+def is_movement(op: str) -> bool:
+    return category(op) == "movement"
+
+
+def is_elementwise(op: str) -> bool:
+    return category(op) == "elementwise"
+
+
+def keeps_scale(op: str) -> bool:
+    d = OPS.get(op)
+    return bool(d and d.keeps_scale)
+
+
+def is_fusable(op: str) -> bool:
+    d = OPS.get(op)
+    return bool(d and d.fusable)
+
+
+#: the name sets passes used to keep (kept importable until every pass asks the helpers)
+MOVEMENT = frozenset(op for op, d in OPS.items() if d.category == "movement")
+KEEP_SCALE = frozenset(op for op, d in OPS.items() if d.keeps_scale)
+ELEMENTWISE_BINARY = frozenset(op for op, d in OPS.items() if d.kind == "binary" and d.fusable)
 
 
 def run_node(op: str, inputs: list[np.ndarray], attrs: dict, where: str = "") -> list[np.ndarray]:

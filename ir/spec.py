@@ -214,6 +214,10 @@ class FitRequest:
     # cap poly_scale at what the ring holds and lower the degree of the pieces too wide for it
     # (None: on with explicit breakpoints, i.e. the geometric pieces of 1/x, 1/sqrt(x) over a wide range)
     cap_scale: bool | None = None
+    # measure the error relative above 1: max |err(x)| * max(1, |f(lo)|) / max(1, |f(x)|), i.e. in ulps
+    # of the value at the range start where |f| > 1 (the bound passes/fit_specs.choose uses for
+    # geometric domains); None: on with explicit breakpoints. notes give the plain figures.
+    relative: bool | None = None
 
 
 def fit(req: FitRequest) -> OperatorSpec:
@@ -259,9 +263,13 @@ def fit(req: FitRequest) -> OperatorSpec:
         xs = np.arange(a, b, max(1, (b - a) // 2048), dtype=np.int64)
         mid = (lo_i + hi_i) // 2
         half = max((b - a) / 2, 1.0)
+        with np.errstate(all="ignore"):      # overlap samples past a domain's end (1/sqrt at x <= 0) are dropped
+            ys = req.fn(xs / F)
+        keep = np.isfinite(ys)
+        xs, ys = (xs[keep], ys[keep]) if keep.any() else (xs, np.nan_to_num(ys))
         t = (xs - mid) / half
         deg = min(deg, max(len(xs) - 1, 0))
-        cheb = np.polynomial.chebyshev.Chebyshev.fit(t, req.fn(xs / F), deg, domain=[-1, 1])
+        cheb = np.polynomial.chebyshev.Chebyshev.fit(t, ys, deg, domain=[-1, 1])
         poly_t = cheb.convert(kind=np.polynomial.Polynomial).coef
         poly_t = np.pad(poly_t, (0, deg + 1 - len(poly_t)))
         # value(x) = sum_k a_k ((x - mid)/half)^k, so the integer coefficient of (x - mid)^k
@@ -275,6 +283,9 @@ def fit(req: FitRequest) -> OperatorSpec:
         raise ParameterError(f"fit {req.name}: range start {req.lo} is below what n_in={req.n_in}, f_in={req.f_in} holds")
     spec = OperatorSpec(req.name, req.n_in, req.f_in, req.f_out, bps, tuple(coeffs), tuple(centers), S,
                         fit_range=(req.lo, req.hi), view_shift=view_shift)
+    relative = req.relative or (req.relative is None and req.breakpoints is not None)
+    with np.errstate(all="ignore"):
+        top = max(1.0, float(np.nan_to_num(abs(req.fn(np.asarray([cuts_int[0] / F]))[0]), posinf=1.0)))
     # error: every piece on its interval widened by the overlap (the tails on the overlap
     # into the fitted range), by exact integer evaluation
     err = 0.0
@@ -292,6 +303,8 @@ def fit(req: FitRequest) -> OperatorSpec:
         want = req.fn(xs / F) * (1 << req.f_out)
         with np.errstate(invalid="ignore"):
             e = np.abs(got - want)
+            if relative:
+                e = e * top / np.maximum(1.0, np.abs(want) / (1 << req.f_out))
         e = e[np.isfinite(e)]
         if e.size:
             err = max(err, float(e.max()))
@@ -299,6 +312,14 @@ def fit(req: FitRequest) -> OperatorSpec:
                            "centers": spec.centers, "max_error_ulps": err,
                            "notes": _fit_notes(req, spec, cuts_int, degrees, S)})
     lo_ok, hi_ok = spec.exact_input_range(req.n_in, headroom_bits=2 if spec.out_shift else 1)
+    # a sloped tail asked to be exact up to |x| = exact_to must stay inside the ring that far
+    want_lo = min(cuts_int[0], -int(req.left.exact_to * F)) if req.left.slope else cuts_int[0]
+    want_hi = max(cuts_int[-1] - 1, int(req.right.exact_to * F)) if req.right.slope else cuts_int[-1] - 1
+    if lo_ok > want_lo or hi_ok < want_hi:
+        raise ParameterError(
+            f"fit {req.name}: at poly_scale {S} a {req.n_in}-bit ring cannot hold the function's values on "
+            f"[{want_lo / F:g}, {want_hi / F:g}] (exact only on [{lo_ok / F:g}, {hi_ok / F:g}])",
+            "use more pieces (smaller half-width, smaller scale), a lower degree, or a wider ring")
     if lo_ok > cuts_int[0] or hi_ok < cuts_int[-1] - 1:
         raise ParameterError(
             f"fit {req.name}: at poly_scale {S} a {req.n_in}-bit ring cannot hold the function's values on "
@@ -369,8 +390,11 @@ def _fit_notes(req: FitRequest, spec: OperatorSpec, cuts_int: list[int], degrees
     ok = np.isfinite(want) & (np.abs(want) >= 1.0)
     notes = []
     if ok.any():
-        rel = float(np.max(np.abs(got[ok] - want[ok]) / np.abs(want[ok])))
-        notes.append(f"relative error {rel:.3g} (2^{math.log2(max(rel, 1e-30)):.1f}) on [{req.lo:.4g}, {req.hi:.4g})")
+        err = np.abs(got[ok] - want[ok])
+        rel = float(np.max(err / np.abs(want[ok])))
+        notes.append(f"relative error {rel:.3g} (2^{math.log2(max(rel, 1e-30)):.1f}), absolute {err.max():.3g} ulps "
+                     f"on [{req.lo:.4g}, {req.hi:.4g})" + ("; max_error_ulps is relative above 1 (ulps at "
+                                                          "the range start)" if req.relative is not False else ""))
     if min(degrees) < req.degree:
         notes.append(f"degree {min(degrees)} on the widest pieces (poly_scale {S} is what the ring holds)")
     return "; ".join(notes)

@@ -22,64 +22,19 @@ import numpy as np
 from fusec.errors import CompileError, ParameterError
 from fusec.ir import scalar_fn
 from fusec.ir.graph import Graph, Node, TensorInfo
+from fusec.ir.nonlinear import Domain, fit_domain  # noqa: F401  (Domain: re-export)
 from fusec.ir.spec import FitRequest, OperatorSpec, Tail, fit, relu_spec
 from fusec.passes.options import CompileOptions
+from fusec.passes.ranges import proven as proven_range
 
 CANDIDATES = [(d, p) for d in (1, 2, 3) for p in (4, 8, 16, 32, 64, 128)] + [(1, 256), (1, 512), (2, 256)]
 SIGMA_LABELS = {"gelu", "nexp", "reciprocal", "rsqrt"}
 
 
-@dataclass
-class Domain:
-    lo: float
-    hi: float
-    left: Tail
-    right: Tail
-    geometric: bool = False   # pieces spaced geometrically (1/x, 1/sqrt x)
-    note: str = ""
-
-
-def _domain(node: Node, f: float, rng: tuple[float, float], f_out: int) -> Domain:
-    lab = node.attrs.get("label", "custom")
-    fn = node.attrs["fn"]
-    val = lambda x: float(scalar_fn.evaluate(fn, np.asarray([x]))[0])  # noqa: E731
-    if lab in ("gelu", "gelu_tanh"):
-        return Domain(-4.0, 4.0, Tail(0.0, 0.0), Tail(1.0, 0.0))
-    if lab == "silu":
-        return Domain(-8.0, 8.0, Tail(0.0, 0.0), Tail(1.0, 0.0))
-    if lab == "sigmoid":
-        return Domain(-8.0, 8.0, Tail(0.0, 0.0), Tail(0.0, 1.0))
-    if lab == "tanh":
-        return Domain(-4.0, 4.0, Tail(0.0, -1.0), Tail(0.0, 1.0))
-    if lab in ("nexp", "exp"):
-        floor = -math.ceil((f_out + 1) * math.log(2))            # exp(x) < 2^-(f_out+1) below it
-        hi = 0.0 if lab == "nexp" else max(rng[1] * 1.25, 0.0) + 2.0 ** -f
-        lo = max(floor, min(rng[0] * 1.25, -1.0)) if lab == "exp" else floor
-        return Domain(lo, hi, Tail(0.0, 0.0), Tail(0.0, math.exp(hi)))
-    if lab in ("reciprocal", "rsqrt", "sqrt") or (node.attrs.get("domain") or [None])[0] == 0.0:
-        dom = node.attrs.get("domain") or [None, None]
-        if dom[0] is None and rng[0] <= 0 and lab != "sqrt":
-            raise CompileError(f"{node!r}: {lab} of a tensor that reaches {rng[0]:g} <= 0 in calibration",
-                               "only positive inputs are supported for reciprocal / rsqrt (a pole at 0)")
-        lo = dom[0] if dom[0] is not None else max(rng[0], 0.0)
-        hi = dom[1] if dom[1] is not None else max(rng[1] * 4.0, lo * 2 + 1.0)
-        if lab == "rsqrt" and "rsqrt_eps" in node.attrs:      # fn(s) = 1/sqrt(s*k + eps): resolve near 0
-            lo = max(lo, node.attrs["rsqrt_eps"] / node.attrs["rsqrt_scale"] / 4)
-        if rng[0] > 0 and not (dom[0] or 0) > 0:   # 64x below anything calibration saw, the value saturates
-            lo = max(lo, rng[0] / 64)
-        lo = max(lo, 2.0 ** -(f - 2))
-        return Domain(lo, hi, Tail(0.0, val(lo)), Tail(0.0, val(hi)), geometric=hi / lo > 8,
-                      note=f"{lab} saturates below {lo:.4g} and above {hi:.4g}" if dom[1] is None else "")
-    lo0, hi0 = rng
-    span = max(hi0 - lo0, 2.0 ** -f * 16)
-    lo, hi = lo0 - 0.25 * span, hi0 + 0.25 * span
-    with np.errstate(all="ignore"):     # functions defined on part of the line only (log, sqrt, 1/x)
-        if not np.isfinite(val(lo)):
-            lo = lo0 if np.isfinite(val(lo0)) else lo0 + 2.0 ** -f
-        if not np.isfinite(val(hi)):
-            hi = hi0
-    return Domain(lo, hi, Tail(0.0, val(lo)), Tail(0.0, val(hi)),
-                  note=f"{lab} fitted on its calibrated range [{lo:.4g}, {hi:.4g}], held constant outside")
+def _domain(node: Node, opts: CompileOptions, rng: tuple[float, float], f_out: int, proven=None) -> Domain:
+    """The fitting domain of a Scalar node: ``ir.nonlinear.fit_domain`` (the table of nonlinearities)."""
+    attrs = {**node.attrs, "bound_ulps": opts.max_error_ulps * 2.0 ** (f_out - opts.frac), "ring_bits": opts.bits}
+    return fit_domain(node.attrs.get("label", "custom"), node.attrs["fn"], opts.frac, rng, f_out, proven, attrs)
 
 
 def _fit_one(name: str, fn, dom: Domain, degree: int, pieces: int, n: int, f_in: int, f_out: int) -> OperatorSpec:
@@ -126,11 +81,11 @@ _CACHE: dict[str, tuple] = {}
 
 
 def choose(node: Node, rng: tuple[float, float], f_in: int, f_out: int,
-           opts: CompileOptions) -> tuple[OperatorSpec | None, bool, Domain, float]:
+           opts: CompileOptions, proven=None) -> tuple[OperatorSpec | None, bool, Domain, float]:
     """(spec, whether to rescale the input to f first, domain, bound) for a Scalar node."""
     fnj = node.attrs["fn"]
     fn = lambda v, fnj=fnj: scalar_fn.evaluate(fnj, v)  # noqa: E731
-    dom = _domain(node, opts.frac, rng, f_out)
+    dom = _domain(node, opts, rng, f_out, proven)
     bound = opts.max_error_ulps * 2.0 ** (f_out - opts.frac)
     if dom.geometric:   # steep positive-domain functions: the bound is relative to their largest value
         bound *= max(1.0, abs(dom.left.offset))
@@ -172,7 +127,8 @@ def fit_specs(graph: Graph, opts: CompileOptions) -> Graph:
             node.attrs["impl"] = "fused"
             continue
         fnj = node.attrs["fn"]
-        spec, use_rescale, dom, bound = choose(node, tuple(ranges.get(x, (-1.0, 1.0))), f_in, f_out, opts)
+        spec, use_rescale, dom, bound = choose(node, tuple(ranges.get(x, (-1.0, 1.0))), f_in, f_out, opts,
+                                               proven_range(graph, x))
         if spec is None:
             raise CompileError(f"cannot fit {lab} ({scalar_fn.describe(fnj)}) of {node!r} on [{dom.lo:g}, {dom.hi:g}] "
                                f"in a {opts.bits}-bit ring", "use a wider ring (--bits) or a smaller --frac")

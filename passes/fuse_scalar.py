@@ -17,51 +17,20 @@ import numpy as np
 
 from fusec.ir import scalar_fn
 from fusec.ir.graph import Graph, Node
-from fusec.ir.ops import OPS, gelu, gelu_tanh, sigmoid
-from fusec.passes.options import CompileOptions
+from fusec.ir.nonlinear import identify
+from fusec.ir.ops import ELEMENTWISE_BINARY, OPS, is_fusable  # noqa: F401  (ELEMENTWISE_BINARY: re-export)
 
-ELEMENTWISE_BINARY = {"Add", "Sub", "Mul", "Div", "Pow", "Max", "Min"}
-NOT_FUSED = {"Share", "Cast", "Rescale", "Scalar", "Identity"}
-
-#: known functions, for labels (fitting ranges and the SIGMA lowering depend on them)
-KNOWN = {
-    "gelu": gelu,
-    "gelu_tanh": gelu_tanh,
-    "silu": lambda x: x * sigmoid(x),
-    "sigmoid": sigmoid,
-    "tanh": np.tanh,
-    "relu": lambda x: np.maximum(x, 0.0),
-    "exp": np.exp,
-}
-POSITIVE_KNOWN = {
-    "reciprocal": lambda x: 1.0 / x,
-    "rsqrt": lambda x: 1.0 / np.sqrt(x),
-    "sqrt": np.sqrt,
-}
+#: ops that never join a chain (kept importable; the data is ``OPS[op].fusable``)
+NOT_FUSED = frozenset(op for op, d in OPS.items() if not d.fusable)
 
 
 def label(fn: dict) -> str:
-    """Name of the known function ``fn`` equals on test grids, else 'custom'."""
-    grid = np.linspace(-6, 6, 241)
-    pos = np.geomspace(1e-3, 1e3, 241)
-    with np.errstate(all="ignore"):
-        y = scalar_fn.evaluate(fn, grid)
-        yp = scalar_fn.evaluate(fn, pos)
-        for name, f in KNOWN.items():
-            ref = f(grid)
-            if np.all(np.isfinite(y)) and np.allclose(y, ref, rtol=1e-4, atol=1e-5):
-                return name
-        for name, f in POSITIVE_KNOWN.items():
-            if np.all(np.isfinite(yp)) and np.allclose(yp, f(pos), rtol=1e-4, atol=1e-7):
-                return name
-    return "custom"
+    """Name of the known function ``fn`` equals on test grids (``ir/nonlinear``), else 'custom'."""
+    return identify(lambda x: scalar_fn.evaluate(fn, x))[0]
 
 
 def _eligible(graph: Graph, node: Node, shape) -> bool:
-    d = OPS.get(node.op)
-    if node.op in NOT_FUSED or node.attrs.get("at") == "client" or d is None:
-        return False
-    if not (d.kind == "unary" or node.op in ELEMENTWISE_BINARY):
+    if not is_fusable(node.op) or node.attrs.get("at") == "client":
         return False
     return graph.info(node.outputs[0]).shape == shape and graph.info(node.outputs[0]).dtype == "float"
 
@@ -137,7 +106,9 @@ def _to_fn(graph: Graph, x: str, nodes: list[Node], out: str) -> dict:
             outs.append(local[t])
         body.append({"op": n.op, "inputs": ins, "outputs": outs, "attrs": dict(n.attrs)})
     fn = {"input": "x", "output": local[out], "consts": consts, "nodes": body}
-    fn["label"] = label(fn)
+    fn["label"], params = identify(lambda v: scalar_fn.evaluate(fn, v))
+    if params:
+        fn["params"] = params
     return fn
 
 

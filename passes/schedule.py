@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fusec.ir.nonlinear import scope as nonlinear_scope
 from fusec.runtime.graph import GateGraph
 
 
@@ -32,9 +33,9 @@ def scope_of(ir_attrs: dict, kind: str) -> str:
     """Profiler bucket (DESIGN §7) for a gate, from its IR block / kind."""
     if ir_attrs.get("block") in ("softmax", "layernorm"):
         return ir_attrs["block"]
-    label = ir_attrs.get("label")
-    if label in ("gelu", "gelu_tanh"):
-        return "gelu"
+    sc = nonlinear_scope(ir_attrs.get("label"))
+    if sc != "other":
+        return sc
     if kind in ("matmul", "matmul_public", "mul"):
         return "linear"
     if kind.startswith("truncate") or kind.startswith("ars"):
