@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 import time
 from dataclasses import dataclass
@@ -181,9 +182,14 @@ def load_inputs(path, graph: Graph) -> dict[str, np.ndarray]:
         if len(graph.inputs) != 1:
             raise FusecError(f"the model has {len(graph.inputs)} inputs ({', '.join(graph.inputs)}); a .npy holds one",
                              "save them with np.savez(path, name=array, ...)")
-        return {graph.inputs[0]: data}
-    with data:
-        return {k: data[k] for k in data.files}
+        feeds = {graph.inputs[0]: data}
+    else:
+        with data:
+            feeds = {k: data[k] for k in data.files}
+    for name, (lo, hi) in (graph.meta.get("input_contract") or {}).items():   # fail fast (verify: before keygen)
+        if name in feeds and np.issubdtype(np.asarray(feeds[name]).dtype, np.number):
+            _check_contract(name, feeds[name], lo, hi)
+    return feeds
 
 
 def check_inputs(graph: Graph, feeds: dict[str, np.ndarray]) -> None:
@@ -201,8 +207,13 @@ def check_inputs(graph: Graph, feeds: dict[str, np.ndarray]) -> None:
             raise FusecError(f"input {name!r} must be numeric, got dtype {v.dtype}")
         if info.dtype == "float" and not np.all(np.isfinite(v)):
             raise FusecError(f"input {name!r} contains NaN or infinity")
-        for n in graph.consumers(name):
-            if n.op == "Gather" and n.inputs[1] == name and graph.is_const(n.inputs[0]):
+        if info.dtype == "float" and name in (graph.meta.get("input_contract") or {}):
+            _check_contract(name, v, *graph.meta["input_contract"][name])
+        users = [(name, n) for n in graph.consumers(name)]
+        for t, n in users:                   # the ids may be reshaped first (gpt2): same values
+            if n.op in ("Reshape", "Identity") and n.inputs[0] == t:
+                users += [(n.outputs[0], m) for m in graph.consumers(n.outputs[0])]
+            if n.op == "Gather" and n.inputs[1] == t and graph.is_const(n.inputs[0]):
                 vocab = graph.const(n.inputs[0]).shape[n.attrs.get("axis", 0)]
                 bad = (v < 0) | (v >= vocab)
                 if bad.any():
@@ -211,6 +222,27 @@ def check_inputs(graph: Graph, feeds: dict[str, np.ndarray]) -> None:
     extra = set(feeds) - set(graph.inputs)
     if extra:
         raise FusecError(f"unknown input(s) {', '.join(sorted(extra))}", f"the model's inputs: {', '.join(graph.inputs)}")
+
+
+def _check_contract(name: str, v: np.ndarray, lo: float, hi: float) -> None:
+    """A float input must lie in the build's input contract (``passes/ranges``): every proven
+    range and ring width assumes it, so a value outside could silently wrap. One line, no hint."""
+    v = np.asarray(v, np.float64)
+    outside = np.maximum(lo - v, v - hi)
+    if v.size == 0 or not np.all(np.isfinite(v)) or outside.max() <= 0:
+        return                                      # (NaN / infinity: check_inputs says so)
+    i = np.unravel_index(int(np.argmax(outside)), v.shape)
+    new_lo = lo if v.min() >= lo else -2.0 ** math.ceil(math.log2(-v.min())) if v.min() < 0 else 0.0
+    new_hi = hi if v.max() <= hi else 2.0 ** math.ceil(math.log2(v.max())) if v.max() > 0 else 0.0
+    raise FusecError(f"input {name!r}: value {_num(v[i])} at index {tuple(int(k) for k in i)} is outside the input "
+                     f"contract [{_num(lo)}, {_num(hi)}] this build was compiled for ({int((outside > 0).sum())} "
+                     f"value(s) outside); recompile with --input-range {name}={_num(new_lo)}:{_num(new_hi)} "
+                     f"(or any range covering your data) to widen it")
+
+
+def _num(x) -> str:
+    x = float(x)
+    return f"{x:g}" if float(f"{x:g}") == x else f"{x:.17g}"
 
 
 def encode_inputs(build: Build, feeds: dict[str, np.ndarray], party: int) -> dict[str, np.ndarray]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -185,6 +186,25 @@ def _array_arg(values: tuple[str, ...], what: str) -> dict[str, np.ndarray]:
     return out
 
 
+def _range_arg(values: tuple[str, ...]) -> dict[str, tuple[float, float]] | None:
+    """``--input-range NAME=LO:HI`` (repeatable) -> {name: (lo, hi)}; None when not given."""
+    out = {}
+    for v in values:
+        name, eq, rng = v.partition("=")
+        lo, colon, hi = rng.rpartition(":") if rng.count(":") == 1 else ("", "", "")
+        try:
+            lo_f, hi_f = float(lo), float(hi)
+        except ValueError:
+            lo_f = hi_f = float("nan")
+        if not (name and eq and colon) or not (math.isfinite(lo_f) and math.isfinite(hi_f) and lo_f < hi_f):
+            raise FusecError(f"--input-range {v!r} is not NAME=LO:HI with finite LO < HI",
+                             "for example --input-range x=-8:8 or --input-range pixels=0:1")
+        if name in out:
+            raise FusecError(f"--input-range gives {name!r} twice")
+        out[name] = (lo_f, hi_f)
+    return out or None
+
+
 def compile_options(f):
     """The flags shared by `compile` and `verify`."""
     opts = [
@@ -204,6 +224,9 @@ def compile_options(f):
                      help=".npy/.npz calibration input (default: random ids / standard normal)"),
         click.option("--insecure-mask-dependent-shapes", "insecure", is_flag=True,
                      help="INSECURE: key shapes depend on masks (padding ablation only)"),
+        click.option("--input-range", "input_range", multiple=True,
+                     help="NAME=LO:HI: the range a float input is promised to lie in (proven widths assume it; "
+                          "`fusec run` refuses values outside; default: calibration max |x| x 4, a power of two)"),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -211,16 +234,23 @@ def compile_options(f):
 
 
 def _compile(model, out, batch, seq, input_shape, public_input, bits, frac, gate_set, weights, rescale,
-             max_error_ulps, calib, insecure, quiet: bool = False):
+             max_error_ulps, calib, insecure, input_range=(), quiet: bool = False):
     from fusec.build import compile_model, frontend, load_inputs
     from fusec.passes.options import CompileOptions
 
     calib_feeds = None
-    if calib:
+    ranges = _range_arg(input_range)
+    if calib or ranges:
         probe = frontend(model, batch, seq, _shape_arg(input_shape), _array_arg(public_input, "--public-input"))
-        calib_feeds = load_inputs(calib, probe)
+        calib_feeds = load_inputs(calib, probe) if calib else None
+        floats = [t for t in probe.inputs if probe.info(t).dtype == "float"]
+        for name in ranges or {}:
+            if name not in floats:
+                raise FusecError(f"--input-range {name}: the model has no float input {name!r}",
+                                 f"its float inputs: {', '.join(floats) or 'none (token ids are bounded by the vocabulary)'}")
     opts = CompileOptions(bits=bits, frac=frac, weight_frac=frac, gates=gate_set, weights=weights, rescale=rescale,
-                          max_error_ulps=max_error_ulps, insecure_mask_dependent_shapes=insecure, calib=calib_feeds)
+                          max_error_ulps=max_error_ulps, insecure_mask_dependent_shapes=insecure, calib=calib_feeds,
+                          input_ranges=ranges)
     if insecure:
         click.echo("WARNING: --insecure-mask-dependent-shapes: this build leaks information about its masks "
                    "through key shapes. Ablation only; never deploy it.", err=True)
@@ -359,7 +389,7 @@ def run(build_dir, party, key_path, listen, peer, input_path, output_path, timeo
               help="where the dealer and both servers compute")
 @compile_options
 def verify_cmd(model, workdir, input_path, seed, backend, batch, seq, input_shape, public_input, bits, frac, gate_set,
-               weights, rescale, max_error_ulps, calib, insecure) -> None:
+               weights, rescale, max_error_ulps, calib, insecure, input_range) -> None:
     """compile -> keygen -> P0 and P1 as two processes -> compare with onnxruntime."""
     from fusec.run3 import workdir as mkwd
     from fusec.verify import verify
@@ -373,6 +403,9 @@ def verify_cmd(model, workdir, input_path, seed, backend, batch, seq, input_shap
         argv += ["--input-shape", v]
     for v in public_input:
         argv += ["--public-input", v]
+    _range_arg(input_range)                     # bad syntax: refused here, before anything runs
+    for v in input_range:
+        argv += ["--input-range", v]
     if insecure:
         argv.append("--insecure-mask-dependent-shapes")
     verify(model, mkwd(workdir), argv, input_path, seed, echo=click.echo, backend=backend)

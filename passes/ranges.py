@@ -539,7 +539,10 @@ def analyse(graph: Graph, opts: CompileOptions, calib: dict | None = None) -> di
 
 def prove_ranges(graph: Graph, opts: CompileOptions) -> Graph:
     """The pass: ``graph.meta["proven"]`` for every secret tensor, notes where unbounded."""
-    bounds, notes, contract = analyse(graph, opts, opts.calib)
+    from fusec.passes.calibrate import default_feeds  # noqa: PLC0415
+    # no --calib: the contract comes from what calibration will run on (default_feeds), as documented
+    calib = opts.calib if opts.calib is not None else default_feeds(graph, opts.calib_seed)
+    bounds, notes, contract = analyse(graph, opts, calib)
     graph.meta["input_contract"] = contract
     out = {}
     for t, b in bounds.items():

@@ -74,3 +74,40 @@ def test_verify_command_runs_two_processes(tmp_path):
     r = fusec("example", "--workdir", tmp_path)
     assert r.returncode == 0, r.stderr + r.stdout
     assert "argmax agreement 1.000" in r.stdout
+
+
+# ---------------------------------------------------------------------- the input contract
+def test_input_range_sets_the_contract_and_run_refuses_values_outside_it(tmp_path):
+    import json
+
+    build, keys = tmp_path / "build", tmp_path / "keys"
+    r = fusec("compile", EXAMPLE, "-o", build, "--batch", "2", "--input-range", "x=0:1")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((build / "ir.json").read_text())["meta"]["input_contract"] == {"x": [0.0, 1.0]}
+    assert fusec("keygen", build, "-o", keys).returncode == 0
+    x = np.full((2, 64), 0.5)
+    x[1, 7] = 1.5
+    for name, save in (("bad.npy", lambda p: np.save(p, x)), ("bad.npz", lambda p: np.savez(p, x=x))):
+        save(tmp_path / name)
+        r = fusec("run", build, "--party", "1", "--keys", keys / "p1.key", "--peer", "127.0.0.1:9",
+                  "--input", tmp_path / name, "--connect-retry", "0")
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1, r.stderr
+        assert lines[0].startswith("error: input 'x'") and "1.5" in lines[0] and "[0, 1]" in lines[0], lines[0]
+        assert "--input-range x=" in lines[0] and "connect" not in r.stderr      # refused before any socket
+    # values on the contract's edges are accepted (this one fails later, at the connection)
+    np.save(tmp_path / "edge.npy", np.stack([np.zeros(64), np.ones(64)]))
+    r = fusec("run", build, "--party", "1", "--keys", keys / "p1.key", "--peer", "127.0.0.1:9",
+              "--input", tmp_path / "edge.npy", "--connect-retry", "0")
+    assert r.returncode == 2 and "contract" not in r.stderr and "connect" in r.stderr, r.stderr
+
+
+def test_input_range_syntax_errors_exit_2():
+    for bad, cmds in (("x=1", ["compile", "verify"]), ("x=2:1", ["compile"]), ("x=a:b", ["compile"]),
+                      ("=0:1", ["compile"]), ("x=0:inf", ["compile"]), ("x", ["verify"])):
+        for cmd in cmds:
+            extra = ("-o", "/nonexistent/never-written") if cmd == "compile" else ()
+            r = fusec(cmd, EXAMPLE, *extra, "--batch", "2", "--input-range", bad)
+            assert r.returncode == 2 and "--input-range" in r.stderr and "Traceback" not in r.stderr, (cmd, bad, r.stderr)
+    r = fusec("compile", EXAMPLE, "-o", "/nonexistent/never-written", "--batch", "2", "--input-range", "nosuch=0:1")
+    assert r.returncode == 2 and "nosuch" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -27,6 +27,7 @@ import pytest
 from fusec.ir import scalar_fn
 from fusec.ir.graph import Graph, TensorInfo
 from fusec.ir.ops import interpret
+from fusec.passes.calibrate import default_feeds
 from fusec.passes.options import CompileOptions
 from fusec.passes.pipeline import PASSES
 from fusec.passes.ranges import MARGIN, analyse, input_contract, prove_ranges, width_bits
@@ -190,7 +191,11 @@ def test_float_models_hold_at_the_edges_of_the_input_contract(name, batch, range
     assert set(proven) == secret_tensors(g)
     assert all(math.isfinite(lo) and math.isfinite(hi) for lo, hi in proven.values())
     lo, hi = g.meta["input_contract"]["x"]
-    assert (lo, hi) == ((-4.0, 4.0) if ranges is None else ranges[0][1])   # no calib: max|1| * 4
+    if ranges is None:           # no --calib: what calibration runs on (standard normal), max |x| * 4, a power of 2
+        m = np.abs(default_feeds(g, 0)["x"]).max() * 4
+        assert hi == -lo and m <= hi < 2 * m
+    else:
+        assert (lo, hi) == ranges[0][1]
     xc = _digits(g.info("x").shape)
     W = next((g.const(n.inputs[1]) for n in g.nodes() if n.op == "MatMul" and g.is_const(n.inputs[1])), None)
     W = W if name == "digits_mlp" else None
@@ -512,6 +517,31 @@ def test_input_contract_defaults_and_overrides():
     c = input_contract(g, CompileOptions(input_ranges={"z": (0.0, 3.0)}), calib)
     assert c == {"x": [-16.0, 16.0], "z": [0.0, 3.0]}               # 2.9 * 4 -> 16; ids need none
     assert input_contract(g, CompileOptions(), None)["x"] == [-4.0, 4.0]
+    # prove_ranges without calibration data: the contract of the data calibration will run on
+    g.outputs = []
+    prove_ranges(g, CompileOptions())
+    m = np.abs(default_feeds(g, 0)["x"]).max() * 4
+    lo, hi = g.meta["input_contract"]["x"]
+    assert hi == -lo and m <= hi < 2 * m and "ids" not in g.meta["input_contract"]
+
+
+def test_the_input_owner_refuses_values_outside_the_contract():
+    from fusec.build import check_inputs  # noqa: PLC0415
+    from fusec.errors import FusecError  # noqa: PLC0415
+    g, _ = _block()
+    g = upto_ranges(g, CompileOptions(input_ranges={"x": (-3.0, 3.0)}))
+    check_inputs(g, {"x": np.where(np.random.default_rng(0).random((16, 8)) < 0.5, -3.0, 3.0)})   # edges: fine
+    for bad, shown in ((3.0 + 1e-9, "3.000000001"), (-7.25, "-7.25")):
+        x = np.zeros((16, 8))
+        x[5, 2] = bad
+        with pytest.raises(FusecError) as e:
+            check_inputs(g, {"x": x})
+        msg = str(e.value)
+        assert len(msg.splitlines()) == 1, msg
+        assert "'x'" in msg and shown in msg and "[-3, 3]" in msg and "(5, 2)" in msg, msg
+        assert "--input-range x=" in msg, msg
+    g.meta.pop("input_contract")                          # a build from before contracts: no refusal
+    check_inputs(g, {"x": np.full((16, 8), 100.0)})
 
 
 # ====================================================================== once unsound (regressions)
