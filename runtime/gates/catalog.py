@@ -63,7 +63,7 @@ def library(n: int = 50, f: int = 12, elements: int = 1) -> list[tuple[str, Gate
         ("  same, output shift deferred to the consumer's rescale", ScalarGate(E, spec, "packed", defer_shift=True)),
         (f"ScalarGate GELU {spec.pieces - 2}x deg {spec.degree}, shifted DCF (ours)", ScalarGate(E, spec, "shifted")),
         (f"ScalarGate GELU {spec.pieces - 2}x deg {spec.degree}, piece table", ScalarGate(E, spec, "pieces")),
-        ("SIGMA-style GELU (TR, DReLU, clip, 8-bit DPF LUT, select)", SigmaGelu(E, n, f)),
+        ("SIGMA GELU (TrWithSlack, one 32-bit DPF for sign and abs(x)<4, mux, 8-bit DPF LUT, select)", SigmaGelu(E, n, f)),
     ]
 
 
