@@ -156,3 +156,19 @@ def test_ranges_without_and_with_proven(build):
         meta.pop("proven", None)
         if saved is not None:
             meta["proven"] = saved
+
+
+def test_bench_costs_script_reuses_the_summary(build, tmp_path):
+    """bench/costs.py on a build directory: its JSON holds inspect's numbers, its markdown the table."""
+    script = Path(__file__).parent.parent / "bench" / "costs.py"
+    r = subprocess.run([sys.executable, str(script), str(build.path), "--out", str(tmp_path)], capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "costs.json").read_text())
+    assert doc["git"]["commit"] and doc["machine"]["cores"] and doc["command"].startswith("python bench/costs.py")
+    (cfg,) = doc["configs"]
+    d = json.loads(json.dumps(summary(build)))
+    assert cfg["gates"] == "fused" and cfg["batch"] == 1
+    assert cfg["summary"]["totals"] == d["totals"] and cfg["summary"]["by_class"] == d["by_class"]
+    md = (tmp_path / "costs.md").read_text()
+    assert "| bert_tiny_legacy | 8 | 1 | fused |" in md and "per gate class" in md and "per element" in md
