@@ -380,21 +380,28 @@ def _fit_notes(req: FitRequest, spec: OperatorSpec, cuts_int: list[int], degrees
     measured by exact integer evaluation where |f| >= 1 output ulp; lowered degrees."""
     if req.breakpoints is None:
         return ""
+    relative = req.relative is not False
     F = 1 << req.f_in
     lo, hi = cuts_int[0], cuts_int[-1]
-    xs = np.unique(np.concatenate([np.linspace(lo, hi - 1, 4097), np.geomspace(max(lo, 1), max(hi - 1, 2), 8193)]))
-    xs = np.floor(xs[(xs >= lo) & (xs < hi)]).astype(np.int64)
+    per = max(33, min(257, 131072 // max(len(cuts_int) - 1, 1)))     # every piece, ends included
+    xs = np.unique(np.concatenate([np.floor(np.linspace(a, b - 1, per)) for a, b in zip(cuts_int[:-1], cuts_int[1:])
+                                   if b > a])).astype(np.int64)
     got = np.array([int(v) for v in spec.reference(xs)], dtype=np.float64)
     with np.errstate(all="ignore"):
         want = req.fn(xs / F) * (1 << req.f_out)
-    ok = np.isfinite(want) & (np.abs(want) >= 1.0)
+    fin = np.isfinite(want)
+    big = fin & (np.abs(want) >= float(1 << req.f_out))      # |f| >= 1: relative error; below: ulps
     notes = []
-    if ok.any():
-        err = np.abs(got[ok] - want[ok])
-        rel = float(np.max(err / np.abs(want[ok])))
-        notes.append(f"relative error {rel:.3g} (2^{math.log2(max(rel, 1e-30)):.1f}), absolute {err.max():.3g} ulps "
-                     f"on [{req.lo:.4g}, {req.hi:.4g})" + ("; max_error_ulps is relative above 1 (ulps at "
-                                                          "the range start)" if req.relative is not False else ""))
+    if fin.any():
+        err = np.abs(got - want)
+        parts = []
+        if big.any():
+            rel = float(np.max(err[big] / np.abs(want[big])))
+            parts.append(f"relative error {rel:.3g} (2^{math.log2(max(rel, 1e-30)):.1f}) where |f| >= 1")
+        if (fin & ~big).any():
+            parts.append(f"{float(np.max(err[fin & ~big])):.3g} ulps where |f| < 1")
+        notes.append(", ".join(parts) + f" on [{req.lo:.4g}, {req.hi:.4g})"
+                     + ("; max_error_ulps is relative above 1 (ulps at the range start)" if relative else ""))
     if min(degrees) < req.degree:
         notes.append(f"degree {min(degrees)} on the widest pieces (poly_scale {S} is what the ring holds)")
     return "; ".join(notes)
