@@ -231,6 +231,9 @@ class _Ranges:
             return Bound(min(b.lo for b in bs), max(b.hi for b in bs))
         src = self.get(ins[0])
         lo, hi = src.lo, src.hi
+        if n.op == "Cast" and n.attrs.get("to", "float") != "float":   # int: toward 0; bool: 0 or 1
+            return Bound(min(lo, 0.0), max(hi, 1.0)) if n.attrs["to"] == "bool" else \
+                Bound(min(lo, 0.0), max(hi, 0.0), dict(src.l2))
         if n.op in ("Pad", "Im2Col"):
             v = float(n.attrs.get("value", 0.0) or 0.0)
             lo, hi = min(lo, v), max(hi, v)
@@ -451,6 +454,8 @@ class _Ranges:
         x = self.get(n.inputs[0])
         lo = x.lo if n.attrs.get("min") is None else max(x.lo, n.attrs["min"])
         hi = x.hi if n.attrs.get("max") is None else min(x.hi, n.attrs["max"])
+        lo = lo if n.attrs.get("max") is None else min(lo, n.attrs["max"])     # a bound outside [x.lo, x.hi]
+        hi = hi if n.attrs.get("min") is None else max(hi, n.attrs["min"])     # is the value itself
         return Bound(lo, hi)
 
 

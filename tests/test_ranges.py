@@ -640,3 +640,18 @@ def test_e_over_sum_e_needs_non_negative_e():
     g.outputs = ["y"]
     prove_ranges(g, CompileOptions(input_ranges={"x": (-0.01, 1.0)}))
     assert_sound(g, {"x": np.array([[0.02, -0.01]])}, "e/sum(e)")
+
+
+def test_clip_and_cast_outside_the_input_interval():
+    """Clip(min=2) of x in [0.3, 0.6] is 2; Cast to int truncates 0.3..0.6 to 0; to bool, 1."""
+    g = Graph("cc")
+    g.add_input("x", (4,))
+    g.add_node("Clip", ["x"], ["a"], infos=T(4), min=2.0)
+    g.add_node("Clip", ["x"], ["b"], infos=T(4), max=-3.0)
+    g.add_node("Clip", ["x"], ["c"], infos=T(4), min=0.4, max=0.5)
+    g.add_node("Cast", ["x"], ["i"], infos=T(4), to="int")
+    g.add_node("Cast", ["x"], ["z"], infos=T(4), to="bool")
+    g.outputs = ["a", "b", "c", "i", "z"]
+    prove_ranges(g, CompileOptions(input_ranges={"x": (0.3, 0.6)}))
+    assert g.meta["proven"]["c"][1] <= 0.5 * SLACK + 0.1
+    assert_sound(g, {"x": np.array([0.3, 0.4, 0.5, 0.6])}, "clip/cast")
