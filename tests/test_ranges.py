@@ -508,6 +508,30 @@ def test_width_bits_exhaustively_at_small_widths(slack):
     assert width_bits(-math.inf, 0.0, 12) is None and width_bits(0.0, math.inf, 12) is None
 
 
+def test_narrow_bits_exhaustively_at_small_widths():
+    """``narrow_bits``' promise: every integer the tensor can be at its scale (one ulp either
+    way) satisfies -2^(k-2) <= x < 2^(k-2) - 2^shift; at most one bit more than [-m, m] needs."""
+    from fusec.passes.ranges import narrow_bits  # noqa: PLC0415
+    rng = np.random.default_rng(5)
+    vals = sorted(set(np.r_[np.arange(-24, 25) / 4.0, rng.uniform(-6, 6, 30)]))
+    for scale in range(0, 4):
+        g = Graph("nb")
+        g.add_input("t", (1,))
+        g.tensors["t"].scale = scale
+        for lo, hi in [(a, b) for a in vals[::3] for b in vals[::4] if a <= b]:
+            g.meta["proven"] = {"t": [lo, hi]}
+            q = np.arange(math.floor(lo * 2 ** scale) - 1, math.ceil(hi * 2 ** scale) + 2)
+            for shift in range(0, 5):
+                k = narrow_bits(g, "t", shift)
+                ok = lambda kk: q.min() >= -(1 << (kk - 2)) and q.max() < (1 << (kk - 2)) - (1 << shift)  # noqa: E731
+                assert ok(k), (lo, hi, scale, shift, k)
+                m = math.ceil(max(abs(lo), abs(hi)) * 2 ** scale) + 1      # (symmetric, by design)
+                need = next(kk for kk in range(2, 70) if -m >= -(1 << (kk - 2)) and m < (1 << (kk - 2)) - (1 << shift))
+                assert k <= need + 1, (lo, hi, scale, shift, k, need)
+    g.meta["proven"] = {"t": [-math.inf, 1.0]}
+    assert narrow_bits(g, "t", 3) is None
+
+
 def test_input_contract_defaults_and_overrides():
     g = Graph("c")
     g.add_input("x", (2, 3))
