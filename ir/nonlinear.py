@@ -108,6 +108,20 @@ def _p_elu(f):
     return {"alpha": a} if np.isfinite(a) and a > 0 else None
 
 
+def _p_affine(f, power: float):
+    """(scale, eps) with f(x) = (scale x + eps)^power on x > 0, else None."""
+    xs = np.asarray([1.0, 2.0])
+    with np.errstate(all="ignore"):
+        v = np.asarray(f(xs), np.float64) ** (1.0 / power)
+    if not np.all(np.isfinite(v)):
+        return None
+    scale = float(v[1] - v[0])
+    eps = float(v[0] - scale)
+    if scale <= 0 or eps < -1e-12:
+        return None
+    return {"scale": scale, "eps": max(eps, 0.0)}
+
+
 def _tails_leaky(side):
     return (lambda alpha=0.01: (alpha, 0.0)) if side == "left" else _c(1.0, 0.0)
 
@@ -160,9 +174,12 @@ _ENTRIES = [
     Nonlinear("elu", _elu, left=lambda alpha=1.0: (0.0, -alpha), right=_c(1, 0), params=_p_elu,
               doc="x > 0 ? x : alpha (e^x - 1)"),
     # positive domain: geometric pieces over the whole proven range
-    Nonlinear("reciprocal", lambda x: 1.0 / x, domain="positive", sigma="reciprocal", policy="geometric"),
-    Nonlinear("rsqrt", lambda x: 1.0 / np.sqrt(x), domain="positive", sigma="rsqrt", scope="layernorm",
-              policy="geometric", doc="also 1/sqrt(x*k + eps) of a layer norm (attrs rsqrt_scale, rsqrt_eps)"),
+    Nonlinear("reciprocal", lambda x, scale=1.0, eps=0.0: 1.0 / (scale * x + eps), domain="positive",
+              sigma="reciprocal", policy="geometric", params=lambda f: _p_affine(f, -1.0),
+              doc="1 / (scale x + eps)"),
+    Nonlinear("rsqrt", lambda x, scale=1.0, eps=0.0: 1.0 / np.sqrt(scale * x + eps), domain="positive", sigma="rsqrt",
+              scope="layernorm", policy="geometric", params=lambda f: _p_affine(f, -0.5),
+              doc="1 / sqrt(scale x + eps): a layer norm's (attrs rsqrt_scale, rsqrt_eps) or an RMSNorm written out"),
     Nonlinear("sqrt", np.sqrt, domain="positive", policy="geometric"),
 ]
 
@@ -213,6 +230,11 @@ def identify(f: Callable[[np.ndarray], np.ndarray]) -> tuple[str, dict]:
         for name in _POSITIVE:
             if np.all(np.isfinite(yp)) and np.allclose(yp, NONLINEAR[name].ref(pos), rtol=1e-4, atol=1e-7):
                 return name, {}
+        if np.all(np.isfinite(yp)):      # of an affine argument: 1/sqrt(x/k + eps) (RMSNorm), 1/(a x + b)
+            for name in ("rsqrt", "reciprocal"):
+                p = NONLINEAR[name].params(f)
+                if p is not None and np.allclose(yp, NONLINEAR[name].ref(pos, **p), rtol=1e-6, atol=1e-9):
+                    return name, p
     return "custom", {}
 
 

@@ -135,8 +135,11 @@ def fuse_scalar(graph: Graph, opts: CompileOptions) -> Graph:
             first = keep[0].name
             for n in keep:
                 graph.remove_node(n.name)
+            extra = {}
+            if fn["label"] == "rsqrt" and fn.get("params"):     # 1/sqrt(x*k + eps) written out (RMSNorm)
+                extra = {"rsqrt_scale": fn["params"]["scale"], "rsqrt_eps": fn["params"]["eps"]}
             graph.add_node("Scalar", [x], [out], name=graph.fresh(f"{fn['label']}_{first}"), infos=[info_out],
-                           fn=fn, label=fn["label"])
+                           fn=fn, label=fn["label"], **extra)
             changed = True
             break
     graph.remove_unused()

@@ -263,3 +263,46 @@ def test_op_categories_are_data():
     assert is_fusable("Erf") and is_fusable("Div") and not is_fusable("Scalar") and not is_fusable("Equal")
     for op in ("Share", "Cast", "Rescale", "Scalar", "Identity"):
         assert op in fuse_scalar.NOT_FUSED
+
+
+# ------------------------------------------------------------------ RMSNorm written out, off the calibration data
+def test_rmsnorm_written_out_is_right_far_from_its_calibration():
+    """x * (mean(x^2) + eps)^-1/2 * g as exporters write it (Llama's RMSNorm): the chain is labelled
+    rsqrt with its scale and eps, fitted over the whole proven range of mean(x^2), so rows much
+    smaller or larger than the calibration rows (a repeated-token prompt) are normalised right."""
+    from fusec.build import Build, compile_graph, decode_outputs, encode_inputs
+    from fusec.ir.graph import Graph, TensorInfo
+    from fusec.passes.options import CompileOptions
+    from fusec.tests.harness import run_graph
+
+    R, H, eps = 6, 32, 1e-6
+    rng = np.random.default_rng(3)
+    gam = 1 + 0.1 * rng.standard_normal(H)
+    g = Graph("rms")
+    g.add_input("x", (R, H))
+    T = lambda *s: [TensorInfo(s)]  # noqa: E731
+    g.add_node("Mul", ["x", "x"], ["sq"], infos=T(R, H))
+    g.add_node("ReduceMean", ["sq"], ["ms"], infos=T(R, 1), axes=[1], keepdims=True)
+    g.add_node("Add", ["ms", g.add_const("eps", np.asarray(eps))], ["mse"], infos=T(R, 1))
+    g.add_node("Sqrt", ["mse"], ["rt"], infos=T(R, 1))
+    g.add_node("Reciprocal", ["rt"], ["r"], infos=T(R, 1))
+    g.add_node("Expand", ["r"], ["rb"], infos=T(R, H), shape=[R, H])
+    g.add_node("Mul", ["x", "rb"], ["n"], infos=T(R, H))
+    g.add_node("Mul", ["n", g.add_const("g", gam)], ["y"], infos=T(R, H))
+    g.outputs = ["y"]
+    calib = {"x": rng.standard_normal((R, H))}
+    opts = CompileOptions(calib=calib)
+    ir, low, steps = compile_graph(g, opts)
+    scal = [n for n in ir.nodes() if n.op == "Scalar"]
+    assert [n.attrs["label"] for n in scal] == ["rsqrt"] and scal[0].attrs["rsqrt_eps"] == pytest.approx(eps, rel=1e-3)
+    assert not [m for m in ir.meta.get("notes", []) if "held" in m and "above" in m]
+    # rows 1/16 .. 2x the calibration's magnitude, one of them a repeated value
+    x = rng.standard_normal((R, H)) * np.asarray([1 / 16, 1 / 4, 1.0, 2.0, 0.5, 1.0])[:, None]
+    x[5] = 0.7
+    b = Build(None, ir, opts, low, steps, {})
+    out, _ = run_graph(low.gates, encode_inputs(b, {"x": x}, 1))
+    got = decode_outputs(b, out)["y"]
+    want = x / np.sqrt(np.mean(x * x, axis=1, keepdims=True) + eps) * gam
+    cos = [float(np.dot(a, w) / np.linalg.norm(a) / np.linalg.norm(w)) for a, w in zip(got, want)]
+    assert min(cos) > 0.999, cos
+    assert np.max(np.abs(got - want)) < 0.05, np.max(np.abs(got - want), axis=1)
