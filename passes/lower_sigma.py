@@ -37,10 +37,10 @@ def scalar_gate(node: Node, lab: str, N: int, s_in: int, opts: CompileOptions) -
     """
     from fusec.runtime.gates import sigma_nonlinear as sn  # noqa: PLC0415
     n, f = opts.bits, opts.frac
-    if lab == "gelu":
+    if lab in ("gelu", "gelu_tanh", "silu"):      # SIGMA's GELU protocol (SiLU: 10-bit clip and table)
         if s_in >= f:
-            return SigmaGelu(N, n, f, in_scale=s_in)
-        return SigmaGelu(N, n, s_in)
+            return SigmaGelu(N, n, f, in_scale=s_in, fn=lab)
+        return SigmaGelu(N, n, s_in, fn=lab)
     if lab == "relu":
         return ReLU2(N, n)
     if s_in != f:

@@ -156,11 +156,13 @@ def test_bad_parameters():
     with pytest.raises(ParameterError):
         SigmaGelu(4, 50, 12, lut_frac=12)         # nothing to truncate
     with pytest.raises(ParameterError):
-        SigmaGelu(4, 50, 12, clip=8.0)            # 9-bit LUT index
+        SigmaGelu(4, 50, 12, clip=32.0)           # 11-bit LUT index
     with pytest.raises(ParameterError):
         SigmaGelu(4, 50, 12, in_bits=50)          # bin must leave the ring room
     with pytest.raises(ParameterError):
         SigmaGelu(4, 50, 12, in_scale=8)          # below frac
+    with pytest.raises(ParameterError):
+        SigmaGelu(4, 50, 12, fn="tanh")
 
 
 # --------------------------------------------------------------------------- THE COMPARISON
@@ -208,3 +210,31 @@ def test_compare_with_compiled_gelu():
     assert errs["ScalarGate GELU (ours, shifted)"] < errs["SigmaGelu (SIGMA, 7 rounds)"]
     assert errs["ScalarGate GELU (ours, packed)"] * 2 ** F <= spec.max_error_ulps + 1
     assert errs["ScalarGate GELU (ours, packed)"] < errs["SigmaGelu (SIGMA, 7 rounds)"]
+
+
+# --------------------------------------------------------------------------- the family
+@pytest.mark.parametrize("fn,clip,k", [("gelu_tanh", 4.0, 8), ("silu", 16.0, 10)])
+def test_gelu_tanh_and_silu(fn, clip, k):
+    """GPT-2's tanh GELU and SiLU through the same protocol; SiLU with SIGMA's 10-bit clip and table."""
+    n = 50
+    g = np.random.default_rng(len(fn))
+    xi = np.concatenate([inputs(4), g.integers(-20 << F, 20 << F, 300)])
+    s = F - LUT_FRAC
+    K = int(clip * 2 ** LUT_FRAC) - 1
+    if fn == "gelu_tanh":
+        ref = lambda t: 0.5 * t * (1 + np.tanh(math.sqrt(2 / math.pi) * (t + 0.044715 * t ** 3)))  # noqa: E731
+    else:
+        ref = lambda t: t / (1 + np.exp(-t))  # noqa: E731
+    table = [int(np.rint((i / 2 ** LUT_FRAC - ref(i / 2 ** LUT_FRAC)) * 2 ** F)) for i in range(K + 1)]
+    want = np.array([max(int(x), 0) - table[min(abs(int(x) >> s), K)] for x in xi], np.int64)
+    for masks in [None] + [[fm] for fm in forced_masks(xi.shape, n)]:
+        gate = SigmaGelu(xi.size, n, F, fn=fn)
+        assert gate.view_bits == k and gate.kind == f"sigma_{fn}"
+        got, measured, _ = measure(gate, xi, n, masks)
+        assert np.array_equal(got, want)
+        c = gate.cost()
+        assert (measured.key_bits, measured.aes, measured.rounds) == (c.key_bits, c.aes, 7)
+    err = np.abs(got / 2 ** F - ref(xi / 2 ** F)).max()
+    assert err <= gate.error_bound() + 2 ** -F
+    if fn == "silu":   # the 10-bit mux and table: 2 x 4 x 10 mux bits, a 10-bit DPF key
+        assert c.key_bits == SigmaGelu(1, n, F).cost().key_bits + 8 * 2 + 129 * 2

@@ -31,6 +31,10 @@ TrWithSlack 6-bit DPF 256 + 1 + 2 x 33 | compare 32-bit DPF 3,481 + 2 | mux 8 x 
 LUT 8-bit DPF 385 + 1 + 3 x 50 | relu 3 x 50 | r_out 50 = 4,606 bits = 575.75 bytes
 (SIGMA's published 575 B). AES: 1 + 4 x 26 + 4 (SIGMA evaluates its key at 3 points).
 
+The same gate computes GPT-2's tanh GELU (``fn="gelu_tanh"``, SIGMA runs its GELU protocol
+there) and SiLU (``fn="silu"``: SIGMA clips at 16, a 10-bit mux and a 1024-entry table):
+each has ``g(-x) = g(x) - x``, so ``ReLU - g`` is even and the construction is unchanged.
+
 ``in_scale`` > frac (the input still carries a product's scale, e.g. a matmul's 24 bits):
 SIGMA truncates after every matmul, so the gate first runs :class:`SigmaTrFloor` by
 ``in_scale - frac`` (4 rounds) and returns its output multiplied back to ``in_scale`` (free).
@@ -64,17 +68,25 @@ U64 = np.uint64
 ONE = U64(1)
 
 
-def gelu_delta(t) -> np.ndarray:
-    """``delta(t) = ReLU(t) - GELU(t) = |t| * Phi(-|t|)`` (float, elementwise)."""
+def gelu_delta(t, fn: str = "gelu") -> np.ndarray:
+    """``delta(t) = ReLU(t) - g(|t|)`` for g = GELU (``|t| Phi(-|t|)``), its tanh form or SiLU.
+
+    Each of these g has ``g(-x) = g(x) - x``, so ``ReLU - g`` is even and ``g(x) = ReLU(x) - delta(|x|)``.
+    """
     a = np.abs(np.asarray(t, dtype=np.float64))
-    phi_neg = 0.5 * np.vectorize(math.erfc)(a / math.sqrt(2.0))
-    return a * phi_neg
+    if fn == "gelu":
+        return a * 0.5 * np.vectorize(math.erfc)(a / math.sqrt(2.0))
+    if fn == "gelu_tanh":
+        return a - 0.5 * a * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (a + 0.044715 * a ** 3)))
+    if fn == "silu":
+        return a - a / (1.0 + np.exp(-a))
+    raise ParameterError(f"SIGMA GELU family: unknown function {fn!r}", "use gelu, gelu_tanh or silu")
 
 
-def delta_table(lut_frac: int, frac: int, view_bits: int) -> np.ndarray:
+def delta_table(lut_frac: int, frac: int, view_bits: int, fn: str = "gelu") -> np.ndarray:
     """``round(delta(i / 2^lut_frac) * 2^frac)`` for i in [0, 2^view_bits), int64."""
     i = np.arange(1 << view_bits, dtype=np.float64)
-    return np.rint(gelu_delta(i / 2.0 ** lut_frac) * 2.0 ** frac).astype(np.int64)
+    return np.rint(gelu_delta(i / 2.0 ** lut_frac, fn) * 2.0 ** frac).astype(np.int64)
 
 
 class SigmaGelu(Gate):
@@ -89,9 +101,15 @@ class SigmaGelu(Gate):
 
     kind = "sigma_gelu"
 
-    def __init__(self, elements: int, bits: int = 50, frac: int = 12, lut_frac: int = 6, clip: float = 4.0,
-                 in_bits: int | None = None, in_scale: int | None = None, split_uv: bool = True):
+    def __init__(self, elements: int, bits: int = 50, frac: int = 12, lut_frac: int = 6, clip: float | None = None,
+                 in_bits: int | None = None, in_scale: int | None = None, split_uv: bool = True, fn: str = "gelu"):
         super().__init__(elements)
+        if fn not in ("gelu", "gelu_tanh", "silu"):
+            raise ParameterError(f"SIGMA GELU family: unknown function {fn!r}", "use gelu, gelu_tanh or silu")
+        self.fn = fn
+        self.kind = "sigma_gelu" if fn == "gelu" else f"sigma_{fn}"  # type: ignore[misc]
+        if clip is None:      # SIGMA: GELU clipped at 4 (8-bit table), SiLU at 16 (10-bit table)
+            clip = 16.0 if fn == "silu" else 4.0
         n = self.bits = check_width(bits, "SIGMA GELU ring width")
         self.out_bits = n
         self.frac, self.lut_frac = int(frac), int(lut_frac)
@@ -109,9 +127,9 @@ class SigmaGelu(Gate):
         self.clip = float(clip)
         self.K = int(T) - 1                                         # clip value (SIGMA: 2^8 - 1)
         k = self.view_bits = self.K.bit_length()
-        if k > 8:
+        if k > 10:
             raise ParameterError(f"SIGMA GELU: a {k}-bit LUT index (clip * 2^lut_frac = {int(T)})",
-                                 "the SIGMA construction uses an 8-bit LUT: clip * 2^lut_frac <= 256")
+                                 "SIGMA's tables have 2^8 (GELU) or 2^10 (SiLU) entries: clip * 2^lut_frac <= 1024")
         self.in_bits = n - self.frac if in_bits is None else check_width(in_bits, "SIGMA GELU input width")
         m = self.mid_bits = self.in_bits - s + 1                    # SIGMA's bwXt (33)
         if self.in_bits > n - 1 or m - 1 < k + 2 or m > n:
@@ -119,7 +137,7 @@ class SigmaGelu(Gate):
                                  "needs lut_frac + bitlen(clip) + 2 < in_bits - frac + lut_frac and in_bits < n")
         self.cmp_bits = m - 1
         N = self.elements
-        self.table = delta_table(self.lut_frac, self.frac, k)
+        self.table = delta_table(self.lut_frac, self.frac, k, fn)
         self.pre = self.in_scale - self.frac
         self._pre = SigmaTrFloor(N, n, self.pre) if self.pre else None
         self._tr = SigmaTrunc(N, n, s, out_bits=m, slack=True, scope="gelu")
@@ -235,6 +253,6 @@ class SigmaGelu(Gate):
     def error_bound(self) -> float:
         """The stated absolute error bound (module docstring), from delta on a fine grid."""
         t = np.linspace(0.0, self.clip, 1 << 16)
-        ddelta = np.abs(np.gradient(gelu_delta(t), t))
-        tail = float(gelu_delta(self.K / 2.0 ** self.lut_frac))
+        ddelta = np.abs(np.gradient(gelu_delta(t, self.fn), t))
+        tail = float(gelu_delta(self.K / 2.0 ** self.lut_frac, self.fn))
         return float(ddelta.max()) * 2.0 ** -self.lut_frac + max(tail, 0.0) + 2.0 ** -(self.frac + 1)
