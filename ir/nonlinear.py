@@ -349,7 +349,9 @@ def _asymptotic(lab, e, params, f, val, frac, cal, prv, finite_prv, tol, x_max, 
         if t is None:
             raise CompileError(f"{lab}: the function is not within {tol:g} of its {side} asymptote {a:g}x{b:+g} "
                                f"(is it really {lab}?)")
-        reach = max(abs(finite_prv[0]), abs(finite_prv[1])) if finite_prv else 2.0 ** 10
+        # a sloped tail must be exact (coefficients and ring) over the whole proven range; unproven, the
+        # fit keeps a non-dyadic slope within 1/4 ulp to 16x the interval (ir.spec._tail_scale)
+        reach = max(abs(finite_prv[0]), abs(finite_prv[1])) if finite_prv else 0.0
         tails[side], ends[side] = Tail(a, b, exact_to=reach if a != 0.0 else 0.0), t
     # the side without an asymptote ends at the proven (else calibrated) range
     lo, hi = ends.get("left"), ends.get("right")
