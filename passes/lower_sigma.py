@@ -25,7 +25,7 @@ from fusec.passes.options import CompileOptions
 from fusec.runtime.gates.base import Gate
 from fusec.runtime.gates.compare import MaxTree, ReLU2
 from fusec.runtime.gates.sigma import SigmaGelu
-from fusec.runtime.gates.sigma_fss import SigmaMaxTree, SigmaTrFloor
+from fusec.runtime.gates.sigma_fss import SigmaMaxTree, SigmaTrFloor, SigmaTrunc
 
 
 def scalar_gate(node: Node, lab: str, N: int, s_in: int, opts: CompileOptions) -> Gate:
@@ -54,9 +54,17 @@ def scalar_gate(node: Node, lab: str, N: int, s_in: int, opts: CompileOptions) -
     raise CompileError(f"{node!r}: no SIGMA construction for {lab}")
 
 
-def rescale_gate(N: int, shift: int, opts: CompileOptions) -> Gate:
-    """The truncation a sigma build uses after a product: SIGMA's TrFloor (exact, four rounds)."""
-    return SigmaTrFloor(N, opts.bits, shift)
+def rescale_gate(N: int, shift: int, opts: CompileOptions, exact: bool = True) -> Gate:
+    """The truncation a sigma build uses after a product.
+
+    ``exact`` (default): SIGMA's TrFloor, run after every matmul (four rounds, an s-bit and an
+    (n - s)-bit comparison key). ``exact=False``: SIGMA's TrWithSlack (two rounds, one s-bit key,
+    valid for ``|x| < 2^(n-2)``), which SIGMA runs after the elementwise products of softmax
+    (``e * 1/sum``), nExp and layer norm (``(x - mu) * rsqrt``, ``* gamma``).
+    """
+    if exact:
+        return SigmaTrFloor(N, opts.bits, shift)
+    return SigmaTrunc(N, opts.bits, shift, slack=True)
 
 
 def max_gate(shape, axis: int, opts: CompileOptions, scale: int | None = None) -> Gate:
