@@ -230,8 +230,10 @@ def identify(f: Callable[[np.ndarray], np.ndarray]) -> tuple[str, dict]:
         for name in _POSITIVE:
             if np.all(np.isfinite(yp)) and np.allclose(yp, NONLINEAR[name].ref(pos), rtol=1e-4, atol=1e-7):
                 return name, {}
-        if np.all(np.isfinite(yp)):      # of an affine argument: 1/sqrt(x/k + eps) (RMSNorm), 1/(a x + b)
-            for name in ("rsqrt", "reciprocal"):
+        # of an affine argument: 1/sqrt(x/k + eps) (RMSNorm). (1/(a x + b) is left "custom": the SIGMA
+        # lowering of a reciprocal needs the block's domain, which a written-out chain does not carry.)
+        if np.all(np.isfinite(yp)):
+            for name in ("rsqrt",):
                 p = NONLINEAR[name].params(f)
                 if p is not None and np.allclose(yp, NONLINEAR[name].ref(pos, **p), rtol=1e-6, atol=1e-9):
                     return name, p
@@ -329,7 +331,7 @@ def fit_domain(label: str | None, fn, frac: int, calibrated, f_out: int, proven=
         return _positive(lab, f, val, frac, cal, prv, dom_attr, attrs, bits, f_out)
     if e is not None and (e.left is not None or e.right is not None):
         return _asymptotic(lab, e, params, f, val, frac, cal, prv, finite_prv, tol, x_max, f_out, dom_attr)
-    return _custom(lab, f, val, frac, cal, finite_prv)
+    return _custom(lab, f, val, frac, cal, finite_prv, bits, f_out)
 
 
 def _asymptotic(lab, e, params, f, val, frac, cal, prv, finite_prv, tol, x_max, f_out, dom_attr) -> Domain:
@@ -393,7 +395,12 @@ def _asymptotic(lab, e, params, f, val, frac, cal, prv, finite_prv, tol, x_max, 
     return Domain(lo, hi, tails["left"], tails["right"], note="; ".join(notes))
 
 
-def _custom(lab, f, val, frac, cal, finite_prv) -> Domain:
+def _custom(lab, f, val, frac, cal, finite_prv, bits, f_out) -> Domain:
+    """A function with no table entry: its proven range when finite, else its calibrated range
+    widened by a quarter (held constant outside, the note says so). Where the function is not
+    finite, or larger than the ring holds at the output scale, inside that range, the interval
+    is cut to the run of good values around the calibrated range and the note says where and
+    what the function reaches there."""
     if finite_prv is not None:
         lo0, hi0 = finite_prv
         src = "proven"
@@ -405,18 +412,34 @@ def _custom(lab, f, val, frac, cal, finite_prv) -> Domain:
     if hi - lo < 2.0 ** -frac * 16:
         lo, hi = lo - 8 * 2.0 ** -frac, hi + 8 * 2.0 ** -frac
     notes = []
+    cap = 2.0 ** (bits - f_out - 16)          # leaves the fit room for its poly_scale
+    xs = np.unique(np.concatenate([np.linspace(lo, hi, 16385), np.clip(np.asarray(cal, np.float64), lo, hi)]))
     with np.errstate(all="ignore"):     # functions defined on part of the line only (log, sqrt, 1/x)
-        if not np.isfinite(val(lo)):
-            new = lo0 if np.isfinite(val(lo0)) else lo0 + 2.0 ** -frac
-            notes.append(f"{lab} is not finite at {lo:.4g}: fitted from {new:.4g}")
-            lo = new
-        if not np.isfinite(val(hi)):
-            notes.append(f"{lab} is not finite at {hi:.4g}: fitted up to {hi0:.4g}")
-            hi = hi0
-    if src == "proven":
-        if notes:
-            notes.insert(0, f"{lab} fitted on its proven range [{lo:.4g}, {hi:.4g}]")
-    else:
+        ys = f(xs)
+    good = np.isfinite(ys) & (np.abs(ys) < cap)
+    if not good.all():
+        mid = min(max(0.5 * (cal[0] + cal[1]), lo), hi)
+        k = int(np.argmin(np.abs(xs - mid)))
+        if not good[k]:
+            k = int(np.nonzero(good)[0][np.argmin(np.abs(np.nonzero(good)[0] - k))]) if good.any() else k
+        a = k
+        while a > 0 and good[a - 1]:
+            a -= 1
+        b = k
+        while b < xs.size - 1 and good[b + 1]:
+            b += 1
+        for end, idx, side in ((lo, a, "below"), (hi, b, "above")):
+            if (side == "below" and idx > 0) or (side == "above" and idx < xs.size - 1):
+                bad = ys[:idx] if side == "below" else ys[idx + 1:]
+                fin = bad[np.isfinite(bad)]
+                reach = f"reaches |f| = {np.max(np.abs(fin)):.4g}" if fin.size else "is not finite"
+                notes.append(f"{lab} held at {ys[idx]:.4g} {side} {xs[idx]:.4g}: the function {reach} "
+                             f"between there and {end:.4g} ({src} range; not finite or beyond the "
+                             f"{bits}-bit ring at 2^-{f_out})")
+        lo, hi = float(xs[a]), float(xs[b])
+        if hi - lo < 2.0 ** -frac * 16:
+            hi = lo + 2.0 ** -frac * 16
+    if src == "calibrated":
         notes.append(f"{lab} fitted on its calibrated range [{lo:.4g}, {hi:.4g}] (nothing proven), "
                      f"held constant outside")
     return Domain(lo, hi, Tail(0.0, val(lo)), Tail(0.0, val(hi)), note="; ".join(notes),

@@ -27,7 +27,7 @@ PARAMS = {"leaky_relu": {"alpha": 0.01}, "hardsigmoid": {"alpha": 0.2, "beta": 0
           "clip": {"lo": -1.0, "hi": 6.0}, "elu": {"alpha": 1.0}}
 LINE = [lab for lab, e in NONLINEAR.items() if e.domain != "positive" and lab not in ("exp", "softsign")]
 #: entries whose tails have dyadic slopes and offsets: exact at any |x| (checked to 2^20)
-DYADIC = [lab for lab in LINE if lab not in ("leaky_relu", "elu")] + ["elu"]
+DYADIC = [lab for lab in LINE if lab != "leaky_relu"]
 
 
 def _fn(lab):
@@ -126,6 +126,14 @@ def test_custom_functions_fit_on_the_proven_range_when_it_is_finite():
     assert "calibrated" in dom.note and "held constant" in dom.note
     dom = fit_domain("custom", fn, F, (-1.0, 1.0), F, (-math.inf, math.inf), {})
     assert "calibrated" in dom.note
+    # a proven range on which the function outgrows the ring: cut, and the note says where and how far
+    dom = fit_domain("custom", fn, F, (-1.0, 1.0), F, (-30.0, 30.0), {"ring_bits": 50})
+    assert -30 < dom.lo < -3 and 3 < dom.hi < 30 and "held at" in dom.note and "reaches |f| =" in dom.note
+    best, acc = search("custom", lambda x: scalar_fn.evaluate(fn, x), dom, 50, F, F, BOUND)
+    assert acc is not None                                    # the ring holds it (steep: maybe not within 8 ulps)
+    # log on a proven range that starts below 0: fitted from where it is finite, said so
+    dom = fit_domain("custom", lambda x: np.log(x), F, (0.5, 4.0), F, (-0.01, 10.0), {"ring_bits": 50})
+    assert 0 < dom.lo < 0.01 and dom.hi == 10.0 and "not finite" in dom.note
 
 
 # ------------------------------------------------------------------ rsqrt / reciprocal over the proven range
