@@ -248,3 +248,383 @@ def test_narrow_bad_parameters():
         TruncateNarrow(4, 16, 10, 3, out_bits=7)  # out_bits must exceed k - s
     TruncateNarrow(4, 16, 10, 7)                # s = k - 3 is the largest allowed
     TruncateNarrow(4, 16, 10, 3, out_bits=8)
+
+
+# ============================================================================= PackedLookup / ScalarGate on views
+import functools  # noqa: E402
+import math  # noqa: E402
+import subprocess  # noqa: E402
+import types  # noqa: E402
+from bisect import bisect_right  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from fusec.ir.spec import FitRequest, Tail, fit  # noqa: E402
+from fusec.runtime.gates.catalog import gelu_spec  # noqa: E402
+from fusec.runtime.gates.scalar import PackedLookup, ScalarGate  # noqa: E402
+from fusec.runtime.gates.truncation import TruncateSlack  # noqa: E402
+
+
+def gelu(x):
+    return 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+
+
+def recip(x):
+    with np.errstate(divide="ignore"):
+        return 1.0 / x
+
+
+GEOMETRIC = [2.0 ** i for i in range(1, 8)]   # cuts of 1/x on [1, 256)
+
+
+@functools.lru_cache(maxsize=None)
+def make_spec(name: str, n: int):
+    """(spec, float function, [lo, hi) of real x where the float bound is claimed)."""
+    if name == "gelu":
+        if n <= 24:    # small: linear pieces at f = 6 (the quadratic scale does not fit 20 bits)
+            return fit(FitRequest("gelu", gelu, -4, 4, pieces=8, degree=1, n_in=n, f_in=6, f_out=6,
+                                  right=Tail(1.0))), gelu, (-math.inf, math.inf)
+        return gelu_spec(n, 12), gelu, (-math.inf, math.inf)
+    if name == "gelu_noview":  # fitted without the overlap: view_shift = 0, compare on exact k bits
+        return fit(FitRequest("gelu", gelu, -4, 4, pieces=8, degree=1, n_in=n, f_in=6, f_out=6,
+                              right=Tail(1.0), view=False)), gelu, (-math.inf, math.inf)
+    if name == "exp":
+        f, pieces, degree = (6, 8, 1) if n <= 24 else (12, 16, 2 if n >= 50 else 1)
+        spec = fit(FitRequest("exp", np.exp, -16, 0, pieces=pieces if degree == 2 else 2 * pieces,
+                              degree=degree, n_in=n, f_in=f, f_out=f, left=Tail(0.0), right=Tail(0.0)))
+        return spec, np.exp, (-math.inf, 0.0)   # the right tail 0 is the spec's choice, not exp
+    if name == "recip":
+        f, degree = (6, 1) if n <= 24 else (12, 2 if n >= 50 else 1)
+        hi = 64 if n <= 24 else 256
+        spec = fit(FitRequest("recip", recip, 1, hi, pieces=8, degree=degree, n_in=n, f_in=f, f_out=f,
+                              breakpoints=[b for b in GEOMETRIC if b < hi]))
+        return spec, recip, (1.0, float(hi))
+    raise AssertionError(name)
+
+
+def view_range(k, t):
+    """Inputs proven inside the view: |x| < 2^(k-2) - 2^t."""
+    h = (1 << (k - 2)) - (1 << t)
+    return -h + 1, h            # [lo, hi)
+
+
+def poly(spec, j, x):
+    """Piece j's polynomial at integer x, at poly_scale (Python ints, exact)."""
+    return sum(int(c) * (x - int(spec.centers[j])) ** e for e, c in enumerate(spec.coeffs[j]))
+
+
+def chosen_pieces(spec, t, xs, rs):
+    """The piece the coarse comparison picks, derived independently of the gate: the view is
+    floor(x/2^t) + [lo_t(x) + lo_t(r) >= 2^t], compared with floor(b/2^t) for every b."""
+    cb = [int(b) >> t for b in spec.breakpoints]
+    out = []
+    for x, r in zip(xs, rs):
+        c = int((x & ((1 << t) - 1)) + (r & ((1 << t) - 1)) >= (1 << t)) if t else 0
+        out.append(bisect_right(cb, (x >> t) + c))
+    return out
+
+
+def true_pieces(spec, xs):
+    bps = [int(b) for b in spec.breakpoints]
+    return [bisect_right(bps, x) for x in xs]
+
+
+def mask_sets(n, t, k, E, seed, random_sets=1):
+    """Forced 0, 2^n - 1, 2^(n-1); random; random with lo_t(r) = 0 / 2^t - 1 (view carry never /
+    as often as possible) and with bit k-1 set / clear."""
+    top = (1 << n) - 1
+    out = [[0] * E, [top] * E, [1 << (n - 1)] * E]
+    dr = DealerRng(seed)
+    for _ in range(random_sets):
+        out.append([int(v) for v in dr.ring(E, n)])
+    base = [int(v) for v in dr.ring(E, n)]
+    lowm = (1 << t) - 1
+    out.append([b & ~lowm & top for b in base])
+    out.append([b | lowm for b in base])
+    if k < n:
+        out.append([b | (1 << (k - 1)) for b in base])
+        out.append([b & ~(1 << (k - 1)) & top for b in base])
+    return out
+
+
+def cross(xs, sets):
+    """Every x under every mask set, as one batch (per-element masks)."""
+    X = [x for _ in sets for x in xs]
+    R = [r for s in sets for r in s]
+    return X, R
+
+
+def breakpoint_inputs(spec, t, lo, hi):
+    """Every breakpoint in [lo, hi) and its neighbours: +-1 ulp, +-2^t, +-2^(t+1) (and -1 of those)."""
+    out = set()
+    for b in spec.breakpoints:
+        for d in (0, 1, -1, 2, -2):
+            out.add(int(b) + d)
+        for e in (t, t + 1):
+            for d in ((1 << e), (1 << e) - 1, (1 << e) + 1):
+                out.add(int(b) + d)
+                out.add(int(b) - d)
+    return sorted(x for x in out if lo <= x < hi)
+
+
+def check_lookup(g, spec, xs, rs):
+    """PackedLookup output = p_j(x) mod 2^w, j the piece the view picks (exact, no tolerance)."""
+    n, w = spec.n_in, g.out_bits
+    got, _, logs = run_gate(g, [ring.from_signed(np.asarray(xs, np.int64), n)], [n],
+                            in_masks=[np.asarray(rs, np.uint64)])
+    js = chosen_pieces(spec, g.view_shift, xs, rs)
+    want = [poly(spec, j, x) % (1 << w) for j, x in zip(js, xs)]
+    got = [int(v) for v in got]
+    bad = [(x, r, j, gv, wv) for x, r, j, gv, wv in zip(xs, rs, js, got, want) if gv != wv]
+    assert not bad, f"{len(bad)}/{len(xs)} wrong, e.g. (x, r, piece, got, want) = {bad[:4]}"
+    assert all(lg.rounds == 2 for lg in logs)
+    return js
+
+
+def check_scalar(g, spec, fn, freal, xs, rs, narrow: bool):
+    """ScalarGate output against (1) floor(p_j(x)/2^s) [+ {0,1} for the narrow truncation],
+    j the piece the view picks; (2) spec.reference(x) wherever j is x's own piece; (3) the
+    float function: |out - f(x) 2^f_out| <= max_error_ulps + 1 on the claimed real range."""
+    n, s = spec.n_in, spec.out_shift
+    got, _, logs = run_gate(g, [ring.from_signed(np.asarray(xs, np.int64), n)], [n],
+                            in_masks=[np.asarray(rs, np.uint64)])
+    got = signed_ints(got, n)
+    js = chosen_pieces(spec, g.stages[0].view_shift, xs, rs)
+    exact = [poly(spec, j, x) >> s for j, x in zip(js, xs)]
+    ok = (0, 1) if narrow else (0,)
+    bad = [(x, r, j, gv, e) for x, r, j, gv, e in zip(xs, rs, js, got, exact) if gv - e not in ok]
+    assert not bad, f"{len(bad)}/{len(xs)} wrong, e.g. (x, r, piece, got, floor p_j/2^s) = {bad[:4]}"
+    ref = [int(v) for v in spec.reference(np.asarray(xs, np.int64))]
+    own = true_pieces(spec, xs)
+    assert all(gv - rv in ok for gv, rv, j, i in zip(got, ref, js, own) if j == i)
+    # a neighbour is only ever picked within 2^(t+1) below a breakpoint, and only the upper one
+    t = g.stages[0].view_shift
+    for x, j, i in zip(xs, js, own):
+        if j != i:
+            assert j == i + 1 and 0 < int(spec.breakpoints[i]) - x < (1 << (t + 1)), (x, i, j)
+    F = 1 << spec.f_in
+    xr = np.asarray(xs, np.float64) / F
+    sel = (xr >= freal[0]) & (xr < freal[1])
+    with np.errstate(all="ignore"):
+        err = np.abs(np.asarray(got, np.float64)[sel] - fn(xr[sel]) * (1 << spec.f_out))
+    assert err.size == 0 or err.max() <= spec.max_error_ulps + 1 + 1e-9, (err.max(), spec.max_error_ulps)
+    assert all(lg.rounds == g.cost().rounds for lg in logs)
+    return got, js
+
+
+def value_width(spec, xs, t):
+    """Smallest w with every piece value the gate may compute inside TruncateNarrow's stated
+    precondition -2^(w-2) <= p < 2^(w-2) - 2^s (checked on xs): x's own piece, and the upper
+    neighbour within 2^(t+1) below a breakpoint (the only other piece the view can pick)."""
+    s = spec.out_shift
+    bps = [int(b) for b in spec.breakpoints]
+    vals = []
+    for x, i in zip(xs, true_pieces(spec, xs)):
+        vals.append(poly(spec, i, x))
+        if i < len(bps) and 0 < bps[i] - x < (1 << (t + 1)):
+            vals.append(poly(spec, i + 1, x))
+    lo, hi = min(vals), max(vals)
+    w = 3
+    while not (-(1 << (w - 2)) <= lo and hi < (1 << (w - 2)) - (1 << s) and s <= w - 3):
+        w += 1
+    return w
+
+
+# ----------------------------------------------------------------------------- small widths, exhaustive in x
+# (spec, n, view k, viewed): t = spec.view_shift > 0, or t = 0 (fitted without overlap)
+SMALL = [("gelu", 18, 10, True), ("gelu", 20, 9, True), ("gelu", 20, 11, True), ("gelu", 20, 12, True),
+         ("gelu_noview", 20, 10, False), ("exp", 20, 13, True), ("exp", 20, 12, True),
+         ("recip", 20, 14, True), ("recip", 20, 15, True)]
+
+
+def small_t(spec, viewed):
+    assert (spec.view_shift > 0) == viewed
+    return spec.view_shift
+
+
+@pytest.mark.parametrize("name,n,k,viewed", SMALL)
+def test_packed_lookup_view_exhaustive(name, n, k, viewed):
+    """Every x in the view range, every breakpoint +-1, under forced and random masks: the
+    lookup equals the piece the coarse view picks, exactly, at the full value width and at a
+    value width below n (integer polynomials agree mod 2^w)."""
+    spec, _, _ = make_spec(name, n)
+    t = small_t(spec, viewed)
+    g0 = PackedLookup(1, spec, view_bits=k)
+    assert (g0.view_bits, g0.view_shift, g0.cmp_bits) == (k, t, k - t)
+    lo, hi = view_range(k, t)
+    xs = list(range(lo, hi))
+    X, R = cross(xs, mask_sets(n, t, k, len(xs), b"lk-%d-%d" % (n, k), random_sets=3))
+    js = check_lookup(PackedLookup(len(X), spec, view_bits=k), spec, X, R)
+    assert any(j != i for j, i in zip(js, true_pieces(spec, X))) == (t > 0)
+    w = value_width(spec, xs, t)
+    assert w < n
+    X2, R2 = cross(xs, mask_sets(n, t, k, len(xs), b"lkw-%d-%d" % (n, k)))
+    check_lookup(PackedLookup(len(X2), spec, view_bits=k, value_bits=w), spec, X2, R2)
+    check_lookup(PackedLookup(len(X2), spec, view_bits=k, value_bits=w - 4), spec, X2, R2)
+
+
+@pytest.mark.parametrize("name,n,k,viewed", SMALL)
+@pytest.mark.parametrize("narrow", [True, False], ids=["narrow_out", "slack_out"])
+def test_scalar_gate_view_exhaustive(name, n, k, viewed, narrow):
+    spec, fn, freal = make_spec(name, n)
+    t = small_t(spec, viewed)
+    lo, hi = view_range(k, t)
+    xs = list(range(lo, hi))
+    w = value_width(spec, xs, t) if narrow else None
+    X, R = cross(xs, mask_sets(n, t, k, len(xs), b"sg-%d-%d" % (n, k)))
+    g = ScalarGate(len(X), spec, "packed", view_bits=k, out_view_bits=w)
+    kinds = [type(st) for st in g.stages]
+    assert kinds == [PackedLookup, TruncateNarrow if narrow else TruncateSlack]
+    assert g.stages[0].out_bits == (w or n) and g.out_bits == n
+    check_scalar(g, spec, fn, freal, X, R, narrow)
+
+
+# ----------------------------------------------------------------------------- large widths
+LARGE = [("gelu", n, k) for n in (37, 50, 64) for k in (15, 16, 20)] + [("gelu", 64, 64)] \
+    + [("exp", n, k) for n in (37, 50, 64) for k in (18, 19)] \
+    + [("recip", n, k) for n in (37, 50, 64) for k in (22, 23)]
+
+
+@pytest.mark.parametrize("name,n,k", LARGE)
+def test_scalar_gate_view_large_widths(name, n, k):
+    spec, fn, freal = make_spec(name, n)
+    g0 = PackedLookup(1, spec, view_bits=k)
+    t = g0.view_shift
+    assert t == (spec.view_shift if k < n else 0) and g0.cmp_bits == k - t
+    lo, hi = view_range(k, t)
+    if k == n:   # full width: the output's TruncateSlack needs the spec's exact range
+        elo, ehi = ScalarGate(1, spec, "packed").exact_range
+        lo, hi = max(lo, elo), min(hi, ehi + 1)
+    rng = np.random.default_rng(n * 100 + k)
+    xs = breakpoint_inputs(spec, t, lo, hi) + [lo, lo + 1, hi - 1, hi - 2, 0, 1, -1] \
+        + [int(v) for v in rng.integers(lo, hi, 150)]
+    X, R = cross(xs, mask_sets(n, t, k, len(xs), b"big-%d-%d-%s" % (n, k, name.encode())))
+    check_lookup(PackedLookup(len(X), spec, view_bits=k), spec, X, R)
+    w = value_width(spec, xs, t) if k < n else None
+    g = ScalarGate(len(X), spec, "packed", view_bits=k, out_view_bits=w)
+    check_scalar(g, spec, fn, freal, X, R, narrow=w is not None)
+
+
+def test_gelu_breakpoints_outside_the_view_are_pinned():
+    """GELU's +-4 (and +-3.5, +-3, +-2.5) lie outside a +-2 proven range: the comparison runs
+    on 9 bits with those breakpoints pinned just outside the view, and the output is right."""
+    n, f = 50, 12
+    spec = gelu_spec(n, f)
+    k = 15                                      # |x| < 2^13 - 2^6: just under +-2.0
+    g = PackedLookup(1, spec, view_bits=k)
+    t, m = g.view_shift, g.cmp_bits
+    assert t == spec.view_shift == 6 and m == 9
+    outside = [b for b in spec.breakpoints if not -(2 << f) <= b <= (2 << f)]
+    assert min(spec.breakpoints) <= -(4 << f) and max(spec.breakpoints) >= 4 << f and len(outside) >= 6
+    # the coarse comparison points that are not floor(b / 2^t) of an in-view breakpoint are pinned
+    # at the edges of the m-bit signed range (|pinned| >= 2^(m-2)), never inside it
+    h = 1 << (m - 2)
+    cb = [(b if b < (1 << (m - 1)) else b - (1 << m)) for b in g.cmp_bps]
+    inview = {int(b) >> t for b in spec.breakpoints if -h <= (int(b) >> t) < h}
+    assert all(c in inview or abs(c) >= h or c == -(1 << (m - 1)) or c == 0 for c in cb)
+    lo, hi = view_range(k, t)
+    xs = list(range(lo, hi, 7)) + breakpoint_inputs(spec, t, lo, hi) + [lo, hi - 1]
+    X, R = cross(xs, mask_sets(n, t, k, len(xs), b"pin"))
+    check_lookup(PackedLookup(len(X), spec, view_bits=k), spec, X, R)
+    check_scalar(ScalarGate(len(X), spec, "packed", view_bits=k, out_view_bits=value_width(spec, xs, t)),
+                 spec, gelu, (-math.inf, math.inf), X, R, narrow=True)
+
+
+# ----------------------------------------------------------------------------- costs
+COST_CASES = [("gelu", 20, 10, None), ("gelu", 20, 11, "w"), ("gelu_noview", 20, 10, "w"),
+              ("exp", 20, 13, "w"), ("recip", 20, 15, "w"), ("gelu", 50, 15, "w"), ("gelu", 50, 16, None),
+              ("gelu", 64, 20, "w"), ("recip", 37, 22, "w"), ("gelu", 50, None, None)]
+
+
+@pytest.mark.parametrize("name,n,k,wflag", COST_CASES)
+def test_view_costs_are_measured(name, n, k, wflag):
+    """key bits (from the real key arrays), AES (the backend's counter), rounds and bytes sent
+    equal cost(), for the lookup alone and the whole ScalarGate."""
+    from fusec.runtime import dpf
+
+    spec, _, _ = make_spec(name, n)
+    E = 64
+    t = PackedLookup(1, spec, view_bits=k).view_shift
+    lo, hi = view_range(k or n, t)
+    xs = np.random.default_rng(5).integers(lo, hi, E)
+    w = value_width(spec, [int(v) for v in np.linspace(lo, hi - 1, 4001).astype(np.int64)] + xs.tolist(), t) \
+        if wflag else None
+    lk = PackedLookup(E, spec, view_bits=k, value_bits=w)
+    P, d, wb, m = lk.M - 1, spec.degree, w or n, lk.cmp_bits
+    assert m == ((k - t) if k else n)
+    # the formula, independently: a 1-bit DPF on the m-bit view, P + 1 words per power of -r
+    # and the correlations in w bits
+    expect = GateCost(key_bits=dpf.DpfKey.key_bits(m) + P + P * wb + d * wb + P * d * wb + wb,
+                      aes=lk.M * dpf.DpfKey.aes_per_eval(m), rounds=2, open_bits=P + wb)
+    assert lk.cost() == expect
+    _, cost, _ = measure(lk, xs)
+    assert cost == expect, (cost, expect)
+    g = ScalarGate(E, spec, "packed", view_bits=k, out_view_bits=w)
+    tail = TruncateNarrow(E, w, w, spec.out_shift, out_bits=n) if w else TruncateSlack(E, n, spec.out_shift)
+    assert g.cost() == expect + tail.cost()
+    _, cost, _ = measure(g, xs)
+    assert cost == g.cost(), (cost, g.cost())
+    if w:
+        assert cost.aes == expect.aes and cost.rounds == 3 and cost.open_bits == P + wb + n
+
+
+# ----------------------------------------------------------------------------- view_bits=None: the old gate
+OLD_COMMIT = "4bb3784"   # the parent of the view change: PackedLookup/ScalarGate before views
+
+
+def old_scalar_module():
+    root = Path(__file__).resolve().parent.parent
+    try:
+        src = subprocess.run(["git", "show", f"{OLD_COMMIT}:runtime/gates/scalar.py"], cwd=root,
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        pytest.skip("git not available")
+    if src.returncode:
+        pytest.skip(f"commit {OLD_COMMIT} not available")
+    mod = types.ModuleType("fusec.runtime.gates._scalar_before_views")
+    exec(compile(src.stdout, f"{OLD_COMMIT}:runtime/gates/scalar.py", "exec"), mod.__dict__)
+    return mod
+
+
+def same_keys(a, b):
+    assert set(a) == set(b), set(a) ^ set(b)
+    for name in a:
+        assert np.array_equal(np.asarray(a[name]), np.asarray(b[name])), name
+
+
+@pytest.mark.parametrize("name,n", [("gelu", 20), ("exp", 20), ("gelu", 50), ("recip", 64)])
+def test_no_view_is_the_old_full_width_gate(name, n):
+    """view_bits=None (and a view as wide as the ring) build exactly the gate before views:
+    same stages, fields, cost, byte-identical keys from the same dealer stream, same outputs."""
+    old = old_scalar_module()
+    spec, _, _ = make_spec(name, n)
+    E = 48
+    elo, ehi = ScalarGate(1, spec, "packed").exact_range
+    xs = np.concatenate([np.random.default_rng(n).integers(elo, ehi + 1, E - 4), [elo, ehi, 0, -1]])
+    for lookup in ("packed", "auto"):
+        gold = old.ScalarGate(E, spec, lookup)
+        for kw in ({}, {"view_bits": None, "out_view_bits": None}, {"view_bits": n}):
+            g = ScalarGate(E, spec, lookup, **kw)
+            assert g.lookup == gold.lookup
+            assert [type(st).__name__ for st in g.stages] == [type(st).__name__ for st in gold.stages]
+            assert g.fields() == gold.fields() and g.cost() == gold.cost()
+            if g.lookup == "packed":
+                st = g.stages[0]
+                assert (st.view_bits, st.view_shift, st.cmp_bits, st.out_bits) == (n, 0, n, n)
+                assert st.cmp_bps == st.bps
+            rin = DealerRng(b"old-in").ring(E, n)
+            ro, k0o, k1o = gold.keygen(DealerRng(b"same-dealer"), [rin])
+            rn, k0n, k1n = g.keygen(DealerRng(b"same-dealer"), [rin])
+            assert np.array_equal(ro, rn)
+            same_keys(k0o, k0n)
+            same_keys(k1o, k1n)
+            u = [ring.from_signed(xs, n)]
+            got_old, _, _ = run_gate(gold, u, [n], rng=DealerRng(b"run"), in_masks=[rin])
+            got_new, _, _ = run_gate(g, u, [n], rng=DealerRng(b"run"), in_masks=[rin])
+            assert np.array_equal(got_old, got_new)
+            assert np.array_equal(ring.to_signed(got_new, n), np.array([int(v) for v in spec.reference(xs)]))
+
+
+def test_packed_lookup_bad_value_width():
+    spec, _, _ = make_spec("gelu", 20)
+    with pytest.raises(ParameterError):
+        PackedLookup(1, spec, value_bits=21)
