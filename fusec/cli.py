@@ -247,7 +247,7 @@ def _compile(model, out, batch, seq, input_shape, public_input, bits, frac, gate
         for name in ranges or {}:
             if name not in floats:
                 raise FusecError(f"--input-range {name}: the model has no float input {name!r}",
-                                 f"its float inputs: {', '.join(floats) or 'none (token ids are bounded by the vocabulary)'}")
+                                 f"its float inputs: {', '.join(floats) or 'none (token ids need no range)'}")
     opts = CompileOptions(bits=bits, frac=frac, weight_frac=frac, gates=gate_set, weights=weights, rescale=rescale,
                           max_error_ulps=max_error_ulps, insecure_mask_dependent_shapes=insecure, calib=calib_feeds,
                           input_ranges=ranges)

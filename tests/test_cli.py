@@ -108,6 +108,7 @@ def test_input_range_syntax_errors_exit_2():
         for cmd in cmds:
             extra = ("-o", "/nonexistent/never-written") if cmd == "compile" else ()
             r = fusec(cmd, EXAMPLE, *extra, "--batch", "2", "--input-range", bad)
-            assert r.returncode == 2 and "--input-range" in r.stderr and "Traceback" not in r.stderr, (cmd, bad, r.stderr)
+            assert r.returncode == 2 and "--input-range" in r.stderr and "Traceback" not in r.stderr, \
+                (cmd, bad, r.stderr)
     r = fusec("compile", EXAMPLE, "-o", "/nonexistent/never-written", "--batch", "2", "--input-range", "nosuch=0:1")
     assert r.returncode == 2 and "nosuch" in r.stderr and "Traceback" not in r.stderr, r.stderr
