@@ -43,3 +43,13 @@ def test_where_the_key_goes():
     big = sum(kb for name, (kb, _, _) in t.steps.items()
               if "truncation" in name or name in ("softmax nExp", "GELU", "softmax max"))
     assert big / t.key_bits > 0.85
+
+
+def test_stored_as_sigma_stores_shares():
+    """With shares in SIGMA's 64-bit words (u8/u16 where its templates use them), the totals land
+    inside SIGMA's measured key sizes: BERT-base 16.8-18.1 GB, GPT-2 14.3-15.3 GB."""
+    bert = sigma_transformer(**BERT_BASE, storage="words")
+    gpt2 = sigma_transformer(**GPT2, storage="words")
+    assert 16.8e9 <= bert.key_bytes <= 18.1e9
+    assert 14.3e9 <= gpt2.key_bytes <= 15.3e9
+    assert bert.key_bytes > sigma_transformer(**BERT_BASE).key_bytes

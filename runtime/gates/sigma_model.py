@@ -35,7 +35,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fusec.runtime.gates.base import GateCost
+import dataclasses
+
+from fusec.runtime.gates.base import Gate, GateCost
 from fusec.runtime.gates.sigma import SigmaGelu
 from fusec.runtime.gates.sigma_fss import SigmaMaxTree, SigmaTrFloor, SigmaTrunc
 from fusec.runtime.gates.sigma_nonlinear import SigmaInverse, SigmaNegExp
@@ -74,15 +76,46 @@ class SigmaTotals:
         return self.open_bits / 8
 
 
-def _beaver(n: int, a: int, b: int, c: int, private_b: bool = True) -> tuple[int, int]:
-    """(key bits, open bits) of a masked product with operands of a and b elements and c outputs."""
-    return n * (a + (b if private_b else 0) + c), n * c
+def _word(bits: int) -> int:
+    """Bits SIGMA stores a share of ``bits`` bits in (``writeShares``: 1-2 bit values packed,
+    others in the narrowest of u8/u16/u64 its templates use; AES blocks as they are)."""
+    if bits <= 2:
+        return bits
+    return 8 if bits <= 8 else 16 if bits <= 16 else 64
+
+
+def stored_bits(gate: Gate) -> int:
+    """Key bits per element as SIGMA's files would hold ``gate``'s fields (see :func:`_word`)."""
+    total = 0
+    for _, shape, bits in gate.fields():
+        count = 1
+        for d in shape:
+            count *= d
+        total += count * _word(bits)
+    return total // gate.elements
+
+
+def _beaver(n: int, a: int, b: int, c: int, private_b: bool = True, kw: int | None = None) -> tuple[int, int]:
+    """(key bits, open bits) of a masked product with operands of a and b elements and c outputs
+    (``kw``: bits one stored share takes, default n)."""
+    return (kw or n) * (a + (b if private_b else 0) + c), n * c
 
 
 def sigma_transformer(layers: int, seq: int, d: int, heads: int, causal: bool = False, bits: int = 50,
-                      frac: int = 12, weights: str = "private") -> SigmaTotals:
-    """SIGMA's schedule of ``layers`` transformer layers priced with this library's sigma gates."""
+                      frac: int = 12, weights: str = "private", storage: str = "packed") -> SigmaTotals:
+    """SIGMA's schedule of ``layers`` transformer layers priced with this library's sigma gates.
+
+    ``storage="packed"``: key bits as this library's key files hold them (every field packed
+    to its width). ``"words"``: as SIGMA's files would (ring shares in 64-bit words, see
+    :func:`stored_bits`), for comparing with SIGMA's measured key sizes.
+    """
     n, f, L, H, F = bits, frac, seq, heads, 4 * d
+    words = storage == "words"
+    wn = 64 if words else n                                   # one stored ring share
+
+    def C(gate: Gate) -> GateCost:
+        c = gate.cost()
+        return dataclasses.replace(c, key_bits=stored_bits(gate)) if words else c
     dh = d // H
     private = weights == "private"
     S = H * (L * (L + 1) // 2 if causal else L * L)          # score entries (packed lower triangle)
@@ -90,48 +123,48 @@ def sigma_transformer(layers: int, seq: int, d: int, heads: int, causal: bool = 
 
     def matmul(name, a, b, c, shift, public_weight):
         if public_weight and not private:
-            t.add(f"{name} truncation", SigmaTrFloor(1, n, shift).cost(), c)
+            t.add(f"{name} truncation", C(SigmaTrFloor(1, n, shift)), c)
             return
-        kb, ob = _beaver(n, a, b, c)
+        kb, ob = _beaver(n, a, b, c, kw=wn)
         t.add(f"{name} product", GateCost(kb, 0, 1, ob), 1)
-        t.add(f"{name} truncation", SigmaTrFloor(1, n, shift).cost(), c)
+        t.add(f"{name} truncation", C(SigmaTrFloor(1, n, shift)), c)
 
     def layernorm(name):
-        t.add(f"{name} mean", SigmaTrFloor(1, n, f).cost(), L)                     # TrFloor of sum * 2^f/d
-        t.add(f"{name} squares", GateCost(2 * n * L * d, 0, 1, n * L), 1)          # square key, open row sums
-        slack = SigmaTrunc(1, n, f, slack=True).cost()
-        kb, ob = _beaver(n, L * d, L, L * d)                                       # (x - mu) * rsqrt(row)
+        t.add(f"{name} mean", C(SigmaTrFloor(1, n, f)), L)                     # TrFloor of sum * 2^f/d
+        t.add(f"{name} squares", GateCost(2 * wn * L * d, 0, 1, n * L), 1)          # square key, open row sums
+        slack = C(SigmaTrunc(1, n, f, slack=True))
+        kb, ob = _beaver(n, L * d, L, L * d, kw=wn)                                       # (x - mu) * rsqrt(row)
         t.add(f"{name} normalise", GateCost(kb, 0, 1, ob), 1)
         t.add(f"{name} normalise", slack, L * d)
-        kb, ob = _beaver(n, L * d, d, L * d, private)                              # * gamma (+ beta)
+        kb, ob = _beaver(n, L * d, d, L * d, private, kw=wn)                              # * gamma (+ beta)
         t.add(f"{name} affine", GateCost(kb, 0, 1, ob), 1)
         t.add(f"{name} affine", slack, L * d)
 
     for _ in range(layers):
         matmul("QKV", L * d, d * 3 * d, L * 3 * d, f, True)
-        kb, ob = _beaver(n, L * d, L * d, S)                                      # Q K^T, both secret
+        kb, ob = _beaver(n, L * d, L * d, S, kw=wn)                                      # Q K^T, both secret
         t.add("QK^T product", GateCost(kb, 0, 1, ob), 1)
-        t.add("QK^T truncation", SigmaTrFloor(1, n, f + (3 if dh == 64 else 0)).cost(), S)
+        t.add("QK^T truncation", C(SigmaTrFloor(1, n, f + (3 if dh == 64 else 0))), S)
         # softmax: max tree over each row (causal rows are shorter; priced as SIGMA's packed tree)
-        mt = SigmaMaxTree((1, L), n, -1, n - f + 1).cost()
+        mt = C(SigmaMaxTree((1, L), n, -1, n - f + 1))
         t.add("softmax max", GateCost(mt.key_bits, mt.aes, mt.rounds, mt.open_bits), H * L if not causal else 0,
               rounds=mt.rounds)
         if causal:                                                                 # L(L+1)/2 - L relus per head
             one = mt.key_bits // (L - 1), mt.open_bits // (L - 1)
             relus = H * (L * (L + 1) // 2 - L)
             t.add("softmax max", GateCost(one[0] * relus, 0, 0, one[1] * relus), 1, rounds=0)
-        t.add("softmax nExp", SigmaNegExp(1, n, f).cost(), S)
-        t.add("softmax inverse", SigmaInverse(1, n, f, max_value=L).cost(), H * L)
-        kb, ob = _beaver(n, S, H * L, S)
+        t.add("softmax nExp", C(SigmaNegExp(1, n, f)), S)
+        t.add("softmax inverse", C(SigmaInverse(1, n, f, max_value=L)), H * L)
+        kb, ob = _beaver(n, S, H * L, S, kw=wn)
         t.add("softmax product", GateCost(kb, 0, 1, ob), 1)
-        t.add("softmax product", SigmaTrunc(1, n, f, slack=True).cost(), S)
-        kb, ob = _beaver(n, S, L * d, L * d)
+        t.add("softmax product", C(SigmaTrunc(1, n, f, slack=True)), S)
+        kb, ob = _beaver(n, S, L * d, L * d, kw=wn)
         t.add("PV product", GateCost(kb, 0, 1, ob), 1)
-        t.add("PV truncation", SigmaTrFloor(1, n, f).cost(), L * d)
+        t.add("PV truncation", C(SigmaTrFloor(1, n, f)), L * d)
         matmul("projection", L * d, d * d, L * d, f, True)
         layernorm("LayerNorm 1")
         matmul("FFN1", L * d, d * F, L * F, f, True)
-        t.add("GELU", SigmaGelu(1, n, f).cost(), L * F)
+        t.add("GELU", C(SigmaGelu(1, n, f)), L * F)
         matmul("FFN2", L * F, F * d, L * d, f, True)
         layernorm("LayerNorm 2")
     return t
