@@ -258,7 +258,7 @@ import types  # noqa: E402
 from bisect import bisect_right  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from fusec.ir.spec import FitRequest, Tail, fit  # noqa: E402
+from fusec.ir.spec import FitRequest, OperatorSpec, Tail, fit  # noqa: E402
 from fusec.runtime.gates.catalog import gelu_spec  # noqa: E402
 from fusec.runtime.gates.scalar import PackedLookup, ScalarGate  # noqa: E402
 from fusec.runtime.gates.truncation import TruncateSlack  # noqa: E402
@@ -631,3 +631,78 @@ def test_packed_lookup_bad_value_width():
     spec, _, _ = make_spec("gelu", 20)
     with pytest.raises(ParameterError):
         PackedLookup(1, spec, value_bits=21)
+
+
+# ----------------------------------------------------------------------------- hand-written specs: the view's fallbacks
+def toy_spec(bps, view_shift, n=16):
+    """Arbitrary integer pieces (not a fit: neighbouring pieces really differ), so a wrongly
+    chosen piece shows; the exact oracle says which piece the view must pick."""
+    coeffs = tuple(((7 * i + 3) % 11 - 5, (i % 3) - 1, 1 if i % 2 else 0) for i in range(len(bps) + 1))
+    centers = tuple(int(b) for b in bps[:1]) + tuple(int(b) for b in bps)
+    return OperatorSpec("toy", n, 0, 0, tuple(bps), coeffs, centers, 0, view_shift=view_shift)
+
+
+@pytest.mark.parametrize("bps,vs,k,t", [
+    ((-40, 16, 40), 3, 10, 3),            # the coarse view works: t = view_shift
+    ((-40, 1, 40), 3, 10, 0),             # a positive breakpoint below 2^t: compare on exact k bits
+    ((-40, 16, 20, 40), 3, 10, 0),        # two breakpoints share floor(b / 2^t): exact k bits
+    ((-300, -100, -8, 0, 8, 100, 300), 2, 9, 2),   # +-300 outside the view (pinned), +-100 inside
+    ((-100, -60, 50, 90), 4, 8, 4),       # m = 4: one breakpoint pinned on each side
+    ((-8, 70, 90, 110, 130), 4, 8, 0),    # m = 4: 4 >= 2^(m-2) breakpoints past the view: exact k bits
+])
+def test_toy_spec_view_and_fallbacks(bps, vs, k, t):
+    spec = toy_spec(bps, vs)
+    n = spec.n_in
+    g0 = PackedLookup(1, spec, view_bits=k)
+    assert (g0.view_bits, g0.view_shift, g0.cmp_bits) == (k, t, k - t)
+    lo, hi = view_range(k, t)
+    xs = list(range(lo, hi))
+    X, R = cross(xs, mask_sets(n, t, k, len(xs), b"toy-%d" % len(bps), random_sets=4))
+    js = check_lookup(PackedLookup(len(X), spec, view_bits=k, value_bits=12), spec, X, R)
+    own = true_pieces(spec, X)
+    if t == 0:
+        assert js == own                  # the exact view picks every x's own piece
+        got, _, _ = run_gate(ScalarGate(len(X), spec, "packed", view_bits=k),
+                             [ring.from_signed(np.asarray(X, np.int64), n)], [n], in_masks=[np.asarray(R, np.uint64)])
+        ref = [int(v) % (1 << n) for v in spec.reference(np.asarray(X, np.int64))]   # mod 2^n: toy values wrap
+        assert [int(v) for v in got] == ref
+    else:
+        assert any(j != i for j, i in zip(js, own))   # the coarse view really does pick neighbours
+
+
+
+# ----------------------------------------------------------------------------- outside the view: documented garbage
+@pytest.mark.parametrize("name,n,k", [("gelu", 20, 10), ("gelu", 50, 15)])
+def test_inputs_outside_the_view_can_be_wrong(name, n, k):
+    """The view's precondition is the compiler's to prove: past it the comparison wraps (an
+    input near +2^(k-1) looks like a negative one) and the output is far from the spec."""
+    spec, _, _ = make_spec(name, n)
+    t = PackedLookup(1, spec, view_bits=k).view_shift
+    xs = [(1 << (k - 1)) - 1, (1 << (k - 1)) - (1 << (t + 2)), (1 << (k - 2)) + (1 << (t + 3)),
+          -(1 << (k - 1)) - 5]
+    X, R = cross(xs, mask_sets(n, t, k, len(xs), b"outside"))
+    g = ScalarGate(len(X), spec, "packed", view_bits=k)
+    got, _, _ = run_gate(g, [ring.from_signed(np.asarray(X, np.int64), n)], [n], in_masks=[np.asarray(R, np.uint64)])
+    ref = [int(v) for v in spec.reference(np.asarray(X, np.int64))]
+    far = [x for x, gv, rv in zip(X, signed_ints(got, n), ref) if abs(gv - rv) > spec.max_error_ulps + 1]
+    assert far and (1 << (k - 1)) - 1 in far
+
+
+# ----------------------------------------------------------------------------- when ScalarGate keeps the old output truncation
+def test_scalar_gate_narrow_output_conditions():
+    spec, _, _ = make_spec("gelu", 50)
+    n, s = 50, spec.out_shift
+    kinds = lambda g: [type(st).__name__ for st in g.stages]  # noqa: E731
+    assert kinds(ScalarGate(8, spec, "packed", view_bits=15, out_view_bits=40)) == ["PackedLookup", "TruncateNarrow"]
+    # an output view too narrow for the shift, wider than the ring, deferred or a non-packed lookup:
+    # the full-width TruncateSlack (or nothing) as before
+    assert kinds(ScalarGate(8, spec, "packed", view_bits=15, out_view_bits=s + 2)) == ["PackedLookup", "TruncateSlack"]
+    assert kinds(ScalarGate(8, spec, "packed", view_bits=15, out_view_bits=n + 1)) == ["PackedLookup", "TruncateSlack"]
+    assert kinds(ScalarGate(8, spec, "packed", out_view_bits=40, defer_shift=True)) == ["PackedLookup"]
+    g = ScalarGate(8, spec, "shifted", view_bits=15, out_view_bits=40)
+    assert kinds(g) == ["SplineLookup", "TruncateSlack"] and g.cost() == ScalarGate(8, spec, "shifted").cost()
+    narrow = ScalarGate(8, spec, "packed", view_bits=15, out_view_bits=s + 3)
+    assert kinds(narrow) == ["PackedLookup", "TruncateNarrow"] and narrow.stages[0].out_bits == s + 3
+    # the narrow gate is much smaller than the full-width one
+    assert ScalarGate(1, spec, "packed", view_bits=15, out_view_bits=40).cost().key_bits \
+        < ScalarGate(1, spec, "packed").cost().key_bits / 2
