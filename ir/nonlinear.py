@@ -314,16 +314,21 @@ def fit_domain(label: str | None, fn, frac: int, calibrated, f_out: int, proven=
     cal = _finite(calibrated) or (-1.0, 1.0)
     prv = _finite(proven)
     dom_attr = attrs.get("domain") or [None, None]
-    if prv is not None and (dom_attr[0] is not None or dom_attr[1] is not None):
-        # a block's structural domain (softmax's row sum in [1, k], x - max x <= 0) is proven too;
-        # positive ends are widened a little for the fixed-point errors of what feeds them
-        lo_d = -math.inf if dom_attr[0] is None else dom_attr[0] * (1 - 2.0 ** -6 if dom_attr[0] > 0 else 1)
-        hi_d = math.inf if dom_attr[1] is None else dom_attr[1] * (1 + 2.0 ** -6 if dom_attr[1] > 0 else 1)
-        prv = (max(prv[0], lo_d), min(prv[1], hi_d))
-        if prv[0] > prv[1]:
-            prv = (lo_d, hi_d)
-    elif prv is None and (dom_attr[0] is not None and dom_attr[1] is not None):
-        prv = (float(dom_attr[0]), float(dom_attr[1]))
+    if dom_attr[0] is not None or dom_attr[1] is not None:
+        # a block's structural domain (softmax's row sum in [1, k], x - max x <= 0, a sum of squares
+        # >= 0) is proven too. Nonzero ends are widened for the errors of the specs that feed them
+        # (softmax: k terms, each within the bound): zero ends are exact in fixed point.
+        k_est = abs(dom_attr[1]) if dom_attr[1] is not None and math.isfinite(dom_attr[1]) else 1.0
+        slack = k_est * bound * 2.0 ** -frac
+        lo_d = -math.inf if dom_attr[0] is None else (
+            max(0.5 * dom_attr[0], dom_attr[0] - slack) if dom_attr[0] > 0 else float(dom_attr[0]))
+        hi_d = math.inf if dom_attr[1] is None else (
+            dom_attr[1] * (1 + 2.0 ** -6) + slack if dom_attr[1] > 0 else float(dom_attr[1]))
+        if prv is None:
+            prv = (lo_d, hi_d) if math.isfinite(lo_d) and math.isfinite(hi_d) else None
+        else:
+            new = (max(prv[0], lo_d), min(prv[1], hi_d))
+            prv = new if new[0] <= new[1] else (lo_d, hi_d)
     finite_prv = prv if prv is not None and all(map(math.isfinite, prv)) else None
     val = lambda x: float(f(np.asarray([x], np.float64))[0])  # noqa: E731
 
@@ -454,8 +459,6 @@ def _positive(lab, f, val, frac, cal, prv, dom_attr, attrs, bits, f_out) -> Doma
     notes = []
     p_lo = prv[0] if prv is not None else -math.inf
     p_hi = prv[1] if prv is not None else math.inf
-    if dom_attr[0] is not None:
-        p_lo = max(p_lo, float(dom_attr[0]) * (1 - 2.0 ** -6 if dom_attr[0] > 0 else 1))
     with np.errstate(all="ignore"):
         at0 = val(0.0)
     if p_lo <= 0 and not np.isfinite(at0) and prv is None and cal[0] <= 0:
