@@ -10,6 +10,11 @@ alike and the comparison between the two is about the gates only:
 - LayerNorm: ``d = x - mean(x)``; ``r = 1/sqrt(sum(d*d)/k + eps)`` (label ``rsqrt``, the
   1/k and eps folded into the scalar function, so the sum feeds the gate directly);
   ``y = d * r * gamma + beta``.
+
+The ``domain`` is a structural fact the fitting uses together with the proven range
+(``ir/nonlinear.fit_domain``): the row sum's [1, k] is widened by the errors of the k exp
+specs that feed it; the layer norm's sum of squares is fitted over [0, proven max] with
+geometric pieces (only below one input ulp is a value held, and the note says so).
 """
 from __future__ import annotations
 
