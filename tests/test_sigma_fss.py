@@ -80,7 +80,8 @@ def test_sign_extend_and_trfloor_exhaustive():
 def test_trfloor_n50_random(s):
     n = 50
     g = np.random.default_rng(s)
-    xi = np.concatenate([[0, -1, 1, -(1 << 49), (1 << 49) - 1, (1 << s) - 1, -(1 << s)], g.integers(-(1 << 49), 1 << 49, 500)])
+    edges = [0, -1, 1, -(1 << 49), (1 << 49) - 1, (1 << s) - 1, -(1 << s)]
+    xi = np.concatenate([edges, g.integers(-(1 << 49), 1 << 49, 500)])
     c = check(SigmaTrFloor(xi.size, n, s), xi, n, xi >> s, rounds=4)
     # after a matmul (s = 12): a 12-bit and a 38-bit comparison key, 666.75 B
     assert c.key_bits == dpf(s) + dpf(n - s) + 2 + 2 * (n - s) + 2 * n

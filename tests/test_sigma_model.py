@@ -5,7 +5,6 @@ BERT-base, seq 128: 16.8-18.1 GB key per party, 1128 rounds, 0.99-1.06 GB online
 GPT-2: 14.3-15.3 GB, 0.82-0.89 GB. The per-element costs are the gates' ``cost()``, which the
 gate tests (test_sigma*.py) check against measured keys, AES and rounds.
 """
-import pytest
 
 from fusec.runtime.gates.sigma_model import BERT_BASE, GPT2, sigma_transformer
 

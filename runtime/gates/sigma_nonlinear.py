@@ -44,7 +44,7 @@ from fusec.errors import ParameterError
 from fusec.runtime import ring
 from fusec.runtime.gates.arith import Mul
 from fusec.runtime.gates.base import (ZERO_COST, EvalGen, FieldSpec, Gate, GateCost, Key, Open,
-                                      check_width, parallel, prefixed, unprefixed)
+                                      check_width, prefixed, unprefixed)
 from fusec.runtime.gates.compare import DReLU, IntervalContainment, LutDpf, Select
 from fusec.runtime.gates.sigma_fss import SigmaLut, SigmaTrunc
 from fusec.runtime.gates.truncation import TruncateReduce
