@@ -211,6 +211,7 @@ class FitRequest:
     right: Tail = field(default_factory=Tail)
     breakpoints: Sequence[float] | None = None  # explicit interior breakpoints in (lo, hi)
     view: bool = True             # overlap the pieces so the gate may compare on a truncated view
+    valid: tuple[float, float] = (-math.inf, math.inf)   # where inputs can be: the error is measured there
     # cap poly_scale at what the ring holds and lower the degree of the pieces too wide for it
     # (None: on with explicit breakpoints, i.e. the geometric pieces of 1/x, 1/sqrt(x) over a wide range)
     cap_scale: bool | None = None
@@ -256,6 +257,15 @@ def fit(req: FitRequest) -> OperatorSpec:
     gap = min(b - a for a, b in zip(cuts_int[:-1], cuts_int[1:]))
     view_shift = max(0, int(math.floor(math.log2(max(gap, 1) / 32)))) if req.view else 0
     delta = (1 << (view_shift + 1)) if view_shift else 0
+    # the tails take over only past [lo, hi] widened by 2 delta: near the range's ends the
+    # coarse view may pick the tail, so the fitted pieces must reach past them
+    if delta:
+        with np.errstate(all="ignore"):
+            ends = req.fn(np.asarray([cuts_int[0] - 2 * delta, cuts_int[-1] + 2 * delta], np.float64) / F)
+        if np.isfinite(ends[0]):
+            cuts_int[0] -= 2 * delta
+        if np.isfinite(ends[1]):
+            cuts_int[-1] += 2 * delta
     coeffs.append(tail(req.left))
     centers.append(0)
     for (lo_i, hi_i), deg in zip(zip(cuts_int[:-1], cuts_int[1:]), degrees):
@@ -298,7 +308,12 @@ def fit(req: FitRequest) -> OperatorSpec:
             a, b = cuts_int[i - 1] - delta, cuts_int[i] + delta
         if b <= a:
             continue
-        xs = np.arange(a, b, max(1, (b - a) // 4096), dtype=np.int64)
+        a = max(a, math.floor(req.valid[0] * F)) if math.isfinite(req.valid[0]) else a
+        b = min(b, math.floor(req.valid[1] * F) + 1) if math.isfinite(req.valid[1]) else b
+        if b <= a:
+            continue
+        per_piece = max(256, 65536 // spec.pieces)
+        xs = np.unique(np.concatenate([np.arange(a, b, max(1, (b - a) // per_piece), dtype=np.int64), [b - 1]]))
         got = np.array([int(v) for v in spec.piece_value(i, xs)], dtype=np.float64)
         want = req.fn(xs / F) * (1 << req.f_out)
         with np.errstate(invalid="ignore"):

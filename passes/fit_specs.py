@@ -37,13 +37,14 @@ def _domain(node: Node, opts: CompileOptions, rng: tuple[float, float], f_out: i
     return fit_domain(node.attrs.get("label", "custom"), node.attrs["fn"], opts.frac, rng, f_out, proven, attrs)
 
 
-def _fit_one(name: str, fn, dom: Domain, degree: int, pieces: int, n: int, f_in: int, f_out: int) -> OperatorSpec:
+def _fit_one(name: str, fn, dom: Domain, degree: int, pieces: int, n: int, f_in: int, f_out: int,
+             valid: tuple[float, float] = (-math.inf, math.inf)) -> OperatorSpec:
     bps = None
     if dom.geometric:   # geometric cuts, snapped to the input grid, no empty piece
         grid = np.unique(np.ceil(np.geomspace(dom.lo, dom.hi, pieces + 1) * 2.0 ** f_in))
         bps = [float(c) / 2.0 ** f_in for c in grid if dom.lo * 2.0 ** f_in < c < dom.hi * 2.0 ** f_in]
     return fit(FitRequest(name, fn, dom.lo, dom.hi, pieces=pieces, degree=degree, n_in=n, f_in=f_in,
-                          f_out=f_out, left=dom.left, right=dom.right, breakpoints=bps))
+                          f_out=f_out, left=dom.left, right=dom.right, breakpoints=bps, valid=valid))
 
 
 def _price(spec: OperatorSpec) -> float:
@@ -60,14 +61,15 @@ def _rescale_price(n: int, shift: int) -> float:
     return c.key_bits / 8 + 16 * c.aes
 
 
-def search(name: str, fn, dom: Domain, n: int, f_in: int, f_out: int, bound_ulps: float) -> tuple[OperatorSpec | None, OperatorSpec | None]:
+def search(name: str, fn, dom: Domain, n: int, f_in: int, f_out: int, bound_ulps: float,
+           valid: tuple[float, float] = (-math.inf, math.inf)) -> tuple[OperatorSpec | None, OperatorSpec | None]:
     """(cheapest spec meeting the bound, most accurate spec) over the candidate grid."""
     best = accurate = None
     for d, p in CANDIDATES:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                spec = _fit_one(name, fn, dom, d, p, n, f_in, f_out)
+                spec = _fit_one(name, fn, dom, d, p, n, f_in, f_out, valid)
         except (ParameterError, TypeError, np.linalg.LinAlgError):
             continue
         if accurate is None or spec.max_error_ulps < accurate.max_error_ulps:
@@ -80,6 +82,19 @@ def search(name: str, fn, dom: Domain, n: int, f_in: int, f_out: int, bound_ulps
 _CACHE: dict[str, tuple] = {}
 
 
+def _valid(node: Node, proven, frac: int) -> tuple[float, float]:
+    """Where the gate's input can be: its proven range, cut by the block's own domain fact
+    (softmax's ``x - max`` is <= 0; a truncation in front adds up to 2 ulps)."""
+    lo, hi = proven if proven is not None else (-math.inf, math.inf)
+    dom = node.attrs.get("domain") or [None, None]
+    slack = 2.0 ** (1 - frac)
+    if dom[0] is not None:
+        lo = max(lo, dom[0] - slack)
+    if dom[1] is not None:
+        hi = min(hi, dom[1] + slack)
+    return (float(lo), float(hi))
+
+
 def choose(node: Node, rng: tuple[float, float], f_in: int, f_out: int,
            opts: CompileOptions, proven=None) -> tuple[OperatorSpec | None, bool, Domain, float]:
     """(spec, whether to rescale the input to f first, domain, bound) for a Scalar node."""
@@ -89,12 +104,13 @@ def choose(node: Node, rng: tuple[float, float], f_in: int, f_out: int,
     bound = opts.max_error_ulps * 2.0 ** (f_out - opts.frac)
     if dom.geometric:   # steep positive-domain functions: the bound is relative to their largest value
         bound *= max(1.0, abs(dom.left.offset))
-    key = json.dumps([fnj, dom.lo, dom.hi, dom.geometric, f_in, f_out, opts.bits, opts.frac, bound],
+    valid = _valid(node, proven, opts.frac)
+    key = json.dumps([fnj, dom.lo, dom.hi, dom.geometric, f_in, f_out, opts.bits, opts.frac, bound, valid],
                      sort_keys=True, default=str)
     if key not in _CACHE:
         lab = node.attrs.get("label", "custom")
-        at_in = search(lab, fn, dom, opts.bits, f_in, f_out, bound)
-        at_f = search(lab, fn, dom, opts.bits, opts.frac, f_out, bound) if f_in > opts.frac else (None, None)
+        at_in = search(lab, fn, dom, opts.bits, f_in, f_out, bound, valid)
+        at_f = search(lab, fn, dom, opts.bits, opts.frac, f_out, bound, valid) if f_in > opts.frac else (None, None)
         (best_in, acc_in), (best_f, acc_f) = at_in, at_f
         use_rescale = best_in is None and (best_f is not None or acc_in is None) or (
             best_in is not None and best_f is not None

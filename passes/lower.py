@@ -10,6 +10,7 @@ from ``ir.json`` + ``weights.npz``.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,12 +21,13 @@ from fusec.ir.ops import run_node
 from fusec.ir.spec import OperatorSpec
 from fusec.passes import lower_sigma
 from fusec.passes.options import CompileOptions
-from fusec.passes.ranges import narrow_bits
+from fusec.passes.ranges import narrow_bits, proven, width_bits
 from fusec.passes.scales import MOVEMENT
 from fusec.runtime import ring
 from fusec.runtime.gates.arith import MatMulPrivate, Mul
 from fusec.runtime.gates.base import Gate
 from fusec.runtime.gates.compare import MaxTree
+from fusec.runtime.gates.sigma_fss import SigmaMaxTree as NarrowMaxTree
 from fusec.runtime.gates.linear import Add, AddPublic, MatMulPublic, MulPublic
 from fusec.runtime.gates.movement import Rearrange, SumAxis
 from fusec.runtime.gates.scalar import ScalarGate
@@ -52,6 +54,7 @@ class _Lowering:
     def __init__(self, graph: Graph, opts: CompileOptions):
         self.g, self.o, self.n = graph, opts, opts.bits
         self.out = Lowered(GateGraph())
+        self.folded: dict[str, tuple[str, int, int]] = {}   # rescaled tensor -> (raw tensor, shift, view bits)
 
     # ------------------------------------------------------------------ helpers
     def add(self, gid: str, gate: Gate, inputs: list[str], node: Node) -> str:
@@ -209,13 +212,23 @@ class _Lowering:
             N = int(np.prod(shape))
             if node.op == "ReduceMin":  # min(x) = -max(-x)
                 w = self.add(f"{node.name}/neg", MulPublic(N, self.n, -1), [w], node)
-            w = self.add(node.name if node.op == "ReduceMax" else f"{node.name}/max", MaxTree(shape, self.n, axes[0]),
-                         [w], node)
+            w = self.add(node.name if node.op == "ReduceMax" else f"{node.name}/max",
+                         self.max_gate(x, shape, axes[0], node.op == "ReduceMin"), [w], node)
             if node.op == "ReduceMin":
                 w = self.add(node.name, MulPublic(N // shape[axes[0]], self.n, -1), [w], node)
             self.out.wire[out] = w
         else:
             raise CompileError(f"{node!r}: {node.op} of a secret tensor is not supported")
+
+    def max_gate(self, x: str, shape, axis: int, negated: bool) -> Gate:
+        """Max tree comparing on the proven width of the differences (fused) or SIGMA's."""
+        if self.o.gates == "sigma" and hasattr(lower_sigma, "max_gate"):
+            return lower_sigma.max_gate(shape, axis, self.o, self.scale(x))
+        lo, hi = proven(self.g, x)
+        k = width_bits(lo - hi, hi - lo, self.scale(x))
+        if k is None or k >= self.n:
+            return MaxTree(shape, self.n, axis)
+        return NarrowMaxTree(shape, self.n, axis, k)
 
     def where(self, node: Node) -> None:
         cond, a, b = node.inputs
@@ -244,11 +257,17 @@ class _Lowering:
             spec = OperatorSpec.from_dict(node.attrs["spec"])
             if spec.f_in != s_in:
                 raise CompileError(f"{node!r}: spec fitted at f_in={spec.f_in}, input arrives at {s_in}")
-            k_in = narrow_bits(self.g, x, spec.view_shift)
             k_out = narrow_bits(self.g, out, spec.out_shift, scale=spec.poly_scale) if spec.out_shift else None
+            k_out = k_out if k_out is not None and k_out <= self.n else None
+            if x in self.folded:        # the rescale in front is done inside the gate's first round
+                raw, pre, k_in = self.folded[x]
+                gate = ScalarGate(N, spec, view_bits=k_in, out_view_bits=k_out, pre_shift=pre)
+                self.out.wire[out] = self.add(node.name, gate, [self.out.wire[raw]], node)
+                return
+            k_in = narrow_bits(self.g, x, spec.view_shift)
             gate = ScalarGate(N, spec, lookup=node.attrs.get("lookup", "auto"), pad=node.attrs.get("pad", True),
                               view_bits=k_in if k_in is not None and k_in < self.n else None,
-                              out_view_bits=k_out if k_out is not None and k_out <= self.n else None)
+                              out_view_bits=k_out)
             if gate.out_scale != self.scale(out):
                 raise CompileError(f"{node!r}: gate output scale {gate.out_scale} != IR scale {self.scale(out)}")
         self.out.wire[out] = self.add(node.name, gate, [self.out.wire[x]], node)
@@ -261,9 +280,28 @@ class _Lowering:
             return
         if self.o.gates == "sigma":
             gate = lower_sigma.rescale_gate(N, sh, self.o)
+        elif os.environ.get("FUSEC_NO_FOLD") is None and self.fold_into_scalar(node, x, sh):
+            return
         else:
             gate = self.truncation(node, x, N, sh)
         self.out.wire[out] = self.add(node.name, gate, [self.out.wire[x]], node)
+
+    def fold_into_scalar(self, node: Node, x: str, sh: int) -> bool:
+        """A rescale read only by a fused scalar gate whose pieces overlap (view_shift >= 1)
+        costs no round: the gate opens the truncated input next to its comparison bits."""
+        out = node.outputs[0]
+        readers = self.g.consumers(out)
+        if out in self.g.outputs or len(readers) != 1 or readers[0].op != "Scalar" \
+                or readers[0].attrs.get("impl") != "fused" or "spec" not in readers[0].attrs:
+            return False
+        spec = OperatorSpec.from_dict(readers[0].attrs["spec"])
+        if spec.view_shift < 1:
+            return False
+        k = narrow_bits(self.g, x, sh + spec.view_shift)
+        if k is None or k > self.n or k - sh - spec.view_shift < 3:
+            return False
+        self.folded[out] = (x, sh, k)
+        return True
 
     def truncation(self, node: Node, x: str, N: int, sh: int) -> Gate:
         """Free truncation on the proven width, widened under slack (one round, no DCF);

@@ -44,6 +44,7 @@ from fusec.ir.spec import OperatorSpec
 from fusec.runtime import dcf, dpf, ring
 from fusec.runtime.gates.base import (Chain, EvalGen, Gate, GateCost, Key, Open, check_width,
                                       prefixed, unprefixed)
+from fusec.runtime.gates.truncation import widen_share
 from fusec.runtime.rng import DealerRng
 
 
@@ -258,7 +259,7 @@ class PackedLookup(SplineLookup):
     kind = "packed_lookup"
 
     def __init__(self, elements: int, spec: OperatorSpec, view_bits: int | None = None,
-                 value_bits: int | None = None):
+                 value_bits: int | None = None, pre_shift: int = 0):
         """``view_bits`` = k: the input is PROVEN to fit k signed bits with two bits of slack
         (``|x| < 2^(k-2) - 2^view_shift``); the comparison then runs on the view
         ``hi_t(u mod 2^k)`` of ``m = k - t`` bits (``t = spec.view_shift``), which is
@@ -269,7 +270,16 @@ class PackedLookup(SplineLookup):
 
         ``value_bits`` = w: the polynomial's value at ``poly_scale`` is PROVEN to fit w signed
         bits; the lookup then runs in ``Z_{2^w}`` (integer polynomials agree on x mod 2^w),
-        so its correlations, its output mask and its open are w bits, not n."""
+        so its correlations, its output mask and its open are w bits, not n.
+
+        ``pre_shift`` = s (needs ``view_bits`` and ``spec.view_shift >= 1``): the input wire
+        carries x at ``spec.f_in + s`` fractional bits (a rescale folded into the gate). Round
+        1 then opens, next to the predicate bits, ``floor(x / 2^s) + {0, 1}`` widened to w
+        bits under a fresh mask (:func:`~fusec.runtime.gates.truncation.widen_share`: the free
+        truncation of the proven k-bit view, no DCF), and round 2 evaluates the polynomial on
+        it: the rescale costs no round of its own. The comparison view truncates by
+        ``s + t``; its piece is within ``2^t`` grid units of the widened x, inside the
+        spec's ``2^(t+1)`` overlap."""
         super().__init__(elements, spec, "shifted")
         self.lookup = "packed"
         self.vbits = self.out_bits = check_width(value_bits or self.bits, "lookup value width")
@@ -277,17 +287,26 @@ class PackedLookup(SplineLookup):
             raise ParameterError(f"lookup value width {self.vbits} exceeds the input ring's {self.bits} bits")
         self.view_bits, self.view_shift = self.bits, 0
         self.cmp_bps = list(self.bps)
-        if view_bits is not None and view_bits < self.bits:
-            coarse = self._coarse(spec, int(view_bits))
+        self.pre_shift = int(pre_shift)
+        if view_bits is not None and (view_bits < self.bits or self.pre_shift):
+            coarse = self._coarse(spec, int(view_bits), self.pre_shift)
             if coarse is not None:
                 self.view_bits, self.view_shift, self.cmp_bps = coarse
+            elif self.pre_shift:
+                raise ParameterError(f"{spec.name}: cannot fold a rescale by {pre_shift} into the lookup "
+                                     f"(view {view_bits} bits, spec view_shift {spec.view_shift})")
         self.cmp_bits = self.view_bits - self.view_shift
+        self.pre_mid = self.view_bits - self.pre_shift          # bits of the truncated input view
+        if self.pre_shift and self.vbits <= self.pre_mid:
+            raise ParameterError(f"{spec.name}: value width {self.vbits} must exceed the folded view's {self.pre_mid}")
 
-    def _coarse(self, spec: OperatorSpec, k: int):
-        """(k, t, unsigned coarse breakpoints) when the coarse partition keeps the piece
+    def _coarse(self, spec: OperatorSpec, k: int, pre: int = 0):
+        """(k, pre + t, unsigned coarse breakpoints) when the coarse partition keeps the piece
         order of the fine one (else None: compare on the exact k-bit view, t = 0)."""
-        for t in (spec.view_shift, 0):
-            m = k - t
+        for t in ((spec.view_shift,) if pre else (spec.view_shift, 0)):
+            if pre and t < 1:
+                continue
+            m = k - t - pre
             if m < 3:
                 continue
             # breakpoints past the view's range (|x_c| < 2^(m-2)) never separate two admissible
@@ -308,7 +327,7 @@ class PackedLookup(SplineLookup):
             except ParameterError:
                 continue
             if len(cbps) == len(self.bps):
-                return k, t, cbps
+                return k, t + pre, cbps
         return None
 
     def fields(self):
@@ -317,12 +336,16 @@ class PackedLookup(SplineLookup):
         out += [("rho", (N, P), 1), ("rho_a", (N, P), n)]
         if d:
             out += [("rpow", (N, d), n), ("rho_rpow", (N, P, d), n)]
+        if self.pre_shift:
+            out += [("pre_offset", (N,), n), ("pre_msb", (N,), n - self.pre_mid)]
         return out + [("r_out", (N,), n)]
 
     def cost(self) -> GateCost:
         n, d, P = self.vbits, self.d, self.M - 1
         key = dpf.DpfKey.key_bits(self.cmp_bits) + P + P * n + d * n + P * d * n + n
-        return GateCost(key_bits=key, aes=self.M * dpf.DpfKey.aes_per_eval(self.cmp_bits), rounds=2, open_bits=P + n)
+        pre = (2 * n - self.pre_mid) if self.pre_shift else 0
+        return GateCost(key_bits=key + pre, aes=self.M * dpf.DpfKey.aes_per_eval(self.cmp_bits), rounds=2,
+                        open_bits=P + n + (n if self.pre_shift else 0))
 
     def _view(self, v):
         """The comparison view of a wire value or mask: ``hi_t(v mod 2^k)``."""
@@ -333,8 +356,13 @@ class PackedLookup(SplineLookup):
         n, d, N, P = self.vbits, self.d, self.elements, self.M - 1
         m = ring.mask(n)
         k0, k1 = dpf.lt_keygen(rng, self._view(r), self.cmp_bits)
-        r = r & m
         keys = (prefixed("lt", k0.arrays()), prefixed("lt", k1.arrays()))
+        if self.pre_shift:          # the widened truncated input gets a fresh mask r
+            q = ring.hi(ring.lo(r, self.view_bits), self.pre_shift)
+            r = rng.ring(N, n)
+            keys[0]["pre_offset"], keys[1]["pre_offset"] = rng.share((r - q) & m, n)
+            keys[0]["pre_msb"], keys[1]["pre_msb"] = rng.share(ring.msb(q, self.pre_mid), n - self.pre_mid)
+        r = r & m
         rho = rng.bits((N, P))
         keys[0]["rho"], keys[1]["rho"] = rng.share(rho, 1)
         keys[0]["rho_a"], keys[1]["rho_a"] = rng.share(rho, n)          # rho_i (-r)^0
@@ -360,7 +388,12 @@ class PackedLookup(SplineLookup):
         c = t[:, 1:] ^ t[:, :1] ^ key["rho"]
         if party == 1:
             c = c ^ (uc[:, None] < a[None, :]).astype(np.uint64)
-        c_hat = yield Open(c & one, 1, scope="cmp")                                     # round 1
+        if self.pre_shift:          # round 1 also opens the rescaled input, widened to w bits
+            v = ring.hi(ring.lo(u_in, self.view_bits), self.pre_shift)
+            wide = widen_share(party, v, self.pre_mid, key["pre_msb"], key["pre_offset"], n)
+            c_hat, u = yield [Open(c & one, 1, scope="cmp"), Open(wide, n, scope="rescale")]
+        else:
+            c_hat = yield Open(c & one, 1, scope="cmp")                                 # round 1
         c_hat = c_hat.reshape(N, P) & one
         sign = (one - (c_hat << one))                                                    # 1 - 2 c^
         rp = xp.zeros((N, d + 1), np.uint64)
@@ -375,9 +408,9 @@ class PackedLookup(SplineLookup):
 
 
 def _lookup(elements: int, spec: OperatorSpec, lookup: str, pad: bool, view_bits: int | None = None,
-            value_bits: int | None = None) -> Gate:
+            value_bits: int | None = None, pre_shift: int = 0) -> Gate:
     if lookup == "packed":
-        return PackedLookup(elements, spec, view_bits, value_bits)
+        return PackedLookup(elements, spec, view_bits, value_bits, pre_shift)
     return SplineLookup(elements, spec, lookup, pad)
 
 
@@ -387,7 +420,8 @@ class ScalarGate(Chain):
     kind = "scalar"
 
     def __init__(self, elements: int, spec: OperatorSpec, lookup: str = "auto", pad: bool = True,
-                 defer_shift: bool = False, view_bits: int | None = None, out_view_bits: int | None = None):
+                 defer_shift: bool = False, view_bits: int | None = None, out_view_bits: int | None = None,
+                 pre_shift: int = 0):
         """``lookup``: 'packed' (packed comparison + correlations, 2 rounds), 'shifted' (one
         DCF, 1 round), 'pieces' (baseline piece table) or 'auto' (smallest key). With
         ``defer_shift`` the output stays at ``spec.poly_scale`` (no truncation stage): the
@@ -395,13 +429,15 @@ class ScalarGate(Chain):
         """
         from fusec.runtime.gates.truncation import TruncateNarrow, TruncateSlack  # noqa: PLC0415
 
+        if pre_shift:         # a folded rescale: only the packed lookup has a round to share
+            lookup = "packed"
         if lookup == "auto":  # the cheapest key for this spec (a function of the spec only)
             lookup = min(("packed", "shifted"),
                          key=lambda lk: _lookup(1, spec, lk, True, view_bits).cost().key_bits)
         k = out_view_bits
         narrow_out = (lookup == "packed" and spec.out_shift and not defer_shift and k is not None
                       and spec.out_shift <= k - 3 and k <= spec.n_in)
-        stages: list[Gate] = [_lookup(elements, spec, lookup, pad, view_bits, k if narrow_out else None)]
+        stages: list[Gate] = [_lookup(elements, spec, lookup, pad, view_bits, k if narrow_out else None, pre_shift)]
         if narrow_out:
             # the value is proven to fit k bits at poly_scale: the lookup runs mod 2^k, then a
             # free truncation widened back to n bits (one round, no DCF)
