@@ -213,12 +213,15 @@ def identify(f: Callable[[np.ndarray], np.ndarray]) -> tuple[str, dict]:
     wide = np.concatenate([-np.geomspace(BIG, 6.0, 40), grid, np.geomspace(6.0, BIG, 40)])
     pos = np.geomspace(1e-3, 1e3, 241)
     with np.errstate(all="ignore"):
-        y, yp = f(grid), f(pos)
+        y, yp, yw = f(grid), f(pos), f(wide)
         for name in _FIXED:
             if np.all(np.isfinite(y)) and np.allclose(y, NONLINEAR[name].ref(grid), rtol=1e-4, atol=1e-5):
-                return name, {}
+                # and far out, where the reference is finite (relu6 = clip(x, 0, 6) is not relu)
+                rw = NONLINEAR[name].ref(wide)
+                m = np.isfinite(rw)
+                if np.all(np.isfinite(yw[m])) and np.allclose(yw[m], rw[m], rtol=1e-4, atol=1e-5):
+                    return name, {}
         if np.all(np.isfinite(y)):
-            yw = f(wide)
             for name in _PARAMETRIC:
                 e = NONLINEAR[name]
                 p = e.params(f)

@@ -237,6 +237,9 @@ def _chain(*steps) -> dict:
     (_chain(("Erf", None, None)), "erf", {}),
     (_chain(("Abs", None, None)), "abs", {}),
     (_chain(("Clip", None, {"min": -1.0, "max": 6.0})), "clip", {"lo": -1.0, "hi": 6.0}),
+    (_chain(("Clip", None, {"min": 0.0, "max": 6.0})), "clip", {"lo": 0.0, "hi": 6.0}),      # relu6 is not relu
+    (_chain(("Relu", None, None)), "relu", {}),
+    (_chain(("Mul", 0.5, None), ("Tanh", None, None), ("Add", 1.0, None), ("Mul", 0.5, None)), "sigmoid", {}),
     (_chain(("Sigmoid", None, None), ("Mul", "x", None)), "silu", {}),
     (_chain(("Exp", None, None)), "exp", {}),
     (_chain(("Sqrt", None, None), ("Reciprocal", None, None)), "rsqrt", {}),
