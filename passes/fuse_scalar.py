@@ -124,10 +124,10 @@ def fuse_scalar(graph: Graph, opts: CompileOptions) -> Graph:
             info = graph.tensors.get(x)
             if x in tried or info is None or info.visibility != "secret" or info.dtype != "float":
                 continue
-            tried.add(x)
             region = _grow(graph, x, order)
             cut = _valid_cut(graph, x, region) if region else None
             if cut is None:
+                tried.add(x)        # (after a cut, x is tried again: other chains may read it too)
                 continue
             keep, out = cut
             fn = _to_fn(graph, x, keep, out)

@@ -319,3 +319,41 @@ def test_rmsnorm_written_out_is_right_far_from_its_calibration():
     cos = [float(np.dot(a, w) / np.linalg.norm(a) / np.linalg.norm(w)) for a, w in zip(got, want)]
     assert min(cos) > 0.999, cos
     assert np.max(np.abs(got - want)) < 0.05, np.max(np.abs(got - want), axis=1)
+
+
+def test_activations_are_right_past_their_calibration_two_party():
+    """Leaky ReLU, softplus, hard swish, erf and clip used to be "custom": fitted on the calibrated
+    range and held constant outside it. Now each is labelled and exact in its tails, so inputs up to
+    the input contract (4x the calibrated max) come out right through the real gates."""
+    from fusec.build import Build, compile_graph, decode_outputs, encode_inputs
+    from fusec.ir.graph import Graph, TensorInfo
+    from fusec.passes.options import CompileOptions
+    from fusec.tests.harness import run_graph
+
+    S = (4, 16)
+    g = Graph("acts")
+    g.add_input("x", S)
+    T = [TensorInfo(S)]
+    g.add_node("LeakyRelu", ["x"], ["a"], infos=T, alpha=0.1)
+    g.add_node("Softplus", ["x"], ["b"], infos=T)
+    g.add_node("Mul", ["x", g.add_const("s6", np.asarray(1 / 6))], ["h0"], infos=T)
+    g.add_node("Add", ["h0", g.add_const("h", np.asarray(0.5))], ["h1"], infos=T)
+    g.add_node("Clip", ["h1"], ["h2"], infos=T, min=0.0, max=1.0)
+    g.add_node("Mul", ["x", "h2"], ["c"], infos=T)
+    g.add_node("Erf", ["x"], ["d"], infos=T)
+    g.add_node("Clip", ["x"], ["e"], infos=T, min=0.0, max=6.0)
+    g.outputs = ["a", "b", "c", "d", "e"]
+    rng = np.random.default_rng(5)
+    calib = {"x": np.clip(rng.standard_normal(S), -2, 2)}          # contract: |x| <= 8
+    opts = CompileOptions(calib=calib, client_prefix=False)
+    ir, low, steps = compile_graph(g, opts)
+    labels = sorted(n.attrs["label"] for n in ir.nodes() if n.op == "Scalar")
+    assert labels == ["clip", "erf", "hardswish", "leaky_relu", "softplus"], labels
+    x = np.linspace(-7.9, 7.9, 64).reshape(S)
+    b = Build(None, ir, opts, low, steps, {})
+    out, _ = run_graph(low.gates, encode_inputs(b, {"x": x}, 1))
+    got = decode_outputs(b, out)
+    want = {"a": np.where(x >= 0, x, 0.1 * x), "b": np.logaddexp(0, x), "c": x * np.clip(x / 6 + 0.5, 0, 1),
+            "d": np.vectorize(math.erf)(x), "e": np.clip(x, 0, 6)}
+    for k, w in want.items():
+        assert np.max(np.abs(got[k] - w)) < 8 * 2.0 ** -12 + 1e-9, (k, np.max(np.abs(got[k] - w)))
