@@ -26,8 +26,7 @@ from fusec.passes.scales import MOVEMENT
 from fusec.runtime import ring
 from fusec.runtime.gates.arith import MatMulPrivate, Mul
 from fusec.runtime.gates.base import Gate
-from fusec.runtime.gates.compare import MaxTree
-from fusec.runtime.gates.sigma_fss import SigmaMaxTree as NarrowMaxTree
+from fusec.runtime.gates.compare import MaxTree, MaxTreeNarrow
 from fusec.runtime.gates.linear import Add, AddPublic, MatMulPublic, MulPublic
 from fusec.runtime.gates.movement import Rearrange, SumAxis
 from fusec.runtime.gates.scalar import ScalarGate
@@ -225,10 +224,10 @@ class _Lowering:
         if self.o.gates == "sigma" and hasattr(lower_sigma, "max_gate"):
             return lower_sigma.max_gate(shape, axis, self.o, self.scale(x))
         lo, hi = proven(self.g, x)
-        k = width_bits(lo - hi, hi - lo, self.scale(x))
-        if k is None or k >= self.n:
+        k = width_bits(lo, hi, self.scale(x), slack=2)       # |x| < 2^(k-3): differences fit k bits
+        if k is None or k >= self.n or k < 4:
             return MaxTree(shape, self.n, axis)
-        return NarrowMaxTree(shape, self.n, axis, k)
+        return MaxTreeNarrow(shape, self.n, axis, k)
 
     def where(self, node: Node) -> None:
         cond, a, b = node.inputs

@@ -144,6 +144,10 @@ class _Scaler:
             # ReLU (both gate sets) and SIGMA's GELU (ReLU minus a LUT) output at their input scale
             same = node.attrs.get("label") == "relu" or (node.attrs.get("label") == "gelu" and self.o.gates == "sigma")
             self.set(outs[0], self.scale(node.inputs[0]) if same else self.scalar_out(node))
+        elif op in ("ReduceMax", "ReduceMin") and self.scale(secret_in[0]) > self.o.frac:
+            # compare at scale f: a max tree on fewer bits (narrower keys); the values the max is
+            # subtracted from (softmax) reuse the same rescaled tensor, so no extra round
+            self.set(outs[0], self.scale(self.rescaled(node, secret_in[0], self.o.frac)))
         elif op in KEEP_SCALE or op in ("Rescale",):
             if len(secret_in) > 1:   # align: upscale (free) where the result fits, else rescale down
                 scales = sorted({self.scale(t) for t in secret_in}, reverse=True)

@@ -449,3 +449,91 @@ class IntervalContainment(Gate):
         n, M = self.bits, self.intervals
         return GateCost(key_bits=DcfKey.key_bits(n, 1, 1) + M, aes=2 * M * DcfKey.aes_per_eval(n, 1, 1),
                         rounds=1, open_bits=M)
+
+
+# ------------------------------------------------------------------- max tree, one round a level
+class MaxTreeNarrow(Gate):
+    """Max along ``axis`` with ONE round per tree level, on the input's proven width.
+
+    The input (an n-bit wire) is PROVEN to fit ``view_bits`` = k signed bits with two bits
+    of slack, and so do all differences of its entries; the whole tree then runs on the
+    k-bit view ``u mod 2^k`` (free and exact). Each level is ``max(a, b) = ReLU(a - b) + b``
+    with the one-round ReLU (:class:`~fusec.runtime.gates.scalar.ScalarGate` on the exact
+    ReLU spec, ``shifted`` lookup: one k-bit DCF with payload ``(1, -r)``, one open); the
+    maximum is then widened back to n bits under a fresh mask in one round
+    (:func:`~fusec.runtime.gates.truncation.widen_share`, no DCF). ``ceil(log2 k_axis) + 1``
+    rounds instead of :class:`MaxTree`'s ``2 ceil(log2 k_axis)``; keys nested per level.
+    """
+
+    kind = "max_tree_narrow"
+
+    def __init__(self, shape, bits: int, axis: int, view_bits: int):
+        from fusec.ir.spec import relu_spec  # noqa: PLC0415
+        from fusec.runtime.gates.scalar import ScalarGate  # noqa: PLC0415
+
+        self._tree = MaxTree(shape, bits, axis)
+        super().__init__(self._tree.elements)
+        self.shape, self.axis, self.k = self._tree.shape, self._tree.axis, self._tree.k
+        self.out_shape = self._tree.out_shape
+        self.bits = self.out_bits = self._tree.bits
+        self.view_bits = check_width(view_bits, "max view width")
+        if not 4 <= self.view_bits < self.bits:
+            raise ParameterError(f"{self.kind}: view width {view_bits} must lie in [4, {self.bits})")
+        spec = relu_spec(self.view_bits, 0)
+        self.levels = [ScalarGate(g.elements, spec, lookup="shifted") for g in self._tree.levels]
+
+    def fields(self):
+        out = []
+        for i, g in enumerate(self.levels):
+            out += _prefixed_specs(f"l{i}", g.fields())
+        N, n, k = self.elements, self.bits, self.view_bits
+        return out + [("offset", (N,), n), ("msb", (N,), n - k)]
+
+    def cost(self) -> GateCost:
+        n, k = self.bits, self.view_bits
+        widen = GateCost(key_bits=2 * n - k, aes=0, rounds=1, open_bits=n)
+        if not self.levels:
+            return widen
+        from fusec.ir.spec import relu_spec  # noqa: PLC0415
+        from fusec.runtime.gates.scalar import ScalarGate  # noqa: PLC0415
+        one = ScalarGate(1, relu_spec(k, 0), lookup="shifted").cost()
+        k1 = self.k - 1
+        return GateCost(key_bits=k1 * one.key_bits, aes=k1 * one.aes, rounds=len(self.levels) * one.rounds,
+                        open_bits=k1 * one.open_bits) + widen
+
+    def keygen(self, rng: DealerRng, in_masks):
+        k, n = self.view_bits, self.bits
+        m = ring.mask(k)
+        r = self._tree._rows(np.asarray(in_masks[0], np.uint64) & m)
+        keys: tuple[dict, dict] = ({}, {})
+        for i, g in enumerate(self.levels):
+            p = r.shape[1] // 2
+            ra, rb = r[:, 0:2 * p:2], r[:, 1:2 * p:2]
+            r_relu, k0, k1 = g.keygen(rng, [((ra - rb) & m).reshape(-1)])
+            keys[0].update(prefixed(f"l{i}", k0))
+            keys[1].update(prefixed(f"l{i}", k1))
+            r = np.concatenate([(r_relu.reshape(self.elements, p) + rb) & m, r[:, 2 * p:]], axis=1)
+        q = r.reshape(-1)
+        r_out = rng.ring(self.elements, n)
+        _shares(rng, n, keys, offset=r_out - q)
+        _shares(rng, n - k, keys, msb=ring.msb(q, k))
+        return r_out.reshape(self.out_shape), keys[0], keys[1]
+
+    def eval(self, party: int, key: Key, inputs, be) -> EvalGen:
+        from fusec.runtime.gates.truncation import widen_share  # noqa: PLC0415
+        xp = be.xp
+        k, n = self.view_bits, self.bits
+        m = ring.mask(k)
+        u = inputs[0]
+        size = int(np.prod(np.shape(u), dtype=np.int64))
+        if size != self.elements * self.k:
+            raise ParameterError(f"max tree: input has {size} elements, shape {self.shape} expected")
+        u = xp.moveaxis(u.reshape(self.shape), self.axis, -1).reshape(self.elements, self.k) & m
+        for i, g in enumerate(self.levels):
+            p = u.shape[1] // 2
+            ua, ub = u[:, 0:2 * p:2], u[:, 1:2 * p:2]
+            y = yield from g.eval(party, unprefixed(f"l{i}", key), [((ua - ub) & m).reshape(-1)], be)
+            u = xp.concatenate([(y.reshape(self.elements, p) + ub) & m, u[:, 2 * p:]], axis=1)
+        share = widen_share(party, u.reshape(-1), k, key["msb"], key["offset"], n)
+        out = yield Open(share, n, scope="other")
+        return out.reshape(self.out_shape)
