@@ -488,5 +488,8 @@ def _positive(lab, f, val, frac, cal, prv, dom_attr, attrs, bits, f_out) -> Doma
         hi = max(cal[1] * 4.0, lo * 2 + 1.0)
         notes.append(f"{lab} held at {val(hi):.4g} above {hi:.4g} (no proven bound; calibrated max {cal[1]:.4g})")
     hi = max(hi, lo * 2)
+    if hi / lo > 8 and val(lo) > 1:
+        notes.append(f"{lab}: error relative above 1 (stated in ulps of f({lo:.4g}) = {val(lo):.4g}; the spec's "
+                     f"notes give the relative error)")
     return Domain(lo, hi, Tail(0.0, val(lo)), Tail(0.0, val(hi)), geometric=hi / lo > 8,
                   note="; ".join(notes), exact_for=(lo, hi))
