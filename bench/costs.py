@@ -234,6 +234,14 @@ def render(doc: dict) -> str:
                        f"{_x(f['totals']['rounds'], s['totals']['rounds'])} | "
                        f"{_x(f['per_inference']['aes_calls'], s['per_inference']['aes_calls'])} | | | |")
     out.append("")
+    for (label, seq, batch, _), by in groups.items():
+        if "sigma" in by:
+            kept = sorted({sp["name"] for sp in by["sigma"]["summary"]["specs"] if sp["impl"] != "sigma"})
+            if kept:
+                out.append(f"- {label} batch {batch}, `--gates sigma`: no SIGMA construction for "
+                           f"{', '.join(kept)}; that build keeps the fused spec there.")
+    if out[-1] != "":
+        out.append("")
 
     for (label, seq, batch, _), by in groups.items():
         gs = [g for g in ("fused", "sigma") if g in by]
