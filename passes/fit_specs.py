@@ -22,13 +22,12 @@ import numpy as np
 from fusec.errors import CompileError, ParameterError
 from fusec.ir import scalar_fn
 from fusec.ir.graph import Graph, Node, TensorInfo
-from fusec.ir.nonlinear import Domain, fit_domain  # noqa: F401  (Domain: re-export)
+from fusec.ir.nonlinear import SIGMA_LABELS, Domain, fit_domain  # noqa: F401  (Domain: re-export)
 from fusec.ir.spec import FitRequest, OperatorSpec, Tail, fit, relu_spec
 from fusec.passes.options import CompileOptions
 from fusec.passes.ranges import proven as proven_range
 
 CANDIDATES = [(d, p) for d in (1, 2, 3) for p in (4, 8, 16, 32, 64, 128)] + [(1, 256), (1, 512), (2, 256)]
-SIGMA_LABELS = {"gelu", "nexp", "reciprocal", "rsqrt"}
 
 
 def _domain(node: Node, opts: CompileOptions, rng: tuple[float, float], f_out: int, proven=None) -> Domain:

@@ -22,7 +22,7 @@ from fusec.ir.spec import OperatorSpec
 from fusec.passes import lower_sigma
 from fusec.passes.options import CompileOptions
 from fusec.passes.ranges import narrow_bits, proven, width_bits
-from fusec.passes.scales import MOVEMENT
+from fusec.ir.ops import is_movement
 from fusec.runtime import ring
 from fusec.runtime.gates.arith import MatMulPrivate, Mul
 from fusec.runtime.gates.base import Gate
@@ -319,33 +319,26 @@ class _Lowering:
         self.out.wire[out] = self.add(node.name, Input(int(np.prod(self.shape(out))), self.n, owner), [], node)
         self.out.inputs[node.name] = (node.inputs[0], owner)
 
+    def identity(self, node: Node) -> None:
+        self.out.wire[node.outputs[0]] = self.out.wire[node.inputs[0]]
+
     def visit(self, node: Node) -> None:
         if node.attrs.get("at") == "client":
             return
-        op = node.op
-        if op == "Share":
-            self.share(node)
-        elif op == "Identity":
-            self.out.wire[node.outputs[0]] = self.out.wire[node.inputs[0]]
-        elif op in MOVEMENT:
-            self.movement(node)
-        elif op in ("Add", "Sub"):
-            self.add_sub(node)
-        elif op == "Mul":
-            self.mul(node)
-        elif op == "MatMul":
-            self.matmul(node)
-        elif op.startswith("Reduce"):
-            self.reduce(node)
-        elif op == "Where":
-            self.where(node)
-        elif op == "Scalar":
-            self.scalar(node)
-        elif op == "Rescale":
-            self.rescale(node)
-        else:
-            raise CompileError(f"{node!r} cannot run on secret data yet (no lowering for {op})",
+        handler = HANDLERS.get(node.op) or (_Lowering.movement if is_movement(node.op) else None)
+        if handler is None:
+            raise CompileError(f"{node!r} cannot run on secret data yet (no lowering for {node.op})",
                                "this op should have been fused or expanded by an earlier pass; please report it")
+        handler(self, node)
+
+
+#: op -> lowering (data movement of every kind: :meth:`_Lowering.movement`, by the op's category)
+HANDLERS = {
+    "Share": _Lowering.share, "Identity": _Lowering.identity, "Add": _Lowering.add_sub, "Sub": _Lowering.add_sub,
+    "Mul": _Lowering.mul, "MatMul": _Lowering.matmul, "ReduceSum": _Lowering.reduce, "ReduceMean": _Lowering.reduce,
+    "ReduceMax": _Lowering.reduce, "ReduceMin": _Lowering.reduce, "Where": _Lowering.where,
+    "Scalar": _Lowering.scalar, "Rescale": _Lowering.rescale,
+}
 
 
 def lower(graph: Graph, opts: CompileOptions) -> Lowered:

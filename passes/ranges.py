@@ -36,6 +36,7 @@ import numpy as np
 
 from fusec.ir import scalar_fn
 from fusec.ir.graph import Graph, Node
+from fusec.ir.nonlinear import CONTRACTIONS  # labels with |f(x)| <= |x|: row norms pass through
 from fusec.ir.ops import run_node
 from fusec.passes.options import CompileOptions
 
@@ -461,8 +462,6 @@ class _Ranges:
 
 #: labels of functions that are >= 0 everywhere (their sampled range is padded below 0)
 NONNEG = {"nexp", "exp", "sigmoid", "relu"}
-#: labels with |f(x)| <= |x| everywhere (row norms pass through them)
-CONTRACTIONS = {"relu", "gelu", "gelu_tanh", "silu", "tanh"}
 
 RULES = {
     "Add": _Ranges.add_sub, "Sub": _Ranges.add_sub, "Mul": _Ranges.mul, "MatMul": _Ranges.matmul,

@@ -19,11 +19,10 @@ import math
 import numpy as np
 
 from fusec.ir.graph import Graph, Node, TensorInfo
+from fusec.ir.ops import KEEP_SCALE, MOVEMENT  # noqa: F401  (op categories live on the op definitions)
 from fusec.passes.options import CompileOptions
 from fusec.passes.ranges import proven
 
-MOVEMENT = {"Reshape", "Transpose", "Slice", "Concat", "Split", "Gather", "Expand", "Pad", "Im2Col", "Identity"}
-KEEP_SCALE = MOVEMENT | {"ReduceSum", "ReduceMax", "ReduceMin", "Add", "Sub", "Where", "Neg"}
 HEADROOM_BITS = 3
 
 
@@ -83,7 +82,14 @@ class _Scaler:
     def const_scale(self, c: np.ndarray) -> int:
         """Integer-valued constants (masks 0/1, 2^k) need no fractional bits."""
         c = np.asarray(c, np.float64)
-        return 0 if np.all(c == np.round(c)) and np.all(np.abs(c) < 2 ** 20) else self.o.weight_frac
+        if np.all(c == np.round(c)) and np.all(np.abs(c) < 2 ** 20):
+            return 0
+        # a power of two 2^-k (attention's 1/sqrt(64)) is exact at k fractional bits: the product
+        # grows by k bits, not by weight_frac
+        for k in range(1, self.o.weight_frac):
+            if np.all(np.abs(c) * 2.0 ** k == np.round(np.abs(c) * 2.0 ** k)):
+                return k
+        return self.o.weight_frac
 
     # -------------------------------------------------------------- rules
     def product(self, node: Node) -> None:
@@ -120,59 +126,103 @@ class _Scaler:
                     return s
         return f
 
-    def visit(self, node: Node) -> None:
-        op, g = node.op, self.g
-        if node.attrs.get("at") == "client":
-            return
-        outs = node.outputs
-        secret_in = [t for t in node.inputs if t and g.info(t).visibility == "secret"]
-        if op == "Share":
-            self.set(outs[0], self.o.frac)
-        elif op in ("Mul", "MatMul") and secret_in:
+    # -------------------------------------------------------------- per-op rules (RULES below)
+    def secret_inputs(self, node: Node) -> list[str]:
+        return [t for t in node.inputs if t and self.g.info(t).visibility == "secret"]
+
+    def set_secret_outputs(self, node: Node, scale: int) -> None:
+        for t in node.outputs:
+            if self.g.info(t).visibility == "secret":
+                self.set(t, scale)
+
+    def share(self, node: Node) -> None:
+        self.set(node.outputs[0], self.o.frac)
+
+    def linear_product(self, node: Node) -> None:
+        if self.secret_inputs(node):
             self.product(node)
-        elif op == "ReduceMean":
-            node.attrs["const_scale"] = self.o.weight_frac
-            s = self.scale(secret_in[0])
-            if s + self.o.weight_frac > 3 * self.o.frac or not self.fits(outs[0], s + self.o.weight_frac):
-                s = self.scale(self.rescaled(node, secret_in[0], self.o.frac))
-            self.set(outs[0], s + self.o.weight_frac)
-        elif op == "Scalar":
-            if self.o.gates == "sigma" and node.attrs.get("label") not in ("gelu", "relu"):
-                self.rescaled(node, secret_in[0], self.o.frac)
-            elif self.scale(secret_in[0]) > 2 * self.o.frac:
-                self.rescaled(node, secret_in[0], 2 * self.o.frac)
-            # ReLU (both gate sets) and SIGMA's GELU (ReLU minus a LUT) output at their input scale
-            same = node.attrs.get("label") == "relu" or (node.attrs.get("label") == "gelu" and self.o.gates == "sigma")
-            self.set(outs[0], self.scale(node.inputs[0]) if same else self.scalar_out(node))
-        elif op in ("ReduceMax", "ReduceMin") and self.scale(secret_in[0]) > self.o.frac:
+        else:
+            self.set_secret_outputs(node, self.o.frac)
+
+    def mean(self, node: Node) -> None:
+        x, out = self.secret_inputs(node)[0], node.outputs[0]
+        node.attrs["const_scale"] = self.o.weight_frac
+        s = self.scale(x)
+        if s + self.o.weight_frac > 3 * self.o.frac or not self.fits(out, s + self.o.weight_frac):
+            s = self.scale(self.rescaled(node, x, self.o.frac))
+        self.set(out, s + self.o.weight_frac)
+
+    def scalar(self, node: Node) -> None:
+        x, lab = self.secret_inputs(node)[0], node.attrs.get("label")
+        if self.o.gates == "sigma" and lab not in ("gelu", "relu"):
+            self.rescaled(node, x, self.o.frac)
+        elif self.scale(x) > 2 * self.o.frac:
+            self.rescaled(node, x, 2 * self.o.frac)
+        # ReLU (both gate sets) and SIGMA's GELU (ReLU minus a LUT) output at their input scale
+        same = lab == "relu" or (lab == "gelu" and self.o.gates == "sigma")
+        self.set(node.outputs[0], self.scale(node.inputs[0]) if same else self.scalar_out(node))
+
+    def extremum(self, node: Node) -> None:
+        x = self.secret_inputs(node)[0]
+        if self.scale(x) > self.o.frac:
             # compare at scale f: a max tree on fewer bits (narrower keys); the values the max is
             # subtracted from (softmax) reuse the same rescaled tensor, so no extra round
-            self.set(outs[0], self.scale(self.rescaled(node, secret_in[0], self.o.frac)))
-        elif op in KEEP_SCALE or op in ("Rescale",):
-            if len(secret_in) > 1:   # align: upscale (free) where the result fits, else rescale down
-                scales = sorted({self.scale(t) for t in secret_in}, reverse=True)
-                top = next((s for s in scales if self.fits(outs[0], s)), max(min(scales), self.o.frac))
-                for t in secret_in:
-                    self.rescaled(node, t, top)
-            secret_in = [t for t in node.inputs if t and g.info(t).visibility == "secret"]   # after renaming
-            s = self.scale(secret_in[0])
-            if op != "Rescale" and s > self.o.frac and not self.fits(outs[0], s):
-                # e.g. a bias or an attention mask makes the result larger than its input
-                s = next((k for k in range(s - 1, self.o.frac, -1) if self.fits(outs[0], k)), self.o.frac)
-                for t in secret_in:
-                    self.rescaled(node, t, s)
-            if op == "Rescale":
-                s -= node.attrs["shift"]
-            for t in outs:
-                if g.info(t).visibility == "secret":
-                    self.set(t, s)
+            self.set(node.outputs[0], self.scale(self.rescaled(node, x, self.o.frac)))
         else:
-            for t in outs:
-                if g.info(t).visibility == "secret":
-                    self.set(t, self.o.frac)
-        for t in outs:
-            if g.info(t).visibility == "secret":
+            self.keep(node)
+
+    def keep(self, node: Node) -> None:
+        """Ops that keep their input's scale (sums, movement, Rescale: minus its shift)."""
+        secret_in = self.secret_inputs(node)
+        out = node.outputs[0]
+        if len(secret_in) > 1:   # align: upscale (free) where the result fits, else rescale down
+            scales = sorted({self.scale(t) for t in secret_in}, reverse=True)
+            top = next((s for s in scales if self.fits(out, s)), max(min(scales), self.o.frac))
+            for t in secret_in:
+                self.rescaled(node, t, top)
+        secret_in = self.secret_inputs(node)   # after renaming
+        s = self.scale(secret_in[0])
+        if node.op != "Rescale" and s > self.o.frac and not self.fits(out, s):
+            # e.g. a bias or an attention mask makes the result larger than its input
+            s = next((k for k in range(s - 1, self.o.frac, -1) if self.fits(out, k)), self.o.frac)
+            for t in secret_in:
+                self.rescaled(node, t, s)
+        if node.op == "Rescale":
+            s -= node.attrs["shift"]
+        self.set_secret_outputs(node, s)
+
+    def sigma_truncate_inputs(self, node: Node) -> None:
+        """SIGMA's placement (``--gates sigma``): a product is truncated to scale f before any
+        other use (its TrFloor right after the matmul); only movement, the sum that feeds
+        layer norm's rsqrt, and truncations themselves read the wider value."""
+        if node.op in ("ReduceSum", "Rescale", "Scalar") or node.op in MOVEMENT:
+            return
+        for t in self.secret_inputs(node):
+            if self.scale(t) > self.o.frac:
+                self.rescaled(node, t, self.o.frac)
+
+    def visit(self, node: Node) -> None:
+        if node.attrs.get("at") == "client":
+            return
+        if self.o.gates == "sigma":
+            self.sigma_truncate_inputs(node)
+        rule = RULES.get(node.op) or (_Scaler.keep if node.op in KEEP_SCALE else None)
+        if rule is None:
+            self.set_secret_outputs(node, self.o.frac)
+        else:
+            rule(self, node)
+        for t in node.outputs:
+            if self.g.info(t).visibility == "secret":
                 self.check(t)
+
+
+#: op -> scale rule; ops that keep their scale (op category data, ``ir/ops.py``) use ``keep``;
+#: anything else outputs at scale f
+RULES = {
+    "Share": _Scaler.share, "Mul": _Scaler.linear_product, "MatMul": _Scaler.linear_product,
+    "ReduceMean": _Scaler.mean, "Scalar": _Scaler.scalar, "ReduceMax": _Scaler.extremum,
+    "ReduceMin": _Scaler.extremum, "Rescale": _Scaler.keep,
+}
 
 
 def assign_scales(graph: Graph, opts: CompileOptions) -> Graph:
