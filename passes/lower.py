@@ -201,6 +201,13 @@ class _Lowering:
         elif node.op in ("ReduceMax", "ReduceMin"):
             w = self.out.wire[x]
             axes = tuple(sorted(a % len(shape) for a in axes))
+            raw, pre = self.max_input(x) if node.op == "ReduceMax" and len(axes) == 1 else (x, 0)
+            if pre:             # the tree truncates the unrescaled scores itself, for free
+                lo, hi = proven(self.g, raw)
+                k = width_bits(lo, hi, self.scale(raw), slack=3)
+                gate = MaxTreeNarrow(shape, self.n, axes[0], k, pre_shift=pre)
+                self.out.wire[out] = self.add(node.name, gate, [self.out.wire[raw]], node)
+                return
             if len(axes) > 1:           # move the reduced axes last, flatten them into one
                 keep = [a for a in range(len(shape)) if a not in axes]
                 perm = keep + list(axes)
@@ -228,6 +235,20 @@ class _Lowering:
         if k is None or k >= self.n or k < 4:
             return MaxTree(shape, self.n, axis)
         return MaxTreeNarrow(shape, self.n, axis, k)
+
+    def max_input(self, x: str) -> tuple[str, int]:
+        """(wire tensor, pre-shift) for a fused max tree: a max of a rescaled tensor reads the
+        unrescaled one and truncates for free inside the tree (its rescale round is then off
+        the max's critical path; the rescaled tensor's other readers keep theirs)."""
+        p = self.g.producer(x)
+        if self.o.gates != "fused" or p is None or p.op != "Rescale" or p.attrs["shift"] <= 0:
+            return x, 0
+        raw, s = p.inputs[0], p.attrs["shift"]
+        lo, hi = proven(self.g, raw)
+        k = width_bits(lo, hi, self.scale(raw), slack=3)
+        if k is None or k > self.n or not 4 <= k - s < self.n:
+            return x, 0
+        return raw, s
 
     def where(self, node: Node) -> None:
         cond, a, b = node.inputs

@@ -154,12 +154,13 @@ class _Scaler:
 
     def scalar(self, node: Node) -> None:
         x, lab = self.secret_inputs(node)[0], node.attrs.get("label")
-        if self.o.gates == "sigma" and lab not in ("gelu", "relu"):
+        sigma_gelu = self.o.gates == "sigma" and lab in ("gelu", "gelu_tanh", "silu")
+        if self.o.gates == "sigma" and lab != "relu" and not sigma_gelu:
             self.rescaled(node, x, self.o.frac)
         elif self.scale(x) > 2 * self.o.frac:
             self.rescaled(node, x, 2 * self.o.frac)
         # ReLU (both gate sets) and SIGMA's GELU (ReLU minus a LUT) output at their input scale
-        same = lab == "relu" or (lab == "gelu" and self.o.gates == "sigma")
+        same = lab == "relu" or sigma_gelu
         self.set(node.outputs[0], self.scale(node.inputs[0]) if same else self.scalar_out(node))
 
     def extremum(self, node: Node) -> None:

@@ -467,7 +467,11 @@ class MaxTreeNarrow(Gate):
 
     kind = "max_tree_narrow"
 
-    def __init__(self, shape, bits: int, axis: int, view_bits: int):
+    def __init__(self, shape, bits: int, axis: int, view_bits: int, pre_shift: int = 0):
+        """``pre_shift`` = s: the input carries x at s more fractional bits than the max is
+        wanted at; the tree then runs on the free truncation ``hi_s(u mod 2^view_bits)``
+        (``floor(x / 2^s) + {0, 1}`` per element, DESIGN §4) of ``view_bits - s`` bits, which
+        costs no round, and the max comes out at the lower scale (within one ulp)."""
         from fusec.ir.spec import relu_spec  # noqa: PLC0415
         from fusec.runtime.gates.scalar import ScalarGate  # noqa: PLC0415
 
@@ -476,9 +480,12 @@ class MaxTreeNarrow(Gate):
         self.shape, self.axis, self.k = self._tree.shape, self._tree.axis, self._tree.k
         self.out_shape = self._tree.out_shape
         self.bits = self.out_bits = self._tree.bits
-        self.view_bits = check_width(view_bits, "max view width")
-        if not 4 <= self.view_bits < self.bits:
-            raise ParameterError(f"{self.kind}: view width {view_bits} must lie in [4, {self.bits})")
+        self.in_view = check_width(view_bits, "max view width")
+        self.pre_shift = int(pre_shift)
+        self.view_bits = self.in_view - self.pre_shift
+        if not 4 <= self.view_bits < self.bits or self.in_view > self.bits or self.pre_shift < 0:
+            raise ParameterError(f"{self.kind}: view width {view_bits} (minus the shift {pre_shift}) must lie in "
+                                 f"[4, {self.bits})")
         spec = relu_spec(self.view_bits, 0)
         self.levels = [ScalarGate(g.elements, spec, lookup="shifted") for g in self._tree.levels]
 
@@ -501,10 +508,14 @@ class MaxTreeNarrow(Gate):
         return GateCost(key_bits=k1 * one.key_bits, aes=k1 * one.aes, rounds=len(self.levels) * one.rounds,
                         open_bits=k1 * one.open_bits) + widen
 
+    def _view(self, v):
+        """The tree's ring: ``hi_s(v mod 2^in_view)`` (the identity view when s = 0)."""
+        return ring.hi(ring.lo(v, self.in_view), self.pre_shift) if self.pre_shift else ring.lo(v, self.view_bits)
+
     def keygen(self, rng: DealerRng, in_masks):
         k, n = self.view_bits, self.bits
         m = ring.mask(k)
-        r = self._tree._rows(np.asarray(in_masks[0], np.uint64) & m)
+        r = self._tree._rows(self._view(np.asarray(in_masks[0], np.uint64)))
         keys: tuple[dict, dict] = ({}, {})
         for i, g in enumerate(self.levels):
             p = r.shape[1] // 2
@@ -528,7 +539,7 @@ class MaxTreeNarrow(Gate):
         size = int(np.prod(np.shape(u), dtype=np.int64))
         if size != self.elements * self.k:
             raise ParameterError(f"max tree: input has {size} elements, shape {self.shape} expected")
-        u = xp.moveaxis(u.reshape(self.shape), self.axis, -1).reshape(self.elements, self.k) & m
+        u = self._view(xp.moveaxis(u.reshape(self.shape), self.axis, -1).reshape(self.elements, self.k))
         for i, g in enumerate(self.levels):
             p = u.shape[1] // 2
             ua, ub = u[:, 0:2 * p:2], u[:, 1:2 * p:2]
