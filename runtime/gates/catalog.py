@@ -13,13 +13,13 @@ from fusec.errors import ParameterError
 from fusec.ir.spec import FitRequest, Tail, fit, relu_spec
 from fusec.runtime.gates.arith import MatMulPrivate, Mul
 from fusec.runtime.gates.base import Gate
-from fusec.runtime.gates.compare import DReLU, IntervalContainment, LutDpf, MaxTree, ReLU2, Select
+from fusec.runtime.gates.compare import DReLU, IntervalContainment, LutDpf, MaxTree, MaxTreeNarrow, ReLU2, Select
 from fusec.runtime.gates.linear import Add, MatMulPublic, MulPublic
 from fusec.runtime.gates.scalar import ScalarGate
 from fusec.runtime.gates.sigma import SigmaGelu
 from fusec.runtime.gates.table import TableLookup
 from fusec.runtime.gates.truncation import (ArsExact, ArsOneRound, SignExtend, TruncateLocal,
-                                            TruncateReduce, TruncateSlack)
+                                            TruncateNarrow, TruncateReduce, TruncateSlack)
 
 
 def _gelu(x):
@@ -32,6 +32,18 @@ def gelu_spec(n: int, f: int):
         return fit(FitRequest("gelu", _gelu, -4, 4, pieces=16, degree=2, n_in=n, f_in=f, f_out=f, right=Tail(1.0)))
     except ParameterError:
         return fit(FitRequest("gelu", _gelu, -4, 4, pieces=32, degree=1, n_in=n, f_in=f, f_out=f, right=Tail(1.0)))
+
+
+def _bits(bound: float, scale: int, shift: int = 0) -> int:
+    """What ``passes.ranges.narrow_bits`` gives a tensor proven within |x| < bound."""
+    return (int(bound * 2 ** scale) + (1 << shift) + 1).bit_length() + 2
+
+
+def _narrow_gelu(E: int, spec, n: int, f: int, pre: int) -> ScalarGate:
+    """The compiled GELU as the compiler emits it for an input proven within |x| < 16."""
+    k_in = min(n, _bits(16.0, f + pre, spec.view_shift + pre))
+    k_out = _bits(16.5, spec.poly_scale, spec.out_shift)
+    return ScalarGate(E, spec, view_bits=k_in, out_view_bits=k_out if k_out <= n else None, pre_shift=pre)
 
 
 def library(n: int = 50, f: int = 12, elements: int = 1) -> list[tuple[str, Gate]]:
@@ -63,6 +75,11 @@ def library(n: int = 50, f: int = 12, elements: int = 1) -> list[tuple[str, Gate
         ("  same, output shift deferred to the consumer's rescale", ScalarGate(E, spec, "packed", defer_shift=True)),
         (f"ScalarGate GELU {spec.pieces - 2}x deg {spec.degree}, shifted DCF (ours)", ScalarGate(E, spec, "shifted")),
         (f"ScalarGate GELU {spec.pieces - 2}x deg {spec.degree}, piece table", ScalarGate(E, spec, "pieces")),
+        (f"truncation on a proven 24-bit view, s={f}, widened (ours)", TruncateNarrow(E, n, min(24, n), f)),
+        ("ScalarGate GELU, |x| < 16 proven: narrow compare and lookup (ours)", _narrow_gelu(E, spec, n, f, 0)),
+        (f"  same, the rescale by {f} in front folded into its first round", _narrow_gelu(E, spec, n, f, f)),
+        ("max over 8, |x| < 16 proven: one round a level (ours) /out elem",
+         MaxTreeNarrow((E, 8), n, 1, _bits(16.0, f) + 1)),
         ("SIGMA GELU (TrWithSlack, one 32-bit DPF for sign and abs(x)<4, mux, 8-bit DPF LUT, select)", SigmaGelu(E, n, f)),
     ]
 
