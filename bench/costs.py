@@ -204,7 +204,7 @@ def render(doc: dict) -> str:
                     for f in c[g]["modified_code_files"]})
     m = doc["machine"]
     out = [f"## Costs from compile alone: fused vs SIGMA-style ({doc['date'][:10]})", "",
-           f"`{doc['command']}` on {m['cpu']} ({m['cores']} cores, {m['memory']}); git {', '.join(commits) or '?'}"
+           "; ".join(f"`{c}`" for c in [*doc.get("earlier_commands", []), doc["command"]] if c) + f" on {m['cpu']} ({m['cores']} cores, {m['memory']}); git {', '.join(commits) or '?'}"
            + (f" with uncommitted changes to {', '.join(dirty)}" if dirty else "") + ". "
            "Numbers are the compiler's (`fusec inspect --json`): the gates' `cost()` summed over elements, "
            "key bytes from the key layout, rounds from the schedule; no keys generated, nothing run. "
