@@ -81,6 +81,20 @@ def search(name: str, fn, dom: Domain, n: int, f_in: int, f_out: int, bound_ulps
 _CACHE: dict[str, tuple] = {}
 
 
+def _pow2_hull(proven):
+    """The proven interval widened to powers of two at both ends (a superset, so still
+    sound): gates whose proven ranges differ a little (BERT's 25 layer norms) share one
+    fitted spec instead of 25 searches."""
+    if proven is None:
+        return None
+
+    def up(v: float) -> float:
+        return 2.0 ** math.ceil(math.log2(v)) if v > 0 and math.isfinite(v) else v
+    lo, hi = proven
+    lo = -up(-lo) if lo < 0 else (2.0 ** math.floor(math.log2(lo)) if 0 < lo and math.isfinite(lo) else lo)
+    return (lo, up(hi) if hi > 0 else (-2.0 ** math.floor(math.log2(-hi)) if hi < 0 and math.isfinite(hi) else hi))
+
+
 def _valid(node: Node, proven, frac: int) -> tuple[float, float]:
     """Where the gate's input can be: its proven range, cut by the block's own domain fact
     (softmax's ``x - max`` is <= 0; a truncation in front adds up to 2 ulps)."""
@@ -99,6 +113,7 @@ def choose(node: Node, rng: tuple[float, float], f_in: int, f_out: int,
     """(spec, whether to rescale the input to f first, domain, bound) for a Scalar node."""
     fnj = node.attrs["fn"]
     fn = lambda v, fnj=fnj: scalar_fn.evaluate(fnj, v)  # noqa: E731
+    proven = _pow2_hull(proven)
     dom = _domain(node, opts, rng, f_out, proven)
     bound = opts.max_error_ulps * 2.0 ** (f_out - opts.frac)
     if dom.geometric:   # steep positive-domain functions: the bound is relative to their largest value
@@ -119,9 +134,11 @@ def choose(node: Node, rng: tuple[float, float], f_in: int, f_out: int,
     return spec, use_rescale, dom, bound
 
 
-def feasible(node: Node, rng: tuple[float, float], f_in: int, f_out: int, opts: CompileOptions) -> bool:
-    """Whether some spec at these scales fits the ring and meets the bound (the scale pass asks)."""
-    spec, _, _, bound = choose(node, rng, f_in, f_out, opts)
+def feasible(node: Node, rng: tuple[float, float], f_in: int, f_out: int, opts: CompileOptions,
+             proven=None) -> bool:
+    """Whether some spec at these scales fits the ring and meets the bound (the scale pass asks,
+    with the same proven range the fit will use, so both share one search)."""
+    spec, _, _, bound = choose(node, rng, f_in, f_out, opts, proven)
     return spec is not None and spec.max_error_ulps <= bound
 
 

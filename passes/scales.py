@@ -121,8 +121,9 @@ class _Scaler:
             out = node.outputs[0]
             from fusec.passes.fit_specs import feasible  # noqa: PLC0415
             rng = tuple(self.ranges.get(node.inputs[0], (-1.0, 1.0)))
+            x = node.inputs[0]
             for s in range(f + extra, f, -1):
-                if self.fits(out, s + f) and feasible(node, rng, self.scale(node.inputs[0]), s, self.o):
+                if self.fits(out, s + f) and feasible(node, rng, self.scale(x), s, self.o, proven(self.g, x)):
                     return s
         return f
 
