@@ -253,7 +253,7 @@ def test_identify(fn, label, params):
 
 
 def test_table_facts():
-    assert SIGMA_LABELS == {"gelu", "nexp", "reciprocal", "rsqrt"}
+    assert SIGMA_LABELS == {"gelu", "gelu_tanh", "silu", "nexp", "reciprocal", "rsqrt"}   # SiLU: SIGMA's GELU protocol
     assert {"relu", "gelu", "gelu_tanh", "silu", "tanh"} <= CONTRACTIONS and "sigmoid" not in CONTRACTIONS
     x = np.linspace(-50, 50, 20001)
     for lab in CONTRACTIONS:
