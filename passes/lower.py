@@ -34,6 +34,10 @@ from fusec.runtime.gates.truncation import ArsOneRound, TruncateNarrow, Truncate
 from fusec.runtime.graph import GateGraph
 
 
+#: key bytes a gate may spend to save a round by a one-round lookup instead of the packed one
+ONE_ROUND_BUDGET = 32 << 20
+
+
 @dataclass
 class Lowered:
     gates: GateGraph
@@ -285,9 +289,15 @@ class _Lowering:
                 self.out.wire[out] = self.add(node.name, gate, [self.out.wire[raw]], node)
                 return
             k_in = narrow_bits(self.g, x, spec.view_shift)
-            gate = ScalarGate(N, spec, lookup=node.attrs.get("lookup", "auto"), pad=node.attrs.get("pad", True),
-                              view_bits=k_in if k_in is not None and k_in < self.n else None,
-                              out_view_bits=k_out)
+            k_in = k_in if k_in is not None and k_in < self.n else None
+            lookup, pad = node.attrs.get("lookup", "auto"), node.attrs.get("pad", True)
+            gate = ScalarGate(N, spec, lookup=lookup, pad=pad, view_bits=k_in, out_view_bits=k_out)
+            if lookup == "auto" and gate.lookup == "packed":
+                # a small gate (once per softmax or norm row) buys back a round with the one-round
+                # lookup when its extra key stays under ONE_ROUND_BUDGET bytes
+                one = ScalarGate(N, spec, lookup="shifted", pad=pad, out_view_bits=k_out)
+                if (one.key_bits_total() - gate.key_bits_total()) / 8 <= ONE_ROUND_BUDGET:
+                    gate = one
             if gate.out_scale != self.scale(out):
                 raise CompileError(f"{node!r}: gate output scale {gate.out_scale} != IR scale {self.scale(out)}")
         self.out.wire[out] = self.add(node.name, gate, [self.out.wire[x]], node)

@@ -694,13 +694,15 @@ def test_scalar_gate_narrow_output_conditions():
     n, s = 50, spec.out_shift
     kinds = lambda g: [type(st).__name__ for st in g.stages]  # noqa: E731
     assert kinds(ScalarGate(8, spec, "packed", view_bits=15, out_view_bits=40)) == ["PackedLookup", "TruncateNarrow"]
-    # an output view too narrow for the shift, wider than the ring, deferred or a non-packed lookup:
-    # the full-width TruncateSlack (or nothing) as before
+    # an output view too narrow for the shift, wider than the ring or deferred: the full-width
+    # TruncateSlack (or nothing) as before; a non-packed (n-bit) lookup truncates on the n-bit wire
     assert kinds(ScalarGate(8, spec, "packed", view_bits=15, out_view_bits=s + 2)) == ["PackedLookup", "TruncateSlack"]
     assert kinds(ScalarGate(8, spec, "packed", view_bits=15, out_view_bits=n + 1)) == ["PackedLookup", "TruncateSlack"]
     assert kinds(ScalarGate(8, spec, "packed", out_view_bits=40, defer_shift=True)) == ["PackedLookup"]
     g = ScalarGate(8, spec, "shifted", view_bits=15, out_view_bits=40)
-    assert kinds(g) == ["SplineLookup", "TruncateSlack"] and g.cost() == ScalarGate(8, spec, "shifted").cost()
+    assert kinds(g) == ["SplineLookup", "TruncateNarrow"] and g.stages[1].bits == n and g.stages[1].view_bits == 40
+    assert g.stages[0].cost() == ScalarGate(8, spec, "shifted").stages[0].cost()
+    assert g.cost().key_bits < ScalarGate(8, spec, "shifted").cost().key_bits
     narrow = ScalarGate(8, spec, "packed", view_bits=15, out_view_bits=s + 3)
     assert kinds(narrow) == ["PackedLookup", "TruncateNarrow"] and narrow.stages[0].out_bits == s + 3
     # the narrow gate is much smaller than the full-width one

@@ -442,6 +442,8 @@ class ScalarGate(Chain):
             # the value is proven to fit k bits at poly_scale: the lookup runs mod 2^k, then a
             # free truncation widened back to n bits (one round, no DCF)
             stages.append(TruncateNarrow(elements, k, k, spec.out_shift, out_bits=spec.n_in))
+        elif spec.out_shift and not defer_shift and k is not None and spec.out_shift <= k - 3 and k <= spec.n_in:
+            stages.append(TruncateNarrow(elements, spec.n_in, k, spec.out_shift))     # an n-bit lookup
         elif spec.out_shift and not defer_shift:
             stages.append(TruncateSlack(elements, spec.n_in, spec.out_shift))
         self.out_scale = spec.poly_scale if defer_shift else spec.f_out
