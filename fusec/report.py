@@ -29,6 +29,7 @@ import math
 from collections import defaultdict
 
 from fusec.ir import scalar_fn
+from fusec.passes import ranges as ranges_pass
 
 CLASSES = ("linear", "rescale", "gelu", "softmax", "layernorm", "other")
 _SUMMED = ("gates", "elements", "free_elements", "key_bytes", "key_bits_model", "aes_calls", "open_bits_per_party",
@@ -268,7 +269,8 @@ def ranges(build) -> dict:
     for t in secret_tensors(build):
         info = g.info(t)
         c = _interval(cal.get(t))
-        p = _interval(proven.get(t)) if proven is not None else None
+        # tensors later passes added (rescales) have their input's proven interval
+        p = _interval(list(ranges_pass.proven(g, t))) if proven is not None else None
         rows.append({"tensor": t, "shape": list(info.shape), "elements": int(math.prod(info.shape)),
                      "scale": info.scale, "calibrated": c, "proven": p,
                      "bits_calibrated": _bits(c, info.scale), "bits_proven": _bits(p, info.scale)})
