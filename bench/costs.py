@@ -240,14 +240,30 @@ def render(doc: dict) -> str:
             if kept:
                 out.append(f"- {label} batch {batch}, `--gates sigma`: no SIGMA construction for "
                            f"{', '.join(kept)}; that build keeps the fused spec there.")
+    trees = sorted({r["kind"] for c in cfgs for r in c["summary"].get("by_kind", [])
+                    if r["class"] == "other" and "max_tree" in r["kind"] and r["key_bytes"]})
+    if trees:
+        out.append(f"- Class `other` holds the softmax row maxima ({', '.join(trees)}: the profiler scope of a "
+                   f"max tree is `other`); their elements are the rows, so `other`'s per-element figures are per row.")
     if out[-1] != "":
         out.append("")
 
-    for (label, seq, batch, _), by in groups.items():
+    seen: dict = {}
+    for (label, seq, batch, extra), by in groups.items():
         gs = [g for g in ("fused", "sigma") if g in by]
         rows = {g: {r["class"]: r for r in by[g]["summary"]["by_class"]} for g in gs}
         B = batch or 1
         both = len(gs) == 2
+        # a true batch whose per-inference class rows equal an earlier batch's: say so, not the tables again
+        sig = (label, seq, extra, tuple(gs), tuple((g, cl, r["key_bytes"] / B, r["bytes_sent_both"] / B,
+                                                    r["aes_calls"] / B, r["elements"] / B, r["rounds_critical_path"],
+                                                    r["rounds_per_gate"]) for g in gs for cl, r in rows[g].items()))
+        if sig in seen:
+            out += [f"### {label}, seq {seq or '-'}, batch {batch}: per gate class and per element", "",
+                    f"Per inference identical to batch {seen[sig]} (every element has its own key material; "
+                    f"rounds do not grow with the batch).", ""]
+            continue
+        seen[sig] = batch
 
         def cols(get, fmt):
             vals = [get(rows[g][cl]) if cl in rows[g] else None for g in gs]
