@@ -82,17 +82,19 @@ _CACHE: dict[str, tuple] = {}
 
 
 def _pow2_hull(proven):
-    """The proven interval widened to powers of two at both ends (a superset, so still
-    sound): gates whose proven ranges differ a little (BERT's 25 layer norms) share one
-    fitted spec instead of 25 searches."""
+    """The proven interval widened outwards to 3 significant bits at both ends (a superset,
+    so still sound, at most 25% wider): gates whose proven ranges differ a little (BERT's 25
+    layer norms) share one fitted spec instead of 25 searches."""
     if proven is None:
         return None
 
-    def up(v: float) -> float:
-        return 2.0 ** math.ceil(math.log2(v)) if v > 0 and math.isfinite(v) else v
+    def out(v: float, up: bool) -> float:
+        if v == 0 or not math.isfinite(v):
+            return v
+        q = 2.0 ** (math.floor(math.log2(abs(v))) - 2)
+        return (math.ceil(v / q) if up else math.floor(v / q)) * q
     lo, hi = proven
-    lo = -up(-lo) if lo < 0 else (2.0 ** math.floor(math.log2(lo)) if 0 < lo and math.isfinite(lo) else lo)
-    return (lo, up(hi) if hi > 0 else (-2.0 ** math.floor(math.log2(-hi)) if hi < 0 and math.isfinite(hi) else hi))
+    return (out(lo, False), out(hi, True))
 
 
 def _valid(node: Node, proven, frac: int) -> tuple[float, float]:

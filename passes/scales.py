@@ -97,6 +97,10 @@ class _Scaler:
         out = node.outputs[0]
         f, cap = self.o.frac, 3 * self.o.frac
         secret = [t for t in (a, b) if self.g.info(t).visibility == "secret"]
+        if len(secret) == 2 and node.op == "MatMul":
+            # a matmul of two secrets (attention): bring both to scale f first; their rescales
+            # run beside the other operand's, where a rescale after the product would cost a round
+            secret = [self.rescaled(node, t, f) if self.scale(t) > f else t for t in secret]
         cs = None
         if len(secret) == 1:
             c = a if b in secret else b
