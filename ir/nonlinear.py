@@ -456,6 +456,10 @@ def _custom(lab, f, val, frac, cal, finite_prv, bits, f_out) -> Domain:
                   exact_for=(lo, hi))
 
 
+#: the absolute widening passes/ranges adds to every proven bound (a proven 0 reads -2^-6)
+PROVEN_ABS_MARGIN = 2.0 ** -6
+
+
 def _positive(lab, f, val, frac, cal, prv, dom_attr, attrs, bits, f_out) -> Domain:
     """reciprocal / rsqrt / sqrt (and any function of a domain starting at 0): geometric
     pieces over the whole proven range [lo, hi]; below one input ulp the value of the first
@@ -466,6 +470,10 @@ def _positive(lab, f, val, frac, cal, prv, dom_attr, attrs, bits, f_out) -> Doma
     p_hi = prv[1] if prv is not None else math.inf
     with np.errstate(all="ignore"):
         at0 = val(0.0)
+    if prv is not None and p_lo < -2 * PROVEN_ABS_MARGIN and dom_attr[0] is None:
+        raise CompileError(f"{lab} of a tensor whose proven range reaches {p_lo:g} < 0 (for some admissible input)",
+                           "only positive inputs are supported for reciprocal / rsqrt / sqrt (a pole or branch "
+                           "point at 0); narrow the input contract with --input-range if the inputs are positive")
     if p_lo <= 0 and not np.isfinite(at0) and prv is None and cal[0] <= 0:
         raise CompileError(f"{lab} of a tensor that reaches {cal[0]:g} <= 0 in calibration",
                            "only positive inputs are supported for reciprocal / rsqrt (a pole at 0)")
