@@ -10,7 +10,6 @@ from ``ir.json`` + ``weights.npz``.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -310,7 +309,7 @@ class _Lowering:
             return
         if self.o.gates == "sigma":
             gate = lower_sigma.rescale_gate(N, sh, self.o)
-        elif os.environ.get("FUSEC_NO_FOLD") is None and self.fold_into_scalar(node, x, sh):
+        elif self.fold_into_scalar(node, x, sh):
             return
         else:
             gate = self.truncation(node, x, N, sh)
