@@ -228,8 +228,10 @@ def fit(req: FitRequest) -> OperatorSpec:
     ``c_k (x - m)^k`` has rounding error at most ``h^k / 2`` at scale ``poly_scale``; the
     scale is the smallest with ``h^k <= 2^(poly_scale - f_out - guard_bits)`` for all
     pieces and k. The error reported is measured by exact integer evaluation of every piece
-    over its interval widened by the overlap ``2^(view_shift+1)`` (the tails over the
-    overlap into the fitted range), 2048-4096 evenly spaced points each.
+    over its interval widened by the overlap ``2^(view_shift+1)`` (the tails around the
+    range's ends, which the fit pushes ``2 * overlap`` outwards so a coarse view picks a tail
+    only past [lo, hi]), on ``max(256, 65536 / pieces)`` evenly spaced points plus the end,
+    restricted to ``req.valid`` (where inputs can be).
     """
     if req.degree < 0 or req.pieces < 1:
         raise ParameterError(f"fit {req.name}: need degree >= 0 and at least one piece")
