@@ -117,7 +117,9 @@ def test_chains_are_labelled_and_whole_univariate_chains_fuse():
     g.outputs = ["z"]
     rng = np.random.default_rng(0)
     calib = {"x": rng.standard_normal(4), "v": rng.uniform(0.1, 4.0, 4)}    # v is a variance: positive
-    ir, _, _ = compile_graph(g, CompileOptions(calib=calib))
+    with pytest.raises(CompileError, match="proven range reaches"):      # ...but nothing says so
+        compile_graph(g.copy(), CompileOptions(calib=calib))
+    ir, _, _ = compile_graph(g, CompileOptions(calib=calib, input_ranges={"v": (0.0, 4.0)}))
     scalars = {n.inputs[0]: n.attrs["label"] for n in ir.nodes() if n.op == "Scalar"}
     assert sorted(scalars.values()) == ["custom", "rsqrt", "silu"], scalars
     assert [n.op for n in ir.nodes() if n.op == "Mul" and n.attrs.get("const_scale") is None] == ["Mul"]
