@@ -285,6 +285,8 @@ class _Lowering:
             if x in self.folded:        # the rescale in front is done inside the gate's first round
                 raw, pre, k_in = self.folded[x]
                 gate = ScalarGate(N, spec, view_bits=k_in, out_view_bits=k_out, pre_shift=pre)
+                if gate.out_scale != self.scale(out):
+                    raise CompileError(f"{node!r}: gate output scale {gate.out_scale} != IR scale {self.scale(out)}")
                 self.out.wire[out] = self.add(node.name, gate, [self.out.wire[raw]], node)
                 return
             k_in = narrow_bits(self.g, x, spec.view_shift)
@@ -328,6 +330,10 @@ class _Lowering:
             return False
         k = narrow_bits(self.g, x, sh + spec.view_shift)
         if k is None or k > self.n or k - sh - spec.view_shift < 3:
+            return False
+        k_out = narrow_bits(self.g, readers[0].outputs[0], spec.out_shift, scale=spec.poly_scale) \
+            if spec.out_shift else None
+        if k_out is not None and k_out <= self.n and k_out <= k - sh:   # the widened input must fit the lookup's ring
             return False
         self.folded[out] = (x, sh, k)
         return True
