@@ -37,7 +37,7 @@ import numpy as np
 from fusec.ir import scalar_fn
 from fusec.ir.graph import Graph, Node
 from fusec.ir.nonlinear import CONTRACTIONS  # labels with |f(x)| <= |x|: row norms pass through
-from fusec.ir.ops import run_node
+from fusec.ir.ops import is_movement, run_node
 from fusec.passes.options import CompileOptions
 
 INF = math.inf
@@ -45,8 +45,8 @@ MARGIN = 2.0 ** -5        # relative widening of every bound (approximation erro
 ABS_MARGIN = 2.0 ** -6    # absolute widening (a few ulps at any useful scale)
 CONTRACT_WIDEN = 4.0      # default float input contract: calibrated max |x| times this
 
-MOVEMENT = {"Reshape", "Transpose", "Slice", "Concat", "Split", "Gather", "Expand", "Pad", "Im2Col", "Identity",
-            "Rescale", "Share", "Cast"}
+#: ops that move (or only rescale) values: data movement by its op category, plus these
+PASS_THROUGH = frozenset({"Rescale", "Share", "Cast"})
 
 
 @dataclass
@@ -206,7 +206,7 @@ class _Ranges:
     # -------------------------------------------------------------- rules
     def visit(self, n: Node) -> None:
         rule = RULES.get(n.op)
-        if n.op in MOVEMENT:
+        if is_movement(n.op) or n.op in PASS_THROUGH:
             out = self.movement(n)
         elif rule is not None:
             out = rule(self, n)

@@ -708,3 +708,58 @@ def test_scalar_gate_narrow_output_conditions():
     # the narrow gate is much smaller than the full-width one
     assert ScalarGate(1, spec, "packed", view_bits=15, out_view_bits=40).cost().key_bits \
         < ScalarGate(1, spec, "packed").cost().key_bits / 2
+
+
+# ============================================================================ MaxTreeNarrow
+from fusec.runtime.gates.compare import MaxTreeNarrow  # noqa: E402
+
+
+def _max_oracle(x: np.ndarray, s: int) -> np.ndarray:
+    """Row maxima of floor(x / 2^s) with Python ints (the tree's values, before carries)."""
+    return np.array([max(int(v) >> s for v in row) for row in x], dtype=np.int64)
+
+
+def _check_max(n: int, k: int, s: int, x: np.ndarray, masks=None):
+    """Run MaxTreeNarrow on rows x (signed, |x| < 2^(k-4) so the truncated values keep the
+    slack); exact for s = 0, within one ulp above for s > 0 (each truncation's carry)."""
+    g = MaxTreeNarrow(x.shape, n, 1, k, pre_shift=s)
+    got, cost, logs = measure_gate(g, x.reshape(-1), n, masks=masks)
+    d = got.reshape(-1) - _max_oracle(x, s)
+    assert (d == 0).all() if s == 0 else ((d >= 0) & (d <= 1)).all(), (n, k, s, d)
+    want = g.cost()
+    assert (cost.key_bits, cost.aes, cost.rounds) == (want.key_bits, want.aes, want.rounds)
+    assert logs[0].rounds == len(g.levels) + 1
+
+
+@pytest.mark.parametrize("s", [0, 2])
+def test_max_tree_narrow_every_pair_small(s):
+    """Every pair (a, b) of the valid range at n = 12, k = 8, under random and forced masks."""
+    n, k = 12, 8
+    q = 1 << (k - 4)
+    vals = np.arange(-q, q)
+    x = np.stack(np.meshgrid(vals, vals, indexing="ij"), axis=-1).reshape(-1, 2)
+    _check_max(n, k, s, x)
+    for m in forced_masks((x.size,), n):
+        _check_max(n, k, s, x, masks=[m])
+
+
+@pytest.mark.parametrize("n", [37, 50, 64])
+@pytest.mark.parametrize("s", [0, 12])
+def test_max_tree_narrow_random_wide(n, s):
+    k = 30
+    rng = np.random.default_rng(n + s)
+    q = 1 << (k - 4)
+    x = rng.integers(-q, q, size=(7, 13))
+    x[0] = q - 1
+    x[1] = -q
+    x[2, :2] = (-q, q - 1)
+    _check_max(n, k, s, x)
+    for m in forced_masks((x.size,), n):
+        _check_max(n, k, s, x, masks=[m])
+
+
+def test_max_tree_narrow_rejects_bad_views():
+    with pytest.raises(ParameterError):
+        MaxTreeNarrow((2, 4), 50, 1, 3)
+    with pytest.raises(ParameterError):
+        MaxTreeNarrow((2, 4), 50, 1, 50)

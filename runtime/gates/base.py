@@ -157,6 +157,20 @@ class Gate(ABC):
         return {"kind": self.kind, **params, "cost": self.cost().as_dict()}
 
 
+class KeyAcc:
+    """Both parties' keys of a composite gate, collected under the sub-gates' prefixes
+    during keygen: ``mask = acc.add("tr", sub.keygen(rng, masks))``."""
+
+    def __init__(self) -> None:
+        self.keys: tuple[Key, Key] = ({}, {})
+
+    def add(self, prefix: str, out):
+        mask, k0, k1 = out
+        self.keys[0].update(prefixed(prefix, k0))
+        self.keys[1].update(prefixed(prefix, k1))
+        return mask
+
+
 def check_width(bits: int, what: str) -> int:
     return ring.check_bits(bits, what)
 

@@ -247,10 +247,16 @@ class MaxTree(Gate):
         """(outs, k) view with the reduced axis last."""
         return np.moveaxis(v.reshape(self.shape), self.axis, -1).reshape(self.elements, self.k)
 
-    def keygen(self, rng: DealerRng, in_masks):
-        m = ring.mask(self.bits)
-        r = self._rows(np.asarray(in_masks[0], np.uint64) & m)
-        keys: tuple[dict, dict] = ({}, {})
+    def _input_rows(self, u, be):
+        """The public input as (outs, k) rows on the backend (the reduced axis last)."""
+        size = int(np.prod(np.shape(u), dtype=np.int64))
+        if size != self.elements * self.k:
+            raise ParameterError(f"max tree: input has {size} elements, shape {self.shape} expected")
+        return be.xp.moveaxis(u.reshape(self.shape), self.axis, -1).reshape(self.elements, self.k)
+
+    def levels_keygen(self, rng: DealerRng, r, bits: int, keys: tuple[dict, dict]):
+        """Keys of every level for mask rows ``r`` on a ``bits``-bit ring; the max's mask rows."""
+        m = ring.mask(bits)
         for i, g in enumerate(self.levels):
             p = r.shape[1] // 2
             ra, rb = r[:, 0:2 * p:2], r[:, 1:2 * p:2]
@@ -258,21 +264,27 @@ class MaxTree(Gate):
             keys[0].update(prefixed(f"l{i}", k0))
             keys[1].update(prefixed(f"l{i}", k1))
             r = np.concatenate([(r_relu.reshape(self.elements, p) + rb) & m, r[:, 2 * p:]], axis=1)
-        return r.reshape(self.out_shape), keys[0], keys[1]
+        return r
 
-    def eval(self, party: int, key: Key, inputs, be) -> EvalGen:
-        xp = be.xp
-        m = ring.mask(self.bits)
-        u = inputs[0]
-        size = int(np.prod(np.shape(u), dtype=np.int64))
-        if size != self.elements * self.k:
-            raise ParameterError(f"max tree: input has {size} elements, shape {self.shape} expected")
-        u = xp.moveaxis(u.reshape(self.shape), self.axis, -1).reshape(self.elements, self.k) & m
+    def levels_eval(self, party: int, key: Key, u, bits: int, be) -> EvalGen:
+        """Every level on public rows ``u`` (``bits``-bit ring): ``max(a, b) = ReLU(a - b) + b``."""
+        xp, m = be.xp, ring.mask(bits)
         for i, g in enumerate(self.levels):
             p = u.shape[1] // 2
             ua, ub = u[:, 0:2 * p:2], u[:, 1:2 * p:2]
             y = yield from g.eval(party, unprefixed(f"l{i}", key), [((ua - ub) & m).reshape(-1)], be)
             u = xp.concatenate([(y.reshape(self.elements, p) + ub) & m, u[:, 2 * p:]], axis=1)
+        return u
+
+    def keygen(self, rng: DealerRng, in_masks):
+        r = self._rows(np.asarray(in_masks[0], np.uint64) & ring.mask(self.bits))
+        keys: tuple[dict, dict] = ({}, {})
+        r = self.levels_keygen(rng, r, self.bits, keys)
+        return r.reshape(self.out_shape), keys[0], keys[1]
+
+    def eval(self, party: int, key: Key, inputs, be) -> EvalGen:
+        u = self._input_rows(inputs[0], be) & ring.mask(self.bits)
+        u = yield from self.levels_eval(party, key, u, self.bits, be)
         return u.reshape(self.out_shape)
 
     def cost(self) -> GateCost:
@@ -487,7 +499,8 @@ class MaxTreeNarrow(Gate):
             raise ParameterError(f"{self.kind}: view width {view_bits} (minus the shift {pre_shift}) must lie in "
                                  f"[4, {self.bits})")
         spec = relu_spec(self.view_bits, 0)
-        self.levels = [ScalarGate(g.elements, spec, lookup="shifted") for g in self._tree.levels]
+        self._tree.levels = [ScalarGate(g.elements, spec, lookup="shifted") for g in self._tree.levels]
+        self.levels = self._tree.levels
 
     def fields(self):
         out = []
@@ -514,16 +527,8 @@ class MaxTreeNarrow(Gate):
 
     def keygen(self, rng: DealerRng, in_masks):
         k, n = self.view_bits, self.bits
-        m = ring.mask(k)
-        r = self._tree._rows(self._view(np.asarray(in_masks[0], np.uint64)))
         keys: tuple[dict, dict] = ({}, {})
-        for i, g in enumerate(self.levels):
-            p = r.shape[1] // 2
-            ra, rb = r[:, 0:2 * p:2], r[:, 1:2 * p:2]
-            r_relu, k0, k1 = g.keygen(rng, [((ra - rb) & m).reshape(-1)])
-            keys[0].update(prefixed(f"l{i}", k0))
-            keys[1].update(prefixed(f"l{i}", k1))
-            r = np.concatenate([(r_relu.reshape(self.elements, p) + rb) & m, r[:, 2 * p:]], axis=1)
+        r = self._tree.levels_keygen(rng, self._tree._rows(self._view(np.asarray(in_masks[0], np.uint64))), k, keys)
         q = r.reshape(-1)
         r_out = rng.ring(self.elements, n)
         _shares(rng, n, keys, offset=r_out - q)
@@ -532,19 +537,9 @@ class MaxTreeNarrow(Gate):
 
     def eval(self, party: int, key: Key, inputs, be) -> EvalGen:
         from fusec.runtime.gates.truncation import widen_share  # noqa: PLC0415
-        xp = be.xp
         k, n = self.view_bits, self.bits
-        m = ring.mask(k)
-        u = inputs[0]
-        size = int(np.prod(np.shape(u), dtype=np.int64))
-        if size != self.elements * self.k:
-            raise ParameterError(f"max tree: input has {size} elements, shape {self.shape} expected")
-        u = self._view(xp.moveaxis(u.reshape(self.shape), self.axis, -1).reshape(self.elements, self.k))
-        for i, g in enumerate(self.levels):
-            p = u.shape[1] // 2
-            ua, ub = u[:, 0:2 * p:2], u[:, 1:2 * p:2]
-            y = yield from g.eval(party, unprefixed(f"l{i}", key), [((ua - ub) & m).reshape(-1)], be)
-            u = xp.concatenate([(y.reshape(self.elements, p) + ub) & m, u[:, 2 * p:]], axis=1)
+        u = self._view(self._tree._input_rows(inputs[0], be))
+        u = yield from self._tree.levels_eval(party, key, u, k, be)
         share = widen_share(party, u.reshape(-1), k, key["msb"], key["offset"], n)
         out = yield Open(share, n, scope="other")
         return out.reshape(self.out_shape)

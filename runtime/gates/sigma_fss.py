@@ -32,8 +32,8 @@ from fusec.runtime.xp import const, frozen, np
 from fusec.errors import ParameterError
 from fusec.runtime import dpf, ring
 from fusec.runtime.dpf import DpfKey, leaf_bits
-from fusec.runtime.gates.base import (EvalGen, FieldSpec, Gate, GateCost, Key, Open, check_width, prefixed,
-                                      unprefixed)
+from fusec.runtime.gates.base import (EvalGen, FieldSpec, Gate, GateCost, Key, KeyAcc, Open, check_width,
+                                      prefixed, unprefixed)
 from fusec.runtime.gates.compare import DReLU, MaxTree, Select
 from fusec.runtime.rng import DealerRng
 
@@ -89,19 +89,6 @@ def _flat_u(gate: Gate, u, bits: int):
 def _pick2(corr, z):
     """Row-wise ``corr[i, z_i]`` for a (N, 2) table and bits z (arithmetic, mod 2^64)."""
     return corr[:, 0] + z * (corr[:, 1] - corr[:, 0])
-
-
-class _Keys:
-    """Both parties' keys of a composite gate, filled under prefixes during keygen."""
-
-    def __init__(self) -> None:
-        self.keys: tuple[Key, Key] = ({}, {})
-
-    def add(self, prefix: str, out):
-        mask, k0, k1 = out
-        self.keys[0].update(prefixed(prefix, k0))
-        self.keys[1].update(prefixed(prefix, k1))
-        return mask
 
 
 # ----------------------------------------------------------------------------- truncation
@@ -266,7 +253,7 @@ class SigmaTrFloor(Gate):
         return self._tr.cost() + self._se.cost()
 
     def keygen(self, rng: DealerRng, in_masks):
-        acc = _Keys()
+        acc = KeyAcc()
         mid = acc.add("tr", self._tr.keygen(rng, in_masks))
         r_out = acc.add("se", self._se.keygen(rng, [mid]))
         return r_out, acc.keys[0], acc.keys[1]
@@ -416,7 +403,7 @@ class SigmaReLU(Gate):
 
     def keygen(self, rng: DealerRng, in_masks):
         r = _flat_mask(self, in_masks[0], self.bits)
-        acc = _Keys()
+        acc = KeyAcc()
         rho = acc.add("drelu", self.drelu.keygen(rng, [ring.lo(r, self.cmp_bits)]))
         r_out = acc.add("select", self.select.keygen(rng, [rho, r]))
         return r_out, acc.keys[0], acc.keys[1]

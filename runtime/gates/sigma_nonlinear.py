@@ -43,7 +43,7 @@ from fusec.runtime.xp import const, frozen, np
 from fusec.errors import ParameterError
 from fusec.runtime import ring
 from fusec.runtime.gates.arith import Mul
-from fusec.runtime.gates.base import (ZERO_COST, EvalGen, FieldSpec, Gate, GateCost, Key, Open,
+from fusec.runtime.gates.base import (ZERO_COST, EvalGen, FieldSpec, Gate, GateCost, Key, KeyAcc, Open,
                                       check_width, prefixed, unprefixed)
 from fusec.runtime.gates.compare import DReLU, IntervalContainment, LutDpf, Select
 from fusec.runtime.gates.sigma_fss import SigmaLut, SigmaTrunc
@@ -84,19 +84,6 @@ class _Composite(Gate):
 
     def _sub_keys(self, key: Key) -> dict[str, Key]:
         return {p: unprefixed(p, key) for p, _ in self._subs}
-
-
-class _KeyAcc:
-    """Collects both parties' sub-gate keys under their prefixes during keygen."""
-
-    def __init__(self) -> None:
-        self.keys: tuple[Key, Key] = ({}, {})
-
-    def add(self, prefix: str, out):
-        mask, k0, k1 = out
-        self.keys[0].update(prefixed(prefix, k0))
-        self.keys[1].update(prefixed(prefix, k1))
-        return mask
 
 
 def _encode(values: np.ndarray, scale: int) -> np.ndarray:
@@ -179,7 +166,7 @@ class SigmaNegExp(_Composite):
     def keygen(self, rng: DealerRng, in_masks):
         n = self.bits
         ry = (U64(0) - self._in_mask(in_masks)) & ring.mask(n)            # mask of y = -x
-        acc = _KeyAcc()
+        acc = KeyAcc()
         rho = acc.add("clip", self._clip.keygen(rng, [ring.lo(ry, self.in_bits)]))   # y - p: same mask
         r_c = acc.add("sel", self._sel.keygen(rng, [rho, ring.lo(ry, 16)]))          # + p: same mask
         r_l = acc.add("lut_lo", self._lut_lo.keygen(rng, [ring.lo(r_c, 8)]))
@@ -283,7 +270,7 @@ class SigmaInverse(_Composite):
     def keygen(self, rng: DealerRng, in_masks):
         k, s = self.view_bits, self.shift
         r = self._in_mask(in_masks)
-        acc = _KeyAcc()
+        acc = KeyAcc()
         ri = acc.add("tr", self._tr.keygen(rng, [ring.lo(r, k + s)])) if self._tr else ring.lo(r, k)
         r_out = acc.add("lut", self._lut.keygen(rng, [ri]))
         return r_out, acc.keys[0], acc.keys[1]
@@ -487,7 +474,7 @@ class SigmaRsqrt(_Composite):
     def keygen(self, rng: DealerRng, in_masks):
         w, k = self.y_bits, self.view_bits
         r = self._in_mask(in_masks)
-        acc = _KeyAcc()
+        acc = KeyAcc()
         rho = acc.add("exp", self._exp.keygen(rng, [r]))
         r_y, r_z = acc.add("scale", self._scale.keygen(rng, [rho, ring.lo(r, w)]))
         r_t = acc.add("tr", self._tr.keygen(rng, [r_y]))
