@@ -1,5 +1,5 @@
 """The model material: committed fixtures (tests/data), the bundled example
-(fusec/examples) and the builders in fusec/models.py.
+(fusec/examples) and the builders in fusec/models/.
 
 The fixture tests need only onnx + onnxruntime. Tests that build models import torch /
 transformers / scikit-learn through ``pytest.importorskip``; the slow ones (``-m slow``)

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Regenerate the committed model fixtures (tests/data) and the bundled example
-(fusec/examples) with the builders in fusec/models.py.
+(fusec/examples) with the builders in fusec/models/.
 
     pip install torch --index-url https://download.pytorch.org/whl/cpu
     pip install transformers onnxscript scikit-learn
