@@ -2,8 +2,9 @@
 
 Each test compiles an ONNX file (the committed fixtures: torch exports of random-weight
 bert-tiny from both exporters, a 2-layer GPT-2, digits classifiers trained on
-scikit-learn's digits), runs dealer + P0 + P1 (threads, real keys, real opens), and
-compares the decoded output with onnxruntime on the original file.
+scikit-learn's digits, whose test split is committed too), runs dealer + P0 + P1
+(threads, real keys, real opens), and compares the decoded output with onnxruntime on the
+original file. None of them needs torch, transformers or scikit-learn.
 """
 from __future__ import annotations
 
@@ -64,12 +65,9 @@ def _digits_accuracy(model, X, y, tmp_path, **opts):
 
 
 def test_digits_mlp_argmax_agreement_on_the_test_split(tmp_path):
-    from sklearn.datasets import load_digits  # noqa: PLC0415
-    from sklearn.model_selection import train_test_split  # noqa: PLC0415
-
-    X, y = load_digits(return_X_y=True)
-    _, Xt, _, yt = train_test_split(X, y, test_size=0.25, random_state=0)
-    Xt = (Xt / 16.0).astype(np.float32)
+    # the committed test split (the MLP's own, flattened; test_models checks it is sklearn's)
+    with np.load(DATA / "digits_cnn_test.npz") as z:
+        Xt, yt = z["X_test"].reshape(-1, 64), z["y_test"]
     agree, acc = _digits_accuracy(EXAMPLES / "digits_mlp.onnx", Xt, yt, tmp_path)
     info = json.loads((EXAMPLES / "digits_sample.json").read_text())
     assert agree >= 0.995, agree
