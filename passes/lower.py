@@ -28,6 +28,7 @@ from fusec.runtime.gates.base import Gate
 from fusec.runtime.gates.compare import MaxTree, MaxTreeNarrow
 from fusec.runtime.gates.linear import Add, AddPublic, MatMulPublic, MulPublic
 from fusec.runtime.gates.movement import Rearrange, SumAxis
+from fusec.runtime.gates.mul_narrow import MulNarrow, View
 from fusec.runtime.gates.scalar import ScalarGate
 from fusec.runtime.gates.truncation import ArsOneRound, TruncateNarrow, TruncateSlack
 from fusec.runtime.graph import GateGraph
@@ -57,6 +58,7 @@ class _Lowering:
         self.g, self.o, self.n = graph, opts, opts.bits
         self.out = Lowered(GateGraph())
         self.folded: dict[str, tuple[str, int, int]] = {}   # rescaled tensor -> (raw tensor, shift, view bits)
+        self.folded_mul: dict[str, tuple[str, View]] = {}   # rescaled tensor read by products -> (raw, view)
 
     # ------------------------------------------------------------------ helpers
     def add(self, gid: str, gate: Gate, inputs: list[str], node: Node) -> str:
@@ -146,8 +148,10 @@ class _Lowering:
         out = node.outputs[0]
         shape, N = self.shape(out), int(np.prod(self.shape(out)))
         if self.secret(a) and self.secret(b):
-            wa, wb = self.broadcast(node, a, shape, "bcast0"), self.broadcast(node, b, shape, "bcast1")
-            self.out.wire[out] = self.add(node.name, Mul(N, self.n), [wa, wb], node)
+            (ra, va), (rb, vb) = (self.folded_mul.get(t, (t, None)) for t in (a, b))
+            wa, wb = self.broadcast(node, ra, shape, "bcast0"), self.broadcast(node, rb, shape, "bcast1")
+            gate = Mul(N, self.n) if va is None and vb is None else MulNarrow(N, self.n, va, vb, square=a == b)
+            self.out.wire[out] = self.add(node.name, gate, [wa, wb], node)
             return
         x, c = (a, b) if self.secret(a) else (b, a)
         wx = self.broadcast(node, x, shape, "bcast")
@@ -311,7 +315,7 @@ class _Lowering:
             return
         if self.o.gates == "sigma":
             gate = lower_sigma.rescale_gate(N, sh, self.o)
-        elif self.fold_into_scalar(node, x, sh):
+        elif self.fold_into_scalar(node, x, sh) or self.fold_into_products(node, x, sh):
             return
         else:
             gate = self.truncation(node, x, N, sh)
@@ -338,6 +342,22 @@ class _Lowering:
         self.folded[out] = (x, sh, k)
         return True
 
+    def fold_into_products(self, node: Node, x: str, sh: int) -> bool:
+        """A rescale read only by products of two secrets costs no round: each product reads
+        the unrescaled wire through the free truncation's view (:class:`MulNarrow`), e.g.
+        layer norm's ``x - mean`` in its square and in ``d * r``."""
+        out = node.outputs[0]
+        readers = self.g.consumers(out)
+        if out in self.g.outputs or not readers or any(
+                r.op != "Mul" or r.attrs.get("at") == "client" or not all(self.secret(t) for t in r.inputs[:2])
+                for r in readers):
+            return False
+        k = narrow_bits(self.g, x, sh)
+        if k is None or k - sh < 3 or k > self.n or self.n <= k - sh:
+            return False
+        self.folded_mul[out] = (x, View(k, sh))
+        return True
+
     def truncation(self, node: Node, x: str, N: int, sh: int) -> Gate:
         """Free truncation on the proven width, widened under slack (one round, no DCF);
         the full-ring exact ARS where no width is proven (with a note naming the tensor)."""
@@ -350,9 +370,11 @@ class _Lowering:
 
     def share(self, node: Node) -> None:
         from fusec.runtime.gates.arith import Input  # noqa: PLC0415
+        from fusec.runtime.gates.public_input import PublicInput  # noqa: PLC0415
         out = node.outputs[0]
         owner = node.attrs.get("owner", 1)
-        self.out.wire[out] = self.add(node.name, Input(int(np.prod(self.shape(out))), self.n, owner), [], node)
+        kind = PublicInput if node.attrs.get("role") == "public" else Input    # public role: zero mask
+        self.out.wire[out] = self.add(node.name, kind(int(np.prod(self.shape(out))), self.n, owner), [], node)
         self.out.inputs[node.name] = (node.inputs[0], owner)
 
     def identity(self, node: Node) -> None:

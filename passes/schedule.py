@@ -36,7 +36,7 @@ def scope_of(ir_attrs: dict, kind: str) -> str:
     sc = nonlinear_scope(ir_attrs.get("label"))
     if sc != "other":
         return sc
-    if kind in ("matmul", "matmul_public", "mul"):
+    if kind in ("matmul", "matmul_public", "mul", "mul_narrow"):
         return "linear"
     if kind.startswith("truncate") or kind.startswith("ars"):
         return "rescale"
