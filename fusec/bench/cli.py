@@ -1,0 +1,124 @@
+"""The bench's command line: ``fusec bench`` (the user's command, registered by
+:mod:`fusec.cli`) and the worker processes it starts, ``python -m fusec.bench serve|keygen``.
+
+Both are click commands; a user error prints one line and exits with status 2.
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from fusec.errors import FusecError
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise FusecError(f"{flag} {text!r} is not a comma-separated list of integers", f"for example {flag} 1,2,4,8") \
+            from None
+
+
+@click.command()
+@click.option("--model", "models", default="bert-base,gpt2", show_default=True,
+              help="comma-separated presets (bert-base, gpt2, bert-tiny, gpt2-tiny) and/or .onnx files")
+@click.option("--seq", "seqs", default="128", show_default=True, help="sequence lengths (comma-separated)")
+@click.option("--batch", "batches", default="1", show_default=True, help="true batch sizes (compile-time shape)")
+@click.option("--seq-sweep", default="", help="extra sequence lengths, run at the smallest --batch only")
+@click.option("--internal-batch", default=4, show_default=True, help="key sets evaluated back to back per timed step")
+@click.option("--gates", "gate_sets", default="fused,sigma", show_default=True, help="gate sets to compare")
+@click.option("--gpus", default="1", show_default=True,
+              help="1: both parties on GPU 0; 2: party p on GPU p (comma-separated to run both); gpu backend only")
+@click.option("--backend", default="cpu", show_default=True, type=click.Choice(["cpu", "gpu"]))
+@click.option("--warmup", default=1, show_default=True, help="untimed steps first")
+@click.option("--repeat", default=5, show_default=True, help="timed steps (the median is reported)")
+@click.option("--layers", type=int, help="override the presets' number of layers (quick runs; recorded)")
+@click.option("--bits", type=int, help="ring width n (default: 50, 37 for the tiny presets)")
+@click.option("--workdir", type=click.Path(file_okay=False), help="models, builds, logs (default: a temp dir)")
+@click.option("--keys-dir", type=click.Path(file_okay=False),
+              help="where key files go (default WORKDIR/keys); tens of GB per configuration; prefer a disk "
+                   "to tmpfs, whose files take the RAM the parties need")
+@click.option("--keys", "keys_mode", default="auto", show_default=True,
+              type=click.Choice(["auto", "upfront", "per-step"]),
+              help="generate all key sets first, or each step's right before it (auto: up front if they fit)")
+@click.option("--dealers", default=1, show_default=True,
+              help="dealer processes in parallel (up-front keys then go in one file pair per step); "
+                   "each needs about 4.5x a key set (per party) of memory")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="results (default WORKDIR/bench.json)")
+@click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), help="also write the markdown tables")
+@click.option("--padding-ablation", is_flag=True, help="add fused gates without mask-independent padding (INSECURE)")
+@click.option("--timeout", default=1800.0, show_default=True, help="seconds any one stage or step may take")
+@click.option("--keep-going", is_flag=True, help="record a failed configuration and go on instead of stopping")
+def bench(models, seqs, batches, seq_sweep, internal_batch, gate_sets, gpus, backend, warmup, repeat, layers, bits,
+          workdir, keys_dir, keys_mode, dealers, json_path, markdown_path, padding_ablation, timeout,
+          keep_going) -> None:
+    """End-to-end benchmark: export, compile, keygen, P0 and P1 as processes; JSON (+ markdown)."""
+    from fusec.bench.plan import BenchOptions
+    from fusec.bench.presets import resolve_model
+    from fusec.bench.run import run_bench
+    from fusec.run3 import workdir as mkwd
+
+    wd = mkwd(workdir)
+    opts = BenchOptions(
+        models=[resolve_model(m.strip(), layers, bits) for m in models.split(",") if m.strip()],
+        seqs=_int_list(seqs, "--seq"), batches=_int_list(batches, "--batch"),
+        seq_sweep=_int_list(seq_sweep, "--seq-sweep"), internal_batch=internal_batch,
+        gates=[g.strip() for g in gate_sets.split(",") if g.strip()], gpus=_int_list(gpus, "--gpus"),
+        backend=backend, warmup=warmup, repeat=repeat, workdir=wd, keys_dir=Path(keys_dir) if keys_dir else None,
+        keys_mode=keys_mode, dealers=dealers, padding_ablation=padding_ablation, timeout=timeout, keep_going=keep_going,
+        json_path=Path(json_path) if json_path else wd / "bench.json",
+        markdown_path=Path(markdown_path) if markdown_path else None,
+        command="fusec " + shlex.join(sys.argv[1:]))
+    click.echo(f"workdir {wd}; results -> {opts.json_path}", err=True)
+    run_bench(opts, echo=lambda s: click.echo(s, err=True))
+    click.echo(str(opts.json_path))
+
+
+# ---------------------------------------------------------------------- the processes the bench starts
+@click.group(name="python -m fusec.bench", context_settings={"help_option_names": ["-h", "--help"]})
+def workers() -> None:
+    """The processes ``fusec bench`` starts (not meant to be run by hand)."""
+
+
+@workers.command()
+@click.argument("build", type=click.Path(file_okay=False))
+@click.option("--party", type=click.IntRange(0, 1), required=True)
+@click.option("--listen", help="host:port to accept the peer on (port 0: any free port)")
+@click.option("--peer", help="host:port of the listening peer")
+@click.option("--backend", default="cpu", show_default=True, type=click.Choice(["cpu", "gpu"]))
+@click.option("--timeout", default=600.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="seconds without progress before giving up")
+@click.option("--connect-retry", default=120.0, show_default=True, type=click.FloatRange(min=0))
+@click.option("--seed", default=0, show_default=True, help="seed of the random *inputs* (keys use the CSPRNG)")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False),
+              help="write every step's record here at the end (JSON)")
+def serve(build, party, listen, peer, backend, timeout, connect_retry, seed, out_path) -> None:
+    """One party's long-lived worker of a benchmark configuration (JSON lines on stdin/stdout)."""
+    from fusec.bench.worker import serve as run
+
+    sys.exit(run(build, party, listen, peer, backend, timeout, connect_retry, seed, out_path))
+
+
+@workers.command()
+@click.argument("build", type=click.Path(file_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(file_okay=False))
+@click.option("--count", required=True, type=click.IntRange(min=1))
+@click.option("--backend", default="cpu", show_default=True, type=click.Choice(["cpu", "gpu"]),
+              help="where the dealer computes")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False))
+@click.option("--no-fsync", "durable", flag_value=False, default=True,
+              help="do not flush the files to disk (the bench deletes its keys after each step)")
+def keygen(build, out, count, backend, json_path, durable) -> None:
+    """The dealer, timed from inside."""
+    from fusec.bench.keygen import keygen as run
+
+    sys.exit(run(build, out, count, backend, json_path, durable))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m fusec.bench``: the workers' entry point (exits with the worker's status;
+    a usage error exits 2 with click's one-line message)."""
+    workers.main(args=argv, prog_name="python -m fusec.bench")

@@ -1,0 +1,143 @@
+"""The bench's JSON as markdown for BENCHMARKS.md: date, machine, exact command, method, one
+row per configuration (skips with their reasons), fused/SIGMA ratios and per-scope tables.
+``bench/table.py`` and ``fusec bench --markdown`` both use :func:`render_markdown`."""
+from __future__ import annotations
+
+from fusec.bench.merge import scope_metric
+from fusec.bench.util import gb, secs, unique
+
+
+def _machine_line(m: dict) -> str:
+    gpus = m.get("gpus") or []
+    where = (f"{len(gpus)} x {gpus[0]}" if gpus and len(set(gpus)) == 1 else ", ".join(gpus)) if gpus else "no GPU"
+    mem = f", {m['memory_bytes'] / 2**30:.0f} GiB RAM" if m.get("memory_bytes") else ""
+    vers = ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items())
+    return f"{where}; CPU {m.get('cpu')}, {m.get('cores')} cores{mem}; {vers}"
+
+
+def _ran(doc: dict) -> list[dict]:
+    return [r for r in doc["results"] if "online" in r]
+
+
+def _row(rec: dict) -> list[str]:
+    c = rec["config"]
+    gates = c["gates"] if c.get("padded", True) else f"{c['gates']} (no padding, INSECURE)"
+    head = [c.get("label", c["model"]), str(c["seq"]), str(c["batch"]),
+            gates, "-" if c["gpus"] is None else str(c["gpus"])]
+    if "skipped" in rec:
+        return head + [f"skipped ({rec.get('skip_kind')})"] + ["-"] * 7
+    on, kg = rec["online"], rec["keygen"]
+    return head + [secs(on["per_batch"]["online_seconds"]), _spread(on), secs(on["per_inference"]["online_seconds"]),
+                   gb(on["per_inference"]["bytes_sent"]), f"{on['per_batch']['rounds']:.0f}",
+                   secs(kg["per_inference"]["seconds"]), gb(kg["per_inference"]["key_bytes_per_party"]),
+                   f"{on['tokens_per_second']:,.1f}"]
+
+
+def _spread(online: dict) -> str:
+    """Range of the timed steps' online times around their median, e.g. "-3% / +5%":
+    how much to trust a row (other load on the machine shows up here)."""
+    times = [s["online_seconds"] for s in online["steps"] if not s.get("warmup")]
+    med = online["per_step"]["online_seconds"]
+    if not times or not med:
+        return "-"
+    return f"{(min(times) / med - 1) * 100:+.0f}% / {(max(times) / med - 1) * 100:+.0f}%"
+
+
+def _table(header: list[str], align: str, rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "| " + " | ".join("---:" if a == "r" else "---" for a in align) + " |",
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def _pairs(doc: dict) -> dict[tuple, dict[str, dict]]:
+    """(model label, seq, batch, gpus) -> {gate label: record} over the measured records."""
+    out: dict[tuple, dict[str, dict]] = {}
+    for r in _ran(doc):
+        c = r["config"]
+        label = c["gates"] if c.get("padded", True) else f"{c['gates']}-unpadded"
+        out.setdefault((c.get("label", c["model"]), c["seq"], c["batch"], c["gpus"]), {})[label] = r
+    return out
+
+
+def _speedups(doc: dict) -> list[str]:
+    rows = []
+    for (model, seq, batch, gpus), by in _pairs(doc).items():
+        if "fused" in by and "sigma" in by:
+            f, s = by["fused"], by["sigma"]
+            ratio = lambda get: f"{get(s) / get(f):.2f}x" if get(f) else "-"  # noqa: E731
+            rows.append([model, str(seq), str(batch), "-" if gpus is None else str(gpus),
+                         secs(f["online"]["per_batch"]["online_seconds"]),
+                         secs(s["online"]["per_batch"]["online_seconds"]),
+                         ratio(lambda r: r["online"]["per_batch"]["online_seconds"]),
+                         ratio(lambda r: r["online"]["per_batch"]["bytes_sent"]),
+                         ratio(lambda r: r["online"]["per_batch"]["rounds"]),
+                         ratio(lambda r: r["keygen"]["per_batch"]["key_bytes_per_party"])])
+    if not rows:
+        return []
+    return ["", "Fused against SIGMA-style gates (ratio = sigma / fused; above 1 means fused is better):", "",
+            *_table(["model", "seq", "batch", "GPUs", "online fused", "online sigma", "time", "bytes", "rounds",
+                     "key"], "lrrrrrrrrr", rows)]
+
+
+def _scope_rows(by: dict[str, dict], times: list[str]) -> list[list[str]]:
+    """Rows of a per-scope table: every time metric and the bytes, per gate set; then what
+    no scope accounts for, and the totals."""
+    labels = list(by)
+    sc_of = {lab: by[lab]["online"]["scopes_per_batch"] for lab in labels}
+    scopes = unique(sc for lab in labels for sc in sc_of[lab])
+    rows = [[sc] + [cell for lab in labels for cell in (
+        *(secs(sc_of[lab].get(sc, {}).get(t)) for t in times), gb(scope_metric(sc_of[lab].get(sc, {}), "bytes")))]
+        for sc in scopes]
+    rest = {lab: by[lab]["online"]["per_batch"]["online_seconds"] - sum(
+        scope_metric(m, "seconds") for m in sc_of[lab].values()) for lab in labels}
+    rows.append(["rest (in no scope)"] + [cell for lab in labels
+                                          for cell in (secs(max(0.0, rest[lab])), *[""] * len(times))])
+    rows.append(["**online (total)**"] + [cell for lab in labels for cell in (
+        secs(by[lab]["online"]["per_batch"]["online_seconds"]), *[""] * (len(times) - 1),
+        gb(by[lab]["online"]["per_batch"]["bytes_sent"]))])
+    return rows
+
+
+def _scope_tables(doc: dict) -> list[str]:
+    """Per model and GPU count, one table at the smallest batch and the most common
+    sequence length (the configuration the per-scope plot shows). Time columns are
+    whatever per-scope seconds the runtime reports (compute, wire, ...)."""
+    out = []
+    pairs = _pairs(doc)
+    seqs = [seq for (_, seq, _, _) in pairs]
+    for (model, seq, batch, gpus), by in pairs.items():
+        smallest = min(b for (m, s, b, g) in pairs if (m, s, g) == (model, seq, gpus))
+        if len(by) < 2 or batch != smallest or seq != max(set(seqs), key=seqs.count):
+            continue
+        times = sorted({k for r in by.values() for m in r["online"]["scopes_per_batch"].values()
+                        for k in m if "seconds" in k})
+        names = [t.removesuffix("_seconds") for t in times] + ["bytes"]
+        where = "CPU" if gpus is None else f"{gpus} GPU(s)"
+        out += ["", f"By scope, {model}, seq {seq}, batch {batch}, {where} (per batch; each time is the slower "
+                    f"party's, so they may add up to a little more than the online time; bytes: both parties):", "",
+                *_table(["scope"] + [f"{lab} {n}" for lab in by for n in names],
+                        "l" + "r" * len(names) * len(by), _scope_rows(by, times))]
+    return out
+
+
+def render_markdown(doc: dict) -> str:
+    """The JSON as markdown for BENCHMARKS.md: date, machine, exact command, method, one
+    row per configuration (skips with their reasons), fused/sigma ratios, per-scope tables."""
+    st = doc["settings"]
+    rows = [_row(r) for r in doc["results"]]
+    lines = [f"## End to end: `fusec bench` ({doc['date'][:10]})", "",
+             f"- Date: {doc['date']}",
+             f"- Machine: {_machine_line(doc['machine'])}; backend `{st['backend']}`",
+             f"- Command: `{doc['command']}`",
+             f"- Method: random weights; per configuration {st['warmup']} untimed warm-up step(s), then the median "
+             f"of {st['repeat']} timed steps; a step evaluates {st['internal_batch']} key set(s) (internal batch) "
+             f"back to back over one TCP connection. Online time is the slower party's, bytes are "
+             f"both parties' sends, rounds per key set. Per batch = one forward of the true batch (one key set); per "
+             f"inference = per batch / true batch; tokens/s = batch x internal batch x seq / step time. Keygen is "
+             f"the dealer's time per key set; key bytes are per party.", "",
+             *_table(["model", "seq", "batch", "gates", "GPUs", "online / batch", "steps min / max",
+                      "online / inference", "bytes / inference", "rounds", "keygen / inference",
+                      "key / inference / party", "tokens/s"], "lrrlrrrrrrrrr", rows)]
+    skipped = [r for r in doc["results"] if "skipped" in r]
+    if skipped:
+        lines += ["", "Skipped:"] + [f"- {r['config']['name']}: {' '.join(r['skipped'].split())}" for r in skipped]
+    return "\n".join(lines + _speedups(doc) + _scope_tables(doc)) + "\n"

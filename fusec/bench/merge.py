@@ -1,0 +1,77 @@
+"""Merging the two parties' records of a step, and the medians over the timed steps (DESIGN §7).
+
+Per step, a latency is the slower party's (``max``), bytes are both parties' sends added
+(``sum``), rounds the larger count (``max``); then each metric's median over the timed
+steps. The same rules apply to every per-scope metric (any key with ``bytes`` in its name
+is summed, anything else is a max), so metrics the runtime adds later are merged without
+touching this file."""
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from fusec.bench.failures import BenchError
+from fusec.bench.util import unique
+
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def merge_value(key: str, a: Any, b: Any) -> Any:
+    """Both parties' values of one metric: bytes add up, everything else (latencies,
+    rounds) is the larger. A metric one party lacks (None) is the other's."""
+    if a is None or b is None:
+        return b if a is None else a
+    return a + b if "bytes" in key else max(a, b)
+
+
+def merge_parties(p0: dict, p1: dict) -> dict:
+    """One step as both parties saw it -> one step of the protocol (see the module doc)."""
+    out: dict[str, Any] = {"step": p0.get("step"), "warmup": bool(p0.get("warmup"))}
+    for key in unique([*p0, *p1]):
+        a, b = p0.get(key), p1.get(key)
+        if key == "scopes":
+            out[key] = {scope: {m: merge_value(m, (a or {}).get(scope, {}).get(m), (b or {}).get(scope, {}).get(m))
+                                for m in unique([*(a or {}).get(scope, {}), *(b or {}).get(scope, {})])}
+                        for scope in unique([*(a or {}), *(b or {})])}
+        elif key not in out and (is_number(a) or is_number(b)):
+            out[key] = merge_value(key, a, b)
+    return out
+
+
+def _median(values: list) -> Any:
+    known = [v for v in values if v is not None]
+    return statistics.median(known) if known else None
+
+
+def _scaled(metrics: dict, by: float, keep: tuple[str, ...] = ()) -> dict:
+    return {k: (v if k in keep or v is None else v / by) for k, v in metrics.items()}
+
+
+def summarize(steps: list[dict], batch: int, internal_batch: int, seq: int) -> dict:
+    """Median over the timed (non-warm-up) merged steps, per step, per batch (one key set)
+    and per inference; tokens/s; per-scope medians per batch."""
+    timed = [s for s in steps if not s.get("warmup")]
+    if not timed:
+        raise BenchError("no timed step to summarize", "use --repeat >= 1")
+    keys = unique(k for s in timed for k, v in s.items() if is_number(v) and k != "step")
+    per_step = {k: _median([s.get(k) for s in timed]) for k in keys}
+    scope_names = unique(sc for s in timed for sc in s.get("scopes", {}))
+    scopes = {}
+    for sc in scope_names:
+        metrics = unique(m for s in timed for m in s.get("scopes", {}).get(sc, {}))
+        med = {m: _median([s.get("scopes", {}).get(sc, {}).get(m, 0) for s in timed]) for m in metrics}
+        scopes[sc] = _scaled(med, internal_batch)
+    per_batch = _scaled(per_step, internal_batch)
+    per_inference = _scaled(per_batch, batch, keep=("rounds",))
+    secs = per_step.get("online_seconds")
+    return {"steps_timed": len(timed), "per_step": per_step, "per_batch": per_batch, "per_inference": per_inference,
+            "tokens_per_second": batch * internal_batch * seq / secs if secs else None,
+            "scopes_per_batch": scopes}
+
+
+def scope_metric(metrics: dict, kind: str) -> float:
+    """A scope's seconds (``kind='seconds'``) or bytes (``'bytes'``) under whatever key the
+    runtime used (``seconds``, ``bytes_sent``, ...); 0 when it reports none."""
+    return sum(v for k, v in metrics.items() if kind in k and v is not None)

@@ -1,0 +1,123 @@
+"""What to run: the options of ``fusec bench`` and the grid of configurations they span."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from fusec.bench.presets import ModelSpec
+from fusec.bench.util import unique
+from fusec.errors import FusecError
+
+GATE_SETS = ("fused", "sigma")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One configuration: what is compiled (model, seq, batch, gates, padding) and where
+    the parties run (GPUs; None on the CPU backend)."""
+
+    model: ModelSpec
+    seq: int
+    batch: int
+    gates: str
+    gpus: int | None
+    padded: bool = True
+
+    @property
+    def gate_label(self) -> str:
+        return self.gates if self.padded else f"{self.gates}-unpadded"
+
+    @property
+    def name(self) -> str:
+        where = "cpu" if self.gpus is None else f"{self.gpus}gpu"
+        return f"{self.model.label}/seq{self.seq}/b{self.batch}/{self.gate_label}/{where}"
+
+    @property
+    def slug(self) -> str:
+        return self.name.replace("/", "_")
+
+    @property
+    def build_slug(self) -> str:
+        """Builds do not depend on where the parties run: one compile serves every GPU count."""
+        return f"{self.model.label}_n{self.model.bits}_seq{self.seq}_b{self.batch}_{self.gate_label}"
+
+    def as_dict(self, opts: "BenchOptions") -> dict:
+        return {"name": self.name, "model": self.model.name, "label": self.model.label, "model_file": self.model.path,
+                "layers": self.model.layers, "seq": self.seq, "batch": self.batch,
+                "internal_batch": opts.internal_batch, "gates": self.gates, "padded": self.padded,
+                "gpus": self.gpus, "backend": opts.backend, "bits": self.model.bits,
+                "warmup": opts.warmup, "repeat": opts.repeat}
+
+
+@dataclass
+class BenchOptions:
+    """Everything ``fusec bench`` was asked to do (also recorded in the JSON)."""
+
+    models: list[ModelSpec]
+    seqs: list[int] = field(default_factory=lambda: [128])
+    batches: list[int] = field(default_factory=lambda: [1])
+    seq_sweep: list[int] = field(default_factory=list)
+    internal_batch: int = 4
+    gates: list[str] = field(default_factory=lambda: list(GATE_SETS))
+    gpus: list[int] = field(default_factory=lambda: [1])
+    backend: str = "cpu"
+    warmup: int = 1
+    repeat: int = 5
+    workdir: Path = Path("bench-work")
+    keys_dir: Path | None = None
+    keys_mode: str = "auto"
+    dealers: int = 1
+    padding_ablation: bool = False
+    timeout: float = 1800.0
+    keep_going: bool = False
+    json_path: Path | None = None
+    markdown_path: Path | None = None
+    command: str = ""
+
+    @property
+    def steps(self) -> int:
+        return self.warmup + self.repeat
+
+    @property
+    def key_root(self) -> Path:
+        return Path(self.keys_dir) if self.keys_dir else Path(self.workdir) / "keys"
+
+    def validate(self) -> None:
+        if not self.models:
+            raise FusecError("no model to benchmark", "pass --model bert-base,gpt2 (or a path to an .onnx file)")
+        bad = [g for g in self.gates if g not in GATE_SETS]
+        if bad:
+            raise FusecError(f"unknown gate set(s) {', '.join(bad)}", f"choose from {', '.join(GATE_SETS)}")
+        if self.backend not in ("cpu", "gpu"):
+            raise FusecError(f"unknown backend {self.backend!r}", "choose cpu or gpu")
+        if any(g not in (1, 2) for g in self.gpus):
+            raise FusecError(f"--gpus takes 1 (both parties on GPU 0) or 2 (one GPU each), got {self.gpus}")
+        if self.keys_mode not in ("auto", "upfront", "per-step"):
+            raise FusecError(f"--keys {self.keys_mode!r}: choose auto, upfront or per-step")
+        for what, values in (("--seq", self.seqs + self.seq_sweep), ("--batch", self.batches),
+                             ("--internal-batch", [self.internal_batch]), ("--repeat", [self.repeat])):
+            if not values or min(values) < 1:
+                raise FusecError(f"{what} needs positive integers, got {values}")
+        if self.dealers < 1:
+            raise FusecError(f"--dealers must be >= 1, got {self.dealers}")
+        if self.warmup < 0:
+            raise FusecError(f"--warmup must be >= 0, got {self.warmup}")
+
+    def settings(self) -> dict:
+        d = {k: v for k, v in asdict(self).items() if k not in ("models", "command")}
+        d["models"] = [asdict(m) for m in self.models]
+        return json.loads(json.dumps(d, default=str))
+
+
+def plan_cases(opts: BenchOptions) -> list[Case]:
+    """The grid ``seq x batch`` (plus ``--seq-sweep`` at the smallest batch) for every model,
+    gate set and GPU count, then the padding ablation (fused without mask-independent
+    padding, first seq, smallest batch). Ordered so that one build serves consecutive cases."""
+    small = min(opts.batches)
+    shapes = unique([(s, b) for s in opts.seqs for b in opts.batches] + [(s, small) for s in opts.seq_sweep])
+    where = list(opts.gpus) if opts.backend == "gpu" else [None]
+    cases = [Case(m, s, b, g, w) for m in opts.models for s, b in shapes for g in opts.gates for w in where]
+    if opts.padding_ablation:
+        cases += [Case(m, opts.seqs[0], small, "fused", w, padded=False) for m in opts.models for w in where]
+    return cases
