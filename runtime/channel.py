@@ -6,6 +6,12 @@ party but not to be well-behaved, so every frame length is bounded (``max_frame`
 every blocking step has a timeout: a dead or stalled peer must surface as a
 :class:`PeerError` that says what to do, never as a hang.
 
+Every receive can be given a ``limit``: the exact or largest payload the caller expects
+at that step (the schedule knows each round's size; a hello is a few hundred bytes). A
+frame whose length prefix is over the limit is refused from the prefix alone, before a
+byte of it is allocated, so a peer (or anyone who reaches ``--listen``) cannot make a
+server allocate gigabytes by announcing them.
+
 Counting: every frame is recorded in :attr:`Channel.stats` under a profiling scope.
 Bytes are what goes on the wire above TLS: for :class:`TcpChannel` the payload plus the
 8-byte header (``frame_overhead``); for :class:`LocalChannel` the payload only (there is
@@ -16,7 +22,6 @@ A channel is used by one thread at a time; it is not safe to call it concurrentl
 from __future__ import annotations
 
 import abc
-import json
 import queue
 import re
 import selectors
@@ -26,7 +31,7 @@ import struct
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Union
+from typing import Union
 
 import numpy as np
 
@@ -34,8 +39,6 @@ from fusec.errors import ParameterError, PeerError
 
 Buffer = Union[bytes, bytearray, memoryview, np.ndarray]
 _HDR = struct.Struct("<Q")
-_HELLO = b"fusec-hello/1\n"     # marks a fusec peer: garbage or another program fails fast
-_HELLO_MAX = 1 << 20            # a hello is small; never allocate a garbage length for it
 DEFAULT_MAX_FRAME = 64 << 30
 _SMALL = 1 << 16                # payloads up to this go out in one send with their header
 _SOCK_BUF = 4 << 20
@@ -105,6 +108,10 @@ class Channel(abc.ABC):
 
     def _run(self, out: memoryview | None, recv: bool, limit: int | None = None):
         """A transfer; after a failure the stream is out of sync, so the channel stays broken."""
+        if limit is not None:
+            if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0:
+                raise ParameterError(f"receive limit must be a non-negative int, got {limit!r}")
+            limit = int(limit)
         if self._broken is not None:
             raise PeerError(f"channel is unusable: {self._broken}",
                             "a failed send/receive leaves the stream out of sync; reconnect")
@@ -130,42 +137,20 @@ class Channel(abc.ABC):
         self._run(view, False)
         self._count(scope, len(view), None)
 
-    def recv(self, scope: str = "other") -> bytearray:
-        """Receive one frame. Returns a (writable) bytearray: no extra copy of large frames."""
-        got = self._run(None, True)
+    def recv(self, scope: str = "other", limit: int | None = None) -> bytearray:
+        """Receive one frame of at most ``limit`` bytes (default: the channel's maximum).
+        Returns a (writable) bytearray: no extra copy of large frames."""
+        got = self._run(None, True, limit)
         self._count(scope, None, len(got))
         return got
 
-    def exchange(self, data: Buffer, scope: str = "other") -> bytearray:
-        """Send our frame and receive the peer's concurrently; counts one round."""
+    def exchange(self, data: Buffer, scope: str = "other", limit: int | None = None) -> bytearray:
+        """Send our frame and receive the peer's (at most ``limit`` bytes) concurrently;
+        counts one round."""
         view = _as_view(data)
-        got = self._run(view, True)
+        got = self._run(view, True, limit)
         self._count(scope, len(view), len(got), rounds=1)
         return got
-
-    def handshake(self, info: dict[str, Any], expect: dict[str, Any] | None = None) -> dict:
-        """Exchange JSON hellos; return the peer's. ``expect`` checks keys of the peer's
-        hello (party id, layout hash, key-set id) so a mismatch fails before any secret."""
-        payload = _HELLO + json.dumps(info, sort_keys=True).encode()
-        view = memoryview(payload)
-        got = self._run(view, True, _HELLO_MAX)
-        self._count("handshake", len(view), len(got), rounds=1)
-        peer: Any = None
-        if got.startswith(_HELLO):
-            try:
-                peer = json.loads(got[len(_HELLO):])
-            except ValueError:
-                pass
-        if not isinstance(peer, dict):
-            raise PeerError("peer is not a fusec party (unexpected handshake message)",
-                            "check that --peer/--listen point at the other fusec party")
-        for key, want in (expect or {}).items():
-            if peer.get(key) != want:
-                raise PeerError(f"peer is not the expected party/layout: {key} is "
-                                f"{peer.get(key)!r}, expected {want!r}",
-                                "run both parties with key files of the same key set, "
-                                "one as party 0 and one as party 1")
-        return peer
 
     def close(self) -> None:
         """Release the connection (idempotent); the peer's next receive fails "closed"."""
@@ -204,6 +189,8 @@ class LocalChannel(Channel):
                             ) from None
         if got is _CLOSED:
             raise PeerError("peer closed the connection", "see the other party's error")
+        if limit is not None and len(got) > limit:
+            raise _oversized("peer", len(got), limit)
         return got
 
     def close(self) -> None:
@@ -232,6 +219,42 @@ def parse_address(s: str) -> tuple[str, int]:
     if port > 65535:
         raise ParameterError(f"bad port {port} in address {s!r}", "ports are 0..65535")
     return host, port
+
+
+_TLS_HINT = ("both servers need --tls-cert/--tls-key/--tls-ca, certificates signed by that CA and valid "
+             "now, the listener's for the host name in --peer (or --tls-server-name)")
+_TLS_ALERTS = {   # OpenSSL's reason for an alert the peer sent us: what it means for the user
+    "TLSV1_ALERT_UNKNOWN_CA": "the peer does not trust the CA that signed our certificate",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "the peer refused our certificate as expired",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the peer refused our certificate",
+    "SSLV3_ALERT_CERTIFICATE_UNKNOWN": "the peer refused our certificate",
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the peer requires a client certificate",
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": "the peer refused the TLS handshake",
+    "WRONG_VERSION_NUMBER": "the peer does not speak TLS (is it started without --tls-*?)",
+    "HTTP_REQUEST": "the peer does not speak TLS",
+    "TLSV1_ALERT_DECRYPT_ERROR": "the peer could not verify our certificate's signature",
+}
+
+
+def _tls_failed(peer: str, e: BaseException) -> PeerError:
+    """One line for a failed TLS handshake: whose certificate, and why."""
+    if isinstance(e, ssl.SSLCertVerificationError):
+        why = (e.verify_message or str(e)).rstrip(".")
+        return PeerError(f"TLS: the certificate of {peer} was refused: {why}", _TLS_HINT)
+    reason = getattr(e, "reason", None)
+    if reason in _TLS_ALERTS:
+        return PeerError(f"TLS with {peer} failed: {_TLS_ALERTS[reason]}", _TLS_HINT)
+    if isinstance(e, (ConnectionError, ssl.SSLEOFError, socket.timeout)):
+        return PeerError(f"TLS with {peer} failed: the peer closed the connection during the handshake "
+                         f"({e.__class__.__name__})", _TLS_HINT)
+    return PeerError(f"TLS handshake with {peer} failed: {e}", _TLS_HINT)
+
+
+def _oversized(who: str, size: int, limit: int) -> PeerError:
+    return PeerError(f"{who} announced a {size}-byte frame where at most {limit} bytes were "
+                     f"expected; refused before reading it",
+                     "the peer is not a fusec party of this build and version, or the stream "
+                     "is corrupt")
 
 
 def _fmt(host: str, port: int) -> str:
@@ -303,12 +326,13 @@ class TcpChannel(Channel):
                 sock = ssl_context.wrap_socket(sock, server_hostname=server_hostname or host)
             except (ssl.SSLError, OSError) as e:
                 sock.close()
-                raise PeerError(f"TLS handshake with {addr} failed: {e}",
-                                "both parties need TLS enabled and matching certificates") from e
+                raise _tls_failed(addr, e) from None
         return cls(sock, addr, timeout, max_frame)
 
     # --- the pump -----------------------------------------------------------------------
     def _fail(self, what: str, e: BaseException | None = None) -> PeerError:
+        if isinstance(e, ssl.SSLError) and getattr(e, "reason", None) in _TLS_ALERTS:
+            return _tls_failed(self.peer, e)   # TLS 1.3: a refused client certificate shows here
         if isinstance(e, (ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError)) or e is None:
             return PeerError(f"peer {self.peer} closed the connection {what}",
                              "the other party stopped; see its log for the reason")
@@ -354,11 +378,7 @@ class TcpChannel(Channel):
                     if not len(rv) and body is None:
                         (size,) = _HDR.unpack(hdr)
                         if size > limit:
-                            raise PeerError(
-                                f"peer {self.peer} announced a {size}-byte frame, over the "
-                                f"limit of {limit} bytes", "the peer is not a fusec party of "
-                                "this version or the stream is corrupt; raise max_frame if "
-                                "the frame is genuine")
+                            raise _oversized(f"peer {self.peer}", size, limit)
                         body = bytearray(size)
                         rv = memoryview(body) if size else None
                     elif not len(rv):
@@ -423,8 +443,7 @@ class TcpListener:
                 sock = self._ctx.wrap_socket(sock, server_side=True)
             except (ssl.SSLError, OSError) as e:
                 sock.close()
-                raise PeerError(f"TLS handshake with {peer} failed: {e}",
-                                "both parties need TLS enabled and matching certificates") from e
+                raise _tls_failed(peer, e) from None
         return TcpChannel(sock, peer, timeout, max_frame)
 
     def close(self) -> None:

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from fusec.runtime.backend import Backend, get_backend
 from fusec.runtime.graph import GateGraph
-from fusec.runtime.keyfile import KeyFileWriter, new_key_set_id
+from fusec.runtime.keyfile import new_key_set_id, new_pairing_secret
+from fusec.runtime.keyio import KeyFileWriter
 
 
 def write_keys(graph: GateGraph, out_dir: str | os.PathLike, count: int = 1,
@@ -15,7 +16,8 @@ def write_keys(graph: GateGraph, out_dir: str | os.PathLike, count: int = 1,
     """Generate ``count`` key sets (one per inference) into ``p0.key`` and ``p1.key``.
 
     ``seed`` is for reproducible tests only; without it the CSPRNG is seeded from the OS.
-    Both files carry the same fresh key-set id, so servers can tell matching files apart.
+    Both files carry the same fresh key-set id (what the servers' reuse ledgers are keyed
+    by) and the same fresh pairing secret (what each server's hello proves to the other).
     ``backend`` picks where the dealer computes (the GPU dealer draws the same CSPRNG
     stream, so for a test seed both dealers write identical files). ``durable=False``
     skips the fsync of the finished files: for keys a benchmark deletes right after use,
@@ -26,10 +28,10 @@ def write_keys(graph: GateGraph, out_dir: str | os.PathLike, count: int = 1,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     layout = graph.layout()
-    ksid = new_key_set_id()
+    ksid, secret = new_key_set_id(), new_pairing_secret()  # OS CSPRNG, even with a test seed
     paths = (out / "p0.key", out / "p1.key")
-    with KeyFileWriter(paths[0], layout, 0, ksid, count, durable) as w0, \
-            KeyFileWriter(paths[1], layout, 1, ksid, count, durable) as w1, \
+    with KeyFileWriter(paths[0], layout, 0, ksid, count, durable, pairing_secret=secret) as w0, \
+            KeyFileWriter(paths[1], layout, 1, ksid, count, durable, pairing_secret=secret) as w1, \
             be.activate():
         rng = be.dealer_rng(seed)
         slots = {s.gate_id: s for s in layout.slots}

@@ -6,6 +6,11 @@ an open (or done), packs every pending share to its ring width into *one* messag
 it with the peer, and hands each generator its reconstructed value. Both parties run the
 same deterministic schedule, so the messages line up without any framing per open; a
 length mismatch means the two sides run different programs and is reported as such.
+
+The schedule also fixes the exact size of the peer's message in every round; it is given
+to the exchange as the receive limit, so a longer frame is refused from its length
+prefix before anything is allocated for it (runtime/channel.py), and a shorter one when
+it is unpacked.
 """
 from __future__ import annotations
 
@@ -19,7 +24,9 @@ from fusec.errors import PeerError
 from fusec.runtime import ring
 from fusec.runtime.gates.base import EvalGen, Open
 
-Exchange = Callable[[bytes, str], bytes]
+Exchange = Callable[[bytes, str, int], bytes]
+"""``exchange(ours, scope, expect)``: send our message, return the peer's, which must
+not be longer than ``expect`` bytes (the channel refuses a longer one unread)."""
 
 
 @dataclass
@@ -78,10 +85,9 @@ def _expected(requests: list[Open], who: int) -> int:
     return sum(ring.packed_size(int(np.prod(np.shape(r.share))), r.bits) for r in requests if r.sender in (None, who))
 
 
-def _unpack(requests: list[Open], party: int, peer_bytes: bytes, be) -> list:
+def _unpack(requests: list[Open], party: int, peer_bytes: bytes, need: int, be) -> list:
     """The reconstructed value of every open of the round (peer bytes copied over once)."""
     peer = 1 - party
-    need = _expected(requests, peer)
     if len(peer_bytes) != need:
         raise PeerError(f"peer sent {len(peer_bytes)} bytes in a round where {need} were expected",
                         "both parties must run the same build with key files from the same keygen run")
@@ -146,8 +152,9 @@ def _drive(gens, exchange: Exchange, party: int, be, log: RoundLog | None, on_do
         scope = reqs[0].scope
         t0 = time.perf_counter()
         mine = _pack(reqs, party, be)
-        theirs = exchange(mine, scope)
-        vals = _unpack(reqs, party, theirs, be)
+        need = _expected(reqs, 1 - party)
+        theirs = exchange(mine, scope, need)
+        vals = _unpack(reqs, party, theirs, need, be)
         if log is not None:
             log.add(scope, len(mine), time.perf_counter() - t0)
         pos = 0

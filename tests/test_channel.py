@@ -246,35 +246,36 @@ def test_oversized_frame_rejected():
                 ch.recv()
 
 
-def test_handshake(tcp):
-    a, b = tcp
-    ia = {"party": 0, "layout": "abc123", "keyset": "k1"}
-    ib = {"party": 1, "layout": "abc123", "keyset": "k1"}
-    ra, rb = both(lambda: a.handshake(ia), lambda: b.handshake(ib, expect={"party": 0}))
-    assert ra == ib and rb == ia
-    assert a.stats["handshake"].rounds == 1 and a.stats["handshake"].messages_recv == 1
-    p0, p1 = local_channel_pair(timeout=5)
-    with pytest.raises(PeerError, match="expected party/layout: layout"):
-        both(lambda: p0.handshake({"layout": "A"}, expect={"layout": "A"}),
-             lambda: p1.handshake({"layout": "B"}, expect={"layout": "A"}))
+def test_receive_limit_refuses_from_the_length_prefix_without_allocating():
+    """A frame announced longer than the caller's limit is refused from its 8-byte prefix:
+    neither the announced size nor anything near it is allocated (tracemalloc), at once."""
+    import tracemalloc
 
-
-def test_handshake_rejects_non_fusec_peer():
     srv, port = raw_server()
     with srv:
         ch = TcpChannel.connect("127.0.0.1", port, timeout=5, retry_for=5)
         conn, _ = srv.accept()
         with ch, conn:
-            body = json.dumps({"party": 1}).encode()    # JSON, but without the hello marker
-            conn.sendall(struct.pack("<Q", len(body)) + body)
-            with pytest.raises(PeerError, match="not a fusec party"):
-                ch.handshake({"party": 0})
-        ch2 = TcpChannel.connect("127.0.0.1", port, timeout=5, retry_for=5)
-        conn2, _ = srv.accept()
-        with ch2, conn2:
-            conn2.sendall(b"GET / HTTP/1.1\r\n\r\n")    # garbage length: refused, not allocated
-            with pytest.raises(PeerError, match="frame"):
-                ch2.handshake({"party": 0})
+            conn.sendall(struct.pack("<Q", 1 << 40))    # a terabyte announced where 100 bytes are due
+            tracemalloc.start()
+            t0 = time.perf_counter()
+            try:
+                with pytest.raises(PeerError, match=f"{1 << 40}-byte frame where at most 100 bytes"):
+                    ch.exchange(b"ours", "open", 100)
+                peak = tracemalloc.get_traced_memory()[1]
+            finally:
+                tracemalloc.stop()
+            assert peak < 1 << 20 and time.perf_counter() - t0 < 2.0
+            assert recv_exact(conn, 8 + 4) == struct.pack("<Q", 4) + b"ours"   # ours still went out
+            with pytest.raises(PeerError, match="unusable"):                # the stream is out of sync now
+                ch.recv()
+    # a frame exactly at the limit passes; the in-process channel applies the same limit
+    a, b = local_channel_pair(timeout=5)
+    assert both(lambda: a.exchange(b"12345", "x", 5), lambda: b.exchange(b"", "x", 5)) == (b"", b"12345")
+    with pytest.raises(PeerError, match="6-byte frame where at most 5"):
+        both(lambda: a.exchange(b"", "x", 5), lambda: b.exchange(b"123456", "x", 0))
+    with pytest.raises(ParameterError):
+        a.exchange(b"", "x", -1)
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -327,11 +328,9 @@ def test_tls_smoke(tmp_path):
         ga, gb = both(lambda: [a.exchange(m) for m in (b"x", big_a, b"")],
                       lambda: [b.exchange(m) for m in (b"", big_b, b"yz")])
         assert ga == [b"", big_b, b"yz"] and gb == [b"x", big_a, b""]
-        assert both(lambda: a.handshake({"p": 0}), lambda: b.handshake({"p": 1})) == (
-            {"p": 1}, {"p": 0})
     # a plain-TCP client against a TLS server fails with a PeerError, not a hang
     with TcpListener("127.0.0.1", 0, server_ctx) as lst:
         port = lst.port
         with pytest.raises(PeerError):
             both(lambda: lst.accept(timeout=1, accept_timeout=WAIT),
-                 lambda: TcpChannel.connect("127.0.0.1", port, 1, retry_for=5).handshake({}))
+                 lambda: TcpChannel.connect("127.0.0.1", port, 1, retry_for=5).exchange(b"x", "x", 10))

@@ -8,17 +8,25 @@ import numpy as np
 import pytest
 
 from fusec.errors import FusecError, KeyFileError, KeyReuseError, ParameterError
-from fusec.runtime.keyfile import (
-    KeyFile,
-    KeyFileWriter,
-    KeySetReader,
-    new_key_set_id,
-    read_header,
-    used_path,
-)
+from fusec.runtime.keyfile import new_key_set_id, new_pairing_secret
+from fusec.runtime.keyio import KeyFile, KeyFileWriter, KeySetReader, read_header
 from fusec.runtime.layout import GateSlot, KeyField, KeyLayout, pack_gate_key, unpack_gate_key
+from fusec.runtime.ledger import default_state_dir
 
 K = 3
+SECRET = new_pairing_secret()
+
+
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path, monkeypatch):
+    """Each test's own server state directory (the reuse ledger), outside the key folder."""
+    d = tmp_path / "state"
+    monkeypatch.setenv("FUSEC_STATE_DIR", str(d))
+    return d
+
+
+def ledger_dir(state_dir, ksid: bytes, party: int):
+    return state_dir / "used" / f"{ksid.hex()}.p{party}"
 
 
 def make_layout(bits_c: int = 50) -> KeyLayout:
@@ -65,7 +73,7 @@ def write_pair(tmp_path, layout, n=K, seed=1, stream_p1=True):
     written = {0: [], 1: []}
     paths = {b: tmp_path / "keys" / f"p{b}.key" for b in (0, 1)}
     for b in (0, 1):
-        with KeyFileWriter(paths[b], layout, b, ksid, n) as w:
+        with KeyFileWriter(paths[b], layout, b, ksid, n, pairing_secret=SECRET) as w:
             for i in range(n):
                 keys = random_keys(layout, rng)
                 written[b].append(keys)
@@ -340,12 +348,14 @@ def test_corrupted_set_detected_only_when_claimed(tmp_path):
     assert kf.used_sets() == [0, 2]  # the corrupted set was not recorded as used
 
 
-@pytest.mark.parametrize("where", ["party", "digest", "ksid", "count", "setbytes", "setsum", "headsum", "padding"])
+@pytest.mark.parametrize("where", ["party", "digest", "ksid", "secret", "count", "setbytes", "setsum", "headsum",
+                                   "padding"])
 def test_corrupted_header(tmp_path, where):
     lay = make_layout()
     paths, _, _ = write_pair(tmp_path, lay)
-    offset = {"party": 10, "digest": 20, "ksid": 50, "count": 59, "setbytes": 64,
-              "setsum": 71 + 32 + 5, "headsum": 71 + 32 * K + 1, "padding": 71 + 32 * K + 40}[where]
+    # offsets from the format table in runtime/keyfile.py's docstring
+    offset = {"party": 10, "digest": 20, "ksid": 50, "secret": 70, "count": 91, "setbytes": 96,
+              "setsum": 103 + 32 + 5, "headsum": 103 + 32 * K + 1, "padding": 103 + 32 * K + 40}[where]
     flip_byte(paths[0], offset)
     with pytest.raises(KeyFileError, match="corrupted"):
         KeyFile.open(paths[0], lay, 0)
@@ -363,14 +373,15 @@ def test_bad_magic_and_version(tmp_path):
         KeyFile.open(paths[0], lay, 0)
 
 
-def test_reuse_refused_across_objects(tmp_path):
+def test_reuse_refused_across_objects(tmp_path, state_dir):
     lay = make_layout()
     paths, written, ksid = write_pair(tmp_path, lay)
     kf = KeyFile.open(paths[0], lay, 0)
     r = kf.claim(0)
-    # mark-then-use: the record is on disk before any key is read
-    rec = json.loads(used_path(paths[0]).read_text())
-    assert rec["used"] == [0] and rec["key_set_id"] == ksid.hex()
+    # mark-then-use: the record is in the state directory before any key is read
+    assert sorted(p.name for p in ledger_dir(state_dir, ksid, 0).iterdir()) == ["0"]
+    assert json.loads((ledger_dir(state_dir, ksid, 0) / "0").read_text())["key_file"] == str(paths[0])
+    assert sorted(p.name for p in paths[0].parent.iterdir()) == ["p0.key", "p1.key"]  # nothing beside the file
     with pytest.raises(KeyReuseError, match="key set 0 of .* was already used") as e:
         kf.claim(0)
     assert "difference of two inputs" in str(e.value) and "fusec keygen" in str(e.value)
@@ -394,13 +405,19 @@ def test_reuse_refused_across_objects(tmp_path):
     assert not isinstance(e.value, KeyReuseError)
 
 
-def test_unreadable_used_record_is_refused(tmp_path):
+def test_tampered_used_record_is_refused(tmp_path, state_dir):
     lay = make_layout()
-    paths, _, _ = write_pair(tmp_path, lay, n=2)
-    used_path(paths[0]).write_text("{not json")
+    paths, _, ksid = write_pair(tmp_path, lay, n=2)
     kf = KeyFile.open(paths[0], lay, 0)
-    with pytest.raises(KeyFileError, match="unreadable"):
-        kf.claim(0)
+    kf.claim(0)
+    for junk in ("notes.txt", "2", "01"):       # not a set index of this file (2 sets: 0..1)
+        (ledger_dir(state_dir, ksid, 0) / junk).write_text("")
+        with pytest.raises(KeyFileError, match="refusing to guess"):
+            kf.claim(1)
+        with pytest.raises(KeyFileError, match="refusing to guess"):
+            kf.next_unused()
+        (ledger_dir(state_dir, ksid, 0) / junk).unlink()
+    kf.claim(1)
 
 
 def test_fresh_keygen_at_same_path_resets_record(tmp_path):
@@ -445,12 +462,12 @@ def test_writer_rejects_bad_input_and_leaves_no_file(tmp_path):
     bad["g3.mul"]["rz"] = bad["g3.mul"]["rz"].copy()
     bad["g3.mul"]["rz"][4] = np.uint64(1) << np.uint64(50)
     with pytest.raises(KeyFileError, match=r"g3\.mul.*'rz'.*does not fit in 50 bits"):
-        with KeyFileWriter(path, lay, 0, ksid, 1) as w:
+        with KeyFileWriter(path, lay, 0, ksid, 1, pairing_secret=SECRET) as w:
             w.write_set(0, bad)
     assert not path.exists()
     assert list(tmp_path.iterdir()) == []  # temp file removed
     # gates out of order in the streaming API
-    w = KeyFileWriter(path, lay, 0, ksid, 2)
+    w = KeyFileWriter(path, lay, 0, ksid, 2, pairing_secret=SECRET)
     w.begin_set(0)
     with pytest.raises(KeyFileError, match=r"expected gate 'g0\.cmp'.*got 'g1\.lut'"):
         w.write_gate("g1.lut", keys["g1.lut"])
@@ -466,7 +483,7 @@ def test_writer_rejects_bad_input_and_leaves_no_file(tmp_path):
     assert not path.exists()
     assert list(tmp_path.iterdir()) == []
     # sets in any order, each once
-    with KeyFileWriter(path, lay, 1, ksid, 2) as w:
+    with KeyFileWriter(path, lay, 1, ksid, 2, pairing_secret=SECRET) as w:
         w.write_set(1, keys)
         with pytest.raises(KeyFileError, match="already written"):
             w.write_set(1, keys)
@@ -476,9 +493,11 @@ def test_writer_rejects_bad_input_and_leaves_no_file(tmp_path):
     assert_keys_equal(read_all(kf.claim(1), lay), keys)
     # parameter checks
     with pytest.raises(ParameterError):
-        KeyFileWriter(tmp_path / "x.key", lay, 0, b"short", 1)
+        KeyFileWriter(tmp_path / "x.key", lay, 0, b"short", 1, pairing_secret=SECRET)
     with pytest.raises(ParameterError):
-        KeyFileWriter(tmp_path / "x.key", lay, 0, ksid, 0)
+        KeyFileWriter(tmp_path / "x.key", lay, 0, ksid, 0, pairing_secret=SECRET)
+    with pytest.raises(ParameterError, match="pairing secret"):
+        KeyFileWriter(tmp_path / "x.key", lay, 0, ksid, 1, pairing_secret=b"short")
 
 
 def test_set_checksum_is_chunked_blake2b_and_catches_every_chunk(tmp_path, monkeypatch):
@@ -519,3 +538,109 @@ def test_claim_rereads_a_set_it_did_not_just_verify(tmp_path):
     kf.verify_set(1)
     assert_keys_equal(read_all(kf.claim(0), lay), written[1][0])
     assert_keys_equal(read_all(kf.claim(1), lay), written[1][1])
+
+
+# --------------------------------------------------------------------------- the reuse ledger
+def test_a_copied_key_file_is_the_same_key_set(tmp_path):
+    """Copying (or renaming) a key file does not make its used sets fresh again: the
+    ledger is keyed by the dealer's key-set id, not by the path."""
+    import shutil
+
+    lay = make_layout()
+    paths, written, _ = write_pair(tmp_path, lay, n=2)
+    KeyFile.open(paths[0], lay, 0).claim(0)
+    copy = tmp_path / "elsewhere" / "renamed.key"
+    copy.parent.mkdir()
+    shutil.copy(paths[0], copy)
+    kf = KeyFile.open(copy, lay, 0)
+    assert kf.used_sets() == [0] and kf.next_unused() == 1
+    with pytest.raises(KeyReuseError, match="already used"):
+        kf.claim(0)
+    paths[0].unlink()                                 # the original gone: still refused
+    for leftover in tmp_path.rglob("*.used"):         # nothing a user could delete beside it
+        leftover.unlink()
+    with pytest.raises(KeyReuseError):
+        KeyFile.open(copy, lay, 0).claim(0)
+    assert_keys_equal(read_all(kf.claim(1), lay), written[0][1])
+
+
+def test_state_dir_follows_the_environment_and_the_argument(tmp_path, monkeypatch):
+    lay = make_layout()
+    paths, _, ksid = write_pair(tmp_path, lay, n=2)
+    monkeypatch.delenv("FUSEC_STATE_DIR")
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert default_state_dir() == tmp_path / "xdg" / "fusec"
+    KeyFile.open(paths[0], lay, 0).claim(0)
+    assert (tmp_path / "xdg" / "fusec" / "used" / f"{ksid.hex()}.p0" / "0").exists()
+    kf = KeyFile.open(paths[0], lay, 0, state_dir=tmp_path / "other")      # explicit: another record
+    assert kf.next_unused() == 0 and kf.ledger.path.parent.parent == tmp_path / "other"
+
+
+def test_unusable_state_dir_is_a_clear_error(tmp_path, monkeypatch):
+    lay = make_layout()
+    paths, _, _ = write_pair(tmp_path, lay, n=1)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    kf = KeyFile.open(paths[0], lay, 0, state_dir=blocker / "state")
+    with pytest.raises(KeyFileError, match="cannot keep the record of used key sets") as e:
+        kf.ledger.ensure()
+    assert "--state-dir" in str(e.value)
+    with pytest.raises(KeyFileError, match="cannot keep the record"):
+        kf.claim(0)
+
+
+def test_concurrent_claims_of_one_set_only_one_wins(tmp_path):
+    """Two servers with copies of one file claim the same set at once: O_EXCL lets one."""
+    import threading
+
+    lay = make_layout()
+    paths, _, _ = write_pair(tmp_path, lay, n=1)
+    files = [KeyFile.open(paths[0], lay, 0) for _ in range(8)]
+    start, won, lost = threading.Barrier(len(files)), [], []
+
+    def go(kf):
+        start.wait()
+        try:
+            kf.claim(0)
+            won.append(kf)
+        except KeyReuseError:
+            lost.append(kf)
+
+    ts = [threading.Thread(target=go, args=(kf,)) for kf in files]
+    [t.start() for t in ts]
+    [t.join(30) for t in ts]
+    assert len(won) == 1 and len(lost) == len(files) - 1
+
+
+# --------------------------------------------------------------------------- what a key path may be
+def test_key_path_fifo_device_and_symlink_loop_refused_without_blocking(tmp_path):
+    lay = make_layout()
+    fifo = tmp_path / "p0.key"
+    os.mkfifo(fifo)                      # opening it for reading would wait for a writer forever
+    with pytest.raises(KeyFileError, match="is a FIFO, not a regular file"):
+        KeyFile.open(fifo, lay, 0)
+    with pytest.raises(KeyFileError, match="is a FIFO"):
+        read_header(fifo)
+    with pytest.raises(KeyFileError, match="is a device, not a regular file"):
+        KeyFile.open("/dev/zero", lay, 0)
+    a, b = tmp_path / "a.key", tmp_path / "b.key"
+    a.symlink_to(b)
+    b.symlink_to(a)
+    with pytest.raises(KeyFileError, match="symbolic link loop"):
+        KeyFile.open(a, lay, 0)
+    with pytest.raises(KeyFileError, match="is a directory"):
+        KeyFile.open(tmp_path, lay, 0)
+    # a symlink to a real key file is fine
+    paths, _, _ = write_pair(tmp_path, lay, n=1)
+    link = tmp_path / "link.key"
+    link.symlink_to(paths[0])
+    assert KeyFile.open(link, lay, 0).count == 1
+
+
+def test_pairing_secret_is_in_both_files_and_not_in_repr(tmp_path):
+    lay = make_layout()
+    paths, _, _ = write_pair(tmp_path, lay, n=1)
+    h0, h1 = read_header(paths[0]), read_header(paths[1])
+    assert h0.pairing_secret == h1.pairing_secret == SECRET
+    assert SECRET.hex() not in repr(h0) and str(SECRET) not in repr(h0)
+    assert KeyFile.open(paths[1], lay, 1).pairing_secret == SECRET

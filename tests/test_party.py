@@ -19,11 +19,27 @@ from fusec.runtime.party import open_keys, run_party
 N, BITS, F = 6, 50, 12
 
 
+@pytest.fixture(autouse=True)
+def state_dir(tmp_path, monkeypatch):
+    """The servers' state directory (reuse ledger) of each test, inherited by subprocesses."""
+    d = tmp_path / "state"
+    monkeypatch.setenv("FUSEC_STATE_DIR", str(d))
+    return d
+
+
+def used(state_dir, key_path, party):
+    """Sets recorded as used for ``key_path``'s keygen run, read from the ledger's files."""
+    from fusec.runtime.keyio import read_header
+
+    d = state_dir / "used" / f"{read_header(key_path).key_set_id}.p{party}"
+    return sorted(int(p.name) for p in d.iterdir()) if d.exists() else []
+
+
 def fusec(*args, timeout=120):
     return subprocess.run([sys.executable, "-m", "fusec", *args], capture_output=True, text=True, timeout=timeout)
 
 
-def test_three_processes_over_loopback(tmp_path):
+def test_three_processes_over_loopback(tmp_path, state_dir):
     """`fusec demo` runs the dealer, P0 and P1 as separate processes over TCP."""
     r = fusec("demo", "--elements", str(N), "--workdir", str(tmp_path), "--seed", "3")
     assert r.returncode == 0, r.stderr + r.stdout
@@ -34,7 +50,8 @@ def test_three_processes_over_loopback(tmp_path):
     gel = 0.5 * h * (1 + np.vectorize(__import__("math").erf)(h / np.sqrt(2)))
     assert np.max(np.abs(np.array(out["outputs"]["gelu_out"]) - gel)) < 2e-3
     assert abs(out["outputs"]["max_out"][0] - max(0, h.max())) < 2e-3
-    assert (tmp_path / "p0.key.used").exists() and (tmp_path / "p1.key.used").exists()
+    assert used(state_dir, tmp_path / "p0.key", 0) == [0] and used(state_dir, tmp_path / "p1.key", 1) == [0]
+    assert not list(tmp_path.glob("*.used"))        # the record is the server's, not beside the key file
 
 
 def _run_pair(graph, paths, inputs, be_timeout=10.0):
@@ -69,7 +86,7 @@ def test_key_reuse_refused_and_count(tmp_path):
         assert not err and res[1].key_set == expect_set
     with pytest.raises(KeyFileError, match="used"):
         open_keys(g, 0, paths[0])
-    from fusec.runtime.keyfile import KeyFile
+    from fusec.runtime.keyio import KeyFile
     with pytest.raises(KeyReuseError):
         KeyFile.open(paths[0], g.layout(), 0).claim(0)
 
@@ -118,9 +135,9 @@ def test_bytes_sent_do_not_depend_on_inputs(tmp_path):
         for p, ch in ((0, c0), (1, c1)):
             orig = ch.exchange
 
-            def spy(data, scope="other", _orig=orig, _p=p):
+            def spy(data, scope="other", limit=None, _orig=orig, _p=p):
                 per_round[_p].append(len(data))
-                return _orig(data, scope)
+                return _orig(data, scope, limit)
             ch.exchange = spy
         res = {}
 
