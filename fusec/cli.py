@@ -10,6 +10,7 @@ import click
 import numpy as np
 
 from fusec.errors import FusecError
+from fusec.party_cli import party_options
 
 
 def main() -> None:
@@ -38,18 +39,6 @@ def main() -> None:
 @click.version_option(package_name="fusec")
 def cli() -> None:
     """fusec: compile models to two-party FSS secure inference."""
-
-
-def _check_endpoint(listen, peer) -> None:
-    if (listen is None) == (peer is None):
-        raise FusecError("give exactly one of --listen and --peer", "P0 usually listens, P1 connects with --peer")
-
-
-def _channel(listen, peer, timeout: float, connect_retry: float):
-    from fusec.runtime.channel import TcpChannel, parse_address
-
-    return TcpChannel.listen(*parse_address(listen), timeout=timeout) if listen else \
-        TcpChannel.connect(*parse_address(peer), timeout=timeout, retry_for=connect_retry)
 
 
 @cli.command()
@@ -123,41 +112,12 @@ def demo_keygen(elements, bits, frac, count, out) -> None:
 @click.option("--elements", default=8)
 @click.option("--n", "bits", default=50)
 @click.option("--f", "frac", default=12)
-@click.option("--party", type=click.IntRange(0, 1), required=True)
-@click.option("--keys", "key_path", required=True, type=click.Path())
-@click.option("--listen", help="host:port to accept the peer on")
-@click.option("--peer", help="host:port of the listening peer")
-@click.option("--input", "input_path", type=click.Path(), help=".npy with this party's private vector")
-@click.option("--output", "output_path", type=click.Path(), help="write received outputs as JSON")
-@click.option("--timeout", default=60.0, show_default=True, help="seconds without progress before giving up")
-@click.option("--connect-retry", default=30.0, show_default=True, help="seconds to keep retrying --peer while it starts")
-@click.option("--backend", default="cpu", show_default=True)
-def demo_run(elements, bits, frac, party, key_path, listen, peer, input_path, output_path, timeout, connect_retry,
-             backend) -> None:
-    """One server of the demo graph."""
+@party_options
+def demo_run(elements, bits, frac, server) -> None:
+    """One server of the demo graph (--input: .npy vector; --output: JSON)."""
     from fusec import demo as d
-    from fusec.runtime import ring
-    from fusec.runtime.backend import get_backend
-    from fusec.runtime.party import open_keys, run_party
 
-    _check_endpoint(listen, peer)
-    graph = d.build_graph(elements, bits, frac)
-    kf, idx = open_keys(graph, party, key_path)       # every key check before any socket
-    inputs = {}
-    if input_path:
-        vec = np.load(input_path)
-        if vec.shape != (elements,):
-            raise FusecError(f"input {input_path} has shape {vec.shape}, the program expects ({elements},)")
-        inputs["w" if party == 0 else "x"] = ring.encode_fixed(vec, frac, bits)
-    be = get_backend(backend)
-    ch = _channel(listen, peer, timeout, connect_retry)
-    with ch:
-        res = run_party(graph, party, kf, idx, ch, inputs, be)
-    outs = {k: ring.decode_fixed(v, frac, bits).tolist() for k, v in res.outputs.items()}
-    summary = {"party": party, "key_set": res.key_set, "online_seconds": res.online_seconds,
-               "rounds": res.rounds, "bytes_sent": res.bytes_sent, "outputs": outs}
-    if output_path:
-        Path(output_path).write_text(json.dumps(summary))
+    summary = d.serve(server, elements, bits, frac)
     click.echo(json.dumps({k: v for k, v in summary.items() if k != "outputs"}))
 
 
@@ -212,7 +172,11 @@ def compile_options(f):
         click.option("--seq", type=int, help="fix the sequence-length dimension"),
         click.option("--input-shape", "input_shape", multiple=True, help="NAME=D1xD2... (overrides --batch/--seq)"),
         click.option("--public-input", "public_input", multiple=True,
-                     help="NAME=FILE.npy: an input fixed at compile time (default: attention_mask = ones)"),
+                     help="NAME=FILE.npy: an input fixed at compile time (role constant; default: attention_mask "
+                          "= ones, token_type_ids = zeros, position_ids = arange)"),
+        click.option("--input-role", "input_role", multiple=True,
+                     help="NAME=private|public|constant: private (default for data) stays hidden; public is given "
+                          "per request and seen by both servers; constant is fixed in the build"),
         click.option("--bits", default=50, show_default=True, help="ring width n"),
         click.option("--frac", default=12, show_default=True, help="fractional bits f"),
         click.option("--gates", "gate_set", type=click.Choice(["fused", "sigma"]), default="fused", show_default=True,
@@ -233,15 +197,29 @@ def compile_options(f):
     return f
 
 
+def _role_arg(values: tuple[str, ...]) -> dict[str, str]:
+    """``--input-role NAME=ROLE`` (repeatable) -> {name: role}."""
+    from fusec.ir.input_roles import parse_role
+
+    out: dict[str, str] = {}
+    for v in values:
+        name, role = parse_role(v)
+        if name in out and out[name] != role:
+            raise FusecError(f"--input-role gives {name!r} two roles ({out[name]}, {role})")
+        out[name] = role
+    return out
+
+
 def _compile(model, out, batch, seq, input_shape, public_input, bits, frac, gate_set, weights, rescale,
-             max_error_ulps, calib, insecure, input_range=(), quiet: bool = False):
+             max_error_ulps, calib, insecure, input_range=(), quiet: bool = False, input_role=()):
     from fusec.build import compile_model, frontend, load_inputs
     from fusec.passes.options import CompileOptions
 
     calib_feeds = None
     ranges = _range_arg(input_range)
+    roles = _role_arg(input_role)
     if calib or ranges:
-        probe = frontend(model, batch, seq, _shape_arg(input_shape), _array_arg(public_input, "--public-input"))
+        probe = frontend(model, batch, seq, _shape_arg(input_shape), _array_arg(public_input, "--public-input"), roles)
         calib_feeds = load_inputs(calib, probe) if calib else None
         floats = [t for t in probe.inputs if probe.info(t).dtype == "float"]
         for name in ranges or {}:
@@ -256,7 +234,7 @@ def _compile(model, out, batch, seq, input_shape, public_input, bits, frac, gate
                    "through key shapes. Ablation only; never deploy it.", err=True)
     say = (lambda s: None) if quiet else (lambda s: click.echo(f"  [{s}]", err=True))
     return compile_model(model, out, opts, batch=batch, seq=seq, input_shapes=_shape_arg(input_shape),
-                         public_inputs=_array_arg(public_input, "--public-input"), progress=say)
+                         public_inputs=_array_arg(public_input, "--public-input"), progress=say, input_roles=roles)
 
 
 @cli.command("compile")
@@ -334,37 +312,30 @@ def keygen(build_dir, out, count, backend) -> None:
 
 @cli.command()
 @click.argument("build_dir", type=click.Path(file_okay=False))
-@click.option("--party", type=click.IntRange(0, 1), required=True)
-@click.option("--keys", "key_path", required=True, type=click.Path())
-@click.option("--listen", help="host:port (or :port) to accept the peer on")
-@click.option("--peer", help="host:port of the listening peer")
-@click.option("--input", "input_path", type=click.Path(), help=".npy (one input) or .npz (named) private input")
-@click.option("--output", "output_path", type=click.Path(), help="write the received output(s) here (.npy/.npz)")
-@click.option("--timeout", default=120.0, show_default=True, help="seconds without progress before giving up")
-@click.option("--connect-retry", default=30.0, show_default=True, help="seconds to keep retrying --peer")
-@click.option("--backend", default="cpu", show_default=True, type=click.Choice(["cpu", "gpu"]))
+@party_options
 @click.option("--stats", "stats_path", type=click.Path(), help="write timing/bytes/rounds JSON here")
 @click.option("--profile-sync", is_flag=True,
               help="synchronize the GPU after every gate step so per-scope compute times are exact (slower)")
-def run(build_dir, party, key_path, listen, peer, input_path, output_path, timeout, connect_retry, backend,
-        stats_path, profile_sync) -> None:
-    """One server's online phase."""
+def run(build_dir, server, stats_path, profile_sync) -> None:
+    """One server's online phase (--input: .npy for one input, .npz named; --output: .npy/.npz)."""
     from fusec.build import decode_outputs, encode_inputs, load_build, load_inputs
     from fusec.runtime.backend import get_backend
-    from fusec.runtime.party import open_keys, run_party
+    from fusec.runtime.party import run_party
 
-    _check_endpoint(listen, peer)
+    server.prepare((".npy", ".npz"), {"--stats": stats_path})    # before the build loads or a set is claimed
+    party, input_path, output_path = server.party, server.input_path, server.output_path
     b = load_build(build_dir)
     if b.manifest.get("insecure"):
         click.echo("WARNING: this build is INSECURE (mask-dependent key shapes; ablation only)", err=True)
-    kf, idx = open_keys(b.gates, party, key_path)        # every key check before any socket
+    if output_path and output_path.endswith(".npy") and len(b.low.outputs) > 1:
+        raise FusecError(f"--output {output_path}: the build has {len(b.low.outputs)} outputs; name a .npz file")
+    kf, idx = server.open_keys(b.gates)                  # every key check before any socket
     owners = {owner for _, owner in b.low.inputs.values()}
     if party in owners and not input_path:
         raise FusecError(f"party {party} owns the model input and needs --input", "pass --input x.npy (or .npz)")
     inputs = encode_inputs(b, load_inputs(input_path, b.ir), party) if party in owners else {}
-    be = get_backend(backend, b.kernels_source)
-    ch = _channel(listen, peer, timeout, connect_retry)
-    with ch:
+    be = get_backend(server.backend, b.kernels_source)
+    with kf, server.channel() as ch:
         res = run_party(b.gates, party, kf, idx, ch, inputs, be, scopes=b.scopes, sync_scopes=profile_sync)
     outs = decode_outputs(b, res.outputs)
     if output_path and outs:
@@ -389,7 +360,7 @@ def run(build_dir, party, key_path, listen, peer, input_path, output_path, timeo
               help="where the dealer and both servers compute")
 @compile_options
 def verify_cmd(model, workdir, input_path, seed, backend, batch, seq, input_shape, public_input, bits, frac, gate_set,
-               weights, rescale, max_error_ulps, calib, insecure, input_range) -> None:
+               weights, rescale, max_error_ulps, calib, insecure, input_range, input_role) -> None:
     """compile -> keygen -> P0 and P1 as two processes -> compare with onnxruntime."""
     from fusec.run3 import workdir as mkwd
     from fusec.verify import verify
@@ -403,6 +374,9 @@ def verify_cmd(model, workdir, input_path, seed, backend, batch, seq, input_shap
         argv += ["--input-shape", v]
     for v in public_input:
         argv += ["--public-input", v]
+    _role_arg(input_role)                       # bad syntax: refused here, before anything runs
+    for v in input_role:
+        argv += ["--input-role", v]
     _range_arg(input_range)                     # bad syntax: refused here, before anything runs
     for v in input_range:
         argv += ["--input-range", v]

@@ -22,9 +22,11 @@ def queue_exchanges(timeout: float = 60.0):
     q = [queue.Queue(), queue.Queue()]
 
     def make(party):
-        def exchange(data: bytes, scope: str) -> bytes:
+        def exchange(data: bytes, scope: str, limit: int | None = None) -> bytes:
             q[1 - party].put(bytes(data))
-            return q[party].get(timeout=timeout)
+            got = q[party].get(timeout=timeout)
+            assert limit is None or len(got) <= limit, f"peer sent {len(got)} bytes, the schedule expects {limit}"
+            return got
         return exchange
     return make(0), make(1)
 

@@ -16,7 +16,7 @@ from fusec.build import compile_model, encode_inputs, load_build
 from fusec.passes.calibrate import default_feeds
 from fusec.passes.options import CompileOptions
 from fusec.runtime.dealer import write_keys
-from fusec.runtime.keyfile import KeyFile
+from fusec.runtime.keyio import KeyFile
 from fusec.runtime.backend import get_backend
 from fusec.runtime.protocol import RoundLog
 from fusec.runtime.gates.arith import MatMulPrivate
@@ -72,9 +72,9 @@ def _run(build, keys_dir, backend_kind, feeds):
             reader = kf.claim(0)
             keys = {s.gate_id: be.stage_key(reader.read_gate(s.gate_id)) for s in build.gates.layout().slots}
 
-        def exchange(data, scope):
+        def exchange(data, scope, limit=None):
             sent[p].append(bytes(data))
-            return ex[p](data, scope)
+            return ex[p](data, scope, limit)
 
         inputs = encode_inputs(build, feeds, p) if p == 1 else {}
         out[p] = build.gates.evaluate(p, keys, inputs, exchange, be, RoundLog())
@@ -91,12 +91,12 @@ def test_device_dealer_writes_the_cpu_dealers_keys(bert_build, tmp_path, device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_device_run_opens_the_same_bytes_as_the_cpu(bert_build, tmp_path, device):
+def test_device_run_opens_the_same_bytes_as_the_cpu(bert_build, tmp_path, device, monkeypatch):
     write_keys(bert_build.gates, tmp_path, 1, seed=b"same")
     feeds = default_feeds(bert_build.ir, seed=3)
+    monkeypatch.setenv("FUSEC_STATE_DIR", str(tmp_path / "state-cpu"))
     out_cpu, sent_cpu = _run(bert_build, tmp_path, type(get_backend("cpu")), feeds)
-    (tmp_path / "p0.key.used").unlink()
-    (tmp_path / "p1.key.used").unlink()
+    monkeypatch.setenv("FUSEC_STATE_DIR", str(tmp_path / "state-dev"))  # a second ledger: same keys, to compare
     out_dev, sent_dev = _run(bert_build, tmp_path, device(), feeds)
     assert len(sent_cpu[0]) == len(sent_dev[0]) > 10
     for p in (0, 1):
@@ -126,9 +126,9 @@ def _sent_bytes(gate, be_pair, keys, us):
     ex = queue_exchanges()
 
     def recorder(p):
-        def exchange(data, scope):
+        def exchange(data, scope, limit=None):
             sent[p].append(bytes(data))
-            return ex[p](data, scope)
+            return ex[p](data, scope, limit)
         return exchange
 
     from fusec.runtime.protocol import drive

@@ -215,9 +215,9 @@ def run_graph(graph, keys, inputs):
     res, err, transcripts, logs = {}, [], ([], []), (RoundLog(), RoundLog())
 
     def work(p):
-        def exchange(data, scope):
+        def exchange(data, scope, limit=None):
             transcripts[p].append((scope, bytes(data)))
-            return ex[p](data, scope)
+            return ex[p](data, scope, limit)
         try:
             res[p] = graph.evaluate(p, keys[p], inputs[p], exchange, get_backend("cpu"), logs[p])
         except BaseException as e:  # pragma: no cover - surfaced below
