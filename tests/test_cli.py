@@ -59,7 +59,7 @@ def test_compile_bad_model_files(tmp_path):
 def test_token_ids_outside_the_vocabulary_are_refused():
     from fusec.build import check_inputs
     from fusec.errors import FusecError
-    from fusec.tests.test_compiler import _embedding_model
+    from tests.test_compiler import _embedding_model
 
     g, _ = _embedding_model(vocab=50)
     try:

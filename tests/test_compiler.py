@@ -15,7 +15,7 @@ from fusec.build import Build, compile_graph, decode_outputs, encode_inputs
 from fusec.errors import CompileError
 from fusec.ir.graph import Graph, TensorInfo
 from fusec.passes.options import CompileOptions
-from fusec.tests.harness import run_graph
+from tests.harness import run_graph
 
 erf = np.vectorize(math.erf)
 

@@ -17,7 +17,7 @@ import pytest
 from fusec.build import compile_model, decode_outputs, encode_inputs, load_build
 from fusec.passes.calibrate import default_feeds
 from fusec.passes.options import CompileOptions
-from fusec.tests.harness import run_graph
+from tests.harness import run_graph
 from fusec.verify import compare, onnxruntime_reference
 
 DATA = Path(__file__).parent / "data"

@@ -286,7 +286,7 @@ def test_rmsnorm_written_out_is_right_far_from_its_calibration():
     from fusec.build import Build, compile_graph, decode_outputs, encode_inputs
     from fusec.ir.graph import Graph, TensorInfo
     from fusec.passes.options import CompileOptions
-    from fusec.tests.harness import run_graph
+    from tests.harness import run_graph
 
     R, H, eps = 6, 32, 1e-6
     rng = np.random.default_rng(3)
@@ -328,7 +328,7 @@ def test_activations_are_right_past_their_calibration_two_party():
     from fusec.build import Build, compile_graph, decode_outputs, encode_inputs
     from fusec.ir.graph import Graph, TensorInfo
     from fusec.passes.options import CompileOptions
-    from fusec.tests.harness import run_graph
+    from tests.harness import run_graph
 
     S = (4, 16)
     g = Graph("acts")

@@ -19,7 +19,7 @@ from fusec.build import Build, compile_graph, decode_outputs, encode_inputs
 from fusec.errors import FusecError
 from fusec.ir.onnx_frontend import SUPPORTED_OPS, load_model
 from fusec.passes.options import CompileOptions
-from fusec.tests.harness import run_graph
+from tests.harness import run_graph
 
 ATOL, RTOL = 2e-2, 2e-2
 #: ops whose secure form is approximated on a fitted range: looser, stated bounds
