@@ -144,7 +144,7 @@ _reduce("ReduceL2", lambda x, axis, keepdims: np.sqrt(np.sum(np.square(x), axis=
 _reduce("ReduceSumSquare", lambda x, axis, keepdims: np.sum(np.square(x), axis=axis, keepdims=keepdims), True)
 
 
-# ------------------------------------------------------------------ vector blocks (built by passes.fuse_blocks)
+# ------------------------------------------------------------------ vector blocks (emitted by ir/onnx_ops.py, expanded by passes.expand_blocks)
 @_op("Softmax", "block", nonlinear=True, doc="attr axis")
 def _softmax(xs, a):
     x = xs[0] - np.max(xs[0], axis=a["axis"], keepdims=True)

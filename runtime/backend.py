@@ -100,16 +100,13 @@ class Backend:
         return self.prg.aes_calls
 
 
-CpuBackend = Backend
-
-
 def get_backend(name: str = "cpu", kernels_source: str | None = None) -> Backend:
     """The backend called ``name`` ('cpu' or 'gpu'), with a clear error if unavailable.
 
     ``kernels_source``: a build's generated kernels.cu, for the GPU backend.
     """
     if name == "cpu":
-        return CpuBackend()
+        return Backend()
     if name == "gpu":
         try:
             from fusec.runtime.gpu_backend import GpuBackend  # type: ignore

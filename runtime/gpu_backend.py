@@ -6,7 +6,8 @@ dealer's AES-CTR stream, bit packing — run in the kernels of ``kernels.cu``
 (codegen/cuda.py renders it from templates/*.cu.j2; :mod:`fusec.runtime.gpu_kernels`
 compiles it with ``cupy.RawModule``). Every kernel computes exactly what its CPU
 reference does, so for the same key files and inputs the two backends put the same
-bytes on the wire (tests/test_gpu_backend.py, run on a GPU machine).
+bytes on the wire (tests/test_device_path.py with FUSEC_TEST_BACKEND=gpu, and
+tests/test_gpu_kernels.py, on a GPU machine).
 
 Data stays on the device between gates; only the bytes of an open cross to the host.
 A key set is staged into device memory once (:meth:`GpuBackend.stage_set`, timed

@@ -5,7 +5,7 @@ tests run a compiled model's dealer and both parties on the pretend device
 (tests/fakedevice.py, which refuses every implicit host/device crossing, as CuPy does)
 and compare with the CPU backend: identical key files for one dealer seed, identical
 opened bytes in every round, identical outputs. The real GPU runs the same tests with
-FUSEC_TEST_BACKEND=gpu (tests/test_gpu_backend.py).
+FUSEC_TEST_BACKEND=gpu on a GPU machine (tests/test_gpu_kernels.py checks each kernel there).
 """
 from __future__ import annotations
 
