@@ -58,30 +58,40 @@ def serve(server, elements: int, n: int, f: int) -> dict:
     import json  # noqa: PLC0415
     from pathlib import Path  # noqa: PLC0415
 
-    from fusec.errors import FusecError  # noqa: PLC0415
     from fusec.runtime import ring  # noqa: PLC0415
     from fusec.runtime.backend import get_backend  # noqa: PLC0415
     from fusec.runtime.party import run_party  # noqa: PLC0415
 
     server.prepare()
     graph = build_graph(elements, n, f)
-    inputs = {}
-    if server.input_path:
-        try:
-            vec = np.load(server.input_path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise FusecError(f"cannot read --input {server.input_path}: {e}") from None
-        if vec.shape != (elements,) or not np.all(np.isfinite(vec)):
-            raise FusecError(f"input {server.input_path} has shape {vec.shape}; the demo expects ({elements},) "
-                             f"finite values")
-        inputs["w" if server.party == 0 else "x"] = ring.encode_fixed(vec, f, n)
     kf, idx = server.open_keys(graph)       # every key check before any socket
-    be = get_backend(server.backend)
-    with kf, server.channel() as ch:
-        res = run_party(graph, server.party, kf, idx, ch, inputs, be)
+    with kf:
+        inputs = {_OWNED[server.party]: ring.encode_fixed(_load_vector(server.input_path, elements), f, n)}
+        be = get_backend(server.backend)
+        with server.channel() as ch:
+            res = run_party(graph, server.party, kf, idx, ch, inputs, be)
     outs = {k: ring.decode_fixed(v, f, n).tolist() for k, v in res.outputs.items()}
     summary = {"party": server.party, "key_set": res.key_set, "online_seconds": res.online_seconds,
                "rounds": res.rounds, "bytes_sent": res.bytes_sent, "outputs": outs}
     if server.output_path:
         Path(server.output_path).write_text(json.dumps(summary))
     return summary
+
+
+_OWNED = {0: "w", 1: "x"}
+
+
+def _load_vector(path: str | None, elements: int) -> np.ndarray:
+    """A party's private demo vector, checked before the socket opens."""
+    from fusec.errors import FusecError  # noqa: PLC0415
+
+    if not path:
+        raise FusecError(f"this party owns a demo input and needs --input (a .npy vector of {elements} values)")
+    try:
+        vec = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise FusecError(f"cannot read --input {path}: {e}") from None
+    if vec.shape != (elements,) or not np.issubdtype(vec.dtype, np.number) or not np.all(np.isfinite(vec)):
+        raise FusecError(f"--input {path} holds {vec.dtype} of shape {vec.shape}; the demo expects {elements} "
+                         f"finite numbers")
+    return vec

@@ -284,6 +284,7 @@ class TcpChannel(Channel):
         self.peer, self.max_frame = peer, int(max_frame)
         self._sock = sock
         self._tls = isinstance(sock, ssl.SSLSocket)
+        self._heard = False     # a frame header came in (TLS: the peer accepted our certificate)
         sock.setblocking(False)
         self._sel = selectors.DefaultSelector()
         self._events = selectors.EVENT_READ
@@ -334,6 +335,9 @@ class TcpChannel(Channel):
         if isinstance(e, ssl.SSLError) and getattr(e, "reason", None) in _TLS_ALERTS:
             return _tls_failed(self.peer, e)   # TLS 1.3: a refused client certificate shows here
         if isinstance(e, (ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError)) or e is None:
+            if self._tls and not self._heard:   # TLS 1.3: its alert may be lost in the reset
+                return PeerError(f"peer {self.peer} closed the TLS connection before its first message: "
+                                 f"it may have refused our certificate (see its log)", _TLS_HINT)
             return PeerError(f"peer {self.peer} closed the connection {what}",
                              "the other party stopped; see its log for the reason")
         return PeerError(f"network error {what} with peer {self.peer}: {e}",
@@ -381,6 +385,7 @@ class TcpChannel(Channel):
                             raise _oversized(f"peer {self.peer}", size, limit)
                         body = bytearray(size)
                         rv = memoryview(body) if size else None
+                        self._heard = True
                     elif not len(rv):
                         rv = None
             if moved:

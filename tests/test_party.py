@@ -116,9 +116,11 @@ def test_peer_gone_is_a_clear_error_within_timeout(tmp_path):
     g = demo.build_graph(N, BITS, F)
     paths = write_keys(g, tmp_path)
     port = free_port()
-    r = fusec("demo", "run", "--elements", str(N), "--party", "1", "--keys", str(paths[1]),
-              "--peer", f"127.0.0.1:{port}", "--timeout", "1", "--connect-retry", "1", timeout=60)
-    assert r.returncode == 2 and "127.0.0.1" in r.stderr and "Traceback" not in r.stderr
+    np.save(tmp_path / "x.npy", np.zeros(N))
+    r = fusec("demo", "run", "--elements", str(N), "--party", "1", "--keys", str(paths[1]), "--input",
+              str(tmp_path / "x.npy"), "--peer", f"127.0.0.1:{port}", "--timeout", "1", "--connect-retry", "1",
+              timeout=60)
+    assert r.returncode == 2 and f"127.0.0.1:{port}" in r.stderr and "Traceback" not in r.stderr, r.stderr
 
 
 def test_bytes_sent_do_not_depend_on_inputs(tmp_path):
