@@ -27,6 +27,9 @@ from fusec.ir.spec import FitRequest, OperatorSpec, Tail, fit, relu_spec
 from fusec.passes.options import CompileOptions
 from fusec.passes.ranges import proven as proven_range
 
+#: key bytes (per gate, all its elements) a rescale in front must save to be worth its round
+ROUND_WORTH_BYTES = 32 << 20
+
 CANDIDATES = [(d, p) for d in (1, 2, 3) for p in (4, 8, 16, 32, 64, 128)] + [(1, 256), (1, 512), (2, 256)]
 
 
@@ -111,7 +114,7 @@ def _valid(node: Node, proven, frac: int) -> tuple[float, float]:
 
 
 def choose(node: Node, rng: tuple[float, float], f_in: int, f_out: int,
-           opts: CompileOptions, proven=None) -> tuple[OperatorSpec | None, bool, Domain, float]:
+           opts: CompileOptions, proven=None, elements: int = 0) -> tuple[OperatorSpec | None, bool, Domain, float]:
     """(spec, whether to rescale the input to f first, domain, bound) for a Scalar node."""
     fnj = node.attrs["fn"]
     fn = lambda v, fnj=fnj: scalar_fn.evaluate(fnj, v)  # noqa: E731
@@ -127,12 +130,17 @@ def choose(node: Node, rng: tuple[float, float], f_in: int, f_out: int,
         lab = node.attrs.get("label", "custom")
         at_in = search(lab, fn, dom, opts.bits, f_in, f_out, bound, valid)
         at_f = search(lab, fn, dom, opts.bits, opts.frac, f_out, bound, valid) if f_in > opts.frac else (None, None)
-        (best_in, acc_in), (best_f, acc_f) = at_in, at_f
-        use_rescale = best_in is None and (best_f is not None or acc_in is None) or (
-            best_in is not None and best_f is not None
-            and _price(best_f) + _rescale_price(opts.bits, f_in - opts.frac) < _price(best_in))
-        _CACHE[key] = ((best_f or acc_f) if use_rescale else (best_in or acc_in), use_rescale)
-    spec, use_rescale = _CACHE[key]
+        _CACHE[key] = (at_in, at_f)
+    (best_in, acc_in), (best_f, acc_f) = _CACHE[key]
+    if best_in is None:
+        use_rescale = best_f is not None or acc_in is None
+    else:
+        # a rescale in front costs a round (unless lowering folds it into the gate's first round,
+        # which it cannot promise here): take it only where it saves more key than a round is worth
+        saved = (_price(best_in) - _price(best_f) - _rescale_price(opts.bits, f_in - opts.frac)) * elements \
+            if best_f is not None else 0.0
+        use_rescale = saved > ROUND_WORTH_BYTES
+    spec = (best_f or acc_f) if use_rescale else (best_in or acc_in)
     return spec, use_rescale, dom, bound
 
 
@@ -142,6 +150,25 @@ def feasible(node: Node, rng: tuple[float, float], f_in: int, f_out: int, opts: 
     with the same proven range the fit will use, so both share one search)."""
     spec, _, _, bound = choose(node, rng, f_in, f_out, opts, proven)
     return spec is not None and spec.max_error_ulps <= bound
+
+
+def _deepen_rescale_before_sum(graph: Graph, x: str, delta: int) -> bool:
+    """``x = ReduceSum(Rescale(y))`` read only here (layer norm's sum of squares): cut ``delta``
+    more bits in that rescale instead of a second truncation after the sum (one round, not
+    two; the k truncations' stochastic rounding errors are unbiased, so the sum is off by
+    about sqrt(k)/2 ulps, not k)."""
+    red = graph.producer(x)
+    if red is None or red.op != "ReduceSum" or len(graph.consumers(x)) != 1 or x in graph.outputs:
+        return False
+    mid = red.inputs[0]
+    resc = graph.producer(mid)
+    if resc is None or resc.op != "Rescale" or resc.attrs["shift"] <= 0 or len(graph.consumers(mid)) != 1 \
+            or mid in graph.outputs:
+        return False
+    resc.attrs["shift"] += delta
+    graph.info(mid).scale -= delta
+    graph.info(x).scale -= delta
+    return True
 
 
 def fit_specs(graph: Graph, opts: CompileOptions) -> Graph:
@@ -162,11 +189,13 @@ def fit_specs(graph: Graph, opts: CompileOptions) -> Graph:
             continue
         fnj = node.attrs["fn"]
         spec, use_rescale, dom, bound = choose(node, tuple(ranges.get(x, (-1.0, 1.0))), f_in, f_out, opts,
-                                               proven_range(graph, x))
+                                               proven_range(graph, x), int(np.prod(graph.info(x).shape)))
         if spec is None:
             raise CompileError(f"cannot fit {lab} ({scalar_fn.describe(fnj)}) of {node!r} on [{dom.lo:g}, {dom.hi:g}] "
                                f"in a {opts.bits}-bit ring", "use a wider ring (--bits) or a smaller --frac")
-        if use_rescale:
+        if use_rescale and _deepen_rescale_before_sum(graph, x, f_in - opts.frac):
+            pass        # the truncation in front of the sum now drops the bits: no extra round
+        elif use_rescale:
             new = graph.fresh(f"{x}_s{opts.frac}")
             graph.add_node("Rescale", [x], [new], name=graph.fresh(f"rescale_{x}"),
                            infos=[TensorInfo(graph.info(x).shape, "float", "secret", scale=opts.frac, bits=opts.bits)],
