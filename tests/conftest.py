@@ -14,3 +14,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if p != str(ROOT)]
+
+
+def _private_state_dir() -> None:
+    """Servers the tests start (threads and `fusec` subprocesses, which inherit the
+    environment) record used key sets in a throwaway state directory, never in the
+    user's ~/.local/state/fusec (runtime/ledger.py). Tests that look at the ledger set
+    their own with monkeypatch."""
+    import os
+    import tempfile
+
+    os.environ.setdefault("FUSEC_STATE_DIR", tempfile.mkdtemp(prefix="fusec-test-state-"))
+
+
+_private_state_dir()
