@@ -169,12 +169,6 @@ class Graph:
         if p_new is not None:
             self.g.add_edge(p_new, node_name)
 
-    def replace_uses(self, old: str, new: str) -> None:
-        """Every reader of tensor ``old`` reads ``new`` instead (graph outputs too)."""
-        for n in sorted(self._readers.get(old, ())):
-            self.rename_input(n, old, new)
-        self.outputs = [new if t == old else t for t in self.outputs]
-
     # ------------------------------------------------------------------ queries
     def node(self, name: str) -> Node:
         return self.g.nodes[name]["node"]

@@ -268,10 +268,6 @@ def is_movement(op: str) -> bool:
     return category(op) == "movement"
 
 
-def is_elementwise(op: str) -> bool:
-    return category(op) == "elementwise"
-
-
 def keeps_scale(op: str) -> bool:
     d = OPS.get(op)
     return bool(d and d.keeps_scale)

@@ -129,12 +129,6 @@ class OperatorSpec:
             acc = acc * x + int(ck)
         return acc // (1 << self.out_shift) if self.out_shift else acc
 
-    def max_abs_poly(self, lo: int, hi: int) -> int:
-        """Largest |p_i(x)| over the integer grid [lo, hi) (exact), for range checks."""
-        xs = np.arange(lo, hi, max(1, (hi - lo) // 4096), dtype=np.int64)
-        vals = self.reference(xs) * (1 << self.out_shift)
-        return int(max(abs(int(v)) for v in vals)) if len(vals) else 0
-
     def exact_input_range(self, ring_bits: int | None = None, headroom_bits: int = 2) -> tuple[int, int]:
         """Integer inputs [lo, hi] on which ``|p(x)| * 2^poly_scale`` (the value the gate
         opens before its output shift) stays under ``2^(ring_bits - headroom_bits)``.

@@ -167,8 +167,3 @@ def _drive(gens, exchange: Exchange, party: int, be, log: RoundLog | None, on_do
                 pos += 1
             active.append(i)
     return results
-
-
-def run_one(gen: EvalGen, exchange: Exchange, party: int, be, log: RoundLog | None = None):
-    """Drive a single gate evaluation."""
-    return drive([gen], exchange, party, be, log)[0]

@@ -34,10 +34,6 @@ def oracle_unpack(buf: bytes, w: int, count: int) -> list[int]:
     return [(acc >> (i * w)) & ((1 << w) - 1) for i in range(count)]
 
 
-def block_to_int(lo: int, hi: int) -> int:
-    return lo | (hi << 64)
-
-
 def oracle_mmo(key: bytes, block16: bytes) -> bytes:
     """H_k(s) = AES_k(sigma(s)) XOR sigma(s), sigma(hi, lo) = (hi ^ lo, hi).
 
