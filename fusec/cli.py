@@ -10,7 +10,7 @@ import click
 import numpy as np
 
 from fusec.errors import FusecError
-from fusec.party_cli import party_options
+from fusec.party_cli import key_set_count, party_options
 
 
 def main() -> None:
@@ -97,7 +97,7 @@ def demo(ctx, elements, bits, frac, workdir, seed) -> None:
 @click.option("--elements", default=8)
 @click.option("--n", "bits", default=50)
 @click.option("--f", "frac", default=12)
-@click.option("--count", default=1, show_default=True, help="key sets (one per inference)")
+@click.option("--count", default=1, show_default=True, type=key_set_count, help="key sets (one per inference)")
 @click.option("-o", "--out", "out", required=True, type=click.Path(file_okay=False))
 def demo_keygen(elements, bits, frac, count, out) -> None:
     """The dealer: write p0.key and p1.key for the demo graph."""
@@ -290,7 +290,8 @@ def inspect(build_dir, show_ir, show_layout, show_program, all_ranges, top, as_j
 @cli.command()
 @click.argument("build_dir", type=click.Path(file_okay=False))
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="where p0.key and p1.key go")
-@click.option("--count", default=1, show_default=True, help="key sets, one per inference (internal batch)")
+@click.option("--count", default=1, show_default=True, type=key_set_count,
+              help="key sets, one per inference (internal batch)")
 @click.option("--backend", default="cpu", show_default=True, type=click.Choice(["cpu", "gpu"]),
               help="where the dealer computes (same CSPRNG construction either way)")
 def keygen(build_dir, out, count, backend) -> None:

@@ -76,6 +76,22 @@ class _Address(click.ParamType):
         return host, port
 
 
+class _KeySetCount(click.ParamType):
+    """``--count`` of a dealer: 1 .. 2**32 - 1 key sets (the key file's u32)."""
+
+    name = "K"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        text = str(value).strip()
+        if not (text.isdigit() and 1 <= int(text) <= 2**32 - 1):
+            raise ParameterError(f"--count {value!r}: the number of key sets (one per inference) must be an "
+                                 f"integer from 1 to {2**32 - 1}")
+        return int(text)
+
+
+key_set_count = _KeySetCount()
+
+
 def check_writable(path: str | os.PathLike, flag: str, suffixes: tuple[str, ...] = ()) -> Path:
     """``path`` can be written as a file: its directory exists and is writable, it is not
     a directory itself, and it ends in one of ``suffixes`` (numpy would add its own)."""
