@@ -96,7 +96,7 @@ class Channel(abc.ABC):
     frame_overhead = 0      # bytes counted per frame on top of the payload
 
     def __init__(self, timeout: float = 60.0):
-        self.timeout = float(timeout)
+        self.timeout = _seconds("timeout", timeout)
         self.stats = ChannelStats()
         self.closed = False
         self._broken: str | None = None     # why the stream can no longer be trusted
@@ -250,6 +250,22 @@ def _tls_failed(peer: str, e: BaseException) -> PeerError:
     return PeerError(f"TLS handshake with {peer} failed: {e}", _TLS_HINT)
 
 
+_MAX_SECONDS = 30 * 24 * 3600   # select()/poll() take milliseconds in a C int
+
+
+def _seconds(what: str, value: float, zero_ok: bool = False) -> float:
+    """A finite, positive (or zero) number of seconds: NaN would make a deadline that is
+    never reached, infinity overflows poll()."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if not (v == v and (v >= 0 if zero_ok else v > 0) and v <= _MAX_SECONDS):
+        raise ParameterError(f"{what} must be a finite number of seconds {'>= 0' if zero_ok else '> 0'} "
+                             f"(at most {_MAX_SECONDS}), got {value!r}")
+    return v
+
+
 def _oversized(who: str, size: int, limit: int) -> PeerError:
     return PeerError(f"{who} announced a {size}-byte frame where at most {limit} bytes were "
                      f"expected; refused before reading it",
@@ -304,6 +320,7 @@ class TcpChannel(Channel):
                 max_frame: int = DEFAULT_MAX_FRAME) -> TcpChannel:
         """Connect, retrying refused/unreachable for ``retry_for`` s: the peer may start later."""
         host = host or "localhost"
+        timeout, retry_for = _seconds("timeout", timeout), _seconds("connect retry", retry_for, zero_ok=True)
         addr, deadline, last = _fmt(host, port), time.monotonic() + retry_for, None
         while True:
             left = deadline - time.monotonic()
@@ -431,7 +448,7 @@ class TcpListener:
     def accept(self, timeout: float = 60.0, accept_timeout: float | None = None,
                max_frame: int = DEFAULT_MAX_FRAME) -> TcpChannel:
         """Wait up to ``accept_timeout`` (default ``timeout``) s for the peer to connect."""
-        wait = timeout if accept_timeout is None else accept_timeout
+        wait = _seconds("accept timeout", timeout if accept_timeout is None else accept_timeout)
         self._sock.settimeout(wait)
         where = _fmt(self.host, self.port)
         try:

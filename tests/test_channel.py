@@ -334,3 +334,18 @@ def test_tls_smoke(tmp_path):
         with pytest.raises(PeerError):
             both(lambda: lst.accept(timeout=1, accept_timeout=WAIT),
                  lambda: TcpChannel.connect("127.0.0.1", port, 1, retry_for=5).exchange(b"x", "x", 10))
+
+
+@pytest.mark.parametrize("kw", [{"timeout": float("nan")}, {"timeout": 0}, {"timeout": -1},
+                                {"timeout": float("inf")}, {"retry_for": float("nan")}, {"retry_for": -1},
+                                {"retry_for": 1e300}])
+def test_connect_refuses_bad_seconds_at_once(kw):
+    """A NaN retry time made a deadline that is never reached (a hang); inf overflowed poll()."""
+    args = {"timeout": 1.0, "retry_for": 0.0, **kw}
+    t0 = time.perf_counter()
+    with pytest.raises(ParameterError, match="finite number of seconds"):
+        TcpChannel.connect("127.0.0.1", free_port(), **args)
+    assert time.perf_counter() - t0 < 1.0
+    with TcpListener("127.0.0.1", 0) as lst:
+        with pytest.raises(ParameterError):
+            lst.accept(timeout=1.0, accept_timeout=float("nan"))
