@@ -10,7 +10,7 @@ import click
 import numpy as np
 
 from fusec.errors import FusecError
-from fusec.party_cli import key_set_count, party_options
+from fusec.party_cli import key_set_count, party_options, tls_argv, tls_options
 
 
 def main() -> None:
@@ -360,9 +360,14 @@ def run(build_dir, server, stats_path, profile_sync) -> None:
 @click.option("--backend", default="cpu", show_default=True, type=click.Choice(["cpu", "gpu"]),
               help="where the dealer and both servers compute")
 @compile_options
+@tls_options
 def verify_cmd(model, workdir, input_path, seed, backend, batch, seq, input_shape, public_input, bits, frac, gate_set,
-               weights, rescale, max_error_ulps, calib, insecure, input_range, input_role) -> None:
-    """compile -> keygen -> P0 and P1 as two processes -> compare with onnxruntime."""
+               weights, rescale, max_error_ulps, calib, insecure, input_range, input_role, tls_cert, tls_key, tls_ca,
+               tls_server_name) -> None:
+    """compile -> keygen -> P0 and P1 as two processes -> compare with onnxruntime.
+
+    With --tls-*, both servers use these files over TLS on 127.0.0.1 (the certificate must
+    name 127.0.0.1, or give --tls-server-name)."""
     from fusec.run3 import workdir as mkwd
     from fusec.verify import verify
 
@@ -383,7 +388,8 @@ def verify_cmd(model, workdir, input_path, seed, backend, batch, seq, input_shap
         argv += ["--input-range", v]
     if insecure:
         argv.append("--insecure-mask-dependent-shapes")
-    verify(model, mkwd(workdir), argv, input_path, seed, echo=click.echo, backend=backend)
+    party_argv = tls_argv(tls_cert, tls_key, tls_ca, tls_server_name)     # refused here, before anything runs
+    verify(model, mkwd(workdir), argv, input_path, seed, echo=click.echo, backend=backend, party_argv=party_argv)
 
 
 @cli.command()

@@ -186,6 +186,23 @@ def tls_options(f: Callable) -> Callable:
     return f
 
 
+def tls_argv(tls_cert: str | None, tls_key: str | None, tls_ca: str | None, tls_server_name: str | None) -> list[str]:
+    """:func:`tls_options` checked now (files usable, certificate valid) and turned back
+    into ``fusec run`` arguments, for commands that start both servers (``verify``)."""
+    from fusec.runtime.tls import TlsFiles  # noqa: PLC0415
+
+    files = TlsFiles.from_options(tls_cert, tls_key, tls_ca)
+    if files is None:
+        if tls_server_name:
+            raise ParameterError("--tls-server-name needs --tls-cert, --tls-key and --tls-ca")
+        return []
+    files.check()
+    files.server_context()                  # the key matches the certificate
+    argv = ["--tls-cert", str(files.cert.resolve()), "--tls-key", str(files.key.resolve()),
+            "--tls-ca", str(files.ca.resolve())]
+    return argv + (["--tls-server-name", tls_server_name] if tls_server_name else [])
+
+
 def party_options(f: Callable) -> Callable:
     """The options of one server (``run`` and ``demo run``); the command receives them
     as ``server: ServerOptions`` instead of one argument each."""

@@ -70,7 +70,9 @@ def onnxruntime_reference(model_path, feeds: dict[str, np.ndarray], public_meta:
 
 
 def verify(model, workdir, compile_argv: list[str], input_path: str | None = None, seed: int = 0,
-           timeout: float = 1800.0, echo=print, backend: str = "cpu") -> list[Comparison]:
+           timeout: float = 1800.0, echo=print, backend: str = "cpu", party_argv: list[str] | tuple = ()
+           ) -> list[Comparison]:
+    """``party_argv``: more ``fusec run`` options for both servers (e.g. ``--tls-*``)."""
     from fusec.build import load_build, load_inputs  # noqa: PLC0415
     from fusec.passes.calibrate import default_feeds  # noqa: PLC0415
     from fusec.run3 import free_port, fusec_cmd, run_three  # noqa: PLC0415
@@ -92,10 +94,11 @@ def verify(model, workdir, compile_argv: list[str], input_path: str | None = Non
     be = ("--backend", backend)
     run_three(fusec_cmd("keygen", str(build), "-o", str(wd / "keys"), *be),
               fusec_cmd("run", str(build), "--party", "0", "--keys", str(wd / "keys" / "p0.key"),
-                        "--listen", f"127.0.0.1:{port}", "--stats", str(wd / "p0.json"), *be),
+                        "--listen", f"127.0.0.1:{port}", "--stats", str(wd / "p0.json"), *be, *party_argv),
               fusec_cmd("run", str(build), "--party", "1", "--keys", str(wd / "keys" / "p1.key"),
                         "--peer", f"127.0.0.1:{port}", "--input", str(wd / "input.npz"),
-                        "--output", str(wd / "out.npz"), "--stats", str(wd / "p1.json"), *be), timeout=timeout,
+                        "--output", str(wd / "out.npz"), "--stats", str(wd / "p1.json"), *be, *party_argv),
+              timeout=timeout,
               echo=echo)
     echo("[4/4] onnxruntime reference")
     with np.load(wd / "out.npz") as z:
