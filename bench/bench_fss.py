@@ -15,7 +15,7 @@ party 0 and party 1 (party 1 also negates its DCF share). One warm-up run, then 
 median of ``--runs`` runs. Every run checks a sample of reconstructed outputs against
 ``[x < alpha]`` so a fast-but-wrong build cannot report numbers.
 
-    python bench/bench_fss.py --n 50 --elements 1000000 --json out.json
+    python bench/bench_fss.py --bits 50 --elements 1000000 --json out.json
 """
 from __future__ import annotations
 
@@ -178,7 +178,7 @@ def markdown(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--n", type=int, default=50, help="domain bits (default 50)")
+    p.add_argument("--bits", dest="n", type=int, default=50, help="domain bits n (default 50)")
     p.add_argument("--elements", type=int, default=1_000_000, help="elements (keys) per run")
     p.add_argument("--chunk", type=int, default=65536, help="elements per keygen/eval call")
     p.add_argument("--runs", type=int, default=3, help="timed runs; the median is reported")

@@ -130,7 +130,7 @@ def bench_matmul(gk: GpuKernels, cp, M: int, K: int, N: int, bits: int, runs: in
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=50, help="ring / domain bits (default 50)")
+    ap.add_argument("--bits", dest="n", type=int, default=50, help="ring / domain bits n (default 50)")
     ap.add_argument("--aes-blocks", type=int, default=1 << 24)
     ap.add_argument("--dcf-elements", type=int, default=1 << 20)
     ap.add_argument("--dpf-elements", type=int, default=1 << 22)

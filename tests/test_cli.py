@@ -15,7 +15,7 @@ def fusec(*args):
 
 def test_help_and_gate_table():
     assert fusec("--help").returncode == 0
-    r = fusec("gates", "--n", "37", "--f", "12")
+    r = fusec("gates", "--bits", "37", "--frac", "12")
     assert r.returncode == 0
     rows = [line for line in r.stdout.splitlines() if line.startswith("| ") and "---" not in line]
     assert len(rows) > 15 and any("ScalarGate" in row for row in rows)
