@@ -262,3 +262,18 @@ def test_demo_run_over_mutual_tls_from_the_cli(pki, tmp_path, monkeypatch):
     ref = demo.plaintext(x, w)
     assert np.max(np.abs(np.array(got["outputs"]["gelu_out"]) - ref["gelu_out"])) < 2e-3
     assert got["key_set"] == 0 and len(_ledger_sets(tmp_path / "state")) == 2
+
+
+def test_verify_runs_both_servers_over_tls(pki, tmp_path):
+    """`fusec verify --tls-*` hands the files to both servers: with a certificate that
+    names another host the client refuses the listener (so TLS is really on), and with
+    --tls-server-name set to that host the run goes through."""
+    ca, _ = pki
+    files = ca.issue("p0", hosts=("p0.example.org",))
+    example = Path(__file__).parent.parent / "fusec" / "examples" / "digits_mlp.onnx"
+    cmd = [sys.executable, "-m", "fusec", "verify", str(example), "--batch", "2", *map(str, _tls_args(files))]
+    r = subprocess.run([*cmd, "--workdir", str(tmp_path / "a")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "certificate is not valid for '127.0.0.1'" in r.stderr, r.stderr + r.stdout
+    r = subprocess.run([*cmd, "--workdir", str(tmp_path / "b"), "--tls-server-name", "p0.example.org"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "argmax agreement 1.000" in r.stdout, r.stderr + r.stdout
