@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import platform
 import time
 from dataclasses import dataclass
@@ -64,9 +63,21 @@ def _sha(path: Path) -> str:
 
 
 def frontend(model, batch: int | None = None, seq: int | None = None, input_shapes: dict | None = None,
-             public_inputs: dict | None = None) -> Graph:
+             public_inputs: dict | None = None, input_roles: dict | None = None) -> Graph:
+    """The frontend with every input's role resolved (``ir/input_roles``): constants from
+    ``public_inputs`` or the defaults, ``private``/``public`` per request."""
+    from fusec.ir import input_roles as roles  # noqa: PLC0415
     from fusec.ir.onnx_frontend import load_model  # noqa: PLC0415
-    return load_model(model, batch=batch, seq=seq, input_shapes=input_shapes, public_inputs=public_inputs)
+    plan = roles.plan(input_roles, public_inputs)
+    declared = roles.onnx_inputs(model)
+    names = [n for n, _ in declared]
+    for name in plan.roles:
+        if names and name not in names:
+            raise FusecError(f"--input-role names {name!r}, which is not an input of the model",
+                             f"the model's inputs: {', '.join(names) or '(none)'}")
+    graph = load_model(model, batch=batch, seq=seq, input_shapes=input_shapes, public_inputs=plan.public_inputs)
+    roles.record(graph, declared, plan)
+    return graph
 
 
 def compile_graph(graph: Graph, opts: CompileOptions, progress: Callable[[str], None] | None = None):
@@ -78,11 +89,11 @@ def compile_graph(graph: Graph, opts: CompileOptions, progress: Callable[[str], 
 
 def compile_model(model, out_dir, opts: CompileOptions, batch: int | None = None, seq: int | None = None,
                   input_shapes: dict | None = None, public_inputs: dict | None = None,
-                  progress: Callable[[str], None] | None = None) -> Build:
+                  progress: Callable[[str], None] | None = None, input_roles: dict | None = None) -> Build:
     t0 = time.perf_counter()
     if progress:
         progress("frontend")
-    graph = frontend(model, batch, seq, input_shapes, public_inputs)
+    graph = frontend(model, batch, seq, input_shapes, public_inputs, input_roles)
     graph, low, steps = compile_graph(graph, opts, progress)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -186,63 +197,14 @@ def load_inputs(path, graph: Graph) -> dict[str, np.ndarray]:
     else:
         with data:
             feeds = {k: data[k] for k in data.files}
-    for name, (lo, hi) in (graph.meta.get("input_contract") or {}).items():   # fail fast (verify: before keygen)
-        if name in feeds and np.issubdtype(np.asarray(feeds[name]).dtype, np.number):
-            _check_contract(name, feeds[name], lo, hi)
-    return feeds
+    from fusec.inputs import check_feeds  # noqa: PLC0415
+    return check_feeds(graph, feeds)      # every check before keygen (verify) and before any byte is sent
 
 
-def check_inputs(graph: Graph, feeds: dict[str, np.ndarray]) -> None:
-    for name in graph.inputs:
-        info = graph.info(name)
-        if name not in feeds:
-            raise FusecError(f"no value for model input {name!r}", f"the model's inputs: {', '.join(graph.inputs)}")
-        v = np.asarray(feeds[name])
-        if tuple(v.shape) != info.shape:
-            raise FusecError(f"input {name!r} has shape {tuple(v.shape)}, the build expects {info.shape}",
-                             "recompile with matching --batch/--seq, or reshape the input")
-        if info.dtype == "int" and not np.issubdtype(v.dtype, np.integer):
-            raise FusecError(f"input {name!r} must be integer token ids, got dtype {v.dtype}")
-        if info.dtype == "float" and not np.issubdtype(v.dtype, np.number):
-            raise FusecError(f"input {name!r} must be numeric, got dtype {v.dtype}")
-        if info.dtype == "float" and not np.all(np.isfinite(v)):
-            raise FusecError(f"input {name!r} contains NaN or infinity")
-        if info.dtype == "float" and name in (graph.meta.get("input_contract") or {}):
-            _check_contract(name, v, *graph.meta["input_contract"][name])
-        users = [(name, n) for n in graph.consumers(name)]
-        for t, n in users:                   # the ids may be reshaped first (gpt2): same values
-            if n.op in ("Reshape", "Identity") and n.inputs[0] == t:
-                users += [(n.outputs[0], m) for m in graph.consumers(n.outputs[0])]
-            if n.op == "Gather" and n.inputs[1] == t and graph.is_const(n.inputs[0]):
-                vocab = graph.const(n.inputs[0]).shape[n.attrs.get("axis", 0)]
-                bad = (v < 0) | (v >= vocab)
-                if bad.any():
-                    raise FusecError(f"input {name!r}: token id {int(v[bad].reshape(-1)[0])} is outside the "
-                                     f"vocabulary [0, {vocab})", "tokenize with the model's own tokenizer")
-    extra = set(feeds) - set(graph.inputs)
-    if extra:
-        raise FusecError(f"unknown input(s) {', '.join(sorted(extra))}", f"the model's inputs: {', '.join(graph.inputs)}")
-
-
-def _check_contract(name: str, v: np.ndarray, lo: float, hi: float) -> None:
-    """A float input must lie in the build's input contract (``passes/ranges``): every proven
-    range and ring width assumes it, so a value outside could silently wrap. One line, no hint."""
-    v = np.asarray(v, np.float64)
-    outside = np.maximum(lo - v, v - hi)
-    if v.size == 0 or not np.all(np.isfinite(v)) or outside.max() <= 0:
-        return                                      # (NaN / infinity: check_inputs says so)
-    i = np.unravel_index(int(np.argmax(outside)), v.shape)
-    new_lo = lo if v.min() >= lo else -2.0 ** math.ceil(math.log2(-v.min())) if v.min() < 0 else 0.0
-    new_hi = hi if v.max() <= hi else 2.0 ** math.ceil(math.log2(v.max())) if v.max() > 0 else 0.0
-    raise FusecError(f"input {name!r}: value {_num(v[i])} at index {tuple(int(k) for k in i)} is outside the input "
-                     f"contract [{_num(lo)}, {_num(hi)}] this build was compiled for ({int((outside > 0).sum())} "
-                     f"value(s) outside); recompile with --input-range {name}={_num(new_lo)}:{_num(new_hi)} "
-                     f"(or any range covering your data) to widen it")
-
-
-def _num(x) -> str:
-    x = float(x)
-    return f"{x:g}" if float(f"{x:g}") == x else f"{x:.17g}"
+def check_inputs(graph: Graph, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The request checked by role (``fusec/inputs.py``); returns the feeds the program takes."""
+    from fusec.inputs import check_feeds  # noqa: PLC0415
+    return check_feeds(graph, feeds)
 
 
 def encode_inputs(build: Build, feeds: dict[str, np.ndarray], party: int) -> dict[str, np.ndarray]:
@@ -251,7 +213,7 @@ def encode_inputs(build: Build, feeds: dict[str, np.ndarray], party: int) -> dic
     mine = {gid: t for gid, (t, owner) in build.low.inputs.items() if owner == party}
     if not mine:
         return {}
-    check_inputs(g, feeds)
+    feeds = check_inputs(g, feeds)
     env: dict[str, np.ndarray] = dict(g.consts)
     for name in g.inputs:
         v = np.asarray(feeds[name])

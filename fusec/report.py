@@ -363,11 +363,29 @@ def split(build) -> str:
              + (", ".join(f"{n.op}:{n.name}" for n in client[:12]) + (" ..." if len(client) > 12 else "")
                 if client else "none")]
     for n in shares:
-        lines.append(f"shared: {n.inputs[0]} {list(g.info(n.outputs[0]).shape)} (owner P{n.attrs.get('owner', 1)})")
-    for name, how in g.meta.get("public_inputs", {}).items():
-        lines.append(f"public input fixed at compile time: {name} = {how.get('value')} ({how.get('source')}; "
-                     f"override with --public-input {name}=file.npy)")
+        how = "public: zero mask, both servers see it" if n.attrs.get("role") == "public" else "masked"
+        lines.append(f"shared: {n.inputs[0]} {list(g.info(n.outputs[0]).shape)} (owner P{n.attrs.get('owner', 1)}, "
+                     f"{how})")
+    roles = g.meta.get("input_roles")
+    if roles:
+        lines.append("input roles (--input-role NAME=private|public|constant):")
+        lines += [f"  {_role_line(name, roles[name])}" for name in sorted(roles)]
+    else:                                   # builds from before input roles
+        for name, how in g.meta.get("public_inputs", {}).items():
+            lines.append(f"public input fixed at compile time: {name} = {how.get('value')} ({how.get('source')}; "
+                         f"override with --public-input {name}=file.npy)")
     return "\n".join(lines)
+
+
+def _role_line(name: str, r: dict) -> str:
+    shape = "x".join(map(str, r.get("shape", []))) or "scalar"
+    what = r["role"]
+    if what == "constant":
+        what += f" = {r.get('value_desc')} ({r.get('source')})"
+    if r.get("unused"):
+        what += ", unused by the output"
+    kind = f" {r['kind']}" if r.get("kind") and r["kind"] != "data" else ""
+    return f"{name} [{shape} {r.get('dtype')}{kind}]: {what}; leaks {r.get('leaks')}"
 
 
 def summary(build) -> dict:

@@ -103,7 +103,8 @@ def verify(model, workdir, compile_argv: list[str], input_path: str | None = Non
     echo("[4/4] onnxruntime reference")
     with np.load(wd / "out.npz") as z:
         got = {k: z[k] for k in z.files}
-    ref = onnxruntime_reference(model, feeds, b.ir.meta.get("public_inputs", {}))
+    from fusec.inputs import full_request  # noqa: PLC0415
+    ref = onnxruntime_reference(model, full_request(b.ir, feeds), b.ir.meta.get("public_inputs", {}))
     stats = [json.loads((wd / f"p{p}.json").read_text()) for p in (0, 1)]
     echo(f"online ({backend}): {max(s['online_seconds'] for s in stats):.3f} s, {stats[1]['rounds']} rounds, "
          f"{sum(s['bytes_sent'] for s in stats):,} bytes sent (both parties)")

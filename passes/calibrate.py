@@ -19,9 +19,12 @@ from fusec.passes.options import CompileOptions
 def default_feeds(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     feeds = {}
+    roles = graph.meta.get("input_roles") or {}
     for name in graph.inputs:
         info = graph.info(name)
-        if info.dtype == "float":
+        if roles.get(name, {}).get("kind") == "mask":    # 0/1, padded: a random true length per row
+            feeds[name] = _padding_mask(rng, info.shape)
+        elif info.dtype == "float":
             feeds[name] = rng.standard_normal(info.shape)
         else:
             hi = 100
@@ -30,6 +33,15 @@ def default_feeds(graph: Graph, seed: int = 0) -> dict[str, np.ndarray]:
                     hi = graph.const(n.inputs[0]).shape[n.attrs.get("axis", 0)]
             feeds[name] = rng.integers(0, hi, size=info.shape)
     return feeds
+
+
+def _padding_mask(rng, shape: tuple[int, ...]) -> np.ndarray:
+    """Ones then zeros along the last axis, at least one real token per row."""
+    if not shape:
+        return np.ones((), np.int64)
+    L = shape[-1]
+    lengths = rng.integers(1, L + 1, size=shape[:-1])
+    return (np.arange(L) < lengths[..., None]).astype(np.int64)
 
 
 def calibrate(graph: Graph, opts: CompileOptions, feeds: dict[str, np.ndarray] | None = None) -> Graph:
