@@ -37,7 +37,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from fusec import limits
 from fusec.errors import CompileError
+from fusec.ir import onnx_checks as checks
 from fusec.ir.graph import Graph, TensorInfo
 from fusec.ir.ops import OPS, run_node
 from fusec.ir.onnx_ops import CONVERTERS, ONNX_KIND
@@ -80,6 +82,8 @@ def load_model(model: str | os.PathLike | onnx.ModelProto, batch: int | None = N
     user_public = dict(public_inputs or {})
     _check_names(inputs, input_shapes, user_public, label)
     shapes = _resolve_shapes(inputs, batch, seq, input_shapes, user_public)
+    for vi in inputs:
+        limits.check_size(shapes[vi.name], checks.itemsize(vi.type.tensor_type.elem_type), f"input {vi.name!r}")
     public, how = _public_values(inputs, shapes, user_public)
 
     graph = Graph(proto.graph.name or Path(label).stem or "model")
@@ -141,13 +145,7 @@ def _load_external(proto: onnx.ModelProto, path: Path, label: str) -> None:
     from onnx.external_data_helper import load_external_data_for_model, uses_external_data
 
     base = path.parent
-    for t in _all_tensors(proto.graph):
-        if uses_external_data(t):
-            loc = next((e.value for e in t.external_data if e.key == "location"), "")
-            f = base / loc
-            if not loc or not f.is_file():
-                raise CompileError(f"{label}: external data file {str(f)!r} for tensor {t.name!r} is missing",
-                                   "copy the .data file(s) saved with the model next to the .onnx file")
+    checks.check_external_data([t for t in _all_tensors(proto.graph) if uses_external_data(t)], base, label)
     try:
         load_external_data_for_model(proto, str(base))
     except Exception as e:  # noqa: BLE001
@@ -172,11 +170,10 @@ def _all_tensors(graph: onnx.GraphProto):
 def _check(proto: onnx.ModelProto, label: str) -> None:
     """onnx.checker on the graph without its big weights (serialising those costs seconds and
     fails past 2 GiB; a corrupt weight is caught when it is read), errors as CompileError."""
-    try:
-        onnx.checker.check_model(_light(proto, {}))
-    except Exception as e:  # noqa: BLE001  (ValidationError, or C++ errors)
-        raise CompileError(f"{label} is not a valid ONNX model: {_first_line(e)}",
-                           "re-export the model; `python -m onnx.checker` shows the same problem") from None
+    checks.check_opsets(proto, label)
+    for t in proto.graph.initializer:
+        checks.check_initializer_size(t, label)
+    checks.check_model(_light(proto, {}), label)
 
 
 def _inline(proto: onnx.ModelProto, label: str) -> onnx.ModelProto:
@@ -189,16 +186,18 @@ def _inline(proto: onnx.ModelProto, label: str) -> onnx.ModelProto:
 
 
 def _to_array(t: onnx.TensorProto, label: str) -> np.ndarray:
+    checks.check_initializer_size(t, label)
     try:
-        return numpy_helper.to_array(t)
+        v = numpy_helper.to_array(t)
     except Exception as e:  # noqa: BLE001
         raise CompileError(f"{label}: initializer {t.name!r} is corrupt ({_first_line(e)})",
                            "re-export the model") from None
+    checks.check_constant_values(t.name, v)
+    return v
 
 
 def _first_line(e: BaseException) -> str:
-    s = str(e).strip() or type(e).__name__
-    return s.splitlines()[0][:300]
+    return checks.one_line(e, 300)
 
 
 # ====================================================================== input shapes
@@ -440,9 +439,16 @@ def _static_shapes(proto: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
     fails is still compiled (the lowering computes every shape on its own)."""
     light = _light(proto, public, shapes)
     try:
-        inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(light)
     except Exception:  # noqa: BLE001
         return {}
+    checks.check_inferred_shapes(inferred)          # before anything of that size is allocated or folded
+    if checks.data_prop_is_bounded(inferred):
+        try:
+            inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
+        except Exception:  # noqa: BLE001
+            pass
+        checks.check_inferred_shapes(inferred)
     out: dict[str, tuple[int, ...]] = {}
     for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
         dims = _dims(vi)
@@ -474,6 +480,8 @@ class Context:
         self.graph_outputs: set[str] = {o.name for o in proto.graph.output}
         self.node: onnx.NodeProto | None = None
         self.node_name = ""
+        self.budget = limits.Budget(limits.current().fold_seconds)   # all constant folds together
+        self.folded_bytes = 0
 
     # ------------------------------------------------------------------ the driver
     def convert(self, node: onnx.NodeProto, index: int) -> None:
@@ -509,13 +517,19 @@ class Context:
         """Evaluate a node on constants (onnxruntime, else the ONNX reference evaluator, which
         has gaps of its own); False lets the node's converter try."""
         feeds = {i: self.value(i) for i in node.input if i}
+        what = f"node {self.node_name!r} ({node.op_type})"
+        checks.check_fold(node, feeds, self.opsets, self.ir_version, what)   # sizes before evaluating
         errors = []
         for evaluate in (self._eval_ort, self._eval_reference):
             try:
                 with np.errstate(all="ignore"):
                     outs = evaluate(node, feeds)
                 break
+            except CompileError:
+                raise
             except Exception as e:  # noqa: BLE001
+                if self.budget.left() <= 0:         # onnxruntime stopped by the budget: no second try
+                    raise self.budget.error(f"folding {what}") from None
                 errors.append(_first_line(e))
         else:
             if node.op_type in CONVERTERS and node.domain in ("", "ai.onnx"):
@@ -524,8 +538,25 @@ class Context:
                                f"evaluated at compile time: {errors[-1]}")
         for name, v in zip(node.output, outs):
             if name:
-                self.set_value(name, np.asarray(v))
+                v = np.asarray(v)
+                self._check_folded(name, v, what)
+                self.set_value(name, v)
         return True
+
+    def _check_folded(self, name: str, v: np.ndarray, what: str) -> None:
+        """A folded value: its size (and all folded constants together) within the limits; a
+        Constant node's value by the initializers' rules; NaN from folding refused."""
+        lim = limits.current()
+        limits.check_size(v.shape, v.dtype.itemsize, f"{what}: output {name!r}")
+        self.folded_bytes += v.nbytes
+        if self.folded_bytes > lim.max_bytes:
+            raise CompileError(f"{what}: folded constants take {limits.fmt_bytes(self.folded_bytes)} together, over "
+                               f"the limit of {limits.fmt_bytes(lim.max_bytes)}", limits.HINT)
+        if self.node.op_type == "Constant":
+            checks.check_constant_values(name, v, f"constant (node {self.node_name!r})")
+        elif v.dtype.kind == "f" and v.size and np.isnan(v).any():
+            raise CompileError(f"{what}: folding gives NaN in {name!r} (e.g. 0/0 or sqrt of a negative constant)",
+                               "the model's constants are corrupt; re-export it")
 
     def _eval_ort(self, node: onnx.NodeProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         import onnxruntime as ort
@@ -539,16 +570,19 @@ class Context:
         opts = ort.SessionOptions()
         opts.log_severity_level = 4  # a failure falls back to the reference; don't print it
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.intra_op_num_threads = 1
         sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
         run_opts = ort.RunOptions()
         run_opts.log_severity_level = 4
-        got = dict(zip([o.name for o in outs], sess.run(None, feeds, run_opts)))
+        with self.budget.guard(f"folding node {self.node_name!r} ({node.op_type})", run_opts):
+            got = dict(zip([o.name for o in outs], sess.run(None, feeds, run_opts)))
         return [got.get(o) for o in node.output]
 
     def _eval_reference(self, node: onnx.NodeProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         from onnx.reference import ReferenceEvaluator
 
-        return ReferenceEvaluator(node, opsets=self._opsets_for_ref()).run(None, feeds)
+        with self.budget.guard(f"folding node {self.node_name!r} ({node.op_type})"):
+            return ReferenceEvaluator(node, opsets=self._opsets_for_ref()).run(None, feeds)
 
     def _opsets_for_ref(self) -> dict[str, int]:
         return {("" if k == "ai.onnx" else k): v for k, v in self.opsets.items()}
@@ -644,6 +678,8 @@ class Context:
                 if o:
                     self.set_value(o, v)
             return names
+        for (shape, kind), n in zip(out_infos, names):
+            limits.check_size(shape, 8, f"node {self.node_name!r} ({self.node.op_type}): IR tensor {n!r}")
         vis, owner = _visibility(infos)
         new_infos = [TensorInfo(shape, kind, vis, owner=owner) for shape, kind in out_infos]
         for o, i in zip(outs, new_infos):
