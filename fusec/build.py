@@ -20,7 +20,10 @@ from typing import Callable
 
 import numpy as np
 
+from fusec import build_schema as schema
 from fusec.errors import FusecError
+from fusec.limits import Limits
+from fusec.limits import using as using_limits
 from fusec.ir.graph import Graph
 from fusec.ir.ops import run_node
 from fusec.passes.lower import Lowered
@@ -89,12 +92,15 @@ def compile_graph(graph: Graph, opts: CompileOptions, progress: Callable[[str], 
 
 def compile_model(model, out_dir, opts: CompileOptions, batch: int | None = None, seq: int | None = None,
                   input_shapes: dict | None = None, public_inputs: dict | None = None,
-                  progress: Callable[[str], None] | None = None, input_roles: dict | None = None) -> Build:
+                  progress: Callable[[str], None] | None = None, input_roles: dict | None = None,
+                  limits: Limits | None = None) -> Build:
+    """``limits`` (``fusec/limits.py``) bound every size and the compile-time evaluation."""
     t0 = time.perf_counter()
     if progress:
         progress("frontend")
-    graph = frontend(model, batch, seq, input_shapes, public_inputs, input_roles)
-    graph, low, steps = compile_graph(graph, opts, progress)
+    with using_limits(limits):
+        graph = frontend(model, batch, seq, input_shapes, public_inputs, input_roles)
+        graph, low, steps = compile_graph(graph, opts, progress)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if progress:
@@ -152,30 +158,55 @@ def program(graph: Graph, low: Lowered, steps: list[Step]) -> dict:
     }
 
 
+#: files a build must have a hash for (kernels.cu is absent from builds older than codegen)
+REQUIRED = ("ir.json", "weights.npz", "program.json", "keys.layout.json")
+
+
 def load_build(path) -> Build:
+    """Read a build back: hashes, then every file against its schema (``fusec/build_schema.py``:
+    a re-hashed manifest does not let a tampered file through), then the gate graph rebuilt and
+    compared with the saved program and key layout."""
     p = Path(path)
     if not (p / "manifest.json").is_file():
         raise FusecError(f"{p} is not a build directory (no manifest.json)", "run `fusec compile model.onnx -o DIR` first")
-    try:
-        manifest = json.loads((p / "manifest.json").read_text())
-    except json.JSONDecodeError as e:
-        raise FusecError(f"{p / 'manifest.json'} is corrupt ({e})", "re-run `fusec compile`") from None
-    if manifest.get("format") != FORMAT:
-        raise FusecError(f"{p} was written by another fusec build format ({manifest.get('format')})",
+    manifest = schema.read_json(p / "manifest.json", schema.MANIFEST)
+    if manifest["format"] != FORMAT:
+        raise FusecError(f"{p} was written by another fusec build format ({manifest['format']})",
                          "re-run `fusec compile` with this version")
-    for name, digest in manifest.get("hashes", {}).items():
+    for name in REQUIRED:
+        if name not in manifest["hashes"]:
+            raise FusecError(f"{p / 'manifest.json'}: field hashes has no entry for {name}", schema.RECOMPILE)
+    for name, digest in manifest["hashes"].items():
         f = p / name
+        if name not in HASHED:
+            raise FusecError(f"{p / 'manifest.json'}: field hashes names {name!r}, not a build file", schema.RECOMPILE)
         if not f.is_file() or _sha(f) != digest:
             raise FusecError(f"{f} is missing or was modified after compilation",
                              "re-run `fusec compile`; keys must be generated from the same build")
-    with np.load(p / "weights.npz", allow_pickle=False) as w:
-        weights = {k: w[k] for k in w.files}
-    graph = Graph.from_json((p / "ir.json").read_text(), weights)
-    opts = CompileOptions(**manifest["flags"])
-    low, steps = build_gates(graph, opts)
+    flags = schema.check_flags(manifest["flags"])
+    ir_doc = schema.read_json(p / "ir.json", schema.IR)
+    schema.check_ir(ir_doc)
+    weights = schema.read_weights(p / "weights.npz", ir_doc["consts"])
+    saved_program = schema.read_json(p / "program.json", schema.PROGRAM)
+    saved_layout = schema.read_json(p / "keys.layout.json", schema.LAYOUT)
+    opts = CompileOptions(**flags)
+    try:
+        graph = Graph.from_json(json.dumps(ir_doc), weights)
+        low, steps = build_gates(graph, opts)
+    except FusecError:
+        raise
+    except Exception as e:  # noqa: BLE001  (a graph that passes the schema but not the compiler's invariants)
+        raise FusecError(f"{p / 'ir.json'} describes a graph fusec cannot rebuild ({type(e).__name__}: "
+                         f"{' '.join(str(e).split())[:200]})", schema.RECOMPILE) from None
     if low.gates.layout().digest() != manifest["layout_digest"]:
         raise FusecError("rebuilding the gate graph gave a different key layout than at compile time",
                          "the fusec version changed since compilation; re-run `fusec compile`")
+    for name, saved, rebuilt in (("program.json", saved_program, program(graph, low, steps)),
+                                 ("keys.layout.json", saved_layout, json.loads(low.gates.layout().to_json()))):
+        rebuilt = json.loads(json.dumps(rebuilt))
+        if saved != rebuilt:
+            field = next((k for k in sorted(set(saved) | set(rebuilt)) if saved.get(k) != rebuilt.get(k)), "?")
+            raise FusecError(f"{p / name}: field {field} differs from the one rebuilt from ir.json", schema.RECOMPILE)
     return Build(p, graph, opts, low, steps, manifest)
 
 

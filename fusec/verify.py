@@ -2,7 +2,9 @@
 
 Everything runs as a user would run it (the ``fusec`` CLI in subprocesses over loopback
 TCP); the reference is onnxruntime on the original ONNX file in float32, fed the same
-inputs plus the public inputs the compiler fixed (attention mask ones, ...). The
+inputs plus the public inputs the compiler fixed (attention mask ones, ...). Without
+``--input`` the input is a fresh draw the calibration never saw, over each input's whole
+accepted range with its edges (:func:`fresh_feeds`), and the output says so. The
 comparison reports max absolute error, relative error (||a-b|| / ||b||), cosine
 similarity and, for outputs with a class axis, argmax agreement.
 """
@@ -69,12 +71,64 @@ def onnxruntime_reference(model_path, feeds: dict[str, np.ndarray], public_meta:
     return dict(zip(names, sess.run(names, run_feeds)))
 
 
+def fresh_feeds(graph, seed: int, calib_seed: int = 0) -> tuple[dict[str, np.ndarray], list[str]]:
+    """An input the calibration never saw, spread over the whole range the build accepts.
+
+    The default calibration input is a standard normal draw (``passes/calibrate``); checking on
+    it again would hide every range problem. Here each float input with an input contract
+    ``[lo, hi]`` (``passes/ranges``; what ``fusec run`` accepts) is drawn uniformly over it, with
+    both ends present (the first element ``lo``, the last ``hi``); token ids are uniform over the
+    vocabulary with 0 and its last id present; anything else (masks) as the calibration draws it,
+    from another seed. Returns the feeds and a description of each input's draw.
+    """
+    from fusec.passes.calibrate import default_feeds  # noqa: PLC0415
+
+    rng = np.random.default_rng([seed, 0x7E51F])         # a stream no integer calibration seed gives
+    other = int(rng.integers(1, 2 ** 31))
+    feeds = default_feeds(graph, other if other != calib_seed else other + 1)
+    contract = graph.meta.get("input_contract") or {}
+    how = []
+    for name in graph.inputs:
+        if name not in feeds:
+            continue
+        info = graph.info(name)
+        v = np.asarray(feeds[name])
+        if info.dtype == "float" and name in contract and v.size:
+            lo, hi = (float(x) for x in contract[name])
+            v = rng.uniform(lo, hi, v.shape)
+            v.flat[0], v.flat[-1] = lo, hi
+            how.append(f"{name} uniform on [{lo:g}, {hi:g}] (the input contract) with both ends")
+        elif info.dtype == "int" and v.size:
+            vocab = _vocabulary(graph, name)
+            if vocab:
+                v = rng.integers(0, vocab, v.shape)
+                v.flat[0], v.flat[-1] = 0, vocab - 1
+                how.append(f"{name} uniform over ids [0, {vocab}) with 0 and {vocab - 1}")
+            else:
+                how.append(f"{name} as calibration draws it, from another seed")
+        else:
+            how.append(f"{name} as calibration draws it, from another seed")
+        feeds[name] = v.astype(feeds[name].dtype) if hasattr(feeds[name], "dtype") else v
+    return feeds, how
+
+
+def _vocabulary(graph, name: str) -> int | None:
+    """Rows of the embedding table ``name`` indexes (through reshapes), None if it indexes none."""
+    seen = [name]
+    for t in seen:
+        for n in graph.consumers(t):
+            if n.op in ("Reshape", "Identity", "Cast", "Unsqueeze", "Squeeze") and n.inputs[0] == t:
+                seen.append(n.outputs[0])
+            if n.op == "Gather" and len(n.inputs) > 1 and n.inputs[1] == t and graph.is_const(n.inputs[0]):
+                return int(graph.const(n.inputs[0]).shape[n.attrs.get("axis", 0)])
+    return None
+
+
 def verify(model, workdir, compile_argv: list[str], input_path: str | None = None, seed: int = 0,
            timeout: float = 1800.0, echo=print, backend: str = "cpu", party_argv: list[str] | tuple = ()
            ) -> list[Comparison]:
     """``party_argv``: more ``fusec run`` options for both servers (e.g. ``--tls-*``)."""
     from fusec.build import load_build, load_inputs  # noqa: PLC0415
-    from fusec.passes.calibrate import default_feeds  # noqa: PLC0415
     from fusec.run3 import free_port, fusec_cmd, run_three  # noqa: PLC0415
 
     wd = Path(workdir)
@@ -87,7 +141,12 @@ def verify(model, workdir, compile_argv: list[str], input_path: str | None = Non
     if r.returncode:
         raise FusecError(f"compile failed:\n{(r.stderr or r.stdout).strip()}")
     b = load_build(build)
-    feeds = load_inputs(input_path, b.ir) if input_path else default_feeds(b.ir, seed)
+    if input_path:
+        feeds = load_inputs(input_path, b.ir)
+        echo(f"[input] {input_path} (given)")
+    else:
+        feeds, how = fresh_feeds(b.ir, seed, b.opts.calib_seed)
+        echo(f"[input] fresh draws the calibration did not see (seed {seed}): {'; '.join(how)}")
     np.savez(wd / "input.npz", **feeds)
     port = free_port()
     echo(f"[2/4] keygen -> {wd / 'keys'}; [3/4] P0 listens on 127.0.0.1:{port}, P1 connects")
