@@ -277,3 +277,20 @@ def test_verify_runs_both_servers_over_tls(pki, tmp_path):
     r = subprocess.run([*cmd, "--workdir", str(tmp_path / "b"), "--tls-server-name", "p0.example.org"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "argmax agreement 1.000" in r.stdout, r.stderr + r.stdout
+
+
+def test_bench_workers_talk_tls(pki, tmp_path):
+    """`fusec bench --tls-*` gives the files to both workers: refused for a certificate
+    that names another host, accepted with --tls-server-name."""
+    ca, _ = pki
+    files = ca.issue("p0", hosts=("p0.example.org",))
+    example = Path(__file__).parent.parent / "fusec" / "examples" / "digits_mlp.onnx"
+    cmd = [sys.executable, "-m", "fusec", "bench", "--model", str(example), "--seq", "1", "--batch", "1",
+           "--internal-batch", "1", "--warmup", "0", "--repeat", "1", "--gates", "fused", *map(str, _tls_args(files))]
+    r = subprocess.run([*cmd, "--workdir", str(tmp_path / "a")], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "certificate is not valid for '127.0.0.1'" in r.stderr, r.stderr
+    r = subprocess.run([*cmd, "--workdir", str(tmp_path / "b"), "--tls-server-name", "p0.example.org"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rec = json.loads((tmp_path / "b" / "bench.json").read_text())["results"][0]
+    assert rec["online"]["per_batch"]["rounds"] == rec["compile"]["rounds_planned"] > 0

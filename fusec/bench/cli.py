@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from fusec.errors import FusecError
+from fusec.party_cli import tls_argv, tls_options
 
 
 def _int_list(text: str, flag: str) -> list[int]:
@@ -52,15 +53,20 @@ def _int_list(text: str, flag: str) -> list[int]:
 @click.option("--padding-ablation", is_flag=True, help="add fused gates without mask-independent padding (INSECURE)")
 @click.option("--timeout", default=1800.0, show_default=True, help="seconds any one stage or step may take")
 @click.option("--keep-going", is_flag=True, help="record a failed configuration and go on instead of stopping")
+@tls_options
 def bench(models, seqs, batches, seq_sweep, internal_batch, gate_sets, gpus, backend, warmup, repeat, layers, bits,
           workdir, keys_dir, keys_mode, dealers, json_path, markdown_path, padding_ablation, timeout,
-          keep_going) -> None:
-    """End-to-end benchmark: export, compile, keygen, P0 and P1 as processes; JSON (+ markdown)."""
+          keep_going, tls_cert, tls_key, tls_ca, tls_server_name) -> None:
+    """End-to-end benchmark: export, compile, keygen, P0 and P1 as processes; JSON (+ markdown).
+
+    With --tls-*, the two workers talk mutual TLS on 127.0.0.1 (the certificate must name
+    127.0.0.1, or give --tls-server-name)."""
     from fusec.bench.plan import BenchOptions
     from fusec.bench.presets import resolve_model
     from fusec.bench.run import run_bench
     from fusec.run3 import workdir as mkwd
 
+    party_argv = tls_argv(tls_cert, tls_key, tls_ca, tls_server_name)     # refused before anything runs
     wd = mkwd(workdir)
     opts = BenchOptions(
         models=[resolve_model(m.strip(), layers, bits) for m in models.split(",") if m.strip()],
@@ -71,7 +77,7 @@ def bench(models, seqs, batches, seq_sweep, internal_batch, gate_sets, gpus, bac
         keys_mode=keys_mode, dealers=dealers, padding_ablation=padding_ablation, timeout=timeout, keep_going=keep_going,
         json_path=Path(json_path) if json_path else wd / "bench.json",
         markdown_path=Path(markdown_path) if markdown_path else None,
-        command="fusec " + shlex.join(sys.argv[1:]))
+        command="fusec " + shlex.join(sys.argv[1:]), party_argv=party_argv)
     click.echo(f"workdir {wd}; results -> {opts.json_path}", err=True)
     run_bench(opts, echo=lambda s: click.echo(s, err=True))
     click.echo(str(opts.json_path))
@@ -95,11 +101,14 @@ def workers() -> None:
 @click.option("--seed", default=0, show_default=True, help="seed of the random *inputs* (keys use the CSPRNG)")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False),
               help="write every step's record here at the end (JSON)")
-def serve(build, party, listen, peer, backend, timeout, connect_retry, seed, out_path) -> None:
+@tls_options
+def serve(build, party, listen, peer, backend, timeout, connect_retry, seed, out_path, tls_cert, tls_key, tls_ca,
+          tls_server_name) -> None:
     """One party's long-lived worker of a benchmark configuration (JSON lines on stdin/stdout)."""
     from fusec.bench.worker import serve as run
 
-    sys.exit(run(build, party, listen, peer, backend, timeout, connect_retry, seed, out_path))
+    sys.exit(run(build, party, listen, peer, backend, timeout, connect_retry, seed, out_path,
+                 tls=(tls_cert, tls_key, tls_ca, tls_server_name)))
 
 
 @workers.command()

@@ -42,8 +42,10 @@ class PartyPair:
     processes. Every wait is bounded; on any failure both are killed and a BenchError
     names the configuration and carries the failing party's stderr tail."""
 
-    def __init__(self, case: Case, build: Path, backend: str, run_dir: Path, timeout: float, seed: int = 0):
+    def __init__(self, case: Case, build: Path, backend: str, run_dir: Path, timeout: float, seed: int = 0,
+                 party_argv: list[str] | tuple = ()):
         self.case, self.build, self.backend, self.timeout, self.seed = case, build, backend, timeout, seed
+        self.party_argv = list(party_argv)      # e.g. --tls-*: the same for both workers
         self.run_dir = run_dir
         run_dir.mkdir(parents=True, exist_ok=True)
         self.outs = [run_dir / "p0.json", run_dir / "p1.json"]
@@ -55,7 +57,7 @@ class PartyPair:
     def _spawn(self, party: int, endpoint: list[str], env: dict) -> None:
         argv = module_argv("fusec.bench", "serve", str(self.build), "--party", str(party), *endpoint,
                        "--backend", self.backend, "--timeout", str(self.timeout), "--seed", str(self.seed),
-                       "--out", str(self.outs[party]))
+                       "--out", str(self.outs[party]), *self.party_argv)
         with open(self.logs[party], "w") as err:
             p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
                                  env=env, bufsize=1)

@@ -74,6 +74,7 @@ class BenchOptions:
     json_path: Path | None = None
     markdown_path: Path | None = None
     command: str = ""
+    party_argv: list[str] = field(default_factory=list)     # more worker options: --tls-* (fusec.party_cli)
 
     @property
     def steps(self) -> int:

@@ -95,7 +95,8 @@ def _run_steps(case: Case, opts: BenchOptions, comp: CompileInfo, plan: KeyPlan,
 
     first = keys_for(0)
     merged = []
-    with PartyPair(case, comp.build, opts.backend, Path(opts.workdir) / "runs" / case.slug, opts.timeout) as pair:
+    with PartyPair(case, comp.build, opts.backend, Path(opts.workdir) / "runs" / case.slug, opts.timeout,
+                   party_argv=opts.party_argv) as pair:
         pair.start(envs)
         for step in range(opts.steps):
             key_dirs = first if step == 0 else keys_for(step)
