@@ -119,6 +119,23 @@ def test_failure_kinds():
     assert classify_failure(2, "error: key file broken") == "error"
 
 
+def test_worker_command_line_refuses_bad_input_in_one_line(tmp_path):
+    """``python -m fusec.bench serve|keygen`` (the processes the bench starts): a usage
+    error is exit status 2 with click's message; a worker given neither --listen nor --peer
+    answers an error event on its protocol stream and exits 2."""
+    def worker(*args):
+        return subprocess.run([sys.executable, "-m", "fusec.bench", *map(str, args)], capture_output=True, text=True,
+                              timeout=120, stdin=subprocess.DEVNULL)
+
+    r = worker("keygen", tmp_path, "-o", tmp_path / "k", "--count", "0")
+    assert r.returncode == 2 and "Invalid value for '--count'" in r.stderr and "Traceback" not in r.stderr
+    r = worker("serve", tmp_path)
+    assert r.returncode == 2 and "Missing option '--party'" in r.stderr
+    r = worker("serve", tmp_path, "--party", "0")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert json.loads(r.stdout) == {"event": "error", "message": "give exactly one of --listen and --peer"}
+
+
 # ---------------------------------------------------------------------- end to end on the CPU
 @pytest.fixture(scope="module")
 def bench_run(tmp_path_factory):

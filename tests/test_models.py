@@ -186,6 +186,22 @@ def test_models_import_needs_no_ml_frameworks():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["bert", "m.onnx", "--hidden", "30", "--heads", "4"], "error: hidden=30 is not a multiple of heads=4"),
+    (["gpt2", "m.onnx", "--seq", "65", "--positions", "64"], "error: seq=65 exceeds the model's 64 position"),
+    (["resnet", "m.onnx"], "'resnet' is not one of"),
+    (["bert", "m.onnx", "--layers", "0"], "Invalid value for '--layers'"),
+])
+def test_models_cli_refuses_bad_input_in_one_line(argv, message, tmp_path):
+    """``python -m fusec.models``: a bad kind or parameter is exit status 2 and a message,
+    before torch is imported (none of these needs it), never a traceback."""
+    r = subprocess.run([sys.executable, "-m", "fusec.models", *argv], capture_output=True, text=True, cwd=tmp_path,
+                       timeout=120)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "m.onnx").exists()
+
+
 def test_missing_framework_is_a_compile_error_with_install_hint(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
     for build in (models.export_bert, models.export_gpt2, models.export_minilm, models.train_digits_cnn):
