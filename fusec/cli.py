@@ -42,6 +42,14 @@ def cli() -> None:
 
 
 @cli.command()
+def ops() -> None:
+    """The ONNX ops fusec lowers on secret data, and where any other op may run."""
+    from fusec.ir.owner_prefix import ops_text
+
+    click.echo(ops_text())
+
+
+@cli.command()
 @click.option("--bits", default=50, show_default=True, help="ring width n")
 @click.option("--frac", default=12, show_default=True, help="fractional bits f (the shift)")
 def gates(bits, frac) -> None:

@@ -492,6 +492,9 @@ class Context:
         if all(self.is_const(i) for i in node.input if i) and self._fold(node):
             return
         conv = CONVERTERS.get(node.op_type) if domain == "ai.onnx" else None
+        if conv is None and domain == "ai.onnx":     # the input owner's plaintext, or a short refusal
+            from fusec.ir import owner_prefix  # noqa: PLC0415
+            return owner_prefix.convert(self, node)
         if conv is None:
             raise self.unsupported()
         try:

@@ -19,6 +19,7 @@ both servers see the value (what that role allows).
 from __future__ import annotations
 
 from fusec.errors import CompileError
+from fusec.ir import owner_prefix  # noqa: F401  (registers the IR op OnnxNode: any ONNX op at the owner)
 from fusec.ir.graph import Graph, TensorInfo
 from fusec.passes.options import CompileOptions
 
@@ -50,8 +51,15 @@ def client_split(graph: Graph, opts: CompileOptions) -> Graph:
         if node.op == "Div" and "secret" in vis and node.inputs[1] in plumbing:
             _reciprocal_at_owner(graph, node)
             continue
-        if "client" in vis and "secret" not in vis and (meta or node.op in CLIENT_OPS) and \
-                (opts.client_prefix or ints or meta):
+        if node.op == owner_prefix.OP and "secret" in vis:
+            secret = next(t for t in node.inputs if t and graph.info(t).visibility == "secret")
+            raise CompileError(f"{node!r}: ONNX op {node.attrs.get('onnx_op')!r} has no secure lowering, and it "
+                               f"reads {secret!r}, which the secure part computes (the input owner runs any op, "
+                               "but only on its own inputs and constants)",
+                               "`fusec ops` lists the ops the secure part lowers; re-export the model without this "
+                               "op, or make what it reads the owner's (--input-role) or constant (--public-input)")
+        if "client" in vis and "secret" not in vis and (meta or node.op in CLIENT_OPS or node.op == owner_prefix.OP) \
+                and (opts.client_prefix or ints or meta or node.op == owner_prefix.OP):
             node.attrs["at"] = "client"
             owners = {graph.info(t).owner for t in node.inputs if t and graph.info(t).visibility == "client"}
             if len(owners) > 1:

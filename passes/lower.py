@@ -92,15 +92,20 @@ class _Lowering:
         secret = [t for t in node.inputs if t and self.secret(t)]
         if node.op in ("Gather",) and not self.g.is_const(node.inputs[1]):
             raise CompileError(f"{node!r} gathers with secret indices", "only public (constant) indices are supported")
-        offsets, args, sizes = 0, [], []
-        for t in node.inputs:
+        offsets, args, sizes, consts = 0, [], [], []    # consts: (position, value) of public data
+        for i, t in enumerate(node.inputs):
             if t and self.secret(t):
                 size = int(np.prod(self.shape(t)))
                 args.append(np.arange(offsets, offsets + size, dtype=np.int64).reshape(self.shape(t)) + 1)
                 sizes.append(size)
                 offsets += size
-            elif t and self.g.is_const(t) and node.op in ("Gather",):
+            elif t and self.g.is_const(t) and node.op in ("Gather",) and i == 1:
                 args.append(self.g.const(t))
+            elif t and self.g.is_const(t) and self.g.info(t).dtype == "float":
+                # a public constant moved beside secrets (ViT's class token): the zero slot, plus
+                # its values added publicly below (a wire with a zero mask, at no cost)
+                args.append(np.zeros(np.shape(self.g.const(t)), np.int64))
+                consts.append((i, self.g.const(t)))
             elif t:
                 raise CompileError(f"{node!r} mixes constants into data movement of secret tensors",
                                    "this pattern is not supported yet")
@@ -111,6 +116,12 @@ class _Lowering:
         if node.op in ("Pad", "Im2Col"):
             attrs["value"] = 0          # index 0 after the -1 below: the padding slot
         results = run_node(node.op, args, attrs)
+        publics = None
+        if consts:
+            vals = [np.zeros(np.shape(a), np.float64) if a is not None else None for a in args]
+            for i, v in consts:
+                vals[i] = np.asarray(v, np.float64)
+            publics = run_node(node.op, vals, attrs)
         wires = [self.out.wire[t] for t in secret]
         for i, (t, idx) in enumerate(zip(node.outputs, results)):
             gid = node.name if len(node.outputs) == 1 else f"{node.name}:{i}"
@@ -119,6 +130,10 @@ class _Lowering:
                 self.out.wire[t] = wires[0]       # a pure reshape: no gate at all
                 continue
             self.out.wire[t] = self.add(gid, Rearrange(sizes, index, self.n), wires, node)
+            if publics is not None:
+                const = np.asarray(publics[i], np.float64).reshape(-1)
+                self.out.wire[t] = self.add(f"{gid}/public", AddPublic(index.size, self.n,
+                                            encode(const, self.scale(t), self.n)), [self.out.wire[t]], node)
             if pad_value != 0.0:        # e.g. max pooling pads with "minus infinity": a public constant
                 lim = self.o.safe_magnitude
                 const = np.where(index < 0, np.clip(pad_value, -lim, lim), 0.0)
