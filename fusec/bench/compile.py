@@ -38,7 +38,7 @@ def compile_case(case: Case, model_path: Path, workdir: Path, timeout: float) ->
     if not cached:
         shutil.rmtree(build, ignore_errors=True)
         argv = module_argv("fusec", "compile", str(model_path), "-o", str(build), "--batch", str(case.batch),
-                       "--seq", str(case.seq), "--bits", str(case.model.bits), "--gates", case.gates)
+                           "--seq", str(case.seq), "--bits", str(case.model.bits), "--gates", case.gates)
         if not case.padded:
             argv.append("--insecure-mask-dependent-shapes")
         try:

@@ -50,8 +50,8 @@ def generate_keys(build: Path, root: Path, outs: list[tuple[Path, int]], dealers
                 shutil.rmtree(out, ignore_errors=True)
                 log = log_dir / f"keygen_{'_'.join((case.slug, *out.relative_to(root).parts))}.log"
                 argv = module_argv("fusec.bench", "keygen", str(build), "-o", str(out), "--count", str(count),
-                               "--backend", backend, "--json", str(out / "keygen.json"),
-                               "--no-fsync")  # deleted after its step: flushing it to disk measures the disk
+                                   "--backend", backend, "--json", str(out / "keygen.json"),
+                                   "--no-fsync")  # deleted after its step: flushing it to disk measures the disk
                 with open(log, "w") as f:
                     proc = subprocess.Popen(argv, stdout=f, stderr=subprocess.STDOUT,
                                             env={**os.environ, "PYTHONUNBUFFERED": "1"})

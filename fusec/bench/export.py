@@ -21,6 +21,6 @@ def export_model(spec: ModelSpec, workdir: Path, positions: int, timeout: float,
     if not done.exists():
         out.parent.mkdir(parents=True, exist_ok=True)
         run_stage(module_argv("fusec.models", *spec.export_argv(out, positions)), "model export", case, timeout,
-                   out.with_suffix(".log"))
+                  out.with_suffix(".log"))
         done.write_text(json.dumps(asdict(spec)))
     return out

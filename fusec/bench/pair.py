@@ -56,8 +56,8 @@ class PartyPair:
     # -- process management
     def _spawn(self, party: int, endpoint: list[str], env: dict) -> None:
         argv = module_argv("fusec.bench", "serve", str(self.build), "--party", str(party), *endpoint,
-                       "--backend", self.backend, "--timeout", str(self.timeout), "--seed", str(self.seed),
-                       "--out", str(self.outs[party]), *self.party_argv)
+                           "--backend", self.backend, "--timeout", str(self.timeout), "--seed", str(self.seed),
+                           "--out", str(self.outs[party]), *self.party_argv)
         with open(self.logs[party], "w") as err:
             p = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
                                  env=env, bufsize=1)

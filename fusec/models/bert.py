@@ -74,10 +74,10 @@ def export_bert(path: str | os.PathLike, layers: int = 2, hidden: int = 128, hea
     if dynamic and exporter == "legacy":
         dyn["last_hidden_state"] = {0: "batch", 1: "sequence"}
     out, tmp, opset = export_torch(module, (ids, am, tt), path, names, ["last_hidden_state"], dyn,
-                                    exporter, opset, {"sequence": positions})
+                                   exporter, opset, {"sequence": positions})
     config = dict(layers=layers, hidden=hidden, heads=heads, intermediate=intermediate, vocab=vocab,
                   positions=positions, seq=seq, batch=batch, seed=seed, dynamic=dynamic,
                   torch=torch.__version__, transformers=need_transformers("export_bert").__version__)
     with tmp:
         return finalize(out, path, "bert", exporter, config, vocab,
-                         out_dims={"last_hidden_state": seq_dims(dynamic, batch, seq, hidden)})
+                        out_dims={"last_hidden_state": seq_dims(dynamic, batch, seq, hidden)})

@@ -69,10 +69,10 @@ def export_gpt2(path: str | os.PathLike, layers: int = 2, hidden: int = 128, hea
     if dynamic and exporter == "legacy":
         dyn["last_hidden_state"] = {0: "batch", 1: "sequence"}
     out, tmp, opset = export_torch(module, (ids,), path, ["input_ids"], ["last_hidden_state"], dyn,
-                                    exporter, opset, {"sequence": positions})
+                                   exporter, opset, {"sequence": positions})
     config = dict(layers=layers, hidden=hidden, heads=heads, vocab=vocab, positions=positions, seq=seq,
                   batch=batch, seed=seed, dynamic=dynamic,
                   torch=torch.__version__, transformers=need_transformers("export_gpt2").__version__)
     with tmp:
         return finalize(out, path, "gpt2", exporter, config, vocab,
-                         out_dims={"last_hidden_state": seq_dims(dynamic, batch, seq, hidden)})
+                        out_dims={"last_hidden_state": seq_dims(dynamic, batch, seq, hidden)})

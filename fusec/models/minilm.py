@@ -88,14 +88,14 @@ def export_minilm(path: str | os.PathLike, seq: int = 16, batch: int = 1, export
     if dynamic and exporter == "legacy":
         dyn["sentence_embedding"] = {0: "batch"}
     out, tmp, opset = export_torch(module, args, path, names, ["sentence_embedding"], dyn, exporter,
-                                    opset, {"sequence": 512})
+                                   opset, {"sequence": 512})
     config = dict(name="sentence-transformers/all-MiniLM-L6-v2", layers=6, hidden=384, heads=12,
                   intermediate=1536, vocab=vocab, positions=512, seq=seq, batch=batch, dynamic=dynamic,
                   pooling="mean", normalize=True,
                   torch=torch.__version__, transformers=need_transformers("export_minilm").__version__)
     with tmp:
         return finalize(out, path, "minilm", exporter, config, vocab,
-                         out_dims={"sentence_embedding": ("batch" if dynamic else batch, 384)})
+                        out_dims={"sentence_embedding": ("batch" if dynamic else batch, 384)})
 
 
 def minilm_tokenize(sentences: list[str] | str, seq: int = 16) -> dict[str, np.ndarray]:
