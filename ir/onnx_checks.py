@@ -38,6 +38,16 @@ SENTINEL = 1e15
 
 _REEXPORT = "re-export the model; `python -m onnx.checker` shows the same problem"
 
+#: numpy-style broadcasting starts at opset 7; before it, ops with a ``broadcast`` attribute are refused
+MIN_OPSET = 7
+
+
+def _legacy_broadcast(op: str, version: int) -> bool:
+    try:
+        return "broadcast" in onnx.defs.get_schema(op, version).attributes
+    except Exception:  # noqa: BLE001  (no such op at that opset: the checker says so)
+        return False
+
 
 def one_line(e: BaseException | str, limit: int = 400) -> str:
     """An exception's message on one line (the checker's span several)."""
@@ -78,6 +88,14 @@ def check_opsets(proto: onnx.ModelProto, label: str) -> None:
                                f"re-export with opset {newest} or lower, or upgrade onnx")
         if imp.version < 1:
             raise CompileError(f"{label} declares opset {imp.version} of {domain or 'ai.onnx'!r}", _REEXPORT)
+        if domain == "" and imp.version < MIN_OPSET:
+            legacy = sorted({n.op_type for n in proto.graph.node if not n.domain and _legacy_broadcast(n.op_type,
+                                                                                                     imp.version)})
+            if legacy:
+                raise CompileError(f"{label} uses opset {imp.version} of 'ai.onnx', where {', '.join(legacy)} "
+                                   f"broadcast only through a legacy 'broadcast' attribute fusec does not model "
+                                   f"(opset {MIN_OPSET} and newer broadcast like numpy)",
+                                   "convert it: onnx.version_converter.convert_version(model, 17)")
 
 
 def check_model(light: onnx.ModelProto, label: str) -> None:
@@ -250,3 +268,33 @@ def check_fold(node: onnx.NodeProto, feeds: dict[str, np.ndarray], opsets: dict[
         if tt.HasField("shape"):
             dims = [d.dim_value for d in tt.shape.dim if d.HasField("dim_value")]
             check_size(dims, itemsize(tt.elem_type), f"{what}: output {vi.name!r}")
+
+
+# ---------------------------------------------------------------------- text fields
+def check_strings(proto: onnx.ModelProto, label: str) -> None:
+    """Every string field decodes as UTF-8. protobuf parses a corrupt name without complaint and
+    raises UnicodeDecodeError only when it is read, deep inside later code; a flipped byte in a
+    name must be the same clean error as any other corruption."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    def walk(m, where: str) -> None:
+        for fd, value in m.ListFields():
+            values = value if _repeated(fd) else [value]
+            if fd.type == FieldDescriptor.TYPE_MESSAGE:
+                for sub in values:
+                    walk(sub, f"{where}.{fd.name}")
+            elif fd.type == FieldDescriptor.TYPE_STRING:
+                for v in values:            # upb hands back bytes for a string that is not UTF-8
+                    if isinstance(v, bytes):
+                        raise CompileError(f"{label} is not a valid ONNX model: field {where}.{fd.name} ({v[:40]!r}) "
+                                           f"is not valid UTF-8", "the file is corrupt; re-export or re-download it")
+
+    try:
+        walk(proto, "model")
+    except UnicodeDecodeError as e:         # the pure-Python protobuf raises instead
+        raise CompileError(f"{label} is not a valid ONNX model: a name or text field is not valid UTF-8 ({e.reason} "
+                           f"at byte {e.start})", "the file is corrupt; re-export or re-download it") from None
+
+
+def _repeated(fd) -> bool:
+    return getattr(fd, "is_repeated", None) if hasattr(fd, "is_repeated") else fd.label == fd.LABEL_REPEATED

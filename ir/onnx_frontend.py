@@ -133,6 +133,7 @@ def _read(model: str | os.PathLike | onnx.ModelProto) -> tuple[onnx.ModelProto, 
     except Exception as e:  # noqa: BLE001  (protobuf raises DecodeError, RuntimeWarning, ...)
         raise CompileError(f"{label} is not a readable ONNX model ({type(e).__name__}: {_first_line(e)})",
                            "the file may be truncated or not an ONNX file; re-export or re-download it") from None
+    checks.check_strings(proto, label)
     if not proto.HasField("graph") or proto.ir_version == 0:
         raise CompileError(f"{label} does not contain an ONNX model (no graph or IR version)",
                            "the file may be truncated or not an ONNX file; re-export or re-download it")
