@@ -230,12 +230,13 @@ _SMALL = 1024
 
 
 def check_fold(node: onnx.NodeProto, feeds: dict[str, np.ndarray], opsets: dict[str, int], ir_version: int,
-               what: str) -> None:
+               what: str, typed: dict[str, tuple[tuple[int, ...], int]] | None = None) -> None:
     """Before a node is evaluated on constants: the sizes of its outputs as ONNX shape inference
     sees them (its small constant inputs as initializers, so ConstantOfShape, Range, Expand,
     Tile, Pad, OneHot, Resize, broadcasting and MatMul are all sized without evaluating them),
     and a constant Loop's trip count. Inference failing is no verdict: the fold may go on
-    (its outputs are checked again once they exist)."""
+    (its outputs are checked again once they exist). ``typed`` gives the (shape, element type) of
+    inputs that are not constants, for a node about to be lowered rather than folded."""
     lim = current()
     if node.op_type == "Loop":
         trip = feeds.get(node.input[0]) if node.input and node.input[0] else None
@@ -246,6 +247,8 @@ def check_fold(node: onnx.NodeProto, feeds: dict[str, np.ndarray], opsets: dict[
                                "a malformed or hostile model asks for this; a genuine model does not loop this "
                                "long on constants (re-export it with the loop unrolled or computed in advance)")
     inits, ins = [], []
+    for k, (shape, et) in (typed or {}).items():
+        ins.append(helper.make_tensor_value_info(k, et, list(shape)))
     for k, v in feeds.items():
         v = np.asarray(v)
         try:

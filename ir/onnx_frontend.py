@@ -492,6 +492,7 @@ class Context:
         domain = node.domain or "ai.onnx"
         if all(self.is_const(i) for i in node.input if i) and self._fold(node):
             return
+        self._check_sizes(node)
         conv = CONVERTERS.get(node.op_type) if domain == "ai.onnx" else None
         if conv is None and domain == "ai.onnx":     # the input owner's plaintext, or a short refusal
             from fusec.ir import owner_prefix  # noqa: PLC0415
@@ -506,6 +507,25 @@ class Context:
             raise CompileError(f"node {self.node_name!r} ({node.op_type}): cannot lower it: "
                                f"{type(e).__name__}: {_first_line(e)}",
                                "check the node's attributes and inputs (onnx.checker with full_check=True)") from None
+
+    def _check_sizes(self, node: onnx.NodeProto) -> None:
+        """Before lowering: the node's output sizes by ONNX shape inference on the node alone
+        (constants small enough as values, the rest by shape), unless its shape follows from a
+        rule the IR checks without allocating (elementwise, broadcasting, MatMul)."""
+        if node.op_type in _RULE_ONNX_OPS and not node.domain:
+            return
+        consts, typed = {}, {}
+        for i in node.input:
+            if not i:
+                continue
+            if self.is_const(i):
+                consts[i] = self.value(i)
+            elif self.alias.get(i, i) in self.graph.tensors:
+                info = self.graph.info(self.alias.get(i, i))
+                typed[i] = (info.shape, {"float": TensorProto.FLOAT, "int": TensorProto.INT64,
+                                         "bool": TensorProto.BOOL}.get(info.dtype, TensorProto.FLOAT))
+        checks.check_fold(node, consts, self.opsets, self.ir_version, f"node {self.node_name!r} ({node.op_type})",
+                          typed)
 
     def unsupported(self) -> CompileError:
         node = self.node
@@ -745,6 +765,10 @@ class Context:
 
 
 _SAME_SHAPE_OPS = {n for n, d in OPS.items() if d.kind == "unary"}
+#: ONNX ops whose lowering sizes its output by rule (no placeholder evaluation): no extra size check
+_RULE_ONNX_OPS = {"Relu", "Sigmoid", "Tanh", "Exp", "Log", "Sqrt", "Neg", "Abs", "Erf", "Reciprocal", "Identity",
+                  "Add", "Sub", "Mul", "Div", "Pow", "Where", "MatMul", "Cast", "Dropout", "Softmax",
+                  "LayerNormalization", "Gelu"}
 _BROADCAST_OPS = {n for n, d in OPS.items() if d.kind == "binary"} | {"Where"}
 
 

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import os
 import re
 import time
 import warnings
@@ -26,6 +27,7 @@ from fusec.ir.ops import interpret
 
 F = TensorProto.FLOAT
 I64 = TensorProto.INT64
+B = TensorProto.BOOL
 
 
 # ====================================================================== ONNX backend node tests
@@ -706,3 +708,202 @@ def test_real_bert_export(tmp_path, dynamo):
     _versus_ort(onnx.load(str(path)), feeds, graph=g)
     assert g.meta["onnx"]["opset"] == (18 if dynamo else 17)
     assert g.ops()["LayerNorm"] == 5 and "Where" not in g.ops()
+
+
+# ====================================================================== hostile models: limits, values, files
+def _raw_model(nodes, inputs, outputs, inits=(), opset: int = 17) -> onnx.ModelProto:
+    """Like _model but without running the checker (the frontend must be the one to refuse)."""
+    g = helper.make_graph(nodes, "m", inputs, outputs, list(inits))
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _sum_into_x(nodes, inits, out: str = "c") -> onnx.ModelProto:
+    """y = x + sum(cast(out)): the huge tensor is reached, not dead code."""
+    N = helper.make_node
+    nodes = nodes + [N("Cast", [out], ["cf"], to=F), N("ReduceSum", ["cf"], ["r"], keepdims=0),
+                     N("Add", ["x", "r"], ["y"])]
+    return _raw_model(nodes, [_vi("x", F, [1, 4])], [_vi("y", F, [1, 4])], inits)
+
+
+def _peak_mb() -> float:
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+_HUGE_MODELS = {
+    "ConstantOfShape": lambda: _sum_into_x(
+        [helper.make_node("ConstantOfShape", ["s"], ["c"], name="big", value=_init("v", np.array([1.0], np.float32)))],
+        [_init("s", np.array([10 ** 10]))]),
+    # data propagation inside onnx would materialize this Range (80 GB) if it ran first
+    "Range": lambda: _sum_into_x([helper.make_node("Range", ["a", "b", "d"], ["c"], name="big")],
+                                 [_init("a", np.array(0)), _init("b", np.array(10 ** 10)), _init("d", np.array(1))]),
+    "Range of a computed limit": lambda: _sum_into_x(
+        [helper.make_node("Mul", ["b0", "k"], ["b"]), helper.make_node("Range", ["a", "b", "d"], ["c"], name="big")],
+        [_init("a", np.array(0)), _init("b0", np.array(10 ** 5)), _init("k", np.array(10 ** 5)), _init("d", np.array(1))]),
+    "Tile": lambda: _sum_into_x([helper.make_node("Tile", ["o", "reps"], ["c"], name="big")],
+                                [_init("o", np.ones((2, 2), np.float32)), _init("reps", np.array([10 ** 5, 10 ** 5]))]),
+    "MatMul of two constants": lambda: _sum_into_x(
+        [helper.make_node("Expand", ["o", "sa"], ["a"]), helper.make_node("Expand", ["o", "sb"], ["b"]),
+         helper.make_node("MatMul", ["a", "b"], ["c"], name="big")],
+        [_init("o", np.ones((1, 1), np.float32)), _init("sa", np.array([10 ** 5, 1])), _init("sb", np.array([1, 10 ** 5]))]),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_HUGE_MODELS))
+def test_a_huge_constant_is_refused_before_it_is_allocated(kind):
+    before = _peak_mb()
+    t0 = time.perf_counter()
+    with pytest.raises(CompileError) as e:
+        load_model(_HUGE_MODELS[kind]())
+    msg = str(e.value)
+    assert "'big'" in msg and "over the limit" in msg and "elements" in msg and "--max-elements" in msg, msg
+    assert "\n" not in e.value.message
+    assert time.perf_counter() - t0 < 10
+    assert _peak_mb() - before < 1000            # nothing near the 40-80 GB asked for was touched
+
+
+def test_limits_are_configurable_and_name_the_initializer():
+    from fusec.limits import Limits, using
+
+    m = _raw_model([helper.make_node("MatMul", ["x", "w"], ["y"])], [_vi("x", F, [1, 40])], [_vi("y", F, [1, 50])],
+                   [_init("w", np.ones((40, 50), np.float32))])
+    load_model(m)
+    with using(Limits(max_elements=1000)):
+        with pytest.raises(CompileError, match=r"initializer 'w' would have shape \[40, 50\]: 2,000 elements"):
+            load_model(m)
+    with using(Limits(max_bytes=4000)):
+        with pytest.raises(CompileError, match=r"initializer 'w'.*7.81 KiB"):
+            load_model(m)
+    relu = _raw_model([helper.make_node("Relu", ["x"], ["y"])], [_vi("x", F, ["n", "m"])], [_vi("y", F, ["n", "m"])])
+    with using(Limits(max_elements=1000)):                  # an input shape from the command line too
+        with pytest.raises(CompileError, match=r"input 'x' would have shape \[1, 4000\]"):
+            load_model(relu, input_shapes={"x": (1, 4000)})
+
+
+def _loop_model(trip: int | None) -> onnx.ModelProto:
+    N = helper.make_node
+    body = helper.make_graph([N("Identity", ["cond"], ["cond_out"]), N("Add", ["v", "one"], ["v_out"])], "body",
+                             [_vi("i", I64, []), _vi("cond", B, []), _vi("v", F, [])],
+                             [_vi("cond_out", B, []), _vi("v_out", F, [])], [_init("one", np.array(1.0, np.float32))])
+    inits = [_init("c", np.array(True)), _init("v0", np.array(0.0, np.float32))]
+    if trip is not None:
+        inits.append(_init("M", np.array(trip)))
+    return _raw_model([N("Loop", ["M" if trip is not None else "", "c", "v0"], ["vf"], body=body, name="loop"),
+                       N("Add", ["x", "vf"], ["y"])], [_vi("x", F, [1, 4])], [_vi("y", F, [1, 4])], inits)
+
+
+def test_constant_loops_run_under_a_trip_count_limit_and_a_time_budget():
+    from fusec.limits import Limits, using
+
+    for trip in (10 ** 12, None):                            # refused at once, not run
+        t0 = time.perf_counter()
+        with pytest.raises(CompileError, match="constant Loop of (1,000,000,000,000|unbounded) iterations"):
+            load_model(_loop_model(trip))
+        assert time.perf_counter() - t0 < 5
+    g = load_model(_loop_model(5))                           # a short loop folds (a positive control)
+    got = interpret(g, {"x": np.zeros((1, 4))})
+    np.testing.assert_allclose(got[g.outputs[0]], np.full((1, 4), 5.0))
+    t0 = time.perf_counter()
+    with using(Limits(fold_seconds=0.3, max_loop_iterations=10 ** 9)):   # long enough to need the budget
+        with pytest.raises(CompileError, match=r"node 'loop' \(Loop\) did not finish within .* 0.3 s"):
+            load_model(_loop_model(10 ** 9))
+    assert time.perf_counter() - t0 < 5
+
+
+def _weight_model(w: np.ndarray, name: str = "w") -> onnx.ModelProto:
+    return _raw_model([helper.make_node("MatMul", ["x", name], ["y"])], [_vi("x", F, [1, w.shape[0]])],
+                      [_vi("y", F, [1, w.shape[1]])], [_init(name, w)])
+
+
+def test_nan_and_inf_weights_are_refused_by_name_masks_are_not():
+    w = np.full((4, 3), 0.25, np.float32)
+    for bad, what in ((np.nan, "NaN"), (np.inf, "infinite"), (-3e38, "infinite or huge")):
+        v = w.copy()
+        v[2, 1] = bad
+        with pytest.raises(CompileError, match=rf"initializer 'fc\.weight' contains 1 {what}.*\(2, 1\)"):
+            load_model(_weight_model(v, "fc.weight"))
+    N = helper.make_node
+    nan_const = _raw_model([N("Constant", [], ["k"], value=_init("k", np.array([1.0, np.nan], np.float32))),
+                            N("Mul", ["x", "k"], ["y"])], [_vi("x", F, [1, 2])], [_vi("y", F, [1, 2])])
+    with pytest.raises(CompileError, match="constant .*'k'.* NaN"):
+        load_model(nan_const)
+    folds_to_nan = _raw_model([N("Sqrt", ["m"], ["s"]), N("Mul", ["x", "s"], ["y"])], [_vi("x", F, [1, 2])],
+                              [_vi("y", F, [1, 2])], [_init("m", np.full((1, 2), -1.0, np.float32))])
+    with pytest.raises(CompileError, match="folding gives NaN"):
+        load_model(folds_to_nan)
+    mask = _raw_model([N("Add", ["x", "mask"], ["s"]), N("Softmax", ["s"], ["y"], axis=-1)], [_vi("x", F, [1, 4])],
+                      [_vi("y", F, [1, 4])], [_init("mask", np.array([[0, 0, -np.inf, 0]], np.float32))])
+    _versus_ort(mask, {"x": np.random.default_rng(3).standard_normal((1, 4)).astype(np.float32)})
+
+
+def test_a_weight_that_overflows_the_ring_is_refused_with_a_hint_that_works():
+    """y = x @ W with |W| ~ 1e10 wraps around the 50-bit ring on inputs the build accepts; the
+    error names W and suggests --bits/--frac, and the suggested --bits does compile."""
+    import re as re_
+
+    from fusec.build import compile_graph
+    from fusec.passes.options import CompileOptions
+
+    m = _weight_model(np.random.default_rng(4).standard_normal((4, 2)).astype(np.float32) * 1e10, "big_w")
+    with pytest.raises(CompileError) as e:
+        compile_graph(load_model(m), CompileOptions())
+    msg = str(e.value)
+    assert "'big_w'" in msg and "wrap" in msg and "--bits" in msg, msg
+    bits = int(re_.search(r"--bits (\d+)", msg).group(1))
+    if bits <= 64:
+        compile_graph(load_model(m), CompileOptions(bits=bits))
+    unencodable = _weight_model(np.full((4, 2), 1e14, np.float32), "w14")   # past the ring at weight_frac itself
+    with pytest.raises(CompileError, match=r"weight 'w14' .* \|w\| = 1e\+14"):
+        compile_graph(load_model(unencodable), CompileOptions())
+
+
+def test_external_data_outside_the_models_folder_is_refused(tmp_path):
+    from onnx.external_data_helper import convert_model_to_external_data
+
+    d = tmp_path / "model"
+    d.mkdir()
+    w = np.random.default_rng(5).standard_normal((4, 3)).astype(np.float32)
+    good = _weight_model(w)
+    convert_model_to_external_data(good, all_tensors_to_one_file=True, location="w.bin", size_threshold=0)
+    onnx.save(good, str(d / "ok.onnx"))
+    x = np.ones((1, 4), np.float32)
+    np.testing.assert_allclose(interpret(g := load_model(d / "ok.onnx"), {"x": x})[g.outputs[0]], x @ w, rtol=1e-5)
+
+    (tmp_path / "secret.bin").write_bytes(w.tobytes())
+    os.symlink(tmp_path / "secret.bin", d / "link.bin")
+    for loc, want in (("../secret.bin", "outside the model's folder"), (str(tmp_path / "secret.bin"), "absolute path"),
+                      ("link.bin", "outside the model's folder"), ("none.bin", "is missing")):
+        m = onnx.load(str(d / "ok.onnx"), load_external_data=False)
+        for e in m.graph.initializer[0].external_data:
+            if e.key == "location":
+                e.value = loc
+        onnx.save(m, str(d / "bad.onnx"))
+        with pytest.raises(CompileError, match=want):
+            load_model(d / "bad.onnx")
+
+
+def test_opset_too_new_type_mismatch_cycle_and_bad_utf8_are_one_line_checker_errors(tmp_path):
+    N = helper.make_node
+    x = _vi("x", F, [1, 4])
+    cases = {
+        "opset 99 of 'ai.onnx', newer than the installed onnx": _raw_model([N("Relu", ["x"], ["y"])], [x],
+                                                                           [_vi("y", F, [1, 4])], opset=99),
+        "inconsistent type tensor\\(double\\)": _raw_model([N("Add", ["x", "b"], ["y"])],
+                                                          [x, _vi("b", helper.TensorProto.DOUBLE, [1, 4])],
+                                                          [_vi("y", F, [1, 4])]),
+        "topologically sorted": _raw_model([N("Add", ["x", "b"], ["a"]), N("Relu", ["a"], ["b"]), N("Relu", ["a"], ["y"])],
+                                           [x], [_vi("y", F, [1, 4])]),
+        "single static assignment": _raw_model([N("Relu", ["x"], ["a"]), N("Sigmoid", ["x"], ["a"]),
+                                                N("Relu", ["a"], ["y"])], [x], [_vi("y", F, [1, 4])]),
+        "broadcast": _raw_model([N("Add", ["x", "x"], ["y"])], [x], [_vi("y", F, [1, 4])], opset=6),
+    }
+    for want, m in cases.items():
+        with pytest.raises(CompileError, match=want) as e:
+            load_model(m)
+        assert "\n" not in e.value.message, e.value.message
+    data = bytearray(_raw_model([N("Relu", ["x"], ["y"], name="relu")], [x], [_vi("y", F, [1, 4])]).SerializeToString())
+    i = data.find(b"relu")
+    data[i + 1] = 0x92                                       # a name that is not UTF-8
+    (tmp_path / "bad.onnx").write_bytes(bytes(data))
+    with pytest.raises(CompileError, match="not valid UTF-8"):
+        load_model(tmp_path / "bad.onnx")
