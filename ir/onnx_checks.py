@@ -133,7 +133,7 @@ def check_external_data(tensors: Iterable[TensorProto], base: Path, label: str) 
         path = (base / loc)
         try:
             real = path.resolve(strict=False)
-        except (OSError, RuntimeError):        # a symlink loop
+        except (OSError, RuntimeError, ValueError):        # a symlink loop, a NUL byte
             raise CompileError(f"{label}: external data path {loc!r} of tensor {t.name!r} cannot be resolved",
                                "save the model with its .data file beside it") from None
         if real != root and root not in real.parents:

@@ -319,7 +319,9 @@ def hostile_cases() -> list[Case]:
     # external data
     for loc, name, extra in (("../outside.bin", "parent", {}), ("/etc/hostname", "absolute", {}),
                              ("missing.bin", "missing", {}), ("w.bin", "short", {"w.bin": b"\0" * 8}),
-                             ("link.bin", "symlink out", {}), ("w.bin", "offset past end", {"w.bin": b"\0" * 64})):
+                             ("link.bin", "symlink out", {}), ("w.bin", "offset past end", {"w.bin": b"\0" * 64}),
+                             ("loop.bin", "symlink loop", {}), ("a\0b.bin", "NUL in the path", {}),
+                             ("sub", "a folder", {})):
         t = nh.from_array(np.ones((4, 4), np.float32), "w")
         t.data_location = T.EXTERNAL
         t.ClearField("raw_data")
@@ -328,7 +330,8 @@ def hostile_cases() -> list[Case]:
             e = t.external_data.add()
             e.key, e.value = k, v
         model = _graph_model([h.make_node("MatMul", ["x", "w"], ["y"])], [x], [y], [t])
-        links = {"link.bin": "/etc/hostname"} if name == "symlink out" else {}
+        links = {"symlink out": {"link.bin": "/etc/hostname"}, "symlink loop": {"loop.bin": "loop.bin"},
+                 "a folder": {"sub": "."}}.get(name, {})
         cases.append(_case(f"hostile/external data {name}", "external data", model, files=extra, links=links))
     return cases
 
