@@ -176,8 +176,9 @@ def _range_arg(values: tuple[str, ...]) -> dict[str, tuple[float, float]] | None
 def compile_options(f):
     """The flags shared by `compile` and `verify`."""
     opts = [
-        click.option("--batch", type=int, help="fix the batch dimension (true batching: one forward on [B, ...])"),
-        click.option("--seq", type=int, help="fix the sequence-length dimension"),
+        click.option("--batch", type=click.IntRange(min=1),
+                     help="fix the batch dimension (true batching: one forward on [B, ...])"),
+        click.option("--seq", type=click.IntRange(min=1), help="fix the sequence-length dimension"),
         click.option("--input-shape", "input_shape", multiple=True, help="NAME=D1xD2... (overrides --batch/--seq)"),
         click.option("--public-input", "public_input", multiple=True,
                      help="NAME=FILE.npy: an input fixed at compile time (role constant; default: attention_mask "

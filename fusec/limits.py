@@ -97,7 +97,7 @@ def check_size(shape: Sequence[int], itemsize: int, what: str, limits: Limits | 
     lim = limits or current()
     if any(int(d) < 0 for d in shape):
         raise CompileError(f"{what} has a negative dimension in shape {list(map(int, shape))}",
-                           "the model is malformed; re-export it")
+                           "the model (or a shape given on the command line) is malformed")
     n = elements(shape)
     nbytes = n * max(int(itemsize), 1)
     if n > lim.max_elements or nbytes > lim.max_bytes:
