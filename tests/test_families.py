@@ -20,7 +20,7 @@ from fusec.build import compile_model, decode_outputs, encode_inputs, load_build
 from fusec.errors import CompileError
 from fusec.inputs import full_request
 from fusec.passes.options import CompileOptions
-from fusec.tests.harness import run_graph
+from tests.harness import run_graph
 from fusec.verify import compare, onnxruntime_reference
 
 

@@ -26,7 +26,7 @@ from fusec.passes.options import CompileOptions
 from fusec.report import split
 from fusec.runtime.gates.public_input import PublicInput
 from fusec.runtime.rng import DealerRng
-from fusec.tests.harness import run_graph
+from tests.harness import run_graph
 from fusec.verify import compare, onnxruntime_reference
 
 DATA = Path(__file__).parent / "data"
