@@ -36,7 +36,7 @@ from fusec.errors import KeyFileError, KeyReuseError, ParameterError
 from fusec.runtime import keyfile as fmt
 from fusec.runtime.keyfile import KeyFileHeader
 from fusec.runtime.layout import GateSlot, KeyLayout, pack_gate_array, unpack_gate_key
-from fusec.runtime.ledger import Ledger, default_state_dir
+from fusec.runtime.ledger import Ledger, default_state_dir, fsync_dir
 
 __all__ = ["KeyFile", "KeyFileWriter", "KeySetReader", "open_regular", "read_header"]
 
@@ -89,19 +89,6 @@ def read_header(path: str | os.PathLike) -> KeyFileHeader:
         return fmt.parse_header(f, p)
 
 
-def _fsync_dir(d: Path) -> None:
-    try:
-        fd = os.open(d, os.O_RDONLY)
-    except OSError:  # pragma: no cover - e.g. Windows
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 # --------------------------------------------------------------------------- chunked I/O
 _IO_THREADS = max(2, min(16, os.cpu_count() or 1))
 _POOL: ThreadPoolExecutor | None = None
@@ -140,7 +127,7 @@ def _pread_chunk(fd: int, out: memoryview, offset: int) -> tuple[int, bytes]:
 
 class _ChunkedSetWriter:
     """Streams one key set into a file at ``offset``: gate buffers are cut into
-    fmt.CHUNK_BYTES chunks, each written (pwrite) and hashed in a pool thread, with at most
+    ``CHUNK_BYTES`` chunks, each written (pwrite) and hashed in a pool thread, with at most
     ``2 x threads`` chunks in flight so memory stays bounded. Buffers handed to
     :meth:`add` must not change afterwards (the dealer packs fresh arrays per gate)."""
 
@@ -184,7 +171,6 @@ class _ChunkedSetWriter:
         for f in self.futures:
             if not f.cancelled():
                 f.exception()  # wait; errors are moot once the file is discarded
-
 
 
 # --------------------------------------------------------------------------- writer
@@ -363,7 +349,7 @@ class KeyFileWriter:
             os.close(fd)
             os.replace(self._tmp, self.path)
             if self.durable:
-                _fsync_dir(self.path.parent)
+                fsync_dir(self.path.parent)
             self._closed = True
             return self.path
         except BaseException:

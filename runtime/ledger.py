@@ -26,7 +26,7 @@ from pathlib import Path
 
 from fusec.errors import KeyFileError
 
-__all__ = ["Ledger", "default_state_dir"]
+__all__ = ["Ledger", "default_state_dir", "fsync_dir"]
 
 _DIR_MODE = 0o700
 
@@ -42,7 +42,8 @@ def default_state_dir() -> Path:
     return Path.home() / ".local" / "state" / "fusec"
 
 
-def _fsync_dir(d: Path) -> None:
+def fsync_dir(d: Path) -> None:
+    """Make a rename or a new entry in ``d`` durable (POSIX: fsync the directory)."""
     try:
         fd = os.open(d, os.O_RDONLY)
     except OSError:  # pragma: no cover - e.g. Windows
@@ -87,7 +88,7 @@ class Ledger:
         except OSError as e:
             raise _unusable(self.state_dir, e.strerror or e) from None
         for d in made:
-            _fsync_dir(d.parent)
+            fsync_dir(d.parent)
         if not os.access(self.path, os.W_OK | os.X_OK):
             raise _unusable(self.state_dir, f"{self.path} is not writable")
 
@@ -128,5 +129,5 @@ class Ledger:
             os.fsync(fd)
         finally:
             os.close(fd)
-        _fsync_dir(self.path)
+        fsync_dir(self.path)
         return True
