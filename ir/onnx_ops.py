@@ -167,6 +167,33 @@ def _hard_swish(cx: Context, node: onnx.NodeProto, a: dict) -> None:
     cx.emit("Mul", [x, hs], out=_out(node))
 
 
+@register("Elu", "Selu", "Celu")
+def _elu(cx: Context, node: onnx.NodeProto, a: dict) -> None:
+    """``gamma * (relu(x) + alpha * (exp(min(x, 0) / k) - 1))``: one tensor's elementwise
+    chain, which passes/fuse_scalar turns into one compiled scalar gate (Elu: gamma = k = 1;
+    Selu: ONNX's alpha and gamma; Celu: k = alpha)."""
+    x = cx.t(node.input[0])
+    selu = node.op_type == "Selu"
+    alpha = float(a.get("alpha", 1.67326319217681884765625 if selu else 1.0))
+    gamma = float(a.get("gamma", 1.05070102214813232421875)) if selu else 1.0
+    k = alpha if node.op_type == "Celu" else 1.0
+    neg = cx.emit("Neg", [cx.emit("Relu", [cx.emit("Neg", [x])])])                 # min(x, 0)
+    e = cx.emit("Exp", [cx.emit("Mul", [neg, cx.scalar(1.0 / k, x)])])
+    tail = cx.emit("Mul", [cx.emit("Sub", [e, cx.scalar(1.0, x)]), cx.scalar(alpha, x)])
+    y = cx.emit("Add", [cx.emit("Relu", [x]), tail])
+    if gamma != 1.0:
+        cx.emit("Mul", [y, cx.scalar(gamma, x)], out=_out(node))
+    else:
+        cx.emit("Identity", [y], out=_out(node))
+
+
+@register("Mish")
+def _mish(cx: Context, node: onnx.NodeProto, a: dict) -> None:
+    """``x * tanh(softplus(x))`` (opset 18)."""
+    x = cx.t(node.input[0])
+    cx.emit("Mul", [x, cx.emit("Tanh", [cx.emit("Softplus", [x])])], out=_out(node))
+
+
 @register("Softsign")
 def _softsign(cx: Context, node: onnx.NodeProto, a: dict) -> None:
     """x / (1 + |x|)."""

@@ -16,6 +16,7 @@ import heapq
 import numpy as np
 
 from fusec.ir import scalar_fn
+from fusec.passes import compare_select
 from fusec.ir.graph import Graph, Node
 from fusec.ir.nonlinear import identify
 from fusec.ir.ops import ELEMENTWISE_BINARY, OPS, is_fusable  # noqa: F401  (ELEMENTWISE_BINARY: re-export)
@@ -68,11 +69,17 @@ def _valid_cut(graph: Graph, x: str, region: list[Node]) -> tuple[list[Node], st
     names = {n.name for n in region}
     external = [t for n in region for t in n.outputs
                 if t in graph.outputs or any(c.name not in names for c in graph.consumers(t))]
-    if not external:
-        return None
-    out = external[-1]
-    # keep only the nodes out depends on
-    need, keep = {out}, []
+    # the last tensor read outside whose sub-chain is self-contained (a comparison read by a
+    # select and by a Not: the comparison alone); earlier ones are fused on the next round
+    for out in reversed(external):
+        cut = _cut_at(graph, x, region, out)
+        if cut is not None:
+            return cut
+    return None
+
+
+def _cut_at(graph: Graph, x: str, region: list[Node], out: str) -> tuple[list[Node], str] | None:
+    need, keep = {out}, []                 # keep only the nodes out depends on
     for n in reversed(region):
         if set(n.outputs) & need:
             keep.append(n)
@@ -83,7 +90,7 @@ def _valid_cut(graph: Graph, x: str, region: list[Node]) -> tuple[list[Node], st
         for t in n.outputs:
             if t != out and (t in graph.outputs or any(c.name not in kept for c in graph.consumers(t))):
                 return None
-    if not any(OPS[n.op].nonlinear for n in keep):
+    if not any(OPS[n.op].nonlinear for n in keep) or graph.info(out).dtype != "float":
         return None
     return keep, out
 
@@ -113,6 +120,7 @@ def _to_fn(graph: Graph, x: str, nodes: list[Node], out: str) -> dict:
 
 
 def fuse_scalar(graph: Graph, opts: CompileOptions) -> Graph:
+    compare_select.rewrite(graph, opts.frac)      # comparisons / Where / Not / And / Or on secrets -> 0/1 arithmetic
     tried: set[str] = set()
     changed = True
     while changed:

@@ -187,6 +187,8 @@ class _Lowering:
                                           [wa, wb], node)
             return
         cs = node.attrs["const_scale"]
+        if max(np.ndim(self.g.const(b if self.secret(a) else a)), 2) > 2:
+            return self.matmul_batched_public(node, cs)
         if self.secret(a):
             W = self.g.const(b)
             if W.ndim != 2:
@@ -207,6 +209,39 @@ class _Lowering:
         pshape = xt_shape[:-1] + (C.shape[0],)
         idx2 = np.transpose(np.arange(int(np.prod(pshape))).reshape(pshape), perm).reshape(-1)
         self.out.wire[out] = self.add(node.name, Rearrange([int(np.prod(pshape))], idx2, self.n), [prod], node)
+
+    def matmul_batched_public(self, node: Node, cs: int) -> None:
+        """A secret times a public operand of rank > 2 (DeBERTa's relative-position keys): one
+        free public matmul per batch slice, gathered by free rearranges."""
+        a, b = node.inputs
+        out = node.outputs[0]
+        left_secret = self.secret(a)
+        x, C = (a, self.g.const(b)) if left_secret else (b, self.g.const(a))
+        sx = self.shape(x)
+        if len(sx) < 2:
+            raise CompileError(f"{node!r}: a batched public operand needs a secret operand of rank >= 2")
+        batch = tuple(np.broadcast_shapes(sx[:-2], C.shape[:-2]))
+        xb = self.broadcast(node, x, batch + sx[-2:], "bcastx")
+        Cb = np.broadcast_to(C, batch + C.shape[-2:]).reshape((-1,) + C.shape[-2:])
+        m, k = sx[-2:]
+        per = m * k
+        parts = []
+        for i in range(Cb.shape[0]):
+            sl = self.add(f"{node.name}/x{i}", Rearrange([int(np.prod(batch)) * per], np.arange(i * per, (i + 1) * per),
+                                                           self.n), [xb], node)
+            if left_secret:
+                parts.append(self.add(f"{node.name}/mm{i}", MatMulPublic((m, k), encode(Cb[i], cs, self.n), self.n),
+                                      [sl], node))
+            else:                       # C @ X = (X^T @ C^T)^T
+                idx = np.arange(per).reshape(m, k).T.reshape(-1)
+                xt = self.add(f"{node.name}/xT{i}", Rearrange([per], idx, self.n), [sl], node)
+                prod = self.add(f"{node.name}/mm{i}", MatMulPublic((k, m), encode(Cb[i].T, cs, self.n), self.n),
+                                [xt], node)
+                rows = Cb.shape[1]
+                parts.append(self.add(f"{node.name}/mmT{i}", Rearrange([k * rows], np.arange(k * rows).reshape(k, rows)
+                                                                        .T.reshape(-1), self.n), [prod], node))
+        sizes = [self.out.gates.node(w).gate.elements for w in parts]
+        self.out.wire[out] = self.add(node.name, Rearrange(sizes, np.arange(sum(sizes)), self.n), parts, node)
 
     def reduce(self, node: Node) -> None:
         x, out = node.inputs[0], node.outputs[0]

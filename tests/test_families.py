@@ -89,8 +89,53 @@ def test_fusec_ops_lists_the_secure_lowerings():
     assert "MatMul" in text and "input owner" in text and "CumSum" in text
 
 
+# ---------------------------------------------------------------------- comparisons, selects, shared inputs
+def _secret_graph(kind: str) -> onnx.ModelProto:
+    """``h = x @ W`` (secret), then a pattern on it; output ``y [4, 8]``."""
+    rng = np.random.default_rng(1)
+    inits = [nh.from_array(rng.normal(0, 1, (8, 8)).astype(np.float32), "W"),
+             nh.from_array(rng.normal(0, 1, (8, 8)).astype(np.float32), "W2"),
+             nh.from_array(np.array(1.5, np.float32), "c"), nh.from_array(np.array(0.0, np.float32), "z")]
+    base = [h.make_node("MatMul", ["x", "W"], ["h"]), h.make_node("MatMul", ["x", "W2"], ["h2"])]
+    body = {
+        # the dynamo exporter's Softplus: Where(x > t, x, softplus(x)) -> one fused gate
+        "softplus-where": [h.make_node("Greater", ["h", "c"], ["g"]), h.make_node("Softplus", ["h"], ["sp"]),
+                           h.make_node("Where", ["g", "h", "sp"], ["y"])],
+        # comparisons between two secrets, a select of secrets, Max/Min, And/Not
+        "two-secrets": [h.make_node("Less", ["h", "h2"], ["l"]), h.make_node("Where", ["l", "h", "h2"], ["mn"]),
+                        h.make_node("Max", ["h", "h2"], ["mx"]), h.make_node("Greater", ["h", "z"], ["p"]),
+                        h.make_node("Not", ["l"], ["nl"]), h.make_node("And", ["p", "nl"], ["both"]),
+                        h.make_node("Cast", ["both"], ["bf"], to=T.FLOAT), h.make_node("Add", ["mn", "mx"], ["s"]),
+                        h.make_node("Add", ["s", "bf"], ["y"])],
+        # one secret tensor read by two nonlinearities: one gate per consumer
+        "shared": [h.make_node("Sigmoid", ["h"], ["s1"]), h.make_node("Tanh", ["h"], ["t1"]),
+                   h.make_node("MatMul", ["s1", "W2"], ["a"]), h.make_node("MatMul", ["t1", "W"], ["b"]),
+                   h.make_node("Add", ["a", "b"], ["y"])],
+    }[kind]
+    g = h.make_graph(base + body, kind, [h.make_tensor_value_info("x", T.FLOAT, [4, 8])],
+                     [h.make_tensor_value_info("y", T.FLOAT, [4, 8])], inits)
+    return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("kind", ["softplus-where", "two-secrets", "shared"])
+def test_comparisons_selects_and_shared_inputs(kind, tmp_path):
+    m = tmp_path / f"{kind}.onnx"
+    onnx.save(_secret_graph(kind), m)
+    x = np.random.default_rng(2).standard_normal((4, 8)).astype(np.float32)
+    c, b = secure_vs_ort(m, tmp_path, {"x": x}, "y")
+    assert c.cosine > 0.9999 and c.rel < 5e-3, c.line()
+    ops = [n.op for n in b.ir.nodes()]
+    assert not {"Greater", "Less", "Where", "Not", "And"} & set(ops)       # all became gates
+    if kind == "softplus-where":
+        assert ops.count("Step") == 1 and ops.count("Scalar") == 1      # the exact sign, softplus
+    if kind == "shared":
+        assert ops.count("Scalar") == 2                     # sigmoid(h) and tanh(h): a gate each
+
+
 # ---------------------------------------------------------------------- exported families (torch)
 CI = {("roberta", "legacy"), ("vit", "legacy"), ("mlp-sigmoid", "legacy")}
+#: refused today, with the reason (strict: the test says when it starts to pass)
+KNOWN = {"mlp-leakyrelu": "fit_specs: cannot fit leaky_relu on [-1, 1] in a 37-bit ring"}
 
 
 def _cases():
@@ -98,6 +143,8 @@ def _cases():
     for name in FAMILIES:
         for exporter in ("legacy", "dynamo"):
             marks = [] if (name, exporter) in CI else [pytest.mark.slow]
+            if name in KNOWN:
+                marks.append(pytest.mark.xfail(strict=True, reason=KNOWN[name]))
             yield pytest.param(name, exporter, marks=marks, id=f"{name}-{exporter}")
 
 
