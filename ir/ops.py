@@ -144,6 +144,15 @@ _reduce("ReduceL2", lambda x, axis, keepdims: np.sqrt(np.sum(np.square(x), axis=
 _reduce("ReduceSumSquare", lambda x, axis, keepdims: np.sum(np.square(x), axis=axis, keepdims=keepdims), True)
 
 
+@_op("Centre", "linear", doc="k x - sum(x) over attr axes (k their size): a layer norm's centring times k, "
+                              "exact in fixed point (emitted by passes.expand_blocks)")
+def _centre(xs, a):
+    x = np.asarray(xs[0], np.float64)
+    axes = tuple(a["axes"])
+    k = int(np.prod([x.shape[i] for i in axes]))
+    return [k * x - np.sum(x, axis=axes, keepdims=True)]
+
+
 # ------------------------------------------------------------------ vector blocks (emitted by ir/onnx_ops.py, expanded by passes.expand_blocks)
 @_op("Softmax", "block", nonlinear=True, doc="attr axis")
 def _softmax(xs, a):
@@ -250,7 +259,7 @@ def _im2col(xs, a):
 # ------------------------------------------------------------------ categories as data
 OPS["Identity"] = replace(OPS["Identity"], category="movement")
 for _name in ("Reshape", "Transpose", "Slice", "Concat", "Split", "Gather", "Expand", "Pad", "Im2Col", "Identity",
-              "ReduceSum", "ReduceMax", "ReduceMin", "Add", "Sub", "Where", "Neg"):
+              "ReduceSum", "ReduceMax", "ReduceMin", "Add", "Sub", "Where", "Neg", "Centre"):
     OPS[_name] = replace(OPS[_name], keeps_scale=True)
 for _name, _d in list(OPS.items()):
     # elementwise chains that fuse into one Scalar: unary float functions and arithmetic with scalars

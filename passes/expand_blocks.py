@@ -9,7 +9,8 @@ alike and the comparison between the two is about the gates only:
   ``s = sum(e)``; ``y = e * (1/s)`` (label ``reciprocal``, domain [1, k]).
 - LayerNorm: ``d = x - mean(x)``; ``r = 1/sqrt(sum(d*d)/k + eps)`` (label ``rsqrt``, the
   1/k and eps folded into the scalar function, so the sum feeds the gate directly);
-  ``y = d * r * gamma + beta``.
+  ``y = d * r * gamma + beta``. The fused build centres without the mean's truncation:
+  ``d = (k x - sum x) 2^-p`` = c (x - mean), and the rsqrt absorbs c (``_centre_fused``).
 
 The ``domain`` is a structural fact the fitting uses together with the proven range
 (``ir/nonlinear.fit_domain``): the row sum's [1, k] is widened by the errors of the k exp
@@ -17,6 +18,8 @@ specs that feed it; the layer norm's sum of squares is fitted over [0, proven ma
 geometric pieces (only below one input ulp is a value held, and the note says so).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -64,7 +67,30 @@ def _softmax(graph: Graph, node: Node) -> None:
     b.op("Mul", [e, rb], shape, out=out, block="softmax")
 
 
-def _layernorm(graph: Graph, node: Node) -> None:
+def _rsqrt_fn(scale: float, eps: float, out_mul: float = 1.0) -> dict:
+    """``out_mul / sqrt(scale * x + eps)`` as a scalar function (label ``rsqrt``)."""
+    nodes = [{"op": "Mul", "inputs": ["x", "k"], "outputs": ["v"], "attrs": {}},
+             {"op": "Add", "inputs": ["v", "eps"], "outputs": ["ve"], "attrs": {}},
+             {"op": "Pow", "inputs": ["ve", "h"], "outputs": ["y" if out_mul == 1.0 else "p"], "attrs": {}}]
+    consts = {"k": scale, "eps": eps, "h": -0.5}
+    if out_mul != 1.0:
+        nodes.append({"op": "Mul", "inputs": ["p", "c"], "outputs": ["y"], "attrs": {}})
+        consts["c"] = out_mul
+    return {"input": "x", "output": "y", "label": "rsqrt", "consts": consts, "nodes": nodes}
+
+
+def _centre_fused(b: "_Builder", x: str, shape, axes, k: int, max_shift: int) -> tuple[str, float]:
+    """(``c (x - mean x)``, c) without a truncation: ``Centre`` (``k x - sum x``) is exact at
+    x's scale (the mean's 1/k would add fractional bits that must be cut before the square,
+    a round), then a public power of two ``2^-p`` (``p = floor(log2 k)``, so ``c = k / 2^p``
+    in [1, 2)) brings it back to x's magnitude; the products that read it truncate it
+    inside their own round (``MulNarrow``), and the rsqrt absorbs c."""
+    p = min(int(math.floor(math.log2(k))), max_shift)     # 2^-p must be exact at the weights' scale
+    dk = b.op("Centre", [x], shape, axes=list(axes))
+    return b.op("Mul", [dk, b.const("pow2", 2.0 ** -p)], shape), k / 2.0 ** p
+
+
+def _layernorm(graph: Graph, node: Node, fused: bool, weight_frac: int = 12) -> None:
     b = _Builder(graph, node)
     x, out = node.inputs[0], node.outputs[0]
     gamma = node.inputs[1] if len(node.inputs) > 1 and node.inputs[1] else None
@@ -75,16 +101,17 @@ def _layernorm(graph: Graph, node: Node) -> None:
     k = int(np.prod([shape[a] for a in axes]))
     eps = float(node.attrs.get("epsilon", 1e-5))
     graph.remove_node(node.name)
-    mean = b.op("ReduceMean", [x], red, axes=axes, keepdims=True)
-    d = b.op("Sub", [x, b.op("Expand", [mean], shape, shape=list(shape))], shape)
+    if fused:
+        d, c = _centre_fused(b, x, shape, axes, k, weight_frac)
+    else:
+        mean = b.op("ReduceMean", [x], red, axes=axes, keepdims=True)
+        d, c = b.op("Sub", [x, b.op("Expand", [mean], shape, shape=list(shape))], shape), 1.0
     sq = b.op("Mul", [d, d], shape)
     ssum = b.op("ReduceSum", [sq], red, axes=axes, keepdims=True)
-    fn = {"input": "x", "output": "y", "label": "rsqrt", "consts": {"k": 1.0 / k, "eps": eps, "h": -0.5},
-          "nodes": [{"op": "Mul", "inputs": ["x", "k"], "outputs": ["v"], "attrs": {}},
-                    {"op": "Add", "inputs": ["v", "eps"], "outputs": ["ve"], "attrs": {}},
-                    {"op": "Pow", "inputs": ["ve", "h"], "outputs": ["y"], "attrs": {}}]}
-    r = b.op("Scalar", [ssum], red, fn=fn, label="rsqrt", domain=[0.0, None], block="layernorm",
-             rsqrt_scale=1.0 / k, rsqrt_eps=eps)
+    # d = c (x - mean): var = sum(d^2) / (c^2 k), and y = d * rsqrt(var + eps) / c
+    scale = 1.0 / (c * c * k)
+    r = b.op("Scalar", [ssum], red, fn=_rsqrt_fn(scale, eps, 1.0 / c), label="rsqrt", domain=[0.0, None],
+             block="layernorm", rsqrt_scale=scale, rsqrt_eps=eps)
     y = b.op("Mul", [d, b.op("Expand", [r], shape, shape=list(shape))], shape, block="layernorm")
     if gamma is not None:
         y = b.op("Mul", [y, gamma], shape, block="layernorm")
@@ -105,6 +132,6 @@ def expand_blocks(graph: Graph, opts: CompileOptions) -> Graph:
         if node.op == "Softmax":
             _softmax(graph, node)
         elif node.op == "LayerNorm":
-            _layernorm(graph, node)
+            _layernorm(graph, node, fused=opts.gates == "fused", weight_frac=opts.weight_frac)
     graph.remove_unused()
     return graph

@@ -307,6 +307,19 @@ class _Lowering:
             return x, 0
         return raw, s
 
+    def centre(self, node: Node) -> None:
+        """``k x - sum x``: a public multiply, a sum, a broadcast and a subtraction (all free)."""
+        x, out = node.inputs[0], node.outputs[0]
+        shape, N = self.shape(x), int(np.prod(self.shape(x)))
+        axes = tuple(a % len(shape) for a in node.attrs["axes"])
+        k = int(np.prod([shape[a] for a in axes]))
+        kx = self.add(f"{node.name}/kx", MulPublic(N, self.n, k), [self.out.wire[x]], node)
+        red = tuple(1 if i in axes else d for i, d in enumerate(shape))
+        s = self.add(f"{node.name}/sum", SumAxis(shape, axes, self.n, keepdims=True), [self.out.wire[x]], node)
+        idx = np.broadcast_to(np.arange(int(np.prod(red))).reshape(red), shape).reshape(-1)
+        sb = self.add(f"{node.name}/bcast", Rearrange([int(np.prod(red))], idx, self.n), [s], node)
+        self.out.wire[out] = self.add(node.name, Add(N, self.n, subtract=True), [kx, sb], node)
+
     def where(self, node: Node) -> None:
         cond, a, b = node.inputs
         out = node.outputs[0]
@@ -445,7 +458,7 @@ HANDLERS = {
     "Share": _Lowering.share, "Identity": _Lowering.identity, "Add": _Lowering.add_sub, "Sub": _Lowering.add_sub,
     "Mul": _Lowering.mul, "MatMul": _Lowering.matmul, "ReduceSum": _Lowering.reduce, "ReduceMean": _Lowering.reduce,
     "ReduceMax": _Lowering.reduce, "ReduceMin": _Lowering.reduce, "Where": _Lowering.where,
-    "Scalar": _Lowering.scalar, "Rescale": _Lowering.rescale,
+    "Scalar": _Lowering.scalar, "Rescale": _Lowering.rescale, "Centre": _Lowering.centre,
 }
 
 

@@ -13,6 +13,7 @@ from fusec.ir.graph import Graph
 from fusec.passes.calibrate import calibrate
 from fusec.passes.canonicalize import canonicalize
 from fusec.passes.clamp_constants import clamp_constants
+from fusec.passes.defer_softmax_division import defer_softmax_division
 from fusec.passes.client_split import client_split
 from fusec.passes.expand_blocks import expand_blocks
 from fusec.passes.fit_specs import fit_specs
@@ -36,6 +37,7 @@ PASSES: list[Pass] = [
     canonicalize,      # Div -> Mul(Reciprocal), Pow 2 -> Mul, ReduceL2 -> Sqrt(Sum(x*x)), sink movement
     fuse_scalar,       # elementwise chains on one tensor -> one Scalar (GELU, SiLU, rsqrt, ...)
     expand_blocks,     # Softmax, LayerNorm -> reductions + labelled Scalars
+    defer_softmax_division,  # softmax(S) @ V -> (exp @ V) * (1/sum): the product runs beside the reciprocal
     prove_ranges,      # an interval per secret tensor that holds for every admissible input
     calibrate,         # plaintext float run: every tensor's range
     assign_scales,     # fixed-point scales, lazy Rescale insertion, overflow warnings

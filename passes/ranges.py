@@ -245,6 +245,9 @@ class _Ranges:
         a, b = (self.get(t) for t in n.inputs)
         if n.op == "Sub" and self._is_minus_max(n):
             return Bound(min(a.lo - a.hi, 0.0), 0.0)
+        centred = self._centred(n, a) if n.op == "Sub" else None
+        if centred is not None:
+            return centred
         lo, hi = (a.lo + b.lo, a.hi + b.hi) if n.op == "Add" else (a.lo - b.hi, a.hi - b.lo)
         out_shape = self.shape(n.outputs[0])
         l2 = {}
@@ -285,6 +288,41 @@ class _Ranges:
                 return True
             t = p.inputs[0]
 
+    def _centred(self, n: Node, a: Bound) -> Bound | None:
+        """``x - Expand(ReduceMean(x))`` over one axis (layer norm's centring) is the projection
+        of each row onto the mean-free subspace, so its row norm is at most x's, and so is each
+        entry: ``|d_i| <= ||d|| <= ||x||`` (the interval rule gives twice x's magnitude)."""
+        x, m = n.inputs
+        p = self.g.producer(m)
+        while p is not None and p.op in ("Expand", "Reshape", "Identity"):
+            p = self.g.producer(p.inputs[0])
+        if p is None or p.op != "ReduceMean" or p.inputs[0] != x or not self._aligned(m, p, x):
+            return None
+        axes = p.attrs.get("axes")
+        shape = self.shape(x)
+        if axes is None or len(axes) != 1 or self.shape(n.outputs[0]) != shape:
+            return None
+        axis = axes[0] % len(shape)
+        R = a.l2.get(axis)
+        if R is None or not math.isfinite(R):
+            return None
+        lo, hi = a.lo - a.hi, a.hi - a.lo
+        return Bound(max(lo, -R), min(hi, R), {axis: R})
+
+    def centre(self, n: Node) -> Bound:
+        """``k x - sum x`` = k (x - mean x): entries within k times x's spread, and k times x's
+        row norm where that is known (the projection onto the mean-free subspace)."""
+        x = self.get(n.inputs[0])
+        shape = self.shape(n.inputs[0])
+        axes = [a % len(shape) for a in n.attrs["axes"]]
+        k = int(np.prod([shape[a] for a in axes]))
+        m = k * (x.hi - x.lo)
+        l2 = {}
+        if len(axes) == 1 and math.isfinite(x.l2.get(axes[0], INF)):
+            R = k * x.l2[axes[0]]
+            m, l2 = min(m, R), {axes[0]: R}
+        return Bound(-m, m, l2)
+
     def _is_minus_max(self, n: Node) -> bool:
         """``x - Expand(ReduceMax(x))`` (softmax's shift): non-positive by construction."""
         x, m = n.inputs
@@ -305,6 +343,9 @@ class _Ranges:
         rows = self._stochastic(n)
         if rows is not None:
             return rows
+        avg = self._weighted_average(n)
+        if avg is not None:
+            return avg
         lo, hi = _mul_iv(a, b)
         l2 = {}
         for x_t, xb, c_t, cb in ((a_t, a, b_t, b), (b_t, b, a_t, a)):
@@ -374,6 +415,41 @@ class _Ranges:
             if len(axes) != 1:
                 continue
             return Bound(0.0, 1.0, l1={axes[0] % len(self.shape(e)): 1.0})
+        return None
+
+    def _weighted_average(self, n: Node) -> Bound | None:
+        """``MatMul(e, V) * Expand(reciprocal(ReduceSum(e)))`` with e >= 0 over e's last axis
+        (softmax with its division after the product, ``passes/defer_softmax_division``): each
+        output is a convex combination of a column of V, so it lies in V's hull."""
+        for ev, r in (n.inputs, n.inputs[::-1]):
+            mm = self.g.producer(ev)
+            if mm is None or mm.op != "MatMul":
+                continue
+            e, v = mm.inputs
+            p = self.g.producer(r)
+            if p is not None and p.op == "Expand":
+                if self.shape(r) != self.shape(ev):
+                    continue
+                r0 = p.inputs[0]
+                p = self.g.producer(r0)
+            else:
+                r0 = r
+            if p is None or p.op != "Scalar" or p.attrs.get("label") != "reciprocal":
+                continue
+            red = self.g.producer(p.inputs[0])
+            if red is None or red.op != "ReduceSum" or red.inputs[0] != e:
+                continue
+            shape_e = self.shape(e)
+            axes = [a % len(shape_e) for a in (red.attrs.get("axes") or [])]
+            if axes != [len(shape_e) - 1] or self.shape(r0) != shape_e[:-1] + (1,) \
+                    or self.shape(p.inputs[0]) != shape_e[:-1] + (1,):
+                continue
+            pe = self.g.producer(e)
+            if self.get(e).lo < -ABS_MARGIN or (self.get(e).lo < 0 and (
+                    pe is None or pe.op != "Scalar" or pe.attrs.get("label") not in NONNEG)):
+                continue
+            V = self.get(v)
+            return Bound(min(V.lo, 0.0), max(V.hi, 0.0))
         return None
 
     def matmul(self, n: Node) -> Bound:
@@ -465,6 +541,7 @@ NONNEG = {"nexp", "exp", "sigmoid", "relu"}
 
 RULES = {
     "Add": _Ranges.add_sub, "Sub": _Ranges.add_sub, "Mul": _Ranges.mul, "MatMul": _Ranges.matmul,
+    "Centre": _Ranges.centre,
     "ReduceSum": _Ranges.reduce, "ReduceMean": _Ranges.reduce, "ReduceMax": _Ranges.reduce,
     "ReduceMin": _Ranges.reduce, "Scalar": _Ranges.scalar, "Neg": _Ranges.neg, "Where": _Ranges.where,
     "Clip": _Ranges.clip,

@@ -106,6 +106,11 @@ class _Scaler:
             c = a if b in secret else b
             cs = node.attrs.get("const_scale", self.const_scale(self.g.const(c)))
             node.attrs["const_scale"] = cs
+            cv = np.abs(np.asarray(self.g.const(c), np.float64))
+            if cv.size and np.all(cv == 2.0 ** -cs):
+                # times 2^-cs exactly: the same integers read at cs more fractional bits (the
+                # magnitude does not grow, so the cap on scales does not apply)
+                cap = max(cap, sum(self.scale(t) for t in secret) + cs)
         for _ in range(4):
             total = sum(self.scale(t) for t in secret) + (cs or 0)
             if total <= cap and self.fits(out, total):
@@ -177,10 +182,26 @@ class _Scaler:
         else:
             self.keep(node)
 
+    def reuse_truncated(self, node: Node, secret_in: list[str]) -> None:
+        """An input at a higher scale than the others that already has a truncated copy (made
+        for another reader, e.g. a layer norm's output rescaled for the next matmul) is read
+        through that copy: the sum stays at the lower scale, so whatever reads it (the next
+        layer norm's centring) needs no truncation of its own. Free: the copy exists anyway."""
+        low = min(self.scale(t) for t in secret_in)
+        for t in secret_in:
+            if self.scale(t) <= low:
+                continue
+            have = [to for (src, to) in self.cache if src == t and self.o.frac <= to <= low]
+            if have:
+                self.g.rename_input(node.name, t, self.cache[(t, max(have))])
+
     def keep(self, node: Node) -> None:
         """Ops that keep their input's scale (sums, movement, Rescale: minus its shift)."""
         secret_in = self.secret_inputs(node)
         out = node.outputs[0]
+        if len(secret_in) > 1:
+            self.reuse_truncated(node, secret_in)
+            secret_in = self.secret_inputs(node)
         if len(secret_in) > 1:   # align: upscale (free) where the result fits, else rescale down
             scales = sorted({self.scale(t) for t in secret_in}, reverse=True)
             top = next((s for s in scales if self.fits(out, s)), max(min(scales), self.o.frac))
@@ -196,6 +217,16 @@ class _Scaler:
         if node.op == "Rescale":
             s -= node.attrs["shift"]
         self.set_secret_outputs(node, s)
+
+    def centre(self, node: Node) -> None:
+        """``k x - sum x`` grows by log2(k) bits: read x at the largest scale (down to f) at
+        which the result fits, so one truncation (or none) serves both of its terms."""
+        x, out = node.inputs[0], node.outputs[0]
+        s = self.scale(x)
+        target = next((t for t in range(s, self.o.frac, -1) if self.fits(out, t)), self.o.frac)
+        if target < s:
+            self.rescaled(node, x, target)
+        self.set(out, target)
 
     def sigma_truncate_inputs(self, node: Node) -> None:
         """SIGMA's placement (``--gates sigma``): a product is truncated to scale f before any
@@ -227,7 +258,7 @@ class _Scaler:
 RULES = {
     "Share": _Scaler.share, "Mul": _Scaler.linear_product, "MatMul": _Scaler.linear_product,
     "ReduceMean": _Scaler.mean, "Scalar": _Scaler.scalar, "ReduceMax": _Scaler.extremum,
-    "ReduceMin": _Scaler.extremum, "Rescale": _Scaler.keep,
+    "ReduceMin": _Scaler.extremum, "Rescale": _Scaler.keep, "Centre": _Scaler.centre,
 }
 
 

@@ -460,9 +460,12 @@ def test_duplicates_do_not_keep_row_norms():
     assert_sound(g, {"x": x}, "duplicates")
 
 
-def test_softmax_rows_and_the_convex_combination_rule():
+@pytest.mark.parametrize("gates", ["sigma", "fused"])
+def test_softmax_rows_and_the_convex_combination_rule(gates):
     """Softmax output in [0, 1] with L1 rows 1: P @ V is bounded by max |V|, reached by
-    a one-hot row (logits +-1e4)."""
+    a one-hot row (logits +-1e4). SIGMA's order (normalise, then multiply) proves it through
+    P's L1 rows; the fused build divides after the product (``defer_softmax_division``) and
+    proves it as a weighted average of V's rows."""
     L, H = 5, 3
     g = Graph("sm")
     g.add_input("s", (1, L, L))
@@ -470,7 +473,7 @@ def test_softmax_rows_and_the_convex_combination_rule():
     g.add_node("Softmax", ["s"], ["p"], infos=T(1, L, L), axis=2)
     g.add_node("MatMul", ["p", "v"], ["o"], infos=T(1, L, H))
     g.outputs = ["o"]
-    g = upto_ranges(g, CompileOptions(input_ranges={"s": (-1e4, 1e4), "v": (-2.0, 5.0)}))
+    g = upto_ranges(g, CompileOptions(gates=gates, input_ranges={"s": (-1e4, 1e4), "v": (-2.0, 5.0)}))
     s = np.full((1, L, L), -1e4)
     s[0, np.arange(L), np.arange(L)] = 1e4                     # one-hot rows
     s[0, 0] = 0.0                                              # a uniform row
@@ -479,14 +482,66 @@ def test_softmax_rows_and_the_convex_combination_rule():
     e = np.exp(s - s.max(-1, keepdims=True))
     p = e / e.sum(-1, keepdims=True)
     o = p @ v
-    plo, phi = g.meta["proven"]["p"]
-    assert plo <= p.min() and p.max() <= phi <= 1.0 * SLACK + 0.1
+    if gates == "sigma":
+        plo, phi = g.meta["proven"]["p"]
+        assert plo <= p.min() and p.max() <= phi <= 1.0 * SLACK + 0.1
+    else:
+        assert "p" not in g.tensors, "the division should have moved after the product"
     olo, ohi = g.meta["proven"]["o"]
     assert olo <= o.min() and o.max() <= ohi
     assert o.max() == pytest.approx(5.0) and ohi <= 5.0 * SLACK + 0.1     # L1 rule, not L * 1 * 5
     assert_sound(g, {"s": s, "v": v}, "softmax")
     r = np.random.default_rng(0)
     assert_sound(g, {"s": r.choice([-1e4, 1e4], (1, L, L)), "v": r.choice([-2.0, 5.0], (1, L, H))}, "softmax random")
+
+
+@pytest.mark.parametrize("gates", ["sigma", "fused"])
+@pytest.mark.parametrize("k", [4, 16, 64])
+def test_layernorm_centring_is_bounded_by_the_row_norm(k, gates):
+    """``x - mean(x)`` has entries and row norm at most x's row norm (a projection); the fused
+    build's exact ``Centre`` (``k x - sum x``) at most k times it. numpy builds the worst
+    case: a row along the top singular direction of W, and rows with one spike."""
+    N = 3
+    g = Graph("ln2")
+    g.add_input("x", (N, k))
+    g.add_node("LayerNorm", ["x"], ["y"], infos=T(N, k), axis=-1, epsilon=1e-5)
+    W = np.random.default_rng(k).standard_normal((k, k))
+    g.add_node("MatMul", ["y", g.add_const("W", W)], ["z"], infos=T(N, k))
+    g.add_node("LayerNorm", ["z"], ["out"], infos=T(N, k), axis=-1, epsilon=1e-5)
+    g.outputs = ["out"]
+    g = upto_ranges(g, CompileOptions(gates=gates, input_ranges={"x": (-10.0, 10.0)}))
+    op, factor = ("Centre", k) if gates == "fused" else ("Sub", 1)
+    centred = [n.outputs[0] for n in g.nodes() if n.op == op and n.inputs[0] == "z"]
+    assert len(centred) == 1
+    lo, hi = g.meta["proven"][centred[0]]
+    R = factor * math.sqrt(k) * np.linalg.norm(W, 2)        # ||z|| <= ||y|| sigma(W), ||y|| = sqrt(k)
+    assert hi <= R * SLACK + 0.1 and -lo <= R * SLACK + 0.1   # not 2 * |z|max
+    U, S, Vt = np.linalg.svd(W)
+    x = np.tile(U[:, 0] * 9.0, (N, 1))                        # y close to the top singular direction
+    x[1] = np.linspace(-10, 10, k)
+    x[2, 0] = 10.0
+    assert_sound(g, {"x": x}, "centring")
+    for seed in range(5):
+        assert_sound(g, {"x": np.random.default_rng(seed).uniform(-10, 10, (N, k))}, f"centring {seed}")
+
+
+def test_deferred_softmax_division_computes_attention():
+    """The fused IR (division after P @ V) interpreted in float equals numpy's attention."""
+    L, H = 6, 16
+    for gates in ("fused", "sigma"):
+        g, Wq, Wk, Wv = _attention(L, H)
+        g = upto_ranges(g, CompileOptions(gates=gates, input_ranges={"x": (-100.0, 100.0)}))
+        x = np.random.default_rng(3).uniform(-3, 3, (1, L, H))
+        ln = _ln(x)
+        q, k_, v = ln @ Wq, ln @ Wk, ln @ Wv
+        sc = q @ k_.transpose(0, 2, 1) / math.sqrt(H)
+        p = np.exp(sc - sc.max(-1, keepdims=True))
+        want = (p / p.sum(-1, keepdims=True)) @ v
+        got = interpret(g, {"x": x})["o"]
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9)
+        normalised_first = [n for n in g.nodes() if n.op == "Mul" and n.attrs.get("block") == "softmax"
+                            and any(c.op == "MatMul" for c in g.consumers(n.outputs[0]))]
+        assert bool(normalised_first) == (gates == "sigma")
 
 
 @pytest.mark.parametrize("slack", [0, 1, 2])
