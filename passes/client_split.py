@@ -117,9 +117,8 @@ def _insert_shares(graph: Graph, public: set[str] = frozenset()) -> None:
         readers = [n for n in graph.consumers(t) if n.attrs.get("at") != "client"]
         if not readers and t not in graph.outputs:
             continue
-        if info.dtype == "bool":
-            raise CompileError(f"boolean tensor {t!r} computed from the private input reaches the secure part",
-                               "only numeric tensors can be shared; this model pattern is not supported")
+        # a boolean (a padding mask for a Where) is shared as 0/1; passes/compare_select turns the
+        # secure Where / Not / And / Or that read it into arithmetic
         shared = graph.fresh(f"{t}_shared")
         extra = {"role": "public"} if t in public else {}
         graph.add_node("Share", [t], [shared], name=graph.fresh(f"share_{t}"),

@@ -108,6 +108,14 @@ def _where(graph: Graph, node: Node) -> None:
     if graph.is_const(a) and graph.is_const(b):
         diff = graph.add_const(graph.fresh(f"{node.name}_diff"),
                                np.asarray(graph.const(a), np.float64) - np.asarray(graph.const(b), np.float64))
+    elif graph.is_const(a) or graph.is_const(b):
+        # one constant branch (a mask's "minus infinity"): c*a + (1-c)*b, each product with the
+        # constant public, so the constant's magnitude never meets a secret product
+        not_c = _new(graph, "Sub", [_const(graph, 1.0, f"{node.name}_one"), c], out, f"{node.name}_notc", shape)
+        ta = _new(graph, "Mul", [c, a], out, f"{node.name}_ta", shape)
+        tb = _new(graph, "Mul", [not_c, b], out, f"{node.name}_tb", shape)
+        _replace(graph, node, _new(graph, "Add", [ta, tb], out, f"{node.name}_sel", shape))
+        return
     else:
         diff = _new(graph, "Sub", [a, b], out, f"{node.name}_diff", shape)
     pick = _new(graph, "Mul", [c, diff], out, f"{node.name}_pick", shape)

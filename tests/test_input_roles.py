@@ -232,3 +232,35 @@ def test_cli_verify_takes_the_onnxruntime_request(model_file, tmp_path):
     r = fusec("verify", model_file, "--workdir", tmp_path / "wd2", "--batch", 1, "--seq", L, "--bits", 37,
               "--input", tmp_path / "req.npz")          # default: the mask is a constant (ones)
     assert r.returncode == 2 and "attention_mask" in r.stderr and "--input-role" in r.stderr
+
+
+def where_mask_model() -> onnx.ModelProto:
+    """The mask as a boolean condition (GPT-2 / Llama style): ``Where(mask, scores, finfo.min)``."""
+    m = masked_pooling_model(pool=False)
+    g = m.graph
+    nodes = [n for n in g.node if n.op_type not in ("Sub", "Mul", "Unsqueeze", "Add") or n.output[0] in ("s1",)]
+    nodes = [n for n in nodes if n.output[0] not in ("inv", "b0", "bias", "s2")]
+    extra = [h.make_node("Cast", ["attention_mask"], ["mb"], to=T.BOOL),
+             h.make_node("Unsqueeze", ["mb", "ax1"], ["mb3"]),
+             h.make_node("Where", ["mb3", "s1", "neg"], ["s2"])]
+    order = []
+    for n in nodes:
+        if n.op_type == "Softmax":
+            order += extra
+        order.append(n)
+    new = h.make_graph(order, "where_mask", list(g.input), list(g.output), list(g.initializer))
+    return h.make_model(new, opset_imports=[h.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("role", ["private", "public"])
+def test_a_boolean_mask_in_a_where(role, tmp_path):
+    onnx.save(where_mask_model(), tmp_path / "m.onnx")
+    compile_model(tmp_path / "m.onnx", tmp_path / "b", CompileOptions(bits=37), batch=1, seq=L,
+                  input_roles={"attention_mask": role})
+    b = load_build(tmp_path / "b")
+    for mask in MASKS:
+        feeds = make_request(mask, seed=3)
+        got, _ = secure(b, feeds)
+        ref = onnxruntime_reference(tmp_path / "m.onnx", full_request(b.ir, feeds), {})["hid"]
+        c = compare("hid", got, ref)
+        assert c.cosine > 0.9999 and c.max_abs < 5e-3, c.line()
