@@ -675,6 +675,19 @@ def _layer_norm(cx: Context, node: onnx.NodeProto, a: dict) -> None:
         _chain(cx, var, [("Add", [cx.scalar(eps, x)], {}), ("Sqrt", [], {}), ("Reciprocal", [], {})], _out(node, 2))
 
 
+@register("RMSNormalization")
+def _rms_norm(cx: Context, node: onnx.NodeProto, a: dict) -> None:
+    """Opset 23: ``x * 1/sqrt(mean(x^2 over [axis, rank)) + eps) * scale``, the chain T5 and
+    Llama exports spell out (the reciprocal square root fuses into one rsqrt gate)."""
+    x = cx.t(node.input[0])
+    rank = len(cx.shape(x))
+    axes = list(range(_axis(cx, a.get("axis", -1), rank), rank))
+    ms = cx.emit("ReduceMean", [cx.emit("Mul", [x, x])], axes=axes, keepdims=True)
+    inv = _chain(cx, ms, [("Add", [cx.scalar(float(a.get("epsilon", 1e-5)), x)], {}), ("Sqrt", [], {}),
+                          ("Reciprocal", [], {})], "")
+    cx.emit("Mul", [cx.emit("Mul", [x, inv]), cx.t(node.input[1])], out=_out(node))
+
+
 @register("BatchNormalization")
 def _batch_norm(cx: Context, node: onnx.NodeProto, a: dict) -> None:
     """Inference form: x * k + b with k = scale / sqrt(var + eps), b = bias - mean * k

@@ -24,8 +24,8 @@ from tests.harness import run_graph
 from fusec.verify import compare, onnxruntime_reference
 
 
-def secure_vs_ort(model, tmp_path, feeds, out_name, **roles):
-    compile_model(model, tmp_path / "build", CompileOptions(bits=37), batch=1, input_roles=roles or None)
+def secure_vs_ort(model, tmp_path, feeds, out_name, bits: int = 37, **roles):
+    compile_model(model, tmp_path / "build", CompileOptions(bits=bits), batch=1, input_roles=roles or None)
     b = load_build(tmp_path / "build")
     out, logs = run_graph(b.gates, encode_inputs(b, feeds, 1))
     got = decode_outputs(b, out)[b.ir.outputs[0]]
@@ -130,6 +130,21 @@ def test_comparisons_selects_and_shared_inputs(kind, tmp_path):
         assert ops.count("Step") == 1 and ops.count("Scalar") == 1      # the exact sign, softplus
     if kind == "shared":
         assert ops.count("Scalar") == 2                     # sigmoid(h) and tanh(h): a gate each
+
+
+def test_rms_normalization_at_opset_23(tmp_path):
+    """Llama exported at opset 23 writes RMSNormalization: one rsqrt gate, as the spelled-out chain."""
+    rng = np.random.default_rng(0)
+    g = h.make_graph([h.make_node("MatMul", ["x", "W"], ["hh"]),
+                      h.make_node("RMSNormalization", ["hh", "s"], ["y"], axis=-1, epsilon=1e-6)], "rms",
+                     [h.make_tensor_value_info("x", T.FLOAT, [4, 8])], [h.make_tensor_value_info("y", T.FLOAT, [4, 8])],
+                     [nh.from_array(rng.normal(size=(8, 8)).astype(np.float32), "W"),
+                      nh.from_array((1 + 0.1 * rng.normal(size=8)).astype(np.float32), "s")])
+    onnx.save(h.make_model(g, opset_imports=[h.make_opsetid("", 23)]), tmp_path / "rms.onnx")
+    c, b = secure_vs_ort(tmp_path / "rms.onnx", tmp_path, {"x": rng.standard_normal((4, 8)).astype(np.float32)},
+                         "y", bits=50)
+    assert c.cosine > 0.9999 and c.rel < 5e-3, c.line()
+    assert [n.attrs.get("label") for n in b.ir.nodes() if n.op == "Scalar"] == ["rsqrt"]
 
 
 # ---------------------------------------------------------------------- exported families (torch)
