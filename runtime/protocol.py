@@ -127,6 +127,7 @@ def _drive(gens, exchange: Exchange, party: int, be, log: RoundLog | None, on_do
     inbox: dict[int, object] = {i: None for i in range(len(gens))}
     started = set()
     active = list(range(len(gens)))
+    round_no = 0
     while active:
         waiting: list[tuple[int, Open]] = []
         queue = list(active)
@@ -153,8 +154,12 @@ def _drive(gens, exchange: Exchange, party: int, be, log: RoundLog | None, on_do
         t0 = time.perf_counter()
         mine = _pack(reqs, party, be)
         need = _expected(reqs, 1 - party)
-        theirs = exchange(mine, scope, need)
-        vals = _unpack(reqs, party, theirs, need, be)
+        round_no += 1
+        try:
+            theirs = exchange(mine, scope, need)
+            vals = _unpack(reqs, party, theirs, need, be)
+        except PeerError as e:      # say where the run stopped: a stall mid-program names its round
+            raise PeerError(f"round {round_no} ({scope}, {len(reqs)} opens): {e.message}", e.hint) from None
         if log is not None:
             log.add(scope, len(mine), time.perf_counter() - t0)
         pos = 0
