@@ -2,9 +2,10 @@
 
 Each test compiles an ONNX file (the committed fixtures: torch exports of random-weight
 bert-tiny from both exporters, a 2-layer GPT-2, digits classifiers trained on
-scikit-learn's digits, whose test split is committed too), runs dealer + P0 + P1
-(threads, real keys, real opens), and compares the decoded output with onnxruntime on the
-original file. None of them needs torch, transformers or scikit-learn.
+scikit-learn's digits, whose test split is committed too, and tiny exports of the families
+of tests/families.py), runs dealer + P0 + P1 (threads, real keys, real opens), and
+compares the decoded output with onnxruntime on the original file. None of them needs
+torch, transformers or scikit-learn.
 """
 from __future__ import annotations
 
@@ -44,6 +45,19 @@ def test_transformer_fixtures_match_onnxruntime(fixture, tmp_path):
     assert logs[1].rounds == max(s.end for s in b.steps)
     # the embedding lookups ran at the input owner; the secure part starts at a Share
     assert any(n.attrs.get("at") == "client" and n.op == "Gather" for n in b.ir.nodes())
+
+
+@pytest.mark.parametrize("family", ["roberta", "vit", "mlp_sigmoid"])
+def test_family_fixtures_match_onnxruntime(family, tmp_path):
+    """tests/test_families.py's CI cases (RoBERTa: CumSum position ids at the input owner;
+    ViT: a class token beside secrets; an MLP with a sigmoid), from their committed exports:
+    they run where torch is not installed."""
+    with np.load(DATA / f"family_{family}_request.npz") as z:
+        feeds = {k: z[k] for k in z.files}
+    got, ref, b, logs = secure_vs_ort(DATA / f"family_{family}.onnx", tmp_path, feeds=feeds, bits=37)
+    c = compare("out", got, ref)
+    assert c.cosine > 0.9995, c.line()
+    assert logs[1].rounds == max(s.end for s in b.steps)
 
 
 def test_true_batch_two_sequences(tmp_path):

@@ -6,6 +6,7 @@
     pip install transformers onnxscript scikit-learn
     python tests/data/make_fixtures.py                 # everything (~30 s on 2 CPU cores)
     python tests/data/make_fixtures.py --only bert_tiny_dynamo digits_mlp
+    python tests/data/make_fixtures.py --only family_roberta family_vit family_mlp_sigmoid
 
 Writes, besides the files, tests/data/fixtures.json: per file its size, sha256, opset,
 inputs/outputs, op-type counts, accuracy where trained, and the torch / transformers /
@@ -90,7 +91,32 @@ def digits_mlp():
     return d.info, {"float_accuracy": d.accuracy, "samples": "digits_sample.npy / digits_sample.json"}
 
 
-BUILDERS = {f.__name__: f for f in (bert_tiny_legacy, bert_tiny_dynamo, gpt2_tiny, digits_cnn, digits_mlp)}
+#: tests/test_families.py's CI cases (tests/families.py: tiny random-init exports), committed
+#: so that they run without torch: family_NAME.onnx and the request family_NAME_request.npz
+FAMILIES = ("roberta", "vit", "mlp-sigmoid")
+
+
+def _family(name: str):
+    def build():
+        import tempfile
+
+        from fusec.models.onnx_file import finalize
+        from tests.families import export
+
+        stem = "family_" + name.replace("-", "_")
+        with tempfile.TemporaryDirectory(prefix="fusec-family-") as tmp:
+            path, req, out = export(name, Path(tmp), "legacy")
+            info = finalize(path, HERE / f"{stem}.onnx", f"family:{name}", "legacy",
+                            {"family": name, "source": "tests/families.py"}, None)
+        np.savez_compressed(HERE / f"{stem}_request.npz", **req)
+        return info, {"request": f"{stem}_request.npz", "output": out}
+
+    build.__name__ = "family_" + name.replace("-", "_")
+    return build
+
+
+BUILDERS = {f.__name__: f for f in (bert_tiny_legacy, bert_tiny_dynamo, gpt2_tiny, digits_cnn, digits_mlp,
+                                    *(_family(n) for n in FAMILIES))}
 
 
 def _versions() -> dict:
