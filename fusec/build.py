@@ -255,8 +255,10 @@ def encode_inputs(build: Build, feeds: dict[str, np.ndarray], party: int) -> dic
                 env[t] = v
     out = {}
     lim = 2.0 ** (opts.bits - 2 - opts.frac)
+    from fusec.passes.owner_contract import check as check_owner  # noqa: PLC0415
     for gid, t in mine.items():
         v = np.asarray(env[t], np.float64)
+        check_owner(g, t, v)
         if np.any(np.abs(v) >= lim):
             raise FusecError(f"input tensor {t!r} has |x| up to {np.max(np.abs(v)):.4g}, beyond what fixed point "
                              f"n={opts.bits}, f={opts.frac} holds ({lim:g})", "scale the input or use a wider --bits")

@@ -832,3 +832,6 @@ def _global_pool(cx: Context, node: onnx.NodeProto, a: dict) -> None:
     x = cx.t(node.input[0])
     op = "ReduceMean" if node.op_type == "GlobalAveragePool" else "ReduceMax"
     cx.emit(op, [x], out=_out(node), axes=list(range(2, len(cx.shape(x)))), keepdims=True)
+
+
+from fusec.ir import onnx_rnn  # noqa: E402,F401  (registers LSTM and GRU, unrolled)

@@ -23,6 +23,7 @@ from fusec.passes.key_order import key_order
 from fusec.passes.lower import Lowered, lower
 from fusec.passes.merge_rescales import merge_rescales
 from fusec.passes.options import CompileOptions
+from fusec.passes.owner_contract import owner_contract
 from fusec.passes.padding import pad_shapes
 from fusec.passes.ranges import prove_ranges
 from fusec.passes.scales import assign_scales
@@ -38,6 +39,7 @@ PASSES: list[Pass] = [
     fuse_scalar,       # elementwise chains on one tensor -> one Scalar (GELU, SiLU, rsqrt, ...)
     expand_blocks,     # Softmax, LayerNorm -> reductions + labelled Scalars
     defer_softmax_division,  # softmax(S) @ V -> (exp @ V) * (1/sum): the product runs beside the reciprocal
+    owner_contract,    # ranges the owner promises (and checks) for what it computes from masks / ids
     prove_ranges,      # an interval per secret tensor that holds for every admissible input
     calibrate,         # plaintext float run: every tensor's range
     assign_scales,     # fixed-point scales, lazy Rescale insertion, overflow warnings

@@ -610,9 +610,13 @@ def analyse(graph: Graph, opts: CompileOptions, calib: dict | None = None) -> di
             r.b[name] = Bound(0.0, hi) if hi else Bound.unbounded()
         else:
             r.b[name] = Bound.unbounded()
+    owner = graph.meta.get("owner_contract") or {}
     for n in graph.nodes():
         if n.op == "Gather" and n.attrs.get("at") == "client" and graph.is_const(n.inputs[0]):
             r.b[n.outputs[0]] = _const_bound(graph.const(n.inputs[0]))   # any row of the table
+            continue
+        if n.op == "Share" and n.inputs[0] in owner:     # checked by the owner at run time
+            r.b[n.outputs[0]] = Bound(*owner[n.inputs[0]])
             continue
         r.visit(n)
     return r.b, r.notes, contract

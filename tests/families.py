@@ -108,7 +108,30 @@ def _mlp(act: str):
     return build
 
 
+def _rnn(kind: str, bidirectional: bool = False):
+    """``nn.LSTM`` / ``nn.GRU`` (input 8, hidden 16, batch first) on ``x [1, 12, 8]``, then a
+    linear head on every step's output."""
+    def build():
+        import torch  # noqa: PLC0415
+
+        class Net(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.rnn = getattr(torch.nn, kind)(8, 16, batch_first=True, bidirectional=bidirectional)
+                self.head = torch.nn.Linear(32 if bidirectional else 16, 4)
+
+            def forward(self, x):
+                return self.head(self.rnn(x)[0])
+
+        torch.manual_seed(0)
+        req = {"x": np.random.default_rng(0).standard_normal((1, 12, 8)).astype(np.float32)}
+        return Net().eval(), (torch.from_numpy(req["x"]),), ["x"], req
+    return build
+
+
 FAMILIES = {
+    "lstm": Family("lstm", _rnn("LSTM"), output="y"),
+    "gru-bidirectional": Family("gru-bidirectional", _rnn("GRU", bidirectional=True), output="y"),
     "roberta": Family("roberta", _encoder("RobertaConfig", "RobertaModel", pad_token_id=1)),
     "xlm-roberta": Family("xlm-roberta", _encoder("XLMRobertaConfig", "XLMRobertaModel", pad_token_id=1)),
     "mpnet": Family("mpnet", _encoder("MPNetConfig", "MPNetModel", pad_token_id=1)),

@@ -33,7 +33,7 @@ DATA = Path(__file__).parent / "data"
 L, V, D = 8, 50, 8
 
 
-def masked_pooling_model(pool: bool = True, seed: int = 0) -> onnx.ModelProto:
+def masked_pooling_model(pool: bool = True, seed: int = 0, normalize: bool = False) -> onnx.ModelProto:
     """ids, attention_mask [batch, sequence] -> embedding -> attention with the mask bias
     ``(1 - mask) * finfo.min`` -> mean pooling ``sum(h * mask) / max(sum(mask), 1e-9)``."""
     rng = np.random.default_rng(seed)
@@ -60,6 +60,10 @@ def masked_pooling_model(pool: bool = True, seed: int = 0) -> onnx.ModelProto:
                   h.make_node("ReduceSum", ["m3", "ax1"], ["cnt0"], keepdims=0),
                   h.make_node("Max", ["cnt0", "eps"], ["cnt"]), h.make_node("Div", ["sm", "cnt"], ["pooled"])]
         out, dims = "pooled", ["batch", D]
+    if normalize:          # sentence-transformers: F.normalize(pooled) = x / max(||x||_2, eps)
+        nodes += [h.make_node("ReduceL2", ["pooled"], ["nrm"], axes=[-1], keepdims=1),
+                  h.make_node("Max", ["nrm", "eps"], ["nrm1"]), h.make_node("Div", ["pooled", "nrm1"], ["emb_n"])]
+        out = "emb_n"
     ins = [h.make_tensor_value_info(n, T.INT64, ["batch", "sequence"]) for n in ("input_ids", "attention_mask")]
     g = h.make_graph(nodes, "masked_pooling", ins, [h.make_tensor_value_info(out, T.FLOAT, dims)], inits)
     return h.make_model(g, opset_imports=[h.make_opsetid("", 17)])
@@ -264,3 +268,24 @@ def test_a_boolean_mask_in_a_where(role, tmp_path):
         ref = onnxruntime_reference(tmp_path / "m.onnx", full_request(b.ir, feeds), {})["hid"]
         c = compare("hid", got, ref)
         assert c.cosine > 0.9999 and c.max_abs < 5e-3, c.line()
+
+
+@pytest.mark.parametrize("role", ["private", "public"])
+def test_sentence_embedding_with_l2_norm_and_an_empty_mask_refused(role, tmp_path):
+    """Mean pooling then L2 normalisation (all-MiniLM's head): the owner's 1/count has a range
+    it promises and checks (passes/owner_contract), so the rsqrt after it compiles; a mask with
+    no real token is refused before anything is sent."""
+    onnx.save(masked_pooling_model(normalize=True), tmp_path / "m.onnx")
+    compile_model(tmp_path / "m.onnx", tmp_path / "b", CompileOptions(bits=37), batch=1, seq=L,
+                  input_roles={"attention_mask": role})
+    b = load_build(tmp_path / "b")
+    assert b.ir.meta["owner_contract"]
+    for mask in MASKS:
+        feeds = make_request(mask, seed=5)
+        got, _ = secure(b, feeds)
+        ref = onnxruntime_reference(tmp_path / "m.onnx", full_request(b.ir, feeds), {})["emb_n"]
+        c = compare("emb_n", got, ref)
+        assert c.cosine > 0.9999 and c.max_abs < 5e-3, c.line()
+    with pytest.raises(FusecError, match="outside the range .* compiled for") as e:
+        encode_inputs(b, make_request([0] * L), 1)
+    assert "no real token" in e.value.hint
