@@ -36,6 +36,9 @@ __all__ = ["one_line", "check_opsets", "check_model", "check_external_data", "ch
 #: magnitudes that only ever mean "infinity" in exported models (same threshold as clamp_constants)
 SENTINEL = 1e15
 
+#: bytes an element of a computed tensor takes inside the compiler (the IR evaluates in float64/int64)
+IR_ITEMSIZE = 8
+
 _REEXPORT = "re-export the model; `python -m onnx.checker` shows the same problem"
 
 #: numpy-style broadcasting starts at opset 7; before it, ops with a ``broadcast`` attribute are refused
@@ -206,7 +209,7 @@ def check_inferred_shapes(inferred: onnx.ModelProto) -> None:
         i, n = producer.get(vi.name, (0, None))
         where = (f"node {(n.name or f'{n.op_type}_{i}')!r} ({n.op_type}): output {vi.name!r}" if n
                  else f"tensor {vi.name!r}")
-        check_size(dims, itemsize(tt.elem_type), where)
+        check_size(dims, max(itemsize(tt.elem_type), IR_ITEMSIZE), where)
 
 
 def _static(vi: onnx.ValueInfoProto | None) -> bool:
@@ -270,7 +273,7 @@ def check_fold(node: onnx.NodeProto, feeds: dict[str, np.ndarray], opsets: dict[
         tt = vi.type.tensor_type
         if tt.HasField("shape"):
             dims = [d.dim_value for d in tt.shape.dim if d.HasField("dim_value")]
-            check_size(dims, itemsize(tt.elem_type), f"{what}: output {vi.name!r}")
+            check_size(dims, max(itemsize(tt.elem_type), IR_ITEMSIZE), f"{what}: output {vi.name!r}")
 
 
 # ---------------------------------------------------------------------- text fields
