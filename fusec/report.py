@@ -359,11 +359,19 @@ def split(build) -> str:
     g = build.ir
     client = [n for n in g.nodes() if n.attrs.get("at") == "client"]
     shares = [n for n in g.nodes() if n.op == "Share"]
+    onnx_ops = sorted({n.attrs.get("onnx_op", "?") for n in client if n.op == "OnnxNode"})
     lines = [f"input owner runs {len(client)} node(s) in plaintext before sharing: "
              + (", ".join(f"{n.op}:{n.name}" for n in client[:12]) + (" ..." if len(client) > 12 else "")
                 if client else "none")]
+    if onnx_ops:
+        lines.append(f"  of which ONNX ops without a secure lowering, run by the owner with onnxruntime: "
+                     f"{', '.join(onnx_ops)}")
+    contract = g.meta.get("owner_contract") or {}
     for n in shares:
         how = "public: zero mask, both servers see it" if n.attrs.get("role") == "public" else "masked"
+        if n.inputs[0] in contract:
+            lo, hi = contract[n.inputs[0]]
+            how += f"; owner checks it in [{lo:.4g}, {hi:.4g}]"
         lines.append(f"shared: {n.inputs[0]} {list(g.info(n.outputs[0]).shape)} (owner P{n.attrs.get('owner', 1)}, "
                      f"{how})")
     roles = g.meta.get("input_roles")

@@ -9,7 +9,7 @@ before anything is sent, exactly like the float input contract (``passes/ranges`
 
 - the range of each shared plumbing tensor is measured by running the owner's prefix on the
   calibration request and on the extreme masks (all ones; only the first token; only the last
-  token, for left padding), widened by 1/64 of its span;
+  token, for left padding), each end widened by 1/64 of its magnitude and 2^-10;
 - it is stored in ``graph.meta["owner_contract"]`` (client tensor -> [lo, hi]) and used by the
   range pass for the ``Share`` that carries it;
 - ``fusec run`` refuses a request whose plumbing falls outside (e.g. a mask with no real token:
@@ -93,8 +93,7 @@ def owner_contract(graph: Graph, opts: CompileOptions) -> Graph:
     for t in shared:
         if lo[t] > hi[t]:
             continue
-        pad = (hi[t] - lo[t]) / 64
-        contract[t] = [lo[t] - pad, hi[t] + pad]
+        contract[t] = [lo[t] - abs(lo[t]) / 64 - 2.0 ** -10, hi[t] + abs(hi[t]) / 64 + 2.0 ** -10]
     graph.meta["owner_contract"] = contract
     return graph
 
