@@ -90,6 +90,13 @@ def _price(spec: OperatorSpec) -> float:
     return c.key_bits / 8 + 16 * c.aes
 
 
+def _price_floor(degree: int, pieces: int, n: int) -> float:
+    """A lower bound on ``_price`` of any spec of this shape (its per-piece coefficient
+    correlations alone: at least pieces - 1 pieces times degree + 1 words of n bits), so the
+    search can stop once the best spec found is cheaper than every shape left."""
+    return max(pieces - 1, 0) * (degree + 1) * n / 8
+
+
 def _rescale_price(n: int, shift: int) -> float:
     from fusec.runtime.gates.truncation import TruncateSlack  # noqa: PLC0415
     c = TruncateSlack(1, n, max(shift, 1)).cost()
@@ -103,7 +110,9 @@ def search(name: str, fn, dom: Domain, n: int, f_in: int, f_out: int, bound_ulps
     shapes = [(d, p, False) for d, p in CANDIDATES]
     if not dom.geometric:        # the same shapes with cuts placed by the function's curvature
         shapes += [(d, p, True) for d, p in SPREAD_CANDIDATES]
-    for d, p, spread in shapes:
+    for d, p, spread in sorted(shapes, key=lambda s: _price_floor(s[0], s[1], n)):
+        if best is not None and _price_floor(d, p, n) >= _price(best):
+            break               # every later shape costs at least as much as the best found
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")

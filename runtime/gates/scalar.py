@@ -452,10 +452,14 @@ class ScalarGate(Chain):
         self.out_scale = out_scale
         self.spec = spec
         self.lookup = lookup
-        #: integer inputs on which the gate is exact; outside, the output shift's slack
-        #: assumption fails and the result is wrong. The compiler must keep activations
-        #: inside it (it is printed by ``describe()``).
-        self.exact_range = spec.exact_input_range(spec.n_in, headroom_bits=2 if spec.out_shift else 1)
+
+    @functools.cached_property
+    def exact_range(self) -> tuple[int, int]:
+        """Integer inputs on which the gate is exact; outside, the output shift's slack
+        assumption fails and the result is wrong. The compiler must keep activations inside
+        it (``describe()`` prints it). Computed on demand: a search over the pieces, and the
+        spec search builds a gate per candidate only to price it."""
+        return self.spec.exact_input_range(self.spec.n_in, headroom_bits=2 if self.spec.out_shift else 1)
 
     def describe(self) -> dict:
         d = super().describe()
