@@ -4,6 +4,8 @@
 set -uo pipefail
 OUT=${OUT:-device_out}; mkdir -p "$OUT"; export PYTHONUNBUFFERED=1
 GATES=${GATES:-fused}; REPEAT=${REPEAT:-3}; WARMUP=${WARMUP:-1}; TESTS=${TESTS:-1}; MODEL=${MODEL:-bert-base}
+# wheels the image lacks (cryptography, cffi, pycparser, click), carried in .whl
+if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site; fi
 python3 -m pip install -q --no-deps --no-build-isolation -e . > "$OUT/install.log" 2>&1; echo "install rc=$?"
 python3 -c "import cupy, fusec, onnx, onnxruntime, click, jinja2, networkx, cryptography; print('cupy', cupy.__version__, cupy.cuda.runtime.getDeviceCount(), 'gpu(s)')" 2>&1 | tail -2
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
