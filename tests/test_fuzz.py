@@ -89,6 +89,10 @@ def seed_digits() -> onnx.ModelProto:
 
 SEEDS = {"mlp": (seed_mlp, []), "plumbing": (seed_plumbing, []), "digits": (seed_digits, ["--batch", "1"])}
 
+#: exporter graphs (dynamic dims, shape plumbing, masks), slower to compile: the full run only
+DATA = Path(__file__).resolve().parent / "data"
+FULL_SEEDS = {"bert_dynamo": (lambda: onnx.load(str(DATA / "bert_tiny_dynamo.onnx")), ["--batch", "1", "--seq", "8"])}
+
 
 # ====================================================================== cases
 @dataclass
@@ -344,6 +348,11 @@ def all_cases(full: bool) -> list[Case]:
         cases.append(_case(f"{name}/seed", "seed", model, args))
         cases += byte_cases(name, model, args, rng, n_trunc=40 if full else 8, n_flip=200 if full else 25)
         cases += structural_cases(name, model, args, rng, n=200 if full else 25)
+    for name, (make, args) in (FULL_SEEDS.items() if full else ()):
+        model = make()
+        cases.append(_case(f"{name}/seed", "seed", model, args))
+        cases += byte_cases(name, model, args, rng, n_trunc=4, n_flip=12)
+        cases += structural_cases(name, model, args, rng, n=20)
     return cases
 
 
@@ -356,8 +365,10 @@ def _oracle(model_path: Path, args: list[str]) -> str:
     from fusec.ir.ops import interpret
     from fusec.verify import onnxruntime_reference
 
-    batch = int(args[args.index("--batch") + 1]) if "--batch" in args else None
-    graph = frontend(str(model_path), batch=batch)
+    def flag(name: str) -> int | None:
+        return int(args[args.index(name) + 1]) if name in args else None
+
+    graph = frontend(str(model_path), batch=flag("--batch"), seq=flag("--seq"))
     rng = np.random.default_rng(0)
     feeds = {t: rng.standard_normal(graph.info(t).shape) if graph.info(t).dtype == "float"
              else np.zeros(graph.info(t).shape, np.int64) for t in graph.inputs}
