@@ -216,18 +216,15 @@ def load_inputs(path, graph: Graph) -> dict[str, np.ndarray]:
     p = Path(path)
     if not p.is_file():
         raise FusecError(f"input file {p} does not exist")
-    try:
-        data = np.load(p, allow_pickle=False)
-    except Exception as e:  # noqa: BLE001
-        raise FusecError(f"cannot read input file {p}: {e}", "give a .npy array or a .npz of named arrays") from None
+    largest = max((graph.info(t).size for t in graph.inputs), default=1)
+    data = schema.read_arrays(p, max(largest, 1))      # headers first: no pickle, nothing larger than an input
     if isinstance(data, np.ndarray):
         if len(graph.inputs) != 1:
             raise FusecError(f"the model has {len(graph.inputs)} inputs ({', '.join(graph.inputs)}); a .npy holds one",
                              "save them with np.savez(path, name=array, ...)")
         feeds = {graph.inputs[0]: data}
     else:
-        with data:
-            feeds = {k: data[k] for k in data.files}
+        feeds = data
     from fusec.inputs import check_feeds  # noqa: PLC0415
     return check_feeds(graph, feeds)      # every check before keygen (verify) and before any byte is sent
 

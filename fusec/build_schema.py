@@ -236,3 +236,55 @@ def check_ir(doc: dict, file: str = "ir.json") -> None:
         for t in doc[what]:
             if t not in doc["tensors"]:
                 raise FusecError(f"{file}: field {what} names tensor {t!r}, which is not in tensors", RECOMPILE)
+
+
+# ---------------------------------------------------------------------- a request's arrays (.npy / .npz)
+def _read_member(f, name: str, label: str, max_elements: int) -> np.ndarray:
+    """One .npy stream: header first (plain numeric or bool, at most ``max_elements``), then the data."""
+    try:
+        version = np.lib.format.read_magic(f)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read_header is None:
+            raise ValueError(f"unknown .npy format version {version}")
+        shape, _, dtype = read_header(f)
+    except FusecError:
+        raise
+    except Exception as e:  # noqa: BLE001
+        raise FusecError(f"{label}: {name} is not a .npy array ({' '.join(str(e).split())[:200]})",
+                         "save inputs with np.save / np.savez") from None
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise FusecError(f"{label}: {name} has dtype {dtype}; inputs are plain numeric arrays (never unpickled)",
+                         "save inputs with np.save / np.savez of numeric arrays")
+    from fusec.limits import elements  # noqa: PLC0415
+    if elements(shape) > max_elements:
+        raise FusecError(f"{label}: {name} has shape {list(shape)} ({elements(shape):,} elements), more than any input "
+                         f"of this build takes ({max_elements:,})", "check that the file belongs to this build")
+    try:
+        f.seek(0)
+        return np.lib.format.read_array(f, allow_pickle=False)
+    except Exception as e:  # noqa: BLE001  (truncated data, a bad zip member ...)
+        raise FusecError(f"{label}: {name} cannot be read ({' '.join(str(e).split())[:200]})",
+                         "the file is truncated or corrupt; write it again") from None
+
+
+def read_arrays(path: Path, max_elements: int) -> np.ndarray | dict[str, np.ndarray]:
+    """A ``.npy`` (one array) or ``.npz`` (named arrays) request, every array's header checked before
+    its data is read: no pickle, no array larger than ``max_elements``, no traceback on a corrupt file."""
+    label = str(path)
+    if zipfile.is_zipfile(path):
+        out: dict[str, np.ndarray] = {}
+        try:
+            with zipfile.ZipFile(path) as zf:
+                for info in zf.infolist():
+                    key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
+                    with zf.open(info) as f:            # (a zip member seeks by re-reading: header first)
+                        out[key] = _read_member(f, f"array {key!r}", label, max_elements)
+        except FusecError:
+            raise
+        except Exception as e:  # noqa: BLE001  (BadZipFile, zlib.error, EOFError ...)
+            raise FusecError(f"cannot read input file {label}: {' '.join(str(e).split())[:200]}",
+                             "give a .npy array or a .npz of named arrays") from None
+        return out
+    with open(path, "rb") as f:
+        return _read_member(f, "the array", label, max_elements)
