@@ -117,8 +117,8 @@ def search(name: str, fn, dom: Domain, n: int, f_in: int, f_out: int, bound_ulps
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 spec = _fit_one(name, fn, dom, d, p, n, f_in, f_out, valid, spread)
-        except (ParameterError, TypeError, np.linalg.LinAlgError):
-            continue
+        except (ParameterError, TypeError, OverflowError, np.linalg.LinAlgError):
+            continue        # a shape that cannot be fitted here (e.g. coefficients past any ring): skip it
         if accurate is None or spec.max_error_ulps < accurate.max_error_ulps:
             accurate = spec
         if spec.max_error_ulps <= bound_ulps and (best is None or _price(spec) < _price(best)):
