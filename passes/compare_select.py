@@ -8,8 +8,9 @@ has a gate of its own; they all become arithmetic on 0/1 values, which
 - ``Greater/Less/Equal(p, q)`` (``q`` may be a constant): from the exact sign gate
   ``Step(d) = [d >= 0]`` of ``d = p - q`` (the library's DReLU, then a Select of a public 1 for the 0/1 value), so a
   comparison of two secrets is exact (a bare step is nothing the spec fitter can fit);
-- ``Where(c, a, b)`` with secret ``c`` -> ``b + c * (a - b)`` (inside one tensor's chain the
-  whole select fuses into one gate; otherwise one secret product);
+- ``Where(p < q, a, b)`` -> ``a + [p - q >= 0] * (b - a)``: one DReLU and one Select
+  (``SelectStep``); any other secret condition ``c`` -> ``b + c * (a - b)`` (or ``c*a + (1-c)*b``
+  with a constant branch);
 - ``Not(c)`` -> ``1 - c``, ``And`` -> ``c1 * c2``, ``Or`` -> ``c1 + c2 - c1 * c2``; a cast of
   such a value to float is the value itself.
 
@@ -21,11 +22,15 @@ import numpy as np
 
 from fusec.ir.graph import Graph, Node, TensorInfo
 from fusec.ir.ops import OPS, OpDef
-from fusec.passes import lower, ranges
+from fusec.passes import lower, ranges, scales
 
 COMPARE = ("Greater", "Less", "Equal")
 STEP = "Step"
+SELECT_STEP = "SelectStep"
 
+OPS[SELECT_STEP] = OpDef(SELECT_STEP, "misc",
+                         lambda xs, a: [(np.asarray(xs[0], np.float64) >= 0) * np.asarray(xs[1], np.float64)],
+                         True, "[d >= 0] * x (passes/compare_select): DReLU of d, then a Select of x")
 OPS[STEP] = OpDef(STEP, "misc", lambda xs, a: [(np.asarray(xs[0], np.float64) >= 0).astype(np.float64)], True,
                   "[x >= 0] as 0/1 (passes/compare_select): DReLU, then a Select of a public 1")
 
@@ -36,7 +41,8 @@ def rewrite(graph: Graph, frac: int) -> Graph:
         if node.attrs.get("at") == "client" or not any(t and _secret(graph, t) for t in node.inputs):
             continue
         if node.op in COMPARE:
-            _compare(graph, node, frac)
+            if not _only_selects(graph, node):
+                _compare(graph, node, frac)
             continue
         handler = _HANDLERS.get(node.op)
         if handler is not None:
@@ -99,12 +105,33 @@ def _step(graph: Graph, d: str, like: str, base: str) -> str:
     return out
 
 
+def _only_selects(graph: Graph, node: Node) -> bool:
+    """A ``<`` / ``>`` read only as the condition of Wheres: the Where takes it (one Select)."""
+    readers = graph.consumers(node.outputs[0])
+    return node.op != "Equal" and node.outputs[0] not in graph.outputs and bool(readers) and all(
+        r.op == "Where" and r.inputs[0] == node.outputs[0] and r.inputs[1:].count(node.outputs[0]) == 0
+        and not (graph.is_const(r.inputs[1]) and graph.is_const(r.inputs[2])) for r in readers)
+
+
 def _where(graph: Graph, node: Node) -> None:
     c, a, b = node.inputs
     if not _secret(graph, c):
         return                                 # a public condition: the existing lowering
     out = node.outputs[0]
     shape = graph.info(out).shape
+    cmp = graph.producer(c)
+    if cmp is not None and cmp.op in ("Greater", "Less") and not (graph.is_const(a) and graph.is_const(b)):
+        # Where(p < q, a, b) = a + [p - q >= 0] * (b - a); for p > q the sign of q - p:
+        # one DReLU and one Select of the secret difference (SELECT_STEP), no product after it
+        p, q = cmp.inputs
+        d = _new(graph, "Sub", [p, q] if cmp.op == "Less" else [q, p], out, f"{node.name}_d",
+                 graph.info(cmp.outputs[0]).shape)
+        diff = _new(graph, "Sub", [b, a], out, f"{node.name}_diff", shape)
+        pick = graph.fresh(f"{node.name}_pick")
+        graph.add_node(SELECT_STEP, [d, diff], [pick], name=graph.fresh(f"{node.name}_select"),
+                       infos=[TensorInfo(shape, "float", "secret")])
+        _replace(graph, node, _new(graph, "Add", [a, pick], out, f"{node.name}_sel", shape))
+        return
     if graph.is_const(a) and graph.is_const(b):
         diff = graph.add_const(graph.fresh(f"{node.name}_diff"),
                                np.asarray(graph.const(a), np.float64) - np.asarray(graph.const(b), np.float64))
@@ -168,5 +195,27 @@ def _lower_step(lw, n: Node) -> None:
     lw.out.wire[out] = lw.add(n.name, Select(N, bits), [bit, one], n)
 
 
+def _range_select(r, n: Node):
+    x = r.get(n.inputs[1])
+    return ranges.Bound(min(0.0, x.lo), max(0.0, x.hi))
+
+
+def _scale_select(sc, n: Node) -> None:
+    sc.set(n.outputs[0], sc.scale(n.inputs[1]))          # b * x keeps x's scale
+
+
+def _lower_select_step(lw, n: Node) -> None:
+    from fusec.runtime.gates.compare import DReLU, Select  # noqa: PLC0415
+    d, x = n.inputs
+    out = n.outputs[0]
+    shape = lw.shape(out)
+    N, bits = int(np.prod(shape)), lw.n
+    bit = lw.add(f"{n.name}/drelu", DReLU(N, bits), [lw.broadcast(n, d, shape, "bcast_d")], n)
+    lw.out.wire[out] = lw.add(n.name, Select(N, bits), [bit, lw.broadcast(n, x, shape, "bcast_x")], n)
+
+
 ranges.RULES[STEP] = _range
+ranges.RULES[SELECT_STEP] = _range_select
+scales.RULES[SELECT_STEP] = _scale_select
 lower.HANDLERS[STEP] = _lower_step
+lower.HANDLERS[SELECT_STEP] = _lower_select_step

@@ -127,7 +127,7 @@ def test_comparisons_selects_and_shared_inputs(kind, tmp_path):
     ops = [n.op for n in b.ir.nodes()]
     assert not {"Greater", "Less", "Where", "Not", "And"} & set(ops)       # all became gates
     if kind == "softplus-where":
-        assert ops.count("Step") == 1 and ops.count("Scalar") == 1      # the exact sign, softplus
+        assert ops.count("SelectStep") == 1 and ops.count("Scalar") == 1      # DReLU + Select, softplus
     if kind == "shared":
         assert ops.count("Scalar") == 2                     # sigmoid(h) and tanh(h): a gate each
 
