@@ -10,6 +10,7 @@ import click
 import numpy as np
 
 from fusec.errors import FusecError
+from fusec.limits import Limits
 from fusec.party_cli import key_set_count, party_options, tls_argv, tls_options
 
 
@@ -200,6 +201,14 @@ def compile_options(f):
         click.option("--input-range", "input_range", multiple=True,
                      help="NAME=LO:HI: the range a float input is promised to lie in (proven widths assume it; "
                           "`fusec run` refuses values outside; default: calibration max |x| x 4, a power of two)"),
+        click.option("--max-elements", type=click.IntRange(min=1), default=Limits.max_elements, show_default=True,
+                     help="largest tensor (shape, constant, intermediate) a model may ask for, in elements"),
+        click.option("--max-bytes", type=click.IntRange(min=1), default=Limits.max_bytes, show_default=True,
+                     help="largest tensor in bytes, and all folded constants together"),
+        click.option("--fold-seconds", type=click.FloatRange(min=0, min_open=True, max=1e7),
+                     default=Limits.fold_seconds, show_default=True, help="time budget of constant folding"),
+        click.option("--calib-seconds", type=click.FloatRange(min=0, min_open=True, max=1e7),
+                     default=Limits.calib_seconds, show_default=True, help="time budget of the calibration runs"),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -220,7 +229,21 @@ def _role_arg(values: tuple[str, ...]) -> dict[str, str]:
 
 
 def _compile(model, out, batch, seq, input_shape, public_input, bits, frac, gate_set, weights, rescale,
-             max_error_ulps, calib, insecure, input_range=(), quiet: bool = False, input_role=()):
+             max_error_ulps, calib, insecure, input_range=(), quiet: bool = False, input_role=(),
+             max_elements=Limits.max_elements, max_bytes=Limits.max_bytes, fold_seconds=Limits.fold_seconds,
+             calib_seconds=Limits.calib_seconds):
+    from fusec.limits import using
+
+    lim = Limits(max_elements=max_elements, max_bytes=max_bytes, fold_seconds=fold_seconds,
+                 calib_seconds=calib_seconds)
+    with using(lim):
+        return _compile_within_limits(model, out, batch, seq, input_shape, public_input, bits, frac, gate_set,
+                                      weights, rescale, max_error_ulps, calib, insecure, input_range, quiet,
+                                      input_role, lim)
+
+
+def _compile_within_limits(model, out, batch, seq, input_shape, public_input, bits, frac, gate_set, weights, rescale,
+                           max_error_ulps, calib, insecure, input_range, quiet, input_role, lim):
     from fusec.build import compile_model, frontend, load_inputs
     from fusec.passes.options import CompileOptions
 
@@ -243,7 +266,8 @@ def _compile(model, out, batch, seq, input_shape, public_input, bits, frac, gate
                    "through key shapes. Ablation only; never deploy it.", err=True)
     say = (lambda s: None) if quiet else (lambda s: click.echo(f"  [{s}]", err=True))
     return compile_model(model, out, opts, batch=batch, seq=seq, input_shapes=_shape_arg(input_shape),
-                         public_inputs=_array_arg(public_input, "--public-input"), progress=say, input_roles=roles)
+                         public_inputs=_array_arg(public_input, "--public-input"), progress=say, input_roles=roles,
+                         limits=lim)
 
 
 @cli.command("compile")
@@ -370,35 +394,40 @@ def run(build_dir, server, stats_path, profile_sync) -> None:
               help="where the dealer and both servers compute")
 @compile_options
 @tls_options
-def verify_cmd(model, workdir, input_path, seed, backend, batch, seq, input_shape, public_input, bits, frac, gate_set,
-               weights, rescale, max_error_ulps, calib, insecure, input_range, input_role, tls_cert, tls_key, tls_ca,
-               tls_server_name) -> None:
-    """compile -> keygen -> P0 and P1 as two processes -> compare with onnxruntime.
+def verify_cmd(model, workdir, input_path, seed, backend, **kw) -> None:
+    """compile -> keygen -> P0 and P1 as two processes -> compare with onnxruntime, on inputs the
+    calibration did not see (fresh draws over each input's whole range, edges included).
 
     With --tls-*, both servers use these files over TLS on 127.0.0.1 (the certificate must
     name 127.0.0.1, or give --tls-server-name)."""
     from fusec.run3 import workdir as mkwd
     from fusec.verify import verify
 
-    argv = ["--bits", str(bits), "--frac", str(frac), "--gates", gate_set, "--weights", weights,
-            "--rescale", rescale, "--max-error-ulps", str(max_error_ulps)]
-    for flag, val in (("--batch", batch), ("--seq", seq), ("--calib", calib)):
-        if val is not None:
-            argv += [flag, str(val)]
-    for v in input_shape:
-        argv += ["--input-shape", v]
-    for v in public_input:
-        argv += ["--public-input", v]
-    _role_arg(input_role)                       # bad syntax: refused here, before anything runs
-    for v in input_role:
-        argv += ["--input-role", v]
-    _range_arg(input_range)                     # bad syntax: refused here, before anything runs
-    for v in input_range:
-        argv += ["--input-range", v]
-    if insecure:
-        argv.append("--insecure-mask-dependent-shapes")
-    party_argv = tls_argv(tls_cert, tls_key, tls_ca, tls_server_name)     # refused here, before anything runs
+    _role_arg(kw["input_role"])                 # bad syntax: refused here, before anything runs
+    _range_arg(kw["input_range"])
+    argv = compile_argv(kw)
+    compile_names = {p.name for p in compile_cmd.params}
+    party_argv = tls_argv(**{k: v for k, v in kw.items() if k not in compile_names})  # refused here, before anything runs
     verify(model, mkwd(workdir), argv, input_path, seed, echo=click.echo, backend=backend, party_argv=party_argv)
+
+
+def compile_argv(kw: dict) -> list[str]:
+    """The `fusec compile` arguments that reproduce ``kw`` (values of the compile options), built
+    from the compile command's own options: a new compile flag reaches `verify` without code here."""
+    argv: list[str] = []
+    for p in compile_cmd.params:
+        if not isinstance(p, click.Option) or p.name not in kw:
+            continue
+        flag = next(o for o in p.opts if o.startswith("--"))
+        v = kw[p.name]
+        if p.is_flag:
+            argv += [flag] if v else []
+        elif p.multiple:
+            for x in v:
+                argv += [flag, str(x)]
+        elif v is not None and v != p.default:
+            argv += [flag, repr(v) if isinstance(v, float) else str(v)]
+    return argv
 
 
 @cli.command()
