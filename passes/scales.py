@@ -131,9 +131,19 @@ class _Scaler:
             from fusec.passes.fit_specs import feasible  # noqa: PLC0415
             rng = tuple(self.ranges.get(node.inputs[0], (-1.0, 1.0)))
             x = node.inputs[0]
-            for s in range(f + extra, f, -1):
-                if self.fits(out, s + f) and feasible(node, rng, self.scale(x), s, self.o, proven(self.g, x)):
-                    return s
+            # the largest output scale with a feasible spec: feasibility only gets harder as the
+            # scale grows (the same absolute error, a larger value in the ring), so bisect; each
+            # probe is a whole spec search (GPT-2's 25 layer norms made this the compile's bulk)
+            ok = lambda s: self.fits(out, s + f) and feasible(  # noqa: E731
+                node, rng, self.scale(x), s, self.o, proven(self.g, x))
+            lo, hi = f, f + extra           # invariant: lo is feasible (or f), hi + 1 is not tried
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if ok(mid):
+                    lo = mid
+                else:
+                    hi = mid - 1
+            return lo
         return f
 
     # -------------------------------------------------------------- per-op rules (RULES below)
