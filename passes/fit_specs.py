@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -23,7 +22,7 @@ from fusec.errors import CompileError, ParameterError
 from fusec.ir import scalar_fn
 from fusec.ir.graph import Graph, Node, TensorInfo
 from fusec.ir.nonlinear import SIGMA_LABELS, Domain, fit_domain  # noqa: F401  (Domain: re-export)
-from fusec.ir.spec import FitRequest, OperatorSpec, Tail, fit, relu_spec
+from fusec.ir.spec import FitRequest, OperatorSpec, fit, relu_spec
 from fusec.passes.options import CompileOptions
 from fusec.passes.ranges import proven as proven_range
 

@@ -30,7 +30,7 @@ from fusec.runtime.gates.linear import Add, AddPublic, MatMulPublic, MulPublic
 from fusec.runtime.gates.movement import Rearrange, SumAxis
 from fusec.runtime.gates.mul_narrow import MulNarrow, View
 from fusec.runtime.gates.scalar import ScalarGate
-from fusec.runtime.gates.truncation import ArsOneRound, TruncateNarrow, TruncateSlack
+from fusec.runtime.gates.truncation import ArsOneRound, TruncateNarrow
 from fusec.runtime.graph import GateGraph
 
 
