@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q -e '.[test]'
-python3 -m pytest -q -m "not slow" "$@"
+# two workers (pytest-xdist): the suite is CPU-bound and single-threaded per test, CI has 2 cores
+python3 -m pytest -q -n 2 -m "not slow" "$@"
