@@ -165,6 +165,18 @@ def check_flags(flags: dict, file: str = "manifest.json") -> dict:
     return flags
 
 
+def _npy_header(f) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) from a .npy stream's header, before any data is read (so a size or dtype can be
+    refused first). Raises ``ValueError`` (or what numpy raises) on a stream that is not a .npy."""
+    version = np.lib.format.read_magic(f)
+    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+    if read_header is None:
+        raise ValueError(f"unknown .npy format version {version}")
+    shape, _, dtype = read_header(f)
+    return tuple(shape), dtype
+
+
 def read_weights(path: Path, consts: dict[str, dict]) -> dict[str, np.ndarray]:
     """``weights.npz``: plain numeric arrays only (no pickle), each of the shape and dtype ``ir.json``
     lists for it, sizes checked from each array's header before the array is read."""
@@ -182,12 +194,7 @@ def read_weights(path: Path, consts: dict[str, dict]) -> dict[str, np.ndarray]:
                 raise FusecError(f"{name}: array {key!r} is not a constant of ir.json", RECOMPILE)
             try:
                 with zf.open(info) as f:
-                    version = np.lib.format.read_magic(f)
-                    read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                                   (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-                    if read_header is None:
-                        raise ValueError(f"unknown .npy format version {version}")
-                    shape, _, dtype = read_header(f)
+                    shape, dtype = _npy_header(f)
                     if dtype.hasobject or dtype.kind not in "biuf":
                         raise FusecError(f"{name}: array {key!r} has dtype {dtype}, not a plain numeric type",
                                          RECOMPILE)
@@ -242,14 +249,7 @@ def check_ir(doc: dict, file: str = "ir.json") -> None:
 def _read_member(f, name: str, label: str, max_elements: int) -> np.ndarray:
     """One .npy stream: header first (plain numeric or bool, at most ``max_elements``), then the data."""
     try:
-        version = np.lib.format.read_magic(f)
-        read_header = {(1, 0): np.lib.format.read_array_header_1_0,
-                       (2, 0): np.lib.format.read_array_header_2_0}.get(version)
-        if read_header is None:
-            raise ValueError(f"unknown .npy format version {version}")
-        shape, _, dtype = read_header(f)
-    except FusecError:
-        raise
+        shape, dtype = _npy_header(f)
     except Exception as e:  # noqa: BLE001
         raise FusecError(f"{label}: {name} is not a .npy array ({' '.join(str(e).split())[:200]})",
                          "save inputs with np.save / np.savez") from None
