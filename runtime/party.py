@@ -35,6 +35,7 @@ class PartyResult:
     key_load_seconds: float = 0.0
     compute_seconds: dict = field(default_factory=dict)
     wire_seconds: dict = field(default_factory=dict)
+    round_phases: dict = field(default_factory=dict)   # RoundLog.phases: step / pack / wire / unpack seconds
 
 
 def open_keys(graph: GateGraph, party: int, key_path, state_dir: str | os.PathLike | None = None
@@ -76,8 +77,27 @@ def run_party(graph: GateGraph, party: int, kf: KeyFile, idx: int, channel: Chan
     reader.finish()
     log = RoundLog(sync=be.synchronize if sync_scopes else None)
     channel.exchange(b"", "ready", 0)  # both keys staged: the online clock starts together on both sides
+    profile = _python_profiler()
     t0 = time.perf_counter()
     outputs = graph.evaluate(party, keys, inputs, channel.exchange, be, log, scopes=scopes)
     dt = time.perf_counter() - t0
+    if profile is not None:
+        profile.disable()
+        profile.dump_stats(os.path.join(os.environ[PROFILE_ENV], f"p{party}_set{idx}_{os.getpid()}.prof"))
     return PartyResult(outputs, idx, dt, log.rounds, sum(log.bytes_sent.values()), dict(log.bytes_sent),
-                       t_load, dict(log.compute), dict(log.seconds))
+                       t_load, dict(log.compute), dict(log.seconds), dict(log.phases))
+
+
+PROFILE_ENV = "FUSEC_PYPROFILE"
+"""A directory: each online phase is run under cProfile and its stats written there
+(a developer's tool for finding the runtime's Python overhead; it slows the run)."""
+
+
+def _python_profiler():
+    if not os.environ.get(PROFILE_ENV):
+        return None
+    import cProfile  # noqa: PLC0415
+
+    prof = cProfile.Profile()
+    prof.enable()
+    return prof

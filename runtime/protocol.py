@@ -36,6 +36,7 @@ class RoundLog:
     rounds: int = 0
     bytes_sent: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)   # pack + exchange + unpack, per open scope
+    phases: dict[str, float] = field(default_factory=dict)    # the same rounds split: step / pack / wire / unpack
     compute: dict[str, float] = field(default_factory=dict)   # local gate work, per gate scope
     sync: Callable[[], None] | None = None                    # device sync before each compute reading
 
@@ -46,6 +47,13 @@ class RoundLog:
 
     def add_compute(self, scope: str, secs: float) -> None:
         self.compute[scope] = self.compute.get(scope, 0.0) + secs
+
+    def add_phase(self, phase: str, secs: float) -> None:
+        """Where a round's time goes: ``step`` (advancing the gates: Python and kernel
+        launches), ``pack`` (the pack kernel and the copy to the host, which waits for the
+        device's queued work), ``wire`` (the exchange, including waiting for the peer),
+        ``unpack`` (the copy back and the unpack kernels)."""
+        self.phases[phase] = self.phases.get(phase, 0.0) + secs
 
 
 def timed(gen: EvalGen, scope: str, log: RoundLog) -> EvalGen:
@@ -128,7 +136,9 @@ def _drive(gens, exchange: Exchange, party: int, be, log: RoundLog | None, on_do
     started = set()
     active = list(range(len(gens)))
     round_no = 0
+    clock = time.perf_counter
     while active:
+        t_step = clock()
         waiting: list[tuple[int, Open]] = []
         queue = list(active)
         active = []
@@ -151,17 +161,22 @@ def _drive(gens, exchange: Exchange, party: int, be, log: RoundLog | None, on_do
         # composite gate in the same round); flatten for the message, regroup after
         reqs = [r for _, req in waiting for r in (req if isinstance(req, list) else [req])]
         scope = reqs[0].scope
-        t0 = time.perf_counter()
+        t0 = clock()
         mine = _pack(reqs, party, be)
         need = _expected(reqs, 1 - party)
         round_no += 1
         try:
+            t1 = clock()
             theirs = exchange(mine, scope, need)
+            t2 = clock()
             vals = _unpack(reqs, party, theirs, need, be)
         except PeerError as e:      # say where the run stopped: a stall mid-program names its round
             raise PeerError(f"round {round_no} ({scope}, {len(reqs)} opens): {e.message}", e.hint) from None
         if log is not None:
-            log.add(scope, len(mine), time.perf_counter() - t0)
+            t3 = clock()
+            log.add(scope, len(mine), t3 - t0)
+            for phase, secs in (("step", t0 - t_step), ("pack", t1 - t0), ("wire", t2 - t1), ("unpack", t3 - t2)):
+                log.add_phase(phase, secs)
         pos = 0
         for i, req in waiting:
             if isinstance(req, list):

@@ -61,7 +61,7 @@ def result_scopes(res: Any) -> dict[str, dict[str, float]]:
     (``scopes`` holds bytes sent and is called ``bytes_sent`` here; ``compute_seconds``,
     ``wire_seconds``, ...), so metrics the runtime adds later arrive without a change here."""
     per_metric = {("bytes_sent" if k == "scopes" else k): v for k, v in vars(res).items()
-                  if isinstance(v, dict) and k != "outputs"}
+                  if isinstance(v, dict) and k not in ("outputs", "round_phases")}
     scopes: dict[str, dict[str, float]] = {}
     for metric, by_scope in per_metric.items():
         for scope, value in by_scope.items():
@@ -103,6 +103,7 @@ class StepRecord:
     bytes_sent: int = 0
     wire_bytes_sent: int = 0
     scopes: dict = field(default_factory=dict)
+    round_phases: dict = field(default_factory=dict)   # step / pack / wire / unpack seconds (RoundLog.phases)
 
 
 class Server:
@@ -181,6 +182,8 @@ class Server:
             rec.rounds += res.rounds
             rec.bytes_sent += res.bytes_sent
             add_scopes(rec.scopes, result_scopes(res))
+            for phase, secs in getattr(res, "round_phases", {}).items():
+                rec.round_phases[phase] = rec.round_phases.get(phase, 0.0) + secs
         rec.wall_seconds = time.perf_counter() - t0
         rec.wire_bytes_sent = self.channel.stats.total().bytes_sent - wire0
         rec.key_load_seconds = rec.wall_seconds - rec.online_seconds
