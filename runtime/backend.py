@@ -18,6 +18,9 @@ from fusec.runtime import dcf, dpf, dpf_arith, ring, xp as array_module
 from fusec.runtime.layout import GateSlot, KeyLayout, pack_gate_array, unpack_gate_key
 from fusec.runtime.prg import CpuPrg, active_prg
 from fusec.runtime.rng import DealerRng
+from fusec.runtime.round_message import MINE, PEER, RoundMessage
+
+Buffer = bytes | bytearray | memoryview | np.ndarray
 
 
 class Backend:
@@ -66,6 +69,27 @@ class Backend:
     def unpack_open(self, buf, bits: int, count: int):
         """``count`` peer values of ``bits`` bits from packed bytes (as this backend's array)."""
         return self.asarray(ring.unpack_bits(self.asnumpy(buf), bits, count))
+
+    def pack_round(self, layout: RoundMessage, shares: list) -> Buffer:
+        """Our message of one round: every open we send a share of, packed (the reference:
+        open by open, concatenated)."""
+        parts = [self.asnumpy(self.pack_open(sh, slot.bits)) for slot, sh in zip(layout.slots, shares)
+                 if slot.mode != PEER]
+        return np.concatenate(parts).tobytes() if len(parts) > 1 else (parts[0].tobytes() if parts else b"")
+
+    def unpack_round(self, layout: RoundMessage, shares: list, peer: Buffer) -> list:
+        """Every open's value from our shares and the peer's message (``layout.their_bytes`` long)."""
+        theirs_all = self.asarray(np.frombuffer(peer, np.uint8)) if layout.their_bytes else None
+        out = []
+        for slot, share in zip(layout.slots, shares):
+            m = ring.mask(slot.bits)
+            if slot.mode == MINE:
+                out.append(share & m)
+                continue
+            theirs = self.unpack_open(theirs_all[slot.theirs:slot.theirs + slot.nbytes], slot.bits,
+                                      slot.count).reshape(slot.shape)
+            out.append(theirs if slot.mode == PEER else (share + theirs) & m)
+        return out
 
     def matmul(self, a, b):
         """Products over Z_{2^64} (uint64 wraps; callers reduce mod 2^n)."""

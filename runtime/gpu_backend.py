@@ -131,6 +131,7 @@ class GpuBackend(Backend):
         self.kernels = GpuKernels(source)
         self.prg = GpuPrg(self.kernels)
         self.last_stage_seconds: float | None = None
+        self._outbox = None     # page-locked buffer of the round's outgoing message
 
     # -- data movement
     def asarray(self, a):
@@ -144,6 +145,24 @@ class GpuBackend(Backend):
 
     def unpack_open(self, buf, bits: int, count: int):
         return self.kernels.unpack_bits(buf, bits, count)
+
+    def pack_round(self, layout, shares: list):
+        """One kernel packs the round, one copy brings it into page-locked host memory
+        (reused round after round: the channel has sent it before the next round starts)."""
+        if not layout.our_bytes:
+            return b""
+        msg = self.kernels.pack_round(layout, shares)
+        if self._outbox is None or self._outbox.size < layout.our_bytes:
+            import cupyx  # noqa: PLC0415
+
+            self._outbox = cupyx.empty_pinned(max(layout.our_bytes, 2 * (0 if self._outbox is None
+                                                                         else self._outbox.size)), np.uint8)
+        host = self._outbox[:layout.our_bytes]
+        msg.get(out=host)
+        return host
+
+    def unpack_round(self, layout, shares: list, peer) -> list:
+        return self.kernels.unpack_round(layout, shares, peer)
 
     def pack_key(self, slot, arrays: dict) -> np.ndarray:
         """The slot's fields bit-packed on the device (layout order), one copy to the host."""

@@ -26,6 +26,7 @@ from fusec.codegen import cuda as codegen
 from fusec.errors import FusecError, ParameterError
 from fusec.runtime import ring
 from fusec.runtime.prg import FIXED_KEYS, blocks_needed
+from fusec.runtime.round_message import PEER
 
 #: Order of the fixed keys in the kernels' round-key table (FUSEC_KEY_L/R/V).
 KEY_INDEX = {"L": 0, "R": 1, "V": 2}
@@ -76,6 +77,9 @@ class Launcher(Protocol):
     def launch_grid(self, name: str, step: str, grid: tuple[int, int, int], block: int, args: Sequence) -> None: ...
 
     def device_keys(self, words: Sequence[int]) -> Any: ...
+
+    def address(self, a) -> int:
+        """Where array ``a`` starts in the memory the kernels read (for descriptor tables)."""
 
 
 def kernel_names(src: str) -> set[str]:
@@ -167,6 +171,9 @@ class CupyLauncher:
     def device_keys(self, words: Sequence[int]):
         return self.xp.asarray(np.asarray(words, dtype=np.uint32))
 
+    def address(self, a) -> int:
+        return int(a.data.ptr)
+
 
 class HostLauncher:
     """Runs the host build of the kernels (``extern "C"`` loops) on numpy arrays via ctypes."""
@@ -202,6 +209,9 @@ class HostLauncher:
 
     def device_keys(self, words: Sequence[int]):
         return np.asarray(words, dtype=np.uint32)
+
+    def address(self, a) -> int:
+        return int(a.ctypes.data)
 
 
 # ------------------------------------------------------------------------------ the wrapper
@@ -418,6 +428,51 @@ class GpuKernels:
         self._run(unpack, f"unpack {bits}-bit values", int(count),
                   (b, np.uint64(need), out, np.uint64(count), np.int32(bits)), aes=False)
         return out
+
+    # -- one round's opens (runtime/round_message.py): one launch to pack, one to rebuild
+    def pack_round(self, layout, shares: Sequence) -> Any:
+        """Our message of a round (uint8, ``layout.our_bytes``) == every sent share's
+        ring.pack_bits, concatenated; one kernel over the message's bytes."""
+        kept, rows = [], []
+        for slot, share in zip(layout.slots, shares):
+            if slot.ours < 0 or not slot.count:
+                continue
+            v = self._u64(share).reshape(-1)
+            kept.append(v)
+            rows.append((self.launcher.address(v), 0, slot.count, slot.bits, slot.ours, 0, 0, 0))
+        msg = self._empty(layout.our_bytes, np.uint8)
+        if rows:
+            desc = self.xp.asarray(np.array(rows, dtype=np.uint64))
+            self._run("fusec_pack_round", f"pack a round of {len(rows)} opens", layout.our_bytes,
+                      (desc, np.int32(len(rows)), msg), aes=False)
+        return msg
+
+    def unpack_round(self, layout, shares: Sequence, peer) -> list:
+        """Every open's value (``(ours + theirs) mod 2^bits``, or either alone) from our
+        shares and the peer's message on the device; one kernel over all values. The values
+        are views into one buffer, shaped as the shares."""
+        starts = np.cumsum([0] + [slot.count for slot in layout.slots])
+        out = self._empty(int(starts[-1]), np.uint64)
+        base = self.launcher.address(out) if out.size else 0
+        if isinstance(peer, (bytes, bytearray, memoryview)):
+            peer = np.frombuffer(peer, np.uint8)
+        msg = self.xp.ascontiguousarray(self.xp.asarray(peer, dtype=np.uint8).reshape(-1))
+        kept, rows = [], []
+        for slot, share, first in zip(layout.slots, shares, starts[:-1]):
+            if not slot.count:
+                continue
+            src = 0
+            if slot.mode != PEER:   # our share takes part
+                v = self._u64(share).reshape(-1)
+                kept.append(v)
+                src = self.launcher.address(v)
+            rows.append((src, base + 8 * int(first), slot.count, slot.bits, max(slot.theirs, 0), int(first),
+                         slot.mode, 0))
+        if rows:
+            desc = self.xp.asarray(np.array(rows, dtype=np.uint64))
+            self._run("fusec_unpack_round", f"rebuild a round of {len(rows)} opens", int(starts[-1]),
+                      (desc, np.int32(len(rows)), msg, np.uint64(msg.size)), aes=False)
+        return [out[a:b].reshape(slot.shape) for slot, a, b in zip(layout.slots, starts[:-1], starts[1:])]
 
     def _pick_pack(self, bits: int) -> tuple[str, str]:
         pack, unpack = codegen.pack_kernel_names(bits)

@@ -18,11 +18,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
-import numpy as np
 
 from fusec.errors import PeerError
-from fusec.runtime import ring
 from fusec.runtime.gates.base import EvalGen, Open
+from fusec.runtime.round_message import RoundMessage
 
 Exchange = Callable[[bytes, str, int], bytes]
 """``exchange(ours, scope, expect)``: send our message, return the peer's, which must
@@ -77,44 +76,6 @@ def _charge(log: RoundLog, scope: str, t0: float) -> None:
     log.add_compute(scope, time.perf_counter() - t0)
 
 
-def _pack(requests: list[Open], party: int, be) -> bytes:
-    """This party's shares of one round, each packed to its ring width, as one message.
-
-    Packing runs where the shares live (on a GPU: a kernel), so only the packed bytes
-    cross to the host, in one copy per round.
-    """
-    parts = [be.pack_open(req.share, req.bits) for req in requests if req.sender in (None, party)]
-    if not parts:
-        return b""
-    return be.asnumpy(parts[0] if len(parts) == 1 else be.xp.concatenate(parts)).tobytes()
-
-
-def _expected(requests: list[Open], who: int) -> int:
-    return sum(ring.packed_size(int(np.prod(np.shape(r.share))), r.bits) for r in requests if r.sender in (None, who))
-
-
-def _unpack(requests: list[Open], party: int, peer_bytes: bytes, need: int, be) -> list:
-    """The reconstructed value of every open of the round (peer bytes copied over once)."""
-    peer = 1 - party
-    if len(peer_bytes) != need:
-        raise PeerError(f"peer sent {len(peer_bytes)} bytes in a round where {need} were expected",
-                        "both parties must run the same build with key files from the same keygen run")
-    theirs_all = be.asarray(np.frombuffer(peer_bytes, np.uint8)) if need else None
-    out, off = [], 0
-    for req in requests:
-        shape = np.shape(req.share)
-        count = int(np.prod(shape))
-        m = ring.mask(req.bits)
-        if req.sender == party:
-            out.append(req.share & m)
-            continue
-        nb = ring.packed_size(count, req.bits)
-        theirs = be.unpack_open(theirs_all[off:off + nb], req.bits, count).reshape(shape)
-        off += nb
-        out.append(theirs if req.sender == peer else (req.share + theirs) & m)
-    return out
-
-
 def drive(gens: Iterable[EvalGen], exchange: Exchange, party: int, be, log: RoundLog | None = None,
           on_done: Callable[[int, object], Iterable[EvalGen]] | None = None) -> list:
     """Run generators to completion with batched opens; return their results in order.
@@ -162,14 +123,19 @@ def _drive(gens, exchange: Exchange, party: int, be, log: RoundLog | None, on_do
         reqs = [r for _, req in waiting for r in (req if isinstance(req, list) else [req])]
         scope = reqs[0].scope
         t0 = clock()
-        mine = _pack(reqs, party, be)
-        need = _expected(reqs, 1 - party)
+        layout = RoundMessage.of(reqs, party)
+        shares = [r.share for r in reqs]
+        mine = be.pack_round(layout, shares)
+        need = layout.their_bytes
         round_no += 1
         try:
             t1 = clock()
             theirs = exchange(mine, scope, need)
             t2 = clock()
-            vals = _unpack(reqs, party, theirs, need, be)
+            if len(theirs) != need:
+                raise PeerError(f"peer sent {len(theirs)} bytes in a round where {need} were expected",
+                                "both parties must run the same build with key files from the same keygen run")
+            vals = be.unpack_round(layout, shares, theirs)
         except PeerError as e:      # say where the run stopped: a stall mid-program names its round
             raise PeerError(f"round {round_no} ({scope}, {len(reqs)} opens): {e.message}", e.hint) from None
         if log is not None:
