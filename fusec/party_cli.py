@@ -76,6 +76,22 @@ class _Address(click.ParamType):
         return host, port
 
 
+class _Net(click.ParamType):
+    """``--net``: none, lan, wan or BANDWIDTH,RTT (runtime/shaping.py), one line when bad."""
+
+    name = "lan|wan|BW,RTT"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None):
+        from fusec.runtime.shaping import NetSetting, parse_net  # noqa: PLC0415
+
+        return value if isinstance(value, NetSetting) or value is None else parse_net(value)
+
+
+net_type = _Net()
+NET_HELP = ("emulate a network on loopback (both parties need the same): lan = 1 Gbit/s, 0.5 ms RTT; "
+            "wan = 400 Mbit/s, 4 ms RTT; or BANDWIDTH,RTT such as 10gbit,0.2ms (default: none)")
+
+
 class _KeySetCount(click.ParamType):
     """``--count`` of a dealer: 1 .. 2**32 - 1 key sets (the key file's u32)."""
 
@@ -126,6 +142,7 @@ class ServerOptions:
     tls_key: str | None
     tls_ca: str | None
     tls_server_name: str | None
+    net: Any = None                 # runtime.shaping.NetSetting: an emulated link (--net), None: none
     _ssl: ssl.SSLContext | None = field(default=None, repr=False)
 
     def prepare(self, output_suffixes: tuple[str, ...] = (), extra_outputs: dict[str, str | None] | None = None
@@ -157,17 +174,22 @@ class ServerOptions:
         return open_keys(graph, self.party, self.key_path, self.state_dir)
 
     def channel(self):
-        """Listen for or connect to the peer (TLS when configured)."""
+        """Listen for or connect to the peer (TLS when configured; --net: behind an emulated link)."""
         from fusec.runtime.channel import TcpChannel  # noqa: PLC0415
+        from fusec.runtime.shaping import shape  # noqa: PLC0415
 
         if self.listen is not None:
-            return TcpChannel.listen(*self.listen, timeout=self.timeout, ssl_context=self._ssl)
-        return TcpChannel.connect(*self.peer, timeout=self.timeout, retry_for=self.connect_retry,
-                                  ssl_context=self._ssl, server_hostname=self.tls_server_name)
+            ch = TcpChannel.listen(*self.listen, timeout=self.timeout, ssl_context=self._ssl)
+        else:
+            ch = TcpChannel.connect(*self.peer, timeout=self.timeout, retry_for=self.connect_retry,
+                                    ssl_context=self._ssl, server_hostname=self.tls_server_name)
+        if self.net is not None:
+            click.echo(f"network: {self.net.describe()}", err=True)
+        return shape(ch, self.net)
 
 
 _FIELDS = ("party", "key_path", "listen", "peer", "input_path", "output_path", "timeout", "connect_retry",
-           "backend", "state_dir", "tls_cert", "tls_key", "tls_ca", "tls_server_name")
+           "backend", "state_dir", "tls_cert", "tls_key", "tls_ca", "tls_server_name", "net")
 
 
 def tls_options(f: Callable) -> Callable:
@@ -221,6 +243,7 @@ def party_options(f: Callable) -> Callable:
         click.option("--state-dir", "state_dir", type=click.Path(file_okay=False), envvar="FUSEC_STATE_DIR",
                      help="where this server records the key sets it used (default: $XDG_STATE_HOME/fusec "
                           "or ~/.local/state/fusec); keep it as long as the key files"),
+        click.option("--net", type=net_type, default=None, help=NET_HELP),
     ]
 
     @functools.wraps(f)

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from fusec.errors import FusecError
-from fusec.party_cli import tls_argv, tls_options
+from fusec.party_cli import net_type, tls_argv, tls_options
 
 
 def _int_list(text: str, flag: str) -> list[int]:
@@ -51,16 +51,24 @@ def _int_list(text: str, flag: str) -> list[int]:
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="results (default WORKDIR/bench.json)")
 @click.option("--markdown", "markdown_path", type=click.Path(dir_okay=False), help="also write the markdown tables")
 @click.option("--padding-ablation", is_flag=True, help="add fused gates without mask-independent padding (INSECURE)")
+@click.option("--net", "nets", type=net_type, multiple=True,
+              help="emulated network between the parties, repeatable (each runs the whole grid): none, lan "
+                   "(1 Gbit/s, 0.5 ms RTT), wan (400 Mbit/s, 4 ms RTT) or BANDWIDTH,RTT such as 10gbit,0.2ms "
+                   "[default: none]")
+@click.option("--gate-speedups", type=click.Path(dir_okay=False),
+              help="JSON of per-gate speed-ups measured alone on this machine ({\"source\": ..., \"speedups\": "
+                   "{scope: sigma time / fused time}}), recorded for the Amdahl table")
 @click.option("--timeout", default=1800.0, show_default=True, help="seconds any one stage or step may take")
 @click.option("--keep-going", is_flag=True, help="record a failed configuration and go on instead of stopping")
 @tls_options
 def bench(models, seqs, batches, seq_sweep, internal_batch, gate_sets, gpus, backend, warmup, repeat, layers, bits,
-          workdir, keys_dir, keys_mode, dealers, json_path, markdown_path, padding_ablation, timeout,
-          keep_going, tls_cert, tls_key, tls_ca, tls_server_name) -> None:
+          workdir, keys_dir, keys_mode, dealers, json_path, markdown_path, padding_ablation, nets, gate_speedups,
+          timeout, keep_going, tls_cert, tls_key, tls_ca, tls_server_name) -> None:
     """End-to-end benchmark: export, compile, keygen, P0 and P1 as processes; JSON (+ markdown).
 
     With --tls-*, the two workers talk mutual TLS on 127.0.0.1 (the certificate must name
     127.0.0.1, or give --tls-server-name)."""
+    from fusec.bench.amdahl import load_gate_speedups
     from fusec.bench.plan import BenchOptions
     from fusec.bench.presets import resolve_model
     from fusec.bench.run import run_bench
@@ -74,10 +82,12 @@ def bench(models, seqs, batches, seq_sweep, internal_batch, gate_sets, gpus, bac
         seq_sweep=_int_list(seq_sweep, "--seq-sweep"), internal_batch=internal_batch,
         gates=[g.strip() for g in gate_sets.split(",") if g.strip()], gpus=_int_list(gpus, "--gpus"),
         backend=backend, warmup=warmup, repeat=repeat, workdir=wd, keys_dir=Path(keys_dir) if keys_dir else None,
-        keys_mode=keys_mode, dealers=dealers, padding_ablation=padding_ablation, timeout=timeout, keep_going=keep_going,
+        keys_mode=keys_mode, dealers=dealers, padding_ablation=padding_ablation, nets=list(nets) or [None],
+        timeout=timeout, keep_going=keep_going,
         json_path=Path(json_path) if json_path else wd / "bench.json",
         markdown_path=Path(markdown_path) if markdown_path else None,
-        command="fusec " + shlex.join(sys.argv[1:]), party_argv=party_argv)
+        command="fusec " + shlex.join(sys.argv[1:]), party_argv=party_argv,
+        gate_microbench=load_gate_speedups(gate_speedups) if gate_speedups else None)
     click.echo(f"workdir {wd}; results -> {opts.json_path}", err=True)
     run_bench(opts, echo=lambda s: click.echo(s, err=True))
     click.echo(str(opts.json_path))
@@ -101,14 +111,15 @@ def workers() -> None:
 @click.option("--seed", default=0, show_default=True, help="seed of the random *inputs* (keys use the CSPRNG)")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False),
               help="write every step's record here at the end (JSON)")
+@click.option("--net", type=net_type, default=None, help="emulated network (both workers the same)")
 @tls_options
-def serve(build, party, listen, peer, backend, timeout, connect_retry, seed, out_path, tls_cert, tls_key, tls_ca,
+def serve(build, party, listen, peer, backend, timeout, connect_retry, seed, out_path, net, tls_cert, tls_key, tls_ca,
           tls_server_name) -> None:
     """One party's long-lived worker of a benchmark configuration (JSON lines on stdin/stdout)."""
     from fusec.bench.worker import serve as run
 
     sys.exit(run(build, party, listen, peer, backend, timeout, connect_retry, seed, out_path,
-                 tls=(tls_cert, tls_key, tls_ca, tls_server_name)))
+                 tls=(tls_cert, tls_key, tls_ca, tls_server_name), net=net))
 
 
 @workers.command()

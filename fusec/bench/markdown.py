@@ -3,6 +3,7 @@ row per configuration (skips with their reasons), fused/SIGMA ratios and per-sco
 ``bench/table.py`` and ``fusec bench --markdown`` both use :func:`render_markdown`."""
 from __future__ import annotations
 
+from fusec.bench import amdahl
 from fusec.bench.merge import scope_metric
 from fusec.bench.util import gb, secs, unique
 
@@ -19,11 +20,20 @@ def _ran(doc: dict) -> list[dict]:
     return [r for r in doc["results"] if "online" in r]
 
 
-def _row(rec: dict) -> list[str]:
+def net_name(c: dict) -> str | None:
+    """The emulated network of a configuration (``--net``), None for plain loopback."""
+    return (c.get("net") or {}).get("name")
+
+
+def _shaped(doc: dict) -> bool:
+    return any(net_name(r["config"]) for r in doc["results"])
+
+
+def _row(rec: dict, shaped: bool = False) -> list[str]:
     c = rec["config"]
     gates = c["gates"] if c.get("padded", True) else f"{c['gates']} (no padding, INSECURE)"
     head = [c.get("label", c["model"]), str(c["seq"]), str(c["batch"]),
-            gates, "-" if c["gpus"] is None else str(c["gpus"])]
+            gates, "-" if c["gpus"] is None else str(c["gpus"])] + ([net_name(c) or "-"] if shaped else [])
     if "skipped" in rec:
         return head + [f"skipped ({rec.get('skip_kind')})"] + ["-"] * 7
     on, kg = rec["online"], rec["keygen"]
@@ -43,28 +53,29 @@ def _spread(online: dict) -> str:
     return f"{(min(times) / med - 1) * 100:+.0f}% / {(max(times) / med - 1) * 100:+.0f}%"
 
 
-def _table(header: list[str], align: str, rows: list[list[str]]) -> list[str]:
+def table(header: list[str], align: str, rows: list[list[str]]) -> list[str]:
     return ["| " + " | ".join(header) + " |", "| " + " | ".join("---:" if a == "r" else "---" for a in align) + " |",
             *("| " + " | ".join(r) + " |" for r in rows)]
 
 
 def _pairs(doc: dict) -> dict[tuple, dict[str, dict]]:
-    """(model label, seq, batch, gpus) -> {gate label: record} over the measured records."""
+    """(model label, seq, batch, gpus, network) -> {gate label: record} over the measured records."""
     out: dict[tuple, dict[str, dict]] = {}
     for r in _ran(doc):
         c = r["config"]
         label = c["gates"] if c.get("padded", True) else f"{c['gates']}-unpadded"
-        out.setdefault((c.get("label", c["model"]), c["seq"], c["batch"], c["gpus"]), {})[label] = r
+        out.setdefault((c.get("label", c["model"]), c["seq"], c["batch"], c["gpus"], net_name(c)), {})[label] = r
     return out
 
 
 def _speedups(doc: dict) -> list[str]:
-    rows = []
-    for (model, seq, batch, gpus), by in _pairs(doc).items():
+    rows, shaped = [], _shaped(doc)
+    for (model, seq, batch, gpus, net), by in _pairs(doc).items():
         if "fused" in by and "sigma" in by:
             f, s = by["fused"], by["sigma"]
             ratio = lambda get: f"{get(s) / get(f):.2f}x" if get(f) else "-"  # noqa: E731
             rows.append([model, str(seq), str(batch), "-" if gpus is None else str(gpus),
+                         *([net or "-"] if shaped else []),
                          secs(f["online"]["per_batch"]["online_seconds"]),
                          secs(s["online"]["per_batch"]["online_seconds"]),
                          ratio(lambda r: r["online"]["per_batch"]["online_seconds"]),
@@ -74,8 +85,8 @@ def _speedups(doc: dict) -> list[str]:
     if not rows:
         return []
     return ["", "Fused against SIGMA-style gates (ratio = sigma / fused; above 1 means fused is better):", "",
-            *_table(["model", "seq", "batch", "GPUs", "online fused", "online sigma", "time", "bytes", "rounds",
-                     "key"], "lrrrrrrrrr", rows)]
+            *table(["model", "seq", "batch", "GPUs", *(["network"] if shaped else []), "online fused",
+                    "online sigma", "time", "bytes", "rounds", "key"], "lrrr" + "l" * shaped + "rrrrrr", rows)]
 
 
 def _scope_rows(by: dict[str, dict], times: list[str]) -> list[list[str]]:
@@ -103,27 +114,47 @@ def _scope_tables(doc: dict) -> list[str]:
     whatever per-scope seconds the runtime reports (compute, wire, ...)."""
     out = []
     pairs = _pairs(doc)
-    seqs = [seq for (_, seq, _, _) in pairs]
-    for (model, seq, batch, gpus), by in pairs.items():
-        smallest = min(b for (m, s, b, g) in pairs if (m, s, g) == (model, seq, gpus))
+    seqs = [seq for (_, seq, _, _, _) in pairs]
+    for (model, seq, batch, gpus, net), by in pairs.items():
+        smallest = min(b for (m, s, b, g, n) in pairs if (m, s, g, n) == (model, seq, gpus, net))
         if len(by) < 2 or batch != smallest or seq != max(set(seqs), key=seqs.count):
             continue
         times = sorted({k for r in by.values() for m in r["online"]["scopes_per_batch"].values()
                         for k in m if "seconds" in k})
         names = [t.removesuffix("_seconds") for t in times] + ["bytes"]
-        where = "CPU" if gpus is None else f"{gpus} GPU(s)"
+        where = ("CPU" if gpus is None else f"{gpus} GPU(s)") + (f", network {net} (emulated)" if net else "")
         out += ["", f"By scope, {model}, seq {seq}, batch {batch}, {where} (per batch; each time is the slower "
                     f"party's, so they may add up to a little more than the online time; bytes: both parties):", "",
-                *_table(["scope"] + [f"{lab} {n}" for lab in by for n in names],
+                *table(["scope"] + [f"{lab} {n}" for lab in by for n in names],
                         "l" + "r" * len(names) * len(by), _scope_rows(by, times))]
     return out
+
+
+def _network_lines(doc: dict) -> list[str]:
+    """Shaped runs, loudly: which emulated link each network name stands for."""
+    nets = {net_name(r["config"]): r["config"]["net"] for r in doc["results"] if net_name(r["config"])}
+    if not nets:
+        return []
+    what = "; ".join(f"{name} (emulated: {_bandwidth(n['bandwidth_bps'])}, {n['rtt_seconds'] * 1e3:g} ms RTT)"
+                     for name, n in nets.items())
+    return [f"- **Network emulated** (column *network*; `-`: plain loopback): {what}. Both parties' channels "
+            f"hold every frame until send time + queueing + size / bandwidth + RTT / 2 (runtime/shaping.py), "
+            f"per direction; the parties still run on one machine."]
+
+
+def _bandwidth(bps: float) -> str:
+    for unit, scale in (("Tbit/s", 1e12), ("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
+        if bps >= scale:
+            return f"{bps / scale:g} {unit}"
+    return f"{bps:g} bit/s"
 
 
 def render_markdown(doc: dict) -> str:
     """The JSON as markdown for BENCHMARKS.md: date, machine, exact command, method, one
     row per configuration (skips with their reasons), fused/sigma ratios, per-scope tables."""
     st = doc["settings"]
-    rows = [_row(r) for r in doc["results"]]
+    shaped = _shaped(doc)
+    rows = [_row(r, shaped) for r in doc["results"]]
     lines = [f"## End to end: `fusec bench` ({doc['date'][:10]})", "",
              f"- Date: {doc['date']}",
              f"- Machine: {_machine_line(doc['machine'])}; backend `{st['backend']}`",
@@ -133,11 +164,14 @@ def render_markdown(doc: dict) -> str:
              f"back to back over one TCP connection. Online time is the slower party's, bytes are "
              f"both parties' sends, rounds per key set. Per batch = one forward of the true batch (one key set); per "
              f"inference = per batch / true batch; tokens/s = batch x internal batch x seq / step time. Keygen is "
-             f"the dealer's time per key set; key bytes are per party.", "",
-             *_table(["model", "seq", "batch", "gates", "GPUs", "online / batch", "steps min / max",
+             f"the dealer's time per key set; key bytes are per party.",
+             *_network_lines(doc), "",
+             *table(["model", "seq", "batch", "gates", "GPUs", *(["network"] if shaped else []),
+                     "online / batch", "steps min / max",
                       "online / inference", "bytes / inference", "rounds", "keygen / inference",
-                      "key / inference / party", "tokens/s"], "lrrlrrrrrrrrr", rows)]
+                      "key / inference / party", "tokens/s"], "lrrlr" + "l" * shaped + "rrrrrrrr", rows)]
     skipped = [r for r in doc["results"] if "skipped" in r]
     if skipped:
         lines += ["", "Skipped:"] + [f"- {r['config']['name']}: {' '.join(r['skipped'].split())}" for r in skipped]
-    return "\n".join(lines + _speedups(doc) + _scope_tables(doc)) + "\n"
+    return "\n".join(lines + _speedups(doc) + amdahl.markdown(doc["results"], doc.get("gate_microbench"))
+                     + _scope_tables(doc)) + "\n"

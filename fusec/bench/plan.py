@@ -4,10 +4,14 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fusec.bench.presets import ModelSpec
 from fusec.bench.util import unique
 from fusec.errors import FusecError
+
+if TYPE_CHECKING:                                   # the package imports the standard library only
+    from fusec.runtime.shaping import NetSetting
 
 GATE_SETS = ("fused", "sigma")
 
@@ -23,6 +27,7 @@ class Case:
     gates: str
     gpus: int | None
     padded: bool = True
+    net: NetSetting | None = None           # an emulated link between the parties (--net), None: loopback as is
 
     @property
     def gate_label(self) -> str:
@@ -31,7 +36,8 @@ class Case:
     @property
     def name(self) -> str:
         where = "cpu" if self.gpus is None else f"{self.gpus}gpu"
-        return f"{self.model.label}/seq{self.seq}/b{self.batch}/{self.gate_label}/{where}"
+        net = "" if self.net is None else f"/{self.net.name}"
+        return f"{self.model.label}/seq{self.seq}/b{self.batch}/{self.gate_label}/{where}{net}"
 
     @property
     def slug(self) -> str:
@@ -47,7 +53,8 @@ class Case:
                 "layers": self.model.layers, "seq": self.seq, "batch": self.batch,
                 "internal_batch": opts.internal_batch, "gates": self.gates, "padded": self.padded,
                 "gpus": self.gpus, "backend": opts.backend, "bits": self.model.bits,
-                "warmup": opts.warmup, "repeat": opts.repeat}
+                "warmup": opts.warmup, "repeat": opts.repeat,
+                "net": None if self.net is None else self.net.as_dict()}
 
 
 @dataclass
@@ -61,6 +68,7 @@ class BenchOptions:
     internal_batch: int = 4
     gates: list[str] = field(default_factory=lambda: list(GATE_SETS))
     gpus: list[int] = field(default_factory=lambda: [1])
+    nets: list[NetSetting | None] = field(default_factory=lambda: [None])     # --net, each a run of the grid
     backend: str = "cpu"
     warmup: int = 1
     repeat: int = 5
@@ -75,6 +83,7 @@ class BenchOptions:
     markdown_path: Path | None = None
     command: str = ""
     party_argv: list[str] = field(default_factory=list)     # more worker options: --tls-* (fusec.party_cli)
+    gate_microbench: dict | None = None     # --gate-speedups: per-gate speed-ups measured alone (bench/amdahl.py)
 
     @property
     def steps(self) -> int:
@@ -104,6 +113,9 @@ class BenchOptions:
             raise FusecError(f"--dealers must be >= 1, got {self.dealers}")
         if self.warmup < 0:
             raise FusecError(f"--warmup must be >= 0, got {self.warmup}")
+        names = [n.name if n else "none" for n in self.nets]
+        if not names or len(set(names)) < len(names):
+            raise FusecError(f"--net settings must be distinct, got {', '.join(names) or 'none'}")
 
     def settings(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("models", "command")}
@@ -113,12 +125,16 @@ class BenchOptions:
 
 def plan_cases(opts: BenchOptions) -> list[Case]:
     """The grid ``seq x batch`` (plus ``--seq-sweep`` at the smallest batch) for every model,
-    gate set and GPU count, then the padding ablation (fused without mask-independent
-    padding, first seq, smallest batch). Ordered so that one build serves consecutive cases."""
+    gate set, GPU count and network setting, then the padding ablation (fused without
+    mask-independent padding, first seq, smallest batch, every network setting). Ordered
+    so that one build serves consecutive cases."""
     small = min(opts.batches)
     shapes = unique([(s, b) for s in opts.seqs for b in opts.batches] + [(s, small) for s in opts.seq_sweep])
     where = list(opts.gpus) if opts.backend == "gpu" else [None]
-    cases = [Case(m, s, b, g, w) for m in opts.models for s, b in shapes for g in opts.gates for w in where]
+    nets = list(opts.nets) or [None]
+    cases = [Case(m, s, b, g, w, net=n) for m in opts.models for s, b in shapes for g in opts.gates for w in where
+             for n in nets]
     if opts.padding_ablation:
-        cases += [Case(m, opts.seqs[0], small, "fused", w, padded=False) for m in opts.models for w in where]
+        cases += [Case(m, opts.seqs[0], small, "fused", w, padded=False, net=n)
+                  for m in opts.models for w in where for n in nets]
     return cases

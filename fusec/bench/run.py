@@ -96,7 +96,7 @@ def _run_steps(case: Case, opts: BenchOptions, comp: CompileInfo, plan: KeyPlan,
     first = keys_for(0)
     merged = []
     with PartyPair(case, comp.build, opts.backend, Path(opts.workdir) / "runs" / case.slug, opts.timeout,
-                   party_argv=opts.party_argv) as pair:
+                   party_argv=opts.party_argv + (["--net", case.net.spec] if case.net else [])) as pair:
         pair.start(envs)
         for step in range(opts.steps):
             key_dirs = first if step == 0 else keys_for(step)
@@ -143,6 +143,8 @@ def run_bench(opts: BenchOptions, echo: Echo = print) -> dict:
     cases = plan_cases(opts)
     doc = {"fusec_bench": FORMAT, "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
            "machine": machine_info(), "command": opts.command, "settings": opts.settings(), "results": []}
+    if opts.gate_microbench:
+        doc["gate_microbench"] = opts.gate_microbench      # for the Amdahl table (fusec/bench/amdahl.py)
     for i, case in enumerate(cases, 1):
         echo(f"[{i}/{len(cases)}] {case.name}")
         rec = run_case(case, opts, echo)

@@ -200,9 +200,11 @@ class Server:
 
 
 def _connect(server: Server, listen: str | None, peer: str | None, timeout: float, retry: float,
-             out: IO[str], tls: tuple = (None, None, None, None)) -> None:
-    """``tls``: (cert, key, ca, server name) as ``fusec run``'s --tls-* (runtime/tls.py)."""
+             out: IO[str], tls: tuple = (None, None, None, None), net: Any = None) -> None:
+    """``tls``: (cert, key, ca, server name) as ``fusec run``'s --tls-* (runtime/tls.py);
+    ``net``: an emulated link (runtime/shaping.py NetSetting) or None."""
     from fusec.runtime.channel import TcpChannel, TcpListener, parse_address
+    from fusec.runtime.shaping import shape
     from fusec.runtime.tls import TlsFiles
 
     files = TlsFiles.from_options(*tls[:3])
@@ -216,6 +218,7 @@ def _connect(server: Server, listen: str | None, peer: str | None, timeout: floa
         server.channel = TcpChannel.connect(*parse_address(peer), timeout=timeout, retry_for=retry,
                                             ssl_context=files.client_context() if files else None,
                                             server_hostname=tls[3])
+    server.channel = shape(server.channel, net)
 
 
 def _command_loop(server: Server, out: IO[str], out_path: Path | None) -> None:
@@ -240,7 +243,7 @@ def _command_loop(server: Server, out: IO[str], out_path: Path | None) -> None:
 
 def serve(build: str, party: int, listen: str | None, peer: str | None, backend: str = "cpu",
           timeout: float = 600.0, connect_retry: float = 120.0, seed: int = 0, out_path: str | None = None,
-          tls: tuple = (None, None, None, None)) -> int:
+          tls: tuple = (None, None, None, None), net: Any = None) -> int:
     """Run one worker until ``quit`` (or a failure); returns the exit status (0, 2: a user
     error, 1: a bug)."""
     out = _answer_stream()
@@ -252,7 +255,7 @@ def serve(build: str, party: int, listen: str | None, peer: str | None, backend:
         t0 = time.perf_counter()
         server = Server(build, party, backend, seed)
         server.inputs(0)
-        _connect(server, listen, peer, timeout, connect_retry, out, tls)
+        _connect(server, listen, peer, timeout, connect_retry, out, tls, net)
         _say(out, event="ready", setup_seconds=time.perf_counter() - t0)
         _command_loop(server, out, Path(out_path) if out_path else None)
         return 0
