@@ -78,7 +78,8 @@ def predict(f: float, s: float) -> float:
     """Amdahl's law: the whole speeds up 1 / ((1 - f) + f / s) when a share f speeds up s."""
     if not (0 <= f <= 1) or not s > 0:
         raise ValueError(f"Amdahl needs 0 <= f <= 1 and s > 0, got f={f}, s={s}")
-    return 1.0 / ((1.0 - f) + (f / s if math.isfinite(s) else 0.0))
+    denominator = (1.0 - f) + (f / s if math.isfinite(s) else 0.0)
+    return 1.0 / denominator if denominator > 0 else math.inf
 
 
 def reconcile(sigma: dict, fused: dict, microbench: dict | None = None) -> Amdahl | None:
@@ -187,7 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     @click.option("--gate-speedups", type=click.Path(exists=True, dir_okay=False),
                   help="per-gate speed-ups measured alone (default: the files' gate_microbench, if any)")
     def cmd(files, gate_speedups):
-        from fusec.bench.plots import load_results
+        from fusec.bench.util import load_results
 
         results, docs = load_results(files)
         micro = load_gate_speedups(gate_speedups) if gate_speedups else next(

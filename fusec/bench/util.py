@@ -29,3 +29,25 @@ def secs(v: float | None) -> str:
     if v is None:
         return "-"
     return f"{v:.3f} s" if v < 100 else f"{v:,.0f} s"
+
+
+def load_results(paths) -> tuple[list[dict], list[dict]]:
+    """The results of several ``fusec bench`` JSON files, merged (e.g. a fused and a sigma
+    run, or a 1-GPU and a 2-GPU run), and the documents themselves. A file that is missing
+    or is not bench output is one line (:class:`~fusec.errors.FusecError`)."""
+    import json
+    from pathlib import Path
+
+    from fusec.errors import FusecError
+
+    results, docs = [], []
+    for p in map(Path, paths):
+        try:
+            doc = json.loads(p.read_text())
+        except (OSError, ValueError) as e:
+            raise FusecError(f"{p}: cannot read it as JSON ({e.__class__.__name__}: {e})") from None
+        if not isinstance(doc, dict) or "fusec_bench" not in doc or not isinstance(doc.get("results"), list):
+            raise FusecError(f"{p} is not the output of fusec bench (no 'fusec_bench' format and 'results' list)")
+        docs.append(doc)
+        results += doc["results"]
+    return results, docs

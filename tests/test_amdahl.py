@@ -1,0 +1,122 @@
+"""The Amdahl reconciliation of ``fusec bench`` (fusec/bench/amdahl.py) against numbers worked
+out by hand in the comments, and its command line on the recorded H200 runs."""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fusec.bench.amdahl import load_gate_speedups, predict, reconcile, reconcile_all
+from fusec.errors import FusecError
+
+ROOT = Path(__file__).parent.parent
+H200 = ROOT / "bench" / "results" / "h200_2026-12-06"
+
+
+def rec(gates, online, scopes, padded=True, net=None, seq=128, batch=1):
+    return {"config": {"model": "m", "label": "m", "seq": seq, "batch": batch, "gpus": 1, "gates": gates,
+                       "padded": padded, "net": net},
+            "online": {"per_batch": {"online_seconds": online}, "scopes_per_batch": scopes}}
+
+
+# sigma: 10 s online; linear 1 + input 0.5 (not nonlinear), gelu 3 + 1, softmax 2, rescale 2: nonlinear 8 s
+SIGMA = rec("sigma", 10.0, {"linear": {"compute_seconds": 1.0}, "input": {"wire_seconds": 0.5, "bytes_sent": 9},
+                            "gelu": {"compute_seconds": 3.0, "wire_seconds": 1.0}, "softmax": {"compute_seconds": 2.0},
+                            "rescale": {"wire_seconds": 2.0, "bytes_sent": 100}})
+# fused: 5 s online; linear 1 + input 0.5, gelu 1, softmax 1, rescale 0.5, lookup 0.5 (a scope sigma lacks): 3 s
+FUSED = rec("fused", 5.0, {"linear": {"compute_seconds": 1.0}, "input": {"wire_seconds": 0.5},
+                           "gelu": {"compute_seconds": 1.0}, "softmax": {"wire_seconds": 1.0},
+                           "rescale": {"wire_seconds": 0.5}, "lookup": {"wire_seconds": 0.5}})
+
+
+def test_predict_is_amdahls_law():
+    assert predict(0.5, 2.0) == pytest.approx(1 / 0.75)          # half the time twice as fast: 4/3
+    assert predict(0.8, 4.0) == pytest.approx(2.5)               # 1 / (0.2 + 0.2)
+    assert predict(0.0, 7.0) == 1.0 and predict(1.0, 3.0) == pytest.approx(3.0)
+    assert predict(0.9, math.inf) == pytest.approx(10.0) and predict(1.0, math.inf) == math.inf
+    with pytest.raises(ValueError):
+        predict(1.2, 2.0)
+
+
+def test_from_scope_times():
+    a = reconcile(SIGMA, FUSED)
+    assert a.f == pytest.approx(0.8)                             # 8 / 10
+    assert a.s == pytest.approx(8 / 3)                           # nonlinear 8 s -> 3 s
+    assert a.predicted == pytest.approx(2.0)                     # 1 / (0.2 + 0.8 * 3/8) = 1 / 0.5
+    assert a.measured == pytest.approx(2.0) and a.gap == pytest.approx(0.0)
+    assert a.other_ratio == pytest.approx(1.0)                   # outside: 10 - 8 = 2 s and 5 - 3 = 2 s
+    assert a.source == "scope times"
+
+
+def test_the_gap_is_what_changed_outside_the_nonlinear_scopes():
+    slower = rec("fused", 6.0, FUSED["online"]["scopes_per_batch"])    # 1 s more in no scope
+    a = reconcile(SIGMA, slower)
+    assert a.predicted == pytest.approx(2.0) and a.measured == pytest.approx(10 / 6)
+    assert a.gap == pytest.approx((10 / 6) / 2 - 1)              # -16.7 %
+    assert a.other_ratio == pytest.approx(2 / 3)                 # 2 s against 3 s
+
+
+def test_from_a_gate_microbenchmark_with_the_rest_from_scope_times():
+    a = reconcile(SIGMA, FUSED, {"source": "bench", "speedups": {"gelu": 2.0, "softmax": 4.0}})
+    # f_gelu = 0.4 at 2x, f_softmax = 0.2 at 4x; the rest, rescale (0.2 of sigma) against rescale + lookup of
+    # fused (1 s), runs 2x: 1 / predicted = 0.2 + 0.4/2 + 0.2/4 + 0.2/2 = 0.55
+    assert a.predicted == pytest.approx(1 / 0.55)
+    assert a.s == pytest.approx(0.8 / 0.35)
+    assert a.source == "microbench (gelu, softmax) + scope times (rest)"
+    one = reconcile(SIGMA, FUSED, {"speedups": {"nonlinear": 4.0}})
+    assert (one.s, one.predicted, one.source) == (pytest.approx(4.0), pytest.approx(2.5), "microbench")
+
+
+def test_scope_times_above_the_online_time_are_scaled_alike():
+    # per-scope times are each the slower party's: 5 s of scopes in a 4 s run -> x 0.8 each
+    sigma = rec("sigma", 4.0, {"linear": {"compute_seconds": 1.0}, "gelu": {"compute_seconds": 4.0}})
+    fused = rec("fused", 2.0, {"linear": {"compute_seconds": 0.5}, "gelu": {"compute_seconds": 1.0}})
+    a = reconcile(sigma, fused)
+    assert a.f == pytest.approx(0.8) and a.s == pytest.approx(3.2 / 1.0)
+    assert a.predicted == pytest.approx(1 / (0.2 + 0.8 / 3.2))
+
+
+def test_pairs_by_configuration():
+    other_net = {"name": "wan", "bandwidth_bps": 4e8, "rtt_seconds": 0.004}
+    results = [SIGMA, FUSED, rec("fused", 1.0, {"gelu": {"compute_seconds": 1}}, padded=False),
+               rec("sigma", 20.0, SIGMA["online"]["scopes_per_batch"], net=other_net),
+               {"config": dict(FUSED["config"], net=other_net), "skipped": "out of memory"},
+               rec("sigma", 10.0, SIGMA["online"]["scopes_per_batch"], batch=2),
+               rec("fused", 4.0, FUSED["online"]["scopes_per_batch"], batch=2)]
+    rows = reconcile_all(results)
+    assert [k for k, _ in rows] == [("m", 128, 1, 1, None), ("m", 128, 2, 1, None)]
+    assert rows[0][1].measured == pytest.approx(2.0)             # the unpadded ablation is not "fused"
+    assert rows[1][1].measured == pytest.approx(2.5)
+
+
+@pytest.mark.parametrize("doc, what", [
+    ("not json", "cannot read it as JSON"), ({"speedups": {}}, "expected"), ([1, 2], "expected"),
+    ({"speedups": {"gelu": -2}}, "must be a positive number"), ({"speedups": {"gelu": True}}, "positive number"),
+    ({"speedups": {"linear": 2.0}}, "not a nonlinear scope"),
+])
+def test_bad_gate_speedups_file(doc, what, tmp_path):
+    p = tmp_path / "g.json"
+    p.write_text(doc if isinstance(doc, str) else json.dumps(doc))
+    with pytest.raises(FusecError, match=what) as e:
+        load_gate_speedups(p)
+    assert "\n" not in str(e.value)
+
+
+def test_command_line_on_the_recorded_h200_runs(tmp_path):
+    files = [H200 / "bert_base_fused.json", H200 / "bert_base_sigma.json"]
+    docs = [json.loads(f.read_text()) for f in files]
+    online = {d["results"][0]["config"]["gates"]: d["results"][0]["online"]["per_batch"]["online_seconds"]
+              for d in docs}
+    r = subprocess.run([sys.executable, "-m", "fusec.bench.amdahl", *map(str, files)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"{online['sigma'] / online['fused']:.2f}x" in r.stdout and "| bert-base | 128 | 1 |" in r.stdout
+    g = tmp_path / "g.json"
+    g.write_text(json.dumps({"source": "hand", "speedups": {"gelu": -1}}))
+    r = subprocess.run([sys.executable, "-m", "fusec.bench.amdahl", *map(str, files), "--gate-speedups", str(g)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "positive number" in r.stderr and "Traceback" not in r.stderr
