@@ -33,8 +33,10 @@ def secs(v: float | None) -> str:
 
 def load_results(paths) -> tuple[list[dict], list[dict]]:
     """The results of several ``fusec bench`` JSON files, merged (e.g. a fused and a sigma
-    run, or a 1-GPU and a 2-GPU run), and the documents themselves. A file that is missing
-    or is not bench output is one line (:class:`~fusec.errors.FusecError`)."""
+    run, or a 1-GPU and a 2-GPU run), and the documents themselves. A configuration in
+    several files (a rerun) counts once: its last measurement, or its last skip if it was
+    never measured -- so merge files of one machine only. A file that is missing or is not
+    bench output is one line (:class:`~fusec.errors.FusecError`)."""
     import json
     from pathlib import Path
 
@@ -50,4 +52,9 @@ def load_results(paths) -> tuple[list[dict], list[dict]]:
             raise FusecError(f"{p} is not the output of fusec bench (no 'fusec_bench' format and 'results' list)")
         docs.append(doc)
         results += doc["results"]
-    return results, docs
+    last: dict[str, dict] = {}
+    for r in results:
+        name = r.get("config", {}).get("name")
+        if "online" in r or "online" not in last.get(name, {}):
+            last[name] = r
+    return [r for r in results if last.get(r.get("config", {}).get("name")) is r], docs
