@@ -2,7 +2,7 @@
 # One GPU call: where the online phase's time goes, on BERT-base cut to $LAYERS layers (fused gates,
 # seq 128, both parties on GPU 0): (1) a plain bench, (2) the same under cProfile (FUSEC_PYPROFILE;
 # the top of each party's profile goes to $OUT/prof_*.txt), (3) the same with CUDA MPS on.
-# Each party's per-step records (round phases: step / pack / wire / unpack) are copied to $OUT.
+# Each party's round phases (step / pack / wire / unpack) of the last step go to $OUT/phases.txt.
 set -uo pipefail
 OUT=${OUT:-device_out}; mkdir -p "$OUT"; export PYTHONUNBUFFERED=1
 LAYERS=${LAYERS:-2}; REPEAT=${REPEAT:-3}; MPS=${MPS:-1}; PROFILE=${PROFILE:-1}
@@ -17,8 +17,7 @@ bench() {  # name, extra env...
   env "$@" timeout "${LIMIT:-300}" python3 -m fusec bench "${common[@]}" --warmup 1 --repeat "$REPEAT" \
     --json "$OUT/$name.json" --markdown "$OUT/$name.md" > "$OUT/$name.log" 2>&1
   echo "$name rc=$? $((SECONDS - t0)) s"; grep -E "^\| bert" "$OUT/$name.md" 2>/dev/null | tail -2
-  mkdir -p "$OUT/runs_$name"; cp "$WORK"/runs/*/p*.json "$OUT/runs_$name/" 2>/dev/null
-  python3 - "$OUT/runs_$name" <<'PY'
+  python3 - "$WORK"/runs/*/ <<'PY' | tee -a "$OUT/phases.txt"
 import glob, json, sys
 for f in sorted(glob.glob(sys.argv[1] + "/p*.json")):
     d = json.load(open(f))
@@ -27,12 +26,12 @@ for f in sorted(glob.glob(sys.argv[1] + "/p*.json")):
         print(f.split("/")[-1], "online", round(s["online_seconds"], 4), "rounds", s["rounds"], "phases", ph)
 PY
 }
-bench plain
+[ "${PLAIN:-1}" = 1 ] && bench plain
 if [ "$PROFILE" = 1 ]; then
-  mkdir -p "$OUT/prof"; REPEAT=1 bench prof FUSEC_PYPROFILE="$OUT/prof"
-  for f in "$OUT"/prof/p*.prof; do
-    python3 -c "import pstats,sys; s=pstats.Stats(sys.argv[1]); s.sort_stats('tottime').print_stats(45); s.sort_stats('cumtime').print_stats(60)" "$f" > "${f%.prof}.txt" 2>&1
-  done
+  rm -rf /tmp/fusec-prof; mkdir -p /tmp/fusec-prof; REPEAT=1 bench prof FUSEC_PYPROFILE=/tmp/fusec-prof
+  for f in /tmp/fusec-prof/p*_set1_*.prof; do   # the timed step (set 1, after the warm-up) of each party
+    echo "== $f"; python3 -c "import pstats,sys; s=pstats.Stats(sys.argv[1]); s.sort_stats('tottime').print_stats(40); s.sort_stats('cumtime').print_stats(50)" "$f"
+  done > "$OUT/profile.txt" 2>&1
 fi
 if [ "$MPS" = 1 ]; then
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mpslog; mkdir -p /tmp/mps /tmp/mpslog
