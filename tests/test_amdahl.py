@@ -120,3 +120,31 @@ def test_command_line_on_the_recorded_h200_runs(tmp_path):
     r = subprocess.run([sys.executable, "-m", "fusec.bench.amdahl", *map(str, files), "--gate-speedups", str(g)],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "positive number" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_markdown_of_a_bench_run_carries_the_table(tmp_path):
+    from fusec.bench import render_markdown
+
+    doc = {"fusec_bench": 1, "date": "2026-12-07T00:00:00+00:00", "machine": {}, "command": "fusec bench ...",
+           "settings": {"backend": "gpu", "warmup": 1, "repeat": 3, "internal_batch": 1},
+           "gate_microbench": {"source": "gates alone, H200", "speedups": {"nonlinear": 4.0}}, "results": []}
+    for r in (SIGMA, FUSED):
+        r = json.loads(json.dumps(r))
+        r["config"]["name"] = f"m/seq128/b1/{r['config']['gates']}/1gpu"
+        r["online"].update(steps=[], per_step={"online_seconds": 1.0}, tokens_per_second=1.0,
+                           per_inference={"online_seconds": 1.0, "bytes_sent": 1})
+        r["online"]["per_batch"].update(bytes_sent=1, rounds=1)
+        r["keygen"] = {"per_batch": {"key_bytes_per_party": 1}, "per_inference": {"seconds": 1, "key_bytes_per_party": 1}}
+        doc["results"].append(r)
+    md = render_markdown(doc)
+    assert "Amdahl reconciliation" in md and "gate micro-benchmark: gates alone, H200" in md
+    row = next(line for line in md.splitlines() if line.startswith("| m | 128 | 1 | 1 | - | 80.0% |"))
+    assert "| 4.00x | microbench | 2.50x | 2.00x | -20.0% |" in row      # 1 / (0.2 + 0.8 / 4) = 2.5
+
+
+def test_bench_refuses_a_bad_gate_speedups_file_before_running(tmp_path):
+    g = tmp_path / "g.json"
+    g.write_text(json.dumps({"speedups": {"gelu": 0}}))
+    r = subprocess.run([sys.executable, "-m", "fusec", "bench", "--model", "bert-tiny", "--gate-speedups", str(g),
+                        "--workdir", str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "positive number" in r.stderr and len(r.stderr.strip().splitlines()) == 1
