@@ -246,7 +246,8 @@ def check_ir(doc: dict, file: str = "ir.json") -> None:
 
 
 # ---------------------------------------------------------------------- a request's arrays (.npy / .npz)
-def _read_member(f, name: str, label: str, max_elements: int) -> np.ndarray:
+def _read_member(f, name: str, label: str, max_elements: int,
+                 limit_what: str = "any input of this build takes") -> np.ndarray:
     """One .npy stream: header first (plain numeric or bool, at most ``max_elements``), then the data."""
     try:
         shape, dtype = _npy_header(f)
@@ -258,8 +259,8 @@ def _read_member(f, name: str, label: str, max_elements: int) -> np.ndarray:
                          "save inputs with np.save / np.savez of numeric arrays")
     from fusec.limits import elements  # noqa: PLC0415
     if elements(shape) > max_elements:
-        raise FusecError(f"{label}: {name} has shape {list(shape)} ({elements(shape):,} elements), more than any input "
-                         f"of this build takes ({max_elements:,})", "check that the file belongs to this build")
+        raise FusecError(f"{label}: {name} has shape {list(shape)} ({elements(shape):,} elements), more than "
+                         f"{limit_what} ({max_elements:,})", "check that the file belongs to this build")
     try:
         f.seek(0)
         return np.lib.format.read_array(f, allow_pickle=False)
@@ -268,7 +269,8 @@ def _read_member(f, name: str, label: str, max_elements: int) -> np.ndarray:
                          "the file is truncated or corrupt; write it again") from None
 
 
-def read_arrays(path: Path, max_elements: int) -> np.ndarray | dict[str, np.ndarray]:
+def read_arrays(path: Path, max_elements: int, limit_what: str = "any input of this build takes"
+                ) -> np.ndarray | dict[str, np.ndarray]:
     """A ``.npy`` (one array) or ``.npz`` (named arrays) request, every array's header checked before
     its data is read: no pickle, no array larger than ``max_elements``, no traceback on a corrupt file."""
     label = str(path)
@@ -279,7 +281,7 @@ def read_arrays(path: Path, max_elements: int) -> np.ndarray | dict[str, np.ndar
                 for info in zf.infolist():
                     key = info.filename[:-4] if info.filename.endswith(".npy") else info.filename
                     with zf.open(info) as f:            # (a zip member seeks by re-reading: header first)
-                        out[key] = _read_member(f, f"array {key!r}", label, max_elements)
+                        out[key] = _read_member(f, f"array {key!r}", label, max_elements, limit_what)
         except FusecError:
             raise
         except Exception as e:  # noqa: BLE001  (BadZipFile, zlib.error, EOFError ...)
@@ -287,4 +289,4 @@ def read_arrays(path: Path, max_elements: int) -> np.ndarray | dict[str, np.ndar
                              "give a .npy array or a .npz of named arrays") from None
         return out
     with open(path, "rb") as f:
-        return _read_member(f, "the array", label, max_elements)
+        return _read_member(f, "the array", label, max_elements, limit_what)

@@ -194,8 +194,10 @@ def compile_options(f):
         click.option("--weights", type=click.Choice(["public", "private"]), default="public", show_default=True),
         click.option("--rescale", type=click.Choice(["slack", "ars"]), default="slack", show_default=True),
         click.option("--max-error-ulps", default=8.0, show_default=True, help="error bound for fitted specs"),
-        click.option("--calib", type=click.Path(exists=True, dir_okay=False),
-                     help=".npy/.npz calibration input (default: random ids / standard normal)"),
+        click.option("--calib", type=click.Path(exists=True),
+                     help=".npy/.npz calibration request, one with more rows than --batch (split into batches), "
+                          "or a folder of them; ranges cover all within --calib-seconds (default: random ids / "
+                          "standard normal)"),
         click.option("--insecure-mask-dependent-shapes", "insecure", is_flag=True,
                      help="INSECURE: key shapes depend on masks (padding ablation only)"),
         click.option("--input-range", "input_range", multiple=True,
@@ -244,7 +246,8 @@ def _compile(model, out, batch, seq, input_shape, public_input, bits, frac, gate
 
 def _compile_within_limits(model, out, batch, seq, input_shape, public_input, bits, frac, gate_set, weights, rescale,
                            max_error_ulps, calib, insecure, input_range, quiet, input_role, lim):
-    from fusec.build import compile_model, frontend, load_inputs
+    from fusec.build import compile_model, frontend
+    from fusec.calib_set import load_calibration
     from fusec.passes.options import CompileOptions
 
     calib_feeds = None
@@ -252,7 +255,7 @@ def _compile_within_limits(model, out, batch, seq, input_shape, public_input, bi
     roles = _role_arg(input_role)
     if calib or ranges:
         probe = frontend(model, batch, seq, _shape_arg(input_shape), _array_arg(public_input, "--public-input"), roles)
-        calib_feeds = load_inputs(calib, probe) if calib else None
+        calib_feeds = load_calibration(calib, probe) if calib else None
         floats = [t for t in probe.inputs if probe.info(t).dtype == "float"]
         for name in ranges or {}:
             if name not in floats:

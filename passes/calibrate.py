@@ -4,13 +4,19 @@ Fixed point needs to know how large values get: to pick where products are resca
 to fit scalar functions on the interval they really see, and to warn (naming the tensor)
 when a value would overflow the ring. The default calibration input is random (token ids
 uniform over the embedding table, floats standard normal); ``fusec compile --calib x.npz``
-gives representative data instead. Ranges are stored in ``graph.meta["ranges"]``.
+gives representative data instead, and ``opts.calib`` may hold many requests (a file with
+more rows than the batch, or a folder: ``fusec/calib_set.py``). Each request is one float
+run; a tensor's range is the hull over all of them. Ranges are stored in ``graph.meta["ranges"]``.
+
+The first request also feeds the input-contract edge runs; the others run while the
+``--calib-seconds`` budget lasts, and a note says how many were used when it runs out.
 """
 from __future__ import annotations
 
-import numpy as np
-
 import math
+import time
+
+import numpy as np
 
 from fusec import limits
 from fusec.errors import CompileError
@@ -47,25 +53,76 @@ def _padding_mask(rng, shape: tuple[int, ...]) -> np.ndarray:
     return (np.arange(L) < lengths[..., None]).astype(np.int64)
 
 
+def calib_requests(graph: Graph, opts: CompileOptions) -> list[dict[str, np.ndarray]]:
+    """The calibration requests: ``opts.calib`` (one dict, or a list of them), else one default draw."""
+    c = opts.calib
+    if c is None:
+        return [default_feeds(graph, opts.calib_seed)]
+    reqs = [c] if isinstance(c, dict) else list(c)
+    if not reqs:
+        raise CompileError("the calibration data holds no request", "give at least one input")
+    return reqs
+
+
+def calib_values(graph: Graph, opts: CompileOptions) -> dict[str, np.ndarray]:
+    """Every value each input takes over all calibration requests, flattened (for the input contract,
+    ``passes/ranges``: max |x| over every sample, so no calibration sample lies outside it)."""
+    reqs = calib_requests(graph, opts)
+    names = {k for r in reqs for k in r}
+    return {k: np.concatenate([np.ravel(np.asarray(r[k], np.float64)) for r in reqs if k in r]) for k in names}
+
+
 def calibrate(graph: Graph, opts: CompileOptions, feeds: dict[str, np.ndarray] | None = None) -> Graph:
-    feeds = feeds if feeds is not None else (opts.calib or default_feeds(graph, opts.calib_seed))
+    reqs = [feeds] if feeds is not None else calib_requests(graph, opts)
+    for i, r in enumerate(reqs):
+        _check_request(graph, r, f" (request {i + 1} of {len(reqs)})" if len(reqs) > 1 else "")
+    _check_weights(graph, opts)
+    budget = limits.Budget(limits.current().calib_seconds, "--calib-seconds")
+    t0 = time.monotonic()
+    ranges = _run(graph, reqs[0], opts, budget)
+    _check_ring(graph, opts, ranges, "in calibration")
+    per_request = time.monotonic() - t0
+    for what, edge in _edge_feeds(graph, reqs[0]):
+        _check_ring(graph, opts, _run(graph, edge, opts, budget, notes=False), f"on {what}")
+    used = 1
+    for r in reqs[1:]:
+        if budget.left() < per_request:          # would not finish: stop before starting it
+            break
+        try:
+            more = _run(graph, r, opts, budget)
+        except CompileError:
+            if budget.left() <= 0:
+                break
+            raise
+        ranges = _hull(ranges, more)
+        used += 1
+    if used < len(reqs):
+        opts.notes.append(f"calibration used {used} of {len(reqs)} requests: the --calib-seconds budget of "
+                          f"{budget.seconds:g} s ran out (ranges cover those {used}; raise --calib-seconds to use all)")
+    if used > 1:
+        _check_ring(graph, opts, ranges, "in calibration")
+    graph.meta["ranges"] = ranges
+    return graph
+
+
+def _check_request(graph: Graph, feeds: dict[str, np.ndarray], which: str) -> None:
     missing = [t for t in graph.inputs if t not in feeds]
     if missing:
-        raise CompileError(f"the calibration data lacks input(s) {', '.join(missing)}",
+        raise CompileError(f"the calibration data{which} lacks input(s) {', '.join(missing)}",
                            f"give every model input: {', '.join(graph.inputs)}")
     for t in graph.inputs:
         want = graph.info(t).shape
         if tuple(np.shape(feeds[t])) != want:
-            raise CompileError(f"calibration input {t!r} has shape {tuple(np.shape(feeds[t]))}, the model "
+            raise CompileError(f"calibration input {t!r}{which} has shape {tuple(np.shape(feeds[t]))}, the model "
                                f"was compiled for {want}", "pass --batch/--seq matching the calibration data")
-    _check_weights(graph, opts)
-    budget = limits.Budget(limits.current().calib_seconds, "--calib-seconds")
-    ranges = _run(graph, feeds, opts, budget)
-    _check_ring(graph, opts, ranges, "in calibration")
-    for what, edge in _edge_feeds(graph, feeds):
-        _check_ring(graph, opts, _run(graph, edge, opts, budget, notes=False), f"on {what}")
-    graph.meta["ranges"] = ranges
-    return graph
+
+
+def _hull(a: dict[str, list[float]], b: dict[str, list[float]]) -> dict[str, list[float]]:
+    """Tensor by tensor, the smallest range holding both."""
+    out = dict(a)
+    for t, (lo, hi) in b.items():
+        out[t] = [min(out[t][0], lo), max(out[t][1], hi)] if t in out else [lo, hi]
+    return out
 
 
 def _edge_feeds(graph: Graph, feeds: dict[str, np.ndarray]):
@@ -117,8 +174,9 @@ def _run(graph: Graph, feeds: dict[str, np.ndarray], opts: CompileOptions, budge
             return
         v = np.asarray(env[t], np.float64)
         finite = v[np.isfinite(v)]
-        if finite.size != v.size and notes:
-            opts.notes.append(f"calibration: tensor {t!r} has non-finite values in the float run")
+        note = f"calibration: tensor {t!r} has non-finite values in the float run"
+        if finite.size != v.size and notes and note not in opts.notes:
+            opts.notes.append(note)
         ranges[t] = [float(finite.min()), float(finite.max())] if finite.size else [0.0, 0.0]
 
     for t in graph.inputs:

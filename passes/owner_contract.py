@@ -73,16 +73,16 @@ def _probes(graph: Graph, base: dict[str, np.ndarray]) -> list[dict[str, np.ndar
 
 
 def owner_contract(graph: Graph, opts: CompileOptions) -> Graph:
-    from fusec.passes.calibrate import default_feeds  # noqa: PLC0415
+    from fusec.passes.calibrate import calib_requests  # noqa: PLC0415
     plumbing = _plumbing(graph)
     shared = [n.inputs[0] for n in graph.nodes() if n.op == "Share" and n.inputs[0] in plumbing
               and n.inputs[0] not in graph.inputs]
     if not shared:
         return graph
-    base = opts.calib if opts.calib is not None else default_feeds(graph, opts.calib_seed)
+    base, *more = [{k: np.asarray(v) for k, v in r.items() if k in graph.inputs} for r in calib_requests(graph, opts)]
     lo = {t: np.inf for t in shared}
     hi = {t: -np.inf for t in shared}
-    for feeds in _probes(graph, {k: np.asarray(v) for k, v in base.items() if k in graph.inputs}):
+    for feeds in _probes(graph, base) + more:       # every calibration request, the extreme masks on the first
         env = run_owner(graph, feeds)
         for t in shared:
             v = np.asarray(env[t], np.float64)

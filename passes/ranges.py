@@ -624,9 +624,9 @@ def analyse(graph: Graph, opts: CompileOptions, calib: dict | None = None) -> di
 
 def prove_ranges(graph: Graph, opts: CompileOptions) -> Graph:
     """The pass: ``graph.meta["proven"]`` for every secret tensor, notes where unbounded."""
-    from fusec.passes.calibrate import default_feeds  # noqa: PLC0415
-    # no --calib: the contract comes from what calibration will run on (default_feeds), as documented
-    calib = opts.calib if opts.calib is not None else default_feeds(graph, opts.calib_seed)
+    from fusec.passes.calibrate import calib_values  # noqa: PLC0415
+    # the contract covers what calibration will run on (every --calib request, else default_feeds)
+    calib = calib_values(graph, opts)
     bounds, notes, contract = analyse(graph, opts, calib)
     graph.meta["input_contract"] = contract
     out = {}
