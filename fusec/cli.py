@@ -382,7 +382,8 @@ def run(build_dir, server, stats_path, profile_sync) -> None:
             np.save(output_path, next(iter(outs.values())))
     stats = {"party": party, "backend": be.name, "key_set": res.key_set, "online_seconds": res.online_seconds,
              "key_load_seconds": res.key_load_seconds, "rounds": res.rounds, "bytes_sent": res.bytes_sent,
-             "scopes": res.scopes, "compute_seconds": res.compute_seconds, "wire_seconds": res.wire_seconds}
+             "scopes": res.scopes, "compute_seconds": res.compute_seconds, "wire_seconds": res.wire_seconds,
+             "net": server.net.as_dict() if server.net else None}     # --net: an emulated link, not the real one
     if stats_path:
         Path(stats_path).write_text(json.dumps(stats, indent=1))
     click.echo(json.dumps(stats))
