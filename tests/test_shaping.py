@@ -208,3 +208,38 @@ def test_bench_records_and_pays_the_network(tmp_path):
     assert rounds * 0.05 * 0.85 <= extra <= rounds * 0.05 * 1.4 + 0.03, (rounds, extra)
     md = (tmp_path / "out.md").read_text()
     assert "1gbit,100ms (emulated: 1 Gbit/s, 100 ms RTT)" in md and "| network |" in md
+
+
+def test_fusec_run_with_net(tmp_path):
+    """``fusec run --net`` on both servers: the stats record the setting and the online time
+    pays at least RTT/2 per round; a peer without --net is refused in one line, before a key
+    set is claimed."""
+    from fusec.run3 import free_port, fusec_cmd
+
+    build, keys, x = tmp_path / "build", tmp_path / "keys", ROOT / "fusec" / "examples" / "digits_sample.npy"
+    assert fusec("compile", DIGITS, "-o", build, "--batch", 8).returncode == 0
+    assert fusec("keygen", build, "-o", keys, "--count", 2).returncode == 0
+
+    def pair(net0, net1):
+        port = free_port()
+        p0 = subprocess.Popen(fusec_cmd("run", str(build), "--party", "0", "--keys", str(keys / "p0.key"),
+                                        "--listen", f"127.0.0.1:{port}", "--input", str(x), "--timeout", "60",
+                                        "--stats", str(tmp_path / "s0.json"), *net0),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        p1 = fusec("run", build, "--party", 1, "--keys", keys / "p1.key", "--peer", f"127.0.0.1:{port}",
+                   "--input", x, "--timeout", "60", *net1)
+        out0, err0 = p0.communicate(timeout=300)
+        return p0.returncode, err0, p1
+
+    rc0, err0, p1 = pair(["--net", "1gbit,40ms"], ["--net", "1gbit,40ms"])
+    assert rc0 == 0 and p1.returncode == 0, err0 + p1.stderr
+    assert "network: 1gbit,40ms (emulated: 1 Gbit/s, 40 ms RTT)" in err0
+    stats = json.loads((tmp_path / "s0.json").read_text())
+    assert stats["net"]["rtt_seconds"] == 0.04 and stats["net"]["bandwidth_bps"] == 1e9
+    assert stats["online_seconds"] >= stats["rounds"] * 0.02 * 0.98 > 0
+    rc0, err0, p1 = pair(["--net", "lan"], [])
+    assert rc0 == 2 and "carry no network emulation" in err0 and "Traceback" not in err0
+    assert p1.returncode == 2 and "Traceback" not in p1.stderr
+    rc0, err0, p1 = pair([], [])                    # both key sets still unused: the refused hello claimed none
+    assert rc0 == 0 and p1.returncode == 0, err0 + p1.stderr
+    assert json.loads((tmp_path / "s0.json").read_text())["net"] is None
