@@ -243,3 +243,21 @@ def test_fusec_run_with_net(tmp_path):
     rc0, err0, p1 = pair([], [])                    # both key sets still unused: the refused hello claimed none
     assert rc0 == 0 and p1.returncode == 0, err0 + p1.stderr
     assert json.loads((tmp_path / "s0.json").read_text())["net"] is None
+
+
+def test_bench_grid_per_network_setting(tmp_path):
+    from fusec.bench import BenchOptions, plan_cases, resolve_model
+    from fusec.errors import FusecError
+
+    m = resolve_model("bert-base", layers=1)
+    nets = [None, parse_net("lan"), parse_net("wan")]
+    opts = BenchOptions([m], seqs=[128], batches=[1, 2], gates=["fused", "sigma"], nets=nets, padding_ablation=True,
+                        workdir=tmp_path)
+    cases = plan_cases(opts)
+    names = [c.name for c in cases]
+    assert len(names) == len(set(names)) == (2 * 2 + 1) * 3
+    assert "bert-base-L1/seq128/b2/sigma/cpu/wan" in names and "bert-base-L1/seq128/b2/sigma/cpu" in names
+    assert len({c.build_slug for c in cases}) == 2 * 2 + 1          # one build serves every network setting
+    assert json.loads(json.dumps(opts.settings()))["nets"][1]["rtt_s"] == 0.5e-3
+    with pytest.raises(FusecError, match="must be distinct"):
+        BenchOptions([m], nets=[parse_net("lan"), parse_net("LAN")], workdir=tmp_path).validate()
