@@ -85,7 +85,7 @@ class NetSetting:
     def as_dict(self) -> dict:
         """The JSON record of a shaped run (bench config, ``fusec run --stats``)."""
         return {"name": self.name, "bandwidth_bps": self.bandwidth_bps, "rtt_seconds": self.rtt_s,
-                "emulated": "fusec ShapedChannel on loopback (runtime/shaping.py)"}
+                "description": self.describe(), "emulated": "fusec ShapedChannel on loopback (runtime/shaping.py)"}
 
 
 NET_PRESETS: dict[str, NetSetting] = {

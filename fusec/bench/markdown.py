@@ -135,18 +135,10 @@ def _network_lines(doc: dict) -> list[str]:
     nets = {net_name(r["config"]): r["config"]["net"] for r in doc["results"] if net_name(r["config"])}
     if not nets:
         return []
-    what = "; ".join(f"{name} (emulated: {_bandwidth(n['bandwidth_bps'])}, {n['rtt_seconds'] * 1e3:g} ms RTT)"
-                     for name, n in nets.items())
+    what = "; ".join(n.get("description") or name for name, n in nets.items())
     return [f"- **Network emulated** (column *network*; `-`: plain loopback): {what}. Both parties' channels "
             f"hold every frame until send time + queueing + size / bandwidth + RTT / 2 (runtime/shaping.py), "
             f"per direction; the parties still run on one machine."]
-
-
-def _bandwidth(bps: float) -> str:
-    for unit, scale in (("Tbit/s", 1e12), ("Gbit/s", 1e9), ("Mbit/s", 1e6), ("kbit/s", 1e3)):
-        if bps >= scale:
-            return f"{bps / scale:g} {unit}"
-    return f"{bps:g} bit/s"
 
 
 def render_markdown(doc: dict) -> str:
