@@ -835,3 +835,4 @@ def _global_pool(cx: Context, node: onnx.NodeProto, a: dict) -> None:
 
 
 from fusec.ir import onnx_rnn  # noqa: E402,F401  (registers LSTM and GRU, unrolled)
+from fusec.ir import onnx_attention  # noqa: E402,F401  (registers Attention, written out)
