@@ -96,7 +96,7 @@ def test_n_exchanges_cost_n_one_way_delays(kind):
     ta, tb = both(lambda: _exchanges(a, n, size), lambda: _exchanges(b, n, size))
     print(f"{kind}: {n} exchanges of {size} B: {max(ta, tb) * 1e3:.1f} ms, model {want * 1e3:.1f} ms")
     assert min(ta, tb) >= want * 0.98
-    assert max(ta, tb) <= want * 1.4 + 0.02, "slower than one link delay per exchange (doubled?)"
+    assert max(ta, tb) <= want * 1.5 + 0.02, "slower than one link delay per exchange (doubled: x2)"
     # the counters hold what the unshaped channel would: no emulation header
     for ch in (a, b):
         s = ch.stats["x"]
@@ -130,13 +130,13 @@ def test_bandwidth_is_a_fifo_per_direction():
         arrivals.append(time.monotonic() - t0)
     for i, t in enumerate(arrivals, 1):
         assert t >= net.rtt_s / 2 + i * size * 8 / net.bandwidth_bps * 0.999, (i, t)
-    assert arrivals[-1] <= net.rtt_s / 2 + k * size * 8 / net.bandwidth_bps + 0.03
+    assert arrivals[-1] <= net.rtt_s / 2 + k * size * 8 / net.bandwidth_bps + 0.04
 
 
 def test_a_late_party_does_not_pay_the_latency_again():
-    """P1 comes to the exchange 60 ms late: P0 waits for P1's frame (60 ms + one delay);
-    P1's frame from P0 arrived long ago, so P1 goes on at once, as on a real link."""
-    net = NetSetting("test", 1e9, 20e-3)
+    """P1 comes to the exchange 60 ms late: P0 waits for P1's frame (60 ms + one delay of
+    30 ms); P1's frame from P0 arrived long ago, so P1 goes on at once, as on a real link."""
+    net = NetSetting("test", 1e9, 60e-3)
     a, b = shaped_pair("local", net)
 
     def late():
@@ -144,8 +144,8 @@ def test_a_late_party_does_not_pay_the_latency_again():
         return _exchanges(b, 1, 10) + 0.06
 
     ta, tb = both(lambda: _exchanges(a, 1, 10), late)
-    assert ta >= 0.06 + 0.01
-    assert tb < 0.06 + 0.008, f"the late party waited {(tb - 0.06) * 1e3:.1f} ms for a frame already there"
+    assert ta >= 0.06 + 0.03
+    assert tb < 0.06 + 0.02, f"the late party waited {(tb - 0.06) * 1e3:.1f} ms for a frame already there"
 
 
 # ---------------------------------------------------------------------- mismatched peers
@@ -190,8 +190,10 @@ def test_bad_net_on_the_command_line(cmd, net, what, tmp_path):
 
 def test_bench_records_and_pays_the_network(tmp_path):
     """The same configuration unshaped and at 1 Gbit/s, 100 ms RTT: the shaped run is marked
-    (config, name, markdown) and its online time grows by about rounds x RTT/2 (the bytes,
-    a few hundred per round, take microseconds at 1 Gbit/s)."""
+    (config, name, markdown); its online time is at least rounds x RTT/2 (each round waits for
+    the peer's frame, sent after the previous round) and at most that much above the
+    unshaped run, with room for a loaded machine (the bytes, a few hundred per round, take
+    microseconds at 1 Gbit/s)."""
     out = tmp_path / "out.json"
     r = fusec("bench", "--model", DIGITS, "--seq", "1", "--batch", "1", "--internal-batch", "1", "--warmup", "1",
               "--repeat", "3", "--gates", "fused", "--net", "none", "--net", "1gbit,100ms", "--workdir", tmp_path,
@@ -204,8 +206,8 @@ def test_bench_records_and_pays_the_network(tmp_path):
     rounds = shaped["online"]["per_batch"]["rounds"]
     assert rounds == plain["online"]["per_batch"]["rounds"] > 0
     assert shaped["online"]["per_batch"]["bytes_sent"] == plain["online"]["per_batch"]["bytes_sent"]
-    extra = shaped["online"]["per_batch"]["online_seconds"] - plain["online"]["per_batch"]["online_seconds"]
-    assert rounds * 0.05 * 0.85 <= extra <= rounds * 0.05 * 1.4 + 0.03, (rounds, extra)
+    t_shaped, t_plain = (r["online"]["per_batch"]["online_seconds"] for r in (shaped, plain))
+    assert rounds * 0.05 <= t_shaped <= t_plain + rounds * 0.05 * 1.4 + 0.05, (rounds, t_shaped, t_plain)
     md = (tmp_path / "out.md").read_text()
     assert "1gbit,100ms (emulated: 1 Gbit/s, 100 ms RTT)" in md and "| network |" in md
 
