@@ -25,6 +25,7 @@ from fusec.runtime import dcf, dpf, dpf_arith, ring
 from fusec.runtime.backend import Backend
 from fusec.runtime.layout import KeyLayout
 from fusec.runtime.rng import DealerRng
+from fusec.runtime.round_message import PEER, OpenSlot, RoundMessage
 from fusec.runtime.xp import const
 
 
@@ -71,6 +72,23 @@ def memory_error(e: BaseException) -> FusecError | None:
     return FusecError(f"the GPU ran out of memory: {e}",
                       "run each party on its own GPU (CUDA_VISIBLE_DEVICES), free the GPU, compile a "
                       "smaller batch or sequence, or use --backend cpu")
+
+
+def unpack_key_set(kernels, layout: KeyLayout, buf) -> dict[str, dict[str, Any]]:
+    """Every gate's fields from a staged key set's bytes, as views into one buffer: the set
+    read as one 'message' whose opens are the fields, so one unpack kernel does all."""
+    slots, names = [], []
+    for s in layout.slots:
+        pos = s.offset
+        for f in s.fields:
+            slots.append(OpenSlot(f.count, f.bits, tuple(f.shape), PEER, -1, pos))
+            names.append((s.gate_id, f.name))
+            pos += f.nbytes
+    values = kernels.unpack_round(RoundMessage(tuple(slots), 0, int(buf.size)), [None] * len(slots), buf)
+    keys: dict[str, dict[str, Any]] = {s.gate_id: {} for s in layout.slots}
+    for (gate_id, name), v in zip(names, values):
+        keys[gate_id][name] = v
+    return keys
 
 
 class GpuPrg:
@@ -196,14 +214,27 @@ class GpuBackend(Backend):
     def synchronize(self) -> None:
         self.xp.cuda.get_current_stream().synchronize()
 
+    def stage_key(self, arrays: dict) -> dict:
+        """Host arrays to the device; arrays already there (a staged set's) pass untouched."""
+        return {k: v if isinstance(v, self.xp.ndarray) else self.asarray(v) for k, v in arrays.items()}
+
     def stage_set(self, layout: KeyLayout, buf: np.ndarray):
-        """One key set's bytes -> device memory in one copy; each gate's fields are unpacked
-        there when the gate starts (unpacked, 1-bit fields take 64x the room, so a whole
-        BERT-base set unpacked at once would not fit next to the other party's)."""
+        """One key set's bytes -> device memory in one copy, then every field of every gate
+        unpacked there by one kernel, before the online clock starts. When the unpacked set
+        (1-bit fields take 64x their packed room) does not fit next to the packed one, each
+        gate's fields are unpacked when the gate starts instead (slower online)."""
         free, total = self.xp.cuda.runtime.memGetInfo()
-        check_fits(int(buf.nbytes), int(free) + self._pool_free_bytes(), int(total))
+        free = int(free) + self._pool_free_bytes()
+        check_fits(int(buf.nbytes), free, int(total))
         t0 = time.perf_counter()
         dev = self.xp.asarray(np.ascontiguousarray(buf).view(np.uint8).reshape(-1))
+        unpacked = 8 * sum(f.count for s in layout.slots for f in s.fields)
+        if buf.nbytes + unpacked + ONLINE_HEADROOM_BYTES <= free:
+            keys = unpack_key_set(self.kernels, layout, dev)
+            del dev
+            self.synchronize()
+            self.last_stage_seconds = time.perf_counter() - t0
+            return keys
         slots = {s.gate_id: s for s in layout.slots}
         self.synchronize()
         self.last_stage_seconds = time.perf_counter() - t0

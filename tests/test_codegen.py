@@ -304,6 +304,25 @@ def test_round_message_kernels_match_an_oracle(kernels, rnd, party):
             np.testing.assert_array_equal(ref, v)
 
 
+def test_a_key_set_unpacks_in_one_launch_as_gate_by_gate(kernels, rnd):
+    """The GPU stages a whole key set with one unpack kernel: every field equals the CPU's
+    per-gate unpacking of the same bytes (runtime/layout.py's reference)."""
+    from fusec.runtime.gpu_backend import unpack_key_set
+    from fusec.runtime.layout import KeyField, KeyLayout, unpack_gate_key
+
+    layout = KeyLayout([("g0", "demo", 3, (KeyField("seed", (3, 2), 64), KeyField("t", (5, 3), 1))),
+                        ("g1", "demo", 0, (KeyField("empty", (0,), 13),)),
+                        ("g2", "demo", 7, (KeyField("v", (7,), 37), KeyField("c", (), 50), KeyField("w", (2, 7), 7)))])
+    buf = rnd.integers(0, 256, size=layout.set_nbytes, dtype=np.uint8)
+    got = unpack_key_set(kernels, layout, buf)
+    for slot in layout.slots:
+        ref = unpack_gate_key(slot, buf[slot.offset:slot.offset + slot.nbytes])
+        assert set(got[slot.gate_id]) == set(ref)
+        for name, want in ref.items():
+            assert got[slot.gate_id][name].shape == want.shape
+            np.testing.assert_array_equal(got[slot.gate_id][name], want)
+
+
 @pytest.mark.parametrize("bits", [1, 37, 50, 64])
 @pytest.mark.parametrize("sa,sb", [((5, 7), (7, 3)), ((2, 4, 9), (9, 5)), ((3, 4, 9), (3, 9, 5)), ((9,), (9, 4)),
                                    ((4, 9), (9,)), ((1, 4, 9), (3, 9, 2)), ((16, 3072), (3072, 3)), ((2, 0), (0, 3))])

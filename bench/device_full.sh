@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One GPU call for the compiled-online issue: install, the GPU tests ($TESTS=1), then `fusec bench`
+# for each "model:gates:warmup:repeat" in $RUNS (both parties on GPU 0, internal batch 1), each
+# with its round phases (step / pack / wire / unpack, per party) in $OUT/phases.txt.
+set -uo pipefail
+OUT=${OUT:-device_out}; mkdir -p "$OUT"; export PYTHONUNBUFFERED=1
+RUNS=${RUNS:-bert-base:fused:1:5}; TESTS=${TESTS:-1}
+if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site; fi
+python3 -m pip install -q --no-deps --no-build-isolation -e . > "$OUT/install.log" 2>&1; echo "install rc=$?"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+if [ "$TESTS" = 1 ]; then
+  t0=$SECONDS
+  timeout 240 python3 -m pytest tests/test_gpu_kernels.py tests/test_device_path.py tests/test_mul_narrow.py \
+    tests/test_narrow_gates.py -m gpu -q -x -o addopts="" -p no:cacheprovider > "$OUT/gpu_tests.log" 2>&1
+  echo "gpu tests rc=$? $((SECONDS - t0)) s: $(tail -1 "$OUT/gpu_tests.log")"
+fi
+WORK=/tmp/fusec; mkdir -p "$WORK"
+for run in $RUNS; do
+  IFS=: read -r model gates warmup repeat layers <<< "$run"
+  name="${model}_${gates}${layers:+_L$layers}"; t0=$SECONDS
+  timeout "${LIMIT:-500}" python3 -m fusec bench --model "$model" --gates "$gates" --backend gpu --warmup "$warmup" \
+    --repeat "$repeat" ${layers:+--layers "$layers"} --internal-batch 1 --workdir "$WORK" --keys-dir "$WORK/keys" \
+    --json "$OUT/$name.json" --markdown "$OUT/$name.md" > "$OUT/$name.log" 2>&1
+  echo "$name rc=$? $((SECONDS - t0)) s"; grep -E "^\| (bert|gpt)" "$OUT/$name.md" 2>/dev/null | tail -1
+  python3 - "$name" "$WORK"/runs/*/ <<'PY' | tee -a "$OUT/phases.txt"
+import glob, json, sys
+for f in sorted(glob.glob(sys.argv[2] + "/p*.json")):
+    steps = [s for s in json.load(open(f)).get("steps", []) if not s.get("warmup")]
+    for s in steps:
+        ph = {k: round(v, 4) for k, v in s.get("round_phases", {}).items()}
+        print(sys.argv[1], f.split("/")[-1], "online", round(s["online_seconds"], 4), "rounds", s["rounds"], ph)
+PY
+  rm -rf "$WORK"/runs "$WORK"/keys
+done
