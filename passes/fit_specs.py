@@ -22,7 +22,7 @@ from fusec.errors import CompileError, ParameterError
 from fusec.ir import scalar_fn
 from fusec.ir.graph import Graph, Node, TensorInfo
 from fusec.ir.nonlinear import SIGMA_LABELS, Domain, fit_domain  # noqa: F401  (Domain: re-export)
-from fusec.ir.spec import FitRequest, OperatorSpec, fit, relu_spec
+from fusec.ir.spec import FitPlan, FitRequest, OperatorSpec, finish, plan, relu_spec
 from fusec.passes.options import CompileOptions
 from fusec.passes.ranges import proven as proven_range
 
@@ -64,10 +64,10 @@ def _equidistributed(fn, lo: float, hi: float, degree: int, pieces: int, f_in: i
     return grid if len(grid) == pieces - 1 else None
 
 
-def _fit_one(name: str, fn, dom: Domain, degree: int, pieces: int, n: int, f_in: int, f_out: int,
-             valid: tuple[float, float] = (-math.inf, math.inf), spread: bool = False) -> OperatorSpec:
-    """One fit: geometric cuts on a geometric domain; else uniform cuts, or with ``spread`` the
-    equidistributed ones (``_equidistributed``)."""
+def _plan_one(name: str, fn, dom: Domain, degree: int, pieces: int, n: int, f_in: int, f_out: int,
+              valid: tuple[float, float] = (-math.inf, math.inf), spread: bool = False) -> FitPlan:
+    """One shape's fit up to its coefficients (``ir.spec.plan``): geometric cuts on a geometric
+    domain; else uniform cuts, or with ``spread`` the equidistributed ones (``_equidistributed``)."""
     bps, flags = None, {}
     if dom.geometric:   # geometric cuts, snapped to the input grid, no empty piece
         grid = np.unique(np.ceil(np.geomspace(dom.lo, dom.hi, pieces + 1) * 2.0 ** f_in))
@@ -77,8 +77,14 @@ def _fit_one(name: str, fn, dom: Domain, degree: int, pieces: int, n: int, f_in:
         if bps is None:
             raise ParameterError(f"fit {name}: no equidistributed cuts for {pieces} pieces")
         flags = {"cap_scale": False, "relative": False}     # as for uniform cuts: only the cut places differ
-    return fit(FitRequest(name, fn, dom.lo, dom.hi, pieces=pieces, degree=degree, n_in=n, f_in=f_in,
-                          f_out=f_out, left=dom.left, right=dom.right, breakpoints=bps, valid=valid, **flags))
+    return plan(FitRequest(name, fn, dom.lo, dom.hi, pieces=pieces, degree=degree, n_in=n, f_in=f_in,
+                           f_out=f_out, left=dom.left, right=dom.right, breakpoints=bps, valid=valid, **flags))
+
+
+def _fit_one(name: str, fn, dom: Domain, degree: int, pieces: int, n: int, f_in: int, f_out: int,
+             valid: tuple[float, float] = (-math.inf, math.inf), spread: bool = False) -> OperatorSpec:
+    """One fit of one shape (``_plan_one``, then the coefficients and the measured error)."""
+    return finish(_plan_one(name, fn, dom, degree, pieces, n, f_in, f_out, valid, spread))
 
 
 def _price(spec: OperatorSpec) -> float:
@@ -104,24 +110,35 @@ def _rescale_price(n: int, shift: int) -> float:
 
 def search(name: str, fn, dom: Domain, n: int, f_in: int, f_out: int, bound_ulps: float,
            valid: tuple[float, float] = (-math.inf, math.inf)) -> tuple[OperatorSpec | None, OperatorSpec | None]:
-    """(cheapest spec meeting the bound, most accurate spec) over the candidate grid."""
+    """(cheapest spec meeting the bound, most accurate spec) over the candidate grid.
+
+    Shapes go cheapest-floor first. Once a spec meets the bound, a shape whose gate costs at
+    least as much (its price is known from the plan, before any least squares) is skipped:
+    it could not be chosen, and the most accurate spec only matters when none meets the
+    bound, in which case every shape is fitted. Shapes whose plans coincide (capped
+    degrees) are fitted once (``memo``)."""
     best = accurate = None
+    best_price = math.inf
+    memo: dict = {}
     shapes = [(d, p, False) for d, p in CANDIDATES]
     if not dom.geometric:        # the same shapes with cuts placed by the function's curvature
         shapes += [(d, p, True) for d, p in SPREAD_CANDIDATES]
     for d, p, spread in sorted(shapes, key=lambda s: _price_floor(s[0], s[1], n)):
-        if best is not None and _price_floor(d, p, n) >= _price(best):
+        if best is not None and _price_floor(d, p, n) >= best_price:
             break               # every later shape costs at least as much as the best found
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                spec = _fit_one(name, fn, dom, d, p, n, f_in, f_out, valid, spread)
+                planned = _plan_one(name, fn, dom, d, p, n, f_in, f_out, valid, spread)
+                if best is not None and _price(planned.skeleton()) >= best_price:
+                    continue    # cannot be cheaper than the best found
+                spec = finish(planned, memo)
         except (ParameterError, TypeError, OverflowError, np.linalg.LinAlgError):
             continue        # a shape that cannot be fitted here (e.g. coefficients past any ring): skip it
         if accurate is None or spec.max_error_ulps < accurate.max_error_ulps:
             accurate = spec
-        if spec.max_error_ulps <= bound_ulps and (best is None or _price(spec) < _price(best)):
-            best = spec
+        if spec.max_error_ulps <= bound_ulps and _price(spec) < best_price:
+            best, best_price = spec, _price(spec)
     return best, accurate
 
 
