@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One GPU call for the compiled-online issue: install, the GPU tests ($TESTS=1), then `fusec bench`
-# for each "model:gates:warmup:repeat" in $RUNS (both parties on GPU 0, internal batch 1), each
-# with its round phases (step / pack / wire / unpack, per party) in $OUT/phases.txt.
+# for each "model:gates:warmup:repeat[:layers[:profile]]" in $RUNS (both parties on GPU 0, internal
+# batch 1), each with its round phases (step / pack / wire / unpack, per party) in $OUT/phases.txt;
+# profile=1 runs the dealer and the parties under cProfile (slower) and appends the top of each
+# profile to $OUT/profile.txt.
 set -uo pipefail
 OUT=${OUT:-device_out}; mkdir -p "$OUT"; export PYTHONUNBUFFERED=1
 RUNS=${RUNS:-bert-base:fused:1:5}; TESTS=${TESTS:-1}
@@ -16,9 +18,10 @@ if [ "$TESTS" = 1 ]; then
 fi
 WORK=/tmp/fusec; mkdir -p "$WORK"
 for run in $RUNS; do
-  IFS=: read -r model gates warmup repeat layers <<< "$run"
-  name="${model}_${gates}${layers:+_L$layers}"; t0=$SECONDS
-  timeout "${LIMIT:-500}" python3 -m fusec bench --model "$model" --gates "$gates" --backend gpu --warmup "$warmup" \
+  IFS=: read -r model gates warmup repeat layers prof <<< "$run"
+  name="${model}_${gates}${layers:+_L$layers}${prof:+_prof}"; t0=$SECONDS
+  rm -rf /tmp/fusec-prof; mkdir -p /tmp/fusec-prof
+  ${prof:+env FUSEC_PYPROFILE=/tmp/fusec-prof} timeout "${LIMIT:-500}" python3 -m fusec bench --model "$model" --gates "$gates" --backend gpu --warmup "$warmup" \
     --repeat "$repeat" ${layers:+--layers "$layers"} --internal-batch 1 --workdir "$WORK" --keys-dir "$WORK/keys" \
     --json "$OUT/$name.json" --markdown "$OUT/$name.md" > "$OUT/$name.log" 2>&1
   echo "$name rc=$? $((SECONDS - t0)) s"; grep -E "^\| (bert|gpt)" "$OUT/$name.md" 2>/dev/null | tail -1
@@ -30,5 +33,10 @@ for f in sorted(glob.glob(sys.argv[2] + "/p*.json")):
         ph = {k: round(v, 4) for k, v in s.get("round_phases", {}).items()}
         print(sys.argv[1], f.split("/")[-1], "online", round(s["online_seconds"], 4), "rounds", s["rounds"], ph)
 PY
+  if [ -n "$prof" ]; then
+    for f in /tmp/fusec-prof/*.prof; do
+      echo "== $name $f"; python3 -c "import pstats,sys; s=pstats.Stats(sys.argv[1]); s.sort_stats('tottime').print_stats(30); s.sort_stats('cumtime').print_stats(40)" "$f"
+    done >> "$OUT/profile.txt" 2>&1
+  fi
   rm -rf "$WORK"/runs "$WORK"/keys
 done

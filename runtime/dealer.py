@@ -8,6 +8,7 @@ from fusec.runtime.backend import Backend, get_backend
 from fusec.runtime.graph import GateGraph
 from fusec.runtime.keyfile import new_key_set_id, new_pairing_secret
 from fusec.runtime.keyio import KeyFileWriter
+from fusec.runtime.party import PROFILE_ENV, python_profiler
 
 
 def write_keys(graph: GateGraph, out_dir: str | os.PathLike, count: int = 1,
@@ -25,6 +26,17 @@ def write_keys(graph: GateGraph, out_dir: str | os.PathLike, count: int = 1,
     not reach the disk before a crash fails its checksum; it is never silently used.
     """
     be = backend or get_backend("cpu")
+    profile = python_profiler()
+    try:
+        return _write_keys(graph, out_dir, count, seed, progress, be, durable)
+    finally:
+        if profile is not None:
+            profile.disable()
+            profile.dump_stats(os.path.join(os.environ[PROFILE_ENV], f"dealer_{os.getpid()}.prof"))
+
+
+def _write_keys(graph: GateGraph, out_dir, count: int, seed: bytes | None, progress, be: Backend,
+                durable: bool) -> tuple[Path, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     layout = graph.layout()

@@ -77,7 +77,7 @@ def run_party(graph: GateGraph, party: int, kf: KeyFile, idx: int, channel: Chan
     reader.finish()
     log = RoundLog(sync=be.synchronize if sync_scopes else None)
     channel.exchange(b"", "ready", 0)  # both keys staged: the online clock starts together on both sides
-    profile = _python_profiler()
+    profile = python_profiler()
     t0 = time.perf_counter()
     outputs = graph.evaluate(party, keys, inputs, channel.exchange, be, log, scopes=scopes)
     dt = time.perf_counter() - t0
@@ -93,7 +93,7 @@ PROFILE_ENV = "FUSEC_PYPROFILE"
 (a developer's tool for finding the runtime's Python overhead; it slows the run)."""
 
 
-def _python_profiler():
+def python_profiler():
     if not os.environ.get(PROFILE_ENV):
         return None
     import cProfile  # noqa: PLC0415
