@@ -146,5 +146,10 @@ class GateGraph:
                     ready.append(i)
             return start(ready)
 
-        drive(start([i for i, c in enumerate(missing) if c == 0]), exchange, party, be, log, on_done=on_done)
+        def describe(g: int) -> str:
+            node = self.nodes[gen_node[g]]
+            return f"{node.id} ({node.gate.kind})"
+
+        drive(start([i for i, c in enumerate(missing) if c == 0]), exchange, party, be, log, on_done=on_done,
+              describe=describe)
         return {n.id: be.asnumpy(values[n.id]) for n in self.outputs if values.get(n.id) is not None}

@@ -21,6 +21,7 @@ from typing import Callable, Iterable
 
 from fusec.errors import PeerError
 from fusec.runtime.gates.base import EvalGen, Open
+from fusec.runtime.gpu_kernels import GpuKernelError
 from fusec.runtime.round_message import RoundMessage
 
 Exchange = Callable[[bytes, str, int], bytes]
@@ -77,7 +78,8 @@ def _charge(log: RoundLog, scope: str, t0: float) -> None:
 
 
 def drive(gens: Iterable[EvalGen], exchange: Exchange, party: int, be, log: RoundLog | None = None,
-          on_done: Callable[[int, object], Iterable[EvalGen]] | None = None) -> list:
+          on_done: Callable[[int, object], Iterable[EvalGen]] | None = None,
+          describe: Callable[[int], str] | None = None) -> list:
     """Run generators to completion with batched opens; return their results in order.
 
     A generator yields an :class:`Open` (and receives the value) or a list of them
@@ -85,12 +87,13 @@ def drive(gens: Iterable[EvalGen], exchange: Exchange, party: int, be, log: Roun
 
     ``on_done(i, result)`` may return new generators that become runnable when
     generator ``i`` finishes (dataflow scheduling); their results are appended.
+    ``describe(i)`` names generator ``i`` (its gate) in the error when a kernel fails.
     """
     with be.activate():
-        return _drive(gens, exchange, party, be, log, on_done)
+        return _drive(gens, exchange, party, be, log, on_done, describe or (lambda i: f"#{i}"))
 
 
-def _drive(gens, exchange: Exchange, party: int, be, log: RoundLog | None, on_done) -> list:
+def _drive(gens, exchange: Exchange, party: int, be, log: RoundLog | None, on_done, describe) -> list:
     gens = list(gens)
     results: list = [None] * len(gens)
     inbox: dict[int, object] = {i: None for i in range(len(gens))}
@@ -109,6 +112,8 @@ def _drive(gens, exchange: Exchange, party: int, be, log: RoundLog | None, on_do
                 req = next(gens[i]) if i not in started else gens[i].send(inbox[i])
                 started.add(i)
                 waiting.append((i, req))
+            except GpuKernelError as e:   # name the gate and the round it failed in
+                raise GpuKernelError(f"gate {describe(i)}, round {round_no + 1}: {e.message}", e.hint) from e
             except StopIteration as stop:
                 started.add(i)
                 results[i] = stop.value
@@ -125,9 +130,12 @@ def _drive(gens, exchange: Exchange, party: int, be, log: RoundLog | None, on_do
         t0 = clock()
         layout = RoundMessage.of(reqs, party)
         shares = [r.share for r in reqs]
-        mine = be.pack_round(layout, shares)
-        need = layout.their_bytes
         round_no += 1
+        try:
+            mine = be.pack_round(layout, shares)
+        except GpuKernelError as e:
+            raise GpuKernelError(f"round {round_no} ({scope}, {len(reqs)} opens): {e.message}", e.hint) from e
+        need = layout.their_bytes
         try:
             t1 = clock()
             theirs = exchange(mine, scope, need)
@@ -136,6 +144,8 @@ def _drive(gens, exchange: Exchange, party: int, be, log: RoundLog | None, on_do
                 raise PeerError(f"peer sent {len(theirs)} bytes in a round where {need} were expected",
                                 "both parties must run the same build with key files from the same keygen run")
             vals = be.unpack_round(layout, shares, theirs)
+        except GpuKernelError as e:
+            raise GpuKernelError(f"round {round_no} ({scope}, {len(reqs)} opens): {e.message}", e.hint) from e
         except PeerError as e:      # say where the run stopped: a stall mid-program names its round
             raise PeerError(f"round {round_no} ({scope}, {len(reqs)} opens): {e.message}", e.hint) from None
         if log is not None:

@@ -29,3 +29,44 @@ def test_a_stall_names_its_round():
     with pytest.raises(PeerError, match=r"^round 2 \(mul, 1 opens\): timed out") as ei:
         drive([_three_rounds()], exchange, 0, get_backend("cpu"))
     assert ei.value.hint == "check the peer"
+
+
+def test_a_kernel_failure_names_the_gate_and_round():
+    """A kernel that fails inside a gate's local step: the error names the gate (as the
+    graph knows it) and the round, so a user can report where the program broke."""
+    from fusec.runtime.gates.arith import Input
+    from fusec.runtime.gates.base import ZERO_COST, Gate
+    from fusec.runtime.gpu_kernels import GpuKernelError
+    from fusec.runtime.graph import GateGraph
+
+    class Failing(Gate):
+        kind = "failing"
+        inputs = 1
+
+        def __init__(self, elements):
+            super().__init__(elements)
+            self.bits = 16
+
+        def fields(self):
+            return []
+
+        def cost(self):
+            return ZERO_COST
+
+        def keygen(self, rng, in_masks):
+            return in_masks[0], {}, {}
+
+        def eval(self, party, key, inputs, be):
+            v = yield Open(inputs[0], 16, scope="mul")
+            raise GpuKernelError("CUDA kernel fusec_demo failed (demo step): an illegal memory access")
+            yield v  # pragma: no cover
+
+    g = GateGraph()
+    g.add("x", Input(4, 16, 0))
+    g.add("boom", Failing(4), ["x"])
+
+    def exchange(ours, scope, expect):
+        return bytes(expect)
+
+    with pytest.raises(GpuKernelError, match=r"^gate boom \(failing\), round 3: CUDA kernel fusec_demo failed"):
+        g.evaluate(0, {"x": {"mask": np.zeros(4, np.uint64)}, "boom": {}}, {"x": np.arange(4, dtype=np.uint64)}, exchange, get_backend("cpu"))
