@@ -223,7 +223,8 @@ def test_plots_and_table_from_the_results(bench_run, tmp_path):
     wd, doc, _ = bench_run
     plot = runpy.run_path(str(ROOT / "bench" / "plot.py"), run_name="plot")
     made = plot["plot_all"]([wd / "out.json"], tmp_path)
-    assert {p.name for p in made} >= {"scopes_bert_tiny_legacy.png", "throughput.png", "speedup.png"}
+    # one batch size, one sequence length: the sweeps' plots are skipped (tests/test_bench_plots.py draws them)
+    assert {p.name for p in made} == {"scopes_bert_tiny_legacy.png"}
     assert all(p.stat().st_size > 5000 and p.read_bytes()[:4] == b"\x89PNG" for p in made)
     r = subprocess.run([sys.executable, str(ROOT / "bench" / "table.py"), str(wd / "out.json")],
                        capture_output=True, text=True, timeout=60)
