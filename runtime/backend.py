@@ -53,6 +53,11 @@ class Backend:
     def asnumpy(self, a) -> np.ndarray:
         return np.asarray(a)
 
+    def host_buffer(self, nbytes: int) -> np.ndarray | None:
+        """Where a key set is read before :meth:`stage_set` (None: a fresh array per set;
+        the CPU's staged keys may be views of it)."""
+        return None
+
     def stage_key(self, arrays: dict[str, np.ndarray]) -> dict:
         """Move one gate's key arrays to where ``eval`` runs (device memory on a GPU)."""
         return {k: self.asarray(v) for k, v in arrays.items()}

@@ -505,13 +505,14 @@ class KeyFile:
             raise KeyFileError(msg, "generate more with `fusec keygen --count N` (one key set per inference)")
         return index
 
-    def _read_set(self, index: int) -> np.ndarray:
-        """One read of set ``index`` into a fresh uint8 array, checksum-verified (chunks
-        read and hashed in parallel threads)."""
+    def _read_set(self, index: int, out: np.ndarray | None = None) -> np.ndarray:
+        """One read of set ``index`` into ``out`` (a uint8 array of at least a set's bytes,
+        e.g. the GPU's reused page-locked buffer) or a fresh array, checksum-verified
+        (chunks read and hashed in parallel threads)."""
         if self._f is None:
             raise KeyFileError(f"key file {self.path} is closed")
         n = self.set_nbytes
-        buf = np.empty(n, dtype=np.uint8)
+        buf = np.empty(n, dtype=np.uint8) if out is None else out.reshape(-1).view(np.uint8)[:n]
         mv = memoryview(buf)
         base, fd = self.header.set_offset(index), self._f.fileno()
         starts = range(0, n, fmt.CHUNK_BYTES)
@@ -552,8 +553,9 @@ class KeyFile:
         used = self.ledger.used()
         return next((i for i in range(self.count) if i not in used), None)
 
-    def claim(self, index: int) -> "KeySetReader":
-        """Verify set ``index``, record it as consumed (durably), and return its reader.
+    def claim(self, index: int, out: np.ndarray | None = None) -> "KeySetReader":
+        """Verify set ``index``, record it as consumed (durably), and return its reader
+        (its bytes read into ``out`` when given and the set was not verified just before).
 
         Raises KeyReuseError if the set was already consumed (through this file, a copy or
         another path of it), KeyFileError if it is out of range or corrupted. A corrupted
@@ -566,7 +568,7 @@ class KeyFile:
         if index in used:
             raise self._reused(index, used)
         kept, self._verified = self._verified, None
-        buf = kept[1] if kept is not None and kept[0] == index else self._read_set(index)
+        buf = kept[1] if kept is not None and kept[0] == index else self._read_set(index, out)
         if not self.ledger.mark(index, {"key_file": str(self.path)}):  # mark, then use
             raise self._reused(index, self.ledger.used())
         return KeySetReader(self._layout, buf, index=index, key_set_id=self.key_set_id, path=self.path)
