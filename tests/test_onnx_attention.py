@@ -228,3 +228,57 @@ def test_nonpad_kv_seqlen_known_at_compile_time_is_a_constant_mask():
     g = load_model(model, public_inputs={"nonpad": feeds["nonpad"]})
     got = interpret(g, {k: v for k, v in feeds.items() if k in g.inputs})[g.outputs[0]]
     np.testing.assert_allclose(got, ReferenceEvaluator(model).run(None, feeds)[0], atol=2e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------- a real export
+@pytest.mark.slow   # torch import + export + compile, ~45 s on 2 busy cores (CI: the hand-built decoder above)
+def test_llama_exported_at_opset_23_one_build_many_paddings(tmp_path):
+    """transformers' Llama (SDPA attention, 4 query / 2 key-value heads) through the dynamo
+    exporter at opset 23 writes ``Attention`` and ``RMSNormalization``; with the padding mask
+    private, one build serves three paddings, checked against onnxruntime. (The embedding table is
+    scaled to unit size: the default 0.02 makes RMSNorm's mean of squares ~4e-4, under 2 ulps at
+    f = 12 -- a precision limit of this random init, the same with the spelled-out opset-18 export.)"""
+    torch = pytest.importorskip("torch")
+    tf = pytest.importorskip("transformers")
+    pytest.importorskip("onnxscript")
+    from pathlib import Path
+
+    from fusec.models.torch_export import export_torch
+
+    cfg = tf.LlamaConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                         num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64)
+    cfg._attn_implementation = "sdpa"
+    torch.manual_seed(0)
+    m = tf.LlamaModel(cfg).eval()
+    with torch.no_grad():
+        m.embed_tokens.weight.mul_(50)
+
+    class Wrap(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    ids, ones = np.arange(3, 3 + 16)[None], np.ones((1, 16), np.int64)
+    out, tmp, _ = export_torch(Wrap(m).eval(), (torch.from_numpy(ids), torch.from_numpy(ones)), tmp_path / "l.onnx",
+                               ["input_ids", "attention_mask"], ["last_hidden_state"], {}, "dynamo", 23)
+    with tmp:
+        path = tmp_path / "llama23.onnx"
+        path.write_bytes(Path(out).read_bytes())
+    ops = {n.op_type for n in onnx.load(path).graph.node}
+    if "Attention" not in ops:
+        pytest.skip("this torch version does not emit Attention at opset 23")
+    assert "RMSNormalization" in ops
+    compile_model(path, tmp_path / "b", CompileOptions(bits=37), batch=1,
+                  input_roles={"attention_mask": "private"})
+    b = load_build(tmp_path / "b")
+    rng = np.random.default_rng(0)
+    for n_real in (16, 11, 3):
+        feeds = {"input_ids": rng.integers(3, 120, (1, 16)),
+                 "attention_mask": (np.arange(16) < n_real).astype(np.int64)[None]}
+        res, _ = run_graph(b.gates, encode_inputs(b, feeds, 1))
+        got = decode_outputs(b, res)[b.ir.outputs[0]]
+        c = compare("last_hidden_state", got, ort_run(onnx.load(path), feeds))
+        assert c.cosine > 0.9999 and c.max_abs < 1e-2, (n_real, c.line())
