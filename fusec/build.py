@@ -16,7 +16,6 @@ import platform
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -28,7 +27,7 @@ from fusec.ir.graph import Graph
 from fusec.ir.ops import run_node
 from fusec.passes.lower import Lowered
 from fusec.passes.options import CompileOptions
-from fusec.passes.pipeline import build_gates, run_passes
+from fusec.passes.pipeline import Progress, build_gates, run_passes, stage
 from fusec.passes.schedule import Step
 from fusec.runtime import ring
 
@@ -83,28 +82,34 @@ def frontend(model, batch: int | None = None, seq: int | None = None, input_shap
     return graph
 
 
-def compile_graph(graph: Graph, opts: CompileOptions, progress: Callable[[str], None] | None = None):
+def compile_graph(graph: Graph, opts: CompileOptions, progress: Progress | None = None):
     graph = run_passes(graph, opts, progress)
     graph.meta["flags"] = opts.as_dict()
-    low, steps = build_gates(graph, opts)
+    with stage(progress, "lower, schedule, key order"):
+        low, steps = build_gates(graph, opts)
     return graph, low, steps
 
 
 def compile_model(model, out_dir, opts: CompileOptions, batch: int | None = None, seq: int | None = None,
                   input_shapes: dict | None = None, public_inputs: dict | None = None,
-                  progress: Callable[[str], None] | None = None, input_roles: dict | None = None,
+                  progress: Progress | None = None, input_roles: dict | None = None,
                   limits: Limits | None = None) -> Build:
-    """``limits`` (``fusec/limits.py``) bound every size and the compile-time evaluation."""
+    """``limits`` (``fusec/limits.py``) bound every size and the compile-time evaluation;
+    ``progress`` hears each stage start and end (``passes.pipeline.stage``)."""
     t0 = time.perf_counter()
-    if progress:
-        progress("frontend")
     with using_limits(limits):
-        graph = frontend(model, batch, seq, input_shapes, public_inputs, input_roles)
+        with stage(progress, "frontend"):
+            graph = frontend(model, batch, seq, input_shapes, public_inputs, input_roles)
         graph, low, steps = compile_graph(graph, opts, progress)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if progress:
-        progress("writing build directory")
+    with stage(progress, "write build directory"):
+        return _write(out, model, graph, low, steps, opts, batch, seq, t0)
+
+
+def _write(out: Path, model, graph: Graph, low: Lowered, steps: list[Step], opts: CompileOptions,
+           batch: int | None, seq: int | None, t0: float) -> Build:
+    """The build directory's files; the manifest (hashes, compile seconds) after them, the report last."""
     (out / "ir.json").write_text(graph.to_json())
     np.savez(out / "weights.npz", **{k: v for k, v in graph.consts.items()})
     (out / "program.json").write_text(json.dumps(program(graph, low, steps), indent=1))

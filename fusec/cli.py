@@ -267,15 +267,25 @@ def _compile_within_limits(model, out, batch, seq, input_shape, public_input, bi
     if insecure:
         click.echo("WARNING: --insecure-mask-dependent-shapes: this build leaks information about its masks "
                    "through key shapes. Ablation only; never deploy it.", err=True)
-    say = (lambda s: None) if quiet else (lambda s: click.echo(f"  [{s}]", err=True))
+    say = None if quiet else _say_stage
     return compile_model(model, out, opts, batch=batch, seq=seq, input_shapes=_shape_arg(input_shape),
                          public_inputs=_array_arg(public_input, "--public-input"), progress=say, input_roles=roles,
                          limits=lim)
 
 
+def _say_stage(stage: str, done: str | None) -> None:
+    """One stderr line per compile stage: its name when it starts, its seconds (or "failed",
+    before the error's own line) when it ends."""
+    if done is None:
+        click.echo(f"  [{stage}] ", err=True, nl=False)
+    else:
+        click.echo(done, err=True)
+
+
 @cli.command("compile")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="build directory")
+@click.option("-q", "--quiet", is_flag=True, help="no progress lines (one per compile stage, with its seconds)")
 @compile_options
 def compile_cmd(model, out, **kw) -> None:
     """ONNX model -> build directory (IR, program, key layout, weights, report)."""

@@ -26,6 +26,17 @@ from fusec.passes.ranges import proven
 HEADROOM_BITS = 3
 
 
+def _all_integers(v: np.ndarray, scale: float = 1.0) -> bool:
+    """``np.all(v * scale == np.round(v * scale))`` for a flat ``v``, looking at a few elements
+    first: a weight matrix that is not integer-valued (at some scale) says so in its first
+    elements, and a BERT-base compile asks this of every matmul's weights for 12 scales."""
+    head = v[:64] * scale
+    if not np.all(head == np.round(head)):
+        return False
+    full = v * scale
+    return bool(np.all(full == np.round(full)))
+
+
 class _Scaler:
     def __init__(self, graph: Graph, opts: CompileOptions):
         self.g, self.o = graph, opts
@@ -81,13 +92,13 @@ class _Scaler:
 
     def const_scale(self, c: np.ndarray) -> int:
         """Integer-valued constants (masks 0/1, 2^k) need no fractional bits."""
-        c = np.asarray(c, np.float64)
-        if np.all(c == np.round(c)) and np.all(np.abs(c) < 2 ** 20):
+        c = np.abs(np.asarray(c, np.float64)).reshape(-1)
+        if _all_integers(c) and np.all(c < 2 ** 20):
             return 0
         # a power of two 2^-k (attention's 1/sqrt(64)) is exact at k fractional bits: the product
         # grows by k bits, not by weight_frac
         for k in range(1, self.o.weight_frac):
-            if np.all(np.abs(c) * 2.0 ** k == np.round(np.abs(c) * 2.0 ** k)):
+            if _all_integers(c, 2.0 ** k):
                 return k
         return self.o.weight_frac
 
@@ -104,10 +115,11 @@ class _Scaler:
         cs = None
         if len(secret) == 1:
             c = a if b in secret else b
-            cs = node.attrs.get("const_scale", self.const_scale(self.g.const(c)))
-            node.attrs["const_scale"] = cs
-            cv = np.abs(np.asarray(self.g.const(c), np.float64))
-            if cv.size and np.all(cv == 2.0 ** -cs):
+            if "const_scale" not in node.attrs:
+                node.attrs["const_scale"] = self.const_scale(self.g.const(c))
+            cs = node.attrs["const_scale"]
+            cv = np.abs(np.asarray(self.g.const(c), np.float64)).reshape(-1)
+            if cv.size and np.all(cv[:64] == 2.0 ** -cs) and np.all(cv == 2.0 ** -cs):
                 # times 2^-cs exactly: the same integers read at cs more fractional bits (the
                 # magnitude does not grow, so the cap on scales does not apply)
                 cap = max(cap, sum(self.scale(t) for t in secret) + cs)
