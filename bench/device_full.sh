@@ -8,13 +8,14 @@ set -uo pipefail
 OUT=${OUT:-device_out}; mkdir -p "$OUT"; export PYTHONUNBUFFERED=1
 RUNS=${RUNS:-bert-base:fused:1:5}; TESTS=${TESTS:-1}
 if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site; fi
-python3 -m pip install -q --no-deps --no-build-isolation -e . > "$OUT/install.log" 2>&1; echo "install rc=$?"
+LOG="$OUT/log.txt"   # one log and one tables file: the device brings back only a few files
+python3 -m pip install -q --no-deps --no-build-isolation -e . >> "$LOG" 2>&1; echo "install rc=$?"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 if [ "$TESTS" = 1 ]; then
   t0=$SECONDS
   timeout 240 python3 -m pytest tests/test_gpu_kernels.py tests/test_device_path.py tests/test_mul_narrow.py \
-    tests/test_narrow_gates.py -m gpu -q -x -o addopts="" -p no:cacheprovider > "$OUT/gpu_tests.log" 2>&1
-  echo "gpu tests rc=$? $((SECONDS - t0)) s: $(tail -1 "$OUT/gpu_tests.log")"
+    tests/test_narrow_gates.py -m gpu -q -x -o addopts="" -p no:cacheprovider > /tmp/gpu_tests.log 2>&1
+  echo "gpu tests rc=$? $((SECONDS - t0)) s: $(tail -1 /tmp/gpu_tests.log)"; tail -n 30 /tmp/gpu_tests.log >> "$LOG"
 fi
 WORK=/tmp/fusec; mkdir -p "$WORK"
 for run in $RUNS; do
@@ -23,8 +24,9 @@ for run in $RUNS; do
   rm -rf /tmp/fusec-prof; mkdir -p /tmp/fusec-prof
   ${prof:+env FUSEC_PYPROFILE=/tmp/fusec-prof} timeout "${LIMIT:-500}" python3 -m fusec bench --model "$model" --gates "$gates" --backend gpu --warmup "$warmup" \
     --repeat "$repeat" ${layers:+--layers "$layers"} --internal-batch 1 --workdir "$WORK" --keys-dir "$WORK/keys" \
-    --json "$OUT/$name.json" --markdown "$OUT/$name.md" > "$OUT/$name.log" 2>&1
-  echo "$name rc=$? $((SECONDS - t0)) s"; grep -E "^\| (bert|gpt)" "$OUT/$name.md" 2>/dev/null | tail -1
+    --json "$OUT/$name.json" --markdown /tmp/$name.md > /tmp/$name.log 2>&1
+  echo "$name rc=$? $((SECONDS - t0)) s"; grep -E "^\| (bert|gpt)" /tmp/$name.md 2>/dev/null | tail -1
+  { echo "== $name"; cat /tmp/$name.log; } >> "$LOG"; cat /tmp/$name.md >> "$OUT/tables.md" 2>/dev/null
   python3 - "$name" "$WORK"/runs/*/ <<'PY' | tee -a "$OUT/phases.txt"
 import glob, json, sys
 for f in sorted(glob.glob(sys.argv[2] + "/p*.json")):
