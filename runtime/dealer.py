@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from fusec.runtime.backend import Backend, get_backend
@@ -13,7 +14,7 @@ from fusec.runtime.party import PROFILE_ENV, python_profiler
 
 def write_keys(graph: GateGraph, out_dir: str | os.PathLike, count: int = 1,
                seed: bytes | None = None, progress=None, backend: Backend | None = None,
-               durable: bool = True) -> tuple[Path, Path]:
+               durable: bool = True, timings: dict[str, float] | None = None) -> tuple[Path, Path]:
     """Generate ``count`` key sets (one per inference) into ``p0.key`` and ``p1.key``.
 
     ``seed`` is for reproducible tests only; without it the CSPRNG is seeded from the OS.
@@ -24,11 +25,14 @@ def write_keys(graph: GateGraph, out_dir: str | os.PathLike, count: int = 1,
     skips the fsync of the finished files: for keys a benchmark deletes right after use,
     where flushing tens of GB to disk would be most of the dealer's time. A file that did
     not reach the disk before a crash fails its checksum; it is never silently used.
+    ``timings`` (if given) receives the seconds spent generating keys, packing them into
+    the layout's bytes (on a GPU: including the copy to the host) and handing them to the
+    writers (hashing and writing), summed over the sets.
     """
     be = backend or get_backend("cpu")
     profile = python_profiler()
     try:
-        return _write_keys(graph, out_dir, count, seed, progress, be, durable)
+        return _write_keys(graph, out_dir, count, seed, progress, be, durable, timings if timings is not None else {})
     finally:
         if profile is not None:
             profile.disable()
@@ -36,7 +40,7 @@ def write_keys(graph: GateGraph, out_dir: str | os.PathLike, count: int = 1,
 
 
 def _write_keys(graph: GateGraph, out_dir, count: int, seed: bytes | None, progress, be: Backend,
-                durable: bool) -> tuple[Path, Path]:
+                durable: bool, timings: dict[str, float]) -> tuple[Path, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     layout = graph.layout()
@@ -47,15 +51,32 @@ def _write_keys(graph: GateGraph, out_dir, count: int, seed: bytes | None, progr
             be.activate():
         rng = be.dealer_rng(seed)
         slots = {s.gate_id: s for s in layout.slots}
+        clock = time.perf_counter
+        spent = dict.fromkeys(("generate_seconds", "pack_seconds", "write_seconds"), 0.0)
         for i in range(count):
             w0.begin_set(i)
             w1.begin_set(i)
-            for gate_id, k0, k1 in graph.keygen_stream(rng):
-                w0.write_gate_packed(gate_id, be.pack_key(slots[gate_id], k0))
-                w1.write_gate_packed(gate_id, be.pack_key(slots[gate_id], k1))
+            stream = graph.keygen_stream(rng)
+            while True:
+                t0 = clock()
+                item = next(stream, None)
+                t1 = clock()
+                if item is None:
+                    break
+                gate_id, k0, k1 = item
+                b0, b1 = be.pack_key(slots[gate_id], k0), be.pack_key(slots[gate_id], k1)
+                t2 = clock()
+                w0.write_gate_packed(gate_id, b0)
+                w1.write_gate_packed(gate_id, b1)
+                spent["generate_seconds"] += t1 - t0
+                spent["pack_seconds"] += t2 - t1
+                spent["write_seconds"] += clock() - t2
+            t0 = clock()
             w0.end_set()
             w1.end_set()
+            spent["write_seconds"] += clock() - t0
             if progress:
                 progress(i + 1, count)
+    timings.update(spent)
     return paths
 

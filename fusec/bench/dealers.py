@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fusec.bench.failures import BenchError, classify_failure
@@ -24,6 +24,7 @@ class KeygenInfo:
 
     wall_seconds: float = 0.0
     backend: str | None = None
+    parts: dict = field(default_factory=dict)   # generate / pack / write seconds (runtime/dealer.py)
 
     def add(self, docs: list[dict], wall: float) -> None:
         """Dealer runs (each timed from inside) and the wall time they took together."""
@@ -33,6 +34,9 @@ class KeygenInfo:
             self.load_seconds += doc["load_seconds"]
             self.sets += doc["count"]
             self.runs += 1
+            for k in ("generate_seconds", "pack_seconds", "write_seconds"):
+                if k in doc:
+                    self.parts[k] = self.parts.get(k, 0.0) + doc[k]
         self.wall_seconds += wall
 
 
@@ -89,5 +93,6 @@ def keygen_summary(kg: KeygenInfo, set_nbytes: int, batch: int) -> dict:
             "load_seconds": kg.load_seconds,
             "wall_seconds": kg.wall_seconds,
             "per_batch": {"seconds": per_set, "key_bytes_per_party": set_nbytes},
+            "per_set_parts": {k: v / kg.sets for k, v in kg.parts.items()} if kg.sets else {},
             "per_inference": {"seconds": per_set / batch if per_set is not None else None,
                               "key_bytes_per_party": set_nbytes / batch}}

@@ -32,9 +32,10 @@ def keygen(build: str, out: str, count: int, backend: str = "cpu", json_path: st
         return 2
     t1 = time.perf_counter()
     marks = [t1]
+    parts: dict[str, float] = {}
     try:
         write_keys(b.gates, out, count, progress=lambda i, k: marks.append(time.perf_counter()), backend=be,
-                   durable=durable)
+                   durable=durable, timings=parts)
     except FusecError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -42,7 +43,7 @@ def keygen(build: str, out: str, count: int, backend: str = "cpu", json_path: st
     doc = {"load_seconds": t1 - t0, "seconds": t2 - t1, "count": count, "backend": be.name,
            "durable": durable, "finish_seconds": t2 - marks[-1],
            "set_nbytes": b.gates.layout().set_nbytes,
-           "set_seconds": [b - a for a, b in zip(marks, marks[1:])]}
+           "set_seconds": [b - a for a, b in zip(marks, marks[1:])], **parts}
     text = json.dumps(doc)
     if json_path:
         Path(json_path).write_text(text)
