@@ -71,6 +71,20 @@ def test_summary_is_the_median_of_timed_steps_per_batch_and_per_inference():
         summarize(steps[:1], 1, 1, 1)
 
 
+def test_round_phases_are_kept_per_party_and_summarized_as_medians():
+    """Each party's round phases survive the merge apart (their difference is the waiting)
+    and the summary holds each phase's median over the timed steps, per batch."""
+    def step(i, warm, p0, p1):
+        a = {**_party_step(i, warm, 1.0, 10, 5, {}), "round_phases": {"step": p0, "wire": 1.0}}
+        b = {**_party_step(i, warm, 1.0, 10, 5, {}), "round_phases": {"step": p1, "wire": 2.0}}
+        return merge_parties(a, b)
+
+    steps = [step(0, True, 50.0, 50.0), step(1, False, 2.0, 4.0), step(2, False, 6.0, 8.0), step(3, False, 4.0, 6.0)]
+    assert steps[1]["round_phases"] == {"p0": {"step": 2.0, "wire": 1.0}, "p1": {"step": 4.0, "wire": 2.0}}
+    s = summarize(steps, batch=1, internal_batch=2, seq=8)
+    assert s["round_phases_per_batch"] == {"p0": {"step": 2.0, "wire": 0.5}, "p1": {"step": 3.0, "wire": 1.0}}
+
+
 def test_key_plan_up_front_per_step_or_skipped(tmp_path):
     gb = 10**9
     up = plan_keys("auto", gb, 6, 4, 100 * gb, tmp_path)        # 6 steps x 4 sets x 2 parties = 48 GB: fits

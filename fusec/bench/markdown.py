@@ -130,6 +130,28 @@ def _scope_tables(doc: dict) -> list[str]:
     return out
 
 
+def _phase_table(doc: dict) -> list[str]:
+    """Where a round's time goes, per configuration and party (runtime/protocol.py's round
+    phases, per batch): *step* advances the gates (Python and kernel launches), *pack* is the
+    pack kernel and the copy to the host (it waits for the device's queued work, so the
+    kernels' time shows here), *wire* is the exchange (including waiting for the peer),
+    *unpack* the copy back and the unpack kernel."""
+    rows = []
+    for r in _ran(doc):
+        rounds = r["online"]["per_batch"].get("rounds") or 0
+        for party, ph in r["online"].get("round_phases_per_batch", {}).items():
+            total = sum(ph.values())
+            cells = [f"{ph.get(k, 0) * 1e3:.0f} ms" for k in ("step", "pack", "wire", "unpack")]
+            rows.append([r["config"]["name"], party, *cells, f"{total * 1e3:.0f} ms",
+                         f"{total / rounds * 1e6:.0f} us" if rounds else "-"])
+    if not rows:
+        return []
+    return ["", "Round phases per batch (step: gates' Python and launches; pack: kernel + copy to host, waits for "
+                "the device's queued work; wire: exchange incl. waiting for the peer; unpack: copy back + kernel):",
+            "", *table(["configuration", "party", "step", "pack", "wire", "unpack", "total", "per round"],
+                       "llrrrrrr", rows)]
+
+
 def _network_lines(doc: dict) -> list[str]:
     """Shaped runs, loudly: which emulated link each network name stands for."""
     nets = {net_name(r["config"]): r["config"]["net"] for r in doc["results"] if net_name(r["config"])}
@@ -166,4 +188,4 @@ def render_markdown(doc: dict) -> str:
     if skipped:
         lines += ["", "Skipped:"] + [f"- {r['config']['name']}: {' '.join(r['skipped'].split())}" for r in skipped]
     return "\n".join(lines + _speedups(doc) + amdahl.markdown(doc["results"], doc.get("gate_microbench"))
-                     + _scope_tables(doc)) + "\n"
+                     + _scope_tables(doc) + _phase_table(doc)) + "\n"
