@@ -162,3 +162,47 @@ def _dealer_rng(self, seed: bytes | None = None):
 
 
 FakeDeviceBackend.dealer_rng = _dealer_rng  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------- the GPU backend on the host
+def host_kernel_backend(source: str, library) -> type:
+    """A backend class running :class:`~fusec.runtime.gpu_backend.GpuBackend`'s own code
+    (round pack/unpack kernels, a key set unpacked by one kernel, the DCF/DPF walks, the
+    dealer's AES-CTR stream) through the host build of the generated kernels (``library``,
+    from ``codegen.cuda.compile_host_library(source, ...)``) on fake device arrays: CI
+    runs the GPU data path, kernels included, with no GPU. Only the page-locked copies and
+    CUDA's memory queries are left out."""
+    from fusec.runtime.gpu_backend import GpuBackend, GpuPrg, unpack_key_set
+    from fusec.runtime.gpu_kernels import GpuKernels, HostLauncher
+
+    class _Launcher(HostLauncher):
+        def __init__(self) -> None:
+            super().__init__(library)
+            self.xp = fakecupy
+
+    class HostKernelBackend(GpuBackend):
+        name = "hostgpu"
+
+        def __init__(self) -> None:  # no CuPy: the kernels run on the host
+            self.xp = fakecupy
+            self.kernels = GpuKernels(source, launcher=_Launcher())
+            self.prg = GpuPrg(self.kernels)
+            self.last_stage_seconds = None
+            self._outbox = self._key_host = None
+
+        def pack_round(self, layout, shares):
+            return fakecupy.asnumpy(self.kernels.pack_round(layout, shares)).tobytes() if layout.our_bytes else b""
+
+        def host_buffer(self, nbytes: int):
+            return None
+
+        def _to_pinned_host(self, dev):
+            return fakecupy.asnumpy(dev)
+
+        def stage_set(self, layout, buf):
+            return unpack_key_set(self.kernels, layout, fakecupy.asarray(numpy.ascontiguousarray(buf).view(numpy.uint8)))
+
+        def synchronize(self) -> None:
+            pass
+
+    return HostKernelBackend

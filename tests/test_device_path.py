@@ -25,7 +25,7 @@ from fusec.runtime.gates.compare import Select
 from fusec.runtime.gates.movement import Rearrange, SumAxis  # noqa: F401
 from fusec.runtime.gates.sigma_nonlinear import SigmaInverse, SigmaNegExp, sigma_layernorm_rsqrt
 from fusec.runtime.rng import DealerRng
-from tests.fakedevice import FakeDeviceBackend
+from tests.fakedevice import FakeDeviceBackend, host_kernel_backend
 from tests.harness import both_parties, queue_exchanges, run_pair
 
 
@@ -38,7 +38,25 @@ def _gpu_kind():
     return GpuBackend
 
 
+_HOST_KERNELS: dict[str, type] = {}
+
+
+def _host_kernels():
+    """The GPU backend's code over the host build of the default kernels (needs nvcc)."""
+    from fusec.codegen import cuda
+
+    if cuda.nvcc_path() is None:
+        pytest.skip("nvcc (CUDA toolkit) not found: cannot build the host kernels")
+    if "kind" not in _HOST_KERNELS:
+        import tempfile
+
+        src = cuda.render(cuda.default_config())
+        _HOST_KERNELS["kind"] = host_kernel_backend(src, cuda.compile_host_library(src, tempfile.mkdtemp()))
+    return _HOST_KERNELS["kind"]
+
+
 DEVICES = [pytest.param(lambda: FakeDeviceBackend, id="fakegpu"),
+           pytest.param(_host_kernels, id="hostkernels"),
            pytest.param(_gpu_kind, id="gpu", marks=pytest.mark.gpu)]
 
 BERT_TINY = "tests/data/bert_tiny_legacy.onnx"
