@@ -211,6 +211,7 @@ def compile_options(f):
                      default=Limits.fold_seconds, show_default=True, help="time budget of constant folding"),
         click.option("--calib-seconds", type=click.FloatRange(min=0, min_open=True, max=1e7),
                      default=Limits.calib_seconds, show_default=True, help="time budget of the calibration runs"),
+        click.option("-q", "--quiet", is_flag=True, help="no compile progress lines (one per stage, with its seconds)"),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -285,7 +286,6 @@ def _say_stage(stage: str, done: str | None) -> None:
 @cli.command("compile")
 @click.argument("model", type=click.Path(dir_okay=False))
 @click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="build directory")
-@click.option("-q", "--quiet", is_flag=True, help="no progress lines (one per compile stage, with its seconds)")
 @compile_options
 def compile_cmd(model, out, **kw) -> None:
     """ONNX model -> build directory (IR, program, key layout, weights, report)."""
