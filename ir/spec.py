@@ -231,18 +231,31 @@ class FitRequest:
 @dataclass
 class FitPlan:
     """A fit decided up to its coefficients: the cuts, the scale, each piece's degree and
-    its samples. Its ``skeleton`` has the final spec's structure (pieces, degrees, scale),
-    which is all a gate's price depends on, so a spec search can drop a shape that cannot
-    be cheaper than the best found before paying for its least squares and error scan."""
+    (on first use, one call of ``req.fn`` for all pieces) its samples. Its ``skeleton`` has
+    the final spec's structure (pieces, degrees, scale), which is all a gate's price depends
+    on, and :func:`error_floor` fits a few of its pieces only: a spec search can drop a shape
+    that cannot be chosen before paying for all of its least squares and error scan."""
 
     req: FitRequest
     cuts: list[int]          # integer cuts, the ends pushed out 2 delta where the function is finite
     scale: int               # poly_scale
-    degrees: list[int]       # per piece, after the ring cap and the samples' count
     capped: list[int]        # per piece, after the ring cap (what the degree note reports)
     view_shift: int
     delta: int               # the overlap every piece is fitted and measured on
-    samples: list[tuple[np.ndarray, np.ndarray, int, float]]   # per piece (t, y, centre, half-width)
+    _samples: list | None = None
+    worst_at: int | None = None   # set by finish: the input where the spec's error is largest
+
+    @property
+    def samples(self) -> list[tuple[np.ndarray, np.ndarray, int, float]]:
+        """Per piece (t, y, centre, half-width): the least-squares samples, finite values only."""
+        if self._samples is None:
+            self._samples = _samples(self, range(len(self.capped)))
+        return self._samples
+
+    @property
+    def degrees(self) -> list[int]:
+        """Per piece, after the ring cap and the samples' count."""
+        return [min(d, max(len(s[1]) - 1, 0)) for d, s in zip(self.capped, self.samples)]
 
     def key(self) -> tuple:
         """Everything the spec depends on except ``req.degree`` and ``req.pieces`` (which
@@ -267,8 +280,8 @@ def _relative(req: FitRequest) -> bool:
 
 
 def plan(req: FitRequest) -> FitPlan:
-    """The first half of :func:`fit`: cuts, poly_scale, degrees, the view's overlap and the
-    least-squares samples of every piece (one call of ``req.fn`` for all of them)."""
+    """The first half of :func:`fit`: cuts, poly_scale, degrees and the view's overlap (the
+    samples follow on first use)."""
     if req.degree < 0 or req.pieces < 1:
         raise ParameterError(f"fit {req.name}: need degree >= 0 and at least one piece")
     F = 1 << req.f_in
@@ -297,23 +310,31 @@ def plan(req: FitRequest) -> FitPlan:
             cuts_int[0] -= 2 * delta
         if np.isfinite(ends[1]):
             cuts_int[-1] += 2 * delta
+    return FitPlan(req, cuts_int, S, degrees, view_shift, delta)
+
+
+def _samples(p: FitPlan, pieces) -> list[tuple[np.ndarray, np.ndarray, int, float]]:
+    """(t, y, centre, half-width) of the given pieces: up to ~2048 grid points over each
+    piece widened by the overlap, non-finite values (past a domain's end) dropped; one call
+    of ``req.fn`` for all of them (elementwise, so the same values as piece by piece)."""
+    F = 1 << p.req.f_in
     grids = []
-    for lo_i, hi_i in zip(cuts_int[:-1], cuts_int[1:]):
-        a, b = lo_i - delta, hi_i + delta
+    for j in pieces:
+        a, b = p.cuts[j] - p.delta, p.cuts[j + 1] + p.delta
         grids.append(np.arange(a, b, max(1, (b - a) // 2048), dtype=np.int64))
     with np.errstate(all="ignore"):      # overlap samples past a domain's end (1/sqrt at x <= 0) are dropped
-        values = req.fn(np.concatenate(grids) / F) if grids else np.zeros(0)
-    samples, used, start = [], [], 0
-    for (lo_i, hi_i), deg, xs in zip(zip(cuts_int[:-1], cuts_int[1:]), degrees, grids):
+        values = p.req.fn(np.concatenate(grids) / F) if grids else np.zeros(0)
+    out, start = [], 0
+    for j, xs in zip(pieces, grids):
         ys = values[start:start + len(xs)]
         start += len(xs)
+        lo_i, hi_i = p.cuts[j], p.cuts[j + 1]
         mid = (lo_i + hi_i) // 2
-        half = max((hi_i + delta - (lo_i - delta)) / 2, 1.0)
+        half = max((hi_i + p.delta - (lo_i - p.delta)) / 2, 1.0)
         keep = np.isfinite(ys)
         xs, ys = (xs[keep], ys[keep]) if keep.any() else (xs, np.nan_to_num(ys))
-        samples.append(((xs - mid) / half, ys, mid, half))
-        used.append(min(deg, max(len(xs) - 1, 0)))
-    return FitPlan(req, cuts_int, S, used, degrees, view_shift, delta, samples)
+        out.append(((xs - mid) / half, ys, mid, half))
+    return out
 
 
 def fit(req: FitRequest, memo: dict | None = None) -> OperatorSpec:
@@ -359,47 +380,69 @@ def _degree_note(p: FitPlan) -> str:
 
 def _finish(p: FitPlan, degree_note: bool = True) -> OperatorSpec:
     req, S, cuts_int, delta = p.req, p.scale, p.cuts, p.delta
-    F = 1 << req.f_in
 
     def tail(t: Tail) -> tuple[int, ...]:
         # a*x_real + b at scale S: x_real = x / 2^f_in
         return (int(round(t.offset * 2.0 ** S)), int(round(t.slope * 2.0 ** (S - req.f_in))))
 
-    coeffs: list[tuple[int, ...]] = [tail(req.left)]
-    centers: list[int] = [0]
-    for (t, ys, mid, half), deg in zip(p.samples, p.degrees):
-        poly_t = chebyshev_power_coeffs(t, ys, deg)
-        # value(x) = sum_k a_k ((x - mid)/half)^k, so the integer coefficient of (x - mid)^k
-        # at scale S is a_k * 2^S / half^k
-        coeffs.append(tuple(int(round(a_k * 2.0 ** S / half ** k)) for k, a_k in enumerate(poly_t)))
-        centers.append(mid)
-    coeffs.append(tail(req.right))
-    centers.append(0)
+    coeffs = [tail(req.left)] + [_piece_coeffs(s, deg, S) for s, deg in zip(p.samples, p.degrees)] + [tail(req.right)]
+    centers = [0] + [s[2] for s in p.samples] + [0]
     if cuts_int[0] <= -(1 << (req.n_in - 1)):
         raise ParameterError(f"fit {req.name}: range start {req.lo} is below what n_in={req.n_in}, f_in={req.f_in} holds")
     spec = OperatorSpec(req.name, req.n_in, req.f_in, req.f_out, tuple(cuts_int), tuple(coeffs), tuple(centers), S,
                         fit_range=(req.lo, req.hi), view_shift=p.view_shift)
     _check_ring(req, spec, cuts_int)      # before the error scan: a spec the ring cannot hold is refused anyway
-    err = _measured_error(req, spec, cuts_int, delta)
+    err, p.worst_at = _piece_errors(req, spec.coeffs, spec.centers, spec.out_shift, cuts_int, delta,
+                                    range(spec.pieces))
     notes = _fit_notes(req, spec, cuts_int)
     if degree_note:
         notes = "; ".join(s for s in (notes, _degree_note(p)) if s)
     return replace(spec, max_error_ulps=err, notes=notes)
 
 
-def _measured_error(req: FitRequest, spec: OperatorSpec, cuts_int: list[int], delta: int) -> float:
-    """The largest error (output ulps; relative above 1 where the request says so) of every
-    piece on its interval widened by the overlap (the tails on the overlap into the fitted
-    range), by exact integer evaluation, inside ``req.valid``."""
+def _piece_coeffs(sample: tuple, deg: int, S: int) -> tuple[int, ...]:
+    """One piece's integer coefficients at scale S: its least-squares polynomial in
+    ``t = (x - mid) / half``; ``sum_k a_k ((x - mid)/half)^k`` has the integer coefficient
+    ``a_k 2^S / half^k`` for ``(x - mid)^k``."""
+    t, ys, mid, half = sample
+    poly_t = chebyshev_power_coeffs(t, ys, deg)
+    return tuple(int(round(a_k * 2.0 ** S / half ** k)) for k, a_k in enumerate(poly_t))
+
+
+def error_floor(p: FitPlan, x: int) -> float:
+    """A lower bound on the error :func:`finish` would measure for ``p``, at a few pieces'
+    cost: the exact errors of the (at most three) pieces around integer input x, fitted alone
+    (a piece's fit and its error do not depend on the other pieces). Raises as the fit would
+    where those pieces' coefficients cannot be formed."""
+    req, n = p.req, len(p.cuts) - 1
+    if p.scale < req.f_out:
+        raise ParameterError(f"fit {req.name}: poly_scale {p.scale} < f_out {req.f_out}")
+    j = bisect.bisect_right(p.cuts, x) - 1
+    js = sorted({min(max(k, 0), n - 1) for k in (j - 1, j, j + 1)})
+    coeffs: list[tuple[int, ...]] = [(0,)] * (n + 2)
+    centers = [0] * (n + 2)
+    for k, s in zip(js, _samples(p, js)):
+        coeffs[k + 1] = _piece_coeffs(s, min(p.capped[k], max(len(s[1]) - 1, 0)), p.scale)
+        centers[k + 1] = s[2]
+    return _piece_errors(req, coeffs, centers, p.scale - req.f_out, p.cuts, p.delta, [k + 1 for k in js])[0]
+
+
+def _piece_errors(req: FitRequest, coeffs, centers, out_shift: int, cuts_int: list[int], delta: int,
+                  pieces) -> tuple[float, int | None]:
+    """(largest error, the input where it is) of the given pieces (spec indices, the tails
+    0 and last included) in output ulps (relative above 1 where the request says so), each
+    on its interval widened by the overlap (the tails on the overlap into the fitted range),
+    by exact integer evaluation, inside ``req.valid``. Over every piece: the spec's error."""
     F = 1 << req.f_in
     with np.errstate(all="ignore"):
         top = max(1.0, float(np.nan_to_num(abs(req.fn(np.asarray([cuts_int[0] / F]))[0]), posinf=1.0)))
     grids, owner = [], []
-    per_piece = max(256, 65536 // spec.pieces)
-    for i in range(spec.pieces):
+    total = len(coeffs)
+    per_piece = max(256, 65536 // total)
+    for i in pieces:
         if i == 0:
             a, b = cuts_int[0] - delta, cuts_int[0] + delta
-        elif i == spec.pieces - 1:
+        elif i == total - 1:
             a, b = cuts_int[-1] - delta, cuts_int[-1] + delta
         else:
             a, b = cuts_int[i - 1] - delta, cuts_int[i] + delta
@@ -415,16 +458,19 @@ def _measured_error(req: FitRequest, spec: OperatorSpec, cuts_int: list[int], de
         grids.append(xs)
         owner.append(np.full(len(xs), i, np.int64))
     if not grids:
-        return 0.0
+        return 0.0, None
     xs, owner = np.concatenate(grids), np.concatenate(owner)
-    got = floor_values(spec.coeffs, spec.centers, spec.out_shift, owner, xs)
+    got = floor_values(coeffs, centers, out_shift, owner, xs)
     with np.errstate(all="ignore"):
         want = req.fn(xs / F) * (1 << req.f_out)
         e = np.abs(got - want)
         if _relative(req):
             e = e * top / np.maximum(1.0, np.abs(want) / (1 << req.f_out))
-    e = e[np.isfinite(e)]
-    return float(e.max()) if e.size else 0.0
+    fin = np.isfinite(e)
+    if not fin.any():
+        return 0.0, None
+    worst = int(np.argmax(np.where(fin, e, -np.inf)))
+    return float(e[worst]), int(xs[worst])
 
 
 def _check_ring(req: FitRequest, spec: OperatorSpec, cuts_int: list[int]) -> None:

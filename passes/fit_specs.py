@@ -22,7 +22,7 @@ from fusec.errors import CompileError, ParameterError
 from fusec.ir import scalar_fn
 from fusec.ir.graph import Graph, Node, TensorInfo
 from fusec.ir.nonlinear import SIGMA_LABELS, Domain, fit_domain  # noqa: F401  (Domain: re-export)
-from fusec.ir.spec import FitPlan, FitRequest, OperatorSpec, finish, plan, relu_spec
+from fusec.ir.spec import FitPlan, FitRequest, OperatorSpec, error_floor, finish, plan, relu_spec
 from fusec.passes.options import CompileOptions
 from fusec.passes.ranges import proven as proven_range
 
@@ -108,22 +108,34 @@ def _rescale_price(n: int, shift: int) -> float:
     return c.key_bits / 8 + 16 * c.aes
 
 
+#: a first fit this many times over the bound means a long search: fit its last (most
+#: accurate) shape first, so the shapes in between can be dropped on a few pieces' error
+SEED_OVER_BOUND = 128.0
+
+
 def search(name: str, fn, dom: Domain, n: int, f_in: int, f_out: int, bound_ulps: float,
            valid: tuple[float, float] = (-math.inf, math.inf)) -> tuple[OperatorSpec | None, OperatorSpec | None]:
-    """(cheapest spec meeting the bound, most accurate spec) over the candidate grid.
+    """(cheapest spec meeting the bound, most accurate spec) over the candidate grid; the
+    second is the most accurate of all shapes when none meets the bound (when one does, of
+    those fitted).
 
-    Shapes go cheapest-floor first. Once a spec meets the bound, a shape whose gate costs at
-    least as much (its price is known from the plan, before any least squares) is skipped:
-    it could not be chosen, and the most accurate spec only matters when none meets the
-    bound, in which case every shape is fitted. Shapes whose plans coincide (capped
-    degrees) are fitted once (``memo``)."""
+    Shapes go cheapest-floor first and every shortcut only drops shapes that could not be
+    chosen: once a spec meets the bound, a shape whose gate costs at least as much (priced
+    from its plan, before any least squares) is skipped; shapes whose plans coincide
+    (capped degrees) are fitted once (``memo``); and when the first fit is far over the bound
+    the last shape (the finest) is fitted early, its error becomes a ceiling, and a shape
+    whose few pieces around the ceiling spec's worst input already err more than both the
+    ceiling and the bound (``error_floor``) is skipped: it could be neither the cheapest
+    spec meeting the bound nor the most accurate."""
     best = accurate = None
     best_price = math.inf
     memo: dict = {}
+    ceiling, worst_at = math.inf, None
     shapes = [(d, p, False) for d, p in CANDIDATES]
     if not dom.geometric:        # the same shapes with cuts placed by the function's curvature
         shapes += [(d, p, True) for d, p in SPREAD_CANDIDATES]
-    for d, p, spread in sorted(shapes, key=lambda s: _price_floor(s[0], s[1], n)):
+    shapes.sort(key=lambda s: _price_floor(s[0], s[1], n))
+    for i, (d, p, spread) in enumerate(shapes):
         if best is not None and _price_floor(d, p, n) >= best_price:
             break               # every later shape costs at least as much as the best found
         try:
@@ -132,6 +144,10 @@ def search(name: str, fn, dom: Domain, n: int, f_in: int, f_out: int, bound_ulps
                 planned = _plan_one(name, fn, dom, d, p, n, f_in, f_out, valid, spread)
                 if best is not None and _price(planned.skeleton()) >= best_price:
                     continue    # cannot be cheaper than the best found
+                if best is None and worst_at is not None and i < len(shapes) - 1:
+                    floor = error_floor(planned, worst_at)
+                    if floor > bound_ulps and floor > ceiling:
+                        continue    # neither within the bound nor more accurate than the ceiling spec
                 spec = finish(planned, memo)
         except (ParameterError, TypeError, OverflowError, np.linalg.LinAlgError):
             continue        # a shape that cannot be fitted here (e.g. coefficients past any ring): skip it
@@ -139,7 +155,24 @@ def search(name: str, fn, dom: Domain, n: int, f_in: int, f_out: int, bound_ulps
             accurate = spec
         if spec.max_error_ulps <= bound_ulps and _price(spec) < best_price:
             best, best_price = spec, _price(spec)
+        if i == 0 and best is None and spec.max_error_ulps > SEED_OVER_BOUND * bound_ulps:
+            ceiling, worst_at = _ceiling(name, fn, dom, shapes[-1], n, f_in, f_out, valid, memo)
     return best, accurate
+
+
+def _ceiling(name: str, fn, dom: Domain, shape: tuple, n: int, f_in: int, f_out: int,
+             valid: tuple[float, float], memo: dict) -> tuple[float, int | None]:
+    """(error, input where it is largest) of the search's last shape, fitted now into the
+    search's memo (so the search reaches it at no cost); (inf, None) where it cannot be fitted."""
+    d, p, spread = shape
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            planned = _plan_one(name, fn, dom, d, p, n, f_in, f_out, valid, spread)
+            spec = finish(planned, memo)
+    except (ParameterError, TypeError, OverflowError, np.linalg.LinAlgError):
+        return math.inf, None
+    return spec.max_error_ulps, planned.worst_at
 
 
 _CACHE: dict[str, tuple] = {}

@@ -14,7 +14,7 @@ import pytest
 
 from fusec.ir.fit_numeric import chebyshev_power_coeffs, floor_values
 from fusec.ir.nonlinear import fit_domain
-from fusec.ir.spec import FitRequest, OperatorSpec, Tail, finish, fit, plan
+from fusec.ir.spec import FitRequest, OperatorSpec, Tail, error_floor, finish, fit, plan
 from fusec.passes.fit_specs import _price, search
 
 
@@ -196,3 +196,73 @@ def test_gates_with_one_function_and_different_ranges_get_their_own_specs():
         got = np.array([int(v) for v in spec.reference(xi)], np.float64)
         err = np.abs(got - np.log(xi / 2 ** 12) * 2 ** 12)
         assert err.max() <= max(bound, spec.max_error_ulps) + 1e-9, (lo, hi, err.max())
+
+
+def _search_by_brute_force(name, fn, dom, n, f_in, f_out, bound, valid):
+    """Every shape fitted in full: (cheapest within the bound, earliest first; else the most
+    accurate, earliest first), as ``search`` promises."""
+    from fusec.passes.fit_specs import CANDIDATES, SPREAD_CANDIDATES, _fit_one, _price_floor
+    shapes = [(d, p, False) for d, p in CANDIDATES]
+    if not dom.geometric:
+        shapes += [(d, p, True) for d, p in SPREAD_CANDIDATES]
+    shapes.sort(key=lambda s: _price_floor(s[0], s[1], n))
+    specs = []
+    for d, p, spread in shapes:
+        try:
+            specs.append(_fit_one(name, fn, dom, d, p, n, f_in, f_out, valid, spread))
+        except Exception:  # noqa: BLE001  (a shape the ring cannot hold)
+            continue
+    ok = [s for s in specs if s.max_error_ulps <= bound]
+    if ok:
+        return min(ok, key=_price), None      # min keeps the earliest of equal prices
+    return None, min(specs, key=lambda s: s.max_error_ulps) if specs else None
+
+
+@pytest.mark.parametrize("case", ["rsqrt-none-within", "rsqrt-found-late", "reciprocal", "gelu"])
+def test_search_shortcuts_choose_what_fitting_every_shape_chooses(case):
+    """The skips (price, memo, error floor under an early-fitted ceiling) change nothing: the
+    result is the brute force's (the spec itself, notes included)."""
+    from fusec.ir.nonlinear import NONLINEAR
+    if case.startswith("rsqrt"):
+        fn = _rsqrt_request(1.0, 2.0, 4, 1).fn
+        hi, f_in = (5.0e7, 15) if case == "rsqrt-none-within" else (64.0, 12)
+        dom = fit_domain("rsqrt", fn, 12, (1.0, hi), 12, (0.0, hi), {"ring_bits": 50})
+        args = (fn, dom, 50, f_in, 12, 8.0 * abs(dom.left.offset), (-2.0 ** -11, hi))
+    elif case == "reciprocal":
+        fn = lambda x: 1.0 / x  # noqa: E731
+        dom = fit_domain("reciprocal", fn, 12, (1.0, 146.0), 12, (1.0, 146.0), {"ring_bits": 50, "domain": [1.0, 146.0]})
+        args = (fn, dom, 50, 12, 18, 8.0 * 64 * abs(dom.left.offset), (0.9995, 146.0005))
+    else:
+        fn = lambda x: NONLINEAR["gelu"].ref(np.asarray(x, np.float64))  # noqa: E731
+        dom = fit_domain("gelu", fn, 12, (-3.0, 3.0), 12, None, {"ring_bits": 50})
+        args = (fn, dom, 50, 24, 12, 8.0, (-28.0, 28.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        best, acc = search(case, *args)
+        want_best, want_acc = _search_by_brute_force(case, *args)
+    assert (best is None) == (want_best is None)
+    if want_best is not None:
+        assert best.to_dict() == want_best.to_dict()
+    else:
+        assert acc.to_dict() == want_acc.to_dict()
+    if case == "rsqrt-none-within":
+        assert want_best is None                  # the case where every shape had to be fitted before
+
+
+def test_the_error_floor_is_below_the_measured_error():
+    fn = _rsqrt_request(1.0, 2.0, 4, 1).fn
+    for pieces, degree in ((4, 1), (16, 2), (64, 1), (128, 3)):
+        req = _rsqrt_request(2.0 ** -12, 5.0e7, pieces, degree, f_out=12, f_in=15)
+        req.fn = fn
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                spec = fit(req)
+            except Exception:  # noqa: BLE001
+                continue
+            p = plan(req)
+            for x in (1, 100, 2 ** 20, 2 ** 30, 2 ** 40):
+                assert error_floor(p, x) <= spec.max_error_ulps
+            fresh = plan(req)
+            finish(fresh)
+            assert error_floor(p, fresh.worst_at) == spec.max_error_ulps   # the worst piece is among those checked
