@@ -15,6 +15,7 @@ separately from the online phase) and unpacked there.
 """
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -51,6 +52,15 @@ def _import_cupy():
 # take 64x their packed size) and activations. Measured peak for BERT-base seq 128 is
 # well under this; it is a guard against a certain failure, not a tuning knob.
 ONLINE_HEADROOM_BYTES = 4 << 30
+#: Largest share of the host's memory a party keeps page-locked for reading key sets.
+PINNED_SHARE = 1 / 8
+
+
+def _host_memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):   # not POSIX: no page-locked reads
+        return 0
 
 
 def check_fits(nbytes: int, free: int, total: int, what: str = "the key set") -> None:
@@ -215,10 +225,15 @@ class GpuBackend(Backend):
     def synchronize(self) -> None:
         self.xp.cuda.get_current_stream().synchronize()
 
-    def host_buffer(self, nbytes: int) -> np.ndarray:
+    def host_buffer(self, nbytes: int) -> np.ndarray | None:
         """A page-locked buffer for key sets, reused set after set (stage_set copies it to
         the device before returning): no page faults on a fresh multi-GB array, and the
-        copy runs at the link's speed instead of through a bounce buffer."""
+        copy runs at the link's speed instead of through a bounce buffer. Page-locked memory
+        cannot be swapped or reclaimed, and both parties may share one host: a set larger
+        than an eighth of the host's memory is read into ordinary memory instead (None)."""
+        if nbytes > PINNED_SHARE * _host_memory_bytes():
+            self._key_host = None
+            return None
         if self._key_host is None or self._key_host.size < nbytes:
             import cupyx  # noqa: PLC0415
 

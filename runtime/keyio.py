@@ -28,7 +28,7 @@ import tempfile
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO, Mapping
+from typing import Callable, Any, BinaryIO, Mapping
 
 import numpy as np
 
@@ -553,9 +553,11 @@ class KeyFile:
         used = self.ledger.used()
         return next((i for i in range(self.count) if i not in used), None)
 
-    def claim(self, index: int, out: np.ndarray | None = None) -> "KeySetReader":
-        """Verify set ``index``, record it as consumed (durably), and return its reader
-        (its bytes read into ``out`` when given and the set was not verified just before).
+    def claim(self, index: int, out: Callable[[int], np.ndarray | None] | None = None) -> "KeySetReader":
+        """Verify set ``index``, record it as consumed (durably), and return its reader.
+        When the set must be read (it was not verified just before), ``out(nbytes)`` may
+        give the buffer to read it into (asked only then: a reused multi-GB buffer is not
+        allocated next to the verified copy; None: a fresh array).
 
         Raises KeyReuseError if the set was already consumed (through this file, a copy or
         another path of it), KeyFileError if it is out of range or corrupted. A corrupted
@@ -568,7 +570,11 @@ class KeyFile:
         if index in used:
             raise self._reused(index, used)
         kept, self._verified = self._verified, None
-        buf = kept[1] if kept is not None and kept[0] == index else self._read_set(index, out)
+        if kept is not None and kept[0] == index:
+            buf = kept[1]
+        else:
+            kept = None     # the verified copy of another set goes before a new buffer is asked for
+            buf = self._read_set(index, out(self.set_nbytes) if out is not None else None)
         if not self.ledger.mark(index, {"key_file": str(self.path)}):  # mark, then use
             raise self._reused(index, self.ledger.used())
         return KeySetReader(self._layout, buf, index=index, key_set_id=self.key_set_id, path=self.path)

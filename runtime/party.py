@@ -69,7 +69,7 @@ def run_party(graph: GateGraph, party: int, kf: KeyFile, idx: int, channel: Chan
     the right scope (slower; for profiles, not for latency figures).
     """
     idx = pair(channel, party, graph.layout().digest(), kf.key_set_id, kf.pairing_secret, idx, kf.count)
-    reader = kf.claim(idx, be.host_buffer(kf.set_nbytes))
+    reader = kf.claim(idx, be.host_buffer)
     t_load = time.perf_counter()
     keys = be.stage_set(graph.layout(), reader.read_all_raw())
     be.synchronize()

@@ -542,20 +542,31 @@ def test_claim_rereads_a_set_it_did_not_just_verify(tmp_path):
 
 def test_claim_reads_into_a_reused_buffer_and_still_checks_it(tmp_path):
     """The GPU reads every set into one page-locked buffer: the reader's bytes are that
-    buffer's, the keys are right, and a corrupted set in it is still refused."""
+    buffer's, the keys are right, a corrupted set in it is still refused, and the buffer
+    is asked for only when the set must be read (not for the set verified just before)."""
     lay = make_layout()
     paths, written, _ = write_pair(tmp_path, lay)
     h = read_header(paths[0])
     flip_byte(paths[0], h.set_offset(2) + lay.slot("g3.mul").offset + 1)
     kf = KeyFile.open(paths[0], lay, 0)
     buf = np.full(kf.set_nbytes + 100, 0xA5, np.uint8)
+    asked = []
+
+    def out(n):
+        asked.append(n)
+        return buf
+
+    kf.verify_set(0)
+    raw = kf.claim(0, out).read_all_raw()
+    assert asked == [] and not np.shares_memory(raw, buf)       # the verified copy, no new buffer
     for i in (0, 1):
-        raw = kf.claim(i, buf).read_all_raw()
-        assert np.shares_memory(raw, buf)
+        raw = kf.claim(1, out).read_all_raw() if i else raw
+        if i:
+            assert asked == [kf.set_nbytes] and np.shares_memory(raw, buf)
         assert_keys_equal({s.gate_id: unpack_gate_key(s, raw[s.offset:s.offset + s.nbytes]) for s in lay.slots},
                           written[0][i])
     with pytest.raises(KeyFileError, match="key set 2 of .* is corrupted"):
-        kf.claim(2, buf)
+        kf.claim(2, out)
     kf.close()
 
 
