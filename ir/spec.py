@@ -549,7 +549,6 @@ def _fit_notes(req: FitRequest, spec: OperatorSpec, cuts_int: list[int]) -> str:
         return ""
     relative = req.relative is not False
     F = 1 << req.f_in
-    lo, hi = cuts_int[0], cuts_int[-1]
     per = max(33, min(257, 131072 // max(len(cuts_int) - 1, 1)))     # every piece, ends included
     xs = np.unique(np.concatenate([np.floor(np.linspace(a, b - 1, per)) for a, b in zip(cuts_int[:-1], cuts_int[1:])
                                    if b > a])).astype(np.int64)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -108,6 +109,14 @@ def _rescale_price(n: int, shift: int) -> float:
     return c.key_bits / 8 + 16 * c.aes
 
 
+def _shapes(dom: Domain, n: int) -> list[tuple[int, int, bool]]:
+    """The candidate (degree, pieces, spread) shapes, cheapest price floor first."""
+    shapes = [(d, p, False) for d, p in CANDIDATES]
+    if not dom.geometric:        # the same shapes with cuts placed by the function's curvature
+        shapes += [(d, p, True) for d, p in SPREAD_CANDIDATES]
+    return sorted(shapes, key=lambda s: _price_floor(s[0], s[1], n))
+
+
 #: a first fit this many times over the bound means a long search: fit its last (most
 #: accurate) shape first, so the shapes in between can be dropped on a few pieces' error
 SEED_OVER_BOUND = 128.0
@@ -131,10 +140,7 @@ def search(name: str, fn, dom: Domain, n: int, f_in: int, f_out: int, bound_ulps
     best_price = math.inf
     memo: dict = {}
     ceiling, worst_at = math.inf, None
-    shapes = [(d, p, False) for d, p in CANDIDATES]
-    if not dom.geometric:        # the same shapes with cuts placed by the function's curvature
-        shapes += [(d, p, True) for d, p in SPREAD_CANDIDATES]
-    shapes.sort(key=lambda s: _price_floor(s[0], s[1], n))
+    shapes = _shapes(dom, n)
     for i, (d, p, spread) in enumerate(shapes):
         if best is not None and _price_floor(d, p, n) >= best_price:
             break               # every later shape costs at least as much as the best found
@@ -175,7 +181,7 @@ def _ceiling(name: str, fn, dom: Domain, shape: tuple, n: int, f_in: int, f_out:
     return spec.max_error_ulps, planned.worst_at
 
 
-_CACHE: dict[str, tuple] = {}
+_CACHE: dict[tuple, tuple] = {}
 
 
 def _pow2_hull(proven):
@@ -207,9 +213,18 @@ def _valid(node: Node, proven, frac: int) -> tuple[float, float]:
     return (float(lo), float(hi))
 
 
-def choose(node: Node, rng: tuple[float, float], f_in: int, f_out: int,
-           opts: CompileOptions, proven=None, elements: int = 0) -> tuple[OperatorSpec | None, bool, Domain, float]:
-    """(spec, whether to rescale the input to f first, domain, bound) for a Scalar node."""
+@dataclass
+class _Fit:
+    """What a Scalar node's spec is searched for: its function, domain, bound and valid range."""
+    label: str
+    fn: object
+    dom: Domain
+    bound: float
+    valid: tuple[float, float]
+    key: str              # everything the searches depend on but f_in (cache key with it)
+
+
+def _fit_for(node: Node, rng: tuple[float, float], f_out: int, opts: CompileOptions, proven) -> _Fit:
     fnj = node.attrs["fn"]
     fn = lambda v, fnj=fnj: scalar_fn.evaluate(fnj, v)  # noqa: E731
     proven = _pow2_hull(proven)
@@ -218,12 +233,20 @@ def choose(node: Node, rng: tuple[float, float], f_in: int, f_out: int,
     if dom.geometric:   # steep positive-domain functions: the bound is relative to their largest value
         bound *= max(1.0, abs(dom.left.offset))
     valid = _valid(node, proven, opts.frac)
-    key = json.dumps([fnj, dom.lo, dom.hi, dom.geometric, f_in, f_out, opts.bits, opts.frac, bound, valid],
+    key = json.dumps([fnj, dom.lo, dom.hi, dom.geometric, f_out, opts.bits, opts.frac, bound, valid],
                      sort_keys=True, default=str)
+    return _Fit(node.attrs.get("label", "custom"), fn, dom, bound, valid, key)
+
+
+def choose(node: Node, rng: tuple[float, float], f_in: int, f_out: int,
+           opts: CompileOptions, proven=None, elements: int = 0) -> tuple[OperatorSpec | None, bool, Domain, float]:
+    """(spec, whether to rescale the input to f first, domain, bound) for a Scalar node."""
+    q = _fit_for(node, rng, f_out, opts, proven)
+    key = (q.key, f_in)
     if key not in _CACHE:
-        lab = node.attrs.get("label", "custom")
-        at_in = search(lab, fn, dom, opts.bits, f_in, f_out, bound, valid)
-        at_f = search(lab, fn, dom, opts.bits, opts.frac, f_out, bound, valid) if f_in > opts.frac else (None, None)
+        at_in = search(q.label, q.fn, q.dom, opts.bits, f_in, f_out, q.bound, q.valid)
+        at_f = search(q.label, q.fn, q.dom, opts.bits, opts.frac, f_out, q.bound, q.valid) \
+            if f_in > opts.frac else (None, None)
         _CACHE[key] = (at_in, at_f)
     (best_in, acc_in), (best_f, acc_f) = _CACHE[key]
     if best_in is None:
@@ -235,15 +258,51 @@ def choose(node: Node, rng: tuple[float, float], f_in: int, f_out: int,
             if best_f is not None else 0.0
         use_rescale = saved > ROUND_WORTH_BYTES
     spec = (best_f or acc_f) if use_rescale else (best_in or acc_in)
-    return spec, use_rescale, dom, bound
+    return spec, use_rescale, q.dom, q.bound
+
+
+_FEASIBLE: dict[tuple, bool] = {}
 
 
 def feasible(node: Node, rng: tuple[float, float], f_in: int, f_out: int, opts: CompileOptions,
              proven=None) -> bool:
-    """Whether some spec at these scales fits the ring and meets the bound (the scale pass asks,
-    with the same proven range the fit will use, so both share one search)."""
-    spec, _, _, bound = choose(node, rng, f_in, f_out, opts, proven)
-    return spec is not None and spec.max_error_ulps <= bound
+    """Whether some spec at these scales fits the ring and meets the bound, i.e. whether
+    ``choose`` (same proven range) would give a spec within it: one shape within the bound at
+    f_in, or at f after a rescale. The scale pass asks this of several output scales per
+    gate, so it is answered without searching for the cheapest spec (``any_within``)."""
+    q = _fit_for(node, rng, f_out, opts, proven)
+    key = (q.key, f_in)
+    if key in _CACHE:
+        (best_in, _), (best_f, _) = _CACHE[key]
+        return best_in is not None or best_f is not None
+    if key not in _FEASIBLE:
+        _FEASIBLE[key] = any_within(q.label, q.fn, q.dom, opts.bits, f_in, f_out, q.bound, q.valid) or (
+            f_in > opts.frac and any_within(q.label, q.fn, q.dom, opts.bits, opts.frac, f_out, q.bound, q.valid))
+    return _FEASIBLE[key]
+
+
+def any_within(name: str, fn, dom: Domain, n: int, f_in: int, f_out: int, bound_ulps: float,
+               valid: tuple[float, float] = (-math.inf, math.inf)) -> bool:
+    """Whether ``search`` would find a spec within the bound (some shape's is): the finest
+    shape first (the likeliest), then the others, each skipped when the pieces around the
+    first fit's worst input already err more than the bound (``error_floor``)."""
+    memo: dict = {}
+    worst_at = None
+    shapes = _shapes(dom, n)
+    for d, p, spread in [shapes[-1]] + shapes[:-1]:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                planned = _plan_one(name, fn, dom, d, p, n, f_in, f_out, valid, spread)
+                if worst_at is not None and error_floor(planned, worst_at) > bound_ulps:
+                    continue
+                spec = finish(planned, memo)
+        except (ParameterError, TypeError, OverflowError, np.linalg.LinAlgError):
+            continue
+        if spec.max_error_ulps <= bound_ulps:
+            return True
+        worst_at = worst_at if worst_at is not None else planned.worst_at
+    return False
 
 
 def _deepen_rescale_before_sum(graph: Graph, x: str, delta: int) -> bool:

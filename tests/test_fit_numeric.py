@@ -266,3 +266,22 @@ def test_the_error_floor_is_below_the_measured_error():
             fresh = plan(req)
             finish(fresh)
             assert error_floor(p, fresh.worst_at) == spec.max_error_ulps   # the worst piece is among those checked
+
+
+@pytest.mark.parametrize("f_in", [12, 15])
+def test_feasibility_answers_what_the_full_search_finds(f_in):
+    """``any_within`` (the scale pass's probe) is true exactly when ``search`` finds a spec
+    within the bound, for bounds on both sides of what the shapes reach."""
+    from fusec.passes.fit_specs import any_within
+    fn = _rsqrt_request(1.0, 2.0, 4, 1).fn
+    dom = fit_domain("rsqrt", fn, 12, (1.0, 5.0e7), 12, (0.0, 5.0e7), {"ring_bits": 50})
+    answers = set()
+    for f_out, scale in ((12, 0.5), (12, 1.0), (13, 1.0), (16, 1.0), (16, 4.0), (18, 8.0)):
+        bound = 8.0 * 2.0 ** (f_out - 12) * abs(dom.left.offset) * scale
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            want = search("rsqrt", fn, dom, 50, f_in, f_out, bound, (-2.0 ** -11, 5.0e7))[0] is not None
+            got = any_within("rsqrt", fn, dom, 50, f_in, f_out, bound, (-2.0 ** -11, 5.0e7))
+        assert got == want, (f_out, scale)
+        answers.add(got)
+    assert answers == {True, False}
