@@ -231,7 +231,7 @@ class FitRequest:
 @dataclass
 class FitPlan:
     """A fit decided up to its coefficients: the cuts, the scale, each piece's degree and
-    (on first use, one call of ``req.fn`` for all pieces) its samples. Its ``skeleton`` has
+    (on first use, one call of ``req.fn`` for the pieces not seen before) its samples. Its ``skeleton`` has
     the final spec's structure (pieces, degrees, scale), which is all a gate's price depends
     on, and :func:`error_floor` fits a few of its pieces only: a spec search can drop a shape
     that cannot be chosen before paying for all of its least squares and error scan."""
@@ -242,20 +242,53 @@ class FitPlan:
     capped: list[int]        # per piece, after the ring cap (what the degree note reports)
     view_shift: int
     delta: int               # the overlap every piece is fitted and measured on
-    _samples: list | None = None
     worst_at: int | None = None   # set by finish: the input where the spec's error is largest
+    _samples: dict = field(default_factory=dict)   # piece -> its samples, where computed
 
-    @property
-    def samples(self) -> list[tuple[np.ndarray, np.ndarray, int, float]]:
-        """Per piece (t, y, centre, half-width): the least-squares samples, finite values only."""
-        if self._samples is None:
-            self._samples = _samples(self, range(len(self.capped)))
-        return self._samples
+    def _piece_key(self, j: int) -> tuple:
+        return (self.req.fn, self.req.f_in, self.cuts[j], self.cuts[j + 1], self.delta)
+
+    def entries(self, pieces) -> list[list]:
+        """The ``_PIECES`` entries of these pieces, sampling the unknown ones (one call of
+        ``req.fn`` for all of them)."""
+        got = {j: _PIECES.get(self._piece_key(j)) for j in pieces}
+        missing = [j for j, e in got.items() if e is None]
+        for j, smp in zip(missing, _samples(self, missing)):
+            self._samples[j] = smp
+            got[j] = _remember(self._piece_key(j), [len(smp[1]), {}])
+        return [got[j] for j in pieces]
+
+    def sample(self, j: int) -> tuple:
+        if j not in self._samples:
+            self._samples[j] = _samples(self, [j])[0]
+        return self._samples[j]
+
+    def centre(self, j: int) -> tuple[int, float]:
+        """(centre, half-width) of piece j (grid units, the overlap included)."""
+        lo_i, hi_i = self.cuts[j], self.cuts[j + 1]
+        return (lo_i + hi_i) // 2, max((hi_i + self.delta - (lo_i - self.delta)) / 2, 1.0)
 
     @property
     def degrees(self) -> list[int]:
         """Per piece, after the ring cap and the samples' count."""
-        return [min(d, max(len(s[1]) - 1, 0)) for d, s in zip(self.capped, self.samples)]
+        entries = self.entries(range(len(self.capped)))
+        return [min(d, max(e[0] - 1, 0)) for d, e in zip(self.capped, entries)]
+
+    def power_coeffs(self, pieces) -> list[np.ndarray]:
+        """Each piece's least-squares polynomial in ``t = (x - centre) / half`` at its degree
+        (``_PIECES`` remembers them: the same cuts come back at other output scales)."""
+        entries = self.entries(pieces)
+        degs = [min(self.capped[j], max(e[0] - 1, 0)) for j, e in zip(pieces, entries)]
+        need = [j for j, e, d in zip(pieces, entries, degs) if d not in e[1] and j not in self._samples]
+        for j, smp in zip(need, _samples(self, need)):
+            self._samples[j] = smp
+        out = []
+        for j, e, d in zip(pieces, entries, degs):
+            if d not in e[1]:
+                t, ys = self.sample(j)[:2]
+                e[1][d] = chebyshev_power_coeffs(t, ys, d)
+            out.append(e[1][d])
+        return out
 
     def key(self) -> tuple:
         """Everything the spec depends on except ``req.degree`` and ``req.pieces`` (which
@@ -269,7 +302,7 @@ class FitPlan:
     def skeleton(self) -> OperatorSpec:
         """The spec's structure with zero coefficients (raises as the fit would on bad cuts)."""
         coeffs = ((0, 0),) + tuple((0,) * (d + 1) for d in self.degrees) + ((0, 0),)
-        centers = (0,) + tuple(s[2] for s in self.samples) + (0,)
+        centers = (0,) + tuple(self.centre(j)[0] for j in range(len(self.capped))) + (0,)
         return OperatorSpec(self.req.name, self.req.n_in, self.req.f_in, self.req.f_out, tuple(self.cuts),
                             coeffs, centers, self.scale, fit_range=(self.req.lo, self.req.hi),
                             view_shift=self.view_shift)
@@ -385,8 +418,10 @@ def _finish(p: FitPlan, degree_note: bool = True) -> OperatorSpec:
         # a*x_real + b at scale S: x_real = x / 2^f_in
         return (int(round(t.offset * 2.0 ** S)), int(round(t.slope * 2.0 ** (S - req.f_in))))
 
-    coeffs = [tail(req.left)] + [_piece_coeffs(s, deg, S) for s, deg in zip(p.samples, p.degrees)] + [tail(req.right)]
-    centers = [0] + [s[2] for s in p.samples] + [0]
+    pieces = range(len(p.capped))
+    coeffs = [tail(req.left)] + [_integer_coeffs(poly, p.centre(j)[1], S)
+                                 for j, poly in zip(pieces, p.power_coeffs(pieces))] + [tail(req.right)]
+    centers = [0] + [p.centre(j)[0] for j in pieces] + [0]
     if cuts_int[0] <= -(1 << (req.n_in - 1)):
         raise ParameterError(f"fit {req.name}: range start {req.lo} is below what n_in={req.n_in}, f_in={req.f_in} holds")
     spec = OperatorSpec(req.name, req.n_in, req.f_in, req.f_out, tuple(cuts_int), tuple(coeffs), tuple(centers), S,
@@ -400,13 +435,24 @@ def _finish(p: FitPlan, degree_note: bool = True) -> OperatorSpec:
     return replace(spec, max_error_ulps=err, notes=notes)
 
 
-def _piece_coeffs(sample: tuple, deg: int, S: int) -> tuple[int, ...]:
-    """One piece's integer coefficients at scale S: its least-squares polynomial in
-    ``t = (x - mid) / half``; ``sum_k a_k ((x - mid)/half)^k`` has the integer coefficient
-    ``a_k 2^S / half^k`` for ``(x - mid)^k``."""
-    t, ys, mid, half = sample
-    poly_t = chebyshev_power_coeffs(t, ys, deg)
+def _integer_coeffs(poly_t: np.ndarray, half: float, S: int) -> tuple[int, ...]:
+    """One piece's integer coefficients at scale S from its polynomial in ``t = (x - mid) / half``:
+    ``sum_k a_k ((x - mid)/half)^k`` has the integer coefficient ``a_k 2^S / half^k`` for ``(x - mid)^k``."""
     return tuple(int(round(a_k * 2.0 ** S / half ** k)) for k, a_k in enumerate(poly_t))
+
+
+#: per-piece facts that do not depend on the output scale, by (fn, f_in, cut, cut, overlap):
+#: [finite samples, {degree: polynomial in t}]. The scale pass probes a gate at several
+#: output scales and the spec search then fits it again: the same cuts, the same pieces.
+_PIECES: dict[tuple, list] = {}
+_PIECES_MAX = 500_000
+
+
+def _remember(key: tuple, entry: list) -> list:
+    if len(_PIECES) >= _PIECES_MAX:
+        _PIECES.clear()
+    _PIECES[key] = entry
+    return entry
 
 
 def error_floor(p: FitPlan, x: int) -> float:
@@ -421,9 +467,9 @@ def error_floor(p: FitPlan, x: int) -> float:
     js = sorted({min(max(k, 0), n - 1) for k in (j - 1, j, j + 1)})
     coeffs: list[tuple[int, ...]] = [(0,)] * (n + 2)
     centers = [0] * (n + 2)
-    for k, s in zip(js, _samples(p, js)):
-        coeffs[k + 1] = _piece_coeffs(s, min(p.capped[k], max(len(s[1]) - 1, 0)), p.scale)
-        centers[k + 1] = s[2]
+    for k, poly in zip(js, p.power_coeffs(js)):
+        centers[k + 1], half = p.centre(k)
+        coeffs[k + 1] = _integer_coeffs(poly, half, p.scale)
     return _piece_errors(req, coeffs, centers, p.scale - req.f_out, p.cuts, p.delta, [k + 1 for k in js])[0]
 
 

@@ -12,6 +12,7 @@ first gives a cheaper gate, a ``Rescale`` is inserted in front. Specs are cached
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import warnings
@@ -224,9 +225,22 @@ class _Fit:
     key: str              # everything the searches depend on but f_in (cache key with it)
 
 
+_FNS: dict[str, object] = {}
+
+
+def _callable(fnj: dict):
+    """One Python function per distinct fused function: the fits remember pieces by it
+    (``ir.spec._PIECES``), across the gates and output scales that share it."""
+    text = json.dumps(fnj, sort_keys=True, default=str)
+    if text not in _FNS:
+        frozen = copy.deepcopy(fnj)     # the node's attrs may change later; this function may not
+        _FNS[text] = lambda v: scalar_fn.evaluate(frozen, v)
+    return _FNS[text]
+
+
 def _fit_for(node: Node, rng: tuple[float, float], f_out: int, opts: CompileOptions, proven) -> _Fit:
     fnj = node.attrs["fn"]
-    fn = lambda v, fnj=fnj: scalar_fn.evaluate(fnj, v)  # noqa: E731
+    fn = _callable(fnj)
     proven = _pow2_hull(proven)
     dom = _domain(node, opts, rng, f_out, proven)
     bound = opts.max_error_ulps * 2.0 ** (f_out - opts.frac)

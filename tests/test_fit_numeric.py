@@ -285,3 +285,24 @@ def test_feasibility_answers_what_the_full_search_finds(f_in):
         assert got == want, (f_out, scale)
         answers.add(got)
     assert answers == {True, False}
+
+
+def test_remembered_pieces_serve_only_the_same_function_grid_and_cuts():
+    """``ir.spec._PIECES`` keeps each piece's polynomial across fits: a fit after others (other
+    output scales, another function on the same cuts, another input grid) equals the same fit
+    with nothing remembered."""
+    from fusec.ir import spec as spec_mod
+    f1 = _rsqrt_request(1.0, 2.0, 4, 1).fn
+    f2 = lambda x: 2.0 * f1(x)  # noqa: E731
+    reqs = []
+    for fn in (f1, f2):
+        for f_out, f_in in ((12, 12), (14, 12), (16, 12), (12, 15)):
+            r = _rsqrt_request(2.0 ** -12, 5.0e7, 64, 2, f_out=f_out, f_in=f_in)
+            r.fn = fn
+            reqs.append(r)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warm = [fit(r) for r in reqs]
+        for r, got in zip(reqs, warm):
+            spec_mod._PIECES.clear()
+            assert got.to_dict() == fit(r).to_dict()
