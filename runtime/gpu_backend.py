@@ -116,6 +116,10 @@ class GpuPrg:
     def value_blocks(self, blocks, nblocks: int, tweak):
         return self.k.value_blocks(blocks, nblocks, tweak)
 
+    def keygen_tree(self, root0, root1, path, depth: int):
+        """The dealer's DPF trees in one kernel (tree.keygen_tree's loop, one thread per key)."""
+        return self.k.dpf_keygen_tree(root0, root1, path, depth)
+
     @property
     def aes_calls(self) -> int:
         """Every AES block the kernels encrypted (PRG calls and fused tree walks alike)."""

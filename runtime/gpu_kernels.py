@@ -379,6 +379,22 @@ class GpuKernels:
                                  "pass x as (N,) or (N, P) with N = number of keys")
         return xs, (xs.shape[1] if xs.ndim == 2 else 1)
 
+    # -- the dealer's trees (tree.keygen_tree)
+    def dpf_keygen_tree(self, root0, root1, path, depth: int) -> tuple[Any, Any, Any, Any]:
+        """(cw_seed, cw_tr, leaf0, leaf1) of the GGM trees from both parties' root states
+        along ``path`` (the depth-bit prefix of alpha) == the loop of tree.keygen_tree."""
+        r0, r1, p = self._u64(root0), self._u64(root1), self._u64(path).reshape(-1)
+        N, depth = p.shape[0], int(depth)
+        self._check_blocks(r0, "DPF keygen root")
+        if r0.shape != (N, 2) or r1.shape != (N, 2):
+            raise ParameterError(f"DPF keygen: roots {r0.shape} and {r1.shape} for {N} paths")
+        cw_seed, cw_tr = self._empty((depth, N, 2)), self._empty((depth, N))
+        leaf0, leaf1 = self._empty((N, 2)), self._empty((N, 2))
+        self._run("fusec_dpf_keygen_tree", f"DPF keygen tree depth={depth}", N,
+                  (r0, r1, p, cw_seed, cw_tr, leaf0, leaf1, np.uint64(N), np.int32(depth)), persistent=True)
+        self.aes_blocks += 4 * N * depth
+        return cw_seed, cw_tr, leaf0, leaf1
+
     # -- dealer randomness (rng.DealerRng)
     def ctr_keystream(self, key16: bytes, nonce16: bytes, start_block: int, nwords: int) -> Any:
         """``nwords`` uint64 words of AES-128-CTR keystream from block ``start_block`` on.

@@ -304,6 +304,32 @@ def test_round_message_kernels_match_an_oracle(kernels, rnd, party):
             np.testing.assert_array_equal(ref, v)
 
 
+@pytest.mark.parametrize("depth", [0, 1, 7, 38, 64])
+def test_dpf_keygen_tree_kernel_is_the_dealers_loop(kernels, rnd, depth):
+    """The GPU dealer's GGM trees (one thread per key) == tree.keygen_tree's level loop on
+    the CPU for the same roots and paths: corrections, control bits and leaves."""
+    from fusec.runtime import tree
+
+    N = 37
+    roots = [_blocks(rnd, (N,)) for _ in (0, 1)]
+    roots = [tree.with_low_bit(r, np.full(N, b, np.uint64)) for b, r in enumerate(roots)]
+    path = rnd.integers(0, 2**63, size=N, dtype=np.uint64) & ring.mask(max(depth, 1))
+
+    class Drawn:                      # replays the two root draws keygen_tree makes
+        def __init__(self):
+            self.left = [r.copy() for r in roots]
+
+        def blocks(self, n):
+            return self.left.pop(0)
+
+    want = tree.keygen_tree(Drawn(), path, depth, prg.CpuPrg())
+    got = kernels.dpf_keygen_tree(roots[0], roots[1], path, depth)
+    np.testing.assert_array_equal(got[0], want[1])
+    np.testing.assert_array_equal(got[1], want[2])
+    np.testing.assert_array_equal(got[2], want[3][0])
+    np.testing.assert_array_equal(got[3], want[3][1])
+
+
 def test_a_key_set_unpacks_in_one_launch_as_gate_by_gate(kernels, rnd):
     """The GPU stages a whole key set with one unpack kernel: every field equals the CPU's
     per-gate unpacking of the same bytes (runtime/layout.py's reference)."""

@@ -161,6 +161,27 @@ def test_round_message(gk, cp, rnd, party):
         _same(got, ref)
 
 
+@pytest.mark.parametrize("depth", [0, 13, 50])
+def test_dpf_keygen_tree(gk, cp, rnd, depth):
+    """The dealer's GGM trees in one kernel == tree.keygen_tree's loop on the CPU."""
+    from fusec.runtime import tree
+
+    N = 10_007
+    roots = [tree.with_low_bit(_blocks(rnd, N), np.full(N, b, np.uint64)) for b in (0, 1)]
+    path = rnd.integers(0, 2**63, size=N, dtype=np.uint64) & ring.mask(max(depth, 1))
+
+    class Drawn:
+        left = [r.copy() for r in roots]
+
+        def blocks(self, n):
+            return self.left.pop(0)
+
+    want = tree.keygen_tree(Drawn(), path, depth, prg.CpuPrg())
+    got = gk.dpf_keygen_tree(cp.asarray(roots[0]), cp.asarray(roots[1]), cp.asarray(path), depth)
+    for g, w in zip(got, [want[1], want[2], want[3][0], want[3][1]]):
+        _same(g, w)
+
+
 @pytest.mark.parametrize("method", ["tiled", "limb", "auto"])
 @pytest.mark.parametrize("bits", [1, 37, 50, 64])
 @pytest.mark.parametrize("sa,sb", [((65, 130), (130, 67)), ((2, 3, 33, 70), (70, 129)), ((4, 31, 64), (4, 64, 65)),
