@@ -96,6 +96,10 @@ def keygen(rng: DealerRng, alpha: np.ndarray, beta: np.ndarray, n: int, w: int,
     beta = beta & wm
     st = [with_low_bit(rng.blocks(N), np.zeros(N, np.uint64)), with_low_bit(rng.blocks(N), np.ones(N, np.uint64))]
     roots = [s.copy() for s in st]
+    fused = getattr(prg, "dcf_keygen", None)      # the GPU's: the whole loop below in one kernel
+    done = fused(st[0], st[1], alpha, beta, n, w) if fused is not None else None
+    if done is not None:
+        return tuple(DcfKey(n, m, w, roots[b], *done) for b in (0, 1))  # type: ignore
     cw_seed = np.empty((n, N, 2), np.uint64)
     cw_tr = np.empty((n, N), np.uint64)
     cw_v = np.empty((n, N, m), np.uint64)

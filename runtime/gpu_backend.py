@@ -116,6 +116,13 @@ class GpuPrg:
     def value_blocks(self, blocks, nblocks: int, tweak):
         return self.k.value_blocks(blocks, nblocks, tweak)
 
+    def dcf_keygen(self, root0, root1, alpha, beta, n: int, w: int):
+        """The dealer's DCF key pairs in one kernel (dcf.keygen's loop), payloads up to
+        GpuKernels.DCF_GEN_MAX_M words; None for wider ones (the loop runs instead)."""
+        if beta.shape[1] > self.k.DCF_GEN_MAX_M:
+            return None
+        return self.k.dcf_keygen(root0, root1, alpha, beta, n, w)
+
     def keygen_tree(self, root0, root1, path, depth: int):
         """The dealer's DPF trees in one kernel (tree.keygen_tree's loop, one thread per key)."""
         return self.k.dpf_keygen_tree(root0, root1, path, depth)

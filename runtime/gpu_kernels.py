@@ -395,6 +395,26 @@ class GpuKernels:
         self.aes_blocks += 4 * N * depth
         return cw_seed, cw_tr, leaf0, leaf1
 
+    #: Largest DCF payload (words) the keygen kernel holds per thread (FUSEC_DCF_GEN_MAX_M).
+    DCF_GEN_MAX_M = 32
+
+    def dcf_keygen(self, root0, root1, alpha, beta, n: int, w: int) -> tuple[Any, Any, Any, Any]:
+        """(cw_seed, cw_tr, cw_v, cw_final) of DCF key pairs for beta * [x < alpha] from both
+        parties' root states == the loop of dcf.keygen (alpha, beta already reduced)."""
+        r0, r1, a, b = self._u64(root0), self._u64(root1), self._u64(alpha).reshape(-1), self._u64(beta)
+        N, m = b.shape
+        if not 1 <= m <= self.DCF_GEN_MAX_M or a.shape[0] != N or r0.shape != (N, 2) or r1.shape != (N, 2):
+            raise ParameterError(f"DCF keygen kernel: roots {r0.shape}, {r1.shape}, {a.shape[0]} alphas, "
+                                 f"payload {b.shape} (at most {self.DCF_GEN_MAX_M} words)")
+        cw_seed, cw_tr = self._empty((n, N, 2)), self._empty((n, N))
+        cw_v, cw_final = self._empty((n, N, m)), self._empty((N, m))
+        self._run("fusec_dcf_keygen", f"DCF keygen n={n} m={m} w={w}", N,
+                  (r0, r1, a, b, cw_seed, cw_tr, cw_v, cw_final, np.uint64(N), np.int32(n), np.int32(m), np.int32(w)),
+                  persistent=True)
+        nb = blocks_needed(m, w)
+        self.aes_blocks += N * (n * (4 + 4 * nb) + 2 * nb)
+        return cw_seed, cw_tr, cw_v, cw_final
+
     # -- dealer randomness (rng.DealerRng)
     def ctr_keystream(self, key16: bytes, nonce16: bytes, start_block: int, nwords: int) -> Any:
         """``nwords`` uint64 words of AES-128-CTR keystream from block ``start_block`` on.

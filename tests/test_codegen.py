@@ -330,6 +330,33 @@ def test_dpf_keygen_tree_kernel_is_the_dealers_loop(kernels, rnd, depth):
     np.testing.assert_array_equal(got[3], want[3][1])
 
 
+@pytest.mark.parametrize("n,m,w", [(1, 1, 1), (12, 1, 12), (37, 5, 37), (50, 3, 50), (64, 2, 64), (20, 17, 33)])
+def test_dcf_keygen_kernel_is_the_dealers_loop(kernels, rnd, n, m, w):
+    """The GPU dealer's DCF keys (one thread per key) == dcf.keygen's loop on the CPU for the
+    same root draws: every correction word, the payload corrections and the final word."""
+    N = 29
+    draws = [_blocks(rnd, (N,)) for _ in (0, 1)]
+
+    class Drawn:                      # replays the two root draws dcf.keygen makes
+        def __init__(self):
+            self.left = [d.copy() for d in draws]
+
+        def blocks(self, count):
+            return self.left.pop(0)
+
+    class Fused(prg.CpuPrg):          # the CPU PRG, with the kernel for the whole key loop
+        def dcf_keygen(self, *args):
+            return kernels.dcf_keygen(*args)
+
+    alpha = rnd.integers(0, 2**63, size=N, dtype=np.uint64) & ring.mask(n)
+    beta = rnd.integers(0, 2**63, size=(N, m), dtype=np.uint64)
+    want = dcf.keygen(Drawn(), alpha, beta, n, w, prg.CpuPrg())
+    got = dcf.keygen(Drawn(), alpha, beta, n, w, Fused())
+    for b in (0, 1):
+        for name, a in want[b].arrays().items():
+            np.testing.assert_array_equal(got[b].arrays()[name], a, err_msg=name)
+
+
 def test_a_key_set_unpacks_in_one_launch_as_gate_by_gate(kernels, rnd):
     """The GPU stages a whole key set with one unpack kernel: every field equals the CPU's
     per-gate unpacking of the same bytes (runtime/layout.py's reference)."""

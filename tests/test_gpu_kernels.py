@@ -182,6 +182,30 @@ def test_dpf_keygen_tree(gk, cp, rnd, depth):
         _same(g, w)
 
 
+@pytest.mark.parametrize("n,m,w", [(1, 1, 1), (37, 5, 37), (64, 2, 64), (20, 17, 33)])
+def test_dcf_keygen(gk, cp, rnd, n, m, w):
+    """The dealer's DCF keys in one kernel == dcf.keygen's loop on the CPU (same root draws)."""
+    N = 10_007
+    draws = [_blocks(rnd, N) for _ in (0, 1)]
+
+    class Drawn:
+        def __init__(self, xp):
+            self.left = [xp.asarray(d) for d in draws]
+
+        def blocks(self, count):
+            return self.left.pop(0)
+
+    alpha = rnd.integers(0, 2**63, size=N, dtype=np.uint64) & ring.mask(n)
+    beta = rnd.integers(0, 2**63, size=(N, m), dtype=np.uint64)
+    want = dcf.keygen(Drawn(np), alpha, beta, n, w, prg.CpuPrg())
+    from fusec.runtime import tree
+    r0 = tree.with_low_bit(draws[0], np.zeros(N, np.uint64))
+    r1 = tree.with_low_bit(draws[1], np.ones(N, np.uint64))
+    got = gk.dcf_keygen(cp.asarray(r0), cp.asarray(r1), cp.asarray(alpha), cp.asarray(beta & ring.mask(w)), n, w)
+    for g, name in zip(got, ("cw_seed", "cw_tr", "cw_v", "cw_final")):
+        _same(g, want[0].arrays()[name])
+
+
 @pytest.mark.parametrize("method", ["tiled", "limb", "auto"])
 @pytest.mark.parametrize("bits", [1, 37, 50, 64])
 @pytest.mark.parametrize("sa,sb", [((65, 130), (130, 67)), ((2, 3, 33, 70), (70, 129)), ((4, 31, 64), (4, 64, 65)),
