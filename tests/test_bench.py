@@ -335,3 +335,21 @@ def test_bench_on_gpus(gpus, tmp_path):
     for rec in json.loads(out.read_text())["results"]:
         assert "skipped" not in rec, rec.get("skipped")
         assert rec["config"]["gpus"] == gpus and rec["online"]["tokens_per_second"] > 0
+
+
+def test_two_gpus_give_each_party_its_own_card(monkeypatch):
+    """`--gpus 2`: party p sees only the p-th visible GPU; `--gpus 1`: both see the first;
+    too few visible GPUs is a machine error naming them; the CPU backend leaves CUDA alone."""
+    from fusec.bench.pair import party_envs
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, 5")
+    e0, e1 = party_envs("gpu", 2)
+    assert (e0["CUDA_VISIBLE_DEVICES"], e1["CUDA_VISIBLE_DEVICES"]) == ("3", "5")
+    e0, e1 = party_envs("gpu", 1)
+    assert (e0["CUDA_VISIBLE_DEVICES"], e1["CUDA_VISIBLE_DEVICES"]) == ("3", "3")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
+    with pytest.raises(BenchError, match=r"2 GPU\(s\) asked for, 1 visible here \(7\)") as e:
+        party_envs("gpu", 2)
+    assert e.value.kind == "machine"
+    e0, e1 = party_envs("cpu", 2)
+    assert e0["CUDA_VISIBLE_DEVICES"] == e1["CUDA_VISIBLE_DEVICES"] == "7"     # inherited, untouched
