@@ -2,12 +2,22 @@
 its spec only, never of the mask. The pieces in u-space are always padded to m + 1 and
 predicates are never deduplicated; the gates do this when ``pad`` is set. The only way to
 turn it off is the loud ablation flag ``--insecure-mask-dependent-shapes``.
+
+Under that flag the fused Scalar nodes get ``pad = False``: a gate whose key shape depends
+on the mask (the piece-table lookup) then keys only the u-space pieces its masks produce.
+The layout still reserves the padded maximum and each key set records in the gate's own
+slot how much of it is used (checksummed with the set), so the build runs end to end;
+its layout is marked insecure (another digest: padded and unpadded keys never mix), the
+build's manifest and report say INSECURE, and so do keygen, run and the bench.
+
+The fused gate set's default lookups (the packed comparison and the shifted DCF) compare
+in x-space through the public-threshold identity: their shapes never depend on the mask,
+so for them the flag changes nothing but the labels.
 """
 from __future__ import annotations
 
 import warnings
 
-from fusec.errors import CompileError
 from fusec.ir.graph import Graph
 from fusec.passes.options import CompileOptions
 
@@ -16,14 +26,13 @@ INSECURE_NOTE = ("INSECURE BUILD: --insecure-mask-dependent-shapes: key shapes d
 
 
 def pad_shapes(graph: Graph, opts: CompileOptions) -> Graph:
-    if opts.insecure_mask_dependent_shapes:
+    insecure = opts.insecure_mask_dependent_shapes
+    if insecure:
         warnings.warn(INSECURE_NOTE, stacklevel=2)
-        raise CompileError(
-            "--insecure-mask-dependent-shapes: an unpadded piece table's key shape is only known after keygen "
-            "(it depends on the masks), and a build's key layout is fixed at compile time, so whole-model "
-            "unpadded builds are not supported yet",
-            "the padding ablation is measured per gate: python -m pytest tests/test_scalar.py -k pad -s")
+        graph.meta["insecure"] = True
+        if INSECURE_NOTE not in opts.notes:
+            opts.notes.insert(0, INSECURE_NOTE)
     for node in graph.nodes():
         if node.op == "Scalar" and node.attrs.get("impl") == "fused":
-            node.attrs["pad"] = True
+            node.attrs["pad"] = not insecure
     return graph

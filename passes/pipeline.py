@@ -102,4 +102,5 @@ def build_gates(graph: Graph, opts: CompileOptions) -> tuple[Lowered, list[Step]
     scopes = {n.id: scope_of(ir_attrs.get(n.id, {}), n.gate.kind) for n in low.gates.nodes}
     steps = schedule(low.gates, scopes)
     low.gates, steps = key_order(low.gates, steps)
+    low.gates.insecure = opts.insecure_mask_dependent_shapes     # the layout says so: another digest
     return low, steps

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from fusec.runtime.backend import Backend, get_backend
+from fusec.runtime.gates.scalar import unused_key_nbytes
 from fusec.runtime.graph import GateGraph
 from fusec.runtime.keyfile import new_key_set_id, new_pairing_secret
 from fusec.runtime.keyio import KeyFileWriter
@@ -27,7 +28,9 @@ def write_keys(graph: GateGraph, out_dir: str | os.PathLike, count: int = 1,
     not reach the disk before a crash fails its checksum; it is never silently used.
     ``timings`` (if given) receives the seconds spent generating keys, packing them into
     the layout's bytes (on a GPU: including the copy to the host) and handing them to the
-    writers (hashing and writing), summed over the sets.
+    writers (hashing and writing), summed over the sets; for an INSECURE (unpadded) graph
+    also ``key_bytes_used``: the bytes the sets actually key, summed over the sets (the
+    layout reserves each mask-dependent field at its padded size, ``set_nbytes`` per set).
     """
     be = backend or get_backend("cpu")
     profile = python_profiler()
@@ -53,6 +56,8 @@ def _write_keys(graph: GateGraph, out_dir, count: int, seed: bytes | None, progr
         slots = {s.gate_id: s for s in layout.slots}
         clock = time.perf_counter
         spent = dict.fromkeys(("generate_seconds", "pack_seconds", "write_seconds"), 0.0)
+        gates = {n.id: n.gate for n in graph.nodes} if graph.insecure else None
+        used = 0
         for i in range(count):
             w0.begin_set(i)
             w1.begin_set(i)
@@ -65,6 +70,8 @@ def _write_keys(graph: GateGraph, out_dir, count: int, seed: bytes | None, progr
                     break
                 gate_id, k0, k1 = item
                 b0, b1 = be.pack_key(slots[gate_id], k0), be.pack_key(slots[gate_id], k1)
+                if gates is not None:
+                    used += slots[gate_id].nbytes - unused_key_nbytes(gates[gate_id], k0)
                 t2 = clock()
                 w0.write_gate_packed(gate_id, b0)
                 w1.write_gate_packed(gate_id, b1)
@@ -77,6 +84,8 @@ def _write_keys(graph: GateGraph, out_dir, count: int, seed: bytes | None, progr
             spent["write_seconds"] += clock() - t0
             if progress:
                 progress(i + 1, count)
+    if gates is not None:
+        spent["key_bytes_used"] = float(used)
     timings.update(spent)
     return paths
 

@@ -33,6 +33,9 @@ class GateGraph:
     def __init__(self) -> None:
         self.nodes: list[Node] = []
         self._ids: set[str] = set()
+        # an --insecure-mask-dependent-shapes build (padding ablation): its layout says so
+        # (and so has another digest than the padded build's)
+        self.insecure = False
 
     # ------------------------------------------------------------------ building
     def add(self, node_id: str, gate: Gate, inputs: list[str] = ()) -> str:
@@ -73,7 +76,7 @@ class GateGraph:
     def layout(self) -> KeyLayout:
         return KeyLayout([(n.id, n.gate.kind, n.gate.elements,
                            tuple(KeyField(name, tuple(shape), bits) for name, shape, bits in n.gate.fields()))
-                          for n in self.nodes])
+                          for n in self.nodes], insecure=self.insecure)
 
     def costs(self) -> list[tuple[str, str, int, GateCost]]:
         return [(n.id, n.gate.kind, n.gate.elements, n.gate.cost()) for n in self.nodes]

@@ -15,6 +15,14 @@ same number of bytes for P0 and P1 (``set_nbytes``); only the contents differ.
 the *layout hash* — is written into every key file so that keys of another build are
 refused before anything is evaluated.
 
+An ``insecure`` layout belongs to a ``--insecure-mask-dependent-shapes`` build (the padding
+ablation): its JSON carries ``"insecure_mask_dependent_shapes": true`` (absent otherwise,
+so a padded build's layout, digest and key files are those of a build without the flag),
+so its digest differs from the padded build's and neither build accepts the other's keys.
+Mask-dependent fields are reserved at their padded maximum (``set_nbytes`` stays fixed);
+each set records how much of them it uses inside the gate's own slot (covered by the set
+checksum), see :class:`fusec.runtime.gates.scalar.SplineLookup`.
+
 This module is data only: no cryptography, no files. :func:`pack_gate_key` and
 :func:`unpack_gate_key` convert between one gate's arrays and its packed slot bytes, and
 reject malformed dealer output (missing or extra fields, wrong shapes, values wider than
@@ -36,6 +44,7 @@ from fusec.runtime.ring import mask, pack_bits, packed_size, unpack_bits
 __all__ = [
     "ALIGN",
     "LAYOUT_FORMAT",
+    "INSECURE_KEY",
     "KeyField",
     "GateSlot",
     "KeyLayout",
@@ -47,6 +56,9 @@ __all__ = [
 ALIGN = 8
 #: Format tag stored in the layout JSON (part of the digest).
 LAYOUT_FORMAT = "fusec.keylayout/1"
+
+#: Layout JSON key marking an INSECURE (unpadded, mask-dependent shapes) build; absent when padded.
+INSECURE_KEY = "insecure_mask_dependent_shapes"
 
 DESCRIBE_COLUMNS = ("gate", "kind", "elements", "offset", "bytes", "fields")
 
@@ -225,7 +237,8 @@ class KeyLayout:
     that order.
     """
 
-    def __init__(self, entries: Iterable[SlotSpec | GateSlot] = ()):
+    def __init__(self, entries: Iterable[SlotSpec | GateSlot] = (), insecure: bool = False):
+        self.insecure = bool(insecure)
         slots: list[GateSlot] = []
         index: dict[str, int] = {}
         pos = 0
@@ -297,11 +310,14 @@ class KeyLayout:
 
     # ------------------------------------------------------------------ (de)serialization
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "format": LAYOUT_FORMAT,
             "set_nbytes": self._set_nbytes,
             "slots": [s.to_dict() for s in self._slots],
         }
+        if self.insecure:       # only then: a padded layout's JSON (and digest) stays as it was
+            d[INSECURE_KEY] = True
+        return d
 
     def to_json(self, indent: int | None = None) -> str:
         """Canonical JSON (sorted keys, fixed separators); ``indent`` only for human reading.
@@ -330,7 +346,11 @@ class KeyLayout:
                 )
         except (KeyError, TypeError) as e:
             raise ParameterError(f"malformed key layout JSON ({e!r})", "recompile the model") from None
-        layout = cls(entries)
+        insecure = d.get(INSECURE_KEY, False)
+        if insecure is not True and INSECURE_KEY in d:
+            raise ParameterError(f"malformed key layout JSON ({INSECURE_KEY} must be true when present)",
+                                 "recompile the model")
+        layout = cls(entries, insecure=bool(insecure))
         # Offsets and sizes are derived; a file whose stored values disagree was edited or
         # written by an incompatible fusec, and must not be trusted.
         if layout.to_dict() != _normalize(d):
@@ -366,7 +386,8 @@ class KeyLayout:
         return hash(self.digest())
 
     def __repr__(self) -> str:
-        return f"KeyLayout({len(self._slots)} slots, {self._set_nbytes} bytes/set, digest {self.digest()[:12]})"
+        tag = ", INSECURE (mask-dependent shapes)" if self.insecure else ""
+        return f"KeyLayout({len(self._slots)} slots, {self._set_nbytes} bytes/set, digest {self.digest()[:12]}{tag})"
 
     # ------------------------------------------------------------------ reporting
     def describe(self) -> list[tuple[str, str, int, int, int, str]]:
@@ -385,7 +406,9 @@ class KeyLayout:
         rows = [tuple(str(c) for c in DESCRIBE_COLUMNS)] + [
             tuple(str(c) for c in r) for r in self.describe()
         ]
-        rows.append(("total", "", "", "", str(self._set_nbytes), f"{len(self._slots)} gates, digest {self.digest()[:16]}"))
+        tag = ", INSECURE: mask-dependent key shapes (padding ablation only)" if self.insecure else ""
+        rows.append(("total", "", "", "", str(self._set_nbytes),
+                     f"{len(self._slots)} gates, digest {self.digest()[:16]}{tag}"))
         widths = [max(len(r[i]) for r in rows) for i in range(len(DESCRIBE_COLUMNS))]
         numeric = {2, 3, 4}
         lines = []

@@ -34,7 +34,7 @@ class KeygenInfo:
             self.load_seconds += doc["load_seconds"]
             self.sets += doc["count"]
             self.runs += 1
-            for k in ("generate_seconds", "pack_seconds", "write_seconds"):
+            for k in ("generate_seconds", "pack_seconds", "write_seconds", "key_bytes_used"):  # bytes: INSECURE only
                 if k in doc:
                     self.parts[k] = self.parts.get(k, 0.0) + doc[k]
         self.wall_seconds += wall

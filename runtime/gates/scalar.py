@@ -20,8 +20,12 @@ r, sorts the u-space boundaries and gives one DCF per boundary whose payload is 
 difference of consecutive pieces' coefficients *as polynomials in u*. A partition of M
 pieces has M or M-1 nonzero u-space boundaries depending on r, so the key is padded to M
 DCFs (a dummy ``alpha=0, beta=0`` key never fires). ``pad=False`` is the insecure
-mask-dependent variant kept only for the padding ablation: its key shape is fixed at
-keygen from the masks and so reveals them.
+mask-dependent variant kept only for the padding ablation: the dealer keys only the
+``K <= M`` boundaries the masks produce (K, the most over the elements, reveals the masks).
+The layout reserves the padded M (a build's layout is fixed at compile time) and the set
+records K in the gate's own slot (field ``pieces_used``, covered by the set checksum); the
+runtime checks ``K <= M`` before it slices the reserved DCF arrays to the ``N*K`` keyed
+ones. ``used_key_bits(K)`` is the key this gate actually needs, what the ablation reports.
 
 If ``spec.out_shift > 0`` the polynomial's value is opened under a fresh mask and a
 TruncateSlack gate brings it to ``f_out`` (a second round). That is exact only while
@@ -39,7 +43,7 @@ import numpy
 
 from fusec.runtime.xp import const, frozen, np
 
-from fusec.errors import ParameterError
+from fusec.errors import KeyFileError, ParameterError
 from fusec.ir.spec import OperatorSpec
 from fusec.runtime import dcf, dpf, ring
 from fusec.runtime.gates.base import (Chain, EvalGen, Gate, GateCost, Key, Open, check_width,
@@ -119,15 +123,11 @@ class SplineLookup(Gate):
         self.d = max(len(c) for c in mono) - 1
         self.mono = [list(c) + [0] * (self.d + 1 - len(c)) for c in mono]
         self.M = len(self.mono)
-        self._slots = self.M if pad else None  # u-space boundaries: up to M nonzero (a_j + r)
+        # u-space boundaries: up to M nonzero (a_j + r). Unpadded, the layout reserves the
+        # padded maximum M and each key set records how many it keys (``pieces_used``).
+        self.slots = self.M
 
     # ------------------------------------------------------------------ layout and cost
-    @property
-    def slots(self) -> int:
-        if self._slots is None:
-            raise ParameterError("the unpadded (insecure) lookup's key shape is only known after keygen")
-        return self._slots
-
     def _dcf_count(self) -> int:
         return 1 if self.lookup == "shifted" else self.slots
 
@@ -141,6 +141,8 @@ class SplineLookup(Gate):
                 out.append(("rpow", (N, d), n))   # shares of (-r)^j, j = 1..d
         else:
             out.append(("base", (N, d + 1), n))
+            if not self.pad:
+                out.append(("pieces_used", (), 32))   # K of this key set (INSECURE: reveals the masks)
         out.append(("r_out", (N,), n))
         return out
 
@@ -150,6 +152,12 @@ class SplineLookup(Gate):
         key = K * dcf.DcfKey.key_bits(n, d + 1, n) + (d * n if self.lookup == "shifted" else (d + 1) * n) + n
         points = self.M if self.lookup == "shifted" else K
         return GateCost(key_bits=key, aes=points * dcf.DcfKey.aes_per_eval(n, d + 1, n), rounds=1, open_bits=n)
+
+    def used_key_bits(self, K: int) -> int:
+        """Key bits per element a set that keys ``K`` u-space boundaries needs (the unpadded
+        piece table's actual size; :meth:`cost` is the layout's reservation, K = M)."""
+        n, d = self.bits, self.d
+        return K * dcf.DcfKey.key_bits(n, d + 1, n) + (d + 1) * n + n
 
     # ------------------------------------------------------------------ keygen
     def keygen(self, rng: DealerRng, in_masks):
@@ -167,10 +175,11 @@ class SplineLookup(Gate):
         else:
             alpha, beta, base = self._piece_table(r)
             K = alpha.shape[1]
-            if self._slots is None:
-                self._slots = K
             k0, k1 = dcf.keygen(rng, alpha.reshape(-1), beta.reshape(N * K, d + 1), n, n)
             k[0]["base"], k[1]["base"] = rng.share(base, n)
+            if not self.pad:    # INSECURE: K keyed boundaries, the rest of the reservation zero
+                k0, k1 = _reserve(k0, N * self.M), _reserve(k1, N * self.M)
+                k[0]["pieces_used"] = k[1]["pieces_used"] = np.asarray(K, np.uint64)
         k[0].update(prefixed("dcf", k0.arrays()))
         k[1].update(prefixed("dcf", k1.arrays()))
         k[0]["r_out"], k[1]["r_out"] = rng.share(r_out, n)
@@ -232,13 +241,69 @@ class SplineLookup(Gate):
             E = (D[:, 1:, :] - D[:, :1, :] + below[:, :, None] * rp[:, None, :]) & m  # [x<a_i](-r)^j
             z = combine(self.mono, E, rp, upow, n, be.matmul)
         else:
-            D = be.dcf_eval(party, dk, xp.repeat(u, K)).reshape(N, K, d + 1)
-            coef = (key["base"] + D.sum(axis=1)) & m                                # Q(u) shares
+            if not self.pad:
+                K = self._used(key, be)
+                dk = dcf.DcfKey.from_arrays(n, d + 1, n, _keyed(unprefixed("dcf", key), N * K))
+            coef = key["base"] & m
+            if K:
+                D = be.dcf_eval(party, dk, xp.repeat(u, K)).reshape(N, K, d + 1)
+                coef = (coef + D.sum(axis=1)) & m                                   # Q(u) shares
             z = xp.zeros(N, np.uint64)
             for e in range(d + 1):
                 z += coef[:, e] * upow[e]
         share = (z + key["r_out"]) & m
         return (yield Open(share, n, scope="lookup"))
+
+
+    def _used(self, key: Key, be) -> int:
+        """K of this key set, checked against the reservation before anything is sliced."""
+        K = int(be.asnumpy(key["pieces_used"]).reshape(-1)[0])
+        if not 0 <= K <= self.M:
+            raise KeyFileError(f"unpadded piece table: the key set says {K} keyed boundaries, "
+                               f"the layout reserves {self.M}",
+                               "the key set is corrupted or from another build; re-run fusec keygen")
+        return K
+
+
+def unused_key_nbytes(gate: Gate, key: Key) -> int:
+    """Bytes of the gate's slot that this key set reserves but leaves unkeyed: the boundaries
+    an unpadded (INSECURE) piece table did not need (0 for every other gate). The slot's
+    bytes minus this are what the set actually uses, the key size the padding ablation reports."""
+    stages = getattr(gate, "stages", None)
+    if stages is not None:
+        return sum(unused_key_nbytes(g, unprefixed(str(i), key)) for i, g in enumerate(stages))
+    if not isinstance(gate, SplineLookup) or gate.pad or gate.lookup != "pieces":
+        return 0
+    from fusec.runtime.layout import KeyField  # noqa: PLC0415
+
+    N, n, d, K = gate.elements, gate.bits, gate.d, int(key["pieces_used"])
+    size = lambda e: sum(KeyField(name, shape, bits).nbytes  # noqa: E731
+                         for name, shape, bits in dcf.DcfKey.field_specs(n, d + 1, n, e))
+    return size(N * gate.M) - size(N * K)
+
+
+_DCF_ELEMENT_AXIS = {"root": 0, "cw_seed": 1, "cw_tr": 1, "cw_v": 1, "cw_final": 0}
+
+
+def _reserve(key: dcf.DcfKey, elements: int) -> dcf.DcfKey:
+    """The dealer's DCF key widened with zero keys to the layout's reserved element count."""
+    arrays = {}
+    for name, a in key.arrays().items():
+        ax = _DCF_ELEMENT_AXIS[name]
+        pad = [(0, 0)] * a.ndim
+        pad[ax] = (0, elements - a.shape[ax])
+        arrays[name] = np.pad(a, pad)
+    return dcf.DcfKey.from_arrays(key.n, key.m, key.w, arrays)
+
+
+def _keyed(arrays: dict, elements: int) -> dict:
+    """The first ``elements`` (keyed) DCF keys of a reserved field (views, no copy)."""
+    out = {}
+    for name, a in arrays.items():
+        idx = [slice(None)] * a.ndim
+        idx[_DCF_ELEMENT_AXIS[name]] = slice(0, elements)
+        out[name] = a[tuple(idx)]
+    return out
 
 
 class PackedLookup(SplineLookup):
@@ -411,7 +476,8 @@ def _lookup(elements: int, spec: OperatorSpec, lookup: str, pad: bool, view_bits
             value_bits: int | None = None, pre_shift: int = 0) -> Gate:
     if lookup == "packed":
         return PackedLookup(elements, spec, view_bits, value_bits, pre_shift)
-    return SplineLookup(elements, spec, lookup, pad)
+    # padding is a property of the piece table only: the other lookups' shapes never depend on r
+    return SplineLookup(elements, spec, lookup, pad or lookup != "pieces")
 
 
 class ScalarGate(Chain):
