@@ -296,6 +296,12 @@ class GpuBackend(Backend):
     def dealer_rng(self, seed: bytes | None = None) -> DealerRng:
         return GpuDealerRng(self.kernels, seed)
 
+    def packed_lookup(self, c_hat, u, rpow, rho_a, rho_rpow, r_out, table, d: int, bits: int, party: int):
+        """The packed lookup's local second round in one kernel (scalar.PackedLookup)."""
+        if d > self.kernels.LOOKUP_MAX_DEGREE:
+            return None
+        return self.kernels.packed_lookup(c_hat, u, rpow, rho_a, rho_rpow, r_out, table, d, bits, party)
+
     # -- FSS evaluations: one fused kernel per tree walk
     def dcf_eval(self, party: int, key: dcf.DcfKey, x):
         return self.kernels.dcf_eval(party, key.root, key.cw_seed, key.cw_tr, key.cw_v, key.cw_final,

@@ -379,6 +379,27 @@ class GpuKernels:
                                  "pass x as (N,) or (N, P) with N = number of keys")
         return xs, (xs.shape[1] if xs.ndim == 2 else 1)
 
+    # -- the packed lookup's second round (scalar.PackedLookup)
+    LOOKUP_MAX_DEGREE = 15   # FUSEC_LOOKUP_MAX_D1 - 1
+
+    def packed_lookup(self, c_hat, u, rpow, rho_a, rho_rpow, r_out, table, d: int, bits: int, party: int) -> Any:
+        """This party's share of the lookup's open == scalar.PackedLookup's numpy round 2:
+        ``table`` is the spec's public (M (d+1), d+1) combine table; one thread per element."""
+        ch, uu, ra, ro = (self._u64(a) for a in (c_hat, u, rho_a, r_out))
+        N, P = ra.shape
+        rp = self._u64(rpow) if d else self.xp.zeros((N, 1), np.uint64)
+        rr = self._u64(rho_rpow) if d else self.xp.zeros((N, P, 1), np.uint64)
+        T = self._u64(table)
+        if not 0 <= d <= self.LOOKUP_MAX_DEGREE or T.shape != ((P + 1) * (d + 1), d + 1) or ch.size != N * P \
+                or uu.size != N or ro.size != N:
+            raise ParameterError(f"packed lookup kernel: {N} elements, {P} predicates, degree {d}, "
+                                 f"table {tuple(T.shape)}, bits {tuple(ch.shape)}, u {tuple(uu.shape)}")
+        out = self._empty(N, np.uint64)
+        self._run("fusec_packed_lookup", f"packed lookup ({N} x {P + 1} pieces, degree {d})", N,
+                  (ch, uu, rp, ra, rr, ro, T, out, np.uint64(P), np.int32(d), ring.mask(bits), np.int32(party)),
+                  aes=False)
+        return out
+
     # -- the dealer's trees (tree.keygen_tree)
     def dpf_keygen_tree(self, root0, root1, path, depth: int) -> tuple[Any, Any, Any, Any]:
         """(cw_seed, cw_tr, leaf0, leaf1) of the GGM trees from both parties' root states

@@ -357,6 +357,33 @@ def test_dcf_keygen_kernel_is_the_dealers_loop(kernels, rnd, n, m, w):
             np.testing.assert_array_equal(got[b].arrays()[name], a, err_msg=name)
 
 
+@pytest.mark.parametrize("d,P,bits", [(0, 1, 13), (1, 4, 37), (2, 10, 50), (3, 17, 64)])
+@pytest.mark.parametrize("party", [0, 1])
+def test_packed_lookup_kernel_is_the_gates_numpy_round(kernels, rnd, d, P, bits, party):
+    """The packed lookup's local second round in one kernel == scalar.PackedLookup's numpy
+    code (E from the opened bits and the correlations, then scalar.combine) on random data."""
+    from fusec.runtime.gates import scalar
+
+    N, m = 53, ring.mask(bits)
+    mono = [list(rnd.integers(0, 2**63, size=d + 1, dtype=np.uint64)) for _ in range(P + 1)]
+    c_hat = rnd.integers(0, 2, size=(N, P), dtype=np.uint64)
+    u = rnd.integers(0, 2**63, size=N, dtype=np.uint64) & m
+    rpow = rnd.integers(0, 2**63, size=(N, d), dtype=np.uint64) & m
+    rho_a = rnd.integers(0, 2**63, size=(N, P), dtype=np.uint64) & m
+    rho_rpow = rnd.integers(0, 2**63, size=(N, P, d), dtype=np.uint64) & m
+    r_out = rnd.integers(0, 2**63, size=N, dtype=np.uint64) & m
+    rp = np.zeros((N, d + 1), np.uint64)
+    rp[:, 0] = party
+    rp[:, 1:] = rpow
+    corr = np.concatenate([rho_a[:, :, None], rho_rpow], axis=2)
+    sign = np.uint64(1) - (c_hat << np.uint64(1))
+    E = (c_hat[:, :, None] * rp[:, None, :] + sign[:, :, None] * corr) & m
+    want = (scalar.combine(mono, E, rp, scalar._powers(u, d, m), bits) + r_out) & m
+    table = scalar._combine_table(tuple(tuple(int(c) for c in p) for p in mono), bits)
+    got = kernels.packed_lookup(c_hat, u, rpow, rho_a, rho_rpow, r_out, table, d, bits, party)
+    np.testing.assert_array_equal(got, want)
+
+
 def test_a_key_set_unpacks_in_one_launch_as_gate_by_gate(kernels, rnd):
     """The GPU stages a whole key set with one unpack kernel: every field equals the CPU's
     per-gate unpacking of the same bytes (runtime/layout.py's reference)."""

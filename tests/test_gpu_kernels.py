@@ -206,6 +206,28 @@ def test_dcf_keygen(gk, cp, rnd, n, m, w):
         _same(g, want[0].arrays()[name])
 
 
+@pytest.mark.parametrize("d,P,bits", [(0, 1, 13), (2, 10, 50), (3, 17, 64)])
+def test_packed_lookup(gk, cp, rnd, d, P, bits):
+    """The packed lookup's local round in one kernel == the same kernel's host build's
+    reference, scalar.PackedLookup's numpy code (E, then scalar.combine)."""
+    from fusec.runtime.gates import scalar
+
+    N, m, party = 10_007, ring.mask(bits), 1
+    mono = [list(rnd.integers(0, 2**63, size=d + 1, dtype=np.uint64)) for _ in range(P + 1)]
+    c_hat = rnd.integers(0, 2, size=(N, P), dtype=np.uint64)
+    u, r_out = (rnd.integers(0, 2**63, size=N, dtype=np.uint64) & m for _ in range(2))
+    rpow = rnd.integers(0, 2**63, size=(N, d), dtype=np.uint64) & m
+    rho_a = rnd.integers(0, 2**63, size=(N, P), dtype=np.uint64) & m
+    rho_rpow = rnd.integers(0, 2**63, size=(N, P, d), dtype=np.uint64) & m
+    rp = np.concatenate([np.full((N, 1), party, np.uint64), rpow], axis=1)
+    corr = np.concatenate([rho_a[:, :, None], rho_rpow], axis=2)
+    E = (c_hat[:, :, None] * rp[:, None, :] + (np.uint64(1) - (c_hat << np.uint64(1)))[:, :, None] * corr) & m
+    want = (scalar.combine(mono, E, rp, scalar._powers(u, d, m), bits) + r_out) & m
+    table = scalar._combine_table(tuple(tuple(int(c) for c in p) for p in mono), bits)
+    got = gk.packed_lookup(*(cp.asarray(a) for a in (c_hat, u, rpow, rho_a, rho_rpow, r_out, table)), d, bits, party)
+    _same(got, want)
+
+
 @pytest.mark.parametrize("method", ["tiled", "limb", "auto"])
 @pytest.mark.parametrize("bits", [1, 37, 50, 64])
 @pytest.mark.parametrize("sa,sb", [((65, 130), (130, 67)), ((2, 3, 33, 70), (70, 129)), ((4, 31, 64), (4, 64, 65)),

@@ -459,6 +459,13 @@ class PackedLookup(SplineLookup):
             c_hat, u = yield [Open(c & one, 1, scope="cmp"), Open(wide, n, scope="rescale")]
         else:
             c_hat = yield Open(c & one, 1, scope="cmp")                                 # round 1
+        fused = getattr(be, "packed_lookup", None)      # the GPU's: the rest of this round in one kernel
+        if fused is not None:
+            table = _combine_table(tuple(tuple(int(c) for c in p) for p in self.mono), n)
+            share = fused(c_hat, u, key["rpow"] if d else None, key["rho_a"], key["rho_rpow"] if d else None,
+                          key["r_out"], const(table), d, n, party)
+            if share is not None:
+                return (yield Open(share, n, scope="lookup"))                           # round 2
         c_hat = c_hat.reshape(N, P) & one
         sign = (one - (c_hat << one))                                                    # 1 - 2 c^
         rp = xp.zeros((N, d + 1), np.uint64)
