@@ -314,6 +314,8 @@ def inspect(build_dir, show_ir, show_layout, show_program, all_ranges, top, as_j
     from fusec.report import report, summary
 
     b = load_build(build_dir)
+    if b.manifest.get("insecure"):
+        click.echo("WARNING: this build is INSECURE (mask-dependent key shapes; ablation only)", err=True)
     if as_json:
         click.echo(json.dumps(summary(b), indent=1, allow_nan=False))
         return
@@ -349,6 +351,9 @@ def keygen(build_dir, out, count, backend) -> None:
     from fusec.runtime.dealer import write_keys
 
     b = load_build(build_dir)
+    if b.manifest.get("insecure"):
+        click.echo("WARNING: this build is INSECURE (mask-dependent key shapes; ablation only): its keys reveal "
+                   "information about the masks", err=True)
     be = get_backend(backend, b.kernels_source)
     t0 = time.perf_counter()
     with click.progressbar(length=count, label="key sets", file=sys.stderr) as bar:

@@ -245,15 +245,21 @@ def test_plots_and_table_from_the_results(bench_run, tmp_path):
     assert r.returncode == 0 and r.stdout.strip() == render_markdown(doc).strip()
 
 
-def test_padding_ablation_refusal_is_recorded(tmp_path):
-    out = tmp_path / "out.json"
+def test_padding_ablation_runs_and_says_insecure(tmp_path):
+    out, md = tmp_path / "out.json", tmp_path / "out.md"
     r = fusec("bench", "--model", DIGITS, "--seq", "1", "--batch", "2", "--internal-batch", "1", "--warmup", "0",
-              "--repeat", "1", "--gates", "sigma", "--padding-ablation", "--workdir", tmp_path, "--json", out)
+              "--repeat", "1", "--gates", "fused", "--padding-ablation", "--workdir", tmp_path, "--json", out,
+              "--markdown", md)
     assert r.returncode == 0, r.stderr
-    ran, ablation = json.loads(out.read_text())["results"]
-    assert ran["online"]["per_batch"]["rounds"] >= 1 and ran["online"]["steps_timed"] == 1
-    assert ablation["config"]["padded"] is False and ablation["skip_kind"] == "refused"
-    assert "insecure-mask-dependent-shapes" in ablation["skipped"]
+    padded, ablation = json.loads(out.read_text())["results"]
+    assert ablation["config"]["padded"] is False and "skipped" not in ablation, ablation.get("skipped")
+    for rec in (padded, ablation):
+        assert rec["online"]["per_batch"]["rounds"] >= 1 and rec["online"]["steps_timed"] == 1
+    assert json.loads((Path(ablation["compile"]["build"]) / "manifest.json").read_text())["insecure"] is True
+    assert ablation["keygen"]["per_set_parts"]["key_bytes_used"] <= ablation["keygen"]["per_batch"]["key_bytes_per_party"]
+    assert "key_bytes_used" not in padded["keygen"]["per_set_parts"]
+    text = md.read_text()
+    assert "fused (no padding, INSECURE)" in text and "Padding ablation: the unpadded build is INSECURE" in text
 
 
 @pytest.mark.parametrize("keys, files, sets", [

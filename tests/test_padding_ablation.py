@@ -248,3 +248,47 @@ def test_dealer_reports_the_bytes_the_sets_actually_key(tmp_path):
     def dcf_bytes(e):
         return sum(-(-bits // 64) * 8 for bits in (128 * e, n * 128 * e, n * e, n * w * e, w * e))
     assert unused_key_nbytes(g, k0) == dcf_bytes(g.M) - dcf_bytes(g.M - 1) > 0
+
+
+# ---------------------------------------------------------------------- every command says so
+def test_every_command_of_an_unpadded_build_says_insecure(tmp_path):
+    import subprocess
+    import sys
+
+    def fusec(*args):
+        return subprocess.run([sys.executable, "-m", "fusec", *map(str, args)], capture_output=True, text=True,
+                              timeout=300)
+
+    digits = "fusec/examples/digits_mlp.onnx"
+    r = fusec("verify", digits, "--workdir", tmp_path / "wd", "--batch", "1", "--insecure-mask-dependent-shapes")
+    assert r.returncode == 0, r.stderr
+    assert "cosine" in r.stdout
+    build = tmp_path / "wd" / "build"
+    for args in (("inspect", build), ("inspect", build, "--json"), ("keygen", build, "-o", tmp_path / "k")):
+        r = fusec(*args)
+        assert r.returncode == 0 and "INSECURE" in r.stderr, (args, r.stderr)
+    r = fusec("compile", digits, "-o", tmp_path / "b2", "--batch", "1", "--insecure-mask-dependent-shapes")
+    assert r.returncode == 0 and "INSECURE" in r.stdout + r.stderr
+    assert "INSECURE" in (tmp_path / "b2" / "report.txt").read_text()
+
+
+@pytest.mark.slow   # bert-tiny compiled twice, keys and two parties per build: ~1 min on 2 loaded cores
+def test_bench_padding_ablation_on_bert_tiny(tmp_path):
+    import subprocess
+    import sys
+
+    out, md = tmp_path / "out.json", tmp_path / "out.md"
+    r = subprocess.run([sys.executable, "-m", "fusec", "bench", "--model", "bert-tiny", "--seq", "8",
+                        "--gates", "fused", "--padding-ablation", "--internal-batch", "1", "--warmup", "0",
+                        "--repeat", "1", "--workdir", str(tmp_path), "--json", str(out), "--markdown", str(md)],
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    padded, unpadded = json.loads(out.read_text())["results"]
+    assert (padded["config"]["padded"], unpadded["config"]["padded"]) == (True, False)
+    assert "skipped" not in padded and "skipped" not in unpadded
+    used = unpadded["keygen"]["per_set_parts"]["key_bytes_used"]
+    assert used <= padded["keygen"]["per_batch"]["key_bytes_per_party"]
+    assert unpadded["online"]["per_batch"]["bytes_sent"] <= padded["online"]["per_batch"]["bytes_sent"]
+    text = md.read_text()
+    assert "fused (no padding, INSECURE)" in text and "| bert-tiny | 8 | 1 | fused |" in text
+    assert "Padding ablation: the unpadded build is INSECURE" in text and "key unpadded, keyed" in text

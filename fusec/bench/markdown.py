@@ -89,6 +89,70 @@ def _speedups(doc: dict) -> list[str]:
                     "online sigma", "time", "bytes", "rounds", "key"], "lrrr" + "l" * shaped + "rrrrrr", rows)]
 
 
+def _change(a, b) -> str:
+    """Relative change from a (padded) to b (unpadded)."""
+    return f"{(b / a - 1) * 100:+.1f}%" if a else "-"
+
+
+def _padding_ablation(doc: dict) -> list[str]:
+    """Padded (the secure build) against unpadded (``--insecure-mask-dependent-shapes``), per
+    configuration: online time, bytes, rounds, key, and the change of every scope but
+    ``linear`` (the nonlinear gates' scopes). Loudly INSECURE: the unpadded build's key shapes
+    depend on its masks. Its key is given twice: the layout's reservation (each
+    mask-dependent field at its padded size, what the file holds) and the bytes its sets
+    actually key (the dealer's count), which is the unpadded construction's real size."""
+    rows, scope_lines, same, shaped = [], [], [], _shaped(doc)
+    for (model, seq, batch, gpus, net), by in _pairs(doc).items():
+        if "fused" not in by or "fused-unpadded" not in by:
+            continue
+        p, u = by["fused"], by["fused-unpadded"]
+        on = lambda r, k: r["online"]["per_batch"][k]  # noqa: E731
+        key_p = p["keygen"]["per_batch"]["key_bytes_per_party"]
+        key_res = u["keygen"]["per_batch"]["key_bytes_per_party"]
+        key_used = (u["keygen"].get("per_set_parts") or {}).get("key_bytes_used")
+        where = ["-" if gpus is None else str(gpus), *([net or "-"] if shaped else [])]
+        if key_used == key_p and on(p, "bytes_sent") == on(u, "bytes_sent") and on(p, "rounds") == on(u, "rounds"):
+            same.append(f"{model} seq {seq} batch {batch}")
+        rows.append([model, str(seq), str(batch), *where,
+                     secs(on(p, "online_seconds")), secs(on(u, "online_seconds")),
+                     _change(on(p, "online_seconds"), on(u, "online_seconds")),
+                     gb(on(p, "bytes_sent")), gb(on(u, "bytes_sent")), _change(on(p, "bytes_sent"), on(u, "bytes_sent")),
+                     f"{on(p, 'rounds'):.0f} / {on(u, 'rounds'):.0f}",
+                     gb(key_p), gb(key_res), gb(key_used) if key_used is not None else "-",
+                     _change(key_p, key_used) if key_used is not None else "-"])
+        sp, su = p["online"]["scopes_per_batch"], u["online"]["scopes_per_batch"]
+        srows = [[sc, secs(scope_metric(sp.get(sc, {}), "seconds")), secs(scope_metric(su.get(sc, {}), "seconds")),
+                  _change(scope_metric(sp.get(sc, {}), "seconds"), scope_metric(su.get(sc, {}), "seconds")),
+                  gb(scope_metric(sp.get(sc, {}), "bytes")), gb(scope_metric(su.get(sc, {}), "bytes")),
+                  _change(scope_metric(sp.get(sc, {}), "bytes"), scope_metric(su.get(sc, {}), "bytes"))]
+                 for sc in unique([*sp, *su]) if sc != "linear"]
+        if srows:
+            scope_lines += ["", f"Padding ablation by scope (all but `linear`), {model}, seq {seq}, batch {batch}, "
+                                f"{'CPU' if gpus is None else f'{gpus} GPU(s)'}{f', network {net}' if net else ''} "
+                                f"(per batch; unpadded = INSECURE):", "",
+                            *table(["scope", "padded time", "unpadded time", "change", "padded bytes",
+                                    "unpadded bytes", "change"], "lrrrrrr", srows)]
+    if not rows:
+        return []
+    if same:
+        scope_lines += ["", f"Same bytes, rounds and keyed key in {', '.join(same)}: the two builds evaluate the same "
+                            "gates (no mask-dependent shape in them), so a time difference there is measurement "
+                            "noise (see the steps' min / max)."]
+    return ["", "**Padding ablation: the unpadded build is INSECURE** (`--insecure-mask-dependent-shapes`: its key "
+                "shapes depend on the masks and reveal them; measured only to price mask-independent padding, never "
+                "deploy). Per batch, per party for keys. *key padded*: the secure build's key set. *key unpadded, "
+                "reserved*: what its key file holds per set (each mask-dependent field at its padded size, so a set "
+                "has a fixed size; plus an 8-byte count per such gate). *key unpadded, keyed*: the bytes its sets "
+                "actually key (the dealer's count, averaged over the sets): the unpadded construction's size, which "
+                "the change column compares with the padded key. Only the piece-table lookup has mask-dependent "
+                "shapes; the fused gates' packed and shifted lookups compare in x-space, so their shapes never "
+                "depend on the masks and padding costs them nothing.", "",
+            *table(["model", "seq", "batch", "GPUs", *(["network"] if shaped else []), "online padded",
+                    "online unpadded", "change", "bytes padded", "bytes unpadded", "change",
+                    "rounds padded / unpadded", "key padded", "key unpadded, reserved", "key unpadded, keyed",
+                    "change"], "lrrr" + "l" * shaped + "r" * 11, rows), *scope_lines]
+
+
 def _scope_rows(by: dict[str, dict], times: list[str]) -> list[list[str]]:
     """Rows of a per-scope table: every time metric and the bytes, per gate set; then what
     no scope accounts for, and the totals."""
@@ -187,5 +251,6 @@ def render_markdown(doc: dict) -> str:
     skipped = [r for r in doc["results"] if "skipped" in r]
     if skipped:
         lines += ["", "Skipped:"] + [f"- {r['config']['name']}: {' '.join(r['skipped'].split())}" for r in skipped]
-    return "\n".join(lines + _speedups(doc) + amdahl.markdown(doc["results"], doc.get("gate_microbench"))
+    return "\n".join(lines + _speedups(doc) + _padding_ablation(doc)
+                     + amdahl.markdown(doc["results"], doc.get("gate_microbench"))
                      + _scope_tables(doc) + _phase_table(doc)) + "\n"
