@@ -230,11 +230,12 @@ class FitRequest:
 
 @dataclass
 class FitPlan:
-    """A fit decided up to its coefficients: the cuts, the scale, each piece's degree and
-    (on first use, one call of ``req.fn`` for the pieces not seen before) its samples. Its ``skeleton`` has
-    the final spec's structure (pieces, degrees, scale), which is all a gate's price depends
-    on, and :func:`error_floor` fits a few of its pieces only: a spec search can drop a shape
-    that cannot be chosen before paying for all of its least squares and error scan."""
+    """A fit decided up to its coefficients: the cuts, the scale, each piece's degree and (on
+    first use, one call of ``req.fn`` for the pieces not seen before) its samples. Its
+    ``skeleton`` has the final spec's structure (pieces, degrees, scale), which is all a
+    gate's price depends on, and :func:`error_floor` fits a few of its pieces only: a spec
+    search can drop a shape that cannot be chosen before paying for all of its least
+    squares and error scan."""
 
     req: FitRequest
     cuts: list[int]          # integer cuts, the ends pushed out 2 delta where the function is finite
@@ -253,15 +254,14 @@ class FitPlan:
         ``req.fn`` for all of them)."""
         got = {j: _PIECES.get(self._piece_key(j)) for j in pieces}
         missing = [j for j, e in got.items() if e is None]
-        for j, smp in zip(missing, _samples(self, missing)):
-            self._samples[j] = smp
-            got[j] = _remember(self._piece_key(j), [len(smp[1]), {}])
+        self._sample(missing)
+        for j in missing:
+            got[j] = _remember(self._piece_key(j), [len(self._samples[j][1]), {}])
         return [got[j] for j in pieces]
 
-    def sample(self, j: int) -> tuple:
-        if j not in self._samples:
-            self._samples[j] = _samples(self, [j])[0]
-        return self._samples[j]
+    def _sample(self, pieces) -> None:
+        todo = [j for j in pieces if j not in self._samples]
+        self._samples.update(zip(todo, _samples(self, todo)))
 
     def centre(self, j: int) -> tuple[int, float]:
         """(centre, half-width) of piece j (grid units, the overlap included)."""
@@ -279,16 +279,12 @@ class FitPlan:
         (``_PIECES`` remembers them: the same cuts come back at other output scales)."""
         entries = self.entries(pieces)
         degs = [min(self.capped[j], max(e[0] - 1, 0)) for j, e in zip(pieces, entries)]
-        need = [j for j, e, d in zip(pieces, entries, degs) if d not in e[1] and j not in self._samples]
-        for j, smp in zip(need, _samples(self, need)):
-            self._samples[j] = smp
-        out = []
+        self._sample([j for j, e, d in zip(pieces, entries, degs) if d not in e[1]])
         for j, e, d in zip(pieces, entries, degs):
             if d not in e[1]:
-                t, ys = self.sample(j)[:2]
+                t, ys = self._samples[j][:2]
                 e[1][d] = chebyshev_power_coeffs(t, ys, d)
-            out.append(e[1][d])
-        return out
+        return [e[1][d] for e, d in zip(entries, degs)]
 
     def key(self) -> tuple:
         """Everything the spec depends on except ``req.degree`` and ``req.pieces`` (which
@@ -361,9 +357,7 @@ def _samples(p: FitPlan, pieces) -> list[tuple[np.ndarray, np.ndarray, int, floa
     for j, xs in zip(pieces, grids):
         ys = values[start:start + len(xs)]
         start += len(xs)
-        lo_i, hi_i = p.cuts[j], p.cuts[j + 1]
-        mid = (lo_i + hi_i) // 2
-        half = max((hi_i + p.delta - (lo_i - p.delta)) / 2, 1.0)
+        mid, half = p.centre(j)
         keep = np.isfinite(ys)
         xs, ys = (xs[keep], ys[keep]) if keep.any() else (xs, np.nan_to_num(ys))
         out.append(((xs - mid) / half, ys, mid, half))
@@ -445,7 +439,7 @@ def _integer_coeffs(poly_t: np.ndarray, half: float, S: int) -> tuple[int, ...]:
 #: [finite samples, {degree: polynomial in t}]. The scale pass probes a gate at several
 #: output scales and the spec search then fits it again: the same cuts, the same pieces.
 _PIECES: dict[tuple, list] = {}
-_PIECES_MAX = 500_000
+_PIECES_MAX = 100_000       # a BERT-base compile keeps about 11,000, GPT-2 23,000
 
 
 def _remember(key: tuple, entry: list) -> list:
