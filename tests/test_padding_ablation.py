@@ -292,3 +292,65 @@ def test_bench_padding_ablation_on_bert_tiny(tmp_path):
     text = md.read_text()
     assert "fused (no padding, INSECURE)" in text and "| bert-tiny | 8 | 1 | fused |" in text
     assert "Padding ablation: the unpadded build is INSECURE" in text and "key unpadded, keyed" in text
+
+
+# ---------------------------------------------------------------------- the piece table in a whole model
+def _pieces_build(monkeypatch, insecure: bool):
+    """block_model (Linear, GELU, LayerNorm, Linear, Softmax) with every fused scalar gate on
+    the piece-table lookup: the one construction whose key shape depends on the masks."""
+    from fusec.build import Build, compile_graph
+    from fusec.passes import pipeline
+    from fusec.passes.options import CompileOptions
+    from tests.test_compiler import block_model
+
+    def pieces_then_pad(graph, opts):
+        for node in graph.nodes():
+            if node.op == "Scalar" and node.attrs.get("impl") == "fused":
+                node.attrs["lookup"] = "pieces"
+        return pipeline.pad_shapes(graph, opts)
+
+    monkeypatch.setattr(pipeline, "PASSES", [*pipeline.PASSES[:-1], pieces_then_pad])
+    g, ref, x = block_model()
+    opts = CompileOptions(insecure_mask_dependent_shapes=insecure)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ir, low, steps = compile_graph(g, opts)
+    return Build(None, ir, opts, low, steps, {}), ref, x
+
+
+def test_piece_table_model_unpadded_runs_from_key_files(tmp_path, monkeypatch):
+    from fusec.build import decode_outputs, encode_inputs
+    from fusec.runtime.backend import get_backend
+    from fusec.runtime.protocol import RoundLog
+
+    monkeypatch.setenv("FUSEC_STATE_DIR", str(tmp_path / "state"))
+    results = {}
+    for insecure in (False, True):
+        b, ref, x = _pieces_build(monkeypatch, insecure)
+        tables = [st for n in b.gates.nodes for st in getattr(n.gate, "stages", [n.gate])
+                  if isinstance(st, SplineLookup) and st.lookup == "pieces"]
+        assert tables and all(st.pad != insecure for st in tables)
+        keys, timings = tmp_path / f"k{insecure}", {}
+        write_keys(b.gates, keys, 1, timings=timings)
+        ex, out, logs = queue_exchanges(), [None, None], [RoundLog(), RoundLog()]
+
+        def work(p):
+            with KeyFile.open(keys / f"p{p}.key", b.gates.layout(), p) as kf:
+                reader = kf.claim(0)
+                ks = {s.gate_id: reader.read_gate(s.gate_id) for s in b.gates.layout().slots}
+                reader.finish()
+            out[p] = b.gates.evaluate(p, ks, encode_inputs(b, {"x": x}, 1) if p == 1 else {}, ex[p],
+                                      get_backend("cpu"), logs[p])
+
+        both_parties(work)
+        got = decode_outputs(b, out[1])["y"]
+        assert np.abs(got - ref(x)).max() < 3e-3
+        results[insecure] = (got, b.gates.layout(), timings, sum(sum(lg.bytes_sent.values()) for lg in logs),
+                             len(tables))
+    (gp, lp, _, bp, n_tables), (gu, lu, tu, bu, _) = results[False], results[True]
+    assert np.abs(gu - gp).max() < 3e-3
+    assert bu == bp and lu.digest() != lp.digest()
+    # every element's mask would have to land on a boundary (probability M / 2^50 each) for
+    # a table to key fewer than M: the sets key the padded size plus each table's count
+    assert lu.set_nbytes == lp.set_nbytes + 8 * n_tables
+    assert tu["key_bytes_used"] <= lu.set_nbytes
