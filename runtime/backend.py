@@ -8,8 +8,9 @@ the FSS methods with CUDA kernels and ``xp`` with CuPy, and the gates do not cha
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from types import ModuleType
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -21,6 +22,32 @@ from fusec.runtime.rng import DealerRng
 from fusec.runtime.round_message import MINE, PEER, RoundMessage
 
 Buffer = bytes | bytearray | memoryview | np.ndarray
+
+
+class StagedKeys(Mapping):
+    """One key set ready for the online phase, the same type on every backend: gate id ->
+    that gate's key arrays (where the gates run). Either every gate's fields were unpacked
+    when the set was staged (``ready``), or each gate's are unpacked on first use (``load``:
+    a set too large to hold unpacked next to its packed bytes)."""
+
+    def __init__(self, gate_ids, ready: dict | None = None, load: Callable[[str], dict] | None = None) -> None:
+        self._ids = list(gate_ids)
+        self._ready = ready if ready is not None else {}
+        self._load = load
+
+    def __getitem__(self, gate_id: str) -> dict:
+        hit = self._ready.get(gate_id)
+        if hit is None:
+            if self._load is None:
+                raise KeyError(gate_id)
+            hit = self._load(gate_id)
+        return hit
+
+    def __iter__(self):
+        return iter(self._ids)
+
+    def __len__(self) -> int:
+        return len(self._ids)
 
 
 class Backend:
@@ -62,10 +89,11 @@ class Backend:
         """Move one gate's key arrays to where ``eval`` runs (device memory on a GPU)."""
         return {k: self.asarray(v) for k, v in arrays.items()}
 
-    def stage_set(self, layout: KeyLayout, buf: np.ndarray) -> dict[str, dict]:
+    def stage_set(self, layout: KeyLayout, buf: np.ndarray) -> StagedKeys:
         """A whole key set (its bytes, as read from the file) -> every gate's key arrays."""
         b = np.ascontiguousarray(buf).view(np.uint8).reshape(-1)
-        return {s.gate_id: self.stage_key(unpack_gate_key(s, b[s.offset:s.offset + s.nbytes])) for s in layout.slots}
+        return StagedKeys(layout.gate_ids, ready={s.gate_id: self.stage_key(unpack_gate_key(s, b[s.offset:s.offset + s.nbytes]))
+                                                  for s in layout.slots})
 
     def pack_open(self, share, bits: int):
         """One open's share, reduced and packed to ``bits`` bits per value (uint8)."""

@@ -23,7 +23,7 @@ import numpy as np
 
 from fusec.errors import FusecError
 from fusec.runtime import dcf, dpf, dpf_arith, ring
-from fusec.runtime.backend import Backend
+from fusec.runtime.backend import Backend, StagedKeys
 from fusec.runtime.layout import KeyLayout
 from fusec.runtime.rng import DealerRng
 from fusec.runtime.round_message import PEER, OpenSlot, RoundMessage
@@ -268,7 +268,7 @@ class GpuBackend(Backend):
         dev = self.xp.asarray(np.ascontiguousarray(buf).view(np.uint8).reshape(-1))
         unpacked = 8 * sum(f.count for s in layout.slots for f in s.fields)
         if buf.nbytes + unpacked + ONLINE_HEADROOM_BYTES <= free:
-            keys = unpack_key_set(self.kernels, layout, dev)
+            keys = StagedKeys(layout.gate_ids, ready=unpack_key_set(self.kernels, layout, dev))
             del dev
             self.synchronize()
             self.last_stage_seconds = time.perf_counter() - t0
@@ -286,7 +286,7 @@ class GpuBackend(Backend):
                 pos += f.nbytes
             return fields
 
-        return unpack
+        return StagedKeys(layout.gate_ids, load=unpack)
 
     def _pool_free_bytes(self) -> int:
         """Bytes CuPy's memory pool holds but does not use (reusable, not in memGetInfo's free)."""

@@ -7,6 +7,7 @@ parties walk the same deterministic schedule.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -100,7 +101,7 @@ class GateGraph:
             yield n.id, k0, k1
 
     # ------------------------------------------------------------------ online
-    def evaluate(self, party: int, keys: Callable[[str], Key] | dict[str, Key], inputs: dict[str, np.ndarray],
+    def evaluate(self, party: int, keys: Callable[[str], Key] | Mapping[str, Key], inputs: dict[str, np.ndarray],
                  exchange: Exchange, be, log: RoundLog | None = None,
                  scopes: dict[str, str] | None = None) -> dict[str, np.ndarray]:
         """Run this party's side; returns the outputs this party receives (by node id).
@@ -108,7 +109,7 @@ class GateGraph:
         With ``log`` and ``scopes`` (gate id -> profiler scope), each gate's local work is
         timed into ``log.compute`` under its scope.
         """
-        get = keys.__getitem__ if isinstance(keys, dict) else keys
+        get = keys.__getitem__ if isinstance(keys, Mapping) else keys
         values: dict[str, object] = {}
         gen_node: list[int] = []
         # Dataflow bookkeeping, linear in the graph size: per node the number of distinct

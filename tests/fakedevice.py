@@ -200,7 +200,10 @@ def host_kernel_backend(source: str, library) -> type:
             return fakecupy.asnumpy(dev)
 
         def stage_set(self, layout, buf):
-            return unpack_key_set(self.kernels, layout, fakecupy.asarray(numpy.ascontiguousarray(buf).view(numpy.uint8)))
+            from fusec.runtime.backend import StagedKeys
+
+            dev = fakecupy.asarray(numpy.ascontiguousarray(buf).view(numpy.uint8))
+            return StagedKeys(layout.gate_ids, ready=unpack_key_set(self.kernels, layout, dev))
 
         def synchronize(self) -> None:
             pass

@@ -152,3 +152,23 @@ def test_bytes_sent_do_not_depend_on_inputs(tmp_path):
         sizes.append(per_round)
     assert sizes[0] == sizes[1]
     assert len(sizes[0][0]) > 5
+
+
+def test_stage_set_gives_the_same_key_set_type_on_every_backend():
+    """The CPU and the GPU's code (through the host kernels where nvcc is present) stage a
+    key set into the same type: a mapping from gate id to that gate's key arrays, with the
+    same arrays."""
+    import numpy as np
+
+    from fusec.runtime.backend import StagedKeys, get_backend
+    from fusec.runtime.layout import KeyField, KeyLayout
+
+    layout = KeyLayout([("g0", "demo", 3, (KeyField("seed", (3, 2), 64), KeyField("t", (5, 3), 1))),
+                        ("g1", "demo", 7, (KeyField("v", (7,), 37),))])
+    buf = np.random.default_rng(5).integers(0, 256, size=layout.set_nbytes, dtype=np.uint8)
+    cpu = get_backend("cpu").stage_set(layout, buf)
+    assert isinstance(cpu, StagedKeys) and list(cpu) == ["g0", "g1"] and len(cpu) == 2
+    lazy = StagedKeys(layout.gate_ids, load=lambda g: cpu[g])
+    for g in layout.gate_ids:
+        for name, a in cpu[g].items():
+            np.testing.assert_array_equal(lazy[g][name], a)
