@@ -302,6 +302,12 @@ class GpuBackend(Backend):
             return None
         return self.kernels.packed_lookup(c_hat, u, rpow, rho_a, rho_rpow, r_out, table, d, bits, party)
 
+    def spline_lookup(self, D, u, a, rpow, r_out, table, d: int, bits: int, party: int):
+        """The shifted lookup's local work after its DCF in one kernel (scalar.SplineLookup)."""
+        if d > self.kernels.LOOKUP_MAX_DEGREE:
+            return None
+        return self.kernels.spline_lookup(D, u, a, rpow, r_out, table, d, bits, party)
+
     # -- FSS evaluations: one fused kernel per tree walk
     def dcf_eval(self, party: int, key: dcf.DcfKey, x):
         return self.kernels.dcf_eval(party, key.root, key.cw_seed, key.cw_tr, key.cw_v, key.cw_final,

@@ -400,6 +400,23 @@ class GpuKernels:
                   aes=False)
         return out
 
+    def spline_lookup(self, D, u, a, rpow, r_out, table, d: int, bits: int, party: int) -> Any:
+        """This party's share of the shifted lookup's open == scalar.SplineLookup's numpy
+        code after its DCF: ``D`` (N, P + 1, d + 1) are the DCF's shares at u and u - a_i."""
+        Dd, uu, aa, ro = self._u64(D), self._u64(u).reshape(-1), self._u64(a).reshape(-1), self._u64(r_out)
+        N, P = uu.size, aa.size
+        rp = self._u64(rpow) if d else self.xp.zeros((N, 1), np.uint64)
+        T = self._u64(table)
+        if not 0 <= d <= self.LOOKUP_MAX_DEGREE or Dd.shape != (N, P + 1, d + 1) \
+                or T.shape != ((P + 1) * (d + 1), d + 1) or ro.size != N:
+            raise ParameterError(f"shifted lookup kernel: {N} elements, {P} breakpoints, degree {d}, "
+                                 f"DCF shares {tuple(Dd.shape)}, table {tuple(T.shape)}")
+        out = self._empty(N, np.uint64)
+        self._run("fusec_spline_lookup", f"shifted lookup ({N} x {P + 1} pieces, degree {d})", N,
+                  (Dd, uu, aa, rp, ro, T, out, np.uint64(P), np.int32(d), ring.mask(bits), np.int32(party)),
+                  aes=False)
+        return out
+
     # -- the dealer's trees (tree.keygen_tree)
     def dpf_keygen_tree(self, root0, root1, path, depth: int) -> tuple[Any, Any, Any, Any]:
         """(cw_seed, cw_tr, leaf0, leaf1) of the GGM trees from both parties' root states

@@ -384,6 +384,28 @@ def test_packed_lookup_kernel_is_the_gates_numpy_round(kernels, rnd, d, P, bits,
     np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("d,P,bits", [(0, 1, 13), (2, 10, 50), (3, 17, 64)])
+@pytest.mark.parametrize("party", [0, 1])
+def test_spline_lookup_kernel_is_the_gates_numpy_code(kernels, rnd, d, P, bits, party):
+    """The shifted lookup's local work after its DCF in one kernel == scalar.SplineLookup's
+    numpy code (E from the DCF shares, the predicates [u < a_i] and (-r)^j, then combine)."""
+    from fusec.runtime.gates import scalar
+
+    N, m = 61, ring.mask(bits)
+    mono = [list(rnd.integers(0, 2**63, size=d + 1, dtype=np.uint64)) for _ in range(P + 1)]
+    D = rnd.integers(0, 2**63, size=(N, P + 1, d + 1), dtype=np.uint64) & m
+    u = rnd.integers(0, 2**63, size=N, dtype=np.uint64) & m
+    a = np.sort(rnd.integers(0, 2**63, size=P, dtype=np.uint64) & m)
+    rpow = rnd.integers(0, 2**63, size=(N, d), dtype=np.uint64) & m
+    r_out = rnd.integers(0, 2**63, size=N, dtype=np.uint64) & m
+    rp = np.concatenate([np.full((N, 1), party, np.uint64), rpow], axis=1)
+    below = (u[:, None] < a[None, :]).astype(np.uint64)
+    E = (D[:, 1:, :] - D[:, :1, :] + below[:, :, None] * rp[:, None, :]) & m
+    want = (scalar.combine(mono, E, rp, scalar._powers(u, d, m), bits) + r_out) & m
+    table = scalar._combine_table(tuple(tuple(int(c) for c in p) for p in mono), bits)
+    np.testing.assert_array_equal(kernels.spline_lookup(D, u, a, rpow, r_out, table, d, bits, party), want)
+
+
 def test_a_key_set_unpacks_in_one_launch_as_gate_by_gate(kernels, rnd):
     """The GPU stages a whole key set with one unpack kernel: every field equals the CPU's
     per-gate unpacking of the same bytes (runtime/layout.py's reference)."""

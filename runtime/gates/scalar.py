@@ -232,6 +232,12 @@ class SplineLookup(Gate):
             a = xp.asarray(np.array(self.bps, dtype=np.uint64))
             pts = xp.concatenate([u[:, None], (u[:, None] - a[None, :]) & m], axis=1)  # (N, M)
             D = be.dcf_eval(party, dk, pts)                                         # (N, M, d+1)
+            fused = getattr(be, "spline_lookup", None)  # the GPU's: the rest of this gate in one kernel
+            share = None if fused is None else fused(
+                D, u, a, key["rpow"] if d else None, key["r_out"],
+                const(_combine_table(tuple(tuple(int(c) for c in p) for p in self.mono), n)), d, n, party)
+            if share is not None:
+                return (yield Open(share, n, scope="lookup"))
             rp = xp.zeros((N, d + 1), np.uint64)
             if party == 1:
                 rp[:, 0] = 1
