@@ -209,6 +209,8 @@ def test_bert_tiny_unpadded_build_runs_end_to_end_and_matches(bert_pair, tmp_pat
     # for the flag (a build of the same gates; only the layout's mark differs)
     assert insecure.gates.layout().set_nbytes <= padded.gates.layout().set_nbytes
     assert insecure.gates.layout().digest() != padded.gates.layout().digest()
+    unmarked = insecure.gates.layout().to_dict()
+    assert unmarked.pop(INSECURE_KEY) is True and unmarked == padded.gates.layout().to_dict()
 
     write_keys(padded.gates, tmp_path / "kp", 1)
     write_keys(insecure.gates, tmp_path / "ku", 1)
