@@ -296,6 +296,10 @@ class GpuBackend(Backend):
     def dealer_rng(self, seed: bytes | None = None) -> DealerRng:
         return GpuDealerRng(self.kernels, seed)
 
+    def truncate_narrow(self, u, msb_q, offset, bits: int, k: int, s: int, m: int, w: int, party: int):
+        """The free narrow truncation and its widening in one kernel (truncation.TruncateNarrow)."""
+        return self.kernels.truncate_narrow(u, msb_q, offset, bits, k, s, m, w, party)
+
     def packed_lookup(self, c_hat, u, rpow, rho_a, rho_rpow, r_out, table, d: int, bits: int, party: int):
         """The packed lookup's local second round in one kernel (scalar.PackedLookup)."""
         if d > self.kernels.LOOKUP_MAX_DEGREE:

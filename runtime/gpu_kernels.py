@@ -379,6 +379,20 @@ class GpuKernels:
                                  "pass x as (N,) or (N, P) with N = number of keys")
         return xs, (xs.shape[1] if xs.ndim == 2 else 1)
 
+    # -- the free narrow truncation (truncation.TruncateNarrow)
+    def truncate_narrow(self, u, msb_q, offset, bits: int, k: int, s: int, m: int, w: int, party: int) -> Any:
+        """This party's share of the widened truncation == TruncateNarrow's numpy eval
+        (hi_s(lo_k(u mod 2^bits)), then widen_share to w bits); one thread per element."""
+        uu, mq, off = self._u64(u).reshape(-1), self._u64(msb_q).reshape(-1), self._u64(offset).reshape(-1)
+        if not (mq.size == off.size == uu.size) or not 3 <= m < 64 or not 0 <= s < k <= bits:
+            raise ParameterError(f"narrow truncation kernel: {uu.size} values, {mq.size} / {off.size} key words, "
+                                 f"k={k} s={s} m={m}")
+        out = self._empty(uu.size, np.uint64)
+        self._run("fusec_truncate_narrow", f"narrow truncation of {uu.size} values", uu.size,
+                  (uu, mq, off, out, ring.mask(bits), np.int32(k), np.int32(s), np.int32(m), ring.mask(w),
+                   np.int32(party)), aes=False)
+        return out
+
     # -- the packed lookup's second round (scalar.PackedLookup)
     LOOKUP_MAX_DEGREE = 15   # FUSEC_LOOKUP_MAX_D1 - 1
 

@@ -406,6 +406,22 @@ def test_spline_lookup_kernel_is_the_gates_numpy_code(kernels, rnd, d, P, bits, 
     np.testing.assert_array_equal(kernels.spline_lookup(D, u, a, rpow, r_out, table, d, bits, party), want)
 
 
+@pytest.mark.parametrize("bits,k,s,w", [(50, 30, 12, 50), (64, 64, 13, 64), (37, 20, 0, 37), (50, 30, 3, 40)])
+@pytest.mark.parametrize("party", [0, 1])
+def test_truncate_narrow_kernel_is_the_gates_numpy_code(kernels, rnd, bits, k, s, w, party):
+    """The free narrow truncation and its widening in one kernel == TruncateNarrow's numpy
+    eval (hi_s(lo_k(u)), then widen_share) on random words, whatever the key words hold."""
+    from fusec.runtime.gates.truncation import widen_share
+
+    N, m = 97, k - s
+    u = rnd.integers(0, 2**64, size=N, dtype=np.uint64)
+    msb_q = rnd.integers(0, 2**64, size=N, dtype=np.uint64) & ring.mask(w - m)
+    offset = rnd.integers(0, 2**64, size=N, dtype=np.uint64) & ring.mask(w)
+    v = ring.hi(ring.lo(u & ring.mask(bits), k), s)
+    want = widen_share(party, v, m, msb_q, offset, w)
+    np.testing.assert_array_equal(kernels.truncate_narrow(u, msb_q, offset, bits, k, s, m, w, party), want)
+
+
 def test_a_key_set_unpacks_in_one_launch_as_gate_by_gate(kernels, rnd):
     """The GPU stages a whole key set with one unpack kernel: every field equals the CPU's
     per-gate unpacking of the same bytes (runtime/layout.py's reference)."""

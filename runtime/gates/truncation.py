@@ -466,8 +466,12 @@ class TruncateNarrow(Gate):
 
     def eval(self, party: int, key: Key, inputs, be) -> EvalGen:
         k, s, m, w = self.view_bits, self.shift, self.mid_bits, self.out_bits
-        v = ring.hi(ring.lo(_u(inputs, self.bits), k), s)
-        share = widen_share(party, v, m, key["msb_q"], key["offset"], w)
+        fused = getattr(be, "truncate_narrow", None)    # the GPU's: this whole step in one kernel
+        if fused is not None:
+            share = fused(inputs[0], key["msb_q"], key["offset"], self.bits, k, s, m, w, party)
+        else:
+            v = ring.hi(ring.lo(_u(inputs, self.bits), k), s)
+            share = widen_share(party, v, m, key["msb_q"], key["offset"], w)
         return (yield Open(share, w, scope=SCOPE))
 
     def cost(self) -> GateCost:
