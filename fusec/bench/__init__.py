@@ -11,8 +11,8 @@ batch (one true-batch forward = one key set) and per inference (per batch / true
 ``tokens/s = batch x internal batch x seq / step time``.
 
 A configuration that cannot run on this machine (keys larger than the free space where
-they go, less memory than one key set per party, an out-of-memory death, the compiler
-refusing the insecure padding ablation) is recorded as ``{"skipped": reason}`` and the
+they go, less memory than one key set per party, an out-of-memory death, a compile the
+compiler refuses) is recorded as ``{"skipped": reason}`` and the
 bench goes on; any other failure stops it with the configuration's name and the
 failing party's stderr tail (or is recorded, with ``--keep-going``). No wait is
 unbounded: every stage has ``--timeout``, after which both workers are killed.
