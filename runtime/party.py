@@ -36,6 +36,8 @@ class PartyResult:
     compute_seconds: dict = field(default_factory=dict)
     wire_seconds: dict = field(default_factory=dict)
     round_phases: dict = field(default_factory=dict)   # RoundLog.phases: step / pack / wire / unpack seconds
+    claim_seconds: float = 0.0      # reading the set (unless verified just before), its checksum, the ledger's mark
+    hello_seconds: float = 0.0      # the authenticated hello that agrees on the set
 
 
 def open_keys(graph: GateGraph, party: int, key_path, state_dir: str | os.PathLike | None = None
@@ -68,9 +70,12 @@ def run_party(graph: GateGraph, party: int, kf: KeyFile, idx: int, channel: Chan
     ``sync_scopes`` the device is synchronized after every gate step so GPU time lands in
     the right scope (slower; for profiles, not for latency figures).
     """
+    t_hello = time.perf_counter()
     idx = pair(channel, party, graph.layout().digest(), kf.key_set_id, kf.pairing_secret, idx, kf.count)
+    t_claim = time.perf_counter()
     reader = kf.claim(idx, be.host_buffer)
     t_load = time.perf_counter()
+    claim_seconds, hello_seconds = t_load - t_claim, t_claim - t_hello
     keys = be.stage_set(graph.layout(), reader.read_all_raw())
     be.synchronize()
     t_load = time.perf_counter() - t_load
@@ -85,7 +90,8 @@ def run_party(graph: GateGraph, party: int, kf: KeyFile, idx: int, channel: Chan
         profile.disable()
         profile.dump_stats(os.path.join(os.environ[PROFILE_ENV], f"p{party}_set{idx}_{os.getpid()}.prof"))
     return PartyResult(outputs, idx, dt, log.rounds, sum(log.bytes_sent.values()), dict(log.bytes_sent),
-                       t_load, dict(log.compute), dict(log.seconds), dict(log.phases))
+                       t_load, dict(log.compute), dict(log.seconds), dict(log.phases),
+                       claim_seconds=claim_seconds, hello_seconds=hello_seconds)
 
 
 PROFILE_ENV = "FUSEC_PYPROFILE"

@@ -85,8 +85,8 @@ class StepRecord:
     ``online_seconds`` is the sum of ``run_party``'s online timers (evaluation only);
     ``stage_seconds`` the sum of its key staging (``key_load_seconds`` of its result:
     unpacking, or the copy to the device); ``key_load_seconds`` is everything in the
-    step's wall time that is not online: per-set handshake, claim (read, checksum, mark
-    used) and staging.
+    step's wall time that is not online: per-set handshake (``hello_seconds``), claim
+    (``claim_seconds``: read, checksum, mark used) and staging.
     ``bytes_sent`` is the protocol's payload (RoundLog); ``wire_bytes_sent`` what the
     channel counted, with frame headers and the per-set handshakes.
     """
@@ -98,6 +98,8 @@ class StepRecord:
     wall_seconds: float = 0.0
     stage_seconds: float = 0.0
     online_seconds: float = 0.0
+    claim_seconds: float = 0.0      # read + checksum + ledger mark of its sets (runtime/party.py)
+    hello_seconds: float = 0.0
     key_load_seconds: float = 0.0
     rounds: int = 0
     bytes_sent: int = 0
@@ -179,6 +181,8 @@ class Server:
             rec.sets.append(res.key_set)
             rec.online_seconds += res.online_seconds
             rec.stage_seconds += getattr(res, "key_load_seconds", 0.0)
+            rec.claim_seconds += getattr(res, "claim_seconds", 0.0)
+            rec.hello_seconds += getattr(res, "hello_seconds", 0.0)
             rec.rounds += res.rounds
             rec.bytes_sent += res.bytes_sent
             add_scopes(rec.scopes, result_scopes(res))
