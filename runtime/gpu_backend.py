@@ -296,6 +296,10 @@ class GpuBackend(Backend):
     def dealer_rng(self, seed: bytes | None = None) -> DealerRng:
         return GpuDealerRng(self.kernels, seed)
 
+    def mul_narrow(self, ua, ub, key: dict, views: tuple, square: bool, n: int, party: int):
+        """A product read through narrow views in one kernel (mul_narrow.MulNarrow)."""
+        return self.kernels.mul_narrow(ua, ub, key, views, square, n, party)
+
     def truncate_narrow(self, u, msb_q, offset, bits: int, k: int, s: int, m: int, w: int, party: int):
         """The free narrow truncation and its widening in one kernel (truncation.TruncateNarrow)."""
         return self.kernels.truncate_narrow(u, msb_q, offset, bits, k, s, m, w, party)

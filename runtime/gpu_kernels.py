@@ -393,6 +393,40 @@ class GpuKernels:
                    np.int32(party)), aes=False)
         return out
 
+    # -- a product read through narrow views (mul_narrow.MulNarrow)
+    #: MulNarrow's optional key fields in the kernel's order (bit i of ``strides``: present)
+    MUL_FIELDS = ("ub", "q_b", "b_a", "b_b", "qb", "qa_bb", "ba_qb", "ba_bb")
+
+    def mul_narrow(self, ua, ub, key: dict, views: tuple, square: bool, n: int, party: int) -> Any:
+        """This party's share of the product == MulNarrow's numpy eval; ``views`` are the two
+        inputs' (bits, shift) or None; key fields the gate does not have are absent."""
+        a = self._u64(ua).reshape(-1)
+        N = a.size
+        dummy = self.xp.zeros(1, np.uint64)
+        given = {"ub": None if square else ub, **{k: key.get(k) for k in self.MUL_FIELDS[1:]}}
+        args, strides = [], 0
+        for i, name in enumerate(self.MUL_FIELDS):
+            v = given[name]
+            if v is None:
+                args.append(dummy)
+                continue
+            v = self._u64(v).reshape(-1)
+            if v.size != N:
+                raise ParameterError(f"narrow product kernel: {name} has {v.size} values for {N} elements")
+            args.append(v)
+            strides |= 1 << i
+        va, vb = views
+        flags = (1 if square else 0) | (2 if va else 0) | (4 if vb and not square else 0) | \
+            (8 if key.get("ba_bb") is not None else 0)
+        qq_z, q_a = self._u64(key["qq_z"]).reshape(-1), self._u64(key["q_a"]).reshape(-1)
+        out = self._empty(N, np.uint64)
+        self._run("fusec_mul_narrow", f"narrow product of {N} values", N,
+                  (a, args[0], qq_z, q_a, *args[1:], out, np.uint64(strides), np.int32(flags),
+                   np.int32(va.bits if va else 0), np.int32(va.shift if va else 0),
+                   np.int32(vb.bits if vb else 0), np.int32(vb.shift if vb else 0), ring.mask(n), np.int32(n),
+                   np.int32(party)), aes=False)
+        return out
+
     # -- the packed lookup's second round (scalar.PackedLookup)
     LOOKUP_MAX_DEGREE = 15   # FUSEC_LOOKUP_MAX_D1 - 1
 

@@ -422,6 +422,32 @@ def test_truncate_narrow_kernel_is_the_gates_numpy_code(kernels, rnd, bits, k, s
     np.testing.assert_array_equal(kernels.truncate_narrow(u, msb_q, offset, bits, k, s, m, w, party), want)
 
 
+@pytest.mark.parametrize("va,vb,square", [((30, 12), None, False), (None, (24, 5), False),
+                                          ((40, 3), (45, 2), False), ((20, 8), (22, 9), False),
+                                          ((30, 12), (30, 12), True), ((50, 1), (50, 1), True)])
+@pytest.mark.parametrize("party", [0, 1])
+def test_mul_narrow_kernel_is_the_gates_numpy_eval(kernels, rnd, va, vb, square, party):
+    """A product read through narrow views in one kernel == MulNarrow's numpy eval, for each
+    combination of views (with and without the b_a b_b cross term) and for squares."""
+    from fusec.runtime.backend import get_backend
+    from fusec.runtime.gates.mul_narrow import MulNarrow, View
+    from fusec.runtime.rng import DealerRng
+
+    n, N = 50, 83
+    views = tuple(None if v is None else View(*v) for v in (va, vb))
+    gate = MulNarrow(N, n, *views, square=square)
+    masks = [rnd.integers(0, 2**63, size=N, dtype=np.uint64) & ring.mask(n) for _ in range(2)]
+    if square:
+        masks[1] = masks[0]
+    _, k0, k1 = gate.keygen(DealerRng(b"mul-narrow"), masks)
+    key = (k0, k1)[party]
+    u = [rnd.integers(0, 2**64, size=N, dtype=np.uint64) for _ in range(2)]
+    if square:
+        u[1] = u[0]
+    want = next(gate.eval(party, key, u, get_backend("cpu"))).share
+    np.testing.assert_array_equal(kernels.mul_narrow(u[0], u[1], key, views, square, n, party), want)
+
+
 def test_a_key_set_unpacks_in_one_launch_as_gate_by_gate(kernels, rnd):
     """The GPU stages a whole key set with one unpack kernel: every field equals the CPU's
     per-gate unpacking of the same bytes (runtime/layout.py's reference)."""
