@@ -35,3 +35,7 @@ class PeerError(FusecError):
 
 class CompileError(FusecError):
     """The model cannot be compiled (unsupported op, dynamic shape, ...)."""
+
+
+class GpuKernelError(FusecError):
+    """A generated kernel failed to compile, launch or run (the runtime adds the gate and round)."""

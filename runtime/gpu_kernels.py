@@ -23,7 +23,7 @@ from typing import Any, Protocol, Sequence
 import numpy as np
 
 from fusec.codegen import cuda as codegen
-from fusec.errors import FusecError, ParameterError
+from fusec.errors import GpuKernelError, ParameterError
 from fusec.runtime import ring
 from fusec.runtime.prg import FIXED_KEYS, blocks_needed
 from fusec.runtime.round_message import PEER
@@ -34,10 +34,6 @@ MATMUL_METHODS = ("auto", "tiled", "limb")
 #: ``auto`` multiplies by fp64 limbs from this many multiply-adds on (to be calibrated with
 #: bench/bench_gpu_kernels.py; below it the launch overhead of several GEMMs dominates).
 LIMB_MIN_MACS = 1 << 40  # measured on an H200: the tiled kernel beat the fp64-limb path (1.65 vs 1.12 T MAC/s at 128x768x3072)
-
-
-class GpuKernelError(FusecError):
-    """A generated kernel failed to compile, launch or run."""
 
 
 def fixed_round_keys() -> np.ndarray:

@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 
-from fusec.errors import PeerError
+from fusec.errors import GpuKernelError, PeerError
 from fusec.runtime.gates.base import EvalGen, Open
-from fusec.runtime.gpu_kernels import GpuKernelError
 from fusec.runtime.round_message import RoundMessage
 
 Exchange = Callable[[bytes, str, int], bytes]
