@@ -228,6 +228,60 @@ def test_packed_lookup(gk, cp, rnd, d, P, bits):
     _same(got, want)
 
 
+@pytest.mark.parametrize("bits,k,s,w", [(50, 30, 12, 50), (64, 64, 13, 64), (50, 30, 3, 40)])
+def test_truncate_narrow(gk, cp, rnd, bits, k, s, w):
+    """The free narrow truncation and its widening in one kernel == widen_share on the CPU."""
+    from fusec.runtime.gates.truncation import widen_share
+
+    N, m = 100_003, k - s
+    u = rnd.integers(0, 2**64, size=N, dtype=np.uint64)
+    msb_q = rnd.integers(0, 2**64, size=N, dtype=np.uint64) & ring.mask(w - m)
+    offset = rnd.integers(0, 2**64, size=N, dtype=np.uint64) & ring.mask(w)
+    for party in (0, 1):
+        want = widen_share(party, ring.hi(ring.lo(u & ring.mask(bits), k), s), m, msb_q, offset, w)
+        _same(gk.truncate_narrow(cp.asarray(u), cp.asarray(msb_q), cp.asarray(offset), bits, k, s, m, w, party), want)
+
+
+@pytest.mark.parametrize("va,vb,square", [((30, 12), None, False), ((20, 8), (22, 9), False), ((30, 12), (30, 12), True)])
+def test_mul_narrow(gk, cp, rnd, va, vb, square):
+    """A product read through narrow views in one kernel == MulNarrow's numpy eval."""
+    from fusec.runtime.backend import get_backend
+    from fusec.runtime.gates.mul_narrow import MulNarrow, View
+    from fusec.runtime.rng import DealerRng
+
+    n, N = 50, 100_003
+    views = tuple(None if v is None else View(*v) for v in (va, vb))
+    gate = MulNarrow(N, n, *views, square=square)
+    masks = [rnd.integers(0, 2**63, size=N, dtype=np.uint64) & ring.mask(n) for _ in range(2)]
+    masks[1] = masks[0] if square else masks[1]
+    keys = gate.keygen(DealerRng(b"mul-narrow-gpu"), masks)[1:]
+    u = [rnd.integers(0, 2**64, size=N, dtype=np.uint64) for _ in range(2)]
+    u[1] = u[0] if square else u[1]
+    for party in (0, 1):
+        want = next(gate.eval(party, keys[party], u, get_backend("cpu"))).share
+        dev_key = {k: cp.asarray(v) for k, v in keys[party].items()}
+        _same(gk.mul_narrow(cp.asarray(u[0]), cp.asarray(u[1]), dev_key, views, square, n, party), want)
+
+
+@pytest.mark.parametrize("d,P,bits", [(0, 1, 13), (2, 10, 50), (3, 17, 64)])
+def test_spline_lookup(gk, cp, rnd, d, P, bits):
+    """The shifted lookup's local work in one kernel == SplineLookup's numpy code."""
+    from fusec.runtime.gates import scalar
+
+    N, m, party = 10_007, ring.mask(bits), 1
+    mono = [list(rnd.integers(0, 2**63, size=d + 1, dtype=np.uint64)) for _ in range(P + 1)]
+    D = rnd.integers(0, 2**63, size=(N, P + 1, d + 1), dtype=np.uint64) & m
+    u, r_out = (rnd.integers(0, 2**63, size=N, dtype=np.uint64) & m for _ in range(2))
+    a = np.sort(rnd.integers(0, 2**63, size=P, dtype=np.uint64) & m)
+    rpow = rnd.integers(0, 2**63, size=(N, d), dtype=np.uint64) & m
+    rp = np.concatenate([np.full((N, 1), party, np.uint64), rpow], axis=1)
+    E = (D[:, 1:, :] - D[:, :1, :] + (u[:, None] < a[None, :]).astype(np.uint64)[:, :, None] * rp[:, None, :]) & m
+    want = (scalar.combine(mono, E, rp, scalar._powers(u, d, m), bits) + r_out) & m
+    table = scalar._combine_table(tuple(tuple(int(c) for c in p) for p in mono), bits)
+    got = gk.spline_lookup(*(cp.asarray(x) for x in (D, u, a, rpow, r_out, table)), d, bits, party)
+    _same(got, want)
+
+
 @pytest.mark.parametrize("method", ["tiled", "limb", "auto"])
 @pytest.mark.parametrize("bits", [1, 37, 50, 64])
 @pytest.mark.parametrize("sa,sb", [((65, 130), (130, 67)), ((2, 3, 33, 70), (70, 129)), ((4, 31, 64), (4, 64, 65)),
