@@ -531,11 +531,11 @@ class Context:
         node = self.node
         op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
         return CompileError(
-            f"node {self.node_name!r}: ONNX op {op!r} (model opset {self.opset}) is not supported on "
-            f"non-constant inputs; supported ops: {', '.join(SUPPORTED_OPS)}",
-            "ops whose inputs are all compile-time constants are folded; otherwise re-export the model "
-            "so it avoids this op (another opset or a simpler formulation), or make the inputs that feed "
-            "it public (public_inputs / --public-input)")
+            f"node {self.node_name!r}: ONNX op {op!r} (model opset {self.opset}) has no secure lowering "
+            f"for inputs that are secret (`fusec ops` lists the {len(SUPPORTED_OPS)} that have one)",
+            "ops whose inputs are all compile-time constants are folded, and ops on the input owner's "
+            "data alone run in its plaintext; otherwise re-export the model so it avoids this op "
+            "(another opset or a simpler formulation), or make the inputs that feed it public")
 
     def _fold(self, node: onnx.NodeProto) -> bool:
         """Evaluate a node on constants (onnxruntime, else the ONNX reference evaluator, which

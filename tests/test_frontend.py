@@ -908,3 +908,26 @@ def test_opset_too_new_type_mismatch_cycle_and_bad_utf8_are_one_line_checker_err
     (tmp_path / "bad.onnx").write_bytes(bytes(data))
     with pytest.raises(CompileError, match="not valid UTF-8"):
         load_model(tmp_path / "bad.onnx")
+
+
+def test_an_unsupported_op_is_a_short_error_pointing_to_fusec_ops(tmp_path):
+    """A secret tensor through an op with no secure lowering: one short line naming the node
+    and the op, the list behind `fusec ops` (not ~1,500 characters of op names inline)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from fusec.build import compile_model
+    from fusec.errors import CompileError
+    from fusec.passes.options import CompileOptions
+
+    g = helper.make_graph([helper.make_node("Gelu", ["x"], ["y"], domain="com.microsoft", name="act")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8])])
+    path = tmp_path / "m.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]),
+              path)
+    with pytest.raises(CompileError) as e:
+        compile_model(path, tmp_path / "b", CompileOptions(), batch=1)
+    msg = e.value.message
+    assert "'act'" in msg and "com.microsoft::Gelu" in msg and "`fusec ops`" in msg
+    assert len(msg) < 250 and "MatMul" not in msg and "\n" not in msg
