@@ -119,12 +119,14 @@ class GpuPrg:
     def dcf_keygen(self, root0, root1, alpha, beta, n: int, w: int):
         """The dealer's DCF key pairs in one kernel (dcf.keygen's loop), payloads up to
         GpuKernels.DCF_GEN_MAX_M words; None for wider ones (the loop runs instead)."""
-        if beta.shape[1] > self.k.DCF_GEN_MAX_M:
+        if beta.shape[1] > self.k.DCF_GEN_MAX_M or not self.k.has("fusec_dcf_keygen"):
             return None
         return self.k.dcf_keygen(root0, root1, alpha, beta, n, w)
 
     def keygen_tree(self, root0, root1, path, depth: int):
         """The dealer's DPF trees in one kernel (tree.keygen_tree's loop, one thread per key)."""
+        if not self.k.has("fusec_dpf_keygen_tree"):
+            return None
         return self.k.dpf_keygen_tree(root0, root1, path, depth)
 
     @property
@@ -191,6 +193,8 @@ class GpuBackend(Backend):
         (reused round after round: the channel has sent it before the next round starts)."""
         if not layout.our_bytes:
             return b""
+        if not self.kernels.has("fusec_pack_round"):
+            return super().pack_round(layout, shares)
         msg = self.kernels.pack_round(layout, shares)
         if self._outbox is None or self._outbox.size < layout.our_bytes:
             import cupyx  # noqa: PLC0415
@@ -202,6 +206,8 @@ class GpuBackend(Backend):
         return host
 
     def unpack_round(self, layout, shares: list, peer) -> list:
+        if not self.kernels.has("fusec_unpack_round"):
+            return super().unpack_round(layout, shares, peer)
         return self.kernels.unpack_round(layout, shares, peer)
 
     def pack_key(self, slot, arrays: dict) -> np.ndarray:
@@ -267,7 +273,7 @@ class GpuBackend(Backend):
         t0 = time.perf_counter()
         dev = self.xp.asarray(np.ascontiguousarray(buf).view(np.uint8).reshape(-1))
         unpacked = 8 * sum(f.count for s in layout.slots for f in s.fields)
-        if buf.nbytes + unpacked + ONLINE_HEADROOM_BYTES <= free:
+        if buf.nbytes + unpacked + ONLINE_HEADROOM_BYTES <= free and self.kernels.has("fusec_unpack_round"):
             keys = StagedKeys(layout.gate_ids, ready=unpack_key_set(self.kernels, layout, dev))
             del dev
             self.synchronize()
@@ -297,22 +303,27 @@ class GpuBackend(Backend):
         return GpuDealerRng(self.kernels, seed)
 
     def mul_narrow(self, ua, ub, key: dict, views: tuple, square: bool, n: int, party: int):
-        """A product read through narrow views in one kernel (mul_narrow.MulNarrow)."""
+        """A product read through narrow views in one kernel (mul_narrow.MulNarrow); None
+        (the array code) with a build's kernels from before the kernel existed."""
+        if not self.kernels.has("fusec_mul_narrow"):
+            return None
         return self.kernels.mul_narrow(ua, ub, key, views, square, n, party)
 
     def truncate_narrow(self, u, msb_q, offset, bits: int, k: int, s: int, m: int, w: int, party: int):
         """The free narrow truncation and its widening in one kernel (truncation.TruncateNarrow)."""
+        if not self.kernels.has("fusec_truncate_narrow"):
+            return None
         return self.kernels.truncate_narrow(u, msb_q, offset, bits, k, s, m, w, party)
 
     def packed_lookup(self, c_hat, u, rpow, rho_a, rho_rpow, r_out, table, d: int, bits: int, party: int):
         """The packed lookup's local second round in one kernel (scalar.PackedLookup)."""
-        if d > self.kernels.LOOKUP_MAX_DEGREE:
+        if d > self.kernels.LOOKUP_MAX_DEGREE or not self.kernels.has("fusec_packed_lookup"):
             return None
         return self.kernels.packed_lookup(c_hat, u, rpow, rho_a, rho_rpow, r_out, table, d, bits, party)
 
     def spline_lookup(self, D, u, a, rpow, r_out, table, d: int, bits: int, party: int):
         """The shifted lookup's local work after its DCF in one kernel (scalar.SplineLookup)."""
-        if d > self.kernels.LOOKUP_MAX_DEGREE:
+        if d > self.kernels.LOOKUP_MAX_DEGREE or not self.kernels.has("fusec_spline_lookup"):
             return None
         return self.kernels.spline_lookup(D, u, a, rpow, r_out, table, d, bits, party)
 

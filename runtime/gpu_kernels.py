@@ -254,6 +254,11 @@ class GpuKernels:
         out.view(np.uint8)[...] = 0xA5
         return out
 
+    def has(self, name: str) -> bool:
+        """Whether this source defines kernel ``name`` (a build compiled by an older fusec
+        lacks the newer ones; the backend then takes the array-code path)."""
+        return name in self._available
+
     def _pick(self, specialized: str, generic: str) -> str:
         return specialized if specialized in self._available else generic
 

@@ -69,8 +69,9 @@ def keygen_tree(rng, path: np.ndarray, depth: int, prg):
     st = [with_low_bit(rng.blocks(N), np.zeros(N, np.uint64)), with_low_bit(rng.blocks(N), np.ones(N, np.uint64))]
     roots = [s.copy() for s in st]
     fused = getattr(prg, "keygen_tree", None)     # the GPU's: the whole loop below in one kernel
-    if fused is not None:
-        cw_seed, cw_tr, leaf0, leaf1 = fused(st[0], st[1], path, depth)
+    done = fused(st[0], st[1], path, depth) if fused is not None else None
+    if done is not None:
+        cw_seed, cw_tr, leaf0, leaf1 = done
         return roots, cw_seed, cw_tr, [leaf0, leaf1]
     cw_seed = np.empty((depth, N, 2), np.uint64)
     cw_tr = np.empty((depth, N), np.uint64)

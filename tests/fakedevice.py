@@ -191,6 +191,8 @@ def host_kernel_backend(source: str, library) -> type:
             self._outbox = self._key_host = None
 
         def pack_round(self, layout, shares):
+            if not self.kernels.has("fusec_pack_round"):        # kernels of an older build
+                return Backend.pack_round(self, layout, shares)
             return fakecupy.asnumpy(self.kernels.pack_round(layout, shares)).tobytes() if layout.our_bytes else b""
 
         def host_buffer(self, nbytes: int):
@@ -201,6 +203,9 @@ def host_kernel_backend(source: str, library) -> type:
 
         def stage_set(self, layout, buf):
             from fusec.runtime.backend import StagedKeys
+
+            if not self.kernels.has("fusec_unpack_round"):
+                return Backend.stage_set(self, layout, buf)
 
             dev = fakecupy.asarray(numpy.ascontiguousarray(buf).view(numpy.uint8))
             return StagedKeys(layout.gate_ids, ready=unpack_key_set(self.kernels, layout, dev))

@@ -209,3 +209,32 @@ def test_cuda_out_of_memory_becomes_a_clear_error():
     err = memory_error(OutOfMemoryError("Out of memory allocating 1,073,741,824 bytes"))
     assert err is not None and "ran out of memory" in str(err) and "1,073,741,824" in str(err)
     assert memory_error(ValueError("shapes differ")) is None
+
+
+NEWER_KERNELS = ("fusec_pack_round", "fusec_unpack_round", "fusec_dpf_keygen_tree", "fusec_dcf_keygen",
+                 "fusec_packed_lookup", "fusec_spline_lookup", "fusec_truncate_narrow", "fusec_mul_narrow")
+
+
+def test_a_build_from_before_the_newer_kernels_still_runs(bert_build, tmp_path, monkeypatch):
+    """A build directory keeps the kernels.cu it was compiled with: without the round,
+    lookup, truncation, product and keygen kernels the GPU backend takes the array code
+    (through the host kernels here), and dealer and parties stay byte-identical to the CPU."""
+    kind = _host_kernels()
+
+    class OldKernels(kind):
+        def __init__(self):
+            super().__init__()
+            self.kernels._available -= set(NEWER_KERNELS)
+
+    assert not any(OldKernels().kernels.has(k) for k in NEWER_KERNELS)
+    cpu = _key_sets(bert_build, tmp_path / "cpu", get_backend("cpu"))
+    assert _key_sets(bert_build, tmp_path / "old", OldKernels()) == cpu
+    write_keys(bert_build.gates, tmp_path, 1, seed=b"old-build")
+    feeds = default_feeds(bert_build.ir, seed=4)
+    monkeypatch.setenv("FUSEC_STATE_DIR", str(tmp_path / "state-cpu"))
+    out_cpu, sent_cpu = _run(bert_build, tmp_path, type(get_backend("cpu")), feeds)
+    monkeypatch.setenv("FUSEC_STATE_DIR", str(tmp_path / "state-old"))
+    out_old, sent_old = _run(bert_build, tmp_path, OldKernels, feeds)
+    assert sent_cpu == sent_old
+    for k in out_cpu:
+        assert np.array_equal(out_cpu[k], out_old[k])

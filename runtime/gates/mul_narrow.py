@@ -130,8 +130,8 @@ class MulNarrow(Gate):
         n = self.bits
         ua, ub = (u.reshape(-1) for u in inputs)
         fused = getattr(be, "mul_narrow", None)     # the GPU's: this whole step in one kernel
-        if fused is not None:
-            share = fused(ua, ub, key, self.views, self.square, n, party)
+        share = fused(ua, ub, key, self.views, self.square, n, party) if fused is not None else None
+        if share is not None:
             return (yield Open(share, n, scope="mul"))
         va, vb = self.views
         aa, pa = _public(ua, n, va)

@@ -467,9 +467,8 @@ class TruncateNarrow(Gate):
     def eval(self, party: int, key: Key, inputs, be) -> EvalGen:
         k, s, m, w = self.view_bits, self.shift, self.mid_bits, self.out_bits
         fused = getattr(be, "truncate_narrow", None)    # the GPU's: this whole step in one kernel
-        if fused is not None:
-            share = fused(inputs[0], key["msb_q"], key["offset"], self.bits, k, s, m, w, party)
-        else:
+        share = fused(inputs[0], key["msb_q"], key["offset"], self.bits, k, s, m, w, party) if fused else None
+        if share is None:
             v = ring.hi(ring.lo(_u(inputs, self.bits), k), s)
             share = widen_share(party, v, m, key["msb_q"], key["offset"], w)
         return (yield Open(share, w, scope=SCOPE))
