@@ -368,7 +368,10 @@ def keygen(build_dir, out, count, backend) -> None:
 @click.option("--stats", "stats_path", type=click.Path(), help="write timing/bytes/rounds JSON here")
 @click.option("--profile-sync", is_flag=True,
               help="synchronize the GPU after every gate step so per-scope compute times are exact (slower)")
-def run(build_dir, server, stats_path, profile_sync) -> None:
+@click.option("--stream-keys", is_flag=True,
+              help="bring each gate's keys to the device when the gate first runs, inside the online clock "
+                   "(as SIGMA counts its key copies); default: the whole key set before the clock")
+def run(build_dir, server, stats_path, profile_sync, stream_keys) -> None:
     """One server's online phase (--input: .npy for one input, .npz named; --output: .npy/.npz)."""
     from fusec.build import decode_outputs, encode_inputs, load_build, load_inputs
     from fusec.runtime.backend import get_backend
@@ -388,7 +391,8 @@ def run(build_dir, server, stats_path, profile_sync) -> None:
     inputs = encode_inputs(b, load_inputs(input_path, b.ir), party) if party in owners else {}
     be = get_backend(server.backend, b.kernels_source)
     with kf, server.channel() as ch:
-        res = run_party(b.gates, party, kf, idx, ch, inputs, be, scopes=b.scopes, sync_scopes=profile_sync)
+        res = run_party(b.gates, party, kf, idx, ch, inputs, be, scopes=b.scopes, sync_scopes=profile_sync,
+                        stream_keys=stream_keys)
     outs = decode_outputs(b, res.outputs)
     if output_path and outs:
         if output_path.endswith(".npz") or len(outs) > 1:
@@ -398,7 +402,8 @@ def run(build_dir, server, stats_path, profile_sync) -> None:
     stats = {"party": party, "backend": be.name, "key_set": res.key_set, "online_seconds": res.online_seconds,
              "key_load_seconds": res.key_load_seconds, "rounds": res.rounds, "bytes_sent": res.bytes_sent,
              "scopes": res.scopes, "compute_seconds": res.compute_seconds, "wire_seconds": res.wire_seconds,
-             "net": server.net.as_dict() if server.net else None}     # --net: an emulated link, not the real one
+             "net": server.net.as_dict() if server.net else None,     # --net: an emulated link, not the real one
+             "stream_keys": stream_keys, "claim_seconds": res.claim_seconds, "round_phases": res.round_phases}
     if stats_path:
         Path(stats_path).write_text(json.dumps(stats, indent=1))
     click.echo(json.dumps(stats))

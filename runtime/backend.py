@@ -89,11 +89,20 @@ class Backend:
         """Move one gate's key arrays to where ``eval`` runs (device memory on a GPU)."""
         return {k: self.asarray(v) for k, v in arrays.items()}
 
-    def stage_set(self, layout: KeyLayout, buf: np.ndarray) -> StagedKeys:
-        """A whole key set (its bytes, as read from the file) -> every gate's key arrays."""
+    def stage_set(self, layout: KeyLayout, buf: np.ndarray, stream: bool = False) -> StagedKeys:
+        """A whole key set (its bytes, as read from the file) -> every gate's key arrays.
+        ``stream``: each gate's are unpacked when the gate first runs, inside the online
+        clock (``buf`` must stay untouched until the run ends)."""
         b = np.ascontiguousarray(buf).view(np.uint8).reshape(-1)
-        return StagedKeys(layout.gate_ids, ready={s.gate_id: self.stage_key(unpack_gate_key(s, b[s.offset:s.offset + s.nbytes]))
-                                                  for s in layout.slots})
+        slots = {s.gate_id: s for s in layout.slots}
+
+        def load(gate_id: str) -> dict:
+            s = slots[gate_id]
+            return self.stage_key(unpack_gate_key(s, b[s.offset:s.offset + s.nbytes]))
+
+        if stream:
+            return StagedKeys(layout.gate_ids, load=load)
+        return StagedKeys(layout.gate_ids, ready={g: load(g) for g in layout.gate_ids})
 
     def pack_open(self, share, bits: int):
         """One open's share, reduced and packed to ``bits`` bits per value (uint8)."""

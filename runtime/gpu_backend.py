@@ -262,11 +262,37 @@ class GpuBackend(Backend):
         """Host arrays to the device; arrays already there (a staged set's) pass untouched."""
         return {k: v if isinstance(v, self.xp.ndarray) else self.asarray(v) for k, v in arrays.items()}
 
-    def stage_set(self, layout: KeyLayout, buf: np.ndarray):
+    def stream_set(self, layout: KeyLayout, buf: np.ndarray) -> StagedKeys:
+        """Keys streamed inside the clock (as SIGMA counts its key copies): the set stays in
+        host memory (page-locked when it fits, see host_buffer) and each gate's slot is
+        copied to the device and unpacked by one kernel when the gate first runs."""
+        host = np.ascontiguousarray(buf).view(np.uint8).reshape(-1)
+        slots = {s.gate_id: s for s in layout.slots}
+
+        def load(gate_id: str) -> dict[str, Any]:
+            slot = slots[gate_id]
+            dev = self.xp.asarray(host[slot.offset:slot.offset + slot.nbytes])
+            one = KeyLayout([(gate_id, slot.kind, slot.elements, slot.fields)])
+            if self.kernels.has("fusec_unpack_round"):
+                return unpack_key_set(self.kernels, one, dev)[gate_id]
+            fields, pos = {}, 0
+            for f in slot.fields:
+                fields[f.name] = (self.kernels.unpack_bits(dev[pos:pos + f.packed_nbytes], f.bits, f.count)
+                                  if f.count else self.xp.zeros(0, np.uint64)).reshape(f.shape)
+                pos += f.nbytes
+            return fields
+
+        self.last_stage_seconds = 0.0
+        return StagedKeys(layout.gate_ids, load=load)
+
+    def stage_set(self, layout: KeyLayout, buf: np.ndarray, stream: bool = False):
         """One key set's bytes -> device memory in one copy, then every field of every gate
         unpacked there by one kernel, before the online clock starts. When the unpacked set
         (1-bit fields take 64x their packed room) does not fit next to the packed one, each
-        gate's fields are unpacked when the gate starts instead (slower online)."""
+        gate's fields are unpacked when the gate starts instead (slower online).
+        ``stream``: see :meth:`stream_set`."""
+        if stream:
+            return self.stream_set(layout, buf)
         free, total = self.xp.cuda.runtime.memGetInfo()
         free = int(free) + self._pool_free_bytes()
         check_fits(int(buf.nbytes), free, int(total))

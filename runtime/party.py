@@ -60,7 +60,7 @@ def open_keys(graph: GateGraph, party: int, key_path, state_dir: str | os.PathLi
 
 def run_party(graph: GateGraph, party: int, kf: KeyFile, idx: int, channel: Channel,
               inputs: dict[str, np.ndarray], be: Backend, scopes: dict[str, str] | None = None,
-              sync_scopes: bool = False) -> PartyResult:
+              sync_scopes: bool = False, stream_keys: bool = False) -> PartyResult:
     """Authenticated hello, claim the agreed key set, stage it (timed apart), evaluate
     this party's side.
 
@@ -68,7 +68,9 @@ def run_party(graph: GateGraph, party: int, kf: KeyFile, idx: int, channel: Chan
     with the peer (:func:`fusec.runtime.hello.pair`), reported as ``PartyResult.key_set``.
     ``scopes`` maps gate ids to profiler scopes (the build's schedule); with
     ``sync_scopes`` the device is synchronized after every gate step so GPU time lands in
-    the right scope (slower; for profiles, not for latency figures).
+    the right scope (slower; for profiles, not for latency figures). With ``stream_keys``
+    each gate's keys reach the device when the gate first runs, inside the online clock
+    (SIGMA's way of counting), instead of the whole set before it.
     """
     t_hello = time.perf_counter()
     idx = pair(channel, party, graph.layout().digest(), kf.key_set_id, kf.pairing_secret, idx, kf.count)
@@ -76,7 +78,7 @@ def run_party(graph: GateGraph, party: int, kf: KeyFile, idx: int, channel: Chan
     reader = kf.claim(idx, be.host_buffer)
     t_load = time.perf_counter()
     claim_seconds, hello_seconds = t_load - t_claim, t_claim - t_hello
-    keys = be.stage_set(graph.layout(), reader.read_all_raw())
+    keys = be.stage_set(graph.layout(), reader.read_all_raw(), stream=stream_keys)
     be.synchronize()
     t_load = time.perf_counter() - t_load
     reader.finish()

@@ -201,9 +201,11 @@ def host_kernel_backend(source: str, library) -> type:
         def _to_pinned_host(self, dev):
             return fakecupy.asnumpy(dev)
 
-        def stage_set(self, layout, buf):
+        def stage_set(self, layout, buf, stream: bool = False):
             from fusec.runtime.backend import StagedKeys
 
+            if stream:
+                return self.stream_set(layout, buf)
             if not self.kernels.has("fusec_unpack_round"):
                 return Backend.stage_set(self, layout, buf)
 

@@ -238,3 +238,22 @@ def test_a_build_from_before_the_newer_kernels_still_runs(bert_build, tmp_path, 
     assert sent_cpu == sent_old
     for k in out_cpu:
         assert np.array_equal(out_cpu[k], out_old[k])
+
+
+@pytest.mark.parametrize("device", [pytest.param(lambda: (lambda: get_backend("cpu")), id="cpu"),
+                                    pytest.param(_host_kernels, id="hostkernels")])
+def test_streamed_keys_are_the_staged_keys(bert_build, tmp_path, device):
+    """Keys streamed gate by gate inside the clock (--stream-keys) are the same arrays as a
+    set staged before it, on the CPU and through the GPU backend's code."""
+    write_keys(bert_build.gates, tmp_path, 1, seed=b"stream")
+    layout = bert_build.gates.layout()
+    with KeyFile.open(tmp_path / "p1.key", layout, 1) as kf:
+        raw = kf._read_set(0)
+    be = device()()
+    staged, streamed = be.stage_set(layout, raw), be.stage_set(layout, raw, stream=True)
+    assert list(staged) == list(streamed) == layout.gate_ids
+    for g in reversed(layout.gate_ids):                 # any order: each gate loads its own slot
+        a, b = staged[g], streamed[g]
+        assert a.keys() == b.keys()
+        for name in a:
+            assert np.array_equal(be.asnumpy(a[name]), be.asnumpy(b[name])), (g, name)

@@ -244,9 +244,10 @@ def test_fusec_run_with_net(tmp_path):
     rc0, err0, p1 = pair(["--net", "lan"], [])
     assert rc0 == 2 and "carry no network emulation" in err0 and "Traceback" not in err0
     assert p1.returncode == 2 and "Traceback" not in p1.stderr
-    rc0, err0, p1 = pair([], [])                    # both key sets still unused: the refused hello claimed none
+    rc0, err0, p1 = pair(["--stream-keys"], [])     # both key sets still unused: the refused hello claimed none
     assert rc0 == 0 and p1.returncode == 0, err0 + p1.stderr
-    assert json.loads((tmp_path / "s0.json").read_text())["net"] is None
+    stats = json.loads((tmp_path / "s0.json").read_text())
+    assert stats["net"] is None and stats["stream_keys"] is True     # a party-local choice (keys in the clock)
 
 
 def test_bench_grid_per_network_setting(tmp_path):
