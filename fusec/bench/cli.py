@@ -58,12 +58,15 @@ def _int_list(text: str, flag: str) -> list[int]:
 @click.option("--gate-speedups", type=click.Path(dir_okay=False),
               help="JSON of per-gate speed-ups measured alone on this machine ({\"source\": ..., \"speedups\": "
                    "{scope: sigma time / fused time}}), recorded for the Amdahl table")
+@click.option("--stream-keys", is_flag=True,
+              help="each gate's keys reach the device when it first runs, inside the online clock (as SIGMA "
+                   "counts key copies); default: the whole set staged before the clock")
 @click.option("--timeout", default=1800.0, show_default=True, help="seconds any one stage or step may take")
 @click.option("--keep-going", is_flag=True, help="record a failed configuration and go on instead of stopping")
 @tls_options
 def bench(models, seqs, batches, seq_sweep, internal_batch, gate_sets, gpus, backend, warmup, repeat, layers, bits,
           workdir, keys_dir, keys_mode, dealers, json_path, markdown_path, padding_ablation, nets, gate_speedups,
-          timeout, keep_going, tls_cert, tls_key, tls_ca, tls_server_name) -> None:
+          stream_keys, timeout, keep_going, tls_cert, tls_key, tls_ca, tls_server_name) -> None:
     """End-to-end benchmark: export, compile, keygen, P0 and P1 as processes; JSON (+ markdown).
 
     With --tls-*, the two workers talk mutual TLS on 127.0.0.1 (the certificate must name
@@ -75,6 +78,7 @@ def bench(models, seqs, batches, seq_sweep, internal_batch, gate_sets, gpus, bac
     from fusec.run3 import workdir as mkwd
 
     party_argv = tls_argv(tls_cert, tls_key, tls_ca, tls_server_name)     # refused before anything runs
+    party_argv += ["--stream-keys"] if stream_keys else []
     wd = mkwd(workdir)
     opts = BenchOptions(
         models=[resolve_model(m.strip(), layers, bits) for m in models.split(",") if m.strip()],
@@ -112,14 +116,15 @@ def workers() -> None:
 @click.option("--out", "out_path", type=click.Path(dir_okay=False),
               help="write every step's record here at the end (JSON)")
 @click.option("--net", type=net_type, default=None, help="emulated network (both workers the same)")
+@click.option("--stream-keys", is_flag=True, help="keys reach the device gate by gate inside the online clock")
 @tls_options
-def serve(build, party, listen, peer, backend, timeout, connect_retry, seed, out_path, net, tls_cert, tls_key, tls_ca,
-          tls_server_name) -> None:
+def serve(build, party, listen, peer, backend, timeout, connect_retry, seed, out_path, net, stream_keys, tls_cert,
+          tls_key, tls_ca, tls_server_name) -> None:
     """One party's long-lived worker of a benchmark configuration (JSON lines on stdin/stdout)."""
     from fusec.bench.worker import serve as run
 
     sys.exit(run(build, party, listen, peer, backend, timeout, connect_retry, seed, out_path,
-                 tls=(tls_cert, tls_key, tls_ca, tls_server_name), net=net))
+                 tls=(tls_cert, tls_key, tls_ca, tls_server_name), net=net, stream_keys=stream_keys))
 
 
 @workers.command()

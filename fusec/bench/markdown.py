@@ -242,7 +242,10 @@ def render_markdown(doc: dict) -> str:
              f"back to back over one TCP connection. Online time is the slower party's, bytes are "
              f"both parties' sends, rounds per key set. Per batch = one forward of the true batch (one key set); per "
              f"inference = per batch / true batch; tokens/s = batch x internal batch x seq / step time. Keygen is "
-             f"the dealer's time per key set; key bytes are per party.",
+             f"the dealer's time per key set; key bytes are per party. "
+             + ("Keys are streamed to the device gate by gate inside the online clock (--stream-keys)."
+                if "--stream-keys" in st.get("party_argv", []) else
+                "Keys are staged (copied and unpacked) before the online clock."),
              *_network_lines(doc), "",
              *table(["model", "seq", "batch", "gates", "GPUs", *(["network"] if shaped else []),
                      "online / batch", "steps min / max",

@@ -124,6 +124,7 @@ class Server:
         self._keys: dict[str, Any] = {}
         self.channel = None
         self.records: list[StepRecord] = []
+        self.stream_keys = False    # keys gate by gate inside the online clock (runtime/party.py)
 
     def inputs(self, j: int) -> dict:
         """The encoded input of the ``j``-th key set of a step (random valid values,
@@ -168,7 +169,7 @@ class Server:
 
         kf, idx = self.next_set(files)
         return run_party(self.build.gates, self.party, kf, idx, self.channel, self.inputs(j), self.be,
-                         scopes=self.build.scopes)
+                         scopes=self.build.scopes, stream_keys=self.stream_keys)
 
     def run_step(self, step: int, warmup: bool, keys: list[str], sets: int) -> StepRecord:
         """Evaluate ``sets`` consecutive key sets; the wall clock covers all of them."""
@@ -247,9 +248,9 @@ def _command_loop(server: Server, out: IO[str], out_path: Path | None) -> None:
 
 def serve(build: str, party: int, listen: str | None, peer: str | None, backend: str = "cpu",
           timeout: float = 600.0, connect_retry: float = 120.0, seed: int = 0, out_path: str | None = None,
-          tls: tuple = (None, None, None, None), net: Any = None) -> int:
+          tls: tuple = (None, None, None, None), net: Any = None, stream_keys: bool = False) -> int:
     """Run one worker until ``quit`` (or a failure); returns the exit status (0, 2: a user
-    error, 1: a bug)."""
+    error, 1: a bug). ``stream_keys``: see ``run_party``."""
     out = _answer_stream()
     if (listen is None) == (peer is None):
         _say(out, event="error", message="give exactly one of --listen and --peer")
@@ -258,6 +259,7 @@ def serve(build: str, party: int, listen: str | None, peer: str | None, backend:
     try:
         t0 = time.perf_counter()
         server = Server(build, party, backend, seed)
+        server.stream_keys = stream_keys
         server.inputs(0)
         _connect(server, listen, peer, timeout, connect_retry, out, tls, net)
         _say(out, event="ready", setup_seconds=time.perf_counter() - t0)
