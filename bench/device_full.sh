@@ -3,7 +3,7 @@
 # for each "model:gates:warmup:repeat[:layers[:profile]]" in $RUNS (both parties on GPU 0, internal
 # batch 1), each with its round phases (step / pack / wire / unpack, per party) in $OUT/phases.txt;
 # profile=1 runs the dealer and the parties under cProfile (slower) and appends the top of each
-# profile to $OUT/profile.txt.
+# profile to $OUT/profile.txt. $BENCH_ARGS is passed to every bench (e.g. --stream-keys).
 set -uo pipefail
 OUT=${OUT:-device_out}; mkdir -p "$OUT"; export PYTHONUNBUFFERED=1
 RUNS=${RUNS:-bert-base:fused:1:5}; TESTS=${TESTS:-1}
@@ -23,7 +23,7 @@ for run in $RUNS; do
   name="${model}_${gates}${layers:+_L$layers}${prof:+_prof}"; t0=$SECONDS
   rm -rf /tmp/fusec-prof; mkdir -p /tmp/fusec-prof
   ${prof:+env FUSEC_PYPROFILE=/tmp/fusec-prof} timeout "${LIMIT:-500}" python3 -m fusec bench --model "$model" --gates "$gates" --backend gpu --warmup "$warmup" \
-    --repeat "$repeat" ${layers:+--layers "$layers"} --internal-batch 1 --workdir "$WORK" --keys-dir "$WORK/keys" \
+    --repeat "$repeat" ${layers:+--layers "$layers"} --internal-batch 1 ${BENCH_ARGS:-} --workdir "$WORK" --keys-dir "$WORK/keys" \
     --json "$OUT/$name.json" --markdown /tmp/$name.md > /tmp/$name.log 2>&1
   echo "$name rc=$? $((SECONDS - t0)) s"; grep -E "^\| (bert|gpt)" /tmp/$name.md 2>/dev/null | tail -1
   { echo "== $name"; cat /tmp/$name.log; } >> "$LOG"; cat /tmp/$name.md >> "$OUT/tables.md" 2>/dev/null
