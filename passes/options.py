@@ -22,7 +22,8 @@ class CompileOptions:
     calib_seed: int = 0
     client_prefix: bool = True      # run the input owner's plaintext prefix (embeddings) before sharing
     notes: list = field(default_factory=list, compare=False, hash=False)
-    calib: dict | None = field(default=None, compare=False, hash=False, repr=False)  # input name -> array
+    # one request (input name -> array) or several (fusec/calib_set.py): ranges cover them all
+    calib: dict | list[dict] | None = field(default=None, compare=False, hash=False, repr=False)
     input_ranges: dict | None = field(default=None, compare=False, hash=False, repr=False)  # name -> (lo, hi)
 
     def __post_init__(self):
