@@ -38,6 +38,22 @@ def _mask(n_real: int = SEQ) -> np.ndarray:
     return (np.arange(SEQ) < n_real).astype(np.int64)[None]
 
 
+def last_hidden_state(m):
+    """A transformers model as ``forward(input_ids, attention_mask) -> last_hidden_state``,
+    the signature the exporters trace."""
+    import torch  # noqa: PLC0415
+
+    class Wrap(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask):
+            return self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    return Wrap(m).eval()
+
+
 def _encoder(config_cls: str, model_cls: str, **extra):
     """A text encoder ``forward(input_ids, attention_mask) -> last_hidden_state``."""
     def build():
@@ -53,17 +69,9 @@ def _encoder(config_cls: str, model_cls: str, **extra):
         from fusec.models.torch_export import perturb_weights  # noqa: PLC0415
         perturb_weights(m, 0)
 
-        class Wrap(torch.nn.Module):
-            def __init__(self, m):
-                super().__init__()
-                self.m = m
-
-            def forward(self, input_ids, attention_mask):
-                return self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
         req = {"input_ids": _ids(1), "attention_mask": _mask()}
         args = tuple(torch.from_numpy(req[k]) for k in ("input_ids", "attention_mask"))
-        return Wrap(m).eval(), args, ["input_ids", "attention_mask"], req
+        return last_hidden_state(m), args, ["input_ids", "attention_mask"], req
     return build
 
 

@@ -244,6 +244,7 @@ def test_llama_exported_at_opset_23_one_build_many_paddings(tmp_path):
     from pathlib import Path
 
     from fusec.models.torch_export import export_torch
+    from tests.families import last_hidden_state
 
     cfg = tf.LlamaConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, intermediate_size=64, max_position_embeddings=64)
@@ -253,16 +254,8 @@ def test_llama_exported_at_opset_23_one_build_many_paddings(tmp_path):
     with torch.no_grad():
         m.embed_tokens.weight.mul_(50)
 
-    class Wrap(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, input_ids, attention_mask):
-            return self.m(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
     ids, ones = np.arange(3, 3 + 16)[None], np.ones((1, 16), np.int64)
-    out, tmp, _ = export_torch(Wrap(m).eval(), (torch.from_numpy(ids), torch.from_numpy(ones)), tmp_path / "l.onnx",
+    out, tmp, _ = export_torch(last_hidden_state(m), (torch.from_numpy(ids), torch.from_numpy(ones)), tmp_path / "l.onnx",
                                ["input_ids", "attention_mask"], ["last_hidden_state"], {}, "dynamo", 23)
     with tmp:
         path = tmp_path / "llama23.onnx"

@@ -219,6 +219,14 @@ class SplineLookup(Gate):
             diff = np.take_along_axis(diff, order[:, :, None].repeat(d + 1, 2), 1)[:, :K]
         return alpha, diff, last
 
+    def _table(self, n: int) -> numpy.ndarray:
+        """The spec's combine table in Z_{2^n} (see :func:`_combine_table`), built once per gate
+        and width: the fused kernels read it every evaluation."""
+        tables = self.__dict__.setdefault("_tables", {})
+        if n not in tables:
+            tables[n] = _combine_table(tuple(tuple(int(c) for c in p) for p in self.mono), n)
+        return tables[n]
+
     # ------------------------------------------------------------------ eval
     def eval(self, party: int, key: Key, inputs, be) -> EvalGen:
         xp = be.xp
@@ -235,7 +243,7 @@ class SplineLookup(Gate):
             fused = getattr(be, "spline_lookup", None)  # the GPU's: the rest of this gate in one kernel
             share = None if fused is None else fused(
                 D, u, a, key["rpow"] if d else None, key["r_out"],
-                const(_combine_table(tuple(tuple(int(c) for c in p) for p in self.mono), n)), d, n, party)
+                const(self._table(n)), d, n, party)
             if share is not None:
                 return (yield Open(share, n, scope="lookup"))
             rp = xp.zeros((N, d + 1), np.uint64)
@@ -467,9 +475,8 @@ class PackedLookup(SplineLookup):
             c_hat = yield Open(c & one, 1, scope="cmp")                                 # round 1
         fused = getattr(be, "packed_lookup", None)      # the GPU's: the rest of this round in one kernel
         if fused is not None:
-            table = _combine_table(tuple(tuple(int(c) for c in p) for p in self.mono), n)
             share = fused(c_hat, u, key["rpow"] if d else None, key["rho_a"], key["rho_rpow"] if d else None,
-                          key["r_out"], const(table), d, n, party)
+                          key["r_out"], const(self._table(n)), d, n, party)
             if share is not None:
                 return (yield Open(share, n, scope="lookup"))                           # round 2
         c_hat = c_hat.reshape(N, P) & one
