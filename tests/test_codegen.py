@@ -268,7 +268,8 @@ def _random_round(rnd, party: int, n: int = 9):
     opens = []
     for j in range(n):
         shape = [(0,), (1,), (3, 5), (257,), (2, 3, 11)][j % 5]
-        share = rnd.integers(0, 2**64, size=shape, dtype=np.uint64)
+        share = _edges(rnd, int(np.prod(shape)), 64, (1 << 64) - 2).reshape(shape) if np.prod(shape) > 4 \
+            else rnd.integers(0, 2**64, size=shape, dtype=np.uint64)
         opens.append(SimpleNamespace(share=share, bits=int(rnd.choice(widths)), sender=[None, 0, 1][j % 3]))
     return opens
 
@@ -313,7 +314,7 @@ def test_dpf_keygen_tree_kernel_is_the_dealers_loop(kernels, rnd, depth):
     N = 37
     roots = [_blocks(rnd, (N,)) for _ in (0, 1)]
     roots = [tree.with_low_bit(r, np.full(N, b, np.uint64)) for b, r in enumerate(roots)]
-    path = rnd.integers(0, 2**63, size=N, dtype=np.uint64) & ring.mask(max(depth, 1))
+    path = _edges(rnd, N, max(depth, 1)) if depth else np.zeros(N, np.uint64)   # 0, all ones, top bit
 
     class Drawn:                      # replays the two root draws keygen_tree makes
         def __init__(self):
@@ -348,8 +349,9 @@ def test_dcf_keygen_kernel_is_the_dealers_loop(kernels, rnd, n, m, w):
         def dcf_keygen(self, *args):
             return kernels.dcf_keygen(*args)
 
-    alpha = rnd.integers(0, 2**63, size=N, dtype=np.uint64) & ring.mask(n)
+    alpha = _edges(rnd, N, n)                                   # 0, all ones, the top bit first
     beta = rnd.integers(0, 2**63, size=(N, m), dtype=np.uint64)
+    beta[:3] = [[0] * m, [(1 << w) - 1] * m, [1 << (w - 1)] * m]
     want = dcf.keygen(Drawn(), alpha, beta, n, w, prg.CpuPrg())
     got = dcf.keygen(Drawn(), alpha, beta, n, w, Fused())
     for b in (0, 1):
@@ -367,7 +369,7 @@ def test_packed_lookup_kernel_is_the_gates_numpy_round(kernels, rnd, d, P, bits,
     N, m = 53, ring.mask(bits)
     mono = [list(rnd.integers(0, 2**63, size=d + 1, dtype=np.uint64)) for _ in range(P + 1)]
     c_hat = rnd.integers(0, 2, size=(N, P), dtype=np.uint64)
-    u = rnd.integers(0, 2**63, size=N, dtype=np.uint64) & m
+    u = _edges(rnd, N, bits)                            # 0, all ones, the top bit first
     rpow = rnd.integers(0, 2**63, size=(N, d), dtype=np.uint64) & m
     rho_a = rnd.integers(0, 2**63, size=(N, P), dtype=np.uint64) & m
     rho_rpow = rnd.integers(0, 2**63, size=(N, P, d), dtype=np.uint64) & m
@@ -394,8 +396,8 @@ def test_spline_lookup_kernel_is_the_gates_numpy_code(kernels, rnd, d, P, bits, 
     N, m = 61, ring.mask(bits)
     mono = [list(rnd.integers(0, 2**63, size=d + 1, dtype=np.uint64)) for _ in range(P + 1)]
     D = rnd.integers(0, 2**63, size=(N, P + 1, d + 1), dtype=np.uint64) & m
-    u = rnd.integers(0, 2**63, size=N, dtype=np.uint64) & m
     a = np.sort(rnd.integers(0, 2**63, size=P, dtype=np.uint64) & m)
+    u = _edges(rnd, N, bits, int(a[0]), int(a[0]) - 1, int(a[-1]))     # and at / just below breakpoints
     rpow = rnd.integers(0, 2**63, size=(N, d), dtype=np.uint64) & m
     r_out = rnd.integers(0, 2**63, size=N, dtype=np.uint64) & m
     rp = np.concatenate([np.full((N, 1), party, np.uint64), rpow], axis=1)
@@ -406,44 +408,61 @@ def test_spline_lookup_kernel_is_the_gates_numpy_code(kernels, rnd, d, P, bits, 
     np.testing.assert_array_equal(kernels.spline_lookup(D, u, a, rpow, r_out, table, d, bits, party), want)
 
 
-@pytest.mark.parametrize("bits,k,s,w", [(50, 30, 12, 50), (64, 64, 13, 64), (37, 20, 0, 37), (50, 30, 3, 40)])
+def _edges(rnd, size: int, bits: int, *more: int) -> np.ndarray:
+    """Random words of ``bits`` bits whose first entries are forced: 0, 2^bits - 1, 2^(bits-1),
+    then ``more`` (the edge cases of a mask or an opened value)."""
+    v = rnd.integers(0, 2**64, size=size, dtype=np.uint64) & ring.mask(bits)
+    forced = [0, (1 << bits) - 1, 1 << (bits - 1), *more]
+    v[:len(forced)] = np.array([f & ((1 << bits) - 1) for f in forced], dtype=np.uint64)
+    return v
+
+
+@pytest.mark.parametrize("bits,k,s,w", [(50, 30, 12, 50), (64, 64, 13, 64), (37, 20, 0, 37), (50, 30, 3, 40),
+                                        (8, 8, 3, 8)])
 @pytest.mark.parametrize("party", [0, 1])
 def test_truncate_narrow_kernel_is_the_gates_numpy_code(kernels, rnd, bits, k, s, w, party):
     """The free narrow truncation and its widening in one kernel == TruncateNarrow's numpy
-    eval (hi_s(lo_k(u)), then widen_share) on random words, whatever the key words hold."""
+    eval (hi_s(lo_k(u)), then widen_share): every (u, MSB share) pair at 8 bits, random words
+    with forced edges (0, all ones, the top bit, the view's edges) at 37/50/64 bits."""
     from fusec.runtime.gates.truncation import widen_share
 
-    N, m = 97, k - s
-    u = rnd.integers(0, 2**64, size=N, dtype=np.uint64)
-    msb_q = rnd.integers(0, 2**64, size=N, dtype=np.uint64) & ring.mask(w - m)
-    offset = rnd.integers(0, 2**64, size=N, dtype=np.uint64) & ring.mask(w)
+    m = k - s
+    if bits <= 8:                                   # exhaustive: every u with every MSB-share word
+        u, msb_q = (a.reshape(-1).astype(np.uint64) for a in np.meshgrid(np.arange(1 << bits), np.arange(1 << (w - m))))
+    else:
+        u = _edges(rnd, 97, bits, (1 << (k - 1)), (1 << k) - 1, 1 << s, (1 << s) - 1)
+        msb_q = _edges(rnd, 97, w - m)
+    offset = _edges(rnd, u.size, w)
     v = ring.hi(ring.lo(u & ring.mask(bits), k), s)
     want = widen_share(party, v, m, msb_q, offset, w)
     np.testing.assert_array_equal(kernels.truncate_narrow(u, msb_q, offset, bits, k, s, m, w, party), want)
 
 
-@pytest.mark.parametrize("va,vb,square", [((30, 12), None, False), (None, (24, 5), False),
-                                          ((40, 3), (45, 2), False), ((20, 8), (22, 9), False),
-                                          ((30, 12), (30, 12), True), ((50, 1), (50, 1), True)])
+@pytest.mark.parametrize("n,va,vb,square", [(50, (30, 12), None, False), (50, None, (24, 5), False),
+                                            (50, (40, 3), (45, 2), False), (50, (20, 8), (22, 9), False),
+                                            (50, (30, 12), (30, 12), True), (50, (50, 1), (50, 1), True),
+                                            (37, (30, 12), (20, 3), False), (37, (37, 2), (37, 2), True),
+                                            (64, (60, 4), (62, 7), False), (64, (64, 1), (64, 1), True),
+                                            (10, (8, 2), (10, 1), False), (10, (8, 2), (8, 2), True)])
 @pytest.mark.parametrize("party", [0, 1])
-def test_mul_narrow_kernel_is_the_gates_numpy_eval(kernels, rnd, va, vb, square, party):
+def test_mul_narrow_kernel_is_the_gates_numpy_eval(kernels, rnd, n, va, vb, square, party):
     """A product read through narrow views in one kernel == MulNarrow's numpy eval, for each
-    combination of views (with and without the b_a b_b cross term) and for squares."""
+    combination of views (with and without the b_a b_b cross term) and for squares: at 10
+    bits every first input against every mask class, at 37/50/64 bits random words with
+    forced edges (0, all ones, the top bit) in the inputs and the masks."""
     from fusec.runtime.backend import get_backend
     from fusec.runtime.gates.mul_narrow import MulNarrow, View
     from fusec.runtime.rng import DealerRng
 
-    n, N = 50, 83
+    N = (1 << n) if n <= 10 else 83
     views = tuple(None if v is None else View(*v) for v in (va, vb))
     gate = MulNarrow(N, n, *views, square=square)
-    masks = [rnd.integers(0, 2**63, size=N, dtype=np.uint64) & ring.mask(n) for _ in range(2)]
+    masks = [_edges(rnd, N, n) for _ in range(2)]
+    u = [np.arange(N, dtype=np.uint64) if n <= 10 else _edges(rnd, N, 64), _edges(rnd, N, 64)]
     if square:
-        masks[1] = masks[0]
+        masks[1], u[1] = masks[0], u[0]
     _, k0, k1 = gate.keygen(DealerRng(b"mul-narrow"), masks)
     key = (k0, k1)[party]
-    u = [rnd.integers(0, 2**64, size=N, dtype=np.uint64) for _ in range(2)]
-    if square:
-        u[1] = u[0]
     want = next(gate.eval(party, key, u, get_backend("cpu"))).share
     np.testing.assert_array_equal(kernels.mul_narrow(u[0], u[1], key, views, square, n, party), want)
 
