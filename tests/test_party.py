@@ -155,9 +155,9 @@ def test_bytes_sent_do_not_depend_on_inputs(tmp_path):
 
 
 def test_stage_set_gives_the_same_key_set_type_on_every_backend():
-    """The CPU and the GPU's code (through the host kernels where nvcc is present) stage a
-    key set into the same type: a mapping from gate id to that gate's key arrays, with the
-    same arrays."""
+    """stage_set returns StagedKeys: a mapping from gate id to that gate's key arrays, in
+    layout order, whether unpacked up front or on first use (the GPU backend's code is
+    checked against it in tests/test_device_path.py::test_streamed_keys_are_the_staged_keys)."""
     import numpy as np
 
     from fusec.runtime.backend import StagedKeys, get_backend
