@@ -49,6 +49,11 @@ class StagedKeys(Mapping):
     def __len__(self) -> int:
         return len(self._ids)
 
+    @property
+    def unpacked_up_front(self) -> bool:
+        """Whether every gate's fields were unpacked when the set was staged."""
+        return self._load is None
+
 
 class Backend:
     """Interface every backend implements (CPU reference shown here)."""

@@ -298,9 +298,9 @@ class GpuBackend(Backend):
         check_fits(int(buf.nbytes), free, int(total))
         t0 = time.perf_counter()
         dev = self.xp.asarray(np.ascontiguousarray(buf).view(np.uint8).reshape(-1))
-        unpacked = 8 * sum(f.count for s in layout.slots for f in s.fields)
-        if buf.nbytes + unpacked + ONLINE_HEADROOM_BYTES <= free and self.kernels.has("fusec_unpack_round"):
-            keys = StagedKeys(layout.gate_ids, ready=unpack_key_set(self.kernels, layout, dev))
+        ready = self._unpack_up_front(layout, dev)
+        if ready is not None:
+            keys = StagedKeys(layout.gate_ids, ready=ready)
             del dev
             self.synchronize()
             self.last_stage_seconds = time.perf_counter() - t0
@@ -319,6 +319,27 @@ class GpuBackend(Backend):
             return fields
 
         return StagedKeys(layout.gate_ids, load=unpack)
+
+    def _unpack_up_front(self, layout: KeyLayout, dev) -> dict[str, dict[str, Any]] | None:
+        """Every gate's fields unpacked now, or None when they do not fit. Free memory is read
+        after the packed copy, and an out-of-memory error falls back to unpacking per gate:
+        both parties may share the card and stage at the same moment."""
+        if not self.kernels.has("fusec_unpack_round"):
+            return None
+        unpacked = 8 * sum(f.count for s in layout.slots for f in s.fields)
+        self.synchronize()
+        free = int(self.xp.cuda.runtime.memGetInfo()[0]) + self._pool_free_bytes()
+        if unpacked + ONLINE_HEADROOM_BYTES > free:
+            return None
+        try:
+            ready = unpack_key_set(self.kernels, layout, dev)
+            self.synchronize()
+            return ready
+        except Exception as e:  # noqa: BLE001 - only CUDA's out-of-memory is recovered
+            if memory_error(e) is None:
+                raise
+            self.xp.get_default_memory_pool().free_all_blocks()
+            return None
 
     def _pool_free_bytes(self) -> int:
         """Bytes CuPy's memory pool holds but does not use (reusable, not in memGetInfo's free)."""

@@ -38,6 +38,7 @@ class PartyResult:
     round_phases: dict = field(default_factory=dict)   # RoundLog.phases: step / pack / wire / unpack seconds
     claim_seconds: float = 0.0      # reading the set (unless verified just before), its checksum, the ledger's mark
     hello_seconds: float = 0.0      # the authenticated hello that agrees on the set
+    keys_unpacked_late: bool = False   # staged, but each gate's keys unpacked when it starts (did not fit unpacked)
 
 
 def open_keys(graph: GateGraph, party: int, key_path, state_dir: str | os.PathLike | None = None
@@ -93,7 +94,8 @@ def run_party(graph: GateGraph, party: int, kf: KeyFile, idx: int, channel: Chan
         profile.dump_stats(os.path.join(os.environ[PROFILE_ENV], f"p{party}_set{idx}_{os.getpid()}.prof"))
     return PartyResult(outputs, idx, dt, log.rounds, sum(log.bytes_sent.values()), dict(log.bytes_sent),
                        t_load, dict(log.compute), dict(log.seconds), dict(log.phases),
-                       claim_seconds=claim_seconds, hello_seconds=hello_seconds)
+                       claim_seconds=claim_seconds, hello_seconds=hello_seconds,
+                       keys_unpacked_late=not (stream_keys or keys.unpacked_up_front))
 
 
 PROFILE_ENV = "FUSEC_PYPROFILE"

@@ -140,6 +140,10 @@ def test_markdown_of_a_bench_run_carries_the_table(tmp_path):
     assert "Amdahl reconciliation" in md and "gate micro-benchmark: gates alone, H200" in md
     row = next(line for line in md.splitlines() if line.startswith("| m | 128 | 1 | 1 | - | 80.0% |"))
     assert "| 4.00x | microbench | 2.50x | 2.00x | -20.0% |" in row      # 1 / (0.2 + 0.8 / 4) = 2.5
+    assert "\u2020" not in md
+    doc["results"][0]["online"]["keys_unpacked_late"] = True
+    md = render_markdown(doc)
+    assert "| sigma \u2020 |" in md and "\u2020 Each gate's keys were unpacked when the gate started" in md
 
 
 def test_bench_refuses_a_bad_gate_speedups_file_before_running(tmp_path):

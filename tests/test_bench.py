@@ -85,6 +85,18 @@ def test_round_phases_are_kept_per_party_and_summarized_as_medians():
     assert s["round_phases_per_batch"] == {"p0": {"step": 2.0, "wire": 0.5}, "p1": {"step": 3.0, "wire": 1.0}}
 
 
+def test_keys_unpacked_late_by_either_party_mark_the_configuration():
+    """A set staged but unpacked gate by gate inside the clock (it did not fit unpacked on the
+    card) is slower online: one party saying so marks the step and the summary."""
+    def step(i, late0, late1):
+        return merge_parties({**_party_step(i, False, 1.0, 10, 5, {}), "keys_unpacked_late": late0},
+                             {**_party_step(i, False, 1.0, 10, 5, {}), "keys_unpacked_late": late1})
+
+    assert step(0, False, True)["keys_unpacked_late"] and not step(0, False, False)["keys_unpacked_late"]
+    assert summarize([step(0, False, False), step(1, True, False)], 1, 1, 8)["keys_unpacked_late"]
+    assert not summarize([step(0, False, False)], 1, 1, 8)["keys_unpacked_late"]
+
+
 def test_key_plan_up_front_per_step_or_skipped(tmp_path):
     gb = 10**9
     up = plan_keys("auto", gb, 6, 4, 100 * gb, tmp_path)        # 6 steps x 4 sets x 2 parties = 48 GB: fits

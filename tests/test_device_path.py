@@ -26,7 +26,7 @@ from fusec.runtime.gates.movement import Rearrange, SumAxis  # noqa: F401
 from fusec.runtime.gates.sigma_nonlinear import SigmaInverse, SigmaNegExp, sigma_layernorm_rsqrt
 from fusec.runtime.rng import DealerRng
 from tests.fakedevice import FakeDeviceBackend, host_kernel_backend
-from tests.harness import both_parties, queue_exchanges, run_pair
+from tests.harness import both_parties, queue_exchanges
 
 
 def _gpu_kind():
@@ -257,3 +257,49 @@ def test_streamed_keys_are_the_staged_keys(bert_build, tmp_path, device):
         assert a.keys() == b.keys()
         for name in a:
             assert np.array_equal(be.asnumpy(a[name]), be.asnumpy(b[name])), (g, name)
+
+
+class _OutOfMemory(Exception):
+    pass
+
+
+_OutOfMemory.__name__ = "OutOfMemoryError"      # what CuPy raises; memory_error() goes by name
+
+
+@pytest.mark.parametrize("free_after_copy_gib,unpack_fails", [(4, False), (64, True), (64, False)])
+def test_stage_set_unpacks_per_gate_when_the_unpacked_set_does_not_fit(bert_build, tmp_path, monkeypatch,
+                                                                     free_after_copy_gib, unpack_fails):
+    """Both parties on one card stage at the same moment: too little free memory after the
+    packed copy, or CUDA running out mid-unpack, must fall back to unpacking each gate when it
+    starts (the sigma BERT-base run on an H100 died here), and give the CPU's arrays."""
+    import types
+
+    from fusec.runtime.backend import StagedKeys
+    from fusec.runtime.gpu_backend import GpuBackend
+    from tests import fakedevice
+
+    kind = _host_kernels()
+    write_keys(bert_build.gates, tmp_path, 1, seed=b"oom")
+    layout = bert_build.gates.layout()
+    with KeyFile.open(tmp_path / "p0.key", layout, 0) as kf:
+        raw = kf._read_set(0)
+    be = kind()
+    pool = types.SimpleNamespace(total_bytes=lambda: 0, used_bytes=lambda: 0, free_all_blocks=lambda: None)
+    free = iter([64 << 30, free_after_copy_gib << 30])    # before the packed copy, after it
+    runtime = types.SimpleNamespace(memGetInfo=lambda: (next(free), 80 << 30))
+    be.xp = types.SimpleNamespace(**{k: getattr(fakedevice.fakecupy, k) for k in ("asarray", "ndarray", "zeros")},
+                                  cuda=types.SimpleNamespace(runtime=runtime), get_default_memory_pool=lambda: pool)
+    calls = []
+    if unpack_fails:
+        def unpack_round(*a, **k):
+            calls.append(1)
+            raise _OutOfMemory("Out of memory allocating 37,719,488,512 bytes")
+        monkeypatch.setattr(be.kernels, "unpack_round", unpack_round)
+    staged = GpuBackend.stage_set(be, layout, raw)
+    cpu = get_backend("cpu").stage_set(layout, raw)
+    assert isinstance(staged, StagedKeys) and list(staged) == layout.gate_ids
+    assert bool(calls) == unpack_fails
+    assert staged.unpacked_up_front == (free_after_copy_gib == 64 and not unpack_fails)
+    for g in layout.gate_ids:
+        for name, v in cpu[g].items():
+            assert np.array_equal(fakedevice.fakecupy.asnumpy(staged[g][name]), v), (g, name)

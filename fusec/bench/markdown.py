@@ -32,6 +32,8 @@ def _shaped(doc: dict) -> bool:
 def _row(rec: dict, shaped: bool = False) -> list[str]:
     c = rec["config"]
     gates = c["gates"] if c.get("padded", True) else f"{c['gates']} (no padding, INSECURE)"
+    if rec.get("online", {}).get("keys_unpacked_late"):
+        gates += " \u2020"
     head = [c.get("label", c["model"]), str(c["seq"]), str(c["batch"]),
             gates, "-" if c["gpus"] is None else str(c["gpus"])] + ([net_name(c) or "-"] if shaped else [])
     if "skipped" in rec:
@@ -251,6 +253,9 @@ def render_markdown(doc: dict) -> str:
                      "online / batch", "steps min / max",
                       "online / inference", "bytes / inference", "rounds", "keygen / inference",
                       "key / inference / party", "tokens/s"], "lrrlr" + "l" * shaped + "rrrrrrrr", rows)]
+    if any(r.get("online", {}).get("keys_unpacked_late") for r in doc["results"]):
+        lines += ["", "\u2020 Each gate's keys were unpacked when the gate started, inside the online clock: the "
+                  "unpacked set did not fit in device memory next to its packed bytes (and the peer's, on a shared card)."]
     skipped = [r for r in doc["results"] if "skipped" in r]
     if skipped:
         lines += ["", "Skipped:"] + [f"- {r['config']['name']}: {' '.join(r['skipped'].split())}" for r in skipped]

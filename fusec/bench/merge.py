@@ -35,6 +35,8 @@ def merge_parties(p0: dict, p1: dict) -> dict:
             out[key] = {scope: {m: merge_value(m, (a or {}).get(scope, {}).get(m), (b or {}).get(scope, {}).get(m))
                                 for m in unique([*(a or {}).get(scope, {}), *(b or {}).get(scope, {})])}
                         for scope in unique([*(a or {}), *(b or {})])}
+        elif key == "keys_unpacked_late":
+            out[key] = bool(a) or bool(b)
         elif key == "round_phases":     # kept per party: their difference is the waiting
             out[key] = {f"p{p}": phases for p, phases in ((0, a), (1, b)) if phases}
         elif key not in out and (is_number(a) or is_number(b)):
@@ -70,7 +72,8 @@ def summarize(steps: list[dict], batch: int, internal_batch: int, seq: int) -> d
     secs = per_step.get("online_seconds")
     return {"steps_timed": len(timed), "per_step": per_step, "per_batch": per_batch, "per_inference": per_inference,
             "tokens_per_second": batch * internal_batch * seq / secs if secs else None,
-            "scopes_per_batch": scopes, "round_phases_per_batch": _phases(timed, internal_batch)}
+            "scopes_per_batch": scopes, "round_phases_per_batch": _phases(timed, internal_batch),
+            "keys_unpacked_late": any(s.get("keys_unpacked_late", False) for s in timed)}
 
 
 def _phases(timed: list[dict], internal_batch: int) -> dict[str, dict[str, float]]:

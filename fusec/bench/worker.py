@@ -106,6 +106,7 @@ class StepRecord:
     wire_bytes_sent: int = 0
     scopes: dict = field(default_factory=dict)
     round_phases: dict = field(default_factory=dict)   # step / pack / wire / unpack seconds (RoundLog.phases)
+    keys_unpacked_late: bool = False   # some set's keys unpacked gate by gate inside the clock (runtime/party.py)
 
 
 class Server:
@@ -185,6 +186,7 @@ class Server:
             rec.claim_seconds += getattr(res, "claim_seconds", 0.0)
             rec.hello_seconds += getattr(res, "hello_seconds", 0.0)
             rec.rounds += res.rounds
+            rec.keys_unpacked_late |= getattr(res, "keys_unpacked_late", False)
             rec.bytes_sent += res.bytes_sent
             add_scopes(rec.scopes, result_scopes(res))
             for phase, secs in getattr(res, "round_phases", {}).items():
