@@ -24,7 +24,9 @@ import numpy as np
 from fusec.errors import FusecError
 from fusec.runtime import dcf, dpf, dpf_arith, ring
 from fusec.runtime.backend import Backend, StagedKeys
-from fusec.runtime.layout import KeyLayout
+from fusec.runtime.key_prefetch import (STREAM_AHEAD_BYTES, STREAM_CHUNK_BYTES, CopyQueue, CudaCopies,
+                                        KeyPrefetcher, SyncCopies)
+from fusec.runtime.layout import GateSlot, KeyLayout
 from fusec.runtime.rng import DealerRng
 from fusec.runtime.round_message import PEER, OpenSlot, RoundMessage
 from fusec.runtime.xp import const
@@ -82,6 +84,19 @@ def memory_error(e: BaseException) -> FusecError | None:
     return FusecError(f"the GPU ran out of memory: {e}",
                       "run each party on its own GPU (CUDA_VISIBLE_DEVICES), free the GPU, compile a "
                       "smaller batch or sequence, or use --backend cpu")
+
+
+def _parallel_copy(dst: np.ndarray, src: np.ndarray, part: int = 64 << 20) -> None:
+    """``dst[:] = src`` for multi-GB byte arrays, in parts on a few threads (numpy releases
+    the GIL for plain copies; one thread alone does not saturate host memory)."""
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
+
+    starts = range(0, src.size, part)
+    if len(starts) <= 1:
+        np.copyto(dst, src)
+        return
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1, len(starts))) as pool:
+        list(pool.map(lambda s: np.copyto(dst[s:s + part], src[s:s + part]), starts))
 
 
 def unpack_key_set(kernels, layout: KeyLayout, buf) -> dict[str, dict[str, Any]]:
@@ -161,6 +176,10 @@ class GpuBackend(Backend):
     """CuPy arrays + the generated kernels. ``source``: a build's kernels.cu (else the default)."""
 
     name = "gpu"
+    #: Streamed keys (``--stream-keys``): bytes per copy, and bytes queued ahead of the gates.
+    stream_chunk_bytes = STREAM_CHUNK_BYTES
+    stream_ahead_bytes = STREAM_AHEAD_BYTES
+    _copy_stream = None     # the non-blocking stream streamed keys are copied on (made on first use)
 
     def __init__(self, source: str | None = None, device: int | None = None) -> None:
         cupy = _import_cupy()
@@ -247,7 +266,10 @@ class GpuBackend(Backend):
         the device before returning): no page faults on a fresh multi-GB array, and the
         copy runs at the link's speed instead of through a bounce buffer. Page-locked memory
         cannot be swapped or reclaimed, and both parties may share one host: a set larger
-        than an eighth of the host's memory is read into ordinary memory instead (None)."""
+        than an eighth of the host's memory is read into ordinary memory instead (None).
+        Copies a streamed set still has queued from the buffer finish first."""
+        if self._copy_stream is not None:
+            self._copy_stream.synchronize()
         if nbytes > PINNED_SHARE * _host_memory_bytes():
             self._key_host = None
             return None
@@ -264,26 +286,76 @@ class GpuBackend(Backend):
 
     def stream_set(self, layout: KeyLayout, buf: np.ndarray) -> StagedKeys:
         """Keys streamed inside the clock (as SIGMA counts its key copies): the set stays in
-        host memory (page-locked when it fits, see host_buffer) and each gate's slot is
-        copied to the device and unpacked by one kernel when the gate first runs."""
-        host = np.ascontiguousarray(buf).view(np.uint8).reshape(-1)
-        slots = {s.gate_id: s for s in layout.slots}
+        host memory and reaches the device while the gates run. Chunks of consecutive slots
+        (``stream_chunk_bytes``) are copied on a copy stream of their own a bounded window
+        (``stream_ahead_bytes``, less when device memory is short) ahead of the gates, in
+        layout order, which is the order gates consume keys; a gate's first access waits on
+        its chunk's event and unpacks its slot with one kernel (runtime/key_prefetch.py).
 
-        def load(gate_id: str) -> dict[str, Any]:
-            slot = slots[gate_id]
-            dev = self.xp.asarray(host[slot.offset:slot.offset + slot.nbytes])
-            one = KeyLayout([(gate_id, slot.kind, slot.elements, slot.fields)])
-            if self.kernels.has("fusec_unpack_round"):
-                return unpack_key_set(self.kernels, one, dev)[gate_id]
-            fields, pos = {}, 0
-            for f in slot.fields:
-                fields[f.name] = (self.kernels.unpack_bits(dev[pos:pos + f.packed_nbytes], f.bits, f.count)
-                                  if f.count else self.xp.zeros(0, np.uint64)).reshape(f.shape)
-                pos += f.nbytes
-            return fields
+        The copies overlap the gates only from page-locked memory: a set not read into
+        :meth:`host_buffer` is copied there first (a host copy, timed as staging, outside the
+        clock); a set too large for it stays in ordinary memory, from which CUDA copies
+        synchronously (correct, no overlap). Nothing reaches the device before the first
+        gate asks for keys."""
+        t0 = time.perf_counter()
+        host = self._page_locked(np.ascontiguousarray(buf).view(np.uint8).reshape(-1))
+        ahead = self._stream_ahead_bytes()
+        chunk = max(1, min(self.stream_chunk_bytes, ahead // 2))
+        prefetch = KeyPrefetcher(layout, host, self._copy_queue(), self._unpack_slot, chunk, ahead)
+        self.last_stage_seconds = time.perf_counter() - t0
+        return StagedKeys(layout.gate_ids, load=prefetch.load)
 
-        self.last_stage_seconds = 0.0
-        return StagedKeys(layout.gate_ids, load=load)
+    def _unpack_slot(self, slot: GateSlot, dev) -> dict[str, Any]:
+        """One gate's fields from its packed slot bytes on the device (one kernel)."""
+        if self.kernels.has("fusec_unpack_round"):
+            one = KeyLayout([(slot.gate_id, slot.kind, slot.elements, slot.fields)])
+            return unpack_key_set(self.kernels, one, dev)[slot.gate_id]
+        fields, pos = {}, 0
+        for f in slot.fields:
+            fields[f.name] = (self.kernels.unpack_bits(dev[pos:pos + f.packed_nbytes], f.bits, f.count)
+                              if f.count else self.xp.zeros(0, np.uint64)).reshape(f.shape)
+            pos += f.nbytes
+        return fields
+
+    def _copy_queue(self) -> CopyQueue:
+        """Key copies on a non-blocking stream (one per backend, reused), or plain copies
+        where the array module has no CUDA streams (the CPU test stand-ins)."""
+        if not hasattr(self.xp, "cuda"):
+            return SyncCopies(self.xp)
+        if self._copy_stream is None:
+            self._copy_stream = self.xp.cuda.Stream(non_blocking=True)
+        return CudaCopies(self.xp, self._copy_stream)
+
+    def _stream_ahead_bytes(self) -> int:
+        """The prefetch window: ``stream_ahead_bytes``, or what device memory leaves next to
+        the online phase's headroom (at least one chunk always goes: the gate needs it)."""
+        if not hasattr(self.xp, "cuda"):
+            return int(self.stream_ahead_bytes)
+        free = int(self.xp.cuda.runtime.memGetInfo()[0]) + self._pool_free_bytes()
+        return max(0, min(int(self.stream_ahead_bytes), free - ONLINE_HEADROOM_BYTES))
+
+    def _page_locked(self, host: np.ndarray) -> np.ndarray:
+        """``host``, or a page-locked copy of it (:meth:`host_buffer`) when it is not
+        page-locked already and fits there; else ``host`` itself (copies stay synchronous)."""
+        if not hasattr(self.xp, "cuda") or self._is_page_locked(host):
+            return host
+        pinned = self.host_buffer(host.nbytes)
+        if pinned is None:
+            return host
+        _parallel_copy(pinned, host)
+        return pinned
+
+    def _is_page_locked(self, host: np.ndarray) -> bool:
+        if not host.nbytes:
+            return True
+        ptr, kept = host.ctypes.data, self._key_host
+        if kept is not None and kept.ctypes.data <= ptr and ptr + host.nbytes <= kept.ctypes.data + kept.nbytes:
+            return True     # read into host_buffer by KeyFile.claim
+        try:
+            attrs = self.xp.cuda.runtime.pointerGetAttributes(ptr)
+            return int(getattr(attrs, "type", getattr(attrs, "memoryType", -1))) == 1   # cudaMemoryTypeHost
+        except Exception:  # noqa: BLE001 - an unknown pointer is treated as pageable
+            return False
 
     def stage_set(self, layout: KeyLayout, buf: np.ndarray, stream: bool = False):
         """One key set's bytes -> device memory in one copy, then every field of every gate
