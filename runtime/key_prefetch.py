@@ -120,13 +120,18 @@ class CudaCopies:
             dev = self.cupy.empty(host.size, np.uint8)
             if host.size:
                 dev.set(host, stream=self.stream)
-            return dev, self.stream.record()
+            return dev, self._event(self.stream)
 
     def wait(self, token: Any) -> None:
         self.cupy.cuda.get_current_stream().wait_event(token)
 
     def fence(self) -> None:
-        self.stream.wait_event(self.cupy.cuda.get_current_stream().record())
+        self.stream.wait_event(self._event(self.cupy.cuda.get_current_stream()))
+
+    def _event(self, stream) -> Any:
+        ev = self.cupy.cuda.Event(disable_timing=True)     # for ordering only: no timestamps
+        ev.record(stream)
+        return ev
 
 
 @dataclass

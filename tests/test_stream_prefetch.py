@@ -358,3 +358,65 @@ def test_parallel_copy_copies_every_byte():
         dst = np.zeros(n, np.uint8)
         _parallel_copy(dst, src, part=4096)
         assert np.array_equal(dst, src)
+
+
+# ---------------------------------------------------------------------------- the CUDA calls, stubbed
+class _FakeCuda:
+    """Just enough of CuPy's stream/event API to record what CudaCopies asks of CUDA."""
+
+    def __init__(self) -> None:
+        import types
+
+        self.log: list[tuple] = []
+        self.current = ["compute"]
+        log, current = self.log, self.current
+
+        class Stream:
+            def __init__(self, name):
+                self.name = name
+
+            def __enter__(self):
+                current.append(self.name)
+
+            def __exit__(self, *exc):
+                current.pop()
+
+            def wait_event(self, ev):
+                log.append(("wait", self.name, ev.recorded_on))
+
+        class Event:
+            def __init__(self, disable_timing=False):
+                self.recorded_on = None
+
+            def record(self, stream):
+                self.recorded_on = stream.name
+                log.append(("record", stream.name))
+
+        class Array:
+            def __init__(self, n):
+                self.n = n
+                log.append(("alloc", current[-1], n))
+
+            def set(self, host, stream=None):
+                log.append(("copy", stream.name, host.nbytes))
+
+        self.copy_stream = Stream("copy")
+        self.cuda = types.SimpleNamespace(Event=Event, get_current_stream=lambda: Stream(current[-1]))
+        self.empty = lambda n, dtype: Array(n)
+
+
+def test_cuda_copies_allocate_and_copy_on_the_copy_stream_and_order_both_ways():
+    from fusec.runtime.key_prefetch import CudaCopies
+
+    cp = _FakeCuda()
+    q = CudaCopies(cp, cp.copy_stream)
+    buf, ev = q.copy(np.zeros(100, np.uint8))
+    # allocated while the copy stream is current (its pool arena), copied on it, event after
+    assert cp.log == [("alloc", "copy", 100), ("copy", "copy", 100), ("record", "copy")]
+    assert ev.recorded_on == "copy" and cp.current == ["compute"]
+    cp.log.clear()
+    q.wait(ev)                                   # the compute stream waits for the copy
+    assert cp.log == [("wait", "compute", "copy")]
+    cp.log.clear()
+    q.fence()                                    # later copies wait for the compute work so far
+    assert cp.log == [("record", "compute"), ("wait", "copy", "compute")]
