@@ -9,9 +9,9 @@ from pathlib import Path
 import click
 import numpy as np
 
-from fusec.errors import FusecError
+from fusec.errors import FusecError, ParameterError
 from fusec.limits import Limits
-from fusec.party_cli import key_set_count, party_options, tls_argv, tls_options
+from fusec.party_cli import address_type, key_set_count, party_options, seconds_type, tls_argv, tls_options
 
 
 def main() -> None:
@@ -337,29 +337,65 @@ def inspect(build_dir, show_ir, show_layout, show_program, all_ranges, top, as_j
 
 @cli.command()
 @click.argument("build_dir", type=click.Path(file_okay=False))
-@click.option("-o", "--out", required=True, type=click.Path(file_okay=False), help="where p0.key and p1.key go")
+@click.option("-o", "--out", type=click.Path(file_okay=False), help="where p0.key and p1.key go")
+@click.option("--serve", type=address_type, default=None,
+              help="HOST:PORT: stream the key sets to the two servers (fusec run --keys tcp://HOST:PORT) instead of "
+                   "writing files; without TLS only on loopback")
 @click.option("--count", default=1, show_default=True, type=key_set_count,
               help="key sets, one per inference (internal batch)")
 @click.option("--backend", default="cpu", show_default=True, type=click.Choice(["cpu", "gpu"]),
               help="where the dealer computes (same CSPRNG construction either way)")
-def keygen(build_dir, out, count, backend) -> None:
-    """The dealer: one key file per server, from a CSPRNG."""
+@click.option("--timeout", type=seconds_type, default=3600.0, show_default=True,
+              help="--serve: seconds to wait for a server to connect or ask for its next set")
+@tls_options
+def keygen(build_dir, out, serve, count, backend, timeout, tls_cert, tls_key, tls_ca, tls_server_name) -> None:
+    """The dealer: one key file per server, or (--serve) key sets streamed to the servers; from a CSPRNG."""
     import time
 
     from fusec.build import load_build
     from fusec.runtime.backend import get_backend
     from fusec.runtime.dealer import write_keys
 
+    if (out is None) == (serve is None):
+        raise ParameterError("give exactly one of -o DIR (key files) and --serve HOST:PORT (stream to the servers)")
+    listener = _dealer_listener(serve, tls_cert, tls_key, tls_ca, tls_server_name) if serve else None
     b = load_build(build_dir)
     if b.manifest.get("insecure"):
         click.echo("WARNING: this build is INSECURE (mask-dependent key shapes; ablation only): its keys reveal "
                    "information about the masks", err=True)
     be = get_backend(backend, b.kernels_source)
     t0 = time.perf_counter()
+    if listener is not None:
+        from fusec.runtime.dealer import serve_keys
+
+        click.echo(f"serving {count} key set(s) of {b.gates.layout().set_nbytes:,} bytes per party on "
+                   f"{serve[0] or '0.0.0.0'}:{listener.port}", err=True)
+        with listener:
+            done = serve_keys(b.gates, listener, count, backend=be, timeout=timeout,
+                              log=lambda msg: click.echo(msg, err=True))
+        click.echo(json.dumps({"served_sets": done.pop("sets"), "sessions": done.pop("sessions"),
+                               "seconds": time.perf_counter() - t0, **done}))
+        return
     with click.progressbar(length=count, label="key sets", file=sys.stderr) as bar:
         paths = write_keys(b.gates, out, count, progress=lambda i, k: bar.update(1), backend=be)
     click.echo(f"wrote {paths[0]} and {paths[1]}: {count} key set(s) of {b.gates.layout().set_nbytes:,} bytes "
                f"per party in {time.perf_counter() - t0:.2f} s")
+
+
+def _dealer_listener(serve, tls_cert, tls_key, tls_ca, tls_server_name):
+    """The dealer's listening socket, TLS when configured; plaintext only on loopback."""
+    from fusec.runtime.channel import TcpListener
+    from fusec.runtime.keystream import check_plaintext
+    from fusec.runtime.tls import TlsFiles
+
+    if tls_server_name:
+        raise ParameterError("--tls-server-name is for the servers; the dealer is named by its certificate")
+    tls = TlsFiles.from_options(tls_cert, tls_key, tls_ca)
+    if tls is not None:
+        tls.check()
+    host, port = serve
+    check_plaintext(host or "0.0.0.0", tls is not None, "--serve")
+    return TcpListener(host, port, tls.server_context() if tls else None)
 
 
 @cli.command()

@@ -88,6 +88,8 @@ class _Net(click.ParamType):
 
 
 net_type = _Net()
+address_type = _Address()
+seconds_type = _Seconds()
 NET_HELP = ("emulate a network on loopback (both parties need the same): lan = 1 Gbit/s, 0.5 ms RTT; "
             "wan = 400 Mbit/s, 4 ms RTT; or BANDWIDTH,RTT such as 10gbit,0.2ms (default: none)")
 
@@ -144,6 +146,7 @@ class ServerOptions:
     tls_server_name: str | None
     net: Any = None                 # runtime.shaping.NetSetting: an emulated link (--net), None: none
     _ssl: ssl.SSLContext | None = field(default=None, repr=False)
+    _tls: Any = field(default=None, repr=False)     # runtime.tls.TlsFiles, also for a dealer's key stream
 
     def prepare(self, output_suffixes: tuple[str, ...] = (), extra_outputs: dict[str, str | None] | None = None
                 ) -> "ServerOptions":
@@ -165,13 +168,17 @@ class ServerOptions:
         if tls is not None:
             tls.check()
             self._ssl = tls.server_context() if self.listen else tls.client_context()
+            self._tls = tls
         return self
 
     def open_keys(self, graph):
-        """The key file checked, its record of used sets writable, the next set verified."""
+        """The key file checked, its record of used sets writable, the next set verified;
+        or (``--keys tcp://HOST:PORT``) connected to the dealer streaming the key sets."""
         from fusec.runtime.party import open_keys  # noqa: PLC0415
 
-        return open_keys(graph, self.party, self.key_path, self.state_dir)
+        dealer = {"timeout": self.timeout, "retry_for": self.connect_retry,
+                  "ssl_context": self._tls.client_context() if self._tls else None}   # name: the dealer's host
+        return open_keys(graph, self.party, self.key_path, self.state_dir, dealer=dealer)
 
     def channel(self):
         """Listen for or connect to the peer (TLS when configured; --net: behind an emulated link)."""
@@ -230,7 +237,9 @@ def party_options(f: Callable) -> Callable:
     as ``server: ServerOptions`` instead of one argument each."""
     opts = [
         click.option("--party", type=_Party(), required=True, help="0 or 1"),
-        click.option("--keys", "key_path", required=True, type=click.Path(), help="this party's key file"),
+        click.option("--keys", "key_path", required=True, type=click.Path(),
+                     help="this party's key file, or tcp://HOST:PORT of a dealer streaming key sets "
+                          "(fusec keygen --serve)"),
         click.option("--listen", type=_Address(), help="HOST:PORT (or :PORT) to accept the peer on"),
         click.option("--peer", type=_Address(), help="HOST:PORT of the listening peer"),
         click.option("--input", "input_path", type=click.Path(dir_okay=False), help="this party's private input"),

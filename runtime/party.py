@@ -21,6 +21,7 @@ from fusec.runtime.channel import Channel
 from fusec.runtime.graph import GateGraph
 from fusec.runtime.hello import pair
 from fusec.runtime.keyio import KeyFile
+from fusec.runtime.keystream import DealerKeyStream, is_stream_address
 from fusec.runtime.protocol import RoundLog
 
 
@@ -41,10 +42,20 @@ class PartyResult:
     keys_unpacked_late: bool = False   # staged, but each gate's keys unpacked when it starts (did not fit unpacked)
 
 
-def open_keys(graph: GateGraph, party: int, key_path, state_dir: str | os.PathLike | None = None
-              ) -> tuple[KeyFile, int]:
+def open_keys(graph: GateGraph, party: int, key_path, state_dir: str | os.PathLike | None = None,
+              dealer: dict | None = None) -> tuple[KeyFile, int]:
     """Validate the key file for this party, check its record of used sets can be kept
-    (under ``state_dir``), and pick and verify the next unused key set."""
+    (under ``state_dir``), and pick and verify the next unused key set.
+
+    ``key_path`` ``tcp://HOST:PORT`` is a dealer streaming key sets instead
+    (runtime/keystream.py; ``dealer``: keyword arguments of its ``connect``, e.g. TLS):
+    sets arrive in order into memory and are never stored, so no record is kept."""
+    if is_stream_address(key_path):
+        stream = DealerKeyStream.connect(str(key_path), graph.layout(), party, **(dealer or {}))
+        if stream.next_unused() is None:
+            stream.close()
+            raise KeyFileError(f"the dealer at {key_path} has no key set left", "start the dealer again")
+        return stream, stream.next_unused()
     kf = KeyFile.open(key_path, graph.layout(), party, state_dir)
     try:
         kf.ledger.ensure()

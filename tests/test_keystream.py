@@ -1,0 +1,223 @@
+"""Key sets streamed by the dealer over TCP (runtime/keystream.py, `fusec keygen --serve`):
+the same bytes a key file holds for the same seed, each set once, the pairing as with files,
+and one-line errors for every way the three ends can disagree."""
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from fusec import demo
+from fusec.errors import FusecError, KeyFileError, ParameterError
+from fusec.run3 import free_port, fusec_cmd
+from fusec.runtime import ring
+from fusec.runtime.backend import get_backend
+from fusec.runtime.channel import TcpListener, local_channel_pair
+from fusec.runtime.dealer import serve_keys, write_keys
+from fusec.runtime.keyio import KeyFile
+from fusec.runtime.keystream import DealerKeyStream, check_plaintext, parse_stream_address
+from fusec.runtime.party import open_keys, run_party
+
+N, BITS, F = 6, 50, 12
+
+
+class Dealer:
+    """serve_keys in a thread on an ephemeral loopback port."""
+
+    def __init__(self, graph, count: int, seed: bytes | None = None, timeout: float = 20.0) -> None:
+        self.listener = TcpListener("127.0.0.1", 0)
+        self.address = f"tcp://127.0.0.1:{self.listener.port}"
+        self.result, self.error, self.log = None, None, []
+
+        def go():
+            try:
+                self.result = serve_keys(graph, self.listener, count, seed=seed, timeout=timeout,
+                                         log=self.log.append)
+            except Exception as e:  # surfaced to the test
+                self.error = e
+            finally:
+                self.listener.close()
+
+        self.thread = threading.Thread(target=go, daemon=True)
+        self.thread.start()
+
+    def join(self):
+        self.thread.join(30)
+        assert not self.thread.is_alive(), "the dealer did not finish"
+        return self.result
+
+
+def _both(fn):
+    """fn(party) in two threads; (results, errors) by party."""
+    res, err = {}, {}
+
+    def go(p):
+        try:
+            res[p] = fn(p)
+        except Exception as e:  # surfaced to the test
+            err[p] = e
+
+    ts = [threading.Thread(target=go, args=(p,)) for p in (0, 1)]
+    [t.start() for t in ts]
+    [t.join(60) for t in ts]
+    return res, err
+
+
+def test_streamed_sets_are_the_key_files_bytes(tmp_path):
+    """For one test seed the dealer's stream carries exactly what it writes into key files
+    (the file path has its own tests), set after set, and a set comes only once."""
+    g = demo.build_graph(N, BITS, F)
+    layout = g.layout()
+    write_keys(g, tmp_path, count=2, seed=b"same")
+    files = {}
+    for p in (0, 1):
+        with KeyFile.open(tmp_path / f"p{p}.key", layout, p, tmp_path / "state") as kf:
+            files[p] = [kf._read_set(i).tobytes() for i in range(2)]
+    dealer = Dealer(g, 2, seed=b"same")
+
+    def receive(p):
+        with DealerKeyStream.connect(dealer.address, layout, p) as ks:
+            got = []
+            while ks.next_unused() is not None:
+                got.append(ks.claim(ks.next_unused()).read_all_raw().tobytes())
+            with pytest.raises(KeyFileError, match="once, in order"):
+                ks.claim(0)
+            return got, ks.key_set_id, ks.pairing_secret
+
+    res, err = _both(receive)
+    assert not err, err
+    for p in (0, 1):
+        assert res[p][0] == files[p]
+    assert res[0][1:] == res[1][1:]                 # one key-set id and pairing secret for both
+    done = dealer.join()
+    assert done["sets"] == 2 and done["sessions"] == 1 and done["generate_seconds"] > 0
+
+
+def _inputs(rng):
+    return {0: {"w": ring.encode_fixed(rng.uniform(-1, 1, N), F, BITS)},
+            1: {"x": ring.encode_fixed(rng.uniform(-3, 3, N), F, BITS)}}
+
+
+def test_two_inferences_in_two_sessions_against_float_math():
+    """Servers come and go (one `fusec run` pair per inference): the dealer serves set 0 to
+    the first pair and set 1 to the next; each inference's outputs match float math."""
+    g = demo.build_graph(N, BITS, F)
+    dealer = Dealer(g, 2)
+    rng = np.random.default_rng(5)
+    for expect in (0, 1):
+        inputs = _inputs(rng)
+        c0, c1 = local_channel_pair(timeout=20)
+        chans = {0: c0, 1: c1}
+
+        def party(p):
+            kf, idx = open_keys(g, p, dealer.address)
+            with kf:
+                return run_party(g, p, kf, idx, chans[p], inputs[p], get_backend("cpu"))
+
+        res, err = _both(party)
+        assert not err, err
+        assert res[0].key_set == res[1].key_set == expect
+        h = ring.decode_fixed(inputs[0]["w"], F, BITS) * ring.decode_fixed(inputs[1]["x"], F, BITS)
+        out = ring.decode_fixed(res[1].outputs["max_out"], F, BITS)
+        assert abs(float(np.ravel(out)[0]) - max(0.0, h.max())) < 2e-3
+    done = dealer.join()
+    assert done["sets"] == 2 and done["sessions"] == 2
+
+
+def test_a_server_of_another_build_is_refused_in_one_line():
+    g = demo.build_graph(N, BITS, F)
+    dealer = Dealer(g, 1, timeout=3)
+    with pytest.raises(KeyFileError, match="serves another build"):
+        DealerKeyStream.connect(dealer.address, demo.build_graph(N + 1, BITS, F).layout(), 0)
+    dealer.join()
+    assert isinstance(dealer.error, FusecError) and "timed out" in str(dealer.error)
+
+
+def test_a_second_server_for_the_same_party_is_refused_and_a_lost_server_ends_only_its_session():
+    """A duplicate party 0 is told so; the pair that forms gets its offer; a server that
+    hangs up mid-session ends that session, not the dealer, and the next pair is served."""
+    import time
+
+    g = demo.build_graph(N, BITS, F)
+    dealer = Dealer(g, 1, timeout=10)
+    first_in, release = threading.Event(), threading.Event()
+
+    def p0():       # waits in connect until its peer server has come too
+        with DealerKeyStream.connect(dealer.address, g.layout(), 0):
+            first_in.set()
+            release.wait(10)
+
+    t = threading.Thread(target=p0)
+    t.start()
+    time.sleep(0.5)
+    with pytest.raises(KeyFileError, match="party 0 is already connected"):
+        DealerKeyStream.connect(dealer.address, g.layout(), 0)
+    with DealerKeyStream.connect(dealer.address, g.layout(), 1) as ks1:
+        assert ks1.next_unused() == 0
+        assert first_in.wait(10)
+    release.set()       # both hung up without asking for a set: the session is over
+    t.join(10)
+    res, err = _both(lambda p: DealerKeyStream.connect(dealer.address, g.layout(), p).claim(0).read_all_raw().size)
+    assert not err and res == {0: g.layout().set_nbytes, 1: g.layout().set_nbytes}
+    done = dealer.join()
+    assert done["sets"] == 1 and done["sessions"] == 2 and dealer.error is None
+
+
+def test_no_dealer_and_bad_addresses_are_one_line():
+    g = demo.build_graph(N, BITS, F)
+    with pytest.raises(KeyFileError, match="start `fusec keygen BUILD --serve"):
+        DealerKeyStream.connect(f"tcp://127.0.0.1:{free_port()}", g.layout(), 0, retry_for=0.2)
+    for bad in ("tcp://", "tcp://host", "tcp://127.0.0.1:0", "tcp://127.0.0.1:70000"):
+        with pytest.raises(ParameterError, match="tcp://HOST:PORT"):
+            parse_stream_address(bad)
+    with pytest.raises(ParameterError, match="in the clear"):
+        check_plaintext("10.1.2.3", False, "--keys")
+    check_plaintext("10.1.2.3", True, "--keys")
+    check_plaintext("127.0.0.1", False, "--keys")
+    check_plaintext("::1", False, "--keys")
+
+
+def _fusec(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "fusec", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_cli_keygen_serve_and_run_against_onnxruntime(tmp_path, monkeypatch):
+    """`fusec keygen --serve` + two `fusec run --keys tcp://` processes, twice: the dealer
+    serves two inferences and exits; outputs match onnxruntime; no key file is written."""
+    import onnxruntime as ort
+
+    from tests.test_bench import DIGITS
+
+    monkeypatch.setenv("FUSEC_STATE_DIR", str(tmp_path / "state"))
+    build = tmp_path / "build"
+    assert _fusec("compile", DIGITS, "-o", build, "--batch", 1).returncode == 0
+    r = _fusec("keygen", build, "--serve", "10.0.0.1:9100")
+    assert r.returncode == 2 and "in the clear" in r.stderr and "Traceback" not in r.stderr
+    r = _fusec("keygen", build)
+    assert r.returncode == 2 and "exactly one of -o" in r.stderr
+    dport = free_port()
+    dealer = subprocess.Popen(fusec_cmd("keygen", str(build), "--serve", f"127.0.0.1:{dport}", "--count", "2",
+                                        "--timeout", "60"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    sess = ort.InferenceSession(str(DIGITS))
+    name = sess.get_inputs()[0].name
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        x = rng.uniform(0, 16, (1, 64)).astype(np.float32)
+        np.save(tmp_path / "x.npy", x)
+        port = free_port()
+        p0 = subprocess.Popen(fusec_cmd("run", str(build), "--party", "0", "--keys", f"tcp://127.0.0.1:{dport}",
+                                        "--listen", f"127.0.0.1:{port}"),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        p1 = _fusec("run", build, "--party", 1, "--keys", f"tcp://127.0.0.1:{dport}", "--peer", f"127.0.0.1:{port}",
+                    "--input", tmp_path / "x.npy", "--output", tmp_path / "out.npy")
+        out0, _ = p0.communicate(timeout=120)
+        assert p0.returncode == 0 and p1.returncode == 0, out0 + p1.stderr
+        assert f'"key_set": {i}' in p1.stdout
+        ref = sess.run(None, {name: x})[0]
+        assert np.max(np.abs(np.load(tmp_path / "out.npy") - ref)) < 0.05 * (1 + np.max(np.abs(ref)))
+    out, err = dealer.communicate(timeout=60)
+    assert dealer.returncode == 0, err
+    assert '"served_sets": 2' in out and '"sessions": 2' in out
+    assert not list(tmp_path.rglob("*.key"))
