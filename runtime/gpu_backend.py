@@ -11,7 +11,9 @@ tests/test_gpu_kernels.py, on a GPU machine).
 
 Data stays on the device between gates; only the bytes of an open cross to the host.
 A key set is staged into device memory once (:meth:`GpuBackend.stage_set`, timed
-separately from the online phase) and unpacked there.
+separately from the online phase) and unpacked there; with ``--stream-keys`` it stays in
+page-locked host memory and chunks of it are copied a bounded window ahead of the gates
+inside the clock (:meth:`GpuBackend.stream_set`, runtime/key_prefetch.py).
 """
 from __future__ import annotations
 
@@ -180,6 +182,7 @@ class GpuBackend(Backend):
     stream_chunk_bytes = STREAM_CHUNK_BYTES
     stream_ahead_bytes = STREAM_AHEAD_BYTES
     _copy_stream = None     # the non-blocking stream streamed keys are copied on (made on first use)
+    last_prefetch: KeyPrefetcher | None = None   # the last streamed set's (its .stats: copies, evictions)
 
     def __init__(self, source: str | None = None, device: int | None = None) -> None:
         cupy = _import_cupy()
@@ -301,7 +304,8 @@ class GpuBackend(Backend):
         host = self._page_locked(np.ascontiguousarray(buf).view(np.uint8).reshape(-1))
         ahead = self._stream_ahead_bytes()
         chunk = max(1, min(self.stream_chunk_bytes, ahead // 2))
-        prefetch = KeyPrefetcher(layout, host, self._copy_queue(), self._unpack_slot, chunk, ahead)
+        prefetch = self.last_prefetch = KeyPrefetcher(layout, host, self._copy_queue(), self._unpack_slot,
+                                                      chunk, ahead)
         self.last_stage_seconds = time.perf_counter() - t0
         return StagedKeys(layout.gate_ids, load=prefetch.load)
 

@@ -168,6 +168,7 @@ class KeyPrefetcher:
         self._queued: dict[int, tuple[Any, Any]] = {}            # chunk -> (device buffer, event)
         self._next = 0                                           # first chunk never queued
         self._ahead = 0                                          # bytes of the queued chunks
+        self._empty: Any = None                                  # a device buffer of no bytes
         self.stats = PrefetchStats()
 
     @property
@@ -179,24 +180,30 @@ class KeyPrefetcher:
         slot, i = self._slots[gate_id], self._chunk_of[gate_id]
         self._refill()                                   # the copies ahead run while this gate unpacks
         held = self._queued.get(i)
-        if held is None:                                 # outside the window, or its chunk is gone
-            raw, token = self.copies.copy(self.host[slot.offset:slot.end])
-            self.stats.copied_bytes += slot.nbytes
-            self.stats.lone_copies += 1
+        lone = held is None and slot.nbytes > 0          # outside the window, or its chunk is gone
+        if not slot.nbytes:                              # no key bytes (an input): nothing to copy or wait for
+            if self._empty is None:
+                self._empty = self.copies.copy(self.host[:0])[0]
+            keys = self.unpack(slot, self._empty)
         else:
-            buf, token = held
-            base = self.chunks[i].start
-            raw = buf[slot.offset - base:slot.end - base]
-            del buf
-        self.copies.wait(token)
-        keys = self.unpack(slot, raw)
-        del raw
+            if lone:
+                raw, token = self.copies.copy(self.host[slot.offset:slot.end])
+                self.stats.copied_bytes += slot.nbytes
+                self.stats.lone_copies += 1
+            else:
+                buf, token = held
+                base = self.chunks[i].start
+                raw = buf[slot.offset - base:slot.end - base]
+                del buf
+            self.copies.wait(token)
+            keys = self.unpack(slot, raw)
+            del raw
+        del held
         self._unread[i].discard(gate_id)
-        if held is None:
+        if lone:
             self.copies.fence()                          # the lone slot's buffer is dropped
         elif i in self._queued and not self._unread[i]:
             self._release(i)
-        del held
         self._refill()
         return keys
 
