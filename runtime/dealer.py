@@ -176,7 +176,13 @@ def _accept_pair(listener, layout, timeout: float, say) -> list:
 
     chans: dict[int, object] = {}
     while len(chans) < 2:
-        ch = listener.accept(timeout)
+        try:
+            ch = listener.accept(timeout)
+        except PeerError as e:      # a TLS handshake that failed (e.g. a certificate of another CA)
+            if "TLS" not in e.message:
+                raise
+            say(f"refused a connection: {e.message}")
+            continue
         hello = ks.read_hello(ch, layout)
         if hello is None:
             say("refused a connection: not a server of this build")

@@ -131,6 +131,7 @@ class DealerKeyStream:
                                     server_hostname=server_hostname)
         except PeerError as e:
             raise KeyFileError(f"the dealer at {key_path}: {e.message}",
+                               e.hint if "TLS" in e.message else
                                "start `fusec keygen BUILD --serve HOST:PORT` first, or check the address") from None
         try:
             _send_json(ch, {"fusec_keys": PROTOCOL, "party": party, "layout": layout.digest()})

@@ -25,8 +25,8 @@ N, BITS, F = 6, 50, 12
 class Dealer:
     """serve_keys in a thread on an ephemeral loopback port."""
 
-    def __init__(self, graph, count: int, seed: bytes | None = None, timeout: float = 20.0) -> None:
-        self.listener = TcpListener("127.0.0.1", 0)
+    def __init__(self, graph, count: int, seed: bytes | None = None, timeout: float = 20.0, ssl_context=None) -> None:
+        self.listener = TcpListener("127.0.0.1", 0, ssl_context)
         self.address = f"tcp://127.0.0.1:{self.listener.port}"
         self.result, self.error, self.log = None, None, []
 
@@ -221,3 +221,23 @@ def test_cli_keygen_serve_and_run_against_onnxruntime(tmp_path, monkeypatch):
     assert dealer.returncode == 0, err
     assert '"served_sets": 2' in out and '"sessions": 2' in out
     assert not list(tmp_path.rglob("*.key"))
+
+
+def test_over_mutual_tls_and_a_server_of_another_ca_gets_nothing(tmp_path):
+    """With TLS (the servers' --tls-* files, the dealer's own certificate of the same CA)
+    the sets arrive as over loopback; a server whose certificate another CA signed is refused
+    before any key byte, and the dealer goes on to serve the right pair."""
+    from tests.test_tls import CA
+
+    ca, other = CA(tmp_path / "ca", "fusec test CA"), CA(tmp_path / "other", "someone else's CA")
+    dealer_files, servers, stranger = ca.issue("dealer"), ca.issue("servers"), other.issue("stranger")
+    g = demo.build_graph(N, BITS, F)
+    dealer = Dealer(g, 1, timeout=10, ssl_context=dealer_files.server_context())
+    with pytest.raises(FusecError):
+        DealerKeyStream.connect(dealer.address, g.layout(), 0, timeout=3, ssl_context=stranger.client_context())
+    res, err = _both(lambda p: DealerKeyStream.connect(dealer.address, g.layout(), p, timeout=10,
+                                                       ssl_context=servers.client_context())
+                     .claim(0).read_all_raw().size)
+    assert not err, err
+    assert res == {0: g.layout().set_nbytes, 1: g.layout().set_nbytes}
+    assert dealer.join()["sets"] == 1
