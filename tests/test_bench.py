@@ -293,6 +293,27 @@ def test_keys_per_step_or_from_parallel_dealers(keys, files, sets, tmp_path):
     assert not Path(rec["keys"]["dir"]).exists()
 
 
+def test_keys_streamed_by_a_dealer_process_need_no_disk(tmp_path):
+    """--keys stream: one `fusec keygen --serve` process serves all 6 sets over loopback,
+    the workers take them in order, no key file is written, the dealer's time is recorded,
+    and the outputs go the planned rounds like file keys."""
+    out = tmp_path / "out.json"
+    r = fusec("bench", "--model", DIGITS, "--seq", "1", "--batch", "1", "--internal-batch", "2", "--warmup", "1",
+              "--repeat", "2", "--gates", "fused", "--workdir", tmp_path, "--json", out, "--keys", "stream",
+              "--markdown", tmp_path / "out.md")
+    assert r.returncode == 0, r.stderr
+    assert "--keys stream; no key files" in (tmp_path / "out.md").read_text()
+    rec = json.loads(out.read_text())["results"][0]
+    assert rec["keys"]["mode"] == "stream" and rec["keys"]["files_per_party"] == 0
+    assert rec["keygen"]["sets"] == 6 and rec["keygen"]["runs"] == 1 and rec["keygen"]["per_batch"]["seconds"] > 0
+    steps = json.loads(Path(rec["party_files"][0]).read_text())["steps"]
+    assert [s["sets"] for s in steps] == [[0, 1], [2, 3], [4, 5]]
+    assert all(s["key_files"] == [steps[0]["key_files"][0]] and s["key_files"][0].startswith("tcp://127.0.0.1:")
+               for s in steps)
+    assert rec["online"]["per_batch"]["rounds"] == rec["compile"]["rounds_planned"] > 0
+    assert not list(tmp_path.rglob("*.key"))
+
+
 # ---------------------------------------------------------------------- failures surface quickly
 @pytest.fixture(scope="module")
 def digits_build(tmp_path_factory):

@@ -25,7 +25,8 @@ One module per job:
   failures are skips
 - :mod:`.export`, :mod:`.compile` -- the model file and the build, both cached
 - :mod:`.keys` -- where key sets go (up front or per step) and whether they fit
-- :mod:`.dealers` -- ``--dealers N`` dealer processes; :mod:`.keygen` -- the dealer process
+- :mod:`.dealers` -- ``--dealers N`` dealer processes; :mod:`.keygen` -- the dealer process;
+  :mod:`.stream_dealer` -- ``--keys stream``: one dealer serving sets over loopback, no files
 - :mod:`.pair` -- the two party workers, bench side; :mod:`.worker` -- the worker itself
 - :mod:`.merge` -- both parties' records -> one step; medians (DESIGN §7)
 - :mod:`.run` -- one configuration end to end, and the whole run; :mod:`.machine` -- where

@@ -22,7 +22,8 @@ class KeyPlan:
     dealer, what ``fusec keygen --count`` writes) or, with several dealers, one directory
     per step so that they run in parallel. ``per-step``: a step's ``per_step`` sets right
     before it (the previous step's deleted first), split over up to ``dealers``
-    directories; used when all sets do not fit."""
+    directories; used when all sets do not fit. ``stream``: no files; a dealer process
+    streams each set to the workers when they ask (fusec/bench/stream_dealer.py)."""
 
     mode: str
     root: Path
@@ -32,6 +33,8 @@ class KeyPlan:
 
     def files(self, step: int) -> list[tuple[Path, int]]:
         """The (directory, key sets) a step reads, in order."""
+        if self.mode == "stream":
+            return []
         if self.mode == "per-step":
             parts = min(self.dealers, self.per_step)
             sizes = [self.per_step // parts + (j < self.per_step % parts) for j in range(parts)]
@@ -58,12 +61,15 @@ class KeyPlan:
     @property
     def resident(self) -> int:
         """Key sets on disk at once."""
-        return self.per_step * (self.steps if self.mode == "upfront" else 1)
+        return 0 if self.mode == "stream" else self.per_step * (self.steps if self.mode == "upfront" else 1)
 
 
 def plan_keys(mode: str, set_nbytes: int, steps: int, per_step: int, free_bytes: int, root: Path,
               dealers: int = 1) -> KeyPlan:
-    """Pick up-front or per-step key generation from the free space (both parties' files)."""
+    """Pick up-front or per-step key generation from the free space (both parties' files);
+    ``stream`` needs no disk."""
+    if mode == "stream":
+        return KeyPlan("stream", root, per_step, steps, 1)
     need_all, need_step = 2 * set_nbytes * steps * per_step, 2 * set_nbytes * per_step
     room = 0.95 * free_bytes
     if mode == "upfront" or (mode == "auto" and need_all <= room):

@@ -247,7 +247,10 @@ def render_markdown(doc: dict) -> str:
              f"the dealer's time per key set; key bytes are per party. "
              + ("Keys are streamed to the device gate by gate inside the online clock (--stream-keys)."
                 if "--stream-keys" in st.get("party_argv", []) else
-                "Keys are staged (copied and unpacked) before the online clock."),
+                "Keys are staged (copied and unpacked) before the online clock.")
+             + (" Key sets come from a dealer process over loopback TCP when both parties ask (--keys stream; "
+                "no key files); keygen is its generate + pack + send time." if st.get("keys_mode") == "stream"
+                else ""),
              *_network_lines(doc), "",
              *table(["model", "seq", "batch", "gates", "GPUs", *(["network"] if shaped else []),
                      "online / batch", "steps min / max",

@@ -154,9 +154,10 @@ class PartyPair:
 
     def step(self, step: int, warmup: bool, key_dirs: list[Path], sets: int) -> tuple[dict, dict]:
         """One step on both parties (``sets`` key sets from the files in ``key_dirs``, in
-        order); returns their records."""
+        order, or from a key-stream dealer's ``tcp://`` address); returns their records."""
         self._send(lambda party: {"cmd": "step", "step": step, "warmup": warmup, "sets": sets,
-                                  "keys": [str(Path(d) / f"p{party}.key") for d in key_dirs]})
+                                  "keys": [d if str(d).startswith("tcp://") else str(Path(d) / f"p{party}.key")
+                                           for d in key_dirs]})
         got = self._await("done", (0, 1))
         return got[0]["record"], got[1]["record"]
 

@@ -103,8 +103,8 @@ class BenchOptions:
             raise FusecError(f"unknown backend {self.backend!r}", "choose cpu or gpu")
         if any(g not in (1, 2) for g in self.gpus):
             raise FusecError(f"--gpus takes 1 (both parties on GPU 0) or 2 (one GPU each), got {self.gpus}")
-        if self.keys_mode not in ("auto", "upfront", "per-step"):
-            raise FusecError(f"--keys {self.keys_mode!r}: choose auto, upfront or per-step")
+        if self.keys_mode not in ("auto", "upfront", "per-step", "stream"):
+            raise FusecError(f"--keys {self.keys_mode!r}: choose auto, upfront, per-step or stream")
         for what, values in (("--seq", self.seqs + self.seq_sweep), ("--batch", self.batches),
                              ("--internal-batch", [self.internal_batch]), ("--repeat", [self.repeat])):
             if not values or min(values) < 1:

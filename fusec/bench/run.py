@@ -31,6 +31,7 @@ from fusec.bench.markdown import render_markdown
 from fusec.bench.merge import merge_parties, summarize
 from fusec.bench.pair import PartyPair, party_envs
 from fusec.bench.plan import BenchOptions, Case, plan_cases
+from fusec.bench.stream_dealer import StreamDealer
 from fusec.bench.util import gb
 
 FORMAT = 1
@@ -93,20 +94,43 @@ def _run_steps(case: Case, opts: BenchOptions, comp: CompileInfo, plan: KeyPlan,
             kg.add(docs, time.perf_counter() - t0)
         return [d for d, _ in plan.files(step)]
 
-    first = keys_for(0)
-    merged = []
+    if plan.mode == "stream":
+        return _run_streamed(case, opts, comp, envs, echo, kg, logs)
+    first = keys_for(0)                 # before the workers start: the dealer has the machine to itself
+    merged = _steps(case, opts, comp, envs, echo, lambda step: first if step == 0 else keys_for(step))
+    files = merged.pop()
+    return merged, kg, files
+
+
+def _run_streamed(case: Case, opts: BenchOptions, comp: CompileInfo, envs: tuple[dict, dict], echo: Echo,
+                  kg: KeygenInfo, logs: Path) -> tuple[list[dict], KeygenInfo, list[Path]]:
+    """``--keys stream``: one dealer process serves every set of the case over loopback
+    when both workers ask (inside a step's wall time, outside its online clock)."""
+    sets = opts.steps * opts.internal_batch
+    echo(f"  keygen: {sets} key set(s) of {gb(comp.set_nbytes)} per party streamed by one dealer, no files")
+    t0 = time.perf_counter()
+    with StreamDealer(comp.build, sets, opts.backend, opts.timeout, case, logs / f"keystream_{case.slug}.log") as d:
+        merged = _steps(case, opts, comp, envs, echo, lambda step: [d.address])
+        files = merged.pop()
+        kg.add([d.finish()], time.perf_counter() - t0)
+    return merged, kg, files
+
+
+def _steps(case: Case, opts: BenchOptions, comp: CompileInfo, envs: tuple[dict, dict], echo: Echo,
+           keys_for: Callable[[int], list]) -> list:
+    """Both workers through every step; the merged steps, then the workers' JSON files last."""
+    merged: list = []
     with PartyPair(case, comp.build, opts.backend, Path(opts.workdir) / "runs" / case.slug, opts.timeout,
                    party_argv=opts.party_argv + (["--net", case.net.spec] if case.net else [])) as pair:
         pair.start(envs)
         for step in range(opts.steps):
-            key_dirs = first if step == 0 else keys_for(step)
-            r0, r1 = pair.step(step, step < opts.warmup, key_dirs, opts.internal_batch)
+            r0, r1 = pair.step(step, step < opts.warmup, keys_for(step), opts.internal_batch)
             merged.append(merge_parties(r0, r1))
             echo(f"  step {step}{' (warm-up)' if step < opts.warmup else ''}: "
                  f"{merged[-1]['online_seconds']:.3f} s online, {merged[-1]['rounds']} rounds, "
                  f"{gb(merged[-1]['bytes_sent'])} sent")
-        files = pair.finish()
-    return merged, kg, files
+        merged.append(pair.finish())
+    return merged
 
 
 def _save(doc: dict, path: Path | None) -> None:
