@@ -3,7 +3,6 @@ row per configuration (skips with their reasons), fused/SIGMA ratios and per-sco
 ``bench/table.py`` and ``fusec bench --markdown`` both use :func:`render_markdown`."""
 from __future__ import annotations
 
-from fusec.bench import amdahl
 from fusec.bench.merge import scope_metric
 from fusec.bench.util import gb, secs, unique
 
@@ -232,6 +231,8 @@ def _network_lines(doc: dict) -> list[str]:
 def render_markdown(doc: dict) -> str:
     """The JSON as markdown for BENCHMARKS.md: date, machine, exact command, method, one
     row per configuration (skips with their reasons), fused/sigma ratios, per-scope tables."""
+    from fusec.bench import amdahl  # noqa: PLC0415  (here: `python -m fusec.bench.amdahl` must import it first)
+
     st = doc["settings"]
     shaped = _shaped(doc)
     rows = [_row(r, shaped) for r in doc["results"]]
