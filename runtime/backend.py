@@ -146,6 +146,11 @@ class Backend:
         """One gate's key as its slot bytes (host uint8), checked against the layout."""
         return pack_gate_array(slot, {k: self.asnumpy(v) for k, v in arrays.items()})
 
+    def pack_key_device(self, slot: GateSlot, arrays: dict):
+        """The slot bytes where the backend computes (the dealer's in-memory timing: no copy
+        to the host); on the CPU the same as :meth:`pack_key`."""
+        return self.pack_key(slot, arrays)
+
     def synchronize(self) -> None:
         """Wait for queued device work (profiling); nothing to wait for on the CPU."""
 

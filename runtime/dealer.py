@@ -67,8 +67,9 @@ class SetGenerator:
     each server: runtime/keystream.py), with the time split into generating, packing
     (on a GPU: including the copy to the host) and handing the bytes over."""
 
-    def __init__(self, graph: GateGraph, be: Backend, rng) -> None:
+    def __init__(self, graph: GateGraph, be: Backend, rng, to_host: bool = True) -> None:
         self.graph, self.be, self.rng = graph, be, rng
+        self.pack = be.pack_key if to_host else be.pack_key_device   # device: in-memory timing only
         self.slots = {s.gate_id: s for s in graph.layout().slots}
         self.gates = {n.id: n.gate for n in graph.nodes} if graph.insecure else None
         self.spent = dict.fromkeys(("generate_seconds", "pack_seconds", "write_seconds"), 0.0)
@@ -77,7 +78,7 @@ class SetGenerator:
     def write_set(self, index: int, sinks) -> None:
         """Set ``index``: each sink gets ``begin_set``, every gate's packed bytes in layout
         order (``write_gate_packed``) and ``end_set``."""
-        be, clock, spent = self.be, time.perf_counter, self.spent
+        clock, spent = time.perf_counter, self.spent
         for w in sinks:
             w.begin_set(index)
         stream = self.graph.keygen_stream(self.rng)
@@ -89,7 +90,7 @@ class SetGenerator:
                 break
             gate_id, k0, k1 = item
             slot = self.slots[gate_id]
-            packed = be.pack_key(slot, k0), be.pack_key(slot, k1)
+            packed = self.pack(slot, k0), self.pack(slot, k1)
             if self.gates is not None:
                 self.used += slot.nbytes - unused_key_nbytes(self.gates[gate_id], k0)
             t2 = clock()

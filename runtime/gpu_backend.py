@@ -234,6 +234,11 @@ class GpuBackend(Backend):
 
     def pack_key(self, slot, arrays: dict) -> np.ndarray:
         """The slot's fields bit-packed on the device (layout order), one copy to the host."""
+        dev = self.pack_key_device(slot, arrays)
+        return self._to_pinned_host(dev) if dev.size else np.zeros(0, np.uint8)
+
+    def pack_key_device(self, slot, arrays: dict):
+        """The slot's bytes as a device array (no copy to the host)."""
         parts = []
         for f in slot.fields:
             a = arrays[f.name]
@@ -244,10 +249,7 @@ class GpuBackend(Backend):
                 else self.xp.zeros(0, np.uint8)
             pad = f.nbytes - f.packed_nbytes
             parts.append(packed if not pad else self.xp.concatenate([packed, self.xp.zeros(pad, np.uint8)]))
-        if not parts:
-            return np.zeros(0, np.uint8)
-        dev = self.xp.concatenate(parts)
-        return self._to_pinned_host(dev)
+        return self.xp.concatenate(parts) if parts else self.xp.zeros(0, np.uint8)
 
     def _to_pinned_host(self, dev) -> np.ndarray:
         """A device array copied into page-locked host memory (several times faster than a

@@ -314,6 +314,17 @@ def test_keys_streamed_by_a_dealer_process_need_no_disk(tmp_path):
     assert not list(tmp_path.rglob("*.key"))
 
 
+def test_keygen_in_memory_times_whole_sets_without_files(digits_build, tmp_path):
+    """`python -m fusec.bench keygen-in-memory`: every set made and packed (both parties'
+    bytes counted), one time per set, nothing written."""
+    r = subprocess.run([sys.executable, "-m", "fusec.bench", "keygen-in-memory", str(digits_build), "--count", "2",
+                        "--backend", "cpu"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["bytes_made"] == 2 * 2 * doc["set_nbytes"] and len(doc["set_seconds"]) == 2
+    assert not list(tmp_path.iterdir())
+
+
 # ---------------------------------------------------------------------- failures surface quickly
 @pytest.fixture(scope="module")
 def digits_build(tmp_path_factory):

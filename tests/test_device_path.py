@@ -303,3 +303,22 @@ def test_stage_set_unpacks_per_gate_when_the_unpacked_set_does_not_fit(bert_buil
     for g in layout.gate_ids:
         for name, v in cpu[g].items():
             assert np.array_equal(fakedevice.fakecupy.asnumpy(staged[g][name]), v), (g, name)
+
+
+def test_keys_packed_on_the_device_are_the_host_bytes(bert_build):
+    """The dealer's in-memory timing packs keys where it computes (pack_key_device): the
+    bytes the CPU's numpy packing gives, through the GPU backend's own code."""
+    from fusec.runtime.dealer import SetGenerator
+    from tests import fakedevice
+
+    be = _host_kernels()()
+    layout = bert_build.gates.layout()
+    slots = {s.gate_id: s for s in layout.slots}
+    with be.activate():
+        gen = SetGenerator(bert_build.gates, be, be.dealer_rng(b"pack"))
+        for gate_id, k0, _ in gen.graph.keygen_stream(gen.rng):
+            dev = be.pack_key_device(slots[gate_id], k0)
+            assert isinstance(dev, fakedevice.fakecupy.ndarray)
+            host = {k: fakedevice.fakecupy.asnumpy(v) for k, v in k0.items()}
+            cpu = get_backend("cpu").pack_key(slots[gate_id], host)      # the layout's packing in numpy
+            assert np.array_equal(fakedevice.fakecupy.asnumpy(dev), cpu), gate_id

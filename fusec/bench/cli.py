@@ -144,6 +144,17 @@ def keygen(build, out, count, backend, json_path, durable) -> None:
     sys.exit(run(build, out, count, backend, json_path, durable))
 
 
+@workers.command("keygen-in-memory")
+@click.argument("build", type=click.Path(file_okay=False))
+@click.option("--count", default=3, show_default=True, type=click.IntRange(min=1))
+@click.option("--backend", default="gpu", show_default=True, type=click.Choice(["cpu", "gpu"]))
+def keygen_in_memory(build, count, backend) -> None:
+    """The dealer's sets made and packed where it computes, no copy to the host, no file (timing)."""
+    from fusec.bench.keygen import keygen_in_memory as run
+
+    sys.exit(run(build, count, backend))
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m fusec.bench``: the workers' entry point (exits with the worker's status;
     a usage error exits 2 with click's one-line message)."""
