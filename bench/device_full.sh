@@ -3,7 +3,9 @@
 # for each "model:gates:warmup:repeat[:layers[:profile]]" in $RUNS (both parties on GPU 0, internal
 # batch 1), each with its round phases (step / pack / wire / unpack, per party) in $OUT/phases.txt;
 # profile=1 runs the dealer and the parties under cProfile (slower) and appends the top of each
-# profile to $OUT/profile.txt. $BENCH_ARGS is passed to every bench (e.g. --stream-keys).
+# profile to $OUT/profile.txt. $BENCH_ARGS is passed to every bench (e.g. --stream-keys). $GPU_TESTS: the
+# test files for TESTS=1. KEYGEN_MEM=1: after each run, the dealer's in-memory keygen time (sets made and
+# packed on the GPU, no host copy, no file) on the run's first build -> $OUT/keygen_mem.txt.
 set -uo pipefail
 OUT=${OUT:-device_out}; mkdir -p "$OUT"; export PYTHONUNBUFFERED=1
 RUNS=${RUNS:-bert-base:fused:1:5}; TESTS=${TESTS:-1}
@@ -13,8 +15,8 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >> "$LOG" 2>&1; ec
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 if [ "$TESTS" = 1 ]; then
   t0=$SECONDS
-  timeout 240 python3 -m pytest tests/test_gpu_kernels.py tests/test_device_path.py tests/test_mul_narrow.py \
-    tests/test_narrow_gates.py -m gpu -q -x -o addopts="" -p no:cacheprovider > /tmp/gpu_tests.log 2>&1
+  timeout 240 python3 -m pytest ${GPU_TESTS:-tests/test_gpu_kernels.py tests/test_device_path.py tests/test_mul_narrow.py \
+    tests/test_narrow_gates.py tests/test_stream_prefetch.py} -m gpu -q -x -o addopts="" -p no:cacheprovider > /tmp/gpu_tests.log 2>&1
   echo "gpu tests rc=$? $((SECONDS - t0)) s: $(tail -1 /tmp/gpu_tests.log)"; tail -n 30 /tmp/gpu_tests.log >> "$LOG"
 fi
 WORK=/tmp/fusec; mkdir -p "$WORK"
@@ -39,6 +41,10 @@ PY
     for f in /tmp/fusec-prof/*.prof; do
       echo "== $name $f"; python3 -c "import pstats,sys; s=pstats.Stats(sys.argv[1]); s.sort_stats('tottime').print_stats(30); s.sort_stats('cumtime').print_stats(40)" "$f"
     done >> "$OUT/profile.txt" 2>&1
+  fi
+  if [ "${KEYGEN_MEM:-0}" = 1 ]; then
+    build=$(python3 -c "import json,sys; r=[x for x in json.load(open(sys.argv[1]))['results'] if 'compile' in x]; print(r[0]['compile']['build'] if r else '')" "$OUT/$name.json")
+    [ -n "$build" ] && { echo "== $name $build"; timeout 120 python3 -m fusec.bench keygen-in-memory "$build" --count 3 --backend gpu; } 2>&1 | tee -a "$OUT/keygen_mem.txt" | tail -1
   fi
   rm -rf "$WORK"/runs "$WORK"/keys
 done
