@@ -102,11 +102,12 @@ class Channel(abc.ABC):
         self._broken: str | None = None     # why the stream can no longer be trusted
 
     @abc.abstractmethod
-    def _transfer(self, out: memoryview | None, recv: bool, limit: int | None = None
-                  ) -> bytearray | None:
-        """Send frame ``out`` (if any) while receiving one frame (if ``recv``)."""
+    def _transfer(self, out: memoryview | None, recv: bool, limit: int | None = None,
+                  into: memoryview | None = None) -> bytearray | memoryview | None:
+        """Send frame ``out`` (if any) while receiving one frame (if ``recv``), into ``into``
+        where the channel can (then the result is a view of it)."""
 
-    def _run(self, out: memoryview | None, recv: bool, limit: int | None = None):
+    def _run(self, out: memoryview | None, recv: bool, limit: int | None = None, into: memoryview | None = None):
         """A transfer; after a failure the stream is out of sync, so the channel stays broken."""
         if limit is not None:
             if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 0:
@@ -116,7 +117,7 @@ class Channel(abc.ABC):
             raise PeerError(f"channel is unusable: {self._broken}",
                             "a failed send/receive leaves the stream out of sync; reconnect")
         try:
-            return self._transfer(out, recv, limit)
+            return self._transfer(out, recv, limit, into)
         except PeerError as e:
             self._broken = e.message
             raise
@@ -143,6 +144,20 @@ class Channel(abc.ABC):
         got = self._run(None, True, limit)
         self._count(scope, None, len(got))
         return got
+
+    def recv_into(self, out: Buffer, scope: str = "other") -> int:
+        """Receive one frame of at most ``len(out)`` bytes into ``out`` (a writable buffer)
+        and return its size: on TCP straight from the socket, with no frame-sized buffer
+        in between (key sets streamed by the dealer are tens of GB)."""
+        view = _as_view(out)
+        if view.readonly:
+            raise ParameterError("recv_into needs a writable buffer")
+        got = self._run(None, True, len(view), into=view)
+        n = len(got)
+        if not (isinstance(got, memoryview) and got.obj is view.obj):
+            view[:n] = got
+        self._count(scope, None, n)
+        return n
 
     def exchange(self, data: Buffer, scope: str = "other", limit: int | None = None) -> bytearray:
         """Send our frame and receive the peer's (at most ``limit`` bytes) concurrently;
@@ -175,8 +190,8 @@ class LocalChannel(Channel):
         super().__init__(timeout)
         self._in, self._out = inbox, outbox
 
-    def _transfer(self, out: memoryview | None, recv: bool, limit: int | None = None
-                  ) -> bytearray | None:
+    def _transfer(self, out: memoryview | None, recv: bool, limit: int | None = None,
+                  into: memoryview | None = None) -> bytearray | None:
         if out is not None:                  # queues are unbounded: sending never blocks
             self._out.put(bytearray(out))   # copy: the caller may reuse its buffer
         if not recv:
@@ -360,9 +375,9 @@ class TcpChannel(Channel):
         return PeerError(f"network error {what} with peer {self.peer}: {e}",
                          "check the connection between the parties and retry")
 
-    def _pump(self, out: list[memoryview], recv: bool, limit: int | None = None):
+    def _pump(self, out: list[memoryview], recv: bool, limit: int | None = None, into: memoryview | None = None):
         """Send ``out`` and/or receive one frame, whichever can progress; wait only when
-        neither can. Returns the received payload (or None)."""
+        neither can. Returns the received payload (or None): a view of ``into`` if given."""
         sock, tls = self._sock, self._tls
         limit = self.max_frame if limit is None else limit
         out = [v for v in out if len(v)]
@@ -400,7 +415,7 @@ class TcpChannel(Channel):
                         (size,) = _HDR.unpack(hdr)
                         if size > limit:
                             raise _oversized(f"peer {self.peer}", size, limit)
-                        body = bytearray(size)
+                        body = into[:size] if into is not None else bytearray(size)
                         rv = memoryview(body) if size else None
                         self._heard = True
                     elif not len(rv):
@@ -417,13 +432,13 @@ class TcpChannel(Channel):
                                 "or raise the timeout")
         return body
 
-    def _transfer(self, out: memoryview | None, recv: bool, limit: int | None = None
-                  ) -> bytearray | None:
+    def _transfer(self, out: memoryview | None, recv: bool, limit: int | None = None,
+                  into: memoryview | None = None) -> bytearray | memoryview | None:
         parts: list[memoryview] = []
         if out is not None:
             head = _HDR.pack(len(out))     # small frames: one segment, one syscall
             parts = [memoryview(head + out)] if len(out) <= _SMALL else [memoryview(head), out]
-        return self._pump(parts, recv, limit)
+        return self._pump(parts, recv, limit, into)
 
     def close(self) -> None:
         if not self.closed:

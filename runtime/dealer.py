@@ -163,7 +163,13 @@ class _Sessions:
                                   f"{self.served}", "restart both servers together against this dealer")
                 return
             index, self.served = self.served, self.served + 1
-            self.gen.write_set(index, [ks.StreamSetWriter(ch, self.layout) for ch in chans])
+            writers = [ks.StreamSetWriter(ch, self.layout) for ch in chans]
+            try:
+                self.gen.write_set(index, writers)
+            except BaseException:
+                for w in writers:
+                    w.abort()
+                raise
             if self.progress:
                 self.progress(self.served, self.count)
         for ch in chans:        # all served: let the servers read the last bytes and hang up first

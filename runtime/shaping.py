@@ -189,8 +189,9 @@ class ShapedChannel(Channel):
         self._link_free = start + self.net.frame_seconds(nbytes + self.frame_overhead)
         return _SHAPED_HDR.pack(_MAGIC, self.net.fingerprint, self._link_free + self.net.rtt_s / 2)
 
-    def _transfer(self, out: memoryview | None, recv: bool, limit: int | None = None) -> bytearray | None:
-        hdr = self._stamp(len(out)) if out is not None else b""
+    def _transfer(self, out: memoryview | None, recv: bool, limit: int | None = None,
+                  into: memoryview | None = None) -> bytearray | None:
+        hdr = self._stamp(len(out)) if out is not None else b""     # ``into``: not here (a copy follows)
         got = self._send(self.inner, hdr, out, recv, None if limit is None else limit + _SHAPED_HDR.size)
         if not recv:
             return None

@@ -141,6 +141,31 @@ def test_tcp_exchange_small_empty_and_large_simultaneously(tcp):
     assert b.stats["linear"] == ScopeStats(n_b + 8 * 4, n_a + 8 * 4, 4, 4, 4)
 
 
+@pytest.mark.parametrize("kind", ["tcp", "local"])
+def test_recv_into_fills_the_callers_buffer_and_refuses_a_larger_frame(kind):
+    """recv_into: frames land in the caller's buffer (on TCP straight from the socket),
+    the size comes back, the bytes are counted, and a frame larger than the buffer is
+    refused from its length prefix."""
+    a, b = tcp_pair() if kind == "tcp" else local_channel_pair(timeout=WAIT)
+    try:
+        rng = np.random.default_rng(2)
+        big = rng.integers(0, 256, 3 << 20, dtype=np.uint8)
+        buf = np.zeros(4 << 20, np.uint8)
+        a.send(big, "keys")
+        a.send(b"tail", "keys")
+        assert b.recv_into(buf, "keys") == big.size and np.array_equal(buf[:big.size], big)
+        assert b.recv_into(memoryview(buf)[big.size:], "keys") == 4 and bytes(buf[big.size:big.size + 4]) == b"tail"
+        assert b.stats["keys"].bytes_recv == big.size + 4 + 2 * b.frame_overhead
+        a.send(bytes(9), "keys")
+        with pytest.raises(PeerError):
+            b.recv_into(bytearray(8), "keys")
+        with pytest.raises(ParameterError, match="writable"):
+            b.recv_into(b"read-only", "keys")
+    finally:
+        a.close()
+        b.close()
+
+
 def test_tcp_wire_format_and_counted_bytes_match_the_wire():
     """A raw socket peer sees exactly stats.bytes_sent bytes, framed as 8-byte LE length."""
     srv, port = raw_server()
