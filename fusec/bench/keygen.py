@@ -19,17 +19,13 @@ def keygen(build: str, out: str, count: int, backend: str = "cpu", json_path: st
     """Write ``count`` key sets into ``out``, timing build loading separately from writing
     the key sets; prints the timings as JSON (and writes them to ``json_path``). Returns
     the exit status (2: a user error)."""
-    from fusec.build import load_build
-    from fusec.runtime.backend import get_backend
     from fusec.runtime.dealer import write_keys
 
     t0 = time.perf_counter()
-    try:
-        b = load_build(build)
-        be = get_backend(backend, b.kernels_source)
-    except FusecError as e:
-        print(f"error: {e}", file=sys.stderr)
+    loaded = _load(build, backend)
+    if loaded is None:
         return 2
+    b, be = loaded
     t1 = time.perf_counter()
     marks = [t1]
     parts: dict[str, float] = {}
@@ -49,6 +45,19 @@ def keygen(build: str, out: str, count: int, backend: str = "cpu", json_path: st
         Path(json_path).write_text(text)
     print(text)
     return 0
+
+
+def _load(build: str, backend: str):
+    """(build, backend), or None after printing the user error in one line."""
+    from fusec.build import load_build
+    from fusec.runtime.backend import get_backend
+
+    try:
+        b = load_build(build)
+        return b, get_backend(backend, b.kernels_source)
+    except FusecError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return None
 
 
 class _Dropped:
@@ -71,16 +80,12 @@ def keygen_in_memory(build: str, count: int, backend: str = "gpu") -> int:
     and left there (no copy to the host, no file): the "in memory" keygen time of issue 11.
     Each set ends with a synchronize, so the time includes all its device work; the bytes
     of a gate are dropped after packing (memory stays bounded). Prints JSON."""
-    from fusec.build import load_build
-    from fusec.runtime.backend import get_backend
     from fusec.runtime.dealer import SetGenerator
 
-    try:
-        b = load_build(build)
-        be = get_backend(backend, b.kernels_source)
-    except FusecError as e:
-        print(f"error: {e}", file=sys.stderr)
+    loaded = _load(build, backend)
+    if loaded is None:
         return 2
+    b, be = loaded
     sinks = (_Dropped(), _Dropped())
     times = []
     with be.activate():
