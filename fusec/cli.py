@@ -366,7 +366,7 @@ def keygen(build_dir, out, serve, count, backend, timeout, tls_cert, tls_key, tl
     be = get_backend(backend, b.kernels_source)
     t0 = time.perf_counter()
     if listener is not None:
-        from fusec.runtime.dealer import serve_keys
+        from fusec.runtime.dealer_service import serve_keys
 
         click.echo(f"serving {count} key set(s) of {b.gates.layout().set_nbytes:,} bytes per party on "
                    f"{serve[0] or '0.0.0.0'}:{listener.port}", err=True)

@@ -14,7 +14,8 @@ from fusec.run3 import free_port, fusec_cmd
 from fusec.runtime import ring
 from fusec.runtime.backend import get_backend
 from fusec.runtime.channel import TcpListener, local_channel_pair
-from fusec.runtime.dealer import serve_keys, write_keys
+from fusec.runtime.dealer import write_keys
+from fusec.runtime.dealer_service import serve_keys
 from fusec.runtime.keyio import KeyFile
 from fusec.runtime.keystream import DealerKeyStream, check_plaintext, parse_stream_address
 from fusec.runtime.party import open_keys, run_party
