@@ -237,6 +237,11 @@ def test_bench_end_to_end_on_the_cpu(bench_run):
     assert md == render_markdown(doc)
     assert "| model | seq | batch | gates |" in md and doc["command"] in md
     assert "Fused against SIGMA-style gates" in md and "By scope, bert_tiny_legacy" in md
+    for rec in doc["results"]:          # key load per set: the parts, the total and the rate over the key bytes
+        pb = rec["online"]["per_batch"]
+        rate = rec["keygen"]["per_batch"]["key_bytes_per_party"] / pb["key_load_seconds"] / 1e9
+        assert f"| {rec['config']['name']} | {pb['hello_seconds'] * 1e3:.0f} ms | {pb['claim_seconds'] * 1e3:.0f} ms |" \
+            in md and f"| {rate:.2f} GB/s |" in md
 
 
 @pytest.mark.slow   # a wall-clock bound: it fails on a loaded machine, so it is not part of CI (timings: BENCHMARKS.md)

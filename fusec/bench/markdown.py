@@ -217,6 +217,28 @@ def _phase_table(doc: dict) -> list[str]:
                        "llrrrrrr", rows)]
 
 
+def _key_load_table(doc: dict) -> list[str]:
+    """What it takes to get one key set ready, outside the online clock (runtime/party.py,
+    the slower party, median per set): the hello, the claim (file: read, checksum, ledger;
+    ``--keys stream``: the dealer making and sending it), staging to the device, and the
+    rate over a party's key bytes."""
+    rows = []
+    for r in _ran(doc):
+        pb = r["online"]["per_batch"]
+        total = pb.get("key_load_seconds")
+        nbytes = r.get("keygen", {}).get("per_batch", {}).get("key_bytes_per_party")
+        if not total:
+            continue
+        cells = [f"{(pb.get(k) or 0) * 1e3:.0f} ms" for k in ("hello_seconds", "claim_seconds", "stage_seconds")]
+        rows.append([r["config"]["name"], *cells, f"{total * 1e3:.0f} ms",
+                     f"{nbytes / total / 1e9:.2f} GB/s" if nbytes else "-"])
+    if not rows:
+        return []
+    return ["", "Key load per key set, outside the online clock (hello; claim: read + checksum + ledger, or the "
+                "dealer's stream; stage: copy to the device and unpack):",
+            "", *table(["configuration", "hello", "claim", "stage", "total", "key bytes / total"], "lrrrrr", rows)]
+
+
 def _network_lines(doc: dict) -> list[str]:
     """Shaped runs, loudly: which emulated link each network name stands for."""
     nets = {net_name(r["config"]): r["config"]["net"] for r in doc["results"] if net_name(r["config"])}
@@ -265,4 +287,4 @@ def render_markdown(doc: dict) -> str:
         lines += ["", "Skipped:"] + [f"- {r['config']['name']}: {' '.join(r['skipped'].split())}" for r in skipped]
     return "\n".join(lines + _speedups(doc) + _padding_ablation(doc)
                      + amdahl.markdown(doc["results"], doc.get("gate_microbench"))
-                     + _scope_tables(doc) + _phase_table(doc)) + "\n"
+                     + _scope_tables(doc) + _phase_table(doc) + _key_load_table(doc)) + "\n"
