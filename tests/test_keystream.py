@@ -242,3 +242,31 @@ def test_over_mutual_tls_and_a_server_of_another_ca_gets_nothing(tmp_path):
     assert not err, err
     assert res == {0: g.layout().set_nbytes, 1: g.layout().set_nbytes}
     assert dealer.join()["sets"] == 1
+
+
+def test_servers_asking_for_different_sets_are_both_refused():
+    """A server out of step (it asks for set 5 while its peer asks for 0) gets nothing:
+    the dealer refuses both in one line each, then waits for a new pair."""
+    import json
+
+    from fusec.runtime.channel import TcpChannel
+    from fusec.runtime.keystream import PROTOCOL
+
+    g = demo.build_graph(N, BITS, F)
+    dealer = Dealer(g, 2, timeout=5)
+
+    def odd_server(p):     # speaks the protocol by hand, asking for the wrong set
+        port = int(dealer.address.rsplit(":", 1)[1])
+        with TcpChannel.connect("127.0.0.1", port, 10) as ch:
+            ch.send(json.dumps({"fusec_keys": PROTOCOL, "party": p, "layout": g.layout().digest()}).encode())
+            json.loads(bytes(ch.recv("keys", 4096)))
+            ch.send(json.dumps({"set": 5}).encode())
+            return json.loads(bytes(ch.recv("keys", 4096)))
+
+    res, err = _both(lambda p: odd_server(p) if p == 1 else DealerKeyStream.connect(dealer.address, g.layout(), p)
+                     .claim(0))
+    assert "sets 0 and 5" in res[1]["error"] and "restart both servers" in res[1]["hint"]
+    assert isinstance(err[0], KeyFileError) and "refused set 0" in str(err[0])
+    dealer.join()
+    assert dealer.error is not None and "timed out" in str(dealer.error)   # it waited for a new pair, none came
+    assert dealer.result is None
