@@ -97,7 +97,7 @@ def test_keys_unpacked_late_by_either_party_mark_the_configuration():
     assert not summarize([step(0, False, False)], 1, 1, 8)["keys_unpacked_late"]
 
 
-def test_key_plan_up_front_per_step_or_skipped(tmp_path):
+def test_key_plan_up_front_per_step_streamed_or_skipped(tmp_path):
     gb = 10**9
     up = plan_keys("auto", gb, 6, 4, 100 * gb, tmp_path)        # 6 steps x 4 sets x 2 parties = 48 GB: fits
     assert up.mode == "upfront" and up.files(5) == [(tmp_path, 24)] and up.generated_before(0) == [(tmp_path, 24)]
@@ -106,8 +106,9 @@ def test_key_plan_up_front_per_step_or_skipped(tmp_path):
     assert per.mode == "per-step" and per.files(2) == [(tmp_path / "step2" / "part0", 4)]
     assert per.generated_before(2) == per.files(2) and per.stale(2) == tmp_path / "step1"
     assert [n for _, n in plan_keys("auto", gb, 6, 4, 20 * gb, tmp_path, dealers=3).files(0)] == [2, 1, 1]
+    assert plan_keys("auto", gb, 6, 4, 5 * gb, tmp_path).mode == "stream"   # not even a step fits: no files
     with pytest.raises(BenchError, match="one step's key sets need 8.00 GB") as e:
-        plan_keys("auto", gb, 6, 4, 5 * gb, tmp_path)
+        plan_keys("per-step", gb, 6, 4, 5 * gb, tmp_path)
     assert e.value.kind == "disk"
     with pytest.raises(BenchError, match="all key sets need 48.00 GB"):
         plan_keys("upfront", gb, 6, 4, 20 * gb, tmp_path)

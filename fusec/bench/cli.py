@@ -44,8 +44,9 @@ def _int_list(text: str, flag: str) -> list[int]:
                    "to tmpfs, whose files take the RAM the parties need")
 @click.option("--keys", "keys_mode", default="auto", show_default=True,
               type=click.Choice(["auto", "upfront", "per-step", "stream"]),
-              help="generate all key sets first, or each step's right before it (auto: up front if they fit), or "
-                   "stream them from a dealer process over loopback TCP, no files (fusec keygen --serve)")
+              help="generate all key sets first, or each step's right before it, or stream them from a dealer "
+                   "process over loopback TCP, no files (fusec keygen --serve); auto: up front if they fit, else "
+                   "per step, else streamed")
 @click.option("--dealers", default=1, show_default=True,
               help="dealer processes in parallel (up-front keys then go in one file pair per step); "
                    "each needs about 4.5x a key set (per party) of memory")

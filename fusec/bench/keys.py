@@ -67,7 +67,7 @@ class KeyPlan:
 def plan_keys(mode: str, set_nbytes: int, steps: int, per_step: int, free_bytes: int, root: Path,
               dealers: int = 1) -> KeyPlan:
     """Pick up-front or per-step key generation from the free space (both parties' files);
-    ``stream`` needs no disk."""
+    ``stream`` needs no disk, and ``auto`` streams when not even one step's files fit."""
     if mode == "stream":
         return KeyPlan("stream", root, per_step, steps, 1)
     need_all, need_step = 2 * set_nbytes * steps * per_step, 2 * set_nbytes * per_step
@@ -79,6 +79,8 @@ def plan_keys(mode: str, set_nbytes: int, steps: int, per_step: int, free_bytes:
                              "use --keys per-step, another --keys-dir, or fewer --repeat / --internal-batch",
                              kind="disk")
         return KeyPlan("upfront", root, per_step, steps, dealers)
+    if need_step > room and mode == "auto":
+        return KeyPlan("stream", root, per_step, steps, 1)
     if need_step > room:
         raise BenchError(f"one step's key sets need {gb(need_step)} (2 parties x {per_step} sets x "
                          f"{gb(set_nbytes)}), {gb(free_bytes)} free in {root}",
