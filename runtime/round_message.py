@@ -13,8 +13,9 @@ packs a whole round with one kernel and rebuilds every value with another
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -24,9 +25,9 @@ from fusec.runtime import ring
 BOTH, PEER, MINE = 0, 1, 2
 
 
-@dataclass(frozen=True)
-class OpenSlot:
-    """One open of a round: its values, their width, and where its shares travel."""
+class OpenSlot(NamedTuple):
+    """One open of a round: its values, their width, and where its shares travel (a named
+    tuple: a round builds one per open, in the online phase's Python)."""
 
     count: int
     bits: int
@@ -54,8 +55,9 @@ class RoundMessage:
         both parties, else the party whose share travels) for ``party``."""
         slots, ours, theirs = [], 0, 0
         for req in opens:
-            shape = tuple(np.shape(req.share))
-            count = int(np.prod(shape)) if shape else 1
+            shape = getattr(req.share, "shape", None)
+            shape = tuple(np.shape(req.share) if shape is None else shape)
+            count = math.prod(shape)
             bits = int(req.bits)
             mode = BOTH if req.sender is None else (MINE if req.sender == party else PEER)
             nbytes = ring.packed_size(count, bits)
