@@ -138,31 +138,41 @@ def test_a_server_of_another_build_is_refused_in_one_line():
 def test_a_second_server_for_the_same_party_is_refused_and_a_lost_server_ends_only_its_session():
     """A duplicate party 0 is told so; the pair that forms gets its offer; a server that
     hangs up mid-session ends that session, not the dealer, and the next pair is served."""
-    import time
-
     g = demo.build_graph(N, BITS, F)
     dealer = Dealer(g, 1, timeout=10)
-    first_in, release = threading.Event(), threading.Event()
+    entered, release, refused = threading.Event(), threading.Event(), []
 
-    def p0():       # waits in connect until its peer server has come too
-        with DealerKeyStream.connect(dealer.address, g.layout(), 0):
-            first_in.set()
-            release.wait(10)
+    def p0():       # two of these race; the one that came second is refused, the other waits for party 1
+        try:
+            with DealerKeyStream.connect(dealer.address, g.layout(), 0):
+                entered.set()
+                release.wait(10)
+        except KeyFileError as e:
+            refused.append(e)
 
-    t = threading.Thread(target=p0)
-    t.start()
-    time.sleep(0.5)
-    with pytest.raises(KeyFileError, match="party 0 is already connected"):
-        DealerKeyStream.connect(dealer.address, g.layout(), 0)
+    racers = [threading.Thread(target=p0) for _ in range(2)]
+    [t.start() for t in racers]
+    deadline = threading.Event()
+    for _ in range(100):                # until the loser heard it (at most 10 s)
+        if refused:
+            break
+        deadline.wait(0.1)
+    assert len(refused) == 1 and "party 0 is already connected" in str(refused[0])
     with DealerKeyStream.connect(dealer.address, g.layout(), 1) as ks1:
         assert ks1.next_unused() == 0
-        assert first_in.wait(10)
+        assert entered.wait(10)
     release.set()       # both hung up without asking for a set: the session is over
-    t.join(10)
-    res, err = _both(lambda p: DealerKeyStream.connect(dealer.address, g.layout(), p).claim(0).read_all_raw().size)
+    [t.join(10) for t in racers]
+    res, err = _both(lambda p: _one_set_size(dealer.address, g.layout(), p))
     assert not err and res == {0: g.layout().set_nbytes, 1: g.layout().set_nbytes}
     done = dealer.join()
     assert done["sets"] == 1 and done["sessions"] == 2 and dealer.error is None
+
+
+def _one_set_size(address: str, layout, party: int, **kw) -> int:
+    """Connect, take the next set, hang up (the dealer exits once both have)."""
+    with DealerKeyStream.connect(address, layout, party, **kw) as ks:
+        return ks.claim(ks.next_unused()).read_all_raw().size
 
 
 def test_no_dealer_and_bad_addresses_are_one_line():
@@ -236,9 +246,8 @@ def test_over_mutual_tls_and_a_server_of_another_ca_gets_nothing(tmp_path):
     dealer = Dealer(g, 1, timeout=10, ssl_context=dealer_files.server_context())
     with pytest.raises(FusecError):
         DealerKeyStream.connect(dealer.address, g.layout(), 0, timeout=3, ssl_context=stranger.client_context())
-    res, err = _both(lambda p: DealerKeyStream.connect(dealer.address, g.layout(), p, timeout=10,
-                                                       ssl_context=servers.client_context())
-                     .claim(0).read_all_raw().size)
+    res, err = _both(lambda p: _one_set_size(dealer.address, g.layout(), p, timeout=10,
+                                             ssl_context=servers.client_context()))
     assert not err, err
     assert res == {0: g.layout().set_nbytes, 1: g.layout().set_nbytes}
     assert dealer.join()["sets"] == 1
