@@ -67,7 +67,7 @@ class SetGenerator:
     (on a GPU: including the copy to the host) and handing the bytes over."""
 
     def __init__(self, graph: GateGraph, be: Backend, rng, to_host: bool = True) -> None:
-        self.graph, self.be, self.rng = graph, be, rng
+        self.graph, self.rng = graph, rng
         self.pack = be.pack_key if to_host else be.pack_key_device   # device: in-memory timing only
         self.slots = {s.gate_id: s for s in graph.layout().slots}
         self.gates = {n.id: n.gate for n in graph.nodes} if graph.insecure else None

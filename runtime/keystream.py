@@ -169,18 +169,11 @@ class DealerKeyStream:
         return self._offer.count
 
     @property
-    def layout(self) -> KeyLayout:
-        return self._layout
-
-    @property
     def set_nbytes(self) -> int:
         return self._offer.set_nbytes
 
     def next_unused(self) -> int | None:
         return self._next
-
-    def verify_set(self, index: int) -> None:
-        """Nothing to check before the set arrives (a key file checks its checksum here)."""
 
     def claim(self, index: int, out: Callable[[int], np.ndarray | None] | None = None) -> KeySetReader:
         """Ask the dealer for set ``index`` (the next one: sets come in order, once) and
@@ -249,7 +242,6 @@ class StreamSetWriter:
         self._pos = 0
         self._pending: list[np.ndarray] = []
         self._pending_bytes = 0
-        self.bytes_sent = 0
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._sender, name="fusec-keystream", daemon=True)
@@ -282,7 +274,6 @@ class StreamSetWriter:
         if part.size >= FRAME_BYTES:        # a large gate goes as it is: no copy into a joined frame
             self._flush()
             self._put(memoryview(part))
-            self.bytes_sent += part.size
             return
         self._pending.append(part)
         self._pending_bytes += part.size
@@ -294,7 +285,6 @@ class StreamSetWriter:
             return
         frame = self._pending[0] if len(self._pending) == 1 else np.concatenate(self._pending)
         self._put(memoryview(frame))
-        self.bytes_sent += frame.size
         self._pending, self._pending_bytes = [], 0
 
     def end_set(self) -> None:
