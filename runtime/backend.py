@@ -154,6 +154,9 @@ class Backend:
     def synchronize(self) -> None:
         """Wait for queued device work (profiling); nothing to wait for on the CPU."""
 
+    def release_keys(self) -> None:
+        """The online phase is over: let go of what staging kept of the set (nothing here)."""
+
     # -- FSS evaluations
     def dcf_eval(self, party: int, key: dcf.DcfKey, x):
         return dcf.eval(party, key, x, self.prg)

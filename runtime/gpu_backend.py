@@ -311,6 +311,11 @@ class GpuBackend(Backend):
         self.last_stage_seconds = time.perf_counter() - t0
         return StagedKeys(layout.gate_ids, load=prefetch.load)
 
+    def release_keys(self) -> None:
+        """The online phase is over: drop what a streamed set still holds (its host bytes)."""
+        if self.last_prefetch is not None:
+            self.last_prefetch.close()
+
     def _unpack_slot(self, slot: GateSlot, dev) -> dict[str, Any]:
         """One gate's fields from its packed slot bytes on the device (one kernel)."""
         if self.kernels.has("fusec_unpack_round"):

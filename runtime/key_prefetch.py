@@ -207,6 +207,15 @@ class KeyPrefetcher:
         self._refill()
         return keys
 
+    def close(self) -> None:
+        """Let go of the host set and the chunks still queued, once the run is over: a
+        streamed batch-8 set is 34 GB, and the next set is received before a new stream
+        replaces this one."""
+        self.copies.fence()
+        self._queued.clear()
+        self._ahead = 0
+        self.host = np.empty(0, np.uint8)   # not host[:0]: a view keeps its base alive
+
     def _enqueue(self, i: int) -> None:
         c = self.chunks[i]
         self._queued[i] = self.copies.copy(self.host[c.start:c.end])

@@ -100,13 +100,16 @@ def run_party(graph: GateGraph, party: int, kf: KeyFile, idx: int, channel: Chan
     t0 = time.perf_counter()
     outputs = graph.evaluate(party, keys, inputs, channel.exchange, be, log, scopes=scopes)
     dt = time.perf_counter() - t0
+    unpacked_late = not (stream_keys or keys.unpacked_up_front)
+    del keys
+    be.release_keys()       # before the next set is received: a batch-8 set is 34 GB
     if profile is not None:
         profile.disable()
         profile.dump_stats(os.path.join(os.environ[PROFILE_ENV], f"p{party}_set{idx}_{os.getpid()}.prof"))
     return PartyResult(outputs, idx, dt, log.rounds, sum(log.bytes_sent.values()), dict(log.bytes_sent),
                        t_load, dict(log.compute), dict(log.seconds), dict(log.phases),
                        claim_seconds=claim_seconds, hello_seconds=hello_seconds,
-                       keys_unpacked_late=not (stream_keys or keys.unpacked_up_front))
+                       keys_unpacked_late=unpacked_late)
 
 
 PROFILE_ENV = "FUSEC_PYPROFILE"

@@ -264,6 +264,29 @@ def test_backend_streamed_keys_are_the_staged_keys(bert_build, tmp_path, device,
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_release_keys_lets_go_of_the_host_set(bert_build, tmp_path, device):
+    """After the online phase the backend must not keep the streamed set's host bytes:
+    the next set is received before a new stream replaces this one, and two 34 GB batch-8
+    sets per server ran the H100 host out of memory (P0 killed, status -9)."""
+    import weakref
+
+    write_keys(bert_build.gates, tmp_path, 1, seed=b"release")
+    layout = bert_build.gates.layout()
+    with KeyFile.open(tmp_path / "p0.key", layout, 0) as kf:
+        raw = np.array(kf._read_set(0))       # an array of our own: only the stream may keep it
+    be = _small_window(device()())
+    be._page_locked = lambda host: host       # the stand-in keeps ``raw`` itself, as a too-large set does
+    keys = be.stage_set(layout, raw, stream=True)
+    for g in layout.gate_ids[:3]:
+        keys[g]
+    alive = weakref.ref(raw)
+    del raw, keys
+    be.release_keys()
+    assert alive() is None
+    assert be.last_prefetch.resident_chunks == []
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_a_run_on_streamed_keys_opens_what_the_cpu_opens(bert_build, tmp_path, device, monkeypatch):
     """Both parties evaluate on prefetched keys, gates asking in dataflow order (not layout
     order), with a window of a few small chunks: same messages and outputs as the CPU."""
