@@ -154,6 +154,22 @@ class Backend:
     def synchronize(self) -> None:
         """Wait for queued device work (profiling); nothing to wait for on the CPU."""
 
+    # -- launch plans: recorded and replayed on the GPU (runtime/launch_plan.py); the CPU interprets
+    def launch_plan(self, graph) -> None:
+        """The plan to record or replay this evaluation of ``graph`` with (never, here)."""
+        return None
+
+    def segment_start(self) -> None:
+        """The work up to the next exchange begins (a recording starts capturing it)."""
+
+    def segment_finish(self, send: int, expect: int, scope: str) -> None:
+        """The work up to an exchange of ``send`` / ``expect`` bytes is queued (``expect`` < 0:
+        the last work, no exchange); a recording captures and runs it here."""
+
+    def input_array(self, x):
+        """An input's encoded values as a flat uint64 array of this backend."""
+        return self.asarray(np.asarray(x, np.uint64).reshape(-1))
+
     def release_keys(self) -> None:
         """The online phase is over: let go of what staging kept of the set (nothing here)."""
 

@@ -17,17 +17,19 @@ inside the clock (:meth:`GpuBackend.stream_set`, runtime/key_prefetch.py).
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
-from fusec.errors import FusecError
+from fusec.errors import FusecError, GpuKernelError
 from fusec.runtime import dcf, dpf, dpf_arith, ring
 from fusec.runtime.backend import Backend, StagedKeys
 from fusec.runtime.key_prefetch import (STREAM_AHEAD_BYTES, STREAM_CHUNK_BYTES, CopyQueue, CudaCopies,
                                         KeyPrefetcher, SyncCopies)
+from fusec.runtime.launch_plan import LaunchPlan
 from fusec.runtime.layout import GateSlot, KeyLayout
 from fusec.runtime.rng import DealerRng
 from fusec.runtime.round_message import PEER, OpenSlot, RoundMessage
@@ -183,6 +185,10 @@ class GpuBackend(Backend):
     stream_ahead_bytes = STREAM_AHEAD_BYTES
     _copy_stream = None     # the non-blocking stream streamed keys are copied on (made on first use)
     last_prefetch: KeyPrefetcher | None = None   # the last streamed set's (its .stats: copies, evictions)
+    #: --cuda-graphs: record each build's second inference as a launch plan, replay it after
+    cuda_graphs = False
+    _recording: LaunchPlan | None = None        # the plan being recorded now
+    _plan_keys = None                            # the device buffer every key set is copied into (cuda_graphs)
 
     def __init__(self, source: str | None = None, device: int | None = None) -> None:
         cupy = _import_cupy()
@@ -196,6 +202,8 @@ class GpuBackend(Backend):
         self.last_stage_seconds: float | None = None
         self._outbox = None     # page-locked buffer of the round's outgoing message
         self._key_host = None   # page-locked buffer key sets are read into
+        self._plans: dict[int, LaunchPlan] = {}
+        self._plan_runs: dict[int, int] = {}
 
     # -- data movement
     def asarray(self, a):
@@ -218,6 +226,8 @@ class GpuBackend(Backend):
         if not self.kernels.has("fusec_pack_round"):
             return super().pack_round(layout, shares)
         msg = self.kernels.pack_round(layout, shares)
+        if self._recording is not None:
+            return self._recording.send(msg)
         if self._outbox is None or self._outbox.size < layout.our_bytes:
             import cupyx  # noqa: PLC0415
 
@@ -230,7 +240,68 @@ class GpuBackend(Backend):
     def unpack_round(self, layout, shares: list, peer) -> list:
         if not self.kernels.has("fusec_unpack_round"):
             return super().unpack_round(layout, shares, peer)
+        if self._recording is not None:
+            peer = self._recording.receive(peer)
         return self.kernels.unpack_round(layout, shares, peer)
+
+    # -- launch plans (--cuda-graphs; runtime/launch_plan.py)
+    def launch_plan(self, graph) -> LaunchPlan | None:
+        """None: interpret this evaluation of ``graph`` (its first: kernels compile, pools
+        grow); else the plan to record (the second) or to replay (``.ready``, the rest)."""
+        if not self.cuda_graphs or not hasattr(self.xp, "cuda"):
+            return None
+        key = id(graph)
+        plan = self._plans.get(key)
+        if plan is not None and plan.owner is graph and plan.ready:
+            return plan
+        runs = self._plan_runs[key] = self._plan_runs.get(key, 0) + 1
+        if runs < 2:
+            return None
+        plan = self._plans[key] = LaunchPlan(self.xp, graph)
+        return plan
+
+    @contextlib.contextmanager
+    def recording(self, plan: LaunchPlan) -> Iterator[LaunchPlan]:
+        """Evaluate once while ``plan`` captures the work between exchanges: the plan's
+        stream, its memory pool, and its array module for gate and kernel code."""
+        cupy, kernels = self.xp, self.kernels
+        plan.reserve()
+        self.synchronize()
+        saved = (self.xp, kernels.xp, kernels.launcher.xp)
+        self.xp = kernels.xp = kernels.launcher.xp = plan.module
+        self._recording = plan
+        try:
+            with plan.stream, cupy.cuda.using_allocator(plan.pool.malloc):
+                yield plan
+            plan.ready = True
+        except FusecError:
+            plan.abort()
+            raise
+        except Exception as e:  # noqa: BLE001 - CUDA refused the capture (e.g. a value read back mid-round)
+            plan.abort()
+            raise GpuKernelError(f"recording the launch plan failed in round {len(plan.segments) + 1}: {e}",
+                                 "rerun without --cuda-graphs (a gate that reads a device value back mid-round "
+                                 "cannot be captured)") from e
+        except BaseException:
+            plan.abort()
+            raise
+        finally:
+            self.xp, kernels.xp, kernels.launcher.xp = saved
+            self._recording = None
+
+    def segment_start(self) -> None:
+        if self._recording is not None:
+            self._recording.begin()
+
+    def segment_finish(self, send: int, expect: int, scope: str) -> None:
+        if self._recording is not None:
+            self._recording.finish(send, expect, scope)
+
+    def input_array(self, x):
+        """An input's values on the device (a recording's input arrives there already)."""
+        if isinstance(x, self.xp.ndarray):
+            return x
+        return super().input_array(x)
 
     def pack_key(self, slot, arrays: dict) -> np.ndarray:
         """The slot's fields bit-packed on the device (layout order), one copy to the host."""
@@ -376,6 +447,8 @@ class GpuBackend(Backend):
         ``stream``: see :meth:`stream_set`."""
         if stream:
             return self.stream_set(layout, buf)
+        if self.cuda_graphs and hasattr(self.xp, "cuda"):
+            return self._stage_fixed(layout, buf)
         free, total = self.xp.cuda.runtime.memGetInfo()
         free = int(free) + self._pool_free_bytes()
         check_fits(int(buf.nbytes), free, int(total))
@@ -402,6 +475,23 @@ class GpuBackend(Backend):
             return fields
 
         return StagedKeys(layout.gate_ids, load=unpack)
+
+    def _stage_fixed(self, layout: KeyLayout, buf: np.ndarray) -> StagedKeys:
+        """--cuda-graphs: the set copied into one device buffer that every set of this size
+        reuses (a recorded plan reads its keys from there), each gate's fields unpacked when
+        the gate starts (inside the recorded graphs)."""
+        host = np.ascontiguousarray(buf).view(np.uint8).reshape(-1)
+        if self._plan_keys is None or self._plan_keys.size != host.size:
+            self._plan_keys = None
+            free, total = self.xp.cuda.runtime.memGetInfo()
+            check_fits(int(host.nbytes), int(free) + self._pool_free_bytes(), int(total))
+            self._plan_keys = self.xp.empty(host.size, np.uint8)
+        t0 = time.perf_counter()
+        self._plan_keys.set(self._page_locked(host))
+        self.synchronize()
+        self.last_stage_seconds = time.perf_counter() - t0
+        slots, dev = {s.gate_id: s for s in layout.slots}, self._plan_keys
+        return StagedKeys(layout.gate_ids, load=lambda g: self._unpack_slot(slots[g], dev[slots[g].offset:slots[g].end]))
 
     def _unpack_up_front(self, layout: KeyLayout, dev) -> dict[str, dict[str, Any]] | None:
         """Every gate's fields unpacked now, or None when they do not fit. Free memory is read

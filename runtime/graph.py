@@ -7,6 +7,8 @@ parties walk the same deterministic schedule.
 """
 from __future__ import annotations
 
+import contextlib
+
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -109,6 +111,10 @@ class GateGraph:
         With ``log`` and ``scopes`` (gate id -> profiler scope), each gate's local work is
         timed into ``log.compute`` under its scope.
         """
+        plan = be.launch_plan(self)
+        if plan is not None and plan.ready:     # a recorded launch plan: no Python per gate
+            with be.activate():
+                return plan.replay(inputs, exchange, log)
         get = keys.__getitem__ if isinstance(keys, Mapping) else keys
         values: dict[str, object] = {}
         gen_node: list[int] = []
@@ -131,6 +137,8 @@ class GateGraph:
                     args = [inputs.get(n.id) if party == n.gate.owner else None]
                     if party == n.gate.owner and n.id not in inputs:
                         raise ParameterError(f"no value given for input {n.id!r}")
+                    if plan is not None and args[0] is not None:    # recording: a buffer a replay refills
+                        args = [plan.input(n.id, args[0])]
                 else:
                     args = [values[w] for w in n.inputs]
                 gen = n.gate.eval(party, be.stage_key(get(n.id)), args, be)
@@ -154,6 +162,11 @@ class GateGraph:
             node = self.nodes[gen_node[g]]
             return f"{node.id} ({node.gate.kind})"
 
-        drive(start([i for i, c in enumerate(missing) if c == 0]), exchange, party, be, log, on_done=on_done,
-              describe=describe)
-        return {n.id: be.asnumpy(values[n.id]) for n in self.outputs if values.get(n.id) is not None}
+        with be.recording(plan) if plan is not None else contextlib.nullcontext():
+            be.segment_start()      # before the first gates start: their keys are unpacked inside the capture
+            drive(start([i for i, c in enumerate(missing) if c == 0]), exchange, party, be, log, on_done=on_done,
+                  describe=describe)
+            received = {n.id: values[n.id] for n in self.outputs if values.get(n.id) is not None}
+            if plan is not None:
+                plan.outputs = received
+        return {node_id: be.asnumpy(v) for node_id, v in received.items()}

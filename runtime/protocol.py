@@ -100,6 +100,7 @@ def _drive(gens, exchange: Exchange, party: int, be, log: RoundLog | None, on_do
     active = list(range(len(gens)))
     round_no = 0
     clock = time.perf_counter
+    be.segment_start()      # a recording backend captures the work between exchanges (runtime/launch_plan.py)
     while active:
         t_step = clock()
         waiting: list[tuple[int, Open]] = []
@@ -132,6 +133,7 @@ def _drive(gens, exchange: Exchange, party: int, be, log: RoundLog | None, on_do
         round_no += 1
         try:
             mine = be.pack_round(layout, shares)
+            be.segment_finish(layout.our_bytes, layout.their_bytes, scope)
         except GpuKernelError as e:
             raise GpuKernelError(f"round {round_no} ({scope}, {len(reqs)} opens): {e.message}", e.hint) from e
         need = layout.their_bytes
@@ -142,6 +144,7 @@ def _drive(gens, exchange: Exchange, party: int, be, log: RoundLog | None, on_do
             if len(theirs) != need:
                 raise PeerError(f"peer sent {len(theirs)} bytes in a round where {need} were expected",
                                 "both parties must run the same build with key files from the same keygen run")
+            be.segment_start()
             vals = be.unpack_round(layout, shares, theirs)
         except GpuKernelError as e:
             raise GpuKernelError(f"round {round_no} ({scope}, {len(reqs)} opens): {e.message}", e.hint) from e
@@ -161,4 +164,5 @@ def _drive(gens, exchange: Exchange, party: int, be, log: RoundLog | None, on_do
                 inbox[i] = vals[pos]
                 pos += 1
             active.append(i)
+    be.segment_finish(0, -1, "end")
     return results

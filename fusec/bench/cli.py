@@ -63,12 +63,15 @@ def _int_list(text: str, flag: str) -> list[int]:
 @click.option("--stream-keys", is_flag=True,
               help="each gate's keys reach the device when it first runs, inside the online clock (as SIGMA "
                    "counts key copies); default: the whole set staged before the clock")
+@click.option("--cuda-graphs", is_flag=True,
+              help="GPU: each worker records its second inference as a launch plan (one CUDA graph per round) "
+                   "and replays it for the rest; use --warmup 2 so the timed steps are replays")
 @click.option("--timeout", default=1800.0, show_default=True, help="seconds any one stage or step may take")
 @click.option("--keep-going", is_flag=True, help="record a failed configuration and go on instead of stopping")
 @tls_options
 def bench(models, seqs, batches, seq_sweep, internal_batch, gate_sets, gpus, backend, warmup, repeat, layers, bits,
           workdir, keys_dir, keys_mode, dealers, json_path, markdown_path, padding_ablation, nets, gate_speedups,
-          stream_keys, timeout, keep_going, tls_cert, tls_key, tls_ca, tls_server_name) -> None:
+          stream_keys, cuda_graphs, timeout, keep_going, tls_cert, tls_key, tls_ca, tls_server_name) -> None:
     """End-to-end benchmark: export, compile, keygen, P0 and P1 as processes; JSON (+ markdown).
 
     With --tls-*, the two workers talk mutual TLS on 127.0.0.1 (the certificate must name
@@ -81,6 +84,11 @@ def bench(models, seqs, batches, seq_sweep, internal_batch, gate_sets, gpus, bac
 
     party_argv = tls_argv(tls_cert, tls_key, tls_ca, tls_server_name)     # refused before anything runs
     party_argv += ["--stream-keys"] if stream_keys else []
+    if cuda_graphs:
+        if stream_keys or backend != "gpu":
+            raise click.UsageError("--cuda-graphs replays graphs that read keys staged on the device: it needs "
+                                   "--backend gpu and no --stream-keys")
+        party_argv += ["--cuda-graphs"]
     wd = mkwd(workdir)
     opts = BenchOptions(
         models=[resolve_model(m.strip(), layers, bits) for m in models.split(",") if m.strip()],
@@ -119,14 +127,16 @@ def workers() -> None:
               help="write every step's record here at the end (JSON)")
 @click.option("--net", type=net_type, default=None, help="emulated network (both workers the same)")
 @click.option("--stream-keys", is_flag=True, help="keys reach the device gate by gate inside the online clock")
+@click.option("--cuda-graphs", is_flag=True, help="record the second inference as a launch plan, replay it after")
 @tls_options
-def serve(build, party, listen, peer, backend, timeout, connect_retry, seed, out_path, net, stream_keys, tls_cert,
-          tls_key, tls_ca, tls_server_name) -> None:
+def serve(build, party, listen, peer, backend, timeout, connect_retry, seed, out_path, net, stream_keys, cuda_graphs,
+          tls_cert, tls_key, tls_ca, tls_server_name) -> None:
     """One party's long-lived worker of a benchmark configuration (JSON lines on stdin/stdout)."""
     from fusec.bench.worker import serve as run
 
     sys.exit(run(build, party, listen, peer, backend, timeout, connect_retry, seed, out_path,
-                 tls=(tls_cert, tls_key, tls_ca, tls_server_name), net=net, stream_keys=stream_keys))
+                 tls=(tls_cert, tls_key, tls_ca, tls_server_name), net=net, stream_keys=stream_keys,
+                 cuda_graphs=cuda_graphs))
 
 
 @workers.command()

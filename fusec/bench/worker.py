@@ -250,9 +250,11 @@ def _command_loop(server: Server, out: IO[str], out_path: Path | None) -> None:
 
 def serve(build: str, party: int, listen: str | None, peer: str | None, backend: str = "cpu",
           timeout: float = 600.0, connect_retry: float = 120.0, seed: int = 0, out_path: str | None = None,
-          tls: tuple = (None, None, None, None), net: Any = None, stream_keys: bool = False) -> int:
+          tls: tuple = (None, None, None, None), net: Any = None, stream_keys: bool = False,
+          cuda_graphs: bool = False) -> int:
     """Run one worker until ``quit`` (or a failure); returns the exit status (0, 2: a user
-    error, 1: a bug). ``stream_keys``: see ``run_party``."""
+    error, 1: a bug). ``stream_keys``: see ``run_party``; ``cuda_graphs``: the GPU backend's
+    launch plans (runtime/launch_plan.py)."""
     out = _answer_stream()
     if (listen is None) == (peer is None):
         _say(out, event="error", message="give exactly one of --listen and --peer")
@@ -262,6 +264,8 @@ def serve(build: str, party: int, listen: str | None, peer: str | None, backend:
         t0 = time.perf_counter()
         server = Server(build, party, backend, seed)
         server.stream_keys = stream_keys
+        if cuda_graphs:
+            server.be.cuda_graphs = True
         server.inputs(0)
         _connect(server, listen, peer, timeout, connect_retry, out, tls, net)
         _say(out, event="ready", setup_seconds=time.perf_counter() - t0)

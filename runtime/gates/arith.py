@@ -128,7 +128,7 @@ class Input(Gate):
             x = inputs[0]
             if x is None or int(np.prod(np.shape(x))) != self.elements:
                 raise ParameterError(f"input has {0 if x is None else np.size(x)} elements, the program expects {self.elements}")
-            share = (be.asarray(np.asarray(x, np.uint64).reshape(-1)) + key["mask"]) & ring.mask(self.bits)
+            share = (be.input_array(x) + key["mask"]) & ring.mask(self.bits)
         else:
             share = be.xp.zeros(self.elements, dtype=np.uint64)
         return (yield Open(share, self.bits, sender=self.owner, scope="input"))
