@@ -21,6 +21,7 @@ or copy of the file it is claimed through.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import stat
 import tempfile
@@ -395,6 +396,16 @@ class KeyFileWriter:
 
 
 # --------------------------------------------------------------------------- reader
+_FILLS: dict[int, int] = {}     # address of a caller's buffer -> token of the verified set read there
+_TOKENS = itertools.count(1)
+
+
+def _fill(buf: np.ndarray) -> int:
+    """Record that a verified set now lies at ``buf`` (a caller's reused buffer); its token."""
+    token = _FILLS[buf.ctypes.data] = next(_TOKENS)
+    return token
+
+
 class KeyFile:
     """An opened, validated key file of one party. Use :meth:`KeyFile.open`.
 
@@ -409,7 +420,7 @@ class KeyFile:
         self.header = header
         self._f = f
         self.ledger = ledger
-        self._verified: tuple[int, np.ndarray] | None = None  # last set verify_set read, for claim
+        self._verified: tuple[int, np.ndarray, int | None] | None = None  # last set verify_set read, for claim
 
     @classmethod
     def open(cls, path: str | os.PathLike, layout: KeyLayout, party: int,
@@ -523,6 +534,8 @@ class KeyFile:
             raise KeyFileError(f"key file {self.path} is closed")
         n = self.set_nbytes
         buf = np.empty(n, dtype=np.uint8) if out is None else out.reshape(-1).view(np.uint8)[:n]
+        if out is not None:
+            _FILLS.pop(buf.ctypes.data, None)   # whatever a key file verified there is gone
         mv = memoryview(buf)
         base, fd = self.header.set_offset(index), self._f.fileno()
         starts = range(0, n, fmt.CHUNK_BYTES)
@@ -540,14 +553,19 @@ class KeyFile:
             )
         return buf
 
-    def verify_set(self, index: int) -> None:
+    def verify_set(self, index: int, out: Callable[[int], np.ndarray | None] | None = None) -> None:
         """Check set ``index`` against its checksum; raises KeyFileError if it is corrupted.
 
         The bytes are kept for a following :meth:`claim` of the same set (a server
-        verifies before it connects, then claims: one read of a multi-GB set, not two)."""
+        verifies before it connects, then claims: one read of a multi-GB set, not two).
+        ``out`` as for :meth:`claim`: e.g. the GPU's page-locked buffer, so the set is
+        staged from there. Nothing else may write that buffer before the claim; a read of
+        another set into it by any key file is noticed, and the claim reads again."""
         index = self._check_index(index)
         self._verified = None
-        self._verified = (index, self._read_set(index))
+        dest = out(self.set_nbytes) if out is not None else None
+        buf = self._read_set(index, dest)
+        self._verified = (index, buf, _fill(buf) if dest is not None else None)
 
     def verify_all(self) -> None:
         for i in range(self.count):
@@ -580,7 +598,7 @@ class KeyFile:
         if index in used:
             raise self._reused(index, used)
         kept, self._verified = self._verified, None
-        if kept is not None and kept[0] == index:
+        if kept is not None and kept[0] == index and (kept[2] is None or _FILLS.get(kept[1].ctypes.data) == kept[2]):
             buf = kept[1]
         else:
             kept = None     # the verified copy of another set goes before a new buffer is asked for

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -43,9 +44,12 @@ class PartyResult:
 
 
 def open_keys(graph: GateGraph, party: int, key_path, state_dir: str | os.PathLike | None = None,
-              dealer: dict | None = None) -> tuple[KeyFile, int]:
+              dealer: dict | None = None, out: Callable[[int], np.ndarray | None] | None = None
+              ) -> tuple[KeyFile, int]:
     """Validate the key file for this party, check its record of used sets can be kept
-    (under ``state_dir``), and pick and verify the next unused key set.
+    (under ``state_dir``), and pick and verify the next unused key set (into ``out(nbytes)``
+    when given: ``Backend.host_buffer``, so the set is staged from page-locked memory and
+    that buffer is allocated before the key-load clock; one key file per backend then).
 
     ``key_path`` ``tcp://HOST:PORT`` is a dealer streaming key sets instead
     (runtime/keystream.py; ``dealer``: keyword arguments of its ``connect``, e.g. TLS):
@@ -63,7 +67,7 @@ def open_keys(graph: GateGraph, party: int, key_path, state_dir: str | os.PathLi
         if idx is None:
             raise KeyFileError(f"all {kf.count} key sets in {key_path} are used",
                                "run the dealer again (fusec keygen --count N) for fresh keys")
-        kf.verify_set(idx)
+        kf.verify_set(idx, out)
     except BaseException:
         kf.close()
         raise

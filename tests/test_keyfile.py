@@ -570,6 +570,87 @@ def test_claim_reads_into_a_reused_buffer_and_still_checks_it(tmp_path):
     kf.close()
 
 
+def test_a_set_cut_short_after_opening_is_refused_and_not_marked(tmp_path, monkeypatch):
+    """Opening checks the size; a file cut while open (a copy over it, a full disk) is
+    read by several threads at once, each chunk in small pieces: the claim names the
+    set and the byte where it ends, marks nothing, and the sets before the cut still load."""
+    import fusec.runtime.keyfile as keyfile
+    import fusec.runtime.keyio as keyio
+
+    monkeypatch.setattr(keyfile, "CHUNK_BYTES", 64)
+    monkeypatch.setattr(keyio, "_PIECE_BYTES", 24)        # pieces that do not divide a chunk
+    lay = make_layout()
+    paths, written, _ = write_pair(tmp_path, lay)
+    h = read_header(paths[0])
+    kf = KeyFile.open(paths[0], lay, 0)
+    cut = h.set_offset(1) + 3 * 64 + 10                    # inside set 1's fourth chunk
+    os.truncate(paths[0], cut)
+    with pytest.raises(KeyFileError, match=rf"truncated: key set 1 ends after {3 * 64 + 10} of {lay.set_nbytes} "):
+        kf.claim(1)
+    with pytest.raises(KeyFileError, match="key set 2 ends after 0 of"):
+        kf.claim(2, lambda n: np.zeros(n, np.uint8))
+    assert kf.used_sets() == []
+    assert_keys_equal(read_all(kf.claim(0), lay), written[0][0])
+    assert kf.used_sets() == [0]
+
+
+def test_a_verified_set_overwritten_in_a_shared_buffer_is_read_again(tmp_path):
+    """Two key files verified into one reused buffer (e.g. the GPU's page-locked one):
+    the second read replaces the first file's bytes, so the first file's claim must read
+    its set again rather than hand out the other file's bytes as verified."""
+    lay = make_layout()
+    a, wa, _ = write_pair(tmp_path / "a", lay)
+    b, wb, _ = write_pair(tmp_path / "b", lay)
+    buf = np.zeros(lay.set_nbytes, np.uint8)
+    asked = []
+
+    def out(n):
+        asked.append(n)
+        return buf
+
+    ka, kb = KeyFile.open(a[0], lay, 0), KeyFile.open(b[0], lay, 0)
+    ka.verify_set(0, out)
+    kb.verify_set(0, out)                                  # buf now holds b's set 0
+    assert_keys_equal(read_all(kb.claim(0, out), lay), wb[0][0])
+    assert len(asked) == 2                                 # b's claim used its verified bytes
+    ka_reader = ka.claim(0, out)
+    assert len(asked) == 3                                 # a's were gone: read again
+    assert_keys_equal(read_all(ka_reader, lay), wa[0][0])
+    ka.verify_set(1, out)                                  # nothing else wrote buf: no second read
+    assert_keys_equal(read_all(ka.claim(1, out), lay), wa[0][1])
+    assert len(asked) == 4
+
+
+def test_libsodium_and_hashlib_checksums_are_the_same_function(tmp_path, monkeypatch):
+    """With PyNaCl installed the checksums come from libsodium: equal to hashlib's
+    blake2b-256 (the format's) for every length and split, and a file written by one
+    implementation loads with the other."""
+    import hashlib
+
+    import fusec.runtime.keyfile as keyfile
+
+    if not keyfile.SODIUM:
+        pytest.skip("PyNaCl (libsodium) is not installed: hashlib computes the checksums")
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 127, 128, 129, 255, 256, 4097, 1 << 20):
+        data = rng.bytes(n)
+        want = hashlib.blake2b(data, digest_size=32).digest()
+        assert keyfile.checksum(data) == want
+        h = keyfile.hasher()
+        h.update(data[: n // 3])
+        h.update(memoryview(data)[n // 3:])
+        assert h.digest() == want
+    lay = make_layout()
+    monkeypatch.setattr(keyfile, "SODIUM", False)
+    paths, written, _ = write_pair(tmp_path, lay)          # hashlib writes
+    monkeypatch.setattr(keyfile, "SODIUM", True)
+    kf = KeyFile.open(paths[1], lay, 1)
+    assert_keys_equal(read_all(kf.claim(2), lay), written[1][2])
+    flip_byte(paths[1], read_header(paths[1]).set_offset(1) + 5)
+    with pytest.raises(KeyFileError, match="key set 1 .*corrupted"):
+        kf.claim(1)
+
+
 # --------------------------------------------------------------------------- the reuse ledger
 def test_a_copied_key_file_is_the_same_key_set(tmp_path):
     """Copying (or renaming) a key file does not make its used sets fresh again: the

@@ -154,6 +154,47 @@ def test_bytes_sent_do_not_depend_on_inputs(tmp_path):
     assert len(sizes[0][0]) > 5
 
 
+def test_open_keys_verifies_into_the_backends_host_buffer(tmp_path):
+    """``open_keys(out=be.host_buffer)`` (as a GPU server reads into page-locked memory):
+    the set is read there once, before the hello, the claim uses those verified bytes
+    (the buffer is not asked for again) and the outputs are those of the plain path on
+    the same key set (another state directory, so the set may be used again)."""
+    from fusec.runtime.backend import Backend
+
+    class HostBuffered(Backend):
+        def __init__(self):
+            super().__init__()
+            self.asked, self.buf = [], None
+
+        def host_buffer(self, nbytes):
+            self.asked.append(nbytes)
+            self.buf = np.zeros(nbytes, np.uint8) if self.buf is None else self.buf
+            return self.buf[:nbytes]
+
+    g = demo.build_graph(N, BITS, F)
+    paths = write_keys(g, tmp_path, count=1)
+    inputs = _inputs(np.random.default_rng(4))
+    outs, bes = {}, {0: HostBuffered(), 1: HostBuffered()}
+    for run, out in (("plain", False), ("buffered", True)):
+        c0, c1 = local_channel_pair(timeout=10.0)
+        res = {}
+
+        def go(p, ch, run=run, out=out):
+            kf, idx = open_keys(g, p, paths[p], tmp_path / run, out=bes[p].host_buffer if out else None)
+            with kf:
+                res[p] = run_party(g, p, kf, idx, ch, inputs[p], bes[p] if out else get_backend("cpu"))
+        ts = [threading.Thread(target=go, args=(p, c)) for p, c in ((0, c0), (1, c1))]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+        assert set(res) == {0, 1}, run
+        outs[run] = res
+    for p in (0, 1):
+        assert bes[p].asked == [g.layout().set_nbytes]
+        assert outs["plain"][p].outputs.keys() == outs["buffered"][p].outputs.keys()
+        for k, v in outs["plain"][p].outputs.items():
+            np.testing.assert_array_equal(outs["buffered"][p].outputs[k], v)
+
+
 def test_stage_set_gives_the_same_key_set_type_on_every_backend():
     """stage_set returns StagedKeys: a mapping from gate id to that gate's key arrays, in
     layout order, whether unpacked up front or on first use (the GPU backend's code is
