@@ -115,6 +115,8 @@ def _load_sodium() -> bool:
     global _ffi, _lib
     try:
         from nacl._sodium import ffi as _ffi, lib as _lib  # noqa: PLC0415
+        if _lib.sodium_init() < 0:  # picks the compression function for this CPU (AVX2, ...)
+            return False
         probe = bytes(range(256)) * 5
         h = _SodiumBlake2b()
         h.update(probe[:1])
