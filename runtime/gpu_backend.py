@@ -267,6 +267,7 @@ class GpuBackend(Backend):
         cupy, kernels = self.xp, self.kernels
         plan.reserve()
         self.synchronize()
+        cupy.get_default_memory_pool().free_all_blocks()    # the interpreted run's cache: the plan has a pool of its own
         saved = (self.xp, kernels.xp, kernels.launcher.xp)
         self.xp = kernels.xp = kernels.launcher.xp = plan.module
         self._recording = plan

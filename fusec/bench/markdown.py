@@ -273,7 +273,11 @@ def render_markdown(doc: dict) -> str:
                 "Keys are staged (copied and unpacked) before the online clock.")
              + (" Key sets come from a dealer process over loopback TCP when both parties ask (--keys stream; "
                 "no key files); keygen is its generate + pack + send time." if st.get("keys_mode") == "stream"
-                else ""),
+                else "")
+             + (" Launch plans (--cuda-graphs): each party interprets its first inference, records its second "
+                "as one CUDA graph per round and replays the graphs for every later one (keys copied into one "
+                "device buffer before the clock, unpacked gate by gate inside the graphs)."
+                if "--cuda-graphs" in st.get("party_argv", []) else ""),
              *_network_lines(doc), "",
              *table(["model", "seq", "batch", "gates", "GPUs", *(["network"] if shaped else []),
                      "online / batch", "steps min / max",
