@@ -82,7 +82,7 @@ def load_once(kf: KeyFile, layout: KeyLayout, party: int, channel, be, verify_fi
     t = {}
     t0 = time.perf_counter()
     if verify_first:            # fusec run: the set is verified before the hello (outside key load)
-        kf.verify_set(0)
+        kf.verify_set(0, be.host_buffer)
     t1 = time.perf_counter()
     idx = pair(channel, party, layout.digest(), kf.key_set_id, kf.pairing_secret, 0, kf.count)
     t2 = time.perf_counter()
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         dt = time.perf_counter() - t0
         print(f"wrote {a.parties} key file(s) of one {nbytes / 1e9:.2f} GB set in {dt:.1f} s "
               f"({a.parties * nbytes / 1e9 / dt:.2f} GB/s); backend {backend}, {os.cpu_count()} CPUs, "
-              f"checksums by {'libsodium' if fmt.SODIUM else 'hashlib'}")
+              f"checksums by {'libsodium' if getattr(fmt, 'SODIUM', False) else 'hashlib'}")
         lj = layout.to_json()
         if a.parties == 1:
             results = {0: run_party(0, paths[0], lj, a.repeat, backend, a.verify_first, None, a.threads)}
