@@ -110,7 +110,7 @@ def run_party(party: int, path: Path, layout_json: str, repeat: int, backend: st
               port: int | None, threads: int | None = None, results=None) -> list[dict]:
     """Warm-up + ``repeat`` loads of ``path``'s set; ``port``: the peer process (party 0 listens)."""
     if threads:
-        keyio._IO_THREADS = threads     # read before keyio's pool first starts
+        os.environ[keyio.IO_THREADS_ENV] = str(threads)     # read when keyio's pool first starts
     layout = KeyLayout.from_json(layout_json)
     be = get_backend(backend)
     peer = None
@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--verify-first", action="store_true",
                     help="verify the set before the hello (fusec run's open_keys); claim then only marks")
     ap.add_argument("--dir", help="where to write the key files (kept); default a temporary directory")
-    ap.add_argument("--threads", type=int, help="I/O and hashing threads per party (default: keyio's, the CPU count up to 16)")
+    ap.add_argument("--threads", type=int, help="I/O and hashing threads per party ($FUSEC_IO_THREADS; default the CPU count up to 16)")
     ap.add_argument("--json", help="also write the timings here")
     a = ap.parse_args(argv)
     backend = a.backend

@@ -621,6 +621,28 @@ def test_a_verified_set_overwritten_in_a_shared_buffer_is_read_again(tmp_path):
     assert len(asked) == 4
 
 
+def test_io_threads_follow_the_environment_and_a_bad_value_is_one_clear_error(tmp_path, monkeypatch):
+    import fusec.runtime.keyio as keyio
+
+    lay = make_layout()
+    paths, written, _ = write_pair(tmp_path, lay)
+    kf = KeyFile.open(paths[0], lay, 0)
+    monkeypatch.setattr(keyio, "_POOL", None)       # both restored after the test
+    monkeypatch.setattr(keyio, "_POOL_THREADS", keyio._POOL_THREADS)
+    for bad in ("0", "many", "-3", "1e3"):
+        monkeypatch.setenv("FUSEC_IO_THREADS", bad)
+        with pytest.raises(ParameterError, match=f"FUSEC_IO_THREADS='{bad}' is not a thread count"):
+            kf.claim(0)
+    assert kf.used_sets() == []
+    monkeypatch.setenv("FUSEC_IO_THREADS", "3")
+    try:
+        assert_keys_equal(read_all(kf.claim(0), lay), written[0][0])
+        assert keyio._POOL_THREADS == 3 and keyio._POOL._max_workers == 3
+    finally:
+        if keyio._POOL is not None:
+            keyio._POOL.shutdown()
+
+
 def test_libsodium_and_hashlib_checksums_are_the_same_function(tmp_path, monkeypatch):
     """With PyNaCl installed the checksums come from libsodium: equal to hashlib's
     blake2b-256 (the format's) for every length and split, and a file written by one
