@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fusec.errors import KeyFileError
 from fusec.runtime import keyfile as fmt, keyio
 from fusec.runtime.backend import get_backend
 from fusec.runtime.channel import TcpChannel, TcpListener, local_channel_pair
@@ -70,9 +71,23 @@ def write_files(directory: Path, layout: KeyLayout, parties: int) -> list[Path]:
     return paths
 
 
+def existing_files(directory: Path, layout: KeyLayout, parties: int) -> list[Path] | None:
+    """The files a previous run left in ``directory`` for this layout (same bytes, warm), or None."""
+    paths = [directory / f"p{party}.key" for party in range(parties)]
+    heads = []
+    try:
+        for p in paths:
+            with open(p, "rb") as f:
+                heads.append(fmt.parse_header(f, p))
+    except (OSError, KeyFileError):
+        return None
+    return paths if all(h.layout_digest == layout.digest_bytes() for h in heads) else None
+
+
 def _peer_hello(path: Path, layout: KeyLayout, channel, rounds: int) -> None:
     """Party 1's side of ``rounds`` hellos (in a thread), from party 0's header."""
-    h = fmt.parse_header(open(path, "rb"), path)
+    with open(path, "rb") as f:
+        h = fmt.parse_header(f, path)
     for _ in range(rounds):
         pair(channel, 1, layout.digest(), h.key_set_id, h.pairing_secret, 0, h.count)
 
@@ -171,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backend", choices=("auto", "cpu", "gpu"), default="auto")
     ap.add_argument("--verify-first", action="store_true",
                     help="verify the set before the hello (fusec run's open_keys); claim then only marks")
-    ap.add_argument("--dir", help="where to write the key files (kept); default a temporary directory")
+    ap.add_argument("--dir", help="where to write the key files, kept and reused by later runs of the same "
+                                  "size (same bytes, warm); default a temporary directory")
     ap.add_argument("--threads", type=int, help="I/O and hashing threads per party ($FUSEC_IO_THREADS; default the CPU count up to 16)")
     ap.add_argument("--json", help="also write the timings here")
     a = ap.parse_args(argv)
@@ -188,11 +204,14 @@ def main(argv: list[str] | None = None) -> int:
         directory = Path(tmp := tempfile.mkdtemp(prefix="fusec-keyload-"))
     try:
         t0 = time.perf_counter()
-        paths = write_files(directory, layout, a.parties)
-        dt = time.perf_counter() - t0
-        print(f"wrote {a.parties} key file(s) of one {nbytes / 1e9:.2f} GB set in {dt:.1f} s "
-              f"({a.parties * nbytes / 1e9 / dt:.2f} GB/s); backend {backend}, {os.cpu_count()} CPUs, "
-              f"checksums by {'libsodium' if getattr(fmt, 'SODIUM', False) else 'hashlib'}")
+        paths = existing_files(directory, layout, a.parties) if a.dir else None
+        if paths is None:
+            paths = write_files(directory, layout, a.parties)
+            dt = time.perf_counter() - t0
+            print(f"wrote {a.parties} key file(s) of one {nbytes / 1e9:.2f} GB set in {dt:.1f} s "
+                  f"({a.parties * nbytes / 1e9 / dt:.2f} GB/s)")
+        print(f"{a.parties} key file(s) of one {nbytes / 1e9:.2f} GB set in {directory}; backend {backend}, "
+              f"{os.cpu_count()} CPUs, checksums by {'libsodium' if getattr(fmt, 'SODIUM', False) else 'hashlib'}")
         lj = layout.to_json()
         if a.parties == 1:
             results = {0: run_party(0, paths[0], lj, a.repeat, backend, a.verify_first, None, a.threads)}
