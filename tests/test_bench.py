@@ -135,6 +135,10 @@ def test_bad_configuration_is_a_clear_error(tmp_path):
     assert r.returncode == 2 and "unknown model 'bert-huge'" in r.stderr and "Traceback" not in r.stderr
     r = fusec("bench", "--model", DIGITS, "--gates", "fused,magic", "--workdir", tmp_path)
     assert r.returncode == 2 and "unknown gate set" in r.stderr
+    r = fusec("bench", "--model", DIGITS, "--cuda-graphs", "--workdir", tmp_path)        # the CPU backend
+    assert r.returncode == 2 and "--cuda-graphs" in r.stderr and "--backend gpu" in r.stderr
+    r = fusec("bench", "--model", DIGITS, "--cuda-graphs", "--backend", "gpu", "--stream-keys", "--workdir", tmp_path)
+    assert r.returncode == 2 and "no --stream-keys" in r.stderr and "Traceback" not in r.stderr
     with pytest.raises(FusecError, match="--layers applies to the presets"):
         resolve_model(str(DIGITS), layers=3)
 

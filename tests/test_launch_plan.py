@@ -9,8 +9,12 @@ replayed ones after it. A replay that read a stale key, input or constant would 
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
+
+from fusec.errors import GpuKernelError, ParameterError, PeerError
 
 from fusec.build import compile_model, encode_inputs, load_build
 from fusec.passes.calibrate import default_feeds
@@ -18,6 +22,7 @@ from fusec.passes.options import CompileOptions
 from fusec.runtime.backend import get_backend
 from fusec.runtime.dealer import write_keys
 from fusec.runtime.keyio import KeyFile
+from fusec.runtime.launch_plan import LaunchPlan, PlanSegment
 from fusec.runtime.protocol import RoundLog
 from tests.harness import both_parties, queue_exchanges
 from tests.test_device_path import BERT_TINY, _gpu_kind, _host_kernels
@@ -25,10 +30,11 @@ from tests.test_device_path import BERT_TINY, _gpu_kind, _host_kernels
 SETS = 4      # interpreted, recorded, replayed twice
 
 
-@pytest.fixture(scope="module")
-def bert_build(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bert_tiny_plan")
-    compile_model(BERT_TINY, out, CompileOptions(bits=37), batch=1, seq=8)
+@pytest.fixture(scope="module", params=["fused", "sigma"])
+def bert_build(request, tmp_path_factory):
+    """bert-tiny with each gate set: between them every gate kind a transformer uses."""
+    out = tmp_path_factory.mktemp(f"bert_tiny_plan_{request.param}")
+    compile_model(BERT_TINY, out, CompileOptions(bits=37, gates=request.param), batch=1, seq=8)
     return load_build(out)
 
 
@@ -101,3 +107,120 @@ def test_without_a_gpu_the_flag_interprets(bert_build, key_dir):
     got = _run_sets(bert_build, key_dir, backends, graphs=True)
     _assert_same(ref, got, "host kernels")
     assert all(not getattr(be, "_plans", {}) for be in backends)
+
+
+# ---------------------------------------------------------------------------- the replay loop, no GPU
+class _Dev(np.ndarray):
+    """A device array stand-in: ``set`` fills it as CuPy's does."""
+
+    def set(self, host, stream=None):
+        self[...] = host
+
+
+class _Stream:
+    ptr = 7
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def synchronize(self):
+        pass
+
+
+def _fake_cupy():
+    cuda = SimpleNamespace(Stream=lambda non_blocking=False: _Stream(), MemoryPool=lambda: None,
+                           Device=lambda: SimpleNamespace(synchronize=lambda: None))
+    return SimpleNamespace(__name__="cupy", cuda=cuda, ndarray=_Dev, asnumpy=lambda a: np.array(a))
+
+
+class _Graph:
+    """A recorded segment stand-in: reads its inbox and the input, writes its outbox."""
+
+    def __init__(self, run):
+        self.run, self.launches = run, 0
+
+    def launch(self, stream=None):
+        self.launches += 1
+        self.run()
+
+
+def _three_segment_plan():
+    """input x (4 values) -> round 1 sends x's low bytes, round 2 sends the peer's bytes + 1,
+    the last segment leaves the sum of the peer's round-2 bytes in the output."""
+    plan = LaunchPlan(_fake_cupy(), owner=None)
+    x = np.zeros(4, np.uint64).view(_Dev)
+    out = np.zeros(1, np.uint64).view(_Dev)
+    in2, in3 = np.zeros(4, np.uint8), np.zeros(4, np.uint8)
+    out1, out2 = np.zeros(4, np.uint8), np.zeros(4, np.uint8)
+
+    def seg1():
+        out1[:] = (x & 0xFF).astype(np.uint8)
+
+    def seg2():
+        out2[:] = in2 + 1
+
+    def seg3():
+        out[0] = int(in3.astype(np.uint64).sum())
+
+    plan.inputs = {"x": x}
+    plan.outputs = {"y": out}
+    plan.segments = [PlanSegment(_Graph(seg1), None, out1, 4, 4, "input"),
+                     PlanSegment(_Graph(seg2), in2, out2, 4, 4, "gelu"),
+                     PlanSegment(_Graph(seg3), in3, None, 0, -1, "end")]
+    plan.ready = True
+    return plan
+
+
+def _echo_plus(k):
+    sent = []
+
+    def exchange(data, scope, limit=None):
+        sent.append((bytes(data), scope, limit))
+        return bytes((b + k) % 256 for b in bytes(data))
+    return sent, exchange
+
+
+def test_replay_feeds_each_segment_the_peer_bytes_of_the_round_before():
+    plan = _three_segment_plan()
+    sent, exchange = _echo_plus(10)
+    log = RoundLog()
+    out = plan.replay({"x": np.array([1, 2, 3, 300])}, exchange, log)
+    # round 1 sends x mod 256; the peer answers +10; round 2 sends that + 1; the peer +10 again
+    assert sent == [(bytes([1, 2, 3, 44]), "input", 4), (bytes([12, 13, 14, 55]), "gelu", 4)]
+    assert out["y"].tolist() == [22 + 23 + 24 + 65]
+    assert log.rounds == 2 and log.bytes_sent == {"input": 4, "gelu": 4}
+    assert set(log.phases) == {"step", "wire", "unpack"}
+    out = plan.replay({"x": np.array([5, 5, 5, 5])}, exchange, RoundLog())   # a second replay: new input
+    assert out["y"].tolist() == [4 * (5 + 10 + 1 + 10)] and plan.replays == 2
+
+
+def test_replay_refuses_a_short_peer_message_naming_the_round():
+    plan = _three_segment_plan()
+    calls = []
+
+    def exchange(data, scope, limit=None):
+        calls.append(scope)
+        return b"\0" * (4 if len(calls) == 1 else 3)
+    with pytest.raises(PeerError, match=r"round 2 \(gelu\): peer sent 3 bytes in a round where 4 were expected"):
+        plan.replay({"x": np.arange(4)}, exchange)
+
+
+def test_replay_checks_its_inputs():
+    plan = _three_segment_plan()
+    with pytest.raises(ParameterError, match="no value given for input 'x'"):
+        plan.replay({}, _echo_plus(0)[1])
+    with pytest.raises(ParameterError, match="input 'x' has 5 elements, the program expects 4"):
+        plan.replay({"x": np.arange(5)}, _echo_plus(0)[1])
+
+
+def test_a_failing_graph_names_its_round():
+    plan = _three_segment_plan()
+
+    def boom():
+        raise RuntimeError("cudaErrorIllegalAddress")
+    plan.segments[1].graph = _Graph(boom)
+    with pytest.raises(GpuKernelError, match=r"replaying round 2 \(gelu\) failed: cudaErrorIllegalAddress"):
+        plan.replay({"x": np.arange(4)}, _echo_plus(0)[1])

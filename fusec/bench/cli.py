@@ -89,6 +89,9 @@ def bench(models, seqs, batches, seq_sweep, internal_batch, gate_sets, gpus, bac
             raise click.UsageError("--cuda-graphs replays graphs that read keys staged on the device: it needs "
                                    "--backend gpu and no --stream-keys")
         party_argv += ["--cuda-graphs"]
+        if warmup < 2:      # the first inference is interpreted, the second recorded: time replays only
+            click.echo(f"--cuda-graphs: --warmup {warmup} -> 2 (interpreted, then recorded)", err=True)
+            warmup = 2
     wd = mkwd(workdir)
     opts = BenchOptions(
         models=[resolve_model(m.strip(), layers, bits) for m in models.split(",") if m.strip()],
