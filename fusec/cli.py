@@ -420,12 +420,14 @@ def run(build_dir, server, stats_path, profile_sync, stream_keys) -> None:
         click.echo("WARNING: this build is INSECURE (mask-dependent key shapes; ablation only)", err=True)
     if output_path and output_path.endswith(".npy") and len(b.low.outputs) > 1:
         raise FusecError(f"--output {output_path}: the build has {len(b.low.outputs)} outputs; name a .npz file")
-    kf, idx = server.open_keys(b.gates)                  # every key check before any socket
+    be = get_backend(server.backend, b.kernels_source)
+    # every key check before any socket; the set is verified into the backend's page-locked
+    # buffer, so the claim after the hello does not read it again
+    kf, idx = server.open_keys(b.gates, out=be.host_buffer)
     owners = {owner for _, owner in b.low.inputs.values()}
     if party in owners and not input_path:
         raise FusecError(f"party {party} owns the model input and needs --input", "pass --input x.npy (or .npz)")
     inputs = encode_inputs(b, load_inputs(input_path, b.ir), party) if party in owners else {}
-    be = get_backend(server.backend, b.kernels_source)
     with kf, server.channel() as ch:
         res = run_party(b.gates, party, kf, idx, ch, inputs, be, scopes=b.scopes, sync_scopes=profile_sync,
                         stream_keys=stream_keys)

@@ -144,7 +144,7 @@ class Server:
         if path not in self._keys:
             from fusec.runtime.party import open_keys
 
-            self._keys[path], _ = open_keys(self.build.gates, self.party, path)
+            self._keys[path], _ = open_keys(self.build.gates, self.party, path, out=self.be.host_buffer)
         return self._keys[path]
 
     def release_used_up(self) -> None:
