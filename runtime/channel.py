@@ -159,13 +159,27 @@ class Channel(abc.ABC):
         self._count(scope, None, n)
         return n
 
-    def exchange(self, data: Buffer, scope: str = "other", limit: int | None = None) -> bytearray:
+    def exchange(self, data: Buffer, scope: str = "other", limit: int | None = None,
+                 into: Buffer | None = None) -> bytearray | memoryview:
         """Send our frame and receive the peer's (at most ``limit`` bytes) concurrently;
-        counts one round."""
+        counts one round. ``into``: a writable buffer the peer's frame is received into (on
+        TCP straight from the socket; at most its size), returned as a view of it: a replayed
+        launch plan receives each round where its next graph reads it, with no frame-sized
+        allocation and no copy."""
         view = _as_view(data)
-        got = self._run(view, True, limit)
-        self._count(scope, len(view), len(got), rounds=1)
-        return got
+        if into is None:
+            got = self._run(view, True, limit)
+            self._count(scope, len(view), len(got), rounds=1)
+            return got
+        dest = _as_view(into)
+        if dest.readonly:
+            raise ParameterError("exchange needs a writable buffer to receive into")
+        got = self._run(view, True, len(dest) if limit is None else min(int(limit), len(dest)), into=dest)
+        n = len(got)
+        if not (isinstance(got, memoryview) and got.obj is dest.obj):
+            dest[:n] = got
+        self._count(scope, len(view), n, rounds=1)
+        return dest[:n]
 
     def close(self) -> None:
         """Release the connection (idempotent); the peer's next receive fails "closed"."""

@@ -166,6 +166,32 @@ def test_recv_into_fills_the_callers_buffer_and_refuses_a_larger_frame(kind):
         b.close()
 
 
+@pytest.mark.parametrize("kind", ["tcp", "local"])
+def test_exchange_into_receives_where_the_caller_says(kind):
+    """exchange(into=): both frames cross at once, the peer's lands in the given buffer
+    (a view of it comes back, sized to the frame), one round is counted, and a frame larger
+    than the buffer (or the limit) is refused from its length prefix."""
+    a, b = tcp_pair() if kind == "tcp" else local_channel_pair(timeout=WAIT)
+    try:
+        rng = np.random.default_rng(3)
+        x, y = (rng.integers(0, 256, n, dtype=np.uint8) for n in (2 << 20, 3 << 20))
+        inbox = np.zeros(4 << 20, np.uint8)
+        with ThreadPoolExecutor(1) as pool:
+            other = pool.submit(a.exchange, x, "gelu", y.size)
+            got = b.exchange(y, "gelu", x.size, into=inbox)
+            assert np.array_equal(np.frombuffer(other.result(WAIT), np.uint8), y)
+        assert len(got) == x.size and np.array_equal(inbox[:x.size], x)
+        assert np.shares_memory(np.frombuffer(got, np.uint8), inbox)
+        assert b.stats["gelu"].rounds == 1 and b.stats["gelu"].bytes_recv == x.size + b.frame_overhead
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(a.exchange, bytes(9), "gelu", 1)
+            with pytest.raises(PeerError):
+                b.exchange(b"z", "gelu", None, into=bytearray(8))
+    finally:
+        a.close()
+        b.close()
+
+
 def test_tcp_wire_format_and_counted_bytes_match_the_wire():
     """A raw socket peer sees exactly stats.bytes_sent bytes, framed as 8-byte LE length."""
     srv, port = raw_server()

@@ -197,6 +197,21 @@ def test_replay_feeds_each_segment_the_peer_bytes_of_the_round_before():
     assert out["y"].tolist() == [4 * (5 + 10 + 1 + 10)] and plan.replays == 2
 
 
+def test_replay_receives_in_place_where_the_exchange_can():
+    """An exchange that takes ``into=`` (Channel.exchange) gets the next segment's inbox:
+    the bytes land where the next graph reads them, and the result is the same."""
+    plan = _three_segment_plan()
+    seen = []
+
+    def exchange(data, scope, limit=None, into=None):
+        seen.append(into is not None)
+        reply = bytes((b + 10) % 256 for b in bytes(data))
+        into[:len(reply)] = np.frombuffer(reply, np.uint8)
+        return memoryview(into)[:len(reply)]
+    out = plan.replay({"x": np.array([1, 2, 3, 300])}, exchange)
+    assert seen == [True, True] and out["y"].tolist() == [22 + 23 + 24 + 65]
+
+
 def test_replay_refuses_a_short_peer_message_naming_the_round():
     plan = _three_segment_plan()
     calls = []
