@@ -114,6 +114,7 @@ class LaunchPlan:
         self.ready = False
         self.capturing = False
         self.replays = 0
+        self._event_pairs: list | None = None
         self._inbox: np.ndarray | None = None
         self._outbox: np.ndarray | None = None
         self._seg_in: np.ndarray | None = None
@@ -197,6 +198,7 @@ class LaunchPlan:
         cp.cuda.Device().synchronize()      # staged keys and the inputs are in place
         self.replays += 1
         in_place = _receives_in_place(exchange)
+        events = self._events() if log is not None else None
         theirs: Any = None
         landed = False                      # the peer's last bytes were received into this segment's inbox
         segments = self.segments
@@ -207,12 +209,19 @@ class LaunchPlan:
                     else np.asarray(theirs, np.uint8).reshape(-1)
             t1 = clock()
             try:
+                if events:
+                    events[k][0].record(self.stream)
                 seg.graph.launch(self.stream)
+                if events:
+                    events[k][1].record(self.stream)
                 self.stream.synchronize()
             except Exception as e:  # noqa: BLE001 - a CUDA error, named with its segment
                 raise GpuKernelError(f"replaying round {k + 1} ({seg.scope}) failed: {e}",
                                      "rerun without --cuda-graphs to find the gate") from e
             t2 = clock()
+            if events:      # the segment's time on the device, charged to the open it ends with
+                log.add_compute(seg.scope if seg.expect >= 0 else "other",
+                                cp.cuda.get_elapsed_time(*events[k]) / 1e3)
             if seg.expect < 0:
                 if log is not None:
                     log.add_phase("unpack", t1 - t0)
@@ -232,6 +241,17 @@ class LaunchPlan:
                 for phase, secs in (("unpack", t1 - t0), ("step", t2 - t1), ("wire", t3 - t2)):
                     log.add_phase(phase, secs)
         return {node_id: cp.asnumpy(dev) for node_id, dev in self.outputs.items()}
+
+    def _events(self) -> list | None:
+        """A pair of CUDA events per segment (made once), timing each graph on the device;
+        None where the array module has none. On a card two parties share, a graph's device
+        time includes the slices the other party's kernels ran in."""
+        if not hasattr(self.cupy.cuda, "Event"):
+            return None
+        if self._event_pairs is None:
+            ev = self.cupy.cuda.Event
+            self._event_pairs = [(ev(), ev()) for _ in self.segments]
+        return self._event_pairs
 
     # ------------------------------------------------------------------ buffers
     def _pinned(self, buf: np.ndarray | None, n: int) -> np.ndarray:

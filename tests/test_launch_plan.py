@@ -98,6 +98,8 @@ def test_replayed_inferences_open_what_the_cpu_opens(bert_build, key_dir):
         assert plan.ready and plan.replays == SETS - 2
         assert len(plan.segments) == got[-1][2].rounds + 1      # one graph per round, and the last work
     assert got[-1][2].rounds == got[0][2].rounds
+    replayed = got[-1][2]
+    assert sum(replayed.compute.values()) > 0 and set(replayed.phases) == {"step", "wire", "unpack"}
 
 
 def test_without_a_gpu_the_flag_interprets(bert_build, key_dir):
