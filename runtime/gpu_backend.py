@@ -280,6 +280,9 @@ class GpuBackend(Backend):
             raise
         except Exception as e:  # noqa: BLE001 - CUDA refused the capture (e.g. a value read back mid-round)
             plan.abort()
+            mem = memory_error(e)
+            if mem is not None:
+                raise mem from e
             raise GpuKernelError(f"recording the launch plan failed in round {len(plan.segments) + 1}: {e}",
                                  "rerun without --cuda-graphs (a gate that reads a device value back mid-round "
                                  "cannot be captured)") from e

@@ -230,7 +230,11 @@ class LaunchPlan:
             mine = seg.outbox if seg.outbox is not None else b""
             nxt = segments[k + 1].inbox if k + 1 < len(segments) else None
             landed = in_place and nxt is not None and nxt.size == seg.expect
-            theirs = exchange(mine, seg.scope, seg.expect, into=nxt) if landed else exchange(mine, seg.scope, seg.expect)
+            try:
+                theirs = exchange(mine, seg.scope, seg.expect, into=nxt) if landed \
+                    else exchange(mine, seg.scope, seg.expect)
+            except PeerError as e:      # a stall or a broken peer mid-program: say which round
+                raise PeerError(f"round {k + 1} ({seg.scope}): {e.message}", e.hint) from None
             t3 = clock()
             if len(theirs) != seg.expect:
                 raise PeerError(f"round {k + 1} ({seg.scope}): peer sent {len(theirs)} bytes in a round where "

@@ -225,6 +225,19 @@ def test_replay_refuses_a_short_peer_message_naming_the_round():
         plan.replay({"x": np.arange(4)}, exchange)
 
 
+def test_a_peer_that_stalls_mid_replay_is_named_with_its_round():
+    plan = _three_segment_plan()
+    calls = []
+
+    def exchange(data, scope, limit=None):
+        calls.append(scope)
+        if len(calls) == 2:
+            raise PeerError("timed out after 30 s waiting for the peer", "check the other server")
+        return bytes(len(data))
+    with pytest.raises(PeerError, match=r"round 2 \(gelu\): timed out after 30 s"):
+        plan.replay({"x": np.arange(4)}, exchange)
+
+
 def test_replay_checks_its_inputs():
     plan = _three_segment_plan()
     with pytest.raises(ParameterError, match="no value given for input 'x'"):
