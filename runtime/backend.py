@@ -155,8 +155,8 @@ class Backend:
         """Wait for queued device work (profiling); nothing to wait for on the CPU."""
 
     # -- launch plans: recorded and replayed on the GPU (runtime/launch_plan.py); the CPU interprets
-    def launch_plan(self, graph) -> None:
-        """The plan to record or replay this evaluation of ``graph`` with (never, here)."""
+    def launch_plan(self, graph, keys=None) -> None:
+        """The plan to record or replay this evaluation of ``graph`` on ``keys`` with (never, here)."""
         return None
 
     def segment_start(self) -> None:

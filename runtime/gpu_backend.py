@@ -189,6 +189,7 @@ class GpuBackend(Backend):
     cuda_graphs = False
     _recording: LaunchPlan | None = None        # the plan being recorded now
     _plan_keys = None                            # the device buffer every key set is copied into (cuda_graphs)
+    _fixed_keys: StagedKeys | None = None        # the set staged there and not yet evaluated
 
     def __init__(self, source: str | None = None, device: int | None = None) -> None:
         cupy = _import_cupy()
@@ -245,19 +246,30 @@ class GpuBackend(Backend):
         return self.kernels.unpack_round(layout, shares, peer)
 
     # -- launch plans (--cuda-graphs; runtime/launch_plan.py)
-    def launch_plan(self, graph) -> LaunchPlan | None:
+    def launch_plan(self, graph, keys=None) -> LaunchPlan | None:
         """None: interpret this evaluation of ``graph`` (its first: kernels compile, pools
-        grow); else the plan to record (the second) or to replay (``.ready``, the rest)."""
+        grow); else the plan to record (the second) or to replay (``.ready``, the rest).
+
+        A plan reads its keys from the device buffer :meth:`stage_set` fills, not from
+        ``keys``: it runs only on the set staged there for this very evaluation, and that set
+        serves one evaluation (a replay on keys already used would reuse them)."""
         if not self.cuda_graphs or not hasattr(self.xp, "cuda"):
             return None
+        fresh = keys is not None and keys is self._fixed_keys
+        self._fixed_keys = None
         key = id(graph)
         plan = self._plans.get(key)
-        if plan is not None and plan.owner is graph and plan.ready:
-            return plan
-        runs = self._plan_runs[key] = self._plan_runs.get(key, 0) + 1
-        if runs < 2:
-            return None
-        plan = self._plans[key] = LaunchPlan(self.xp, graph)
+        replay = plan is not None and plan.owner is graph and plan.ready
+        if not replay:
+            runs = self._plan_runs[key] = self._plan_runs.get(key, 0) + 1
+            if runs < 2:
+                return None
+        if not fresh:
+            raise FusecError("a launch plan reads the key set staged into its device buffer, and no unused set "
+                             "was staged there for this inference",
+                             "stage each key set with stage_set right before its inference (not --stream-keys)")
+        if not replay:
+            plan = self._plans[key] = LaunchPlan(self.xp, graph)
         return plan
 
     @contextlib.contextmanager
@@ -495,7 +507,9 @@ class GpuBackend(Backend):
         self.synchronize()
         self.last_stage_seconds = time.perf_counter() - t0
         slots, dev = {s.gate_id: s for s in layout.slots}, self._plan_keys
-        return StagedKeys(layout.gate_ids, load=lambda g: self._unpack_slot(slots[g], dev[slots[g].offset:slots[g].end]))
+        staged = self._fixed_keys = StagedKeys(layout.gate_ids, load=lambda g: self._unpack_slot(
+            slots[g], dev[slots[g].offset:slots[g].end]))
+        return staged
 
     def _unpack_up_front(self, layout: KeyLayout, dev) -> dict[str, dict[str, Any]] | None:
         """Every gate's fields unpacked now, or None when they do not fit. Free memory is read

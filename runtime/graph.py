@@ -111,7 +111,7 @@ class GateGraph:
         With ``log`` and ``scopes`` (gate id -> profiler scope), each gate's local work is
         timed into ``log.compute`` under its scope.
         """
-        plan = be.launch_plan(self)
+        plan = be.launch_plan(self, keys)
         if plan is not None and plan.ready:     # a recorded launch plan: no Python per gate
             with be.activate():
                 return plan.replay(inputs, exchange, log)

@@ -254,3 +254,34 @@ def test_a_failing_graph_names_its_round():
     plan.segments[1].graph = _Graph(boom)
     with pytest.raises(GpuKernelError, match=r"replaying round 2 \(gelu\) failed: cudaErrorIllegalAddress"):
         plan.replay({"x": np.arange(4)}, _echo_plus(0)[1])
+
+
+def test_a_plan_runs_only_on_a_set_staged_for_it_and_only_once():
+    """Replays read the keys from the device buffer stage_set fills: an evaluation whose
+    keys were not staged there just before (streamed, or a set already evaluated) would run
+    on the previous set's keys, i.e. use keys twice. It is refused."""
+    from fusec.errors import FusecError
+    from fusec.runtime.backend import StagedKeys
+    from fusec.runtime.gpu_backend import GpuBackend
+
+    be = GpuBackend.__new__(GpuBackend)       # the backend's bookkeeping, on a stand-in CuPy
+    be.xp, be._plans, be._plan_runs, be.cuda_graphs = _fake_cupy(), {}, {}, True
+    graph = object()
+
+    def staged():
+        be._fixed_keys = StagedKeys([])       # what _stage_fixed leaves behind
+        return be._fixed_keys
+
+    first = staged()
+    assert be.launch_plan(graph, first) is None                   # interpreted
+    with pytest.raises(FusecError, match="no unused set was staged"):
+        be.launch_plan(graph, first)                              # the same set again: refused
+    plan = be.launch_plan(graph, staged())                        # recorded on a fresh set
+    assert plan is not None and not plan.ready
+    plan.ready = True
+    keys = staged()
+    assert be.launch_plan(graph, keys) is plan                    # replayed
+    with pytest.raises(FusecError, match="no unused set was staged"):
+        be.launch_plan(graph, keys)
+    with pytest.raises(FusecError, match="no unused set was staged"):
+        be.launch_plan(graph, StagedKeys([]))                     # keys from elsewhere (streamed)
