@@ -103,9 +103,10 @@ def _parallel_copy(dst: np.ndarray, src: np.ndarray, part: int = 64 << 20) -> No
         list(pool.map(lambda s: np.copyto(dst[s:s + part], src[s:s + part]), starts))
 
 
-def unpack_key_set(kernels, layout: KeyLayout, buf) -> dict[str, dict[str, Any]]:
-    """Every gate's fields from a staged key set's bytes, as views into one buffer: the set
-    read as one 'message' whose opens are the fields, so one unpack kernel does all."""
+def unpack_key_set(kernels, layout: KeyLayout, buf, out=None) -> dict[str, dict[str, Any]]:
+    """Every gate's fields from a staged key set's bytes, as views into one buffer (``out``
+    when given: a launch plan's fixed one): the set read as one 'message' whose opens are the
+    fields, so one unpack kernel does all."""
     slots, names = [], []
     for s in layout.slots:
         pos = s.offset
@@ -113,7 +114,7 @@ def unpack_key_set(kernels, layout: KeyLayout, buf) -> dict[str, dict[str, Any]]
             slots.append(OpenSlot(f.count, f.bits, tuple(f.shape), PEER, -1, pos))
             names.append((s.gate_id, f.name))
             pos += f.nbytes
-    values = kernels.unpack_round(RoundMessage(tuple(slots), 0, int(buf.size)), [None] * len(slots), buf)
+    values = kernels.unpack_round(RoundMessage(tuple(slots), 0, int(buf.size)), [None] * len(slots), buf, out=out)
     keys: dict[str, dict[str, Any]] = {s.gate_id: {} for s in layout.slots}
     for (gate_id, name), v in zip(names, values):
         keys[gate_id][name] = v
@@ -190,6 +191,7 @@ class GpuBackend(Backend):
     _recording: LaunchPlan | None = None        # the plan being recorded now
     _plan_keys = None                            # the device buffer every key set is copied into (cuda_graphs)
     _fixed_keys: StagedKeys | None = None        # the set staged there and not yet evaluated
+    _plan_arena = None                           # every set unpacked here (cuda_graphs); False: does not fit
 
     def __init__(self, source: str | None = None, device: int | None = None) -> None:
         cupy = _import_cupy()
@@ -463,7 +465,7 @@ class GpuBackend(Backend):
         ``stream``: see :meth:`stream_set`."""
         if stream:
             return self.stream_set(layout, buf)
-        if self.cuda_graphs and hasattr(self.xp, "cuda"):
+        if self.cuda_graphs:
             return self._stage_fixed(layout, buf)
         free, total = self.xp.cuda.runtime.memGetInfo()
         free = int(free) + self._pool_free_bytes()
@@ -493,23 +495,66 @@ class GpuBackend(Backend):
         return StagedKeys(layout.gate_ids, load=unpack)
 
     def _stage_fixed(self, layout: KeyLayout, buf: np.ndarray) -> StagedKeys:
-        """--cuda-graphs: the set copied into one device buffer that every set of this size
-        reuses (a recorded plan reads its keys from there), each gate's fields unpacked when
-        the gate starts (inside the recorded graphs)."""
-        host = np.ascontiguousarray(buf).view(np.uint8).reshape(-1)
-        if self._plan_keys is None or self._plan_keys.size != host.size:
-            self._plan_keys = None
-            free, total = self.xp.cuda.runtime.memGetInfo()
-            check_fits(int(host.nbytes), int(free) + self._pool_free_bytes(), int(total))
-            self._plan_keys = self.xp.empty(host.size, np.uint8)
+        """--cuda-graphs: every set at the same device addresses, because a recorded plan
+        reads its keys there. Each set is unpacked, before the clock, into one buffer that
+        every later set of this build is unpacked into too. Where that does not fit (once it
+        has not, from then on), the packed set is copied into one device buffer reused set
+        after set, and each gate's fields are unpacked when the gate starts (inside the
+        recorded graphs, inside the clock)."""
         t0 = time.perf_counter()
-        self._plan_keys.set(self._page_locked(host))
+        host = self._page_locked(np.ascontiguousarray(buf).view(np.uint8).reshape(-1))
+        arena = self._fixed_arena(layout, host.nbytes)
+        if arena is not None:
+            dev = self.xp.asarray(host)
+            ready = unpack_key_set(self.kernels, layout, dev, out=arena)
+            del dev
+            staged = StagedKeys(layout.gate_ids, ready=ready)
+        else:
+            if self._plan_keys is None or self._plan_keys.size != host.size:
+                self._plan_keys = None
+                self._check_fits(host.nbytes)
+                self._plan_keys = self.xp.empty(host.size, np.uint8)
+            if hasattr(self._plan_keys, "set"):
+                self._plan_keys.set(host)
+            else:                                   # the host-kernel stand-in's arrays
+                self._plan_keys[...] = host
+            slots, dev = {s.gate_id: s for s in layout.slots}, self._plan_keys
+            staged = StagedKeys(layout.gate_ids, load=lambda g: self._unpack_slot(
+                slots[g], dev[slots[g].offset:slots[g].end]))
         self.synchronize()
         self.last_stage_seconds = time.perf_counter() - t0
-        slots, dev = {s.gate_id: s for s in layout.slots}, self._plan_keys
-        staged = self._fixed_keys = StagedKeys(layout.gate_ids, load=lambda g: self._unpack_slot(
-            slots[g], dev[slots[g].offset:slots[g].end]))
+        self._fixed_keys = staged
         return staged
+
+    def _fixed_arena(self, layout: KeyLayout, packed_nbytes: int):
+        """The buffer every set of ``layout`` is unpacked into (uint64, one value per field
+        element), made on first use; None when it does not fit next to a packed set and the
+        online phase's headroom (both parties may share the card), or the kernels cannot."""
+        if self._plan_arena is False or not self.kernels.has("fusec_unpack_round"):
+            return None
+        count = sum(f.count for s in layout.slots for f in s.fields)
+        if self._plan_arena is not None and self._plan_arena.size == count:
+            return self._plan_arena
+        self._plan_arena = None
+        if hasattr(self.xp, "cuda"):
+            self.synchronize()
+            free = int(self.xp.cuda.runtime.memGetInfo()[0]) + self._pool_free_bytes()
+            if 8 * count + packed_nbytes + ONLINE_HEADROOM_BYTES > free:
+                self._plan_arena = False
+                return None
+        try:
+            self._plan_arena = self.xp.empty(count, np.uint64)
+        except Exception as e:  # noqa: BLE001 - only CUDA's out-of-memory is recovered
+            if memory_error(e) is None:
+                raise
+            self._plan_arena = False
+            return None
+        return self._plan_arena
+
+    def _check_fits(self, nbytes: int) -> None:
+        if hasattr(self.xp, "cuda"):
+            free, total = self.xp.cuda.runtime.memGetInfo()
+            check_fits(int(nbytes), int(free) + self._pool_free_bytes(), int(total))
 
     def _unpack_up_front(self, layout: KeyLayout, dev) -> dict[str, dict[str, Any]] | None:
         """Every gate's fields unpacked now, or None when they do not fit. Free memory is read

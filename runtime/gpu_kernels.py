@@ -570,12 +570,15 @@ class GpuKernels:
                       (desc, np.int32(len(rows)), msg), aes=False)
         return msg
 
-    def unpack_round(self, layout, shares: Sequence, peer) -> list:
+    def unpack_round(self, layout, shares: Sequence, peer, out=None) -> list:
         """Every open's value (``(ours + theirs) mod 2^bits``, or either alone) from our
         shares and the peer's message on the device; one kernel over all values. The values
-        are views into one buffer, shaped as the shares."""
+        are views into one buffer (``out``, uint64, when given), shaped as the shares."""
         starts = np.cumsum([0] + [slot.count for slot in layout.slots])
-        out = self._empty(int(starts[-1]), np.uint64)
+        if out is None:
+            out = self._empty(int(starts[-1]), np.uint64)
+        elif out.dtype != np.uint64 or out.size < int(starts[-1]):
+            raise ParameterError(f"unpack buffer holds {out.size} {out.dtype} values, {int(starts[-1])} uint64 needed")
         base = self.launcher.address(out) if out.size else 0
         if isinstance(peer, (bytes, bytearray, memoryview)):
             peer = np.frombuffer(peer, np.uint8)

@@ -206,6 +206,8 @@ def host_kernel_backend(source: str, library) -> type:
 
             if stream:
                 return self.stream_set(layout, buf)
+            if self.cuda_graphs:        # launch-plan staging: every set unpacked into one buffer
+                return self._stage_fixed(layout, buf)
             if not self.kernels.has("fusec_unpack_round"):
                 return Backend.stage_set(self, layout, buf)
 

@@ -103,12 +103,25 @@ def test_replayed_inferences_open_what_the_cpu_opens(bert_build, key_dir):
 
 
 def test_without_a_gpu_the_flag_interprets(bert_build, key_dir):
-    """The host-built kernels (no CUDA) never record: the same bytes as the CPU, no plan."""
+    """The host-built kernels (no CUDA) never record, but stage as a plan needs: every set
+    unpacked into the same buffer. The same bytes as the CPU, and no plan."""
     ref = _run_sets(bert_build, key_dir, [get_backend("cpu"), get_backend("cpu")], graphs=False)
     backends = [_host_kernels()(), _host_kernels()()]
+    arenas = []
+    for be in backends:
+        stage = be._stage_fixed
+
+        def staged(layout, buf, stage=stage, be=be):
+            keys = stage(layout, buf)
+            big = keys[max(layout.slots, key=lambda slot: slot.nbytes).gate_id]
+            arenas.append((id(be._plan_arena), all(np.shares_memory(v, be._plan_arena) for v in big.values() if v.size)))
+            return keys
+        be._stage_fixed = staged
     got = _run_sets(bert_build, key_dir, backends, graphs=True)
     _assert_same(ref, got, "host kernels")
     assert all(not getattr(be, "_plans", {}) for be in backends)
+    assert len(arenas) == 2 * SETS and all(shared for _, shared in arenas)
+    assert len({a for a, _ in arenas}) == 2           # one buffer per party, every set unpacked into it
 
 
 # ---------------------------------------------------------------------------- the replay loop, no GPU
