@@ -298,3 +298,6 @@ def test_a_plan_runs_only_on_a_set_staged_for_it_and_only_once():
         be.launch_plan(graph, keys)
     with pytest.raises(FusecError, match="no unused set was staged"):
         be.launch_plan(graph, StagedKeys([]))                     # keys from elsewhere (streamed)
+    ablation = SimpleNamespace(insecure=True)    # mask-dependent shapes: never recorded, always interpreted
+    for _ in range(3):
+        assert be.launch_plan(ablation, staged()) is None
