@@ -6,6 +6,9 @@
 # profile to $OUT/profile.txt. $BENCH_ARGS is passed to every bench (e.g. --stream-keys). $GPU_TESTS: the
 # test files for TESTS=1. KEYGEN_MEM=1: after each run, the dealer's in-memory keygen time (sets made and
 # packed on the GPU, no host copy, no file) on the run's first build -> $OUT/keygen_mem.txt.
+# Launch plans: BENCH_ARGS="--cuda-graphs" with warmup 2 in RUNS (e.g. "bert-base:fused:2:5"): the first step
+# is interpreted, the second recorded, the timed ones replayed; TESTS=1 GPU_TESTS=tests/test_launch_plan.py
+# checks replays against the CPU's bytes first.
 set -uo pipefail
 OUT=${OUT:-device_out}; mkdir -p "$OUT"; export PYTHONUNBUFFERED=1
 RUNS=${RUNS:-bert-base:fused:1:5}; TESTS=${TESTS:-1}
