@@ -407,44 +407,75 @@ def _dealer_listener(serve, tls_cert, tls_key, tls_ca, tls_server_name):
 @click.option("--stream-keys", is_flag=True,
               help="bring each gate's keys to the device when the gate first runs, inside the online clock "
                    "(as SIGMA counts its key copies); default: the whole key set before the clock")
-def run(build_dir, server, stats_path, profile_sync, stream_keys) -> None:
-    """One server's online phase (--input: .npy for one input, .npz named; --output: .npy/.npz)."""
+@click.option("--inputs", "inputs_dir", type=click.Path(file_okay=False),
+              help="run one inference per .npy/.npz file in this directory (name order), over one connection, "
+                   "each on a key set of its own; the other server passes --count")
+@click.option("--count", type=click.IntRange(min=1),
+              help="the number of inferences, for the server without --inputs (default 1)")
+@click.option("--outputs", "outputs_dir", type=click.Path(file_okay=False),
+              help="with several inferences: write each one's outputs here as NAME.npz (NAME: its input file's)")
+@click.option("--cuda-graphs", is_flag=True,
+              help="GPU, several inferences: record the second as a launch plan (one CUDA graph per round) and "
+                   "replay it for the rest")
+def run(build_dir, server, stats_path, profile_sync, stream_keys, inputs_dir, count, outputs_dir,
+        cuda_graphs) -> None:
+    """One server's online phase (--input: .npy for one input, .npz named; --output: .npy/.npz),
+    or several over one connection (--inputs DIR / --count N, --outputs DIR)."""
     from fusec.build import decode_outputs, encode_inputs, load_build, load_inputs
     from fusec.runtime.backend import get_backend
     from fusec.runtime.party import run_party
+    from fusec.serving import agree_count, output_file, plan_requests
 
     server.prepare((".npy", ".npz"), {"--stats": stats_path})    # before the build loads or a set is claimed
-    party, input_path, output_path = server.party, server.input_path, server.output_path
+    party, output_path = server.party, server.output_path
+    requests = plan_requests(server.input_path, inputs_dir, count, output_path, outputs_dir)
+    if cuda_graphs and (server.backend != "gpu" or stream_keys):
+        raise FusecError("--cuda-graphs replays graphs that read keys staged on the device: it needs --backend gpu "
+                         "and no --stream-keys")
     b = load_build(build_dir)
     if b.manifest.get("insecure"):
         click.echo("WARNING: this build is INSECURE (mask-dependent key shapes; ablation only)", err=True)
     if output_path and output_path.endswith(".npy") and len(b.low.outputs) > 1:
         raise FusecError(f"--output {output_path}: the build has {len(b.low.outputs)} outputs; name a .npz file")
+    owners = {owner for _, owner in b.low.inputs.values()}
+    if party in owners and requests[0].input_path is None:
+        raise FusecError(f"party {party} owns the model input and needs --input", "pass --input x.npy (or .npz)")
+    feeds = [encode_inputs(b, load_inputs(r.input_path, b.ir), party) if party in owners else {}
+             for r in requests]                            # every request checked before a key set is claimed
     be = get_backend(server.backend, b.kernels_source)
+    be.cuda_graphs = cuda_graphs
     # every key check before any socket; the set is verified into the backend's page-locked
     # buffer, so the claim after the hello does not read it again
     kf, idx = server.open_keys(b.gates, out=be.host_buffer)
-    owners = {owner for _, owner in b.low.inputs.values()}
-    if party in owners and not input_path:
-        raise FusecError(f"party {party} owns the model input and needs --input", "pass --input x.npy (or .npz)")
-    inputs = encode_inputs(b, load_inputs(input_path, b.ir), party) if party in owners else {}
+    left = kf.count - len(kf.used_sets()) if hasattr(kf, "used_sets") else kf.count - idx
+    if left < len(requests):
+        kf.close()
+        raise FusecError(f"{len(requests)} inferences need as many key sets; {kf.path} has {left} unused",
+                         "run the dealer again (fusec keygen --count N) for more")
+    all_stats = []
     with kf, server.channel() as ch:
-        res = run_party(b.gates, party, kf, idx, ch, inputs, be, scopes=b.scopes, sync_scopes=profile_sync,
-                        stream_keys=stream_keys)
-    outs = decode_outputs(b, res.outputs)
-    if output_path and outs:
-        if output_path.endswith(".npz") or len(outs) > 1:
-            np.savez(output_path, **outs)
-        else:
-            np.save(output_path, next(iter(outs.values())))
-    stats = {"party": party, "backend": be.name, "key_set": res.key_set, "online_seconds": res.online_seconds,
-             "key_load_seconds": res.key_load_seconds, "rounds": res.rounds, "bytes_sent": res.bytes_sent,
-             "scopes": res.scopes, "compute_seconds": res.compute_seconds, "wire_seconds": res.wire_seconds,
-             "net": server.net.as_dict() if server.net else None,     # --net: an emulated link, not the real one
-             "stream_keys": stream_keys, "claim_seconds": res.claim_seconds, "round_phases": res.round_phases}
+        agree_count(ch, len(requests))
+        for i, (request, inputs) in enumerate(zip(requests, feeds)):
+            res = run_party(b.gates, party, kf, idx if i == 0 else kf.next_unused(), ch, inputs, be,
+                            scopes=b.scopes, sync_scopes=profile_sync, stream_keys=stream_keys)
+            outs = decode_outputs(b, res.outputs)
+            if outs and (output_path or outputs_dir):
+                dest = output_file(outputs_dir, request) if outputs_dir else Path(output_path)
+                if dest.suffix == ".npz" or len(outs) > 1:
+                    np.savez(dest, **outs)
+                else:
+                    np.save(dest, next(iter(outs.values())))
+            stats = {"party": party, "backend": be.name, "key_set": res.key_set,
+                     "online_seconds": res.online_seconds, "key_load_seconds": res.key_load_seconds,
+                     "rounds": res.rounds, "bytes_sent": res.bytes_sent, "scopes": res.scopes,
+                     "compute_seconds": res.compute_seconds, "wire_seconds": res.wire_seconds,
+                     "net": server.net.as_dict() if server.net else None,   # --net: an emulated link, not the real one
+                     "stream_keys": stream_keys, "claim_seconds": res.claim_seconds,
+                     "round_phases": res.round_phases, "request": request.name, "cuda_graphs": cuda_graphs}
+            all_stats.append(stats)
+            click.echo(json.dumps(stats))
     if stats_path:
-        Path(stats_path).write_text(json.dumps(stats, indent=1))
-    click.echo(json.dumps(stats))
+        Path(stats_path).write_text(json.dumps(all_stats[0] if len(all_stats) == 1 else all_stats, indent=1))
 
 
 @cli.command("verify")
