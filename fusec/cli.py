@@ -432,6 +432,9 @@ def run(build_dir, server, stats_path, profile_sync, stream_keys, inputs_dir, co
     if cuda_graphs and (server.backend != "gpu" or stream_keys):
         raise FusecError("--cuda-graphs replays graphs that read keys staged on the device: it needs --backend gpu "
                          "and no --stream-keys")
+    if cuda_graphs and len(requests) < 3:
+        click.echo(f"note: --cuda-graphs with {len(requests)} inference(s): the first is interpreted and the second "
+                   "recorded; only a third and later ones are replayed", err=True)
     b = load_build(build_dir)
     if b.manifest.get("insecure"):
         click.echo("WARNING: this build is INSECURE (mask-dependent key shapes; ablation only)", err=True)
