@@ -450,7 +450,7 @@ def run(build_dir, server, stats_path, profile_sync, stream_keys, inputs_dir, co
     # every key check before any socket; the set is verified into the backend's page-locked
     # buffer, so the claim after the hello does not read it again
     kf, idx = server.open_keys(b.gates, out=be.host_buffer)
-    left = kf.count - len(kf.used_sets()) if hasattr(kf, "used_sets") else kf.count - idx
+    left = kf.unused_count()
     if left < len(requests):
         kf.close()
         raise FusecError(f"{len(requests)} inferences need as many key sets; {kf.path} has {left} unused",

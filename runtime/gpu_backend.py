@@ -519,7 +519,7 @@ class GpuBackend(Backend):
             if hasattr(self._plan_keys, "set"):
                 self._plan_keys.set(host)
             else:                                   # the host-kernel stand-in's arrays
-                self._plan_keys[...] = host
+                self._plan_keys[...] = self.xp.asarray(host)
             slots, dev = {s.gate_id: s for s in layout.slots}, self._plan_keys
             staged = StagedKeys(layout.gate_ids, load=lambda g: self._unpack_slot(
                 slots[g], dev[slots[g].offset:slots[g].end]))

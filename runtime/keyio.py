@@ -594,6 +594,10 @@ class KeyFile:
         """Indices of key sets recorded as consumed (by any copy of this file), sorted."""
         return sorted(self.ledger.used())
 
+    def unused_count(self) -> int:
+        """Key sets not yet consumed (through any copy of this file)."""
+        return self.count - len(self.ledger.used())
+
     def next_unused(self) -> int | None:
         """The smallest key-set index not yet consumed, or None when all are used."""
         used = self.ledger.used()

@@ -172,6 +172,10 @@ class DealerKeyStream:
     def set_nbytes(self) -> int:
         return self._offer.set_nbytes
 
+    def unused_count(self) -> int:
+        """Sets the dealer will still serve (they come in order, once)."""
+        return 0 if self._next is None else self.count - self._next
+
     def next_unused(self) -> int | None:
         return self._next
 

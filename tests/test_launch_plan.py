@@ -102,6 +102,18 @@ def test_replayed_inferences_open_what_the_cpu_opens(bert_build, key_dir):
     assert sum(replayed.compute.values()) > 0 and set(replayed.phases) == {"step", "wire", "unpack"}
 
 
+def test_a_set_too_large_to_unpack_is_read_from_one_packed_buffer(bert_build, key_dir):
+    """Where the unpacked set does not fit, every set is copied into one packed buffer and
+    each gate unpacks its slot when it starts: the same bytes as the CPU."""
+    ref = _run_sets(bert_build, key_dir, [get_backend("cpu"), get_backend("cpu")], graphs=False)
+    backends = [_host_kernels()(), _host_kernels()()]
+    for be in backends:
+        be._plan_arena = False                      # as after an arena that did not fit
+    got = _run_sets(bert_build, key_dir, backends, graphs=True)
+    _assert_same(ref, got, "packed buffer")
+    assert all(be._plan_keys is not None and be._plan_arena is False for be in backends)
+
+
 def test_without_a_gpu_the_flag_interprets(bert_build, key_dir):
     """The host-built kernels (no CUDA) never record, but stage as a plan needs: every set
     unpacked into the same buffer. The same bytes as the CPU, and no plan."""
