@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One GPU call for the compiled-online issue: install, the GPU tests ($TESTS=1), then `fusec bench`
 # for each "model:gates:warmup:repeat[:layers[:profile]]" in $RUNS (both parties on GPU 0, internal
-# batch 1), each with its round phases (step / pack / wire / unpack, per party) in $OUT/phases.txt;
+# batch 1; an optional 7th field adds bench options for that run alone, "+" standing for a space, e.g.
+# "bert-base:fused:2:5:::--cuda-graphs"), each with its round phases (step / pack / wire / unpack, per party) in $OUT/phases.txt;
 # profile=1 runs the dealer and the parties under cProfile (slower) and appends the top of each
 # profile to $OUT/profile.txt. $BENCH_ARGS is passed to every bench (e.g. --stream-keys). $GPU_TESTS: the
 # test files for TESTS=1. KEYGEN_MEM=1: after each run, the dealer's in-memory keygen time (sets made and
@@ -24,11 +25,12 @@ if [ "$TESTS" = 1 ]; then
 fi
 WORK=/tmp/fusec; mkdir -p "$WORK"
 for run in $RUNS; do
-  IFS=: read -r model gates warmup repeat layers prof <<< "$run"
-  name="${model}_${gates}${layers:+_L$layers}${prof:+_prof}"; t0=$SECONDS
+  IFS=: read -r model gates warmup repeat layers prof extra <<< "$run"; extra=${extra//+/ }
+  tag=$(echo "$extra" | tr -cd 'a-z0-9')
+  name="${model}_${gates}${layers:+_L$layers}${prof:+_prof}${tag:+_$tag}"; t0=$SECONDS
   rm -rf /tmp/fusec-prof; mkdir -p /tmp/fusec-prof
   ${prof:+env FUSEC_PYPROFILE=/tmp/fusec-prof} timeout "${LIMIT:-500}" python3 -m fusec bench --model "$model" --gates "$gates" --backend gpu --warmup "$warmup" \
-    --repeat "$repeat" ${layers:+--layers "$layers"} --internal-batch 1 ${BENCH_ARGS:-} --workdir "$WORK" --keys-dir "$WORK/keys" \
+    --repeat "$repeat" ${layers:+--layers "$layers"} --internal-batch 1 ${BENCH_ARGS:-} $extra --workdir "$WORK" --keys-dir "$WORK/keys" \
     --json "$OUT/$name.json" --markdown /tmp/$name.md > /tmp/$name.log 2>&1
   echo "$name rc=$? $((SECONDS - t0)) s"; grep -E "^\| (bert|gpt)" /tmp/$name.md 2>/dev/null | tail -1
   { echo "== $name"; cat /tmp/$name.log; } >> "$LOG"; cat /tmp/$name.md >> "$OUT/tables.md" 2>/dev/null
