@@ -58,6 +58,9 @@ def _import_cupy():
 # take 64x their packed size) and activations. Measured peak for BERT-base seq 128 is
 # well under this; it is a guard against a certain failure, not a tuning knob.
 ONLINE_HEADROOM_BYTES = 4 << 30
+#: Key sets reach the device in chunks of this many bytes, each unpacked before the next: the
+#: packed set never has to fit on the card beside its unpacked fields.
+STAGE_CHUNK_BYTES = 1 << 30
 #: Largest share of the host's memory a party keeps page-locked for reading key sets.
 PINNED_SHARE = 1 / 8
 
@@ -103,19 +106,23 @@ def _parallel_copy(dst: np.ndarray, src: np.ndarray, part: int = 64 << 20) -> No
         list(pool.map(lambda s: np.copyto(dst[s:s + part], src[s:s + part]), starts))
 
 
-def unpack_key_set(kernels, layout: KeyLayout, buf, out=None) -> dict[str, dict[str, Any]]:
+def unpack_key_set(kernels, layout: KeyLayout, buf, out=None, slots=None, base: int = 0
+                   ) -> dict[str, dict[str, Any]]:
     """Every gate's fields from a staged key set's bytes, as views into one buffer (``out``
     when given: a launch plan's fixed one): the set read as one 'message' whose opens are the
-    fields, so one unpack kernel does all."""
+    fields, so one unpack kernel does all. ``slots`` (default: all of ``layout``'s) with
+    ``buf`` holding the set's bytes from offset ``base`` on: a run of consecutive slots, so a
+    set can be unpacked a chunk at a time."""
+    gate_slots = layout.slots if slots is None else list(slots)
     slots, names = [], []
-    for s in layout.slots:
-        pos = s.offset
+    for s in gate_slots:
+        pos = s.offset - base
         for f in s.fields:
             slots.append(OpenSlot(f.count, f.bits, tuple(f.shape), PEER, -1, pos))
             names.append((s.gate_id, f.name))
             pos += f.nbytes
     values = kernels.unpack_round(RoundMessage(tuple(slots), 0, int(buf.size)), [None] * len(slots), buf, out=out)
-    keys: dict[str, dict[str, Any]] = {s.gate_id: {} for s in layout.slots}
+    keys: dict[str, dict[str, Any]] = {s.gate_id: {} for s in gate_slots}
     for (gate_id, name), v in zip(names, values):
         keys[gate_id][name] = v
     return keys
@@ -184,6 +191,7 @@ class GpuBackend(Backend):
     #: Streamed keys (``--stream-keys``): bytes per copy, and bytes queued ahead of the gates.
     stream_chunk_bytes = STREAM_CHUNK_BYTES
     stream_ahead_bytes = STREAM_AHEAD_BYTES
+    stage_chunk_bytes = STAGE_CHUNK_BYTES       # staging before the clock: bytes per copy + unpack
     _copy_stream = None     # the non-blocking stream streamed keys are copied on (made on first use)
     last_prefetch: KeyPrefetcher | None = None   # the last streamed set's (its .stats: copies, evictions)
     #: --cuda-graphs: record each build's second inference as a launch plan, replay it after
@@ -469,18 +477,15 @@ class GpuBackend(Backend):
             return self.stream_set(layout, buf)
         if self.cuda_graphs:
             return self._stage_fixed(layout, buf)
-        free, total = self.xp.cuda.runtime.memGetInfo()
-        free = int(free) + self._pool_free_bytes()
-        check_fits(int(buf.nbytes), free, int(total))
+        host = np.ascontiguousarray(buf).view(np.uint8).reshape(-1)
+        self._check_fits(host.nbytes)
         t0 = time.perf_counter()
-        dev = self.xp.asarray(np.ascontiguousarray(buf).view(np.uint8).reshape(-1))
-        ready = self._unpack_up_front(layout, dev)
+        ready = self._unpack_up_front(layout, host)
         if ready is not None:
-            keys = StagedKeys(layout.gate_ids, ready=ready)
-            del dev
-            self.synchronize()
             self.last_stage_seconds = time.perf_counter() - t0
-            return keys
+            return StagedKeys(layout.gate_ids, ready=ready)
+        dev = self.xp.empty(host.size, np.uint8)
+        self._upload(dev, host)
         slots = {s.gate_id: s for s in layout.slots}
         self.synchronize()
         self.last_stage_seconds = time.perf_counter() - t0
@@ -507,19 +512,13 @@ class GpuBackend(Backend):
         host = self._page_locked(np.ascontiguousarray(buf).view(np.uint8).reshape(-1))
         arena = self._fixed_arena(layout, host.nbytes)
         if arena is not None:
-            dev = self.xp.asarray(host)
-            ready = unpack_key_set(self.kernels, layout, dev, out=arena)
-            del dev
-            staged = StagedKeys(layout.gate_ids, ready=ready)
+            staged = StagedKeys(layout.gate_ids, ready=self._unpack_in_chunks(layout, host, arena))
         else:
             if self._plan_keys is None or self._plan_keys.size != host.size:
                 self._plan_keys = None
                 self._check_fits(host.nbytes)
                 self._plan_keys = self.xp.empty(host.size, np.uint8)
-            if hasattr(self._plan_keys, "set"):
-                self._plan_keys.set(host)
-            else:                                   # the host-kernel stand-in's arrays
-                self._plan_keys[...] = self.xp.asarray(host)
+            self._upload(self._plan_keys, host)
             slots, dev = {s.gate_id: s for s in layout.slots}, self._plan_keys
             staged = StagedKeys(layout.gate_ids, load=lambda g: self._unpack_slot(
                 slots[g], dev[slots[g].offset:slots[g].end]))
@@ -530,8 +529,8 @@ class GpuBackend(Backend):
 
     def _fixed_arena(self, layout: KeyLayout, packed_nbytes: int):
         """The buffer every set of ``layout`` is unpacked into (uint64, one value per field
-        element), made on first use; None when it does not fit next to a packed set and the
-        online phase's headroom (both parties may share the card), or the kernels cannot."""
+        element), made on first use; None when it does not fit next to one staging chunk and
+        the online phase's headroom (both parties may share the card), or the kernels cannot."""
         if self._plan_arena is False or not self.kernels.has("fusec_unpack_round"):
             return None
         count = sum(f.count for s in layout.slots for f in s.fields)
@@ -541,7 +540,7 @@ class GpuBackend(Backend):
         if hasattr(self.xp, "cuda"):
             self.synchronize()
             free = int(self.xp.cuda.runtime.memGetInfo()[0]) + self._pool_free_bytes()
-            if 8 * count + packed_nbytes + ONLINE_HEADROOM_BYTES > free:
+            if 8 * count + min(packed_nbytes, self.stage_chunk_bytes) + ONLINE_HEADROOM_BYTES > free:
                 self._plan_arena = False
                 return None
         try:
@@ -553,24 +552,56 @@ class GpuBackend(Backend):
             return None
         return self._plan_arena
 
+    def _unpack_in_chunks(self, layout: KeyLayout, host: np.ndarray, out) -> dict[str, dict[str, Any]]:
+        """Every gate's fields unpacked into ``out`` (uint64, one value per field element),
+        the packed bytes copied over a run of whole slots at a time (``stage_chunk_bytes``,
+        or one slot when it is larger) into one device buffer: the packed set is never on
+        the card whole, so a set whose unpacked fields just fit still stages (the faithful
+        sigma build's 25.65 GB set beside a launch plan, both parties on one card). Copies
+        and unpack kernels run in order on one stream, so a chunk is overwritten only after
+        its unpack has read it."""
+        keys: dict[str, dict[str, Any]] = {}
+        first, stage = 0, None
+        for group in _slot_runs(layout.slots, self.stage_chunk_bytes):
+            lo, hi = group[0].offset, group[-1].end
+            if stage is None or stage.size < hi - lo:
+                stage = None
+                stage = self.xp.empty(max(hi - lo, min(self.stage_chunk_bytes, host.size)), np.uint8)
+            self._upload(stage[:hi - lo], host[lo:hi])
+            count = sum(f.count for s in group for f in s.fields)
+            keys.update(unpack_key_set(self.kernels, layout, stage[:hi - lo], out=out[first:first + count],
+                                       slots=group, base=lo))
+            first += count
+        return keys
+
+    def _upload(self, dst, host: np.ndarray) -> None:
+        """``host`` bytes into the device array ``dst``, in order on the current stream.
+        Not ``cupy.asarray``: that copies the whole array into a page-locked bounce buffer
+        first, which CuPy's pinned pool then keeps: a second host copy of every key set (at
+        batch 8, 34 GB per party, enough for the host's OOM killer)."""
+        if hasattr(dst, "set"):
+            dst.set(host, stream=self.xp.cuda.get_current_stream())
+        else:                                   # the host-kernel stand-in's arrays
+            dst[...] = self.xp.asarray(host)
+
     def _check_fits(self, nbytes: int) -> None:
         if hasattr(self.xp, "cuda"):
             free, total = self.xp.cuda.runtime.memGetInfo()
             check_fits(int(nbytes), int(free) + self._pool_free_bytes(), int(total))
 
-    def _unpack_up_front(self, layout: KeyLayout, dev) -> dict[str, dict[str, Any]] | None:
-        """Every gate's fields unpacked now, or None when they do not fit. Free memory is read
-        after the packed copy, and an out-of-memory error falls back to unpacking per gate:
+    def _unpack_up_front(self, layout: KeyLayout, host: np.ndarray) -> dict[str, dict[str, Any]] | None:
+        """Every gate's fields unpacked now (chunk by chunk, :meth:`_unpack_in_chunks`), or
+        None when they do not fit. An out-of-memory error falls back to unpacking per gate:
         both parties may share the card and stage at the same moment."""
         if not self.kernels.has("fusec_unpack_round"):
             return None
-        unpacked = 8 * sum(f.count for s in layout.slots for f in s.fields)
+        count = sum(f.count for s in layout.slots for f in s.fields)
         self.synchronize()
         free = int(self.xp.cuda.runtime.memGetInfo()[0]) + self._pool_free_bytes()
-        if unpacked + ONLINE_HEADROOM_BYTES > free:
+        if 8 * count + min(host.size, self.stage_chunk_bytes) + ONLINE_HEADROOM_BYTES > free:
             return None
         try:
-            ready = unpack_key_set(self.kernels, layout, dev)
+            ready = self._unpack_in_chunks(layout, host, self.xp.empty(count, np.uint64))
             self.synchronize()
             return ready
         except Exception as e:  # noqa: BLE001 - only CUDA's out-of-memory is recovered
@@ -628,3 +659,16 @@ class GpuBackend(Backend):
 
     def dpf_arith_eval_full(self, party: int, key: dpf_arith.DpfArithKey):
         return dpf_arith.eval_full(party, key, self.prg)
+
+
+def _slot_runs(slots, chunk_bytes: int):
+    """Consecutive slots grouped into runs of at most ``chunk_bytes`` (a larger slot alone)."""
+    run, size = [], 0
+    for s in slots:
+        if run and size + (s.end - s.offset) > chunk_bytes:
+            yield run
+            run, size = [], 0
+        run.append(s)
+        size = s.end - run[0].offset
+    if run:
+        yield run

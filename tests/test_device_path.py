@@ -269,8 +269,8 @@ _OutOfMemory.__name__ = "OutOfMemoryError"      # what CuPy raises; memory_error
 @pytest.mark.parametrize("free_after_copy_gib,unpack_fails", [(4, False), (64, True), (64, False)])
 def test_stage_set_unpacks_per_gate_when_the_unpacked_set_does_not_fit(bert_build, tmp_path, monkeypatch,
                                                                      free_after_copy_gib, unpack_fails):
-    """Both parties on one card stage at the same moment: too little free memory after the
-    packed copy, or CUDA running out mid-unpack, must fall back to unpacking each gate when it
+    """Both parties on one card stage at the same moment: too little free memory for the
+    unpacked set, or CUDA running out mid-unpack, must fall back to unpacking each gate when it
     starts (the sigma BERT-base run on an H100 died here), and give the CPU's arrays."""
     import types
 
@@ -285,9 +285,9 @@ def test_stage_set_unpacks_per_gate_when_the_unpacked_set_does_not_fit(bert_buil
         raw = kf._read_set(0)
     be = kind()
     pool = types.SimpleNamespace(total_bytes=lambda: 0, used_bytes=lambda: 0, free_all_blocks=lambda: None)
-    free = iter([64 << 30, free_after_copy_gib << 30])    # before the packed copy, after it
+    free = iter([64 << 30, free_after_copy_gib << 30])    # the packed set's check, then the unpacked one's
     runtime = types.SimpleNamespace(memGetInfo=lambda: (next(free), 80 << 30))
-    be.xp = types.SimpleNamespace(**{k: getattr(fakedevice.fakecupy, k) for k in ("asarray", "ndarray", "zeros")},
+    be.xp = types.SimpleNamespace(**{k: getattr(fakedevice.fakecupy, k) for k in ("asarray", "ndarray", "zeros", "empty")},
                                   cuda=types.SimpleNamespace(runtime=runtime), get_default_memory_pool=lambda: pool)
     calls = []
     if unpack_fails:

@@ -275,8 +275,9 @@ def render_markdown(doc: dict) -> str:
                 "no key files); keygen is its generate + pack + send time." if st.get("keys_mode") == "stream"
                 else "")
              + (" Launch plans (--cuda-graphs): each party interprets its first inference, records its second "
-                "as one CUDA graph per round and replays the graphs for every later one (keys copied into one "
-                "device buffer before the clock, unpacked gate by gate inside the graphs)."
+                "as one CUDA graph per round and replays the graphs for every later one (each key set unpacked "
+                "before the clock into one device buffer every set reuses; a configuration marked as unpacking "
+                "late copies packed sets there and unpacks each gate's keys inside the graphs)."
                 if "--cuda-graphs" in st.get("party_argv", []) else ""),
              *_network_lines(doc), "",
              *table(["model", "seq", "batch", "gates", "GPUs", *(["network"] if shaped else []),
