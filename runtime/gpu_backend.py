@@ -72,16 +72,38 @@ def _host_memory_bytes() -> int:
         return 0
 
 
-def check_fits(nbytes: int, free: int, total: int, what: str = "the key set") -> None:
-    """A clear error, with the sizes, when ``nbytes`` cannot be staged into device memory."""
+def check_fits(nbytes: int, free: int, total: int, what: str = "the key set", share: float = 1.0) -> None:
+    """A clear error, with the sizes, when ``nbytes`` cannot be staged into device memory
+    (``free``: what this party may still use, within its ``share`` of the card)."""
     if nbytes + ONLINE_HEADROOM_BYTES <= free:
         return
     gb = 1 << 30
+    of = f"{total / gb:.2f} GiB" if share >= 1 else f"this party's {share:g} share ({GPU_SHARE_ENV}) of {total / gb:.2f} GiB"
     raise FusecError(
         f"{what} needs {nbytes / gb:.2f} GiB of GPU memory plus about {ONLINE_HEADROOM_BYTES / gb:.0f} GiB "
-        f"for the online phase, but only {free / gb:.2f} GiB of {total / gb:.2f} GiB are free",
+        f"for the online phase, but only {free / gb:.2f} GiB of {of} are free",
         "free the GPU (another process may hold it; both parties on one GPU share it), run each party on "
         "its own GPU (CUDA_VISIBLE_DEVICES), compile a smaller batch or sequence, or use --backend cpu")
+
+
+#: Both parties on one card: the share of its memory this party may take (``0.5`` each), so
+#: the first to stage does not leave the other too little. ``fusec bench --gpus 1`` sets it.
+GPU_SHARE_ENV = "FUSEC_GPU_SHARE"
+
+
+def gpu_share_from_env() -> float:
+    """``FUSEC_GPU_SHARE`` as a fraction in (0, 1] (1 when unset), or one clear error."""
+    raw = os.environ.get(GPU_SHARE_ENV, "").strip()
+    if not raw:
+        return 1.0
+    try:
+        share = float(raw)
+    except ValueError:
+        share = float("nan")
+    if not 0 < share <= 1:
+        raise FusecError(f"{GPU_SHARE_ENV}={raw!r} is not a fraction of the GPU's memory in (0, 1]",
+                         f"set {GPU_SHARE_ENV}=0.5 on each party when both run on one GPU, or unset it")
+    return share
 
 
 def memory_error(e: BaseException) -> FusecError | None:
@@ -200,6 +222,7 @@ class GpuBackend(Backend):
     _plan_keys = None                            # the device buffer every key set is copied into (cuda_graphs)
     _fixed_keys: StagedKeys | None = None        # the set staged there and not yet evaluated
     _plan_arena = None                           # every set unpacked here (cuda_graphs); False: does not fit
+    device_share = 1.0                           # of the card's memory this party may use (GPU_SHARE_ENV)
 
     def __init__(self, source: str | None = None, device: int | None = None) -> None:
         cupy = _import_cupy()
@@ -207,6 +230,7 @@ class GpuBackend(Backend):
 
         if device is not None:
             cupy.cuda.Device(device).use()
+        self.device_share = gpu_share_from_env()
         self.xp = cupy
         self.kernels = GpuKernels(source)
         self.prg = GpuPrg(self.kernels)
@@ -441,8 +465,7 @@ class GpuBackend(Backend):
         the online phase's headroom (at least one chunk always goes: the gate needs it)."""
         if not hasattr(self.xp, "cuda"):
             return int(self.stream_ahead_bytes)
-        free = int(self.xp.cuda.runtime.memGetInfo()[0]) + self._pool_free_bytes()
-        return max(0, min(int(self.stream_ahead_bytes), free - ONLINE_HEADROOM_BYTES))
+        return max(0, min(int(self.stream_ahead_bytes), self._free_bytes()[0] - ONLINE_HEADROOM_BYTES))
 
     def _page_locked(self, host: np.ndarray) -> np.ndarray:
         """``host``, or a page-locked copy of it (:meth:`host_buffer`) when it is not
@@ -539,8 +562,7 @@ class GpuBackend(Backend):
         self._plan_arena = None
         if hasattr(self.xp, "cuda"):
             self.synchronize()
-            free = int(self.xp.cuda.runtime.memGetInfo()[0]) + self._pool_free_bytes()
-            if 8 * count + min(packed_nbytes, self.stage_chunk_bytes) + ONLINE_HEADROOM_BYTES > free:
+            if 8 * count + min(packed_nbytes, self.stage_chunk_bytes) + ONLINE_HEADROOM_BYTES > self._free_bytes()[0]:
                 self._plan_arena = False
                 return None
         try:
@@ -586,8 +608,7 @@ class GpuBackend(Backend):
 
     def _check_fits(self, nbytes: int) -> None:
         if hasattr(self.xp, "cuda"):
-            free, total = self.xp.cuda.runtime.memGetInfo()
-            check_fits(int(nbytes), int(free) + self._pool_free_bytes(), int(total))
+            check_fits(int(nbytes), *self._free_bytes(), share=self.device_share)
 
     def _unpack_up_front(self, layout: KeyLayout, host: np.ndarray) -> dict[str, dict[str, Any]] | None:
         """Every gate's fields unpacked now (chunk by chunk, :meth:`_unpack_in_chunks`), or
@@ -597,8 +618,7 @@ class GpuBackend(Backend):
             return None
         count = sum(f.count for s in layout.slots for f in s.fields)
         self.synchronize()
-        free = int(self.xp.cuda.runtime.memGetInfo()[0]) + self._pool_free_bytes()
-        if 8 * count + min(host.size, self.stage_chunk_bytes) + ONLINE_HEADROOM_BYTES > free:
+        if 8 * count + min(host.size, self.stage_chunk_bytes) + ONLINE_HEADROOM_BYTES > self._free_bytes()[0]:
             return None
         try:
             ready = self._unpack_in_chunks(layout, host, self.xp.empty(count, np.uint64))
@@ -610,10 +630,17 @@ class GpuBackend(Backend):
             self.xp.get_default_memory_pool().free_all_blocks()
             return None
 
-    def _pool_free_bytes(self) -> int:
-        """Bytes CuPy's memory pool holds but does not use (reusable, not in memGetInfo's free)."""
+    def _free_bytes(self) -> tuple[int, int]:
+        """(bytes this party may still allocate, the card's total): the card's free memory
+        plus what CuPy's pool holds unused, and no more than ``device_share`` of the card
+        less what this process's pool uses (both parties on one card: neither takes all)."""
+        free, total = (int(v) for v in self.xp.cuda.runtime.memGetInfo())
         pool = self.xp.get_default_memory_pool()
-        return int(pool.total_bytes() - pool.used_bytes())
+        used = int(pool.used_bytes())
+        free += int(pool.total_bytes()) - used
+        if self.device_share < 1:
+            free = min(free, int(self.device_share * total) - used)
+        return max(0, free), total
 
     def dealer_rng(self, seed: bytes | None = None) -> DealerRng:
         return GpuDealerRng(self.kernels, seed)

@@ -398,15 +398,21 @@ def test_bench_on_gpus(gpus, tmp_path):
 
 
 def test_two_gpus_give_each_party_its_own_card(monkeypatch):
-    """`--gpus 2`: party p sees only the p-th visible GPU; `--gpus 1`: both see the first;
-    too few visible GPUs is a machine error naming them; the CPU backend leaves CUDA alone."""
+    """`--gpus 2`: party p sees only the p-th visible GPU; `--gpus 1`: both see the first,
+    and each may take half its memory; too few visible GPUs is a machine error naming them;
+    the CPU backend leaves CUDA alone."""
     from fusec.bench.pair import party_envs
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3, 5")
+    monkeypatch.delenv("FUSEC_GPU_SHARE", raising=False)
     e0, e1 = party_envs("gpu", 2)
     assert (e0["CUDA_VISIBLE_DEVICES"], e1["CUDA_VISIBLE_DEVICES"]) == ("3", "5")
+    assert "FUSEC_GPU_SHARE" not in e0 and "FUSEC_GPU_SHARE" not in e1
     e0, e1 = party_envs("gpu", 1)
     assert (e0["CUDA_VISIBLE_DEVICES"], e1["CUDA_VISIBLE_DEVICES"]) == ("3", "3")
+    assert e0["FUSEC_GPU_SHARE"] == e1["FUSEC_GPU_SHARE"] == "0.5"
+    monkeypatch.setenv("FUSEC_GPU_SHARE", "0.4")                                  # the user's own split stays
+    assert party_envs("gpu", 1)[1]["FUSEC_GPU_SHARE"] == "0.4"
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7")
     with pytest.raises(BenchError, match=r"2 GPU\(s\) asked for, 1 visible here \(7\)") as e:
         party_envs("gpu", 2)

@@ -200,6 +200,39 @@ def test_key_set_too_big_for_the_gpu_names_the_sizes():
     assert "CUDA_VISIBLE_DEVICES" in str(e.value) and "--backend cpu" in str(e.value)
 
 
+def test_two_parties_on_one_card_each_stage_within_their_share(monkeypatch):
+    """FUSEC_GPU_SHARE=0.5: the first party to stage cannot take the whole card (on the H100,
+    batch 8's P0 unpacked 58 GB and left P1 11.87 GiB for its 32 GiB set). A party's room is
+    its share less what its pool uses; the error then names the share."""
+    import types
+
+    from fusec.errors import FusecError
+    from fusec.runtime.gpu_backend import GpuBackend, gpu_share_from_env
+
+    gib = 1 << 30
+    used = {"n": 0}
+    pool = types.SimpleNamespace(total_bytes=lambda: used["n"], used_bytes=lambda: used["n"])
+    be = GpuBackend.__new__(GpuBackend)
+    be.xp = types.SimpleNamespace(get_default_memory_pool=lambda: pool, cuda=types.SimpleNamespace(
+        runtime=types.SimpleNamespace(memGetInfo=lambda: (79 * gib - used["n"], 80 * gib))))
+    assert be._free_bytes() == (79 * gib, 80 * gib)             # alone on the card: all that is free
+    be.device_share = 0.5
+    assert be._free_bytes() == (40 * gib, 80 * gib)
+    used["n"] = 32 * gib                                        # this party's packed set
+    assert be._free_bytes() == (8 * gib, 80 * gib)
+    be._check_fits(3 * gib)
+    with pytest.raises(FusecError, match=r"only 8\.00 GiB of this party's 0\.5 share \(FUSEC_GPU_SHARE\) of 80\.00"):
+        be._check_fits(5 * gib)
+
+    for raw, want in (("", 1.0), ("0.5", 0.5), (" 1 ", 1.0)):
+        monkeypatch.setenv("FUSEC_GPU_SHARE", raw)
+        assert gpu_share_from_env() == want
+    for raw in ("half", "0", "1.5", "-0.5", "nan"):
+        monkeypatch.setenv("FUSEC_GPU_SHARE", raw)
+        with pytest.raises(FusecError, match=r"FUSEC_GPU_SHARE=.* is not a fraction of the GPU's memory in \(0, 1\]"):
+            gpu_share_from_env()
+
+
 def test_cuda_out_of_memory_becomes_a_clear_error():
     from fusec.runtime.gpu_backend import memory_error
 

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from fusec.runtime.gpu_backend import GPU_SHARE_ENV
 from fusec.runtime.keyio import IO_THREADS_ENV
 from fusec.bench.failures import BenchError, classify_failure
 from fusec.bench.machine import gpu_names
@@ -38,6 +39,8 @@ def party_envs(backend: str, gpus: int | None) -> tuple[dict, dict]:
         raise BenchError(f"{gpus} GPU(s) asked for, {len(visible)} visible here ({', '.join(visible) or 'none'})",
                          "run on a machine with more GPUs or set CUDA_VISIBLE_DEVICES", kind="machine")
     pick = (visible[0], visible[1] if gpus == 2 else visible[0])
+    if pick[0] == pick[1]:      # one card, two parties: each may take half its memory
+        base.setdefault(GPU_SHARE_ENV, "0.5")
     return {**base, "CUDA_VISIBLE_DEVICES": pick[0]}, {**base, "CUDA_VISIBLE_DEVICES": pick[1]}
 
 
