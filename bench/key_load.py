@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {a.parties} key file(s) of one {nbytes / 1e9:.2f} GB set in {dt:.1f} s "
                   f"({a.parties * nbytes / 1e9 / dt:.2f} GB/s)")
         print(f"{a.parties} key file(s) of one {nbytes / 1e9:.2f} GB set in {directory}; backend {backend}, "
-              f"{os.cpu_count()} CPUs, checksums by {'libsodium' if getattr(fmt, 'SODIUM', False) else 'hashlib'}")
+              f"{os.cpu_count()} CPUs, key-file format {fmt.FORMAT_VERSION}")
         lj = layout.to_json()
         if a.parties == 1:
             results = {0: run_party(0, paths[0], lj, a.repeat, backend, a.verify_first, None, a.threads)}

@@ -120,7 +120,7 @@ def _io_pool() -> ThreadPoolExecutor:
 
 
 def _pwrite_all(fd: int, parts: list[memoryview], offset: int) -> bytes:
-    """Write ``parts`` back to back at ``offset``; their blake2b digest (one chunk's)."""
+    """Write ``parts`` back to back at ``offset``; their BLAKE3 digest (one chunk's)."""
     h = fmt.hasher()
     for part in parts:
         h.update(part)

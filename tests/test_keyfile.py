@@ -500,11 +500,11 @@ def test_writer_rejects_bad_input_and_leaves_no_file(tmp_path):
         KeyFileWriter(tmp_path / "x.key", lay, 0, ksid, 1, pairing_secret=b"short")
 
 
-def test_set_checksum_is_chunked_blake2b_and_catches_every_chunk(tmp_path, monkeypatch):
-    """With tiny chunks a set spans many: the header's set checksum equals blake2b over
-    the chunks' blake2b digests (computed here with hashlib on the file's bytes), and a
-    flipped byte in any chunk, or a file cut inside a set, is refused."""
-    import hashlib
+def test_set_checksum_is_chunked_blake3_and_catches_every_chunk(tmp_path, monkeypatch):
+    """With tiny chunks a set spans many: the header's set checksum equals BLAKE3 over the
+    chunks' BLAKE3 digests (computed here on the file's bytes), and a flipped byte in any
+    chunk, or a file cut inside a set, is refused."""
+    from blake3 import blake3
 
     import fusec.runtime.keyfile as keyfile
 
@@ -517,8 +517,8 @@ def test_set_checksum_is_chunked_blake2b_and_catches_every_chunk(tmp_path, monke
     assert n > 3 * 64
     for i in range(K):
         set_bytes = data[h.set_offset(i):h.set_offset(i) + n]
-        digests = b"".join(hashlib.blake2b(set_bytes[s:s + 64], digest_size=32).digest() for s in range(0, n, 64))
-        assert h.set_checksums[i] == hashlib.blake2b(digests, digest_size=32).digest()
+        digests = b"".join(blake3(set_bytes[s:s + 64]).digest() for s in range(0, n, 64))
+        assert h.set_checksums[i] == blake3(digests).digest()
     kf = KeyFile.open(paths[0], lay, 0)
     kf.verify_set(0)
     assert_keys_equal(read_all(kf.claim(0), lay), written[0][0])  # claim reuses the verified bytes
@@ -643,34 +643,21 @@ def test_io_threads_follow_the_environment_and_a_bad_value_is_one_clear_error(tm
             keyio._POOL.shutdown()
 
 
-def test_libsodium_and_hashlib_checksums_are_the_same_function(tmp_path, monkeypatch):
-    """With PyNaCl installed the checksums come from libsodium: equal to hashlib's
-    blake2b-256 (the format's) for every length and split, and a file written by one
-    implementation loads with the other."""
-    import hashlib
-
+def test_checksums_are_blake3_for_every_length_and_split():
+    """The format's hash is BLAKE3-256: the published digests of "" and "abc", and the same
+    digest however the bytes reach the incremental hasher (keyio feeds chunks in parts)."""
     import fusec.runtime.keyfile as keyfile
 
-    if not keyfile.SODIUM:
-        pytest.skip("PyNaCl (libsodium) is not installed: hashlib computes the checksums")
+    assert keyfile.checksum(b"").hex() == "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+    assert keyfile.checksum(b"abc").hex() == "6437b3ac38465133ffb63b75273a8db548c558465d79db03fd359c6cd5bd9d85"
     rng = np.random.default_rng(5)
-    for n in (0, 1, 127, 128, 129, 255, 256, 4097, 1 << 20):
+    for n in (0, 1, 63, 64, 65, 1023, 1024, 1025, 4097, 1 << 20):
         data = rng.bytes(n)
-        want = hashlib.blake2b(data, digest_size=32).digest()
-        assert keyfile.checksum(data) == want
+        want = keyfile.checksum(data)
         h = keyfile.hasher()
         h.update(data[: n // 3])
-        h.update(memoryview(data)[n // 3:])
+        h.update(memoryview(np.frombuffer(data, np.uint8))[n // 3:])
         assert h.digest() == want
-    lay = make_layout()
-    monkeypatch.setattr(keyfile, "SODIUM", False)
-    paths, written, _ = write_pair(tmp_path, lay)          # hashlib writes
-    monkeypatch.setattr(keyfile, "SODIUM", True)
-    kf = KeyFile.open(paths[1], lay, 1)
-    assert_keys_equal(read_all(kf.claim(2), lay), written[1][2])
-    flip_byte(paths[1], read_header(paths[1]).set_offset(1) + 5)
-    with pytest.raises(KeyFileError, match="key set 1 .*corrupted"):
-        kf.claim(1)
 
 
 # --------------------------------------------------------------------------- the reuse ledger
