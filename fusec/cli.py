@@ -424,7 +424,7 @@ def run(build_dir, server, stats_path, profile_sync, stream_keys, inputs_dir, co
     from fusec.build import decode_outputs, encode_inputs, load_build, load_inputs
     from fusec.runtime.backend import get_backend
     from fusec.runtime.party import run_party
-    from fusec.serving import agree_count, output_file, plan_requests
+    from fusec.serving import NextSetReader, agree_count, output_file, plan_requests
 
     server.prepare((".npy", ".npz"), {"--stats": stats_path})    # before the build loads or a set is claimed
     party, output_path = server.party, server.output_path
@@ -456,11 +456,16 @@ def run(build_dir, server, stats_path, profile_sync, stream_keys, inputs_dir, co
         raise FusecError(f"{len(requests)} inferences need as many key sets; {kf.path} has {left} unused",
                          "run the dealer again (fusec keygen --count N) for more")
     all_stats = []
+    ahead = NextSetReader(kf, be.host_buffer) if NextSetReader.usable(kf, stream_keys) else None
     with kf, server.channel() as ch:
         agree_count(ch, len(requests))
         for i, (request, inputs) in enumerate(zip(requests, feeds)):
+            more = ahead is not None and i + 1 < len(requests)
+            if ahead is not None:
+                ahead.wait()
             res = run_party(b.gates, party, kf, idx if i == 0 else kf.next_unused(), ch, inputs, be,
-                            scopes=b.scopes, sync_scopes=profile_sync, stream_keys=stream_keys)
+                            scopes=b.scopes, sync_scopes=profile_sync, stream_keys=stream_keys,
+                            after_stage=ahead.start if more else None)
             outs = decode_outputs(b, res.outputs)
             if outs and (output_path or outputs_dir):
                 dest = output_file(outputs_dir, request) if outputs_dir else Path(output_path)

@@ -76,7 +76,8 @@ def open_keys(graph: GateGraph, party: int, key_path, state_dir: str | os.PathLi
 
 def run_party(graph: GateGraph, party: int, kf: KeyFile, idx: int, channel: Channel,
               inputs: dict[str, np.ndarray], be: Backend, scopes: dict[str, str] | None = None,
-              sync_scopes: bool = False, stream_keys: bool = False) -> PartyResult:
+              sync_scopes: bool = False, stream_keys: bool = False,
+              after_stage: Callable[[], None] | None = None) -> PartyResult:
     """Authenticated hello, claim the agreed key set, stage it (timed apart), evaluate
     this party's side.
 
@@ -86,7 +87,9 @@ def run_party(graph: GateGraph, party: int, kf: KeyFile, idx: int, channel: Chan
     ``sync_scopes`` the device is synchronized after every gate step so GPU time lands in
     the right scope (slower; for profiles, not for latency figures). With ``stream_keys``
     each gate's keys reach the device when the gate first runs, inside the online clock
-    (SIGMA's way of counting), instead of the whole set before it.
+    (SIGMA's way of counting), instead of the whole set before it. ``after_stage`` runs once
+    the set is on the device and the host buffer it came through is free again, before the
+    online clock (a serving loop starts reading the next set there).
     """
     t_hello = time.perf_counter()
     idx = pair(channel, party, graph.layout().digest(), kf.key_set_id, kf.pairing_secret, idx, kf.count)
@@ -98,6 +101,8 @@ def run_party(graph: GateGraph, party: int, kf: KeyFile, idx: int, channel: Chan
     be.synchronize()
     t_load = time.perf_counter() - t_load
     reader.finish()
+    if after_stage is not None:
+        after_stage()
     log = RoundLog(sync=be.synchronize if sync_scopes else None)
     channel.exchange(b"", "ready", 0)  # both keys staged: the online clock starts together on both sides
     profile = python_profiler()

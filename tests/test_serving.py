@@ -131,3 +131,37 @@ def test_more_requests_than_key_sets_or_a_count_mismatch_is_one_line(served, mon
     # the count is agreed before any key-set hello: the mismatch used no set
     r = _fusec("run", build, "--party", 0, "--keys", keys / "p0.key", "--listen", "127.0.0.1:9", "--count", 4)
     assert r.returncode == 2 and "has 3 unused" in r.stderr
+
+
+def test_the_next_key_set_is_read_while_the_current_one_runs(tmp_path, monkeypatch):
+    """NextSetReader reads the next unused set in the background: the claim then reuses those
+    bytes without reading the file again, and marks nothing before it; a corrupted next set
+    is the key file's usual error, raised on the main thread by wait()."""
+    from fusec.errors import KeyFileError
+    from fusec.runtime.keyio import KeyFile, read_header
+    from fusec.serving import NextSetReader
+    from tests.test_keyfile import assert_keys_equal, flip_byte, make_layout, read_all, write_pair
+
+    monkeypatch.setenv("FUSEC_STATE_DIR", str(tmp_path / "state"))
+    lay = make_layout()
+    paths, written, _ = write_pair(tmp_path, lay)
+    kf = KeyFile.open(paths[0], lay, 0)
+    assert NextSetReader.usable(kf, stream_keys=False) and not NextSetReader.usable(kf, stream_keys=True)
+    assert not NextSetReader.usable(object(), stream_keys=False)          # a dealer's stream: no prefetch
+    ahead = NextSetReader(kf, None)
+    read_all(kf.claim(0), lay)                                            # the current inference's set
+    ahead.start()
+    ahead.wait()
+    assert kf.used_sets() == [0]                                          # read ahead, not marked
+    reads = []
+    monkeypatch.setattr(kf, "_read_set", lambda *a, **k: reads.append(a))
+    assert_keys_equal(read_all(kf.claim(1), lay), written[0][1])          # from the bytes read ahead
+    assert reads == [] and kf.used_sets() == [0, 1]
+    monkeypatch.undo()
+    monkeypatch.setenv("FUSEC_STATE_DIR", str(tmp_path / "state"))
+    flip_byte(paths[0], read_header(paths[0]).set_offset(2) + 7)
+    ahead.start()
+    with pytest.raises(KeyFileError, match="key set 2 .*corrupted"):
+        ahead.wait()
+    ahead.wait()                                                          # the error is raised once
+    kf.close()
