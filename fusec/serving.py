@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from fusec.errors import FusecError, ParameterError
+from fusec.runtime.backend import host_memory_bytes
 
 SUFFIXES = (".npy", ".npz")
 
@@ -87,6 +88,11 @@ def agree_count(channel, n: int) -> None:
                          "--count N on the other)")
 
 
+#: A set read ahead into a fresh array (not the backend's reused buffer) at most this share
+#: of the host's memory.
+SPARE_SET_SHARE = 1 / 8
+
+
 class NextSetReader:
     """Reads and checks the next key set while the current inference runs, so a server that
     serves several requests pays the read and checksum of a multi-GB set (about 0.9 s of
@@ -107,9 +113,16 @@ class NextSetReader:
         return hasattr(kf, "verify_set") and not stream_keys
 
     def start(self) -> None:
-        """After the current set is staged and marked: read the next unused one, if any."""
+        """After the current set is staged and marked: read the next unused one, if any, and
+        if it goes into the reused host buffer or is small: the current set's bytes are still
+        held, and a second copy of a set as large as BERT-base's at batch 8 (34 GB) per
+        server would exhaust the host (the next claim then reads it, as without this)."""
         index = self.kf.next_unused()
         if index is None:
+            return
+        n = self.kf.set_nbytes
+        reused = self.host_buffer is not None and self.host_buffer(n) is not None
+        if not reused and n > SPARE_SET_SHARE * host_memory_bytes():
             return
 
         def read() -> None:

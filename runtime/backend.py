@@ -8,6 +8,7 @@ the FSS methods with CUDA kernels and ``xp`` with CuPy, and the gates do not cha
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Mapping
 from types import ModuleType
 from typing import Callable, Iterator
@@ -20,6 +21,16 @@ from fusec.runtime.layout import GateSlot, KeyLayout, pack_gate_array, unpack_ga
 from fusec.runtime.prg import CpuPrg, active_prg
 from fusec.runtime.rng import DealerRng
 from fusec.runtime.round_message import MINE, PEER, RoundMessage
+
+
+def host_memory_bytes() -> int:
+    """This host's physical memory (0 where the OS does not say): the bound for buffers a
+    party keeps beside a key set (page-locked reads, a set read ahead)."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
 
 Buffer = bytes | bytearray | memoryview | np.ndarray
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from fusec.errors import FusecError, GpuKernelError
 from fusec.runtime import dcf, dpf, dpf_arith, ring
-from fusec.runtime.backend import Backend, StagedKeys
+from fusec.runtime.backend import Backend, StagedKeys, host_memory_bytes
 from fusec.runtime.key_prefetch import (STREAM_AHEAD_BYTES, STREAM_CHUNK_BYTES, CopyQueue, CudaCopies,
                                         KeyPrefetcher, SyncCopies)
 from fusec.runtime.launch_plan import LaunchPlan
@@ -63,13 +63,6 @@ ONLINE_HEADROOM_BYTES = 4 << 30
 STAGE_CHUNK_BYTES = 1 << 30
 #: Largest share of the host's memory a party keeps page-locked for reading key sets.
 PINNED_SHARE = 1 / 8
-
-
-def _host_memory_bytes() -> int:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):   # not POSIX: no page-locked reads
-        return 0
 
 
 def check_fits(nbytes: int, free: int, total: int, what: str = "the key set", share: float = 1.0) -> None:
@@ -398,7 +391,7 @@ class GpuBackend(Backend):
         Copies a streamed set still has queued from the buffer finish first."""
         if self._copy_stream is not None:
             self._copy_stream.synchronize()
-        if nbytes > PINNED_SHARE * _host_memory_bytes():
+        if nbytes > PINNED_SHARE * host_memory_bytes():
             self._key_host = None
             return None
         if self._key_host is None or self._key_host.size < nbytes:

@@ -164,4 +164,11 @@ def test_the_next_key_set_is_read_while_the_current_one_runs(tmp_path, monkeypat
     with pytest.raises(KeyFileError, match="key set 2 .*corrupted"):
         ahead.wait()
     ahead.wait()                                                          # the error is raised once
+    monkeypatch.setattr("fusec.serving.SPARE_SET_SHARE", 0.0)             # as for a 34 GB set
+    ahead.start()
+    assert ahead._thread is None                                          # no second copy beside the current set
+    with_buffer = NextSetReader(kf, lambda n: np.empty(n, np.uint8))     # the backend's reused buffer
+    with_buffer.start()
+    with pytest.raises(KeyFileError, match="key set 2 .*corrupted"):
+        with_buffer.wait()
     kf.close()
