@@ -21,6 +21,7 @@ from fusec.ir.spec import OperatorSpec
 from fusec.passes import lower_sigma
 from fusec.passes.options import CompileOptions
 from fusec.passes.ranges import narrow_bits, proven, width_bits
+from fusec.passes.scales import power_of_two_factor
 from fusec.ir.ops import is_movement
 from fusec.runtime import ring
 from fusec.runtime.gates.arith import MatMulPrivate, Mul
@@ -377,12 +378,24 @@ class _Lowering:
             self.out.wire[out] = self.add(node.name, MulPublic(N, self.n, 1 << -sh), [self.out.wire[x]], node)
             return
         if self.o.gates == "sigma":
-            gate = lower_sigma.rescale_gate(N, sh, self.o)
+            gate = lower_sigma.rescale_gate(N, sh, self.o, exact=not self.sigma_slack(x, sh))
         elif self.fold_into_scalar(node, x, sh) or self.fold_into_products(node, x, sh):
             return
         else:
             gate = self.truncation(node, x, N, sh)
         self.out.wire[out] = self.add(node.name, gate, [self.out.wire[x]], node)
+
+    def sigma_slack(self, x: str, sh: int) -> bool:
+        """SIGMA truncates an elementwise product (softmax's ``e * 1/sum``, layer norm's
+        squares, ``d * rsqrt`` and ``* gamma``) with TrWithSlack, whose range assumption
+        ``|x| < 2^(n-2)`` this build takes only where it is proven; matmuls keep TrFloor."""
+        producer = self.g.producer(x)
+        while producer is not None and power_of_two_factor(self.g, producer) is not None:
+            producer = self.g.producer(next(t for t in producer.inputs[:2] if self.secret(t)))   # a scale only
+        if producer is None or producer.op != "Mul":
+            return False
+        k = narrow_bits(self.g, x, sh)
+        return k is not None and k <= self.n
 
     def fold_into_scalar(self, node: Node, x: str, sh: int) -> bool:
         """A rescale read only by a fused scalar gate whose pieces overlap (view_shift >= 1)

@@ -26,6 +26,22 @@ from fusec.passes.ranges import proven
 HEADROOM_BITS = 3
 
 
+def power_of_two_factor(graph: Graph, node: Node) -> int | None:
+    """k when ``node`` multiplies one secret by a public constant equal to 2^-k everywhere
+    (k >= 0): free and exact, the same integers read at k more fractional bits."""
+    secret = [t for t in node.inputs[:2] if t and graph.info(t).visibility == "secret"]
+    if node.op != "Mul" or len(secret) != 1:
+        return None
+    c = next((t for t in node.inputs[:2] if t not in secret), None)
+    if c is None or not graph.is_const(c):
+        return None
+    v = np.abs(np.asarray(graph.const(c), np.float64)).reshape(-1)
+    if not v.size or not 0 < v[0] <= 1:
+        return None
+    k = -math.log2(v[0])
+    return int(k) if k == int(k) and np.all(v == v[0]) else None
+
+
 def _all_integers(v: np.ndarray, scale: float = 1.0) -> bool:
     """``np.all(v * scale == np.round(v * scale))`` for a flat ``v``, looking at a few elements
     first: a weight matrix that is not integer-valued (at some scale) says so in its first
@@ -260,9 +276,13 @@ class _Scaler:
     def sigma_truncate_inputs(self, node: Node) -> None:
         """SIGMA's placement (``--gates sigma``): a product is truncated to scale f before any
         other use (its TrFloor right after the matmul); only movement, the sum that feeds
-        layer norm's rsqrt, and truncations themselves read the wider value."""
-        if node.op in ("ReduceSum", "Rescale", "Scalar") or node.op in MOVEMENT:
-            return
+        layer norm's rsqrt, truncations themselves and a multiplication by a power of two read
+        the wider value. The last is SIGMA's attention scale: 1/sqrt(64) folded into the
+        scores' one TrFloor (by f + 3), not a second truncation after it. A broadcast
+        (Expand) is truncated on its input, the row's L values, not on the L x d copies."""
+        if node.op in ("ReduceSum", "Rescale", "Scalar") or node.op in MOVEMENT and node.op != "Expand" \
+                or power_of_two_factor(self.g, node) is not None:
+            return      # an Expand is truncated before it broadcasts: SIGMA's TrFloor of a mean on L values
         for t in self.secret_inputs(node):
             if self.scale(t) > self.o.frac:
                 self.rescaled(node, t, self.o.frac)
