@@ -103,3 +103,35 @@ def test_digits_cnn_whole_test_split(tmp_path):
     agree, acc = _digits_accuracy(DATA / "digits_cnn.onnx", X, y, tmp_path)
     assert agree >= 0.99, agree
     assert acc >= 0.95, acc
+
+
+def test_sigma_build_places_truncations_where_sigma_does(tmp_path):
+    """The sigma baseline follows SIGMA's layer (runtime/gates/sigma_model.py, from EzPC's
+    GPU-MPC): per layer the scores are truncated once (TrFloor by f + 3: 1/sqrt(d_h) folded
+    in, no second truncation after the scale), elementwise products (softmax's e * 1/sum,
+    layer norm's) take TrWithSlack, matmul outputs TrFloor, and a layer norm's mean is
+    truncated on its rows before it is broadcast."""
+    b = compile_model(DATA / "bert_tiny_legacy.onnx", tmp_path / "build", CompileOptions(gates="sigma"),
+                      batch=1, seq=8)
+    b = load_build(tmp_path / "build")
+    steps = {s.id: s for s in b.steps}
+    kinds = {s.id: s.kind for s in b.steps}
+    layers = sorted({i.split("/layer.")[1].split("/")[0] for i in steps if "/layer." in i})
+    assert layers
+    for n in layers:
+        def kind_of_rescale(tensor_suffix):
+            hits = [k for i, k in kinds.items() if i.startswith("rescale_") and f"/layer.{n}/" in i
+                    and i.endswith(tensor_suffix)]
+            return hits
+        assert kind_of_rescale("attention/self/MatMul_output_0") == []           # not between QK^T and the scale
+        assert kind_of_rescale("attention/self/Mul_output_0") == ["truncate_sigma_floor"]
+        assert kind_of_rescale("Softmax_output_0") == ["truncate_sigma"]          # e * 1/sum: TrWithSlack
+        for ln in ("attention/output/LayerNorm", "output/LayerNorm"):
+            mean = [s for i, s in steps.items() if i.startswith("rescale_") and f"layer.{n}/{ln}/" in i
+                    and i.endswith("reducemean")]
+            assert len(mean) == 1 and mean[0].kind == "truncate_sigma_floor" and mean[0].elements == 8
+            prods = [k for i, k in kinds.items() if i.startswith("rescale_") and f"layer.{n}/{ln}/" in i
+                     and (i.endswith("_mul") or i.endswith("_mul_1") or i.endswith("_mul_2"))]
+            assert prods and set(prods) == {"truncate_sigma"}
+        ffn = kind_of_rescale("intermediate/dense/MatMul_output_0")
+        assert ffn == ["truncate_sigma_floor"]
