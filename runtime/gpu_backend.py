@@ -626,13 +626,15 @@ class GpuBackend(Backend):
     def _free_bytes(self) -> tuple[int, int]:
         """(bytes this party may still allocate, the card's total): the card's free memory
         plus what CuPy's pool holds unused, and no more than ``device_share`` of the card
-        less what this process's pool uses (both parties on one card: neither takes all)."""
+        less what this process holds (its pool's used bytes and its launch plans' pools):
+        both parties on one card, neither takes all."""
         free, total = (int(v) for v in self.xp.cuda.runtime.memGetInfo())
         pool = self.xp.get_default_memory_pool()
         used = int(pool.used_bytes())
         free += int(pool.total_bytes()) - used
-        if self.device_share < 1:
-            free = min(free, int(self.device_share * total) - used)
+        if self.device_share < 1:       # launch plans' own pools count against the share too
+            held = used + sum(int(p.pool.total_bytes()) for p in self._plans.values() if getattr(p, "pool", None))
+            free = min(free, int(self.device_share * total) - held)
         return max(0, free), total
 
     def dealer_rng(self, seed: bytes | None = None) -> DealerRng:

@@ -213,6 +213,7 @@ def test_two_parties_on_one_card_each_stage_within_their_share(monkeypatch):
     used = {"n": 0}
     pool = types.SimpleNamespace(total_bytes=lambda: used["n"], used_bytes=lambda: used["n"])
     be = GpuBackend.__new__(GpuBackend)
+    be._plans = {}
     be.xp = types.SimpleNamespace(get_default_memory_pool=lambda: pool, cuda=types.SimpleNamespace(
         runtime=types.SimpleNamespace(memGetInfo=lambda: (79 * gib - used["n"], 80 * gib))))
     assert be._free_bytes() == (79 * gib, 80 * gib)             # alone on the card: all that is free
@@ -223,6 +224,9 @@ def test_two_parties_on_one_card_each_stage_within_their_share(monkeypatch):
     be._check_fits(3 * gib)
     with pytest.raises(FusecError, match=r"only 8\.00 GiB of this party's 0\.5 share \(FUSEC_GPU_SHARE\) of 80\.00"):
         be._check_fits(5 * gib)
+    plan_pool = types.SimpleNamespace(total_bytes=lambda: 3 * gib)                # a launch plan's own pool
+    be._plans = {1: types.SimpleNamespace(pool=plan_pool)}
+    assert be._free_bytes() == (5 * gib, 80 * gib)
 
     for raw, want in (("", 1.0), ("0.5", 0.5), (" 1 ", 1.0)):
         monkeypatch.setenv("FUSEC_GPU_SHARE", raw)
