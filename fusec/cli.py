@@ -28,7 +28,7 @@ def main() -> None:
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
     except Exception as e:
-        from fusec.runtime.gpu_backend import memory_error  # noqa: PLC0415
+        from fusec.runtime.device_keys import memory_error  # noqa: PLC0415
         err = memory_error(e)
         if err is None:
             raise

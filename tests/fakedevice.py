@@ -172,7 +172,8 @@ def host_kernel_backend(source: str, library) -> type:
     from ``codegen.cuda.compile_host_library(source, ...)``) on fake device arrays: CI
     runs the GPU data path, kernels included, with no GPU. Only the page-locked copies and
     CUDA's memory queries are left out."""
-    from fusec.runtime.gpu_backend import GpuBackend, GpuPrg, unpack_key_set
+    from fusec.runtime.device_keys import unpack_key_set
+    from fusec.runtime.gpu_backend import GpuBackend, GpuPrg
     from fusec.runtime.gpu_kernels import GpuKernels, HostLauncher
 
     class _Launcher(HostLauncher):

@@ -470,7 +470,7 @@ def test_mul_narrow_kernel_is_the_gates_numpy_eval(kernels, rnd, n, va, vb, squa
 def test_a_key_set_unpacks_in_one_launch_as_gate_by_gate(kernels, rnd):
     """The GPU stages a whole key set with one unpack kernel: every field equals the CPU's
     per-gate unpacking of the same bytes (runtime/layout.py's reference)."""
-    from fusec.runtime.gpu_backend import unpack_key_set
+    from fusec.runtime.device_keys import unpack_key_set
     from fusec.runtime.layout import KeyField, KeyLayout, unpack_gate_key
 
     layout = KeyLayout([("g0", "demo", 3, (KeyField("seed", (3, 2), 64), KeyField("t", (5, 3), 1))),

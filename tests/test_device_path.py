@@ -191,7 +191,7 @@ def test_every_gate_kind_opens_the_same_bytes_on_the_device(label, device):
 def test_key_set_too_big_for_the_gpu_names_the_sizes():
     """Staging refuses a set that cannot fit next to the online phase, before copying."""
     from fusec.errors import FusecError
-    from fusec.runtime.gpu_backend import ONLINE_HEADROOM_BYTES, check_fits
+    from fusec.runtime.device_keys import ONLINE_HEADROOM_BYTES, check_fits
 
     gib = 1 << 30
     check_fits(10 * gib, 10 * gib + ONLINE_HEADROOM_BYTES, 141 * gib)  # fits exactly
@@ -207,7 +207,8 @@ def test_two_parties_on_one_card_each_stage_within_their_share(monkeypatch):
     import types
 
     from fusec.errors import FusecError
-    from fusec.runtime.gpu_backend import GpuBackend, gpu_share_from_env
+    from fusec.runtime.device_keys import gpu_share_from_env
+    from fusec.runtime.gpu_backend import GpuBackend
 
     gib = 1 << 30
     used = {"n": 0}
@@ -238,7 +239,7 @@ def test_two_parties_on_one_card_each_stage_within_their_share(monkeypatch):
 
 
 def test_cuda_out_of_memory_becomes_a_clear_error():
-    from fusec.runtime.gpu_backend import memory_error
+    from fusec.runtime.device_keys import memory_error
 
     class OutOfMemoryError(Exception):  # the name CuPy's allocator error has
         pass

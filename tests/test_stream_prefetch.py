@@ -392,7 +392,7 @@ def test_a_pageable_set_is_moved_to_the_page_locked_buffer():
 
 
 def test_parallel_copy_copies_every_byte():
-    from fusec.runtime.gpu_backend import _parallel_copy
+    from fusec.runtime.device_keys import _parallel_copy
 
     for n in (0, 7, 4096, 3 * 4096 + 5):
         src = np.random.default_rng(n).integers(0, 256, n, dtype=np.uint8)

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from fusec.runtime.gpu_backend import GPU_SHARE_ENV
+from fusec.runtime.device_keys import GPU_SHARE_ENV
 from fusec.runtime.keyio import IO_THREADS_ENV
 from fusec.bench.failures import BenchError, classify_failure
 from fusec.bench.machine import gpu_names
