@@ -7,7 +7,7 @@ copied to the device a chunk at a time and unpacked there before the online cloc
 (:meth:`DeviceKeys.stage_set`), or, with ``--stream-keys``, copied a bounded window ahead
 of the gates inside the clock (:meth:`DeviceKeys.stream_set`, runtime/key_prefetch.py).
 Launch plans (``--cuda-graphs``) need every set at the same device addresses
-(:meth:`DeviceKeys._stage_fixed`). It expects the backend's ``xp``, ``kernels``,
+(:meth:`DeviceKeys._stage_fixed`). It expects the backend's ``xp``, ``kernels``, ``asarray``,
 ``synchronize``, ``cuda_graphs`` and ``_plans``.
 """
 from __future__ import annotations
