@@ -20,7 +20,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 if [ "$TESTS" = 1 ]; then
   t0=$SECONDS
   timeout 240 python3 -m pytest ${GPU_TESTS:-tests/test_gpu_kernels.py tests/test_device_path.py tests/test_mul_narrow.py \
-    tests/test_narrow_gates.py tests/test_stream_prefetch.py} -m gpu -q -x -o addopts="" -p no:cacheprovider > /tmp/gpu_tests.log 2>&1
+    tests/test_narrow_gates.py tests/test_stream_prefetch.py tests/test_launch_plan.py} -m gpu -q -x -o addopts="" -p no:cacheprovider > /tmp/gpu_tests.log 2>&1
   echo "gpu tests rc=$? $((SECONDS - t0)) s: $(tail -1 /tmp/gpu_tests.log)"; tail -n 30 /tmp/gpu_tests.log >> "$LOG"
 fi
 WORK=/tmp/fusec; mkdir -p "$WORK"
