@@ -9,7 +9,7 @@
 # packed on the GPU, no host copy, no file) on the run's first build -> $OUT/keygen_mem.txt.
 # Launch plans: BENCH_ARGS="--cuda-graphs" with warmup 2 in RUNS (e.g. "bert-base:fused:2:5"): the first step
 # is interpreted, the second recorded, the timed ones replayed; TESTS=1 GPU_TESTS=tests/test_launch_plan.py
-# checks replays against the CPU's bytes first.
+# checks replays against the CPU's bytes first. TEST_LIMIT: seconds for the GPU tests (default 300).
 set -uo pipefail
 OUT=${OUT:-device_out}; mkdir -p "$OUT"; export PYTHONUNBUFFERED=1
 RUNS=${RUNS:-bert-base:fused:1:5}; TESTS=${TESTS:-1}
@@ -19,7 +19,7 @@ python3 -m pip install -q --no-deps --no-build-isolation -e . >> "$LOG" 2>&1; ec
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 if [ "$TESTS" = 1 ]; then
   t0=$SECONDS
-  timeout 240 python3 -m pytest ${GPU_TESTS:-tests/test_gpu_kernels.py tests/test_device_path.py tests/test_mul_narrow.py \
+  timeout "${TEST_LIMIT:-300}" python3 -m pytest ${GPU_TESTS:-tests/test_gpu_kernels.py tests/test_device_path.py tests/test_mul_narrow.py \
     tests/test_narrow_gates.py tests/test_stream_prefetch.py tests/test_launch_plan.py} -m gpu -q -x -o addopts="" -p no:cacheprovider > /tmp/gpu_tests.log 2>&1
   echo "gpu tests rc=$? $((SECONDS - t0)) s: $(tail -1 /tmp/gpu_tests.log)"; tail -n 30 /tmp/gpu_tests.log >> "$LOG"
 fi
