@@ -26,20 +26,23 @@ from fusec.passes.ranges import proven
 HEADROOM_BITS = 3
 
 
+def exact_power_of_two(c: np.ndarray) -> int | None:
+    """k when every entry of ``c`` is +-2^-k (k >= 0), else None."""
+    v = np.abs(np.asarray(c, np.float64)).reshape(-1)
+    if not v.size or not 0 < v[0] <= 1:
+        return None
+    k = -math.log2(v[0])
+    return int(k) if k == int(k) and np.all(v[:64] == v[0]) and np.all(v == v[0]) else None
+
+
 def power_of_two_factor(graph: Graph, node: Node) -> int | None:
-    """k when ``node`` multiplies one secret by a public constant equal to 2^-k everywhere
+    """k when ``node`` multiplies one secret by a public constant equal to +-2^-k everywhere
     (k >= 0): free and exact, the same integers read at k more fractional bits."""
     secret = [t for t in node.inputs[:2] if t and graph.info(t).visibility == "secret"]
     if node.op != "Mul" or len(secret) != 1:
         return None
     c = next((t for t in node.inputs[:2] if t not in secret), None)
-    if c is None or not graph.is_const(c):
-        return None
-    v = np.abs(np.asarray(graph.const(c), np.float64)).reshape(-1)
-    if not v.size or not 0 < v[0] <= 1:
-        return None
-    k = -math.log2(v[0])
-    return int(k) if k == int(k) and np.all(v == v[0]) else None
+    return exact_power_of_two(graph.const(c)) if c is not None and graph.is_const(c) else None
 
 
 def _all_integers(v: np.ndarray, scale: float = 1.0) -> bool:
@@ -134,8 +137,7 @@ class _Scaler:
             if "const_scale" not in node.attrs:
                 node.attrs["const_scale"] = self.const_scale(self.g.const(c))
             cs = node.attrs["const_scale"]
-            cv = np.abs(np.asarray(self.g.const(c), np.float64)).reshape(-1)
-            if cv.size and np.all(cv[:64] == 2.0 ** -cs) and np.all(cv == 2.0 ** -cs):
+            if exact_power_of_two(self.g.const(c)) == cs:
                 # times 2^-cs exactly: the same integers read at cs more fractional bits (the
                 # magnitude does not grow, so the cap on scales does not apply)
                 cap = max(cap, sum(self.scale(t) for t in secret) + cs)
