@@ -126,6 +126,7 @@ class DeviceKeys:
     _plan_keys = None                            # the device buffer every key set is copied into (cuda_graphs)
     _fixed_keys: StagedKeys | None = None        # the set staged there and not yet evaluated
     _plan_arena = None                           # every set unpacked here (cuda_graphs); False: does not fit
+    _plan_stage = None                           # the packed chunk buffer those sets pass through (cuda_graphs)
     device_share = 1.0                           # of the card's memory this party may use (GPU_SHARE_ENV)
 
     def host_buffer(self, nbytes: int) -> np.ndarray | None:
@@ -274,7 +275,7 @@ class DeviceKeys:
         host = self._page_locked(np.ascontiguousarray(buf).view(np.uint8).reshape(-1))
         arena = self._fixed_arena(layout, host.nbytes)
         if arena is not None:
-            staged = StagedKeys(layout.gate_ids, ready=self._unpack_in_chunks(layout, host, arena))
+            staged = StagedKeys(layout.gate_ids, ready=self._unpack_in_chunks(layout, host, arena, keep_stage=True))
         else:
             if self._plan_keys is None or self._plan_keys.size != host.size:
                 self._plan_keys = None
@@ -313,21 +314,26 @@ class DeviceKeys:
             return None
         return self._plan_arena
 
-    def _unpack_in_chunks(self, layout: KeyLayout, host: np.ndarray, out) -> dict[str, dict[str, Any]]:
+    def _unpack_in_chunks(self, layout: KeyLayout, host: np.ndarray, out,
+                          keep_stage: bool = False) -> dict[str, dict[str, Any]]:
         """Every gate's fields unpacked into ``out`` (uint64, one value per field element),
         the packed bytes copied over a run of whole slots at a time (``stage_chunk_bytes``,
         or one slot when it is larger) into one device buffer: the packed set is never on
         the card whole, so a set whose unpacked fields just fit still stages (the faithful
         sigma build's 25.65 GB set beside a launch plan, both parties on one card). Copies
         and unpack kernels run in order on one stream, so a chunk is overwritten only after
-        its unpack has read it."""
+        its unpack has read it. ``keep_stage``: that buffer is kept for the next set (launch
+        plans): once a plan is recorded its memory pool may hold the room a fresh chunk
+        would need (batch 4 on an H100 shared by both parties ran out exactly there)."""
         keys: dict[str, dict[str, Any]] = {}
-        first, stage = 0, None
+        first, stage = 0, self._plan_stage if keep_stage else None
         for group in _slot_runs(layout.slots, self.stage_chunk_bytes):
             lo, hi = group[0].offset, group[-1].end
             if stage is None or stage.size < hi - lo:
                 stage = None
                 stage = self.xp.empty(max(hi - lo, min(self.stage_chunk_bytes, host.size)), np.uint8)
+                if keep_stage:
+                    self._plan_stage = stage
             self._upload(stage[:hi - lo], host[lo:hi])
             count = sum(f.count for s in group for f in s.fields)
             keys.update(unpack_key_set(self.kernels, layout, stage[:hi - lo], out=out[first:first + count],
