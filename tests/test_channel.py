@@ -254,6 +254,28 @@ def test_tcp_peer_stalls_on_send():
         assert time.monotonic() - t0 < 5
 
 
+def test_tcp_large_exchange_with_a_stalled_peer_times_out():
+    """A large exchange sends from a helper thread: a peer that neither reads nor sends still
+    ends it within the timeout, and the helper stops too (the channel closes promptly)."""
+    a, b = tcp_pair(timeout=0.5)
+    with a, b:
+        t0 = time.monotonic()
+        with pytest.raises(PeerError, match="timed out"):
+            a.exchange(bytes(256 << 20))
+        a.close()
+        assert time.monotonic() - t0 < 5
+
+
+def test_tcp_large_exchange_with_a_peer_that_closes():
+    a, b = tcp_pair(timeout=5)
+    with a:
+        b.close()
+        t0 = time.monotonic()
+        with pytest.raises(PeerError, match="closed the connection|network error"):
+            a.exchange(bytes(64 << 20))
+        assert time.monotonic() - t0 < 5
+
+
 def test_connect_nothing_listening():
     port = free_port()
     t0 = time.monotonic()
