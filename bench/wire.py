@@ -3,8 +3,9 @@ frame of SIZE bytes while receiving the peer's, ROUNDS times (what a batched rou
 
     python bench/wire.py --mb 256 --rounds 8
 
-Prints GB/s per direction per party. The online phase's "wire" time at batch 4-8 is this
-copy work (user -> kernel on the sender, kernel -> user on the receiver), not the network.
+Prints GB/s per direction per party: the loopback rate that bounds a batched round's wire
+time when both parties share one host (user -> kernel copies at the sender, kernel -> user
+at the receiver).
 """
 from __future__ import annotations
 

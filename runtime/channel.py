@@ -17,9 +17,7 @@ Bytes are what goes on the wire above TLS: for :class:`TcpChannel` the payload p
 8-byte header (``frame_overhead``); for :class:`LocalChannel` the payload only (there is
 no wire). TLS record overhead is not counted. ``exchange`` is the unit of a round.
 
-A channel is used by one thread at a time; it is not safe to call it concurrently. (Inside,
-:class:`TcpChannel` sends a large frame from a helper thread while the caller's thread
-receives: on loopback both are memory copies, and one thread doing both halves the rate.)
+A channel is used by one thread at a time; it is not safe to call it concurrently.
 """
 from __future__ import annotations
 
@@ -31,9 +29,7 @@ import socket
 import ssl
 import struct
 import sys
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, fields
 from typing import Union
 
@@ -46,7 +42,6 @@ _HDR = struct.Struct("<Q")
 DEFAULT_MAX_FRAME = 64 << 30
 _SMALL = 1 << 16                # payloads up to this go out in one send with their header
 _SOCK_BUF = 4 << 20
-_THREADED_SEND = 1 << 22        # a frame this large is sent by a helper thread while we receive
 
 
 @dataclass
@@ -339,8 +334,6 @@ class TcpChannel(Channel):
         self._sel = selectors.DefaultSelector()
         self._events = selectors.EVENT_READ
         self._sel.register(sock, self._events)
-        self._sender: ThreadPoolExecutor | None = None     # made on the first large exchange
-        self._stop_send = threading.Event()
 
     @classmethod
     def listen(cls, host: str, port: int, timeout: float = 60.0,
@@ -459,58 +452,10 @@ class TcpChannel(Channel):
         if out is not None:
             head = _HDR.pack(len(out))     # small frames: one segment, one syscall
             parts = [memoryview(head + out)] if len(out) <= _SMALL else [memoryview(head), out]
-        if recv and not self._tls and out is not None and len(out) >= _THREADED_SEND:
-            return self._send_beside_receive(parts, limit, into)
         return self._pump(parts, recv, limit, into)
-
-    def _send_beside_receive(self, parts: list[memoryview], limit: int | None,
-                             into: memoryview | None) -> bytearray | memoryview | None:
-        """A large exchange: the frame goes out from the sender thread while this thread
-        receives the peer's. Each direction's copies (user to kernel here, kernel to user
-        at the peer) then run on a core of their own; one thread alternating between the
-        two halves the rate, which at batch 4-8 is most of a round's wire time on loopback.
-        Not for TLS: one SSL object is not to be read and written from two threads."""
-        if self._sender is None:
-            self._sender = ThreadPoolExecutor(1, thread_name_prefix="fusec-send")
-        sending = self._sender.submit(self._send_blocking, parts)
-        try:
-            got = self._pump([], True, limit, into)
-        except BaseException:
-            self._stop_send.set()       # the stream is broken either way; do not leave it sending
-            raise
-        finally:
-            try:
-                sending.result()        # its error, if any, is the one to report
-            finally:
-                self._stop_send.clear()
-        return got
-
-    def _send_blocking(self, parts: list[memoryview]) -> None:
-        """Send ``parts`` on the non-blocking socket, waiting for room with a poll of our own
-        (the selector belongs to the receiving thread); a stall past ``timeout`` fails."""
-        sock, waited = self._sock, 0.0
-        with selectors.DefaultSelector() as sel:
-            sel.register(sock, selectors.EVENT_WRITE)
-            for part in parts:
-                while len(part):
-                    if self._stop_send.is_set():    # the receive failed: stop within 0.2 s
-                        return
-                    try:
-                        part, waited = part[sock.send(part):], 0.0
-                    except BlockingIOError:
-                        waited += 0.0 if sel.select(0.2) else 0.2
-                        if waited >= self.timeout:
-                            raise PeerError(f"timed out after {self.timeout:g} s waiting for the peer "
-                                            f"{self.peer} (sending)",
-                                            "the other party is stalled, crashed or far slower; check it, "
-                                            "or raise the timeout") from None
-                    except OSError as e:
-                        raise self._fail("while we were sending", e) from e
 
     def close(self) -> None:
         if not self.closed:
-            if self._sender is not None:
-                self._sender.shutdown(wait=True)
             self._sel.close()
             self._sock.close()
         super().close()
