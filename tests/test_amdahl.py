@@ -87,8 +87,10 @@ def test_pairs_by_configuration():
                {"config": dict(FUSED["config"], net=other_net), "skipped": "out of memory"},
                rec("sigma", 10.0, SIGMA["online"]["scopes_per_batch"], batch=2),
                rec("fused", 4.0, FUSED["online"]["scopes_per_batch"], batch=2)]
-    rows = reconcile_all(results)
-    assert [k for k, _ in rows] == [("m", 128, 1, 1, None), ("m", 128, 2, 1, None)]
+    plans = rec("fused", 0.5, FUSED["online"]["scopes_per_batch"])     # a launch-plan run has no sigma partner
+    plans["config"]["runtime"] = "launch plans"
+    rows = reconcile_all(results + [plans])
+    assert [k for k, _ in rows] == [("m", 128, 1, 1, None, "interpreted"), ("m", 128, 2, 1, None, "interpreted")]
     assert rows[0][1].measured == pytest.approx(2.0)             # the unpadded ablation is not "fused"
     assert rows[1][1].measured == pytest.approx(2.5)
 
@@ -138,7 +140,7 @@ def test_markdown_of_a_bench_run_carries_the_table(tmp_path):
         doc["results"].append(r)
     md = render_markdown(doc)
     assert "Amdahl reconciliation" in md and "gate micro-benchmark: gates alone, H200" in md
-    row = next(line for line in md.splitlines() if line.startswith("| m | 128 | 1 | 1 | - | 80.0% |"))
+    row = next(line for line in md.splitlines() if line.startswith("| m | 128 | 1 | 1 | - | interpreted | 80.0% |"))
     assert "| 4.00x | microbench | 2.50x | 2.00x | -20.0% |" in row      # 1 / (0.2 + 0.8 / 4) = 2.5
     assert "\u2020" not in md
     doc["results"][0]["online"]["keys_unpacked_late"] = True

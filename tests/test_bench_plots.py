@@ -115,6 +115,23 @@ def test_a_rerun_replaces_the_first_measurement(tmp_path):
     assert len(docs) == 3 and len(results) == 1 and results[0]["online"]["per_batch"]["online_seconds"] == 123.0
 
 
+def test_two_runtimes_of_one_configuration_stay_apart(tmp_path):
+    """A launch-plan run and an interpreted run of one configuration are two results (older
+    files learn their runtime from the workers' options), and sigma / fused pairs one runtime."""
+    doc = {**sweep_doc(), "results": [record("bert-base", 128, 1, g) for g in ("fused", "sigma")]}
+    plans = {**doc, "settings": {"party_argv": ["--cuda-graphs"]}}
+    plans["results"] = [record("bert-base", 128, 1, "fused")]
+    plans["results"][0]["online"]["per_batch"]["online_seconds"] = 0.1
+    (tmp_path / "a.json").write_text(json.dumps(doc))
+    (tmp_path / "b.json").write_text(json.dumps(plans))
+    results, _ = load_results([tmp_path / "a.json", tmp_path / "b.json"])
+    assert sorted((r["config"]["gates"], r["config"]["runtime"]) for r in results) == [
+        ("fused", "interpreted"), ("fused", "launch plans"), ("sigma", "interpreted")]
+    assert {r["config"]["name"] for r in results} >= {"bert-base/seq128/b1/fused/1gpu/plans"}
+    (ratio,) = [r["online"]["ratio"] for r in plots.speedup_rows(results)]
+    assert ratio == pytest.approx(_online("sigma", 128, 1, "none") / _online("fused", 128, 1, "none"))
+
+
 def test_recorded_results_and_the_command_line(tmp_path):
     pytest.importorskip("matplotlib")
     files = sorted((RESULTS / "h200_2026-12-06").glob("*.json"))

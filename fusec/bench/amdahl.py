@@ -113,12 +113,12 @@ def reconcile(sigma: dict, fused: dict, microbench: dict | None = None) -> Amdah
 def _key(rec: dict) -> tuple:
     c = rec["config"]
     net = (c.get("net") or {}).get("name") if c.get("net") else None
-    return c.get("label", c["model"]), c["seq"], c["batch"], c.get("gpus"), net
+    return c.get("label", c["model"]), c["seq"], c["batch"], c.get("gpus"), net, c.get("runtime", "interpreted")
 
 
 def reconcile_all(results: list[dict], microbench: dict | None = None) -> list[tuple[tuple, Amdahl]]:
-    """``((model, seq, batch, gpus, net), Amdahl)`` for every configuration measured with
-    both (padded) gate sets, in the order of the results."""
+    """``((model, seq, batch, gpus, net, runtime), Amdahl)`` for every configuration measured
+    with both (padded) gate sets under one runtime, in the order of the results."""
     by: dict[tuple, dict[str, dict]] = {}
     for r in results:
         if "online" in r and r["config"].get("padded", True):
@@ -138,15 +138,15 @@ def markdown(results: list[dict], microbench: dict | None = None) -> list[str]:
     if not rows:
         return []
     cells = []
-    for (model, seq, batch, gpus, net), a in rows:
-        cells.append([model, str(seq), str(batch), "-" if gpus is None else str(gpus), net or "-",
+    for (model, seq, batch, gpus, net, runtime), a in rows:
+        cells.append([model, str(seq), str(batch), "-" if gpus is None else str(gpus), net or "-", runtime,
                       f"{a.f:.1%}", f"{a.s:.2f}x" if math.isfinite(a.s) else "inf", a.source,
                       f"{a.predicted:.2f}x", f"{a.measured:.2f}x", f"{a.gap:+.1%}",
                       "-" if a.other_ratio is None else f"{a.other_ratio:.2f}x"])
     from fusec.bench.markdown import table   # noqa: PLC0415 (markdown imports this module)
 
     src = (microbench or {}).get("source")
-    head = ["model", "seq", "batch", "GPUs", "network", "f (nonlinear share, sigma)", "s (nonlinear speed-up)",
+    head = ["model", "seq", "batch", "GPUs", "network", "runtime", "f (nonlinear share, sigma)", "s (nonlinear speed-up)",
             "s from", "predicted", "measured", "measured / predicted", "linear + rest, sigma / fused"]
     return ["", "Amdahl reconciliation (per batch): f = the nonlinear scopes' share of the sigma build's online "
                 f"time (every scope but {', '.join(LINEAR_SCOPES)}; time in no scope counts as linear), s = the "
@@ -154,7 +154,7 @@ def markdown(results: list[dict], microbench: dict | None = None) -> list[str]:
                 "online time. With s from the scope times, a gap is what changed outside the nonlinear scopes "
                 "(last column: scheduling, overlap, unscoped time)"
                 + (f"; gate micro-benchmark: {src}" if src else "; no gate micro-benchmark recorded") + ".", "",
-            *table(head, "lrrrlrrlrrrr", cells)]
+            *table(head, "lrrrllrrlrrrr", cells)]
 
 
 def load_gate_speedups(path: str | Path) -> dict:

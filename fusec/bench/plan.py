@@ -14,6 +14,18 @@ if TYPE_CHECKING:                                   # the package imports the st
     from fusec.runtime.shaping import NetSetting
 
 GATE_SETS = ("fused", "sigma")
+#: How the parties run a set (``config.runtime``): interpreted gate by gate, replayed launch plans
+#: (--cuda-graphs), or interpreted with keys copied to the device inside the clock (--stream-keys).
+RUNTIMES = {"--cuda-graphs": "launch plans", "--stream-keys": "keys in clock"}
+DEFAULT_RUNTIME = "interpreted"
+#: The name suffix of each runtime but the default: results of one configuration under two runtimes
+#: must not merge as one (util.load_results keys on the name).
+RUNTIME_TAGS = {"launch plans": "plans", "keys in clock": "keys-in-clock"}
+
+
+def runtime_of(party_argv) -> str:
+    """The runtime that the workers' options select (the CLI refuses both flags at once)."""
+    return next((name for flag, name in RUNTIMES.items() if flag in party_argv), DEFAULT_RUNTIME)
 
 
 @dataclass(frozen=True)
@@ -28,6 +40,7 @@ class Case:
     gpus: int | None
     padded: bool = True
     net: NetSetting | None = None           # an emulated link between the parties (--net), None: loopback as is
+    runtime: str = DEFAULT_RUNTIME          # RUNTIMES: how the parties run each set
 
     @property
     def gate_label(self) -> str:
@@ -37,7 +50,8 @@ class Case:
     def name(self) -> str:
         where = "cpu" if self.gpus is None else f"{self.gpus}gpu"
         net = "" if self.net is None else f"/{self.net.name}"
-        return f"{self.model.label}/seq{self.seq}/b{self.batch}/{self.gate_label}/{where}{net}"
+        run = f"/{RUNTIME_TAGS[self.runtime]}" if self.runtime in RUNTIME_TAGS else ""
+        return f"{self.model.label}/seq{self.seq}/b{self.batch}/{self.gate_label}/{where}{net}{run}"
 
     @property
     def slug(self) -> str:
@@ -54,7 +68,7 @@ class Case:
                 "internal_batch": opts.internal_batch, "gates": self.gates, "padded": self.padded,
                 "gpus": self.gpus, "backend": opts.backend, "bits": self.model.bits,
                 "warmup": opts.warmup, "repeat": opts.repeat,
-                "net": None if self.net is None else self.net.as_dict()}
+                "net": None if self.net is None else self.net.as_dict(), "runtime": self.runtime}
 
 
 @dataclass
@@ -84,6 +98,10 @@ class BenchOptions:
     command: str = ""
     party_argv: list[str] = field(default_factory=list)     # more worker options: --tls-* (fusec.party_cli)
     gate_microbench: dict | None = None     # --gate-speedups: per-gate speed-ups measured alone (bench/amdahl.py)
+
+    @property
+    def runtime(self) -> str:
+        return runtime_of(self.party_argv)
 
     @property
     def steps(self) -> int:
@@ -132,9 +150,10 @@ def plan_cases(opts: BenchOptions) -> list[Case]:
     shapes = unique([(s, b) for s in opts.seqs for b in opts.batches] + [(s, small) for s in opts.seq_sweep])
     where = list(opts.gpus) if opts.backend == "gpu" else [None]
     nets = list(opts.nets) or [None]
-    cases = [Case(m, s, b, g, w, net=n) for m in opts.models for s, b in shapes for g in opts.gates for w in where
+    rt = opts.runtime
+    cases = [Case(m, s, b, g, w, net=n, runtime=rt) for m in opts.models for s, b in shapes for g in opts.gates for w in where
              for n in nets]
     if opts.padding_ablation:
-        cases += [Case(m, opts.seqs[0], small, "fused", w, padded=False, net=n)
+        cases += [Case(m, opts.seqs[0], small, "fused", w, padded=False, net=n, runtime=rt)
                   for m in opts.models for w in where for n in nets]
     return cases

@@ -17,7 +17,10 @@ why. The plots:
 * ``padding_<model>.png`` -- the padding ablation: online time and bytes by scope, and key
   size, of the fused gates padded against unpadded (INSECURE).
 * ``network.png`` -- online time per emulated network setting (``--net``), per gate set,
-  with the sigma / fused ratio over each group.
+  with the sigma / fused ratio over each group (of one runtime, launch plans first).
+
+Runs under another runtime than interpreted (``config.runtime``: launch plans, keys in
+the clock) are their own lines and bars, labelled with it; ratios pair runs of one runtime.
 
 Plots other than ``network.png`` use the runs over plain loopback when there are any (the
 network plot is the place to compare settings).
@@ -33,11 +36,15 @@ from typing import Callable
 import click
 
 from fusec.bench.merge import scope_metric
+from fusec.bench.plan import DEFAULT_RUNTIME
 from fusec.bench.util import load_results
 from fusec.errors import FusecError
 
 STYLE = {"fused": ("tab:blue", "o"), "sigma": ("tab:orange", "s"), "fused-unpadded": ("tab:red", "^")}
 GPU_LINE = {None: "-", 1: "-", 2: "--"}
+#: (alpha, marker fill, bar hatch) per runtime: launch plans solid, the others paler
+RUNTIME_LOOK = {"launch plans": (1.0, "full", ""), "interpreted": (0.55, "full", ""),
+                "keys in clock": (0.55, "none", "..")}
 REST = "rest (in no scope)"
 Made = tuple[list[Path], list[str]]        # files written, notes on what was skipped
 
@@ -57,6 +64,18 @@ def _pyplot():
 # ---------------------------------------------------------------------- selecting results
 def gate(c: dict) -> str:
     return c["gates"] if c.get("padded", True) else f"{c['gates']}-unpadded"
+
+
+def runtime(c: dict) -> str:
+    """How the parties ran (plan.RUNTIMES); files from before the bench recorded it are
+    back-filled by util.load_results."""
+    return c.get("runtime", DEFAULT_RUNTIME)
+
+
+def series(c: dict) -> str:
+    """A legend entry's gate set and, unless interpreted, its runtime."""
+    rt = runtime(c)
+    return gate(c) if rt == DEFAULT_RUNTIME else f"{gate(c)} ({rt})"
 
 
 def net_name(c: dict) -> str:
@@ -101,7 +120,8 @@ def speedup_rows(results: list[dict]) -> list[dict]:
     pairs: dict[tuple, dict] = {}
     for r in measured(results):
         c = r["config"]
-        pairs.setdefault((c.get("label", c["model"]), c["seq"], c["batch"], c["gpus"], net_name(c)), {})[gate(c)] = r
+        key = (c.get("label", c["model"]), c["seq"], c["batch"], c["gpus"], net_name(c), runtime(c))
+        pairs.setdefault(key, {})[gate(c)] = r
     rows = []
     for by in pairs.values():
         if "fused" in by and "sigma" in by and online(by["fused"]):
@@ -181,12 +201,12 @@ def scope_bars(plt, results: list[dict], out: Path) -> Made:
         seq, batch = base_seq(ms), min(r["config"]["batch"] for r in ms)
         chosen = sorted([r for r in ms if r["config"]["seq"] == seq and r["config"]["batch"] == batch
                          and r["config"].get("padded", True)],
-                        key=lambda r: (str(r["config"]["gpus"]), gate(r["config"])))
+                        key=lambda r: (str(r["config"]["gpus"]), runtime(r["config"]), gate(r["config"])))
         if not chosen:
             notes.append(f"scopes_{model}.png: nothing measured at seq {seq}, batch {batch}")
             continue
         times, nbytes, colors = _scope_parts(plt, chosen)
-        labels = [f"{gate(r['config'])}\n{where(r['config']['gpus'])}" for r in chosen]
+        labels = [f"{series(r['config'])}\n{where(r['config']['gpus'])}".replace(" (", "\n(") for r in chosen]
         by_gate = {gate(r["config"]): i for i, r in enumerate(chosen)}      # bytes do not depend on the GPUs
         fig, (a1, a2) = _grid(plt, 2, f"{model}: online time and communication by scope (seq {seq}, batch {batch}, "
                                       f"per batch)", width=6.5)
@@ -208,14 +228,17 @@ def _lines(plt, panels: list[tuple[str, dict, list[dict]]], out: Path, name: str
     GPU count."""
     fig, axes = _grid(plt, len(panels), title, ncols=2)         # a model per row: its sequence lengths side by side
     for ax, (head, fixed, rs) in zip(axes, panels):
-        series: dict[tuple, list[dict]] = {}
+        lines: dict[tuple, list[dict]] = {}
         for r in rs:
-            series.setdefault((gate(r["config"]), r["config"]["gpus"]), []).append(r)
-        for (g, gpus), recs in sorted(series.items(), key=str):
+            c = r["config"]
+            lines.setdefault((series(c), gate(c), runtime(c), c["gpus"]), []).append(r)
+        for (label, g, rt, gpus), recs in sorted(lines.items(), key=str):
             pts = sorted((r["config"][x], y(r)) for r in recs if y(r) is not None)
             color, marker = STYLE.get(g, ("tab:purple", "D"))
+            alpha, fill, _ = RUNTIME_LOOK.get(rt, RUNTIME_LOOK[DEFAULT_RUNTIME])
             if pts:
-                ax.plot(*zip(*pts), GPU_LINE.get(gpus, ":"), color=color, marker=marker, label=f"{g}, {where(gpus)}")
+                ax.plot(*zip(*pts), GPU_LINE.get(gpus, ":"), color=color, marker=marker, fillstyle=fill,
+                        label=f"{label}, {where(gpus)}", alpha=alpha)
         for r in skipped or []:
             c = r["config"]
             if c.get("label", c["model"]) == head and all(c.get(k) == v for k, v in fixed.items()):
@@ -353,20 +376,24 @@ def network(plt, results: list[dict], out: Path) -> Made:
     for ax, (model, seq, batch, rs) in zip(axes, panels):
         nets = sorted({net_name(r["config"]): r["config"] for r in rs}.values(), key=_net_order)
         names = [net_name(c) for c in nets]
-        gates = sorted({(gate(r["config"]), r["config"]["gpus"]) for r in rs}, key=str)
-        width = 0.8 / len(gates)
-        for j, (g, gpus) in enumerate(gates):
-            vals = [next((online(r) for r in rs if net_name(r["config"]) == n and gate(r["config"]) == g
+        bars = sorted({(series(r["config"]), gate(r["config"]), runtime(r["config"]), r["config"]["gpus"])
+                       for r in rs}, key=str)
+        width = 0.8 / len(bars)
+        for j, (label, g, rt, gpus) in enumerate(bars):
+            alpha, _, dots = RUNTIME_LOOK.get(rt, RUNTIME_LOOK[DEFAULT_RUNTIME])
+            vals = [next((online(r) for r in rs if net_name(r["config"]) == n and series(r["config"]) == label
                           and r["config"]["gpus"] == gpus), 0.0) for n in names]
-            xs = [i + (j - (len(gates) - 1) / 2) * width for i in range(len(names))]
-            ax.bar(xs, vals, width, color=STYLE.get(g, ("tab:purple", "D"))[0], label=f"{g}, {where(gpus)}",
-                   hatch="" if gpus in (None, 1) else "//")
-        for i, n in enumerate(names):
-            f = [online(r) for r in rs if net_name(r["config"]) == n and gate(r["config"]) == "fused"]
-            s = [online(r) for r in rs if net_name(r["config"]) == n and gate(r["config"]) == "sigma"]
-            if f and s and f[0]:
-                top = max(f[0], s[0])
-                ax.annotate(f"{s[0] / f[0]:.2f}x", (i, top), ha="center", va="bottom", fontsize=9)
+            xs = [i + (j - (len(bars) - 1) / 2) * width for i in range(len(names))]
+            ax.bar(xs, vals, width, color=STYLE.get(g, ("tab:purple", "D"))[0], label=f"{label}, {where(gpus)}",
+                   hatch=("" if gpus in (None, 1) else "//") + dots, alpha=alpha)
+        for i, n in enumerate(names):       # the ratio of one runtime's pair (launch plans first)
+            at = [r for r in rs if net_name(r["config"]) == n]
+            for rt in sorted({runtime(r["config"]) for r in at}, key=lambda t: t != "launch plans"):
+                f = [online(r) for r in at if runtime(r["config"]) == rt and gate(r["config"]) == "fused"]
+                s = [online(r) for r in at if runtime(r["config"]) == rt and gate(r["config"]) == "sigma"]
+                if f and s and f[0]:
+                    ax.annotate(f"{s[0] / f[0]:.2f}x", (i, max(f[0], s[0])), ha="center", va="bottom", fontsize=9)
+                    break
         labels = [n if not c.get("net") else f"{n}\n{c['net']['bandwidth_bps'] / 1e9:g} Gbit/s, "
                   f"{c['net']['rtt_seconds'] * 1e3:g} ms" for n, c in zip(names, nets)]
         ax.set_xticks(range(len(names)), labels, fontsize=8)

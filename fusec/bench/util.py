@@ -31,6 +31,21 @@ def secs(v: float | None) -> str:
     return f"{v:.3f} s" if v < 100 else f"{v:,.0f} s"
 
 
+def _with_runtime(result: dict, doc: dict) -> dict:
+    """``result`` with ``config.runtime`` (and its name tag), which files written before the
+    bench recorded it get from their workers' options."""
+    from fusec.bench.plan import RUNTIME_TAGS, runtime_of
+
+    c = result.get("config")
+    if not isinstance(c, dict) or "runtime" in c:
+        return result
+    rt = runtime_of((doc.get("settings") or {}).get("party_argv") or [])
+    name = c.get("name", "")
+    if rt in RUNTIME_TAGS and name:
+        name = f"{name}/{RUNTIME_TAGS[rt]}"
+    return dict(result, config=dict(c, runtime=rt, name=name))
+
+
 def load_results(paths) -> tuple[list[dict], list[dict]]:
     """The results of several ``fusec bench`` JSON files, merged (e.g. a fused and a sigma
     run, or a 1-GPU and a 2-GPU run), and the documents themselves. A configuration in
@@ -51,7 +66,7 @@ def load_results(paths) -> tuple[list[dict], list[dict]]:
         if not isinstance(doc, dict) or "fusec_bench" not in doc or not isinstance(doc.get("results"), list):
             raise FusecError(f"{p} is not the output of fusec bench (no 'fusec_bench' format and 'results' list)")
         docs.append(doc)
-        results += doc["results"]
+        results += [_with_runtime(r, doc) for r in doc["results"]]
     last: dict[str, dict] = {}
     for r in results:
         name = r.get("config", {}).get("name")
