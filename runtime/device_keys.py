@@ -20,8 +20,8 @@ import numpy as np
 
 from fusec.errors import FusecError
 from fusec.runtime.backend import StagedKeys, host_memory_bytes
-from fusec.runtime.key_prefetch import (STREAM_AHEAD_BYTES, STREAM_CHUNK_BYTES, CopyQueue, CudaCopies,
-                                        KeyPrefetcher, SyncCopies)
+from fusec.runtime.key_prefetch import (STREAM_AHEAD_BYTES, STREAM_CHUNK_BYTES, BouncedCopies, CopyQueue,
+                                        CudaCopies, KeyPrefetcher, SyncCopies)
 from fusec.runtime.layout import GateSlot, KeyLayout
 from fusec.runtime.round_message import PEER, OpenSlot, RoundMessage
 
@@ -92,6 +92,11 @@ def _parallel_copy(dst: np.ndarray, src: np.ndarray, part: int = 64 << 20) -> No
         list(pool.map(lambda s: np.copyto(dst[s:s + part], src[s:s + part]), starts))
 
 
+def _parallel_copy_16m(dst: np.ndarray, src: np.ndarray) -> None:
+    """A streamed chunk (64 MiB) into its page-locked ring buffer on four threads."""
+    _parallel_copy(dst, src, part=16 << 20)
+
+
 def unpack_key_set(kernels, layout: KeyLayout, buf, out=None, slots=None, base: int = 0
                    ) -> dict[str, dict[str, Any]]:
     """Every gate's fields from a staged key set's bytes, as views into one buffer (``out``
@@ -122,6 +127,7 @@ class DeviceKeys:
     stream_ahead_bytes = STREAM_AHEAD_BYTES
     stage_chunk_bytes = STAGE_CHUNK_BYTES       # staging before the clock: bytes per copy + unpack
     _copy_stream = None     # the non-blocking stream streamed keys are copied on (made on first use)
+    _bounce: BouncedCopies | None = None         # its ring of page-locked buffers for pageable sets
     last_prefetch: KeyPrefetcher | None = None   # the last streamed set's (its .stats: copies, evictions)
     _plan_keys = None                            # the device buffer every key set is copied into (cuda_graphs)
     _fixed_keys: StagedKeys | None = None        # the set staged there and not yet evaluated
@@ -160,16 +166,16 @@ class DeviceKeys:
         layout order, which is the order gates consume keys; a gate's first access waits on
         its chunk's event and unpacks its slot with one kernel (runtime/key_prefetch.py).
 
-        The copies overlap the gates only from page-locked memory: a set not read into
+        The copies overlap the gates from page-locked memory: a set not read into
         :meth:`host_buffer` is copied there first (a host copy, timed as staging, outside the
-        clock); a set too large for it stays in ordinary memory, from which CUDA copies
-        synchronously (correct, no overlap). Nothing reaches the device before the first
-        gate asks for keys."""
+        clock); a set too large for it stays in ordinary memory and goes through a small
+        ring of page-locked buffers inside the clock (:class:`BouncedCopies`). Nothing
+        reaches the device before the first gate asks for keys."""
         t0 = time.perf_counter()
         host = self._page_locked(np.ascontiguousarray(buf).view(np.uint8).reshape(-1))
         ahead = self._stream_ahead_bytes()
         chunk = max(1, min(self.stream_chunk_bytes, ahead // 2))
-        prefetch = self.last_prefetch = KeyPrefetcher(layout, host, self._copy_queue(), self._unpack_slot,
+        prefetch = self.last_prefetch = KeyPrefetcher(layout, host, self._copy_queue(host), self._unpack_slot,
                                                       chunk, ahead)
         self.last_stage_seconds = time.perf_counter() - t0
         return StagedKeys(layout.gate_ids, load=prefetch.load)
@@ -191,14 +197,23 @@ class DeviceKeys:
             pos += f.nbytes
         return fields
 
-    def _copy_queue(self) -> CopyQueue:
-        """Key copies on a non-blocking stream (one per backend, reused), or plain copies
-        where the array module has no CUDA streams (the CPU test stand-ins)."""
+    def _copy_queue(self, host: np.ndarray) -> CopyQueue:
+        """Key copies on a non-blocking stream (one per backend, reused): straight from
+        ``host`` when it is page-locked, else through the backend's ring of page-locked
+        buffers (made once, kept for the next set); plain copies where the array module
+        has no CUDA streams (the CPU test stand-ins)."""
         if not hasattr(self.xp, "cuda"):
             return SyncCopies(self.xp)
         if self._copy_stream is None:
             self._copy_stream = self.xp.cuda.Stream(non_blocking=True)
-        return CudaCopies(self.xp, self._copy_stream)
+        if self._is_page_locked(host):
+            return CudaCopies(self.xp, self._copy_stream)
+        if self._bounce is None:
+            import cupyx  # noqa: PLC0415
+
+            self._bounce = BouncedCopies(self.xp, self._copy_stream, lambda n: cupyx.empty_pinned(n, np.uint8),
+                                         self.stream_chunk_bytes, memcpy=_parallel_copy_16m)
+        return self._bounce
 
     def _stream_ahead_bytes(self) -> int:
         """The prefetch window: ``stream_ahead_bytes``, or what device memory leaves next to

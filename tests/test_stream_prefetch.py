@@ -357,6 +357,28 @@ def test_gpu_streams_from_page_locked_memory_on_its_own_stream(bert_build, tmp_p
     be.synchronize()
 
 
+@pytest.mark.gpu
+def test_gpu_streams_a_set_too_large_to_pin_through_the_bounce_ring(bert_build, tmp_path):
+    """On a GPU: a set that stays in ordinary memory (as a 34 GB batch-8 set does) is copied
+    through the ring of page-locked buffers, and every gate gets the staged bytes."""
+    from fusec.runtime.key_prefetch import BouncedCopies
+
+    write_keys(bert_build.gates, tmp_path, 1, seed=b"bounce-gpu")
+    layout = bert_build.gates.layout()
+    with KeyFile.open(tmp_path / "p0.key", layout, 0) as kf:
+        raw = kf._read_set(0)
+    be = _small_window(_gpu_kind()())
+    be._page_locked = lambda host: host                  # too large to pin
+    streamed = be.stage_set(layout, raw, stream=True)
+    assert isinstance(be.last_prefetch.copies, BouncedCopies)
+    staged = be.stage_set(layout, raw)
+    for g in ORDERS["shuffled"](layout.gate_ids):
+        a, b = staged[g], streamed[g]
+        for name in a:
+            assert np.array_equal(be.asnumpy(a[name]), be.asnumpy(b[name])), (g, name)
+    be.synchronize()
+
+
 # ---------------------------------------------------------------------------- page-locked host memory
 def test_a_pageable_set_is_moved_to_the_page_locked_buffer():
     """Asynchronous copies need page-locked memory: a set read into the page-locked buffer
@@ -461,3 +483,77 @@ def test_cuda_copies_allocate_and_copy_on_the_copy_stream_and_order_both_ways():
     cp.log.clear()
     q.fence()                                    # later copies wait for the compute work so far
     assert cp.log == [("record", "compute"), ("wait", "copy", "compute")]
+
+
+# ---------------------------------------------------------------------------- pageable sets: the bounce ring
+class _DevBytes(np.ndarray):
+    """A numpy byte array standing in for a device array: ``set`` copies (and logs) the host bytes."""
+
+    log: list = []
+
+    def set(self, host, stream=None):
+        _DevBytes.log.append(("copy", stream.name, host.nbytes, host.ctypes.data))
+        self[...] = host
+
+
+class _FakeCudaBytes(_FakeCuda):
+    """_FakeCuda whose arrays hold real bytes and whose events can be waited on by the host."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        log = self.log
+        _DevBytes.log = log
+        Event = self.cuda.Event
+
+        class WaitableEvent(Event):
+            def synchronize(self):
+                log.append(("host waits", self.recorded_on))
+
+        self.cuda.Event = WaitableEvent
+        self.empty = lambda n, dtype: np.zeros(n, np.uint8).view(_DevBytes)
+
+
+def test_a_pageable_set_goes_through_a_bounded_ring_of_page_locked_buffers():
+    """Every byte arrives; no piece is larger than a ring buffer; only ``slots`` buffers are
+    ever made; a buffer is refilled only after the host waited for the copy out of it."""
+    from fusec.runtime.key_prefetch import BouncedCopies
+
+    cp, made = _FakeCudaBytes(), []
+
+    def pinned(n):
+        made.append(np.zeros(n, np.uint8))
+        return made[-1]
+
+    q = BouncedCopies(cp, cp.copy_stream, pinned, slot_bytes=100, slots=2)
+    host = np.random.default_rng(7).integers(0, 256, 1000, dtype=np.uint8)
+    for lo, hi in ((0, 250), (250, 250), (250, 999), (999, 1000)):
+        dev, ev = q.copy(host[lo:hi])
+        assert np.array_equal(np.asarray(dev), host[lo:hi]) and ev.recorded_on == "copy"
+    assert len(made) == 2 and all(b.size == 100 for b in made)
+    copies = [e for e in cp.log if e[0] == "copy"]
+    assert all(e[1] == "copy" and e[2] <= 100 for e in copies) and sum(e[2] for e in copies) == 1000
+    ring = {b.ctypes.data for b in made}
+    assert all(e[3] in ring for e in copies)                     # every device copy reads a ring buffer
+    # a ring buffer is refilled (its next copy) only after the host waited for its last one
+    waits = [i for i, e in enumerate(cp.log) if e[0] == "host waits"]
+    assert len(waits) == len(copies) - 2 and all(cp.log[i + 1][0] == "copy" for i in waits)
+
+
+def test_streamed_sets_pick_the_copy_queue_by_their_host_memory(monkeypatch):
+    """Page-locked sets are copied straight; pageable ones through the (kept) bounce ring."""
+    import sys
+    import types
+
+    from fusec.runtime.device_keys import DeviceKeys
+    from fusec.runtime.key_prefetch import BouncedCopies, CudaCopies
+
+    cp = _FakeCudaBytes()
+    cp.cuda.Stream = lambda non_blocking=False: cp.copy_stream
+    monkeypatch.setitem(sys.modules, "cupyx", types.SimpleNamespace(empty_pinned=lambda n, dtype: np.zeros(n, dtype)))
+    keys = DeviceKeys()
+    keys.xp = cp
+    pinned = np.zeros(10, np.uint8)
+    keys._is_page_locked = lambda host: host is pinned
+    assert type(keys._copy_queue(pinned)) is CudaCopies
+    first = keys._copy_queue(np.zeros(10, np.uint8))
+    assert isinstance(first, BouncedCopies) and keys._copy_queue(np.zeros(5, np.uint8)) is first
