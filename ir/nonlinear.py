@@ -349,8 +349,11 @@ def _asymptotic(lab, e, params, f, val, frac, cal, prv, finite_prv, tol, x_max, 
     tails, ends = {}, {}
     for side, sgn, asym in (("left", -1, e.left), ("right", 1, e.right)):
         if side == "right" and e.domain == "nonpositive":
-            a, b = asym(**params) if asym is not None else (0.0, val(0.0))
-            tails[side], ends[side] = Tail(a, b), 0.0       # x > 0 is outside the (structural) domain
+            # x > 0 is outside the (structural) domain; a block may allow up to its ``domain``'s small
+            # positive end (softmax's coarse max), where the function itself is fitted
+            end = float(dom_attr[1]) if dom_attr[1] is not None and dom_attr[1] > 0 else 0.0
+            a, b = asym(**params) if asym is not None and end == 0.0 else (0.0, val(end))
+            tails[side], ends[side] = Tail(a, b), end
             continue
         if asym is None:
             tails[side] = None

@@ -6,7 +6,11 @@ spec-fitting pass (fused gates) and the SIGMA lowering (``--gates sigma``) treat
 alike and the comparison between the two is about the gates only:
 
 - Softmax: ``m = max(x)``; ``e = exp(x - m)`` (label ``nexp``, domain x <= 0);
-  ``s = sum(e)``; ``y = e * (1/s)`` (label ``reciprocal``, domain [1, k]).
+  ``s = sum(e)``; ``y = e * (1/s)`` (label ``reciprocal``, domain [1, k]). The fused build
+  lets the max be off by up to g = ``softmax_max_grid`` (the ReduceMax's ``grid``): softmax
+  does not depend on the shift, and a max on a grid of g compares on fewer bits (its tree is
+  a third of BERT-base's key). Then x - m <= g, the row sum lies in [e^-g, k e^g], and exp is
+  fitted up to +g.
 - LayerNorm: ``d = x - mean(x)``; ``r = 1/sqrt(sum(d*d)/k + eps)`` (label ``rsqrt``, the
   1/k and eps folded into the scalar function, so the sum feeds the gate directly);
   ``y = d * r * gamma + beta``. The fused build centres without the mean's truncation:
@@ -47,7 +51,7 @@ def _reduced(shape, axes) -> tuple[int, ...]:
     return tuple(1 if i in axes else d for i, d in enumerate(shape))
 
 
-def _softmax(graph: Graph, node: Node) -> None:
+def _softmax(graph: Graph, node: Node, grid: float = 0.0) -> None:
     b = _Builder(graph, node)
     x, out = node.inputs[0], node.outputs[0]
     shape = graph.info(x).shape
@@ -55,14 +59,14 @@ def _softmax(graph: Graph, node: Node) -> None:
     red = _reduced(shape, {axis})
     k = shape[axis]
     graph.remove_node(node.name)
-    m = b.op("ReduceMax", [x], red, axes=[axis], keepdims=True)
+    m = b.op("ReduceMax", [x], red, axes=[axis], keepdims=True, **({"grid": grid} if grid else {}))
     mb = b.op("Expand", [m], shape, shape=list(shape))
     d = b.op("Sub", [x, mb], shape)
     e = b.op("Scalar", [d], shape, fn=scalar_fn.unary("Exp", label="nexp"), label="nexp",
-             domain=[None, 0.0], block="softmax")
+             domain=[None, grid], block="softmax")
     s = b.op("ReduceSum", [e], red, axes=[axis], keepdims=True)
     r = b.op("Scalar", [s], red, fn=scalar_fn.unary("Reciprocal", label="reciprocal"), label="reciprocal",
-             domain=[1.0, float(k)], block="softmax")
+             domain=[math.exp(-grid), k * math.exp(grid)], block="softmax")
     rb = b.op("Expand", [r], shape, shape=list(shape))
     b.op("Mul", [e, rb], shape, out=out, block="softmax")
 
@@ -130,7 +134,7 @@ def expand_blocks(graph: Graph, opts: CompileOptions) -> Graph:
         if graph.info(node.inputs[0]).visibility != "secret" if node.inputs else True:
             continue
         if node.op == "Softmax":
-            _softmax(graph, node)
+            _softmax(graph, node, opts.softmax_max_grid if opts.gates == "fused" else 0.0)
         elif node.op == "LayerNorm":
             _layernorm(graph, node, fused=opts.gates == "fused", weight_frac=opts.weight_frac)
     graph.remove_unused()

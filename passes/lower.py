@@ -260,11 +260,15 @@ class _Lowering:
             w = self.out.wire[x]
             axes = tuple(sorted(a % len(shape) for a in axes))
             raw, pre = self.max_input(x) if node.op == "ReduceMax" and len(axes) == 1 else (x, 0)
-            if pre:             # the tree truncates the unrescaled scores itself, for free
-                lo, hi = proven(self.g, raw)
-                k = width_bits(lo, hi, self.scale(raw), slack=3)
-                gate = MaxTreeNarrow(shape, self.n, axes[0], k, pre_shift=pre)
-                self.out.wire[out] = self.add(node.name, gate, [self.out.wire[raw]], node)
+            src, pre, coarse = self.coarse_max(node, x, raw, pre) if len(axes) == 1 else (raw, pre, 0)
+            if pre or coarse:   # the tree truncates its input itself, for free
+                lo, hi = proven(self.g, src)
+                k = width_bits(lo, hi, self.scale(src), slack=3)
+                gate = MaxTreeNarrow(shape, self.n, axes[0], k, pre_shift=pre + coarse)
+                w = self.add(f"{node.name}/grid" if coarse else node.name, gate, [self.out.wire[src]], node)
+                if coarse:      # from the grid back to the max's scale: local
+                    w = self.add(node.name, MulPublic(gate.elements, self.n, 1 << coarse), [w], node)
+                self.out.wire[out] = w
                 return
             if len(axes) > 1:           # move the reduced axes last, flatten them into one
                 keep = [a for a in range(len(shape)) if a not in axes]
@@ -293,6 +297,30 @@ class _Lowering:
         if k is None or k >= self.n or k < 4:
             return MaxTree(shape, self.n, axis)
         return MaxTreeNarrow(shape, self.n, axis, k)
+
+    def coarse_max(self, node: Node, x: str, raw: str, pre: int) -> tuple[str, int, int]:
+        """(tree input, pre-shift, coarse shift c) for a max whose node allows an error of
+        ``grid`` (softmax's, passes/expand_blocks): the tree drops c more low bits for free
+        (c fewer DCF levels per comparison) and its result, scaled back by 2^c, is within
+        2^c ulps of the true max, plus one where the tree reads the unrescaled tensor (the
+        rescaled one it is subtracted from is within an ulp of that). The largest c whose
+        error fits the grid; none (an exact max, no free truncation) when not even the
+        rescale's ulp does. A node without a grid keeps ``(raw, pre)``."""
+        grid = float(node.attrs.get("grid", 0.0))
+        if node.op != "ReduceMax" or grid <= 0.0 or self.o.gates != "fused":
+            return raw, pre, 0
+        room = grid * 2.0 ** self.scale(x)          # the grid in ulps of the max's scale
+        for src, p, extra in ([(raw, pre, 1)] if pre else []) + [(x, 0, 0)]:
+            if room - extra < 1:
+                continue
+            lo, hi = proven(self.g, src)
+            k = width_bits(lo, hi, self.scale(src), slack=3)
+            if k is None or k > self.n:
+                continue
+            c = min(int(np.floor(np.log2(room - extra))), k - p - 4)
+            if c > 0 or p:
+                return src, p, max(c, 0)
+        return x, 0, 0
 
     def max_input(self, x: str) -> tuple[str, int]:
         """(wire tensor, pre-shift) for a fused max tree: a max of a rescaled tensor reads the

@@ -18,6 +18,9 @@ class CompileOptions:
     weights: str = "public"         # "public" | "private"
     rescale: str = "slack"          # truncation after products: TR with slack (1 round) or one-round ARS (2 DCFs)
     max_error_ulps: float = 8.0     # bound each fitted OperatorSpec must meet on its range
+    # fused softmax: its max may be off by up to this (real units): the tree compares on a coarser
+    # grid (fewer DCF levels), exp is fitted up to +grid; softmax itself does not depend on the shift
+    softmax_max_grid: float = 2.0 ** -5
     insecure_mask_dependent_shapes: bool = False   # padding ablation only
     calib_seed: int = 0
     client_prefix: bool = True      # run the input owner's plaintext prefix (embeddings) before sharing
@@ -33,6 +36,8 @@ class CompileOptions:
             raise CompileError(f"unknown rescale {self.rescale!r}", f"use one of {', '.join(RESCALES)}")
         if not 16 <= self.bits <= 64:
             raise CompileError(f"ring width {self.bits} is out of range", "use --bits between 16 and 64")
+        if not 0.0 <= self.softmax_max_grid <= 1.0:
+            raise CompileError(f"softmax max grid {self.softmax_max_grid} is out of range", "use 0 (exact) to 1")
         if not 0 < self.frac < self.bits // 2:
             raise CompileError(f"--frac {self.frac} does not fit a {self.bits}-bit ring with products at 2f",
                                f"use --frac below {self.bits // 2}")

@@ -243,8 +243,9 @@ class _Ranges:
 
     def add_sub(self, n: Node) -> Bound:
         a, b = (self.get(t) for t in n.inputs)
-        if n.op == "Sub" and self._is_minus_max(n):
-            return Bound(min(a.lo - a.hi, 0.0), 0.0)
+        grid = self._minus_max_grid(n) if n.op == "Sub" else None
+        if grid is not None:        # the max may be off by its grid (softmax's coarse max)
+            return Bound(min(a.lo - a.hi, 0.0) - grid, grid)
         centred = self._centred(n, a) if n.op == "Sub" else None
         if centred is not None:
             return centred
@@ -323,13 +324,16 @@ class _Ranges:
             m, l2 = min(m, R), {axes[0]: R}
         return Bound(-m, m, l2)
 
-    def _is_minus_max(self, n: Node) -> bool:
-        """``x - Expand(ReduceMax(x))`` (softmax's shift): non-positive by construction."""
+    def _minus_max_grid(self, n: Node) -> float | None:
+        """For ``x - Expand(ReduceMax(x))`` (softmax's shift) the ReduceMax's ``grid``: the
+        difference is at most that (0: non-positive by construction); None otherwise."""
         x, m = n.inputs
         p = self.g.producer(m)
         while p is not None and p.op in ("Expand", "Reshape", "Identity"):
             p = self.g.producer(p.inputs[0])
-        return p is not None and p.op == "ReduceMax" and p.inputs[0] == x and self._aligned(m, p, x)
+        if p is not None and p.op == "ReduceMax" and p.inputs[0] == x and self._aligned(m, p, x):
+            return float(p.attrs.get("grid", 0.0))
+        return None
 
     def mul(self, n: Node) -> Bound:
         a_t, b_t = n.inputs
@@ -500,7 +504,8 @@ class _Ranges:
                 c = math.sqrt(k) * x.l2[axes[0]]
                 lo, hi = max(lo, -c), min(hi, c)
             return Bound(lo, hi)
-        return Bound(x.lo, x.hi)
+        g = float(n.attrs.get("grid", 0.0))         # a coarse max: within its grid of the true one
+        return Bound(x.lo - g, x.hi + g)
 
     def scalar(self, n: Node) -> Bound:
         x = self.get(n.inputs[0])
