@@ -132,6 +132,19 @@ def test_two_runtimes_of_one_configuration_stay_apart(tmp_path):
     assert ratio == pytest.approx(_online("sigma", 128, 1, "none") / _online("fused", 128, 1, "none"))
 
 
+def test_overlapping_scope_times_are_scaled_to_the_online_time():
+    """Scopes that add up to more than the online time (launch plans' events overlap) are
+    scaled down alike, leaving no "rest"; scopes that add up to less keep their values."""
+    pytest.importorskip("matplotlib")
+    over, under = record("bert-base", 128, 1, "fused"), record("bert-base", 128, 1, "sigma")
+    t = plots.online(over)
+    over["online"]["scopes_per_batch"] = {"gelu": {"compute_seconds": 1.5 * t}, "cmp": {"compute_seconds": 0.5 * t}}
+    (so, su), _, _ = plots._scope_parts(plots._pyplot(), [over, under])
+    assert so == pytest.approx({"gelu": 0.75 * t, "cmp": 0.25 * t, "rest": 0.0})
+    t_u = plots.online(under)
+    assert su["gelu"] == pytest.approx(0.3 * t_u) and su["rest"] == pytest.approx(0.1 * t_u)
+
+
 def test_recorded_results_and_the_command_line(tmp_path):
     pytest.importorskip("matplotlib")
     files = sorted((RESULTS / "h200_2026-12-06").glob("*.json"))

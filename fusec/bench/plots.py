@@ -9,7 +9,10 @@ why. The plots:
 
 * ``scopes_<model>.png`` -- where online time and bytes go: one stacked bar per gate set
   (and GPU count), a segment per profiler scope, at the smallest true batch and the most
-  common sequence length; the online time no scope accounts for is "rest".
+  common sequence length; the online time no scope accounts for is "rest". Scope times
+  that add up to more than the online time (they overlap: with launch plans a party's
+  CUDA events also cover the other party's graphs on a shared card) are scaled down alike
+  to it, as the Amdahl table does.
 * ``throughput.png`` / ``speedup.png`` -- tokens/s, and sigma / fused online time, against
   the true batch size: one panel per model and sequence length with a batch sweep.
 * ``seq_sweep.png`` -- online time per batch against sequence length at the smallest batch;
@@ -176,6 +179,9 @@ def _scope_parts(plt, records: list[dict]) -> tuple[list[dict], list[dict], dict
     times, nbytes = [], []
     for r in records:
         sc = {k: scope_metric(v, "seconds") for k, v in r["online"]["scopes_per_batch"].items()}
+        total = sum(sc.values())
+        if total > online(r) > 0:   # overlapping scopes (launch plans' CUDA events cover the other
+            sc = {k: v * online(r) / total for k, v in sc.items()}   # party's graphs): scaled alike, as amdahl does
         sc["rest"] = max(0.0, online(r) - sum(sc.values()))
         times.append(sc)
         nbytes.append({k: scope_metric(v, "bytes") for k, v in r["online"]["scopes_per_batch"].items()})
