@@ -46,6 +46,10 @@ class _Builder:
     def const(self, name: str, value) -> str:
         return self.g.add_const(self.g.fresh(f"{self.base}_{name}"), np.asarray(value, np.float64))
 
+    def index(self, name: str, value) -> str:
+        """An integer constant (shapes, gather indices)."""
+        return self.g.add_const(self.g.fresh(f"{self.base}_{name}"), np.asarray(value, np.int64))
+
 
 def _reduced(shape, axes) -> tuple[int, ...]:
     return tuple(1 if i in axes else d for i, d in enumerate(shape))
@@ -58,17 +62,38 @@ def _softmax(graph: Graph, node: Node, grid: float = 0.0) -> None:
     axis = node.attrs["axis"] % len(shape)
     red = _reduced(shape, {axis})
     k = shape[axis]
+    keep = node.attrs.get("keep")
     graph.remove_node(node.name)
+    if keep is not None:        # passes/mask_softmax: masked entries repeat a kept one, exp is masked
+        x = _fill_masked(b, x, graph.const(keep).astype(bool), axis)
     m = b.op("ReduceMax", [x], red, axes=[axis], keepdims=True, **({"grid": grid} if grid else {}))
     mb = b.op("Expand", [m], shape, shape=list(shape))
     d = b.op("Sub", [x, mb], shape)
     e = b.op("Scalar", [d], shape, fn=scalar_fn.unary("Exp", label="nexp"), label="nexp",
              domain=[None, grid], block="softmax")
+    if keep is not None:
+        e = b.op("Where", [keep, e, b.const("zero", 0.0)], shape)
     s = b.op("ReduceSum", [e], red, axes=[axis], keepdims=True)
     r = b.op("Scalar", [s], red, fn=scalar_fn.unary("Reciprocal", label="reciprocal"), label="reciprocal",
              domain=[math.exp(-grid), k * math.exp(grid)], block="softmax")
     rb = b.op("Expand", [r], shape, shape=list(shape))
     b.op("Mul", [e, rb], shape, out=out, block="softmax")
+
+
+def _fill_masked(b: "_Builder", x: str, keep: np.ndarray, axis: int) -> str:
+    """``x`` with every masked entry replaced by the first kept entry of its row (a public
+    gather over the flattened tensor): the row's max is unchanged, and the proven range is
+    that of the kept entries."""
+    shape = keep.shape
+    pos = np.moveaxis(np.indices(shape), 0, -1)                     # (..., ndim) coordinates
+    first = np.argmax(keep, axis=axis)                               # a kept entry per row
+    src = pos.copy()
+    src[..., axis] = np.where(keep, pos[..., axis], np.expand_dims(first, axis))
+    flat = np.ravel_multi_index(tuple(np.moveaxis(src, -1, 0)), shape).reshape(-1)
+    n = int(np.prod(shape))
+    v = b.op("Reshape", [x], (n,), shape=[n])
+    g = b.op("Gather", [v, b.index("fill", flat)], (n,), axis=0)
+    return b.op("Reshape", [g], shape, shape=list(shape))
 
 
 def _rsqrt_fn(scale: float, eps: float, out_mul: float = 1.0) -> dict:

@@ -22,6 +22,7 @@ from fusec.passes.fit_specs import fit_specs
 from fusec.passes.fold_constants import fold_constants
 from fusec.passes.fuse_scalar import fuse_scalar
 from fusec.passes.key_order import key_order
+from fusec.passes.mask_softmax import mask_softmax
 from fusec.passes.lower import Lowered, lower
 from fusec.passes.merge_rescales import merge_rescales
 from fusec.passes.options import CompileOptions
@@ -39,6 +40,7 @@ Progress = Callable[[str, "str | None"], None]
 PASSES: list[Pass] = [
     fold_constants,    # shape arithmetic, masks built from public inputs
     client_split,      # the input owner's plaintext prefix; Share where the secure part starts
+    mask_softmax,      # softmax(x + C) with -inf in constant C: those entries left out, exactly 0
     clamp_constants,   # -3.4e38 and friends -> the most negative safe fixed-point value
     canonicalize,      # Div -> Mul(Reciprocal), Pow 2 -> Mul, ReduceL2 -> Sqrt(Sum(x*x)), sink movement
     fuse_scalar,       # elementwise chains on one tensor -> one Scalar (GELU, SiLU, rsqrt, ...)

@@ -410,8 +410,7 @@ class _Ranges:
             red = self.g.producer(p.inputs[0])
             if red is None or red.op != "ReduceSum" or red.inputs[0] != e or self.get(e).lo < -ABS_MARGIN:
                 continue
-            pe = self.g.producer(e)
-            if self.get(e).lo < 0 and (pe is None or pe.op != "Scalar" or pe.attrs.get("label") not in NONNEG):
+            if self.get(e).lo < 0 and not self._nonneg(e):
                 continue            # e may be negative: e / sum(e) is not in [0, 1]
             if not self._aligned(r, red, e):
                 continue
@@ -420,6 +419,15 @@ class _Ranges:
                 continue
             return Bound(0.0, 1.0, l1={axes[0] % len(self.shape(e)): 1.0})
         return None
+
+    def _nonneg(self, e: str) -> bool:
+        """``e >= 0`` by construction: a function that is >= 0 everywhere (its sampled range may
+        dip below 0), or a public mask of one, ``Where(C, f(x), 0)`` (passes/mask_softmax)."""
+        p = self.g.producer(e)
+        if p is not None and p.op == "Where" and self.g.is_const(p.inputs[0]) and self.g.is_const(p.inputs[2]) \
+                and not np.asarray(self.g.const(p.inputs[2])).any():
+            p = self.g.producer(p.inputs[1])
+        return p is not None and p.op == "Scalar" and p.attrs.get("label") in NONNEG
 
     def _weighted_average(self, n: Node) -> Bound | None:
         """``MatMul(e, V) * Expand(reciprocal(ReduceSum(e)))`` with e >= 0 over e's last axis
@@ -448,9 +456,7 @@ class _Ranges:
             if axes != [len(shape_e) - 1] or self.shape(r0) != shape_e[:-1] + (1,) \
                     or self.shape(p.inputs[0]) != shape_e[:-1] + (1,):
                 continue
-            pe = self.g.producer(e)
-            if self.get(e).lo < -ABS_MARGIN or (self.get(e).lo < 0 and (
-                    pe is None or pe.op != "Scalar" or pe.attrs.get("label") not in NONNEG)):
+            if self.get(e).lo < -ABS_MARGIN or (self.get(e).lo < 0 and not self._nonneg(e)):
                 continue
             V = self.get(v)
             return Bound(min(V.lo, 0.0), max(V.hi, 0.0))
