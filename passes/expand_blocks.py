@@ -65,7 +65,7 @@ def _softmax(graph: Graph, node: Node, grid: float = 0.0) -> None:
     keep = node.attrs.get("keep")
     graph.remove_node(node.name)
     if keep is not None:        # passes/mask_softmax: masked entries repeat a kept one, exp is masked
-        x = _fill_masked(b, x, graph.const(keep).astype(bool), axis)
+        x = _fill_masked(b, x, np.broadcast_to(graph.const(keep).astype(bool), shape), axis)
     m = b.op("ReduceMax", [x], red, axes=[axis], keepdims=True, **({"grid": grid} if grid else {}))
     mb = b.op("Expand", [m], shape, shape=list(shape))
     d = b.op("Sub", [x, mb], shape)
@@ -85,12 +85,10 @@ def _fill_masked(b: "_Builder", x: str, keep: np.ndarray, axis: int) -> str:
     gather over the flattened tensor): the row's max is unchanged, and the proven range is
     that of the kept entries."""
     shape = keep.shape
-    pos = np.moveaxis(np.indices(shape), 0, -1)                     # (..., ndim) coordinates
-    first = np.argmax(keep, axis=axis)                               # a kept entry per row
-    src = pos.copy()
-    src[..., axis] = np.where(keep, pos[..., axis], np.expand_dims(first, axis))
-    flat = np.ravel_multi_index(tuple(np.moveaxis(src, -1, 0)), shape).reshape(-1)
     n = int(np.prod(shape))
+    idx = np.arange(n, dtype=np.int64).reshape(shape)
+    first = np.expand_dims(np.argmax(keep, axis=axis), axis)         # a kept entry per row
+    flat = np.where(keep, idx, np.take_along_axis(idx, first, axis=axis)).reshape(-1)
     v = b.op("Reshape", [x], (n,), shape=[n])
     g = b.op("Gather", [v, b.index("fill", flat)], (n,), axis=0)
     return b.op("Reshape", [g], shape, shape=list(shape))

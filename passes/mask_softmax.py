@@ -62,7 +62,8 @@ def mask_softmax(graph: Graph, opts: CompileOptions) -> Graph:
         x0 = graph.fresh(f"{x}_unmasked")
         graph.add_node("Add", [other, c0], [x0], name=graph.fresh(f"{add.name}/unmasked"),
                        infos=[TensorInfo(shape, "float", graph.info(x).visibility)])
-        keep = graph.add_const(graph.fresh(f"{node.name}_keep"), np.ascontiguousarray(~masked).astype(np.float64))
+        # the pattern at the constant's own shape (a causal mask's (1, 1, T, T), not every head's copy)
+        keep = graph.add_const(graph.fresh(f"{node.name}_keep"), ~_minus_infinite(c))
         graph.remove_node(node.name)        # the same softmax, reading x + C' and the pattern (a second input)
         graph.add_node("Softmax", [x0, keep], node.outputs, name=node.name, **dict(node.attrs, keep=keep))
     graph.remove_unused()
