@@ -10,7 +10,9 @@ alike and the comparison between the two is about the gates only:
   lets the max be off by up to g = ``softmax_max_grid`` (the ReduceMax's ``grid``): softmax
   does not depend on the shift, and a max on a grid of g compares on fewer bits (its tree is
   a third of BERT-base's key). Then x - m <= g, the row sum lies in [e^-g, k e^g], and exp is
-  fitted up to +g.
+  fitted up to +g. A softmax with a public pattern of kept entries (its second input, from
+  passes/mask_softmax) takes max and exp over rows whose masked entries repeat a kept one,
+  and ``e = Where(keep, exp(x - m), 0)``: masked entries are exactly 0.
 - LayerNorm: ``d = x - mean(x)``; ``r = 1/sqrt(sum(d*d)/k + eps)`` (label ``rsqrt``, the
   1/k and eps folded into the scalar function, so the sum feeds the gate directly);
   ``y = d * r * gamma + beta``. The fused build centres without the mean's truncation:
