@@ -12,8 +12,10 @@ Launch plans (``--cuda-graphs``) need every set at the same device addresses
 """
 from __future__ import annotations
 
+import functools
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -79,17 +81,21 @@ def memory_error(e: BaseException) -> FusecError | None:
                       "smaller batch or sequence, or use --backend cpu")
 
 
+@functools.cache
+def _copy_pool() -> ThreadPoolExecutor:
+    """The threads host copies run on, made once: a streamed batch-8 set goes through the
+    bounce ring in some 500 chunks, and a pool per chunk would be set up as often."""
+    return ThreadPoolExecutor(min(8, os.cpu_count() or 1), thread_name_prefix="fusec-copy")
+
+
 def _parallel_copy(dst: np.ndarray, src: np.ndarray, part: int = 64 << 20) -> None:
     """``dst[:] = src`` for multi-GB byte arrays, in parts on a few threads (numpy releases
     the GIL for plain copies; one thread alone does not saturate host memory)."""
-    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415
-
     starts = range(0, src.size, part)
     if len(starts) <= 1:
         np.copyto(dst, src)
         return
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1, len(starts))) as pool:
-        list(pool.map(lambda s: np.copyto(dst[s:s + part], src[s:s + part]), starts))
+    list(_copy_pool().map(lambda s: np.copyto(dst[s:s + part], src[s:s + part]), starts))
 
 
 def _parallel_copy_16m(dst: np.ndarray, src: np.ndarray) -> None:
