@@ -156,11 +156,8 @@ class Budget:
                 old_timer = signal.setitimer(signal.ITIMER_REAL, left + 0.05)
             except ValueError:          # not the main interpreter thread after all
                 alarm = False
-        try:
-            yield
-        except BudgetExceeded:
-            raise self.error(what) from None
-        finally:
+
+        def disarm() -> None:
             if timer is not None:
                 timer.cancel()
             if alarm:
@@ -169,5 +166,22 @@ class Budget:
                 if old_timer[0] > 0:    # someone else's alarm (a test timeout): give it back what is left
                     signal.setitimer(signal.ITIMER_REAL, max(old_timer[0] - (time.monotonic() - t0), 1e-3),
                                      old_timer[1])
+
+        try:
+            yield
+        except BudgetExceeded:
+            raise self.error(what) from None
+        finally:
+            # the alarm may fire while the body's own error (onnxruntime's "terminate flag") is
+            # unwinding, before it is disarmed: finish disarming, then report the budget
+            fired = False
+            while True:
+                try:
+                    disarm()
+                    break
+                except BudgetExceeded:
+                    fired = True
+            if fired:
+                raise self.error(what) from None
         if run_options is not None and getattr(run_options, "terminate", False):
             raise self.error(what)

@@ -931,3 +931,29 @@ def test_an_unsupported_op_is_a_short_error_pointing_to_fusec_ops(tmp_path):
     msg = e.value.message
     assert "'act'" in msg and "com.microsoft::Gelu" in msg and "`fusec ops`" in msg
     assert len(msg) < 250 and "MatMul" not in msg and "\n" not in msg
+
+
+def test_an_alarm_during_another_errors_unwinding_is_the_budget_error(monkeypatch):
+    """The fold budget's SIGALRM can arrive while the body's own error (onnxruntime stopped by
+    its terminate flag) unwinds, just before the guard disarms it: that is still the budget's
+    one-line CompileError, and the guard still restores the previous handler (this raced under
+    load in CI). The alarm's arrival is simulated at the first disarm."""
+    import signal
+
+    from fusec import limits
+
+    calls = []
+    real = limits.signal.setitimer
+
+    def setitimer(which, seconds, interval=0.0):
+        calls.append(seconds)
+        if seconds == 0 and calls.count(0) == 1:
+            raise limits.BudgetExceeded("folding node 'x' (Loop)")
+        return real(which, seconds, interval)
+
+    before = signal.getsignal(signal.SIGALRM)
+    monkeypatch.setattr(limits.signal, "setitimer", setitimer)
+    with pytest.raises(CompileError, match=r"node 'x' \(Loop\) did not finish within .* 5 s"):
+        with limits.Budget(5.0).guard("folding node 'x' (Loop)"):
+            raise RuntimeError("Exiting due to terminate flag being set to true")
+    assert signal.getsignal(signal.SIGALRM) == before and calls.count(0) == 2
