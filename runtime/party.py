@@ -41,6 +41,8 @@ class PartyResult:
     claim_seconds: float = 0.0      # reading the set (unless verified just before), its checksum, the ledger's mark
     hello_seconds: float = 0.0      # the authenticated hello that agrees on the set
     keys_unpacked_late: bool = False   # staged, but each gate's keys unpacked when it starts (did not fit unpacked)
+    online_interval: tuple[float, float] = (0.0, 0.0)   # the online clock's start and end, time.monotonic():
+    # one clock for every process on the host, so concurrent servers' intervals can be joined (fusec/bench/lanes.py)
 
 
 def open_keys(graph: GateGraph, party: int, key_path, state_dir: str | os.PathLike | None = None,
@@ -106,9 +108,10 @@ def run_party(graph: GateGraph, party: int, kf: KeyFile, idx: int, channel: Chan
     log = RoundLog(sync=be.synchronize if sync_scopes else None)
     channel.exchange(b"", "ready", 0)  # both keys staged: the online clock starts together on both sides
     profile = python_profiler()
-    t0 = time.perf_counter()
+    start, t0 = time.monotonic(), time.perf_counter()
     outputs = graph.evaluate(party, keys, inputs, channel.exchange, be, log, scopes=scopes)
     dt = time.perf_counter() - t0
+    interval = (start, start + dt)
     unpacked_late = not (stream_keys or keys.unpacked_up_front)
     del keys
     be.release_keys()       # before the next set is received: a batch-8 set is 34 GB
@@ -118,7 +121,7 @@ def run_party(graph: GateGraph, party: int, kf: KeyFile, idx: int, channel: Chan
     return PartyResult(outputs, idx, dt, log.rounds, sum(log.bytes_sent.values()), dict(log.bytes_sent),
                        t_load, dict(log.compute), dict(log.seconds), dict(log.phases),
                        claim_seconds=claim_seconds, hello_seconds=hello_seconds,
-                       keys_unpacked_late=unpacked_late)
+                       keys_unpacked_late=unpacked_late, online_interval=interval)
 
 
 PROFILE_ENV = "FUSEC_PYPROFILE"

@@ -90,7 +90,7 @@ def test_pairs_by_configuration():
     plans = rec("fused", 0.5, FUSED["online"]["scopes_per_batch"])     # a launch-plan run has no sigma partner
     plans["config"]["runtime"] = "launch plans"
     rows = reconcile_all(results + [plans])
-    assert [k for k, _ in rows] == [("m", 128, 1, 1, None, "interpreted"), ("m", 128, 2, 1, None, "interpreted")]
+    assert [k for k, _ in rows] == [("m", 128, 1, 1, None, "interpreted", 1), ("m", 128, 2, 1, None, "interpreted", 1)]
     assert rows[0][1].measured == pytest.approx(2.0)             # the unpadded ablation is not "fused"
     assert rows[1][1].measured == pytest.approx(2.5)
 

@@ -37,7 +37,7 @@ def compile_case(case: Case, model_path: Path, workdir: Path, timeout: float) ->
     cached = ok.exists() and ok.read_text() == source
     if not cached:
         shutil.rmtree(build, ignore_errors=True)
-        argv = module_argv("fusec", "compile", str(model_path), "-o", str(build), "--batch", str(case.batch),
+        argv = module_argv("fusec", "compile", str(model_path), "-o", str(build), "--batch", str(case.lane_batch),
                            "--seq", str(case.seq), "--bits", str(case.model.bits), "--gates", case.gates)
         if not case.padded:
             argv.append("--insecure-mask-dependent-shapes")

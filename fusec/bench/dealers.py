@@ -87,12 +87,16 @@ def _check_dealer(proc: subprocess.Popen, out: Path, log: Path, case: Case, time
                          f"full log: {log}", kind=classify_failure(proc.returncode, text))
 
 
-def keygen_summary(kg: KeygenInfo, set_nbytes: int, batch: int) -> dict:
+def keygen_summary(kg: KeygenInfo, set_nbytes: int, batch: int, sets_per_batch: int = 1) -> dict:
+    """The dealers' times and key bytes per set, per batch (``sets_per_batch`` sets: one per
+    lane, fusec/bench/lanes.py) and per inference."""
     per_set = kg.seconds / kg.sets if kg.sets else None
+    per_batch = per_set * sets_per_batch if per_set is not None else None
+    batch_bytes = set_nbytes * sets_per_batch
     return {"sets": kg.sets, "runs": kg.runs, "backend": kg.backend, "seconds_total": kg.seconds,
             "load_seconds": kg.load_seconds,
             "wall_seconds": kg.wall_seconds,
-            "per_batch": {"seconds": per_set, "key_bytes_per_party": set_nbytes},
+            "per_batch": {"seconds": per_batch, "key_bytes_per_party": batch_bytes},
             "per_set_parts": {k: v / kg.sets for k, v in kg.parts.items()} if kg.sets else {},
-            "per_inference": {"seconds": per_set / batch if per_set is not None else None,
-                              "key_bytes_per_party": set_nbytes / batch}}
+            "per_inference": {"seconds": per_batch / batch if per_batch is not None else None,
+                              "key_bytes_per_party": batch_bytes / batch}}

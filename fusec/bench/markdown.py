@@ -33,7 +33,7 @@ def _row(rec: dict, shaped: bool = False) -> list[str]:
     gates = c["gates"] if c.get("padded", True) else f"{c['gates']} (no padding, INSECURE)"
     if rec.get("online", {}).get("keys_unpacked_late"):
         gates += " \u2020"
-    head = [c.get("label", c["model"]), str(c["seq"]), str(c["batch"]),
+    head = [c.get("label", c["model"]), str(c["seq"]), _batch_cell(c),
             gates, "-" if c["gpus"] is None else str(c["gpus"])] + ([net_name(c) or "-"] if shaped else [])
     if "skipped" in rec:
         return head + [f"skipped ({rec.get('skip_kind')})"] + ["-"] * 7
@@ -42,6 +42,12 @@ def _row(rec: dict, shaped: bool = False) -> list[str]:
                    gb(on["per_inference"]["bytes_sent"]), f"{on['per_batch']['rounds']:.0f}",
                    secs(kg["per_inference"]["seconds"]), gb(kg["per_inference"]["key_bytes_per_party"]),
                    f"{on['tokens_per_second']:,.1f}"]
+
+
+def _batch_cell(config: dict) -> str:
+    """The batch, and how it ran when in lanes: "8 (2 x 4)" (fusec/bench/lanes.py)."""
+    lanes = config.get("lanes", 1)
+    return str(config["batch"]) + (f" ({lanes} x {config['batch'] // lanes})" if lanes > 1 else "")
 
 
 def _spread(online: dict) -> str:
@@ -60,12 +66,12 @@ def table(header: list[str], align: str, rows: list[list[str]]) -> list[str]:
 
 
 def _pairs(doc: dict) -> dict[tuple, dict[str, dict]]:
-    """(model label, seq, batch, gpus, network) -> {gate label: record} over the measured records."""
+    """(model label, seq, batch (and lanes), gpus, network) -> {gate label: record} over the measured records."""
     out: dict[tuple, dict[str, dict]] = {}
     for r in _ran(doc):
         c = r["config"]
         label = c["gates"] if c.get("padded", True) else f"{c['gates']}-unpadded"
-        out.setdefault((c.get("label", c["model"]), c["seq"], c["batch"], c["gpus"], net_name(c)), {})[label] = r
+        out.setdefault((c.get("label", c["model"]), c["seq"], _batch_cell(c), c["gpus"], net_name(c)), {})[label] = r
     return out
 
 
@@ -278,7 +284,10 @@ def render_markdown(doc: dict) -> str:
                 "as one CUDA graph per round and replays the graphs for every later one (each key set unpacked "
                 "before the clock into one device buffer every set reuses; a configuration marked as unpacking "
                 "late copies packed sets there and unpacks each gate's keys inside the graphs)."
-                if "--cuda-graphs" in st.get("party_argv", []) else ""),
+                if "--cuda-graphs" in st.get("party_argv", []) else "")
+             + (f" A batch shown as B (L x B/L) ran as L lanes (--lanes {st['lanes']}): L pairs of workers at once, "
+                "each on a build of batch B/L with its own connection and key sets; its online time is the union "
+                "of every lane's online intervals, both parties'." if st.get("lanes", 1) > 1 else ""),
              *_network_lines(doc), "",
              *table(["model", "seq", "batch", "gates", "GPUs", *(["network"] if shaped else []),
                      "online / batch", "steps min / max",

@@ -26,15 +26,21 @@ def merge_value(key: str, a: Any, b: Any) -> Any:
     return a + b if "bytes" in key else max(a, b)
 
 
+def merge_scopes(a: dict | None, b: dict | None) -> dict:
+    """Two records' per-scope metrics, by the same rules as the metrics themselves."""
+    a, b = a or {}, b or {}
+    return {scope: {m: merge_value(m, a.get(scope, {}).get(m), b.get(scope, {}).get(m))
+                    for m in unique([*a.get(scope, {}), *b.get(scope, {})])}
+            for scope in unique([*a, *b])}
+
+
 def merge_parties(p0: dict, p1: dict) -> dict:
     """One step as both parties saw it -> one step of the protocol (see the module doc)."""
     out: dict[str, Any] = {"step": p0.get("step"), "warmup": bool(p0.get("warmup"))}
     for key in unique([*p0, *p1]):
         a, b = p0.get(key), p1.get(key)
         if key == "scopes":
-            out[key] = {scope: {m: merge_value(m, (a or {}).get(scope, {}).get(m), (b or {}).get(scope, {}).get(m))
-                                for m in unique([*(a or {}).get(scope, {}), *(b or {}).get(scope, {})])}
-                        for scope in unique([*(a or {}), *(b or {})])}
+            out[key] = merge_scopes(a, b)
         elif key == "keys_unpacked_late":
             out[key] = bool(a) or bool(b)
         elif key == "round_phases":     # kept per party: their difference is the waiting

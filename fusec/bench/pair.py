@@ -24,9 +24,10 @@ from fusec.bench.stage import module_argv
 from fusec.bench.util import tail
 
 
-def party_envs(backend: str, gpus: int | None) -> tuple[dict, dict]:
+def party_envs(backend: str, gpus: int | None, lanes: int = 1) -> tuple[dict, dict]:
     """Environment per party: with 2 GPUs party p sees only GPU p; with 1 both see GPU 0
-    (of whatever CUDA_VISIBLE_DEVICES already selects)."""
+    (of whatever CUDA_VISIBLE_DEVICES already selects). With ``lanes`` pairs of workers on
+    the same cards, each worker may take its share of a card's memory."""
     base = {**os.environ, "PYTHONUNBUFFERED": "1"}
     # both workers share this host: each reads and checks its key sets with half its CPUs
     # (checksums bound a set's load; 8 threads each beat 16 each on the 16-CPU H100 host)
@@ -39,8 +40,9 @@ def party_envs(backend: str, gpus: int | None) -> tuple[dict, dict]:
         raise BenchError(f"{gpus} GPU(s) asked for, {len(visible)} visible here ({', '.join(visible) or 'none'})",
                          "run on a machine with more GPUs or set CUDA_VISIBLE_DEVICES", kind="machine")
     pick = (visible[0], visible[1] if gpus == 2 else visible[0])
-    if pick[0] == pick[1]:      # one card, two parties: each may take half its memory
-        base.setdefault(GPU_SHARE_ENV, "0.5")
+    workers_per_card = lanes * (2 if pick[0] == pick[1] else 1)
+    if workers_per_card > 1:    # e.g. one card, two parties: each may take half its memory
+        base.setdefault(GPU_SHARE_ENV, f"{1 / workers_per_card:g}")
     return {**base, "CUDA_VISIBLE_DEVICES": pick[0]}, {**base, "CUDA_VISIBLE_DEVICES": pick[1]}
 
 
@@ -162,9 +164,17 @@ class PartyPair:
     def step(self, step: int, warmup: bool, key_dirs: list[Path], sets: int) -> tuple[dict, dict]:
         """One step on both parties (``sets`` key sets from the files in ``key_dirs``, in
         order, or from a key-stream dealer's ``tcp://`` address); returns their records."""
+        self.send_step(step, warmup, key_dirs, sets)
+        return self.await_step()
+
+    def send_step(self, step: int, warmup: bool, key_dirs: list[Path], sets: int) -> None:
+        """Start a step on both parties without waiting (lanes start theirs together)."""
         self._send(lambda party: {"cmd": "step", "step": step, "warmup": warmup, "sets": sets,
                                   "keys": [d if str(d).startswith("tcp://") else str(Path(d) / f"p{party}.key")
                                            for d in key_dirs]})
+
+    def await_step(self) -> tuple[dict, dict]:
+        """Both parties' records of the step :meth:`send_step` started."""
         got = self._await("done", (0, 1))
         return got[0]["record"], got[1]["record"]
 

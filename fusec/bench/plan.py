@@ -41,6 +41,13 @@ class Case:
     padded: bool = True
     net: NetSetting | None = None           # an emulated link between the parties (--net), None: loopback as is
     runtime: str = DEFAULT_RUNTIME          # RUNTIMES: how the parties run each set
+    lanes: int = 1                          # pairs of workers in flight at once, each on batch / lanes (--lanes)
+
+    @property
+    def lane_batch(self) -> int:
+        """The batch each lane's build is compiled for: a batch of ``batch`` runs as ``lanes``
+        concurrent inferences of ``batch / lanes`` (fusec/bench/lanes.py)."""
+        return self.batch // self.lanes
 
     @property
     def gate_label(self) -> str:
@@ -51,7 +58,8 @@ class Case:
         where = "cpu" if self.gpus is None else f"{self.gpus}gpu"
         net = "" if self.net is None else f"/{self.net.name}"
         run = f"/{RUNTIME_TAGS[self.runtime]}" if self.runtime in RUNTIME_TAGS else ""
-        return f"{self.model.label}/seq{self.seq}/b{self.batch}/{self.gate_label}/{where}{net}{run}"
+        lanes = f"/{self.lanes}x{self.lane_batch}" if self.lanes > 1 else ""
+        return f"{self.model.label}/seq{self.seq}/b{self.batch}{lanes}/{self.gate_label}/{where}{net}{run}"
 
     @property
     def slug(self) -> str:
@@ -60,7 +68,7 @@ class Case:
     @property
     def build_slug(self) -> str:
         """Builds do not depend on where the parties run: one compile serves every GPU count."""
-        return f"{self.model.label}_n{self.model.bits}_seq{self.seq}_b{self.batch}_{self.gate_label}"
+        return f"{self.model.label}_n{self.model.bits}_seq{self.seq}_b{self.lane_batch}_{self.gate_label}"
 
     def as_dict(self, opts: "BenchOptions") -> dict:
         return {"name": self.name, "model": self.model.name, "label": self.model.label, "model_file": self.model.path,
@@ -68,7 +76,8 @@ class Case:
                 "internal_batch": opts.internal_batch, "gates": self.gates, "padded": self.padded,
                 "gpus": self.gpus, "backend": opts.backend, "bits": self.model.bits,
                 "warmup": opts.warmup, "repeat": opts.repeat,
-                "net": None if self.net is None else self.net.as_dict(), "runtime": self.runtime}
+                "net": None if self.net is None else self.net.as_dict(), "runtime": self.runtime,
+                "lanes": self.lanes, "lane_batch": self.lane_batch}
 
 
 @dataclass
@@ -98,6 +107,7 @@ class BenchOptions:
     command: str = ""
     party_argv: list[str] = field(default_factory=list)     # more worker options: --tls-* (fusec.party_cli)
     gate_microbench: dict | None = None     # --gate-speedups: per-gate speed-ups measured alone (bench/amdahl.py)
+    lanes: int = 1                          # --lanes: a batch as this many concurrent worker pairs (lanes.py)
 
     @property
     def runtime(self) -> str:
@@ -127,6 +137,12 @@ class BenchOptions:
                              ("--internal-batch", [self.internal_batch]), ("--repeat", [self.repeat])):
             if not values or min(values) < 1:
                 raise FusecError(f"{what} needs positive integers, got {values}")
+        if self.lanes < 1:
+            raise FusecError(f"--lanes must be >= 1, got {self.lanes}")
+        uneven = [b for b in self.batches if b % self.lanes_for(b)]
+        if uneven:
+            raise FusecError(f"--lanes {self.lanes} does not divide --batch {', '.join(map(str, uneven))}",
+                             "each lane runs batch / lanes inferences: pick batches that are multiples of --lanes")
         if self.dealers < 1:
             raise FusecError(f"--dealers must be >= 1, got {self.dealers}")
         if self.warmup < 0:
@@ -134,6 +150,10 @@ class BenchOptions:
         names = [n.name if n else "none" for n in self.nets]
         if not names or len(set(names)) < len(names):
             raise FusecError(f"--net settings must be distinct, got {', '.join(names) or 'none'}")
+
+    def lanes_for(self, batch: int) -> int:
+        """Lanes of a batch: --lanes, or fewer when the batch is smaller (batch 1 is one lane)."""
+        return max(1, min(self.lanes, batch))
 
     def settings(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k not in ("models", "command")}
@@ -151,7 +171,7 @@ def plan_cases(opts: BenchOptions) -> list[Case]:
     where = list(opts.gpus) if opts.backend == "gpu" else [None]
     nets = list(opts.nets) or [None]
     rt = opts.runtime
-    cases = [Case(m, s, b, g, w, net=n, runtime=rt) for m in opts.models for s, b in shapes for g in opts.gates for w in where
+    cases = [Case(m, s, b, g, w, net=n, runtime=rt, lanes=opts.lanes_for(b)) for m in opts.models for s, b in shapes for g in opts.gates for w in where
              for n in nets]
     if opts.padding_ablation:
         cases += [Case(m, opts.seqs[0], small, "fused", w, padded=False, net=n, runtime=rt)

@@ -76,9 +76,11 @@ def runtime(c: dict) -> str:
 
 
 def series(c: dict) -> str:
-    """A legend entry's gate set and, unless interpreted, its runtime."""
+    """A legend entry's gate set and, unless interpreted, its runtime; a batch run in lanes
+    (fusec/bench/lanes.py) is a line of its own."""
     rt = runtime(c)
-    return gate(c) if rt == DEFAULT_RUNTIME else f"{gate(c)} ({rt})"
+    label = gate(c) if rt == DEFAULT_RUNTIME else f"{gate(c)} ({rt})"
+    return label + (f", {c['lanes']} lanes" if c.get("lanes", 1) > 1 else "")
 
 
 def net_name(c: dict) -> str:
@@ -123,7 +125,7 @@ def speedup_rows(results: list[dict]) -> list[dict]:
     pairs: dict[tuple, dict] = {}
     for r in measured(results):
         c = r["config"]
-        key = (c.get("label", c["model"]), c["seq"], c["batch"], c["gpus"], net_name(c), runtime(c))
+        key = (c.get("label", c["model"]), c["seq"], c["batch"], c["gpus"], net_name(c), runtime(c), c.get("lanes", 1))
         pairs.setdefault(key, {})[gate(c)] = r
     rows = []
     for by in pairs.values():

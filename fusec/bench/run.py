@@ -10,6 +10,7 @@ once anyway). The JSON is rewritten after each configuration, so a long run that
 keeps what it measured."""
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import os
@@ -26,6 +27,7 @@ from fusec.bench.dealers import KeygenInfo, generate_keys, keygen_summary
 from fusec.bench.export import export_model
 from fusec.bench.failures import SKIPPABLE, BenchError
 from fusec.bench.keys import KeyPlan, check_memory, free_space, plan_keys
+from fusec.bench.lanes import merge_lanes
 from fusec.bench.machine import machine_info
 from fusec.bench.markdown import render_markdown
 from fusec.bench.merge import merge_parties, summarize
@@ -43,18 +45,21 @@ def run_case(case: Case, opts: BenchOptions, echo: Echo = print) -> dict:
     record: dict[str, Any] = {"config": case.as_dict(opts)}
     key_root = opts.key_root / case.slug
     try:
-        envs = party_envs(opts.backend, case.gpus)            # enough GPUs? (before anything slow)
+        envs = party_envs(opts.backend, case.gpus, case.lanes)     # enough GPUs? (before anything slow)
         positions = max([case.model.positions or 0, *opts.seqs, *opts.seq_sweep])
         model = export_model(case.model, Path(opts.workdir), positions, opts.timeout, case)
         record["config"]["model_file"] = str(model)
         comp = compile_case(case, model, Path(opts.workdir), opts.timeout)
         record["compile"] = comp.as_dict()
-        plan = plan_keys(opts.keys_mode, comp.set_nbytes, opts.steps, opts.internal_batch,
-                         free_space(opts.key_root), key_root, opts.dealers)
-        record["keys"] = {"mode": plan.mode, "files_per_party": plan.file_pairs, "dir": str(key_root)}
-        check_memory(comp.set_nbytes, plan, case)
-        merged, kg, files = _run_steps(case, opts, comp, plan, envs, echo)
-        record["keygen"] = keygen_summary(kg, comp.set_nbytes, case.batch)
+        free = free_space(opts.key_root) // case.lanes       # each lane its own key sets (fusec/bench/lanes.py)
+        plans = [plan_keys(opts.keys_mode, comp.set_nbytes, opts.steps, opts.internal_batch, free,
+                           key_root / f"lane{lane}" if case.lanes > 1 else key_root, opts.dealers)
+                 for lane in range(case.lanes)]
+        record["keys"] = {"mode": plans[0].mode, "files_per_party": sum(p.file_pairs for p in plans),
+                          "dir": str(key_root)}
+        check_memory(comp.set_nbytes * case.lanes, plans[0], case)
+        merged, kg, files = _run_steps(case, opts, comp, plans, envs, echo)
+        record["keygen"] = keygen_summary(kg, comp.set_nbytes, case.batch, sets_per_batch=case.lanes)
         record["online"] = summarize(merged, case.batch, opts.internal_batch, case.seq)
         record["online"]["steps"] = merged
         record["online"]["rounds_planned"] = comp.rounds_planned
@@ -70,66 +75,88 @@ def run_case(case: Case, opts: BenchOptions, echo: Echo = print) -> dict:
     return record
 
 
-def _run_steps(case: Case, opts: BenchOptions, comp: CompileInfo, plan: KeyPlan, envs: tuple[dict, dict],
+KeySource = Callable[[int], list]
+"""A lane's key sets for a step: key-file directories, or a key-stream dealer's address."""
+
+
+def _run_steps(case: Case, opts: BenchOptions, comp: CompileInfo, plans: list[KeyPlan], envs: tuple[dict, dict],
                echo: Echo) -> tuple[list[dict], KeygenInfo, list[Path]]:
-    """Keys, both workers, every step; returns the merged steps, the dealer's times and
-    the two parties' own JSON files."""
+    """Keys, the workers (a pair per lane), every step; returns the merged steps, the
+    dealers' times and the parties' own JSON files."""
     kg = KeygenInfo()
     logs = Path(opts.workdir) / "logs"
-
-    def keys_for(step: int) -> list[Path]:
-        """The key-file directories of ``step``, generating them first where the plan says."""
-        stale = plan.stale(step)
-        if stale is not None:
-            shutil.rmtree(stale, ignore_errors=True)               # used up: free the space first
-        outs = plan.generated_before(step)
-        if outs:
-            sets = sum(n for _, n in outs)
-            echo(f"  keygen: {sets} key set(s) of {gb(comp.set_nbytes)} per party in {len(outs)} file pair(s), "
-                 f"{min(opts.dealers, len(outs))} dealer(s) -> {plan.root}")
-            t0 = time.perf_counter()
-            docs = generate_keys(comp.build, plan.root, outs, opts.dealers,
-                                 opts.timeout * max(1, max(n for _, n in outs) // opts.internal_batch), case, logs,
-                                 opts.backend)
-            kg.add(docs, time.perf_counter() - t0)
-        return [d for d, _ in plan.files(step)]
-
-    if plan.mode == "stream":
+    if plans[0].mode == "stream":
         return _run_streamed(case, opts, comp, envs, echo, kg, logs)
-    first = keys_for(0)                 # before the workers start: the dealer has the machine to itself
-    merged = _steps(case, opts, comp, envs, echo, lambda step: first if step == 0 else keys_for(step))
+
+    def files_of(plan: KeyPlan) -> KeySource:
+        def keys_for(step: int) -> list[Path]:
+            """The key-file directories of ``step``, generating them first where the plan says."""
+            stale = plan.stale(step)
+            if stale is not None:
+                shutil.rmtree(stale, ignore_errors=True)               # used up: free the space first
+            outs = plan.generated_before(step)
+            if outs:
+                sets = sum(n for _, n in outs)
+                echo(f"  keygen: {sets} key set(s) of {gb(comp.set_nbytes)} per party in {len(outs)} file pair(s), "
+                     f"{min(opts.dealers, len(outs))} dealer(s) -> {plan.root}")
+                t0 = time.perf_counter()
+                docs = generate_keys(comp.build, plan.root, outs, opts.dealers,
+                                     opts.timeout * max(1, max(n for _, n in outs) // opts.internal_batch), case,
+                                     logs, opts.backend)
+                kg.add(docs, time.perf_counter() - t0)
+            return [d for d, _ in plan.files(step)]
+        first = keys_for(0)             # before the workers start: the dealer has the machine to itself
+        return lambda step: first if step == 0 else keys_for(step)
+
+    merged = _steps(case, opts, comp, envs, echo, [files_of(plan) for plan in plans])
     files = merged.pop()
     return merged, kg, files
 
 
 def _run_streamed(case: Case, opts: BenchOptions, comp: CompileInfo, envs: tuple[dict, dict], echo: Echo,
                   kg: KeygenInfo, logs: Path) -> tuple[list[dict], KeygenInfo, list[Path]]:
-    """``--keys stream``: one dealer process serves every set of the case over loopback
-    when both workers ask (inside a step's wall time, outside its online clock)."""
+    """``--keys stream``: a dealer process per lane serves every set of the case over
+    loopback when both workers ask (inside a step's wall time, outside its online clock)."""
     sets = opts.steps * opts.internal_batch
-    echo(f"  keygen: {sets} key set(s) of {gb(comp.set_nbytes)} per party streamed by one dealer, no files")
+    dealers = "one dealer" if case.lanes == 1 else f"a dealer per lane ({case.lanes})"
+    echo(f"  keygen: {sets} key set(s) of {gb(comp.set_nbytes)} per party and lane streamed by {dealers}, no files")
     t0 = time.perf_counter()
-    with StreamDealer(comp.build, sets, opts.backend, opts.timeout, case, logs / f"keystream_{case.slug}.log") as d:
-        merged = _steps(case, opts, comp, envs, echo, lambda step: [d.address])
+    with contextlib.ExitStack() as stack:
+        ds = [stack.enter_context(StreamDealer(comp.build, sets, opts.backend, opts.timeout, case,
+                                               logs / f"keystream_{case.slug}{_lane_suffix(case, lane)}.log"))
+              for lane in range(case.lanes)]
+        merged = _steps(case, opts, comp, envs, echo, [lambda step, d=d: [d.address] for d in ds])
         files = merged.pop()
-        kg.add([d.finish()], time.perf_counter() - t0)
+        kg.add([d.finish() for d in ds], time.perf_counter() - t0)
     return merged, kg, files
 
 
+def _lane_suffix(case: Case, lane: int) -> str:
+    return f"_lane{lane}" if case.lanes > 1 else ""
+
+
 def _steps(case: Case, opts: BenchOptions, comp: CompileInfo, envs: tuple[dict, dict], echo: Echo,
-           keys_for: Callable[[int], list]) -> list:
-    """Both workers through every step; the merged steps, then the workers' JSON files last."""
+           sources: list[KeySource]) -> list:
+    """The workers (a pair per lane) through every step; the merged steps, then the workers'
+    JSON files last. Lanes start each step together and are awaited together."""
     merged: list = []
-    with PartyPair(case, comp.build, opts.backend, Path(opts.workdir) / "runs" / case.slug, opts.timeout,
-                   party_argv=opts.party_argv + (["--net", case.net.spec] if case.net else [])) as pair:
-        pair.start(envs)
+    with contextlib.ExitStack() as stack:
+        pairs = [stack.enter_context(PartyPair(
+            case, comp.build, opts.backend, Path(opts.workdir) / "runs" / (case.slug + _lane_suffix(case, lane)),
+            opts.timeout, party_argv=opts.party_argv + (["--net", case.net.spec] if case.net else [])))
+            for lane in range(case.lanes)]
+        for pair in pairs:
+            pair.start(envs)
         for step in range(opts.steps):
-            r0, r1 = pair.step(step, step < opts.warmup, keys_for(step), opts.internal_batch)
-            merged.append(merge_parties(r0, r1))
+            key_dirs = [source(step) for source in sources]         # every lane's keys before any lane starts
+            for pair, dirs in zip(pairs, key_dirs):
+                pair.send_step(step, step < opts.warmup, dirs, opts.internal_batch)
+            records = [pair.await_step() for pair in pairs]
+            merged.append(merge_lanes(records) if case.lanes > 1 else merge_parties(*records[0]))
             echo(f"  step {step}{' (warm-up)' if step < opts.warmup else ''}: "
                  f"{merged[-1]['online_seconds']:.3f} s online, {merged[-1]['rounds']} rounds, "
                  f"{gb(merged[-1]['bytes_sent'])} sent")
-        merged.append(pair.finish())
+        merged.append([f for pair in pairs for f in pair.finish()])
     return merged
 
 
