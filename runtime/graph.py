@@ -95,11 +95,23 @@ class GateGraph:
 
     def keygen_stream(self, rng: DealerRng, masks: dict | None = None) -> Iterator[tuple[str, Key, Key]]:
         """The keys gate by gate, in layout order, so a dealer can write each and drop it
-        (a large model's key set need not fit in memory); wire masks go into ``masks``."""
+        (a large model's key set need not fit in memory); wire masks go into ``masks``.
+
+        Without ``masks`` each wire's mask is dropped once the last gate reading it has its
+        keys: the dealer then holds the live wires' masks only, not every activation of the
+        model (several GB on the device for BERT-base at batch 4)."""
+        keep_all = masks is not None
         masks = {} if masks is None else masks
-        for n in self.nodes:
+        last_reader = {w: i for i, n in enumerate(self.nodes) for w in n.inputs}
+        for i, n in enumerate(self.nodes):
             out, k0, k1 = n.gate.keygen(rng, [masks[w] for w in n.inputs])
             masks[n.id] = out
+            if not keep_all:
+                for w in set(n.inputs):
+                    if last_reader[w] == i:
+                        del masks[w]
+                if n.id not in last_reader:     # read by no gate (an output's own mask)
+                    del masks[n.id]
             yield n.id, k0, k1
 
     # ------------------------------------------------------------------ online

@@ -1,0 +1,54 @@
+"""The dealer keeps only the masks of wires a later gate still reads (runtime/graph.py
+``keygen_stream``): a set of BERT-base at batch 4 would otherwise hold every activation's
+mask on the device until the set is done."""
+import gc
+import weakref
+
+import numpy as np
+
+from fusec.runtime.gates.arith import Mul
+from fusec.runtime.graph import GateGraph
+from fusec.runtime.rng import DealerRng
+
+
+def _chain() -> GateGraph:
+    g = GateGraph()
+    g.input("x", 4, 16)
+    g.add("a", Mul(4, 16), ["x", "x"])
+    g.add("b", Mul(4, 16), ["a", "x"])      # x's last reader
+    g.add("c", Mul(4, 16), ["b", "b"])
+    g.output("y", "c")
+    return g
+
+
+def test_each_mask_is_dropped_after_its_last_reader():
+    g = _chain()
+    alive: dict[str, weakref.ref] = {}
+    for n in g.nodes:           # record a weak reference to every mask the dealer draws
+        def keygen(rng, masks, _orig=n.gate.keygen, _id=n.id):
+            out, k0, k1 = _orig(rng, masks)
+            alive[_id] = weakref.ref(out)
+            return out, k0, k1
+        n.gate.keygen = keygen
+    live_after = {}
+    for node_id, _, _ in g.keygen_stream(DealerRng(b"memory")):
+        gc.collect()
+        live_after[node_id] = {w for w, ref in alive.items() if ref() is not None}
+    assert live_after["a"] == {"x", "a"}
+    assert live_after["b"] == {"b"}             # x and a read for the last time by b
+    assert live_after["c"] == {"c"}
+    assert live_after["y"] <= {"y"}             # the output's mask lives on in its key only
+
+
+def test_dropping_masks_changes_no_key():
+    g = _chain()
+    kept = {}
+    with_masks = list(g.keygen_stream(DealerRng(b"same"), kept))
+    without = list(g.keygen_stream(DealerRng(b"same")))
+    assert set(kept) == {n.id for n in g.nodes}            # a caller that asks for the masks gets them all
+    for (i0, a0, a1), (i1, b0, b1) in zip(with_masks, without):
+        assert i0 == i1
+        for ka, kb in ((a0, b0), (a1, b1)):
+            for f in vars(ka) if hasattr(ka, "__dict__") else ka:
+                va, vb = (getattr(ka, f), getattr(kb, f)) if hasattr(ka, "__dict__") else (ka[f], kb[f])
+                assert np.array_equal(np.asarray(va), np.asarray(vb)), (i0, f)
