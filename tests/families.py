@@ -147,6 +147,8 @@ FAMILIES = {
                                                 position_buckets=8, max_relative_positions=16,
                                                 pos_att_type=["p2c", "c2p"], position_biased_input=False)),
     "vit": Family("vit", _vit),
+    # a decoder: rotary positions, RMSNorm, SiLU-gated MLP, grouped-query attention, causal mask
+    "llama": Family("llama", _encoder("LlamaConfig", "LlamaModel", num_key_value_heads=1)),
     **{f"mlp-{a.lower()}": Family(f"mlp-{a.lower()}", _mlp(a), output="y") for a in ACTIVATIONS},
 }
 

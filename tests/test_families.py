@@ -24,8 +24,8 @@ from tests.harness import run_graph
 from fusec.verify import compare, onnxruntime_reference
 
 
-def secure_vs_ort(model, tmp_path, feeds, out_name, bits: int = 37, **roles):
-    compile_model(model, tmp_path / "build", CompileOptions(bits=bits), batch=1, input_roles=roles or None)
+def secure_vs_ort(model, tmp_path, feeds, out_name, bits: int = 37, frac: int = 12, **roles):
+    compile_model(model, tmp_path / "build", CompileOptions(bits=bits, frac=frac), batch=1, input_roles=roles or None)
     b = load_build(tmp_path / "build")
     out, logs = run_graph(b.gates, encode_inputs(b, feeds, 1))
     got = decode_outputs(b, out)[b.ir.outputs[0]]
@@ -148,12 +148,16 @@ def test_rms_normalization_at_opset_23(tmp_path):
 
 
 # ---------------------------------------------------------------------- exported families (torch)
-CI = {("roberta", "legacy"), ("vit", "legacy"), ("mlp-sigmoid", "legacy")}
+CI = {("roberta", "legacy"), ("vit", "legacy"), ("mlp-sigmoid", "legacy"), ("llama", "legacy")}
 #: refused today, with the reason (strict: the test says when it starts to pass)
 KNOWN: dict[str, str] = {}
 #: ring width per family where the tiny models' 37 bits are too narrow: leaky ReLU's fit
 #: needs the default ring (at 37 bits the compile refuses it in one line, test below)
-BITS = {"mlp-leakyrelu": 50}
+BITS = {"mlp-leakyrelu": 50, "llama": 50}
+#: fractional bits where 12 lose too much: a randomly initialised Llama's hidden states are of
+#: order 0.02 (embeddings at the init's std, no LayerNorm after them), so 2^-12 steps cost it
+#: cosine 0.9954 (max abs err 0.40); 2^-16 give 0.99998 (real checkpoints' activations are larger)
+FRAC = {"llama": 16}
 
 
 def _cases():
@@ -174,7 +178,7 @@ def test_family_verifies(name, exporter, tmp_path):
         pytest.importorskip("onnxscript")
     from tests.families import export  # noqa: PLC0415
     path, req, out = export(name, tmp_path, exporter)
-    c, _ = secure_vs_ort(path, tmp_path, req, out, bits=BITS.get(name, 37))
+    c, _ = secure_vs_ort(path, tmp_path, req, out, bits=BITS.get(name, 37), frac=FRAC.get(name, 12))
     assert c.cosine > 0.9995, c.line()
 
 
