@@ -197,6 +197,21 @@ def _to_array(t: onnx.TensorProto, label: str) -> np.ndarray:
     return v
 
 
+def _fixed_size_hint(infos: list) -> str | None:
+    """Why shapes may not broadcast: a weight of the model (public, e.g. BERT's 512 position
+    embeddings) sized for other inputs than the ones compiled for (--seq / --batch)."""
+    fixed = [i.shape for i in infos if i is not None and i.visibility == "public"]
+    moving = [i.shape for i in infos if i is not None and i.visibility != "public"]
+    for c in fixed:
+        for m in moving:
+            for a, b in zip(reversed(c), reversed(m)):
+                if a != b and a != 1 and b != 1:
+                    return (f"a weight of the model has {a} where the input-dependent tensor has {b}: the model "
+                            f"is built for size {a} on that axis (e.g. its position embeddings); compile with "
+                            f"--seq / --batch it supports")
+    return None
+
+
 def _first_line(e: BaseException) -> str:
     return checks.one_line(e, 300)
 
@@ -694,7 +709,7 @@ class Context:
         except Exception as e:  # noqa: BLE001
             raise CompileError(f"node {self.node_name!r} ({self.node.op_type}): cannot lower to IR {op} "
                                f"with inputs {[i.shape if i else None for i in infos]} and {attrs}: "
-                               f"{_first_line(e)}") from None
+                               f"{_first_line(e)}", _fixed_size_hint(infos)) from None
         if folded:
             for n, o, v in zip(names, outs, results):
                 v = _ir_array(np.asarray(v))

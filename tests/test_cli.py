@@ -112,3 +112,13 @@ def test_input_range_syntax_errors_exit_2():
                 (cmd, bad, r.stderr)
     r = fusec("compile", EXAMPLE, "-o", "/nonexistent/never-written", "--batch", "2", "--input-range", "nosuch=0:1")
     assert r.returncode == 2 and "nosuch" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_sequence_longer_than_the_models_positions_says_so(tmp_path):
+    """bert-tiny's position embeddings hold 128 positions: --seq 256 cannot broadcast against
+    them, and the error says which size the model is built for instead of only the shapes."""
+    model = Path(__file__).parent / "data" / "bert_tiny_legacy.onnx"
+    r = fusec("compile", model, "-o", tmp_path / "b", "--seq", "256", "--batch", "1")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "cannot lower" in r.stderr
+    assert "the model is built for size 128 on that axis" in r.stderr and "--seq" in r.stderr
