@@ -165,3 +165,23 @@ def test_without_matplotlib_one_line(monkeypatch, sweep, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)            # import matplotlib -> ImportError
     with pytest.raises(FusecError, match=r"pip install 'fusec\[plot\]'"):
         plots.plot_all([sweep], tmp_path)
+
+
+def test_a_batch_in_lanes_is_a_line_of_its_own_and_pairs_only_with_lanes(tmp_path):
+    """--lanes: batch 4 as 2 lanes of 2 is drawn beside batch 4 in one lane, not on its line,
+    and sigma / fused pairs lanes with lanes."""
+    one = [record("bert-base", 128, b, g) for b in (1, 4) for g in ("fused", "sigma")]
+    lanes = [record("bert-base", 128, 4, g) for g in ("fused", "sigma")]
+    for r, t in zip(lanes, (0.5, 2.0)):
+        r["config"].update(lanes=2, lane_batch=2, name=r["config"]["name"].replace("/b4/", "/b4/2x2/"))
+        r["online"]["per_batch"]["online_seconds"] = t
+    results = one + lanes
+    assert plots.series(lanes[0]["config"]) == "fused, 2 lanes" and plots.series(one[0]["config"]) == "fused"
+    ratios = sorted(r["online"]["ratio"] for r in plots.speedup_rows(results))
+    want = sorted([2.0 / 0.5] + [_online("sigma", 128, b, "none") / _online("fused", 128, b, "none") for b in (1, 4)])
+    assert ratios == pytest.approx(want)
+    pytest.importorskip("matplotlib")
+    doc = {**sweep_doc(), "results": results}
+    (tmp_path / "lanes.json").write_text(json.dumps(doc))
+    made, _ = plots.plot_all([tmp_path / "lanes.json"], tmp_path / "out")
+    assert "throughput.png" in {p.name for p in made}

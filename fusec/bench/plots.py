@@ -239,14 +239,15 @@ def _lines(plt, panels: list[tuple[str, dict, list[dict]]], out: Path, name: str
         lines: dict[tuple, list[dict]] = {}
         for r in rs:
             c = r["config"]
-            lines.setdefault((series(c), gate(c), runtime(c), c["gpus"]), []).append(r)
-        for (label, g, rt, gpus), recs in sorted(lines.items(), key=str):
+            lines.setdefault((series(c), gate(c), runtime(c), c["gpus"], c.get("lanes", 1) > 1), []).append(r)
+        for (label, g, rt, gpus, in_lanes), recs in sorted(lines.items(), key=str):
             pts = sorted((r["config"][x], y(r)) for r in recs if y(r) is not None)
             color, marker = STYLE.get(g, ("tab:purple", "D"))
             alpha, fill, _ = RUNTIME_LOOK.get(rt, RUNTIME_LOOK[DEFAULT_RUNTIME])
-            if pts:
-                ax.plot(*zip(*pts), GPU_LINE.get(gpus, ":"), color=color, marker=marker, fillstyle=fill,
-                        label=f"{label}, {where(gpus)}", alpha=alpha)
+            if pts:         # a batch in lanes: dash-dotted, square markers, beside the same gates in one lane
+                ax.plot(*zip(*pts), "-." if in_lanes else GPU_LINE.get(gpus, ":"), color=color,
+                        marker="s" if in_lanes else marker, fillstyle=fill, label=f"{label}, {where(gpus)}",
+                        alpha=alpha)
         for r in skipped or []:
             c = r["config"]
             if c.get("label", c["model"]) == head and all(c.get(k) == v for k, v in fixed.items()):
