@@ -194,6 +194,9 @@ def compile_options(f):
         click.option("--weights", type=click.Choice(["public", "private"]), default="public", show_default=True),
         click.option("--rescale", type=click.Choice(["slack", "ars"]), default="slack", show_default=True),
         click.option("--max-error-ulps", default=8.0, show_default=True, help="error bound for fitted specs"),
+        click.option("--max-tree", type=click.Choice(["auto", "shifted", "packed"]), default="auto", show_default=True,
+                     help="row maxima (softmax): each tree level in one round (shifted) or in two with a third of the "
+                          "AES and half the key (packed); auto: packed where the saving pays for the rounds"),
         click.option("--calib", type=click.Path(exists=True),
                      help=".npy/.npz calibration request, one with more rows than --batch (split into batches), "
                           "or a folder of them; ranges cover all within --calib-seconds (default: random ids / "
@@ -232,7 +235,7 @@ def _role_arg(values: tuple[str, ...]) -> dict[str, str]:
 
 
 def _compile(model, out, batch, seq, input_shape, public_input, bits, frac, gate_set, weights, rescale,
-             max_error_ulps, calib, insecure, input_range=(), quiet: bool = False, input_role=(),
+             max_error_ulps, calib, insecure, input_range=(), quiet: bool = False, input_role=(), max_tree="auto",
              max_elements=Limits.max_elements, max_bytes=Limits.max_bytes, fold_seconds=Limits.fold_seconds,
              calib_seconds=Limits.calib_seconds):
     from fusec.limits import using
@@ -242,11 +245,11 @@ def _compile(model, out, batch, seq, input_shape, public_input, bits, frac, gate
     with using(lim):
         return _compile_within_limits(model, out, batch, seq, input_shape, public_input, bits, frac, gate_set,
                                       weights, rescale, max_error_ulps, calib, insecure, input_range, quiet,
-                                      input_role, lim)
+                                      input_role, lim, max_tree)
 
 
 def _compile_within_limits(model, out, batch, seq, input_shape, public_input, bits, frac, gate_set, weights, rescale,
-                           max_error_ulps, calib, insecure, input_range, quiet, input_role, lim):
+                           max_error_ulps, calib, insecure, input_range, quiet, input_role, lim, max_tree="auto"):
     from fusec.build import compile_model, frontend
     from fusec.calib_set import load_calibration
     from fusec.passes.options import CompileOptions
@@ -264,7 +267,7 @@ def _compile_within_limits(model, out, batch, seq, input_shape, public_input, bi
                                  f"its float inputs: {', '.join(floats) or 'none (token ids need no range)'}")
     opts = CompileOptions(bits=bits, frac=frac, weight_frac=frac, gates=gate_set, weights=weights, rescale=rescale,
                           max_error_ulps=max_error_ulps, insecure_mask_dependent_shapes=insecure, calib=calib_feeds,
-                          input_ranges=ranges)
+                          input_ranges=ranges, max_tree=max_tree)
     if insecure:
         click.echo("WARNING: --insecure-mask-dependent-shapes: this build leaks information about its masks "
                    "through key shapes. Ablation only; never deploy it.", err=True)

@@ -32,10 +32,9 @@ from fusec.ir.graph import Graph, Node, TensorInfo
 from fusec.ir.nonlinear import SIGMA_LABELS, Domain, fit_domain  # noqa: F401  (Domain: re-export)
 from fusec.ir.spec import FitPlan, FitRequest, OperatorSpec, error_floor, finish, plan, relu_spec
 from fusec.passes.options import CompileOptions
+from fusec.passes.pricing import ROUND_WORTH_BYTES, price
 from fusec.passes.ranges import proven as proven_range
 
-#: key bytes (per gate, all its elements) a rescale in front must save to be worth its round
-ROUND_WORTH_BYTES = 32 << 20
 
 CANDIDATES = [(d, p) for d in (1, 2, 3) for p in (4, 8, 16, 32, 64, 128)] + [(1, 256), (1, 512), (2, 256)]
 #: shapes also tried with equidistributed cuts (pieces between the powers of two above)
@@ -96,11 +95,9 @@ def _fit_one(name: str, fn, dom: Domain, degree: int, pieces: int, n: int, f_in:
 
 
 def _price(spec: OperatorSpec) -> float:
-    """What a spec costs per element: key bytes plus 16 bytes per AES block evaluated
-    (each block is 16 bytes of PRG output the servers must produce online)."""
+    """What a spec costs per element (passes/pricing.py)."""
     from fusec.runtime.gates.scalar import ScalarGate  # noqa: PLC0415
-    c = ScalarGate(1, spec).cost()
-    return c.key_bits / 8 + 16 * c.aes
+    return price(ScalarGate(1, spec).cost())
 
 
 def _price_floor(degree: int, pieces: int, n: int) -> float:
@@ -112,8 +109,7 @@ def _price_floor(degree: int, pieces: int, n: int) -> float:
 
 def _rescale_price(n: int, shift: int) -> float:
     from fusec.runtime.gates.truncation import TruncateSlack  # noqa: PLC0415
-    c = TruncateSlack(1, n, max(shift, 1)).cost()
-    return c.key_bits / 8 + 16 * c.aes
+    return price(TruncateSlack(1, n, max(shift, 1)).cost())
 
 
 def _shapes(dom: Domain, n: int) -> list[tuple[int, int, bool]]:

@@ -7,6 +7,7 @@ from fusec.errors import CompileError
 
 GATE_SETS = ("fused", "sigma")
 RESCALES = ("slack", "ars")
+MAX_TREES = ("auto", "shifted", "packed")
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,9 @@ class CompileOptions:
     # fused softmax: its max may be off by up to this (real units): the tree compares on a coarser
     # grid (fewer DCF levels), exp is fitted up to +grid; softmax itself does not depend on the shift
     softmax_max_grid: float = 2.0 ** -5
+    # fused row maxima: each tree level's comparison as the one-round shifted lookup or the packed
+    # one (a round more per level, a third of the AES, half the key); auto: passes/pricing.py decides
+    max_tree: str = "auto"
     insecure_mask_dependent_shapes: bool = False   # padding ablation only
     calib_seed: int = 0
     client_prefix: bool = True      # run the input owner's plaintext prefix (embeddings) before sharing
@@ -34,6 +38,8 @@ class CompileOptions:
             raise CompileError(f"unknown gate set {self.gates!r}", f"use one of {', '.join(GATE_SETS)}")
         if self.rescale not in RESCALES:
             raise CompileError(f"unknown rescale {self.rescale!r}", f"use one of {', '.join(RESCALES)}")
+        if self.max_tree not in MAX_TREES:
+            raise CompileError(f"unknown max tree {self.max_tree!r}", f"use one of {', '.join(MAX_TREES)}")
         if not 16 <= self.bits <= 64:
             raise CompileError(f"ring width {self.bits} is out of range", "use --bits between 16 and 64")
         if not 0.0 <= self.softmax_max_grid <= 1.0:

@@ -47,6 +47,17 @@ def test_transformer_fixtures_match_onnxruntime(fixture, tmp_path):
     assert any(n.attrs.get("at") == "client" and n.op == "Gather" for n in b.ir.nodes())
 
 
+def test_packed_row_maxima_match_onnxruntime(tmp_path):
+    """--max-tree packed: every softmax's row maxima in two rounds a tree level (a third of
+    the AES); the decoder still matches onnxruntime, one more round per level per layer."""
+    got, ref, b, logs = secure_vs_ort(DATA / "gpt2_tiny.onnx", tmp_path, batch=1, seq=16, bits=37, max_tree="packed")
+    trees = [n.gate for n in b.gates.nodes if n.gate.kind == "max_tree_narrow"]
+    assert trees and all(t.lookup == "packed" for t in trees)
+    c = compare("out", got, ref)
+    assert c.cosine > 0.9999 and c.rel < 1e-2, c.line()
+    assert logs[1].rounds == max(s.end for s in b.steps)
+
+
 @pytest.mark.parametrize("family", ["roberta", "vit", "mlp_sigmoid"])
 def test_family_fixtures_match_onnxruntime(family, tmp_path):
     """tests/test_families.py's CI cases (RoBERTa: CumSum position ids at the input owner;

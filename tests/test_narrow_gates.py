@@ -719,33 +719,35 @@ def _max_oracle(x: np.ndarray, s: int) -> np.ndarray:
     return np.array([max(int(v) >> s for v in row) for row in x], dtype=np.int64)
 
 
-def _check_max(n: int, k: int, s: int, x: np.ndarray, masks=None):
+def _check_max(n: int, k: int, s: int, x: np.ndarray, masks=None, lookup: str = "shifted"):
     """Run MaxTreeNarrow on rows x (signed, |x| < 2^(k-4) so the truncated values keep the
     slack); exact for s = 0, within one ulp above for s > 0 (each truncation's carry)."""
-    g = MaxTreeNarrow(x.shape, n, 1, k, pre_shift=s)
+    g = MaxTreeNarrow(x.shape, n, 1, k, pre_shift=s, lookup=lookup)
     got, cost, logs = measure_gate(g, x.reshape(-1), n, masks=masks)
     d = got.reshape(-1) - _max_oracle(x, s)
     assert (d == 0).all() if s == 0 else ((d >= 0) & (d <= 1)).all(), (n, k, s, d)
     want = g.cost()
     assert (cost.key_bits, cost.aes, cost.rounds) == (want.key_bits, want.aes, want.rounds)
-    assert logs[0].rounds == len(g.levels) + 1
+    assert logs[0].rounds == len(g.levels) * (1 if lookup == "shifted" else 2) + 1
 
 
+@pytest.mark.parametrize("lookup", MaxTreeNarrow.LOOKUPS)
 @pytest.mark.parametrize("s", [0, 2])
-def test_max_tree_narrow_every_pair_small(s):
+def test_max_tree_narrow_every_pair_small(s, lookup):
     """Every pair (a, b) of the valid range at n = 12, k = 8, under random and forced masks."""
     n, k = 12, 8
     q = 1 << (k - 4)
     vals = np.arange(-q, q)
     x = np.stack(np.meshgrid(vals, vals, indexing="ij"), axis=-1).reshape(-1, 2)
-    _check_max(n, k, s, x)
+    _check_max(n, k, s, x, lookup=lookup)
     for m in forced_masks((x.size,), n):
-        _check_max(n, k, s, x, masks=[m])
+        _check_max(n, k, s, x, masks=[m], lookup=lookup)
 
 
+@pytest.mark.parametrize("lookup", MaxTreeNarrow.LOOKUPS)
 @pytest.mark.parametrize("n", [37, 50, 64])
 @pytest.mark.parametrize("s", [0, 12])
-def test_max_tree_narrow_random_wide(n, s):
+def test_max_tree_narrow_random_wide(n, s, lookup):
     k = 30
     rng = np.random.default_rng(n + s)
     q = 1 << (k - 4)
@@ -753,9 +755,18 @@ def test_max_tree_narrow_random_wide(n, s):
     x[0] = q - 1
     x[1] = -q
     x[2, :2] = (-q, q - 1)
-    _check_max(n, k, s, x)
+    _check_max(n, k, s, x, lookup=lookup)
     for m in forced_masks((x.size,), n):
-        _check_max(n, k, s, x, masks=[m])
+        _check_max(n, k, s, x, masks=[m], lookup=lookup)
+
+
+def test_the_packed_max_tree_trades_a_round_per_level_for_aes_and_key():
+    """The packed comparison: two rounds a level, a third of the AES, about half the key."""
+    sh, pk = (MaxTreeNarrow((16, 128), 50, 1, 20, lookup=lk).cost() for lk in MaxTreeNarrow.LOOKUPS)
+    assert pk.rounds == sh.rounds + 7                    # ceil(log2 128) levels
+    assert pk.aes < sh.aes / 2.5 and pk.key_bits < 0.6 * sh.key_bits
+    with pytest.raises(ParameterError, match="unknown lookup"):
+        MaxTreeNarrow((2, 4), 50, 1, 8, lookup="pieces")
 
 
 def test_max_tree_narrow_rejects_bad_views():

@@ -80,6 +80,8 @@ def library(n: int = 50, f: int = 12, elements: int = 1) -> list[tuple[str, Gate
         (f"  same, the rescale by {f} in front folded into its first round", _narrow_gelu(E, spec, n, f, f)),
         ("max over 8, |x| < 16 proven: one round a level (ours) /out elem",
          MaxTreeNarrow((E, 8), n, 1, _bits(16.0, f) + 1)),
+        ("  same, each level's comparison packed: two rounds a level, a third of the AES (ours) /out elem",
+         MaxTreeNarrow((E, 8), n, 1, _bits(16.0, f) + 1, lookup="packed")),
         ("SIGMA GELU (TrWithSlack, one 32-bit DPF for sign and abs(x)<4, mux, 8-bit DPF LUT, select)", SigmaGelu(E, n, f)),
     ]
 

@@ -465,7 +465,7 @@ class IntervalContainment(Gate):
 
 # ------------------------------------------------------------------- max tree, one round a level
 class MaxTreeNarrow(Gate):
-    """Max along ``axis`` with ONE round per tree level, on the input's proven width.
+    """Max along ``axis`` with one round per tree level (two with the packed lookup), on the proven width.
 
     The input (an n-bit wire) is PROVEN to fit ``view_bits`` = k signed bits with two bits
     of slack, and so do all differences of its entries; the whole tree then runs on the
@@ -479,11 +479,17 @@ class MaxTreeNarrow(Gate):
 
     kind = "max_tree_narrow"
 
-    def __init__(self, shape, bits: int, axis: int, view_bits: int, pre_shift: int = 0):
+    LOOKUPS = ("shifted", "packed")
+
+    def __init__(self, shape, bits: int, axis: int, view_bits: int, pre_shift: int = 0, lookup: str = "shifted"):
         """``pre_shift`` = s: the input carries x at s more fractional bits than the max is
         wanted at; the tree then runs on the free truncation ``hi_s(u mod 2^view_bits)``
         (``floor(x / 2^s) + {0, 1}`` per element, DESIGN §4) of ``view_bits - s`` bits, which
-        costs no round, and the max comes out at the lower scale (within one ulp)."""
+        costs no round, and the max comes out at the lower scale (within one ulp).
+
+        ``lookup``: each level's ReLU as the ``shifted`` lookup (one round, one k-bit DCF with
+        a two-word payload) or the ``packed`` one (two rounds: a 1-bit DPF comparison, then
+        the select from dealer correlations; about a third of the AES and half the key)."""
         from fusec.ir.spec import relu_spec  # noqa: PLC0415
         from fusec.runtime.gates.scalar import ScalarGate  # noqa: PLC0415
 
@@ -498,9 +504,19 @@ class MaxTreeNarrow(Gate):
         if not 4 <= self.view_bits < self.bits or self.in_view > self.bits or self.pre_shift < 0:
             raise ParameterError(f"{self.kind}: view width {view_bits} (minus the shift {pre_shift}) must lie in "
                                  f"[4, {self.bits})")
+        if lookup not in self.LOOKUPS:
+            raise ParameterError(f"{self.kind}: unknown lookup {lookup!r}", f"use one of {', '.join(self.LOOKUPS)}")
+        self.lookup = lookup
         spec = relu_spec(self.view_bits, 0)
-        self._tree.levels = [ScalarGate(g.elements, spec, lookup="shifted") for g in self._tree.levels]
+        self._tree.levels = [ScalarGate(g.elements, spec, lookup=lookup) for g in self._tree.levels]
         self.levels = self._tree.levels
+
+    @staticmethod
+    def comparison_cost(view_bits: int, lookup: str) -> GateCost:
+        """One comparison (one ReLU of a level) on a ``view_bits``-bit view."""
+        from fusec.ir.spec import relu_spec  # noqa: PLC0415
+        from fusec.runtime.gates.scalar import ScalarGate  # noqa: PLC0415
+        return ScalarGate(1, relu_spec(view_bits, 0), lookup=lookup).cost()
 
     def fields(self):
         out = []
@@ -514,9 +530,7 @@ class MaxTreeNarrow(Gate):
         widen = GateCost(key_bits=2 * n - k, aes=0, rounds=1, open_bits=n)
         if not self.levels:
             return widen
-        from fusec.ir.spec import relu_spec  # noqa: PLC0415
-        from fusec.runtime.gates.scalar import ScalarGate  # noqa: PLC0415
-        one = ScalarGate(1, relu_spec(k, 0), lookup="shifted").cost()
+        one = self.comparison_cost(k, self.lookup)
         k1 = self.k - 1
         return GateCost(key_bits=k1 * one.key_bits, aes=k1 * one.aes, rounds=len(self.levels) * one.rounds,
                         open_bits=k1 * one.open_bits) + widen

@@ -1,0 +1,47 @@
+"""``--max-tree auto``: the packed max tree where its saving pays for its extra rounds
+(passes/pricing.py), priced here from the gates' own costs, not from the rule's code."""
+from types import SimpleNamespace
+
+import pytest
+
+from fusec.errors import CompileError
+from fusec.passes.lower import _Lowering
+from fusec.passes.options import CompileOptions
+from fusec.runtime.gates.compare import MaxTreeNarrow
+
+
+def _choose(shape, view_bits=20, **opts):
+    return _Lowering.max_lookup(SimpleNamespace(o=CompileOptions(**opts)), shape, len(shape) - 1, view_bits)
+
+
+def _tree_saving(shape, view_bits):
+    """Price saved by the packed tree over the whole gate, and its extra rounds, from the two
+    gates' own cost(): key bytes + 16 bytes per AES, per output element (a row)."""
+    sh, pk = (MaxTreeNarrow(shape, 50, len(shape) - 1, view_bits, lookup=lk).cost() for lk in ("shifted", "packed"))
+    rows = 1
+    for d in shape[:-1]:
+        rows *= d
+    saved = ((sh.key_bits - pk.key_bits) / 8 + 16 * (sh.aes - pk.aes)) * rows
+    return saved, pk.rounds - sh.rounds
+
+
+@pytest.mark.parametrize("shape", [(12, 16, 16), (12, 128, 128), (24, 128, 128), (12, 512, 512), (96, 128, 128)])
+def test_auto_takes_the_packed_tree_where_it_saves_32_mib_a_round(shape):
+    saved, extra = _tree_saving(shape, 20)
+    want = "packed" if saved >= (32 << 20) * extra else "shifted"
+    assert _choose(shape) == want
+
+
+def test_bert_base_batch_1_keeps_the_one_round_tree_larger_ones_pack():
+    """BERT-base's attention rows (12 heads x seq) on the grid's 18-bit view: seq 128 at batch 1
+    stays one round a level; batch 8 and seq 512 take the packed tree."""
+    assert _choose((12, 128, 128), view_bits=18) == "shifted"
+    assert _choose((8 * 12, 128, 128), view_bits=18) == "packed"
+    assert _choose((12, 512, 512), view_bits=18) == "packed"
+
+
+def test_an_explicit_choice_wins_and_a_bad_one_is_refused():
+    assert _choose((12, 16, 16), max_tree="packed") == "packed"
+    assert _choose((96, 512, 512), max_tree="shifted") == "shifted"
+    with pytest.raises(CompileError, match="unknown max tree"):
+        CompileOptions(max_tree="pieces")
