@@ -39,6 +39,7 @@ def compile_case(case: Case, model_path: Path, workdir: Path, timeout: float) ->
         shutil.rmtree(build, ignore_errors=True)
         argv = module_argv("fusec", "compile", str(model_path), "-o", str(build), "--batch", str(case.lane_batch),
                            "--seq", str(case.seq), "--bits", str(case.model.bits), "--gates", case.gates)
+        argv += list(case.compile_args)
         if not case.padded:
             argv.append("--insecure-mask-dependent-shapes")
         try:

@@ -42,6 +42,12 @@ class Case:
     net: NetSetting | None = None           # an emulated link between the parties (--net), None: loopback as is
     runtime: str = DEFAULT_RUNTIME          # RUNTIMES: how the parties run each set
     lanes: int = 1                          # pairs of workers in flight at once, each on batch / lanes (--lanes)
+    compile_args: tuple[str, ...] = ()      # more `fusec compile` arguments (--compile-arg), e.g. --max-tree packed
+
+    @property
+    def compile_tag(self) -> str:
+        """The compile arguments as a name part: ``--max-tree packed`` -> ``max-tree-packed``."""
+        return "-".join(a.lstrip("-").replace("=", "-") for a in self.compile_args)
 
     @property
     def lane_batch(self) -> int:
@@ -59,7 +65,8 @@ class Case:
         net = "" if self.net is None else f"/{self.net.name}"
         run = f"/{RUNTIME_TAGS[self.runtime]}" if self.runtime in RUNTIME_TAGS else ""
         lanes = f"/{self.lanes}x{self.lane_batch}" if self.lanes > 1 else ""
-        return f"{self.model.label}/seq{self.seq}/b{self.batch}{lanes}/{self.gate_label}/{where}{net}{run}"
+        built = f"/{self.compile_tag}" if self.compile_args else ""
+        return f"{self.model.label}/seq{self.seq}/b{self.batch}{lanes}/{self.gate_label}{built}/{where}{net}{run}"
 
     @property
     def slug(self) -> str:
@@ -68,7 +75,8 @@ class Case:
     @property
     def build_slug(self) -> str:
         """Builds do not depend on where the parties run: one compile serves every GPU count."""
-        return f"{self.model.label}_n{self.model.bits}_seq{self.seq}_b{self.lane_batch}_{self.gate_label}"
+        built = f"_{self.compile_tag}" if self.compile_args else ""
+        return f"{self.model.label}_n{self.model.bits}_seq{self.seq}_b{self.lane_batch}_{self.gate_label}{built}"
 
     def as_dict(self, opts: "BenchOptions") -> dict:
         return {"name": self.name, "model": self.model.name, "label": self.model.label, "model_file": self.model.path,
@@ -77,7 +85,7 @@ class Case:
                 "gpus": self.gpus, "backend": opts.backend, "bits": self.model.bits,
                 "warmup": opts.warmup, "repeat": opts.repeat,
                 "net": None if self.net is None else self.net.as_dict(), "runtime": self.runtime,
-                "lanes": self.lanes, "lane_batch": self.lane_batch}
+                "lanes": self.lanes, "lane_batch": self.lane_batch, "compile_args": list(self.compile_args)}
 
 
 @dataclass
@@ -108,6 +116,7 @@ class BenchOptions:
     party_argv: list[str] = field(default_factory=list)     # more worker options: --tls-* (fusec.party_cli)
     gate_microbench: dict | None = None     # --gate-speedups: per-gate speed-ups measured alone (bench/amdahl.py)
     lanes: int = 1                          # --lanes: a batch as this many concurrent worker pairs (lanes.py)
+    compile_args: list[str] = field(default_factory=list)   # --compile-arg: more `fusec compile` arguments
 
     @property
     def runtime(self) -> str:
@@ -171,9 +180,10 @@ def plan_cases(opts: BenchOptions) -> list[Case]:
     where = list(opts.gpus) if opts.backend == "gpu" else [None]
     nets = list(opts.nets) or [None]
     rt = opts.runtime
-    cases = [Case(m, s, b, g, w, net=n, runtime=rt, lanes=opts.lanes_for(b)) for m in opts.models for s, b in shapes for g in opts.gates for w in where
+    extra = tuple(opts.compile_args)
+    cases = [Case(m, s, b, g, w, net=n, runtime=rt, lanes=opts.lanes_for(b), compile_args=extra) for m in opts.models for s, b in shapes for g in opts.gates for w in where
              for n in nets]
     if opts.padding_ablation:
-        cases += [Case(m, opts.seqs[0], small, "fused", w, padded=False, net=n, runtime=rt)
+        cases += [Case(m, opts.seqs[0], small, "fused", w, padded=False, net=n, runtime=rt, compile_args=extra)
                   for m in opts.models for w in where for n in nets]
     return cases
