@@ -20,7 +20,7 @@ from fusec.ir.ops import run_node
 from fusec.ir.spec import OperatorSpec
 from fusec.passes import lower_sigma
 from fusec.passes.options import CompileOptions
-from fusec.passes.pricing import price, worth_rounds
+from fusec.passes.pricing import gate_price, price, worth_rounds
 from fusec.passes.ranges import narrow_bits, proven, width_bits
 from fusec.passes.scales import power_of_two_factor
 from fusec.ir.ops import is_movement
@@ -34,10 +34,6 @@ from fusec.runtime.gates.mul_narrow import MulNarrow, View
 from fusec.runtime.gates.scalar import ScalarGate
 from fusec.runtime.gates.truncation import ArsOneRound, TruncateNarrow
 from fusec.runtime.graph import GateGraph
-
-
-#: key bytes a gate may spend to save a round by a one-round lookup instead of the packed one
-ONE_ROUND_BUDGET = 32 << 20
 
 
 @dataclass
@@ -404,16 +400,24 @@ class _Lowering:
             k_in = narrow_bits(self.g, x, spec.view_shift)
             k_in = k_in if k_in is not None and k_in < self.n else None
             lookup, pad = node.attrs.get("lookup", "auto"), node.attrs.get("pad", True)
-            gate = ScalarGate(N, spec, lookup=lookup, pad=pad, view_bits=k_in, out_view_bits=k_out)
-            if lookup == "auto" and gate.lookup == "packed":
-                # a small gate (once per softmax or norm row) buys back a round with the one-round
-                # lookup when its extra key stays under ONE_ROUND_BUDGET bytes
-                one = ScalarGate(N, spec, lookup="shifted", pad=pad, out_view_bits=k_out)
-                if (one.key_bits_total() - gate.key_bits_total()) / 8 <= ONE_ROUND_BUDGET:
-                    gate = one
+            if lookup == "auto":
+                gate = self.scalar_lookup(N, spec, pad, k_in, k_out)
+            else:
+                gate = ScalarGate(N, spec, lookup=lookup, pad=pad, view_bits=k_in, out_view_bits=k_out)
             if gate.out_scale != self.scale(out):
                 raise CompileError(f"{node!r}: gate output scale {gate.out_scale} != IR scale {self.scale(out)}")
         self.out.wire[out] = self.add(node.name, gate, [self.out.wire[x]], node)
+
+    @staticmethod
+    def scalar_lookup(N: int, spec: OperatorSpec, pad: bool, k_in: int | None, k_out: int | None) -> ScalarGate:
+        """The packed lookup (two rounds) or the one-round shifted one, priced over the whole gate
+        (passes/pricing.py): the packed one where what it saves in key and AES pays for its extra
+        round. A small gate (once per softmax or norm row) keeps the one round unless it is
+        dear: a norm's rsqrt of ~500 pieces evaluates the shifted DCF at every breakpoint."""
+        packed, shifted = (ScalarGate(N, spec, lookup=lk, pad=pad, view_bits=k_in, out_view_bits=k_out)
+                           for lk in ("packed", "shifted"))
+        extra = packed.cost().rounds - shifted.cost().rounds
+        return packed if worth_rounds(gate_price(shifted) - gate_price(packed), extra) else shifted
 
     def rescale(self, node: Node) -> None:
         x, out = node.inputs[0], node.outputs[0]

@@ -10,7 +10,7 @@ the time, take the cheaper gate.
 """
 from __future__ import annotations
 
-from fusec.runtime.gates.base import GateCost
+from fusec.runtime.gates.base import Gate, GateCost
 
 #: bytes of key one AES block evaluated online is worth
 AES_BYTES = 16
@@ -21,6 +21,11 @@ ROUND_WORTH_BYTES = 32 << 20
 def price(cost: GateCost) -> float:
     """Key bytes plus ``AES_BYTES`` per AES block."""
     return cost.key_bits / 8 + AES_BYTES * cost.aes
+
+
+def gate_price(gate: Gate) -> float:
+    """:func:`price` of a whole gate: its key fields plus the AES of all its elements."""
+    return gate.key_bits_total() / 8 + AES_BYTES * gate.elements * gate.cost().aes
 
 
 def worth_rounds(saved: float, rounds: int) -> bool:

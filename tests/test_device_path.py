@@ -24,6 +24,8 @@ from fusec.runtime.gates.catalog import library
 from fusec.runtime.gates.compare import Select
 from fusec.runtime.gates.movement import Rearrange, SumAxis  # noqa: F401
 from fusec.runtime.gates.sigma_nonlinear import SigmaInverse, SigmaNegExp, sigma_layernorm_rsqrt
+from fusec.ir.spec import OperatorSpec
+from fusec.runtime.gates.scalar import ScalarGate
 from fusec.runtime.rng import DealerRng
 from tests.fakedevice import FakeDeviceBackend, host_kernel_backend
 from tests.harness import both_parties, queue_exchanges
@@ -135,7 +137,18 @@ def _every_gate(n: int = 50, f: int = 12, E: int = 300):
         ("SIGMA nExp", SigmaNegExp(E, n, f)),
         ("SIGMA inverse", SigmaInverse(E, n, f, 128.0)),
         ("SIGMA layernorm rsqrt", sigma_layernorm_rsqrt(E, n, f, 1 / 768, 1e-5)),
+        ("packed lookup of 300 pieces (a norm's rsqrt shape)", ScalarGate(E, _many_pieces(n, f, 300), "packed")),
     ]
+
+
+def _many_pieces(n: int, f: int, pieces: int) -> OperatorSpec:
+    """A degree-1 spec of many pieces (the compiler packs a layer norm's ~500-piece rsqrt where
+    that saves AES): the packed comparison then opens hundreds of bits per element."""
+    rng = np.random.default_rng(7)
+    cuts = tuple(int(c) for c in np.sort(rng.choice(np.arange(-(1 << 20), 1 << 20), pieces - 1, replace=False)))
+    coeffs = tuple((int(rng.integers(-1 << 20, 1 << 20)), int(rng.integers(-4, 5))) for _ in range(pieces))
+    centers = (0,) + cuts
+    return OperatorSpec("many", n, f, f, cuts, coeffs, centers, f, max_error_ulps=0.0)
 
 
 def _sent_bytes(gate, be_pair, keys, us):
