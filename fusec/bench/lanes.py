@@ -17,9 +17,7 @@ merges as between the two parties (bytes add up, times and rounds are the larger
 """
 from __future__ import annotations
 
-from typing import Any
-
-from fusec.bench.merge import is_number, merge_parties, merge_scopes, merge_value
+from fusec.bench.merge import merge_parties, merge_records, merge_value
 from fusec.bench.util import unique
 
 
@@ -34,21 +32,12 @@ def union_seconds(intervals: list) -> float:
     return total
 
 
-def _merge_two_lanes(a: dict, b: dict) -> dict:
-    out: dict[str, Any] = {"step": a.get("step"), "warmup": bool(a.get("warmup"))}
-    for key in unique([*a, *b]):
-        x, y = a.get(key), b.get(key)
-        if key == "scopes":
-            out[key] = merge_scopes(x, y)
-        elif key == "keys_unpacked_late":
-            out[key] = bool(x) or bool(y)
-        elif key == "round_phases":         # per party, each phase the larger lane's
-            out[key] = {p: {ph: merge_value(ph, (x or {}).get(p, {}).get(ph), (y or {}).get(p, {}).get(ph))
-                            for ph in unique([*(x or {}).get(p, {}), *(y or {}).get(p, {})])}
-                        for p in unique([*(x or {}), *(y or {})])}
-        elif key not in out and (is_number(x) or is_number(y)):
-            out[key] = merge_value(key, x, y)
-    return out
+def _lane_phases(x: dict | None, y: dict | None) -> dict:
+    """Two lanes' per-party round phases: each phase the larger lane's."""
+    x, y = x or {}, y or {}
+    return {p: {ph: merge_value(ph, x.get(p, {}).get(ph), y.get(p, {}).get(ph))
+                for ph in unique([*x.get(p, {}), *y.get(p, {})])}
+            for p in unique([*x, *y])}
 
 
 def merge_lanes(records: list[tuple[dict, dict]]) -> dict:
@@ -56,7 +45,7 @@ def merge_lanes(records: list[tuple[dict, dict]]) -> dict:
     lanes = [merge_parties(r0, r1) for r0, r1 in records]
     out = lanes[0]
     for more in lanes[1:]:
-        out = _merge_two_lanes(out, more)
+        out = merge_records(out, more, _lane_phases)
     intervals = [iv for pair in records for rec in pair for iv in rec.get("online_intervals", [])]
     out["lane_online_seconds"] = max(s["online_seconds"] for s in lanes)   # the slowest lane on its own clock
     out["online_seconds"] = union_seconds(intervals)

@@ -8,7 +8,7 @@ touching this file."""
 from __future__ import annotations
 
 import statistics
-from typing import Any
+from typing import Any, Callable
 
 from fusec.bench.failures import BenchError
 from fusec.bench.util import unique
@@ -34,20 +34,26 @@ def merge_scopes(a: dict | None, b: dict | None) -> dict:
             for scope in unique([*a, *b])}
 
 
-def merge_parties(p0: dict, p1: dict) -> dict:
-    """One step as both parties saw it -> one step of the protocol (see the module doc)."""
-    out: dict[str, Any] = {"step": p0.get("step"), "warmup": bool(p0.get("warmup"))}
-    for key in unique([*p0, *p1]):
-        a, b = p0.get(key), p1.get(key)
+def merge_records(a: dict, b: dict, phases: Callable[[Any, Any], dict]) -> dict:
+    """Two records of one step by the module's rules; ``phases`` merges their round phases."""
+    out: dict[str, Any] = {"step": a.get("step"), "warmup": bool(a.get("warmup"))}
+    for key in unique([*a, *b]):
+        x, y = a.get(key), b.get(key)
         if key == "scopes":
-            out[key] = merge_scopes(a, b)
+            out[key] = merge_scopes(x, y)
         elif key == "keys_unpacked_late":
-            out[key] = bool(a) or bool(b)
-        elif key == "round_phases":     # kept per party: their difference is the waiting
-            out[key] = {f"p{p}": phases for p, phases in ((0, a), (1, b)) if phases}
-        elif key not in out and (is_number(a) or is_number(b)):
-            out[key] = merge_value(key, a, b)
+            out[key] = bool(x) or bool(y)
+        elif key == "round_phases":
+            out[key] = phases(x, y)
+        elif key not in out and (is_number(x) or is_number(y)):
+            out[key] = merge_value(key, x, y)
     return out
+
+
+def merge_parties(p0: dict, p1: dict) -> dict:
+    """One step as both parties saw it -> one step of the protocol (see the module doc).
+    Round phases are kept per party: their difference is the waiting."""
+    return merge_records(p0, p1, lambda a, b: {f"p{p}": ph for p, ph in ((0, a), (1, b)) if ph})
 
 
 def _median(values: list) -> Any:
