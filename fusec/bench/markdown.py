@@ -46,8 +46,11 @@ def _row(rec: dict, shaped: bool = False) -> list[str]:
 
 def _batch_cell(config: dict) -> str:
     """The batch, and how it ran when in lanes: "8 (2 x 4)" (fusec/bench/lanes.py)."""
-    lanes = config.get("lanes", 1)
-    return str(config["batch"]) + (f" ({lanes} x {config['batch'] // lanes})" if lanes > 1 else "")
+    return _batch_text(config["batch"], config.get("lanes", 1))
+
+
+def _batch_text(batch: int, lanes: int) -> str:
+    return str(batch) + (f" ({lanes} x {batch // lanes})" if lanes > 1 else "")
 
 
 def _spread(online: dict) -> str:
@@ -66,22 +69,23 @@ def table(header: list[str], align: str, rows: list[list[str]]) -> list[str]:
 
 
 def _pairs(doc: dict) -> dict[tuple, dict[str, dict]]:
-    """(model label, seq, batch (and lanes), gpus, network) -> {gate label: record} over the measured records."""
+    """(model label, seq, batch, gpus, network, lanes) -> {gate label: record} over the measured records."""
     out: dict[tuple, dict[str, dict]] = {}
     for r in _ran(doc):
         c = r["config"]
         label = c["gates"] if c.get("padded", True) else f"{c['gates']}-unpadded"
-        out.setdefault((c.get("label", c["model"]), c["seq"], _batch_cell(c), c["gpus"], net_name(c)), {})[label] = r
+        out.setdefault((c.get("label", c["model"]), c["seq"], c["batch"], c["gpus"], net_name(c), c.get("lanes", 1)),
+                       {})[label] = r
     return out
 
 
 def _speedups(doc: dict) -> list[str]:
     rows, shaped = [], _shaped(doc)
-    for (model, seq, batch, gpus, net), by in _pairs(doc).items():
+    for (model, seq, batch, gpus, net, lanes), by in _pairs(doc).items():
         if "fused" in by and "sigma" in by:
             f, s = by["fused"], by["sigma"]
             ratio = lambda get: f"{get(s) / get(f):.2f}x" if get(f) else "-"  # noqa: E731
-            rows.append([model, str(seq), str(batch), "-" if gpus is None else str(gpus),
+            rows.append([model, str(seq), _batch_text(batch, lanes), "-" if gpus is None else str(gpus),
                          *([net or "-"] if shaped else []),
                          secs(f["online"]["per_batch"]["online_seconds"]),
                          secs(s["online"]["per_batch"]["online_seconds"]),
@@ -109,7 +113,7 @@ def _padding_ablation(doc: dict) -> list[str]:
     mask-dependent field at its padded size, what the file holds) and the bytes its sets
     actually key (the dealer's count), which is the unpadded construction's real size."""
     rows, scope_lines, same, shaped = [], [], [], _shaped(doc)
-    for (model, seq, batch, gpus, net), by in _pairs(doc).items():
+    for (model, seq, batch, gpus, net, lanes), by in _pairs(doc).items():
         if "fused" not in by or "fused-unpadded" not in by:
             continue
         p, u = by["fused"], by["fused-unpadded"]
@@ -120,7 +124,7 @@ def _padding_ablation(doc: dict) -> list[str]:
         where = ["-" if gpus is None else str(gpus), *([net or "-"] if shaped else [])]
         if key_used == key_p and on(p, "bytes_sent") == on(u, "bytes_sent") and on(p, "rounds") == on(u, "rounds"):
             same.append(f"{model} seq {seq} batch {batch}")
-        rows.append([model, str(seq), str(batch), *where,
+        rows.append([model, str(seq), _batch_text(batch, lanes), *where,
                      secs(on(p, "online_seconds")), secs(on(u, "online_seconds")),
                      _change(on(p, "online_seconds"), on(u, "online_seconds")),
                      gb(on(p, "bytes_sent")), gb(on(u, "bytes_sent")), _change(on(p, "bytes_sent"), on(u, "bytes_sent")),
@@ -185,17 +189,18 @@ def _scope_tables(doc: dict) -> list[str]:
     whatever per-scope seconds the runtime reports (compute, wire, ...)."""
     out = []
     pairs = _pairs(doc)
-    seqs = [seq for (_, seq, _, _, _) in pairs]
-    for (model, seq, batch, gpus, net), by in pairs.items():
-        smallest = min(b for (m, s, b, g, n) in pairs if (m, s, g, n) == (model, seq, gpus, net))
+    seqs = [seq for (_, seq, _, _, _, _) in pairs]
+    for (model, seq, batch, gpus, net, lanes), by in pairs.items():
+        smallest = min(b for (m, s, b, g, n, _) in pairs if (m, s, g, n) == (model, seq, gpus, net))
         if len(by) < 2 or batch != smallest or seq != max(set(seqs), key=seqs.count):
             continue
         times = sorted({k for r in by.values() for m in r["online"]["scopes_per_batch"].values()
                         for k in m if "seconds" in k})
         names = [t.removesuffix("_seconds") for t in times] + ["bytes"]
         where = ("CPU" if gpus is None else f"{gpus} GPU(s)") + (f", network {net} (emulated)" if net else "")
-        out += ["", f"By scope, {model}, seq {seq}, batch {batch}, {where} (per batch; each time is the slower "
-                    f"party's, so they may add up to a little more than the online time; bytes: both parties):", "",
+        out += ["", f"By scope, {model}, seq {seq}, batch {_batch_text(batch, lanes)}, {where} (per batch; each time "
+                    f"is the slower party's, so they may add up to a little more than the online time; bytes: both "
+                    f"parties):", "",
                 *table(["scope"] + [f"{lab} {n}" for lab in by for n in names],
                         "l" + "r" * len(names) * len(by), _scope_rows(by, times))]
     return out
