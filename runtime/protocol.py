@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 
-from fusec.errors import GpuKernelError, PeerError
+from fusec.errors import FusecError, GpuKernelError, PeerError
+from fusec.runtime.device_keys import memory_error
 from fusec.runtime.gates.base import EvalGen, Open
 from fusec.runtime.round_message import RoundMessage
 
@@ -121,6 +122,11 @@ def _drive(gens, exchange: Exchange, party: int, be, log: RoundLog | None, on_do
                     gens.append(g)
                     results.append(None)
                     queue.append(len(gens) - 1)
+            except Exception as e:      # a device allocation mid-round: one line naming where (no traceback)
+                mem = memory_error(e)
+                if mem is None:
+                    raise
+                raise FusecError(f"gate {describe(i)}, round {round_no + 1}: {mem.message}", mem.hint) from e
         if not waiting:
             break
         # a generator may yield one Open or a list of Opens (independent sub-steps of a

@@ -70,3 +70,50 @@ def test_a_kernel_failure_names_the_gate_and_round():
 
     with pytest.raises(GpuKernelError, match=r"^gate boom \(failing\), round 3: CUDA kernel fusec_demo failed"):
         g.evaluate(0, {"x": {"mask": np.zeros(4, np.uint64)}, "boom": {}}, {"x": np.arange(4, dtype=np.uint64)}, exchange, get_backend("cpu"))
+
+
+def test_running_out_of_device_memory_mid_round_names_the_gate_and_round():
+    """A device allocation that fails inside a gate's local step (four workers on one card,
+    batch 8 in lanes): one FusecError naming the gate and the round, with what to do, instead
+    of the allocator's traceback."""
+    from fusec.errors import FusecError
+    from fusec.runtime.gates.arith import Input
+    from fusec.runtime.gates.base import ZERO_COST, Gate
+    from fusec.runtime.graph import GateGraph
+
+    class OutOfMemoryError(MemoryError):        # CuPy's is cupy.cuda.memory.OutOfMemoryError
+        pass
+
+    class Hungry(Gate):
+        kind = "hungry"
+        inputs = 1
+
+        def __init__(self, elements):
+            super().__init__(elements)
+            self.bits = 16
+
+        def fields(self):
+            return []
+
+        def cost(self):
+            return ZERO_COST
+
+        def keygen(self, rng, in_masks):
+            return in_masks[0], {}, {}
+
+        def eval(self, party, key, inputs, be):
+            v = yield Open(inputs[0], 16, scope="mul")
+            raise OutOfMemoryError("Out of memory allocating 150,994,944 bytes (allocated so far: 19,000,734,720 bytes).")
+            yield v  # pragma: no cover
+
+    g = GateGraph()
+    g.add("x", Input(4, 16, 0))
+    g.add("big", Hungry(4), ["x"])
+
+    def exchange(ours, scope, expect):
+        return bytes(expect)
+
+    with pytest.raises(FusecError, match=r"^gate big \(hungry\), round 3: the GPU ran out of memory: Out of memory") as ei:
+        g.evaluate(0, {"x": {"mask": np.zeros(4, np.uint64)}, "big": {}}, {"x": np.arange(4, dtype=np.uint64)},
+                   exchange, get_backend("cpu"))
+    assert "CUDA_VISIBLE_DEVICES" in ei.value.hint
