@@ -60,7 +60,10 @@ def _gate_rows(build) -> list[dict]:
         sent = c.open_bits * E
         # every open is sent by both parties, except a private input's (its owner alone sends x + r)
         both = sent if g.kind == "input" else 2 * sent
-        rows.append({"id": n.id, "class": scope.get(n.id, "other"), "kind": g.kind, "elements": E,
+        # the compiler's choice of lookup (passes/pricing.py) shows as part of the kind
+        lookup = getattr(g, "lookup", None)
+        kind = f"{g.kind} ({lookup})" if isinstance(lookup, str) else g.kind
+        rows.append({"id": n.id, "class": scope.get(n.id, "other"), "kind": kind, "elements": E,
                      "key_bytes": lay.slot(n.id).nbytes if n.id in lay else 0,
                      "key_bits_model": c.key_bits * E, "aes_calls": c.aes * E,
                      "open_bits_per_party": sent, "open_bits_both": both,
