@@ -32,7 +32,7 @@ from fusec.ir.graph import Graph, Node, TensorInfo
 from fusec.ir.nonlinear import SIGMA_LABELS, Domain, fit_domain  # noqa: F401  (Domain: re-export)
 from fusec.ir.spec import FitPlan, FitRequest, OperatorSpec, error_floor, finish, plan, relu_spec
 from fusec.passes.options import CompileOptions
-from fusec.passes.pricing import ROUND_WORTH_BYTES, price
+from fusec.passes.pricing import price
 from fusec.passes.ranges import proven as proven_range
 
 
@@ -272,7 +272,7 @@ def choose(node: Node, rng: tuple[float, float], f_in: int, f_out: int,
         # which it cannot promise here): take it only where it saves more key than a round is worth
         saved = (_price(best_in) - _price(best_f) - _rescale_price(opts.bits, f_in - opts.frac)) * elements \
             if best_f is not None else 0.0
-        use_rescale = saved > ROUND_WORTH_BYTES
+        use_rescale = saved > opts.round_worth_bytes
     spec = (best_f or acc_f) if use_rescale else (best_in or acc_in)
     return spec, use_rescale, q.dom, q.bound
 

@@ -308,7 +308,8 @@ class _Lowering:
         shifted, packed = (MaxTreeNarrow.comparison_cost(view_bits, lk) for lk in ("shifted", "packed"))
         saved = (price(shifted) - price(packed)) * comparisons
         levels = (k_axis - 1).bit_length()
-        return "packed" if worth_rounds(saved, levels * (packed.rounds - shifted.rounds)) else "shifted"
+        extra = levels * (packed.rounds - shifted.rounds)
+        return "packed" if worth_rounds(saved, extra, self.o.round_worth_bytes) else "shifted"
 
     def coarse_max(self, node: Node, x: str, raw: str, pre: int) -> tuple[str, int, int]:
         """(tree input, pre-shift, coarse shift c) for a max whose node allows an error of
@@ -401,7 +402,7 @@ class _Lowering:
             k_in = k_in if k_in is not None and k_in < self.n else None
             lookup, pad = node.attrs.get("lookup", "auto"), node.attrs.get("pad", True)
             if lookup == "auto":
-                gate = self.scalar_lookup(N, spec, pad, k_in, k_out)
+                gate = self.scalar_lookup(N, spec, pad, k_in, k_out, self.o.round_worth_bytes)
             else:
                 gate = ScalarGate(N, spec, lookup=lookup, pad=pad, view_bits=k_in, out_view_bits=k_out)
             if gate.out_scale != self.scale(out):
@@ -409,7 +410,8 @@ class _Lowering:
         self.out.wire[out] = self.add(node.name, gate, [self.out.wire[x]], node)
 
     @staticmethod
-    def scalar_lookup(N: int, spec: OperatorSpec, pad: bool, k_in: int | None, k_out: int | None) -> ScalarGate:
+    def scalar_lookup(N: int, spec: OperatorSpec, pad: bool, k_in: int | None, k_out: int | None,
+                      round_worth: float) -> ScalarGate:
         """The packed lookup (two rounds) or the one-round shifted one, priced over the whole gate
         (passes/pricing.py): the packed one where what it saves in key and AES pays for its extra
         round. A small gate (once per softmax or norm row) keeps the one round unless it is
@@ -417,7 +419,7 @@ class _Lowering:
         packed, shifted = (ScalarGate(N, spec, lookup=lk, pad=pad, view_bits=k_in, out_view_bits=k_out)
                            for lk in ("packed", "shifted"))
         extra = packed.cost().rounds - shifted.cost().rounds
-        return packed if worth_rounds(gate_price(shifted) - gate_price(packed), extra) else shifted
+        return packed if worth_rounds(gate_price(shifted) - gate_price(packed), extra, round_worth) else shifted
 
     def rescale(self, node: Node) -> None:
         x, out = node.inputs[0], node.outputs[0]

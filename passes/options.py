@@ -25,6 +25,9 @@ class CompileOptions:
     # fused row maxima: each tree level's comparison as the one-round shifted lookup or the packed
     # one (a round more per level, a third of the AES, half the key); auto: passes/pricing.py decides
     max_tree: str = "auto"
+    # what a construction must save (key bytes + 16 B per AES, over the whole gate) to be worth one more
+    # round (passes/pricing.py): raise it for a high-latency link, lower it for large batches on one card
+    round_worth_mib: float = 32.0
     insecure_mask_dependent_shapes: bool = False   # padding ablation only
     calib_seed: int = 0
     client_prefix: bool = True      # run the input owner's plaintext prefix (embeddings) before sharing
@@ -38,6 +41,8 @@ class CompileOptions:
             raise CompileError(f"unknown gate set {self.gates!r}", f"use one of {', '.join(GATE_SETS)}")
         if self.rescale not in RESCALES:
             raise CompileError(f"unknown rescale {self.rescale!r}", f"use one of {', '.join(RESCALES)}")
+        if not 0.0 <= self.round_worth_mib <= 1e9:
+            raise CompileError(f"round worth {self.round_worth_mib} MiB is out of range", "use a value from 0 to 1e9")
         if self.max_tree not in MAX_TREES:
             raise CompileError(f"unknown max tree {self.max_tree!r}", f"use one of {', '.join(MAX_TREES)}")
         if not 16 <= self.bits <= 64:
@@ -47,6 +52,10 @@ class CompileOptions:
         if not 0 < self.frac < self.bits // 2:
             raise CompileError(f"--frac {self.frac} does not fit a {self.bits}-bit ring with products at 2f",
                                f"use --frac below {self.bits // 2}")
+
+    @property
+    def round_worth_bytes(self) -> float:
+        return self.round_worth_mib * (1 << 20)
 
     @property
     def safe_magnitude(self) -> float:

@@ -3,10 +3,10 @@ constructions of the same result prices them here).
 
 A gate's price per element is its key bytes plus 16 bytes per AES block the servers
 evaluate online (each block is 16 bytes of PRG output they must produce). A construction
-that takes one more round is worth it only where it saves at least ``ROUND_WORTH_BYTES``
-over the whole gate: that keeps a batch-1 model's latency (a round costs a wire exchange)
-and lets large batches and long sequences, where the card's AES and the key's size bound
-the time, take the cheaper gate.
+that takes one more round is worth it only where it saves at least what a round is worth
+over the whole gate (``--round-worth``, 32 MiB by default): that keeps a batch-1 model's
+latency (a round costs a wire exchange) and lets large batches and long sequences, where
+the card's AES and the key's size bound the time, take the cheaper gate.
 """
 from __future__ import annotations
 
@@ -14,10 +14,6 @@ from fusec.runtime.gates.base import Gate, GateCost
 
 #: bytes of key one AES block evaluated online is worth
 AES_BYTES = 16
-#: what a gate (all its elements) must save, in price, to be worth one more round
-ROUND_WORTH_BYTES = 32 << 20
-
-
 def price(cost: GateCost) -> float:
     """Key bytes plus ``AES_BYTES`` per AES block."""
     return cost.key_bits / 8 + AES_BYTES * cost.aes
@@ -28,6 +24,7 @@ def gate_price(gate: Gate) -> float:
     return gate.key_bits_total() / 8 + AES_BYTES * gate.elements * gate.cost().aes
 
 
-def worth_rounds(saved: float, rounds: int) -> bool:
-    """Whether saving ``saved`` (price, over the whole gate) pays for ``rounds`` more rounds."""
-    return saved >= ROUND_WORTH_BYTES * rounds
+def worth_rounds(saved: float, rounds: int, round_worth: float) -> bool:
+    """Whether saving ``saved`` (price, over the whole gate) pays for ``rounds`` more rounds,
+    each worth ``round_worth`` (``CompileOptions.round_worth_bytes``)."""
+    return saved >= round_worth * rounds
