@@ -20,7 +20,7 @@ from fusec.ir.ops import run_node
 from fusec.ir.spec import OperatorSpec
 from fusec.passes import lower_sigma
 from fusec.passes.options import CompileOptions
-from fusec.passes.pricing import gate_price, price, worth_rounds
+from fusec.passes.pricing import gate_price, worth_rounds
 from fusec.passes.ranges import narrow_bits, proven, width_bits
 from fusec.passes.scales import power_of_two_factor
 from fusec.ir.ops import is_movement
@@ -261,8 +261,7 @@ class _Lowering:
             if pre or coarse:   # the tree truncates its input itself, for free
                 lo, hi = proven(self.g, src)
                 k = width_bits(lo, hi, self.scale(src), slack=3)
-                gate = MaxTreeNarrow(shape, self.n, axes[0], k, pre_shift=pre + coarse,
-                                     lookup=self.max_lookup(shape, axes[0], k - pre - coarse))
+                gate = self.max_tree(shape, axes[0], k, pre + coarse)
                 w = self.add(f"{node.name}/grid" if coarse else node.name, gate, [self.out.wire[src]], node)
                 if coarse:      # from the grid back to the max's scale: local
                     w = self.add(node.name, MulPublic(gate.elements, self.n, 1 << coarse), [w], node)
@@ -294,22 +293,21 @@ class _Lowering:
         k = width_bits(lo, hi, self.scale(x), slack=2)       # |x| < 2^(k-3): differences fit k bits
         if k is None or k >= self.n or k < 4:
             return MaxTree(shape, self.n, axis)
-        return MaxTreeNarrow(shape, self.n, axis, k, lookup=self.max_lookup(shape, axis, k))
+        return self.max_tree(shape, axis, k, 0)
 
-    def max_lookup(self, shape, axis: int, view_bits: int) -> str:
-        """The max tree's comparisons: ``--max-tree``, or under ``auto`` the packed lookup where
-        what it saves over the whole tree (passes/pricing.py) pays for its extra round per level.
-        A batch-1 BERT-base at seq 128 keeps the one-round tree; larger batches and sequences,
-        bound by the card's AES and the key's size, take the packed one."""
-        if self.o.max_tree != "auto":
-            return self.o.max_tree
-        k_axis = int(shape[axis])
-        comparisons = int(np.prod(shape, dtype=np.int64)) // k_axis * (k_axis - 1)
-        shifted, packed = (MaxTreeNarrow.comparison_cost(view_bits, lk) for lk in ("shifted", "packed"))
-        saved = (price(shifted) - price(packed)) * comparisons
-        levels = (k_axis - 1).bit_length()
-        extra = levels * (packed.rounds - shifted.rounds)
-        return "packed" if worth_rounds(saved, extra, self.o.round_worth_bytes) else "shifted"
+    def max_tree(self, shape, axis: int, view_bits: int, pre_shift: int) -> MaxTreeNarrow:
+        """The max tree with ``--max-tree``'s comparisons, or under ``auto`` the packed ones where
+        what they save over the whole tree (passes/pricing.py) pays for their extra round per
+        level. A batch-1 BERT-base at seq 128 keeps the one-round tree; larger batches and
+        sequences, bound by the card's AES and the key's size, take the packed one."""
+        trees = {lk: MaxTreeNarrow(shape, self.n, axis, view_bits, pre_shift=pre_shift, lookup=lk)
+                 for lk in MaxTreeNarrow.LOOKUPS if self.o.max_tree in ("auto", lk)}
+        if len(trees) == 1:
+            return next(iter(trees.values()))
+        shifted, packed = trees["shifted"], trees["packed"]
+        extra = packed.cost().rounds - shifted.cost().rounds
+        return packed if worth_rounds(gate_price(shifted) - gate_price(packed), extra, self.o.round_worth_bytes) \
+            else shifted
 
     def coarse_max(self, node: Node, x: str, raw: str, pre: int) -> tuple[str, int, int]:
         """(tree input, pre-shift, coarse shift c) for a max whose node allows an error of

@@ -145,7 +145,8 @@ def _many_pieces(n: int, f: int, pieces: int) -> OperatorSpec:
     """A degree-1 spec of many pieces (the compiler packs a layer norm's ~500-piece rsqrt where
     that saves AES): the packed comparison then opens hundreds of bits per element."""
     rng = np.random.default_rng(7)
-    cuts = tuple(int(c) for c in np.sort(rng.choice(np.arange(-(1 << 20), 1 << 20), pieces - 1, replace=False)))
+    cuts = tuple(int(c) for c in np.sort(rng.permutation(np.unique(rng.integers(-(1 << 20), 1 << 20, 2 * pieces)))
+                                         [:pieces - 1]))
     coeffs = tuple((int(rng.integers(-1 << 20, 1 << 20)), int(rng.integers(-4, 5))) for _ in range(pieces))
     centers = (0,) + cuts
     return OperatorSpec("many", n, f, f, cuts, coeffs, centers, f, max_error_ulps=0.0)

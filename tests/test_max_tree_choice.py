@@ -11,7 +11,8 @@ from fusec.runtime.gates.compare import MaxTreeNarrow
 
 
 def _choose(shape, view_bits=20, **opts):
-    return _Lowering.max_lookup(SimpleNamespace(o=CompileOptions(**opts)), shape, len(shape) - 1, view_bits)
+    lowering = SimpleNamespace(o=CompileOptions(**opts), n=50)
+    return _Lowering.max_tree(lowering, shape, len(shape) - 1, view_bits, 0).lookup
 
 
 def _tree_saving(shape, view_bits):

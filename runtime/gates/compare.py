@@ -511,12 +511,6 @@ class MaxTreeNarrow(Gate):
         self._tree.levels = [ScalarGate(g.elements, spec, lookup=lookup) for g in self._tree.levels]
         self.levels = self._tree.levels
 
-    @staticmethod
-    def comparison_cost(view_bits: int, lookup: str) -> GateCost:
-        """One comparison (one ReLU of a level) on a ``view_bits``-bit view."""
-        from fusec.ir.spec import relu_spec  # noqa: PLC0415
-        from fusec.runtime.gates.scalar import ScalarGate  # noqa: PLC0415
-        return ScalarGate(1, relu_spec(view_bits, 0), lookup=lookup).cost()
 
     def fields(self):
         out = []
@@ -530,7 +524,9 @@ class MaxTreeNarrow(Gate):
         widen = GateCost(key_bits=2 * n - k, aes=0, rounds=1, open_bits=n)
         if not self.levels:
             return widen
-        one = self.comparison_cost(k, self.lookup)
+        from fusec.ir.spec import relu_spec  # noqa: PLC0415
+        from fusec.runtime.gates.scalar import ScalarGate  # noqa: PLC0415
+        one = ScalarGate(1, relu_spec(k, 0), lookup=self.lookup).cost()
         k1 = self.k - 1
         return GateCost(key_bits=k1 * one.key_bits, aes=k1 * one.aes, rounds=len(self.levels) * one.rounds,
                         open_bits=k1 * one.open_bits) + widen
