@@ -7,6 +7,8 @@ Measures, with keys and inputs resident in device memory:
 * DCF evaluation at n bits (default 50) with a payload of one n-bit word (m = 1, w = n):
   elements per second (one party; party 1 also negates);
 * 1-bit less-than from an early-terminated DPF (prefix parity) at n bits: elements/s;
+* the packed comparisons of GELU and exp (one key, M points): every point walked from the root
+  against the generated arc walk (runtime/dpf_arc.py), elements/s and AES/s;
 * matmul mod 2^n of 128x768 @ 768x3072 (a BERT-base FFN projection at seq 128), per method.
 
 Each case: one warm-up call, then ``--runs`` timed calls (CUDA events around the call, so
@@ -33,6 +35,7 @@ from fusec.codegen import cuda
 from fusec.runtime import dcf, dpf, prg, ring
 from fusec.runtime.dcf import DcfKey
 from fusec.runtime.dpf import DpfKey
+from fusec.runtime.dpf_arc import DpfArc
 from fusec.runtime.gpu_kernels import MATMUL_METHODS, GpuKernels
 
 #: DESIGN §8, one H200: T-table AES in shared memory, DPF less-than at n = 50.
@@ -116,6 +119,34 @@ def bench_dpf_lt(gk: GpuKernels, cp, N: int, n: int, runs: int) -> dict:
             "aes_per_element": DpfKey.aes_per_eval(n), "reference_per_s": REFERENCE["dpf_lt_elements_per_s"]}
 
 
+#: The packed comparisons of BERT-base s128 (runtime/dpf_arc.py): GELU's (n = 14, 12 points) and a
+#: softmax exp's (n = 17, 9 points), offsets as the compiler places them.
+ARCS = {"gelu": DpfArc(14, (0, 12498, 12976, 13454, 13932, 14410, 14888, 15366, 15844, 16322, 416, 894)),
+        "exp": DpfArc(17, (0, 130800, 130100, 129300, 128400, 127000, 125000, 122000, 110000))}
+
+
+def bench_arc(gk: GpuKernels, cp, N: int, label: str, arc: DpfArc, runs: int) -> list[dict]:
+    """One less-than key at the arc's M points per element: every point walked from the root
+    (``dpf_lt_eval`` on (N, M) points) against the generated arc walk, same keys and inputs."""
+    n = arc.n
+    keys = random_dpf(cp, N, n)
+    u = rand_u64(cp, N) & ring.mask(n)
+    a = cp.asarray(np.asarray(arc.offsets, np.uint64))
+    pts = (u[:, None] - a[None, :]) & ring.mask(n)
+    fields = ("root", "cw_seed", "cw_tr", "cw_leaf")
+    args = [keys[k] for k in fields]
+    sample = host_sample(keys, SAMPLE)
+    ref = dpf.lt_eval(0, DpfKey(n, **sample), pts[:SAMPLE].get())
+    assert (cp.asnumpy(gk.dpf_lt_arc(0, *args, u, arc)[:SAMPLE]) == ref).all(), f"arc walk ({label}) disagrees"
+    plain = gpu_time(lambda: gk.dpf_lt_eval(0, *args, pts, n), runs)
+    walk = gpu_time(lambda: gk.dpf_lt_arc(0, *args, u, arc), runs)
+    out = []
+    for how, t, aes in (("points from the root", plain, arc.plain_aes_per_eval()), ("arc walk", walk, arc.aes_per_eval())):
+        out.append({"case": f"dpf_lt {label} n={n} M={arc.points} [{how}]", "items": N, "seconds": t, "per_s": N / t,
+                    "unit": "elements/s", "aes_per_element": aes, "aes_per_s": N * aes / t})
+    return out
+
+
 def bench_matmul(gk: GpuKernels, cp, M: int, K: int, N: int, bits: int, runs: int) -> list[dict]:
     A, B = rand_u64(cp, M, K) & ring.mask(bits), rand_u64(cp, K, N) & ring.mask(bits)
     ref = np.matmul(A[:4].get(), B.get()) & ring.mask(bits)
@@ -134,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--aes-blocks", type=int, default=1 << 24)
     ap.add_argument("--dcf-elements", type=int, default=1 << 20)
     ap.add_argument("--dpf-elements", type=int, default=1 << 22)
+    ap.add_argument("--arc-elements", type=int, default=8 * 393216, help="elements of the arc cases (GELU's at batch 8)")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--inline-aes", action="store_true",
                     help="also measure the build with inlined AES (its first compile takes about a minute)")
@@ -150,11 +182,14 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for label, inline in builds:
         cfg = cuda.default_config().merged(cuda.KernelConfig(dcf_shapes=((args.n, 1, args.n),),
-                                                             dpf_widths=(args.n,), inline_aes=inline))
+                                                             dpf_widths=(args.n, 14, 17), inline_aes=inline,
+                                                             dpf_arcs=tuple(ARCS.values())))
         gk = GpuKernels(config=cfg)
         rows = [bench_aes(gk, cp, args.aes_blocks, args.runs),
                 bench_dcf(gk, cp, args.dcf_elements, args.n, args.runs),
                 bench_dpf_lt(gk, cp, args.dpf_elements, args.n, args.runs)]
+        for name, arc in ARCS.items():
+            rows += bench_arc(gk, cp, args.arc_elements, name, arc, args.runs)
         if not inline:
             rows += bench_matmul(gk, cp, 128, 768, 3072, args.n, args.runs)
         for r in rows:

@@ -19,6 +19,7 @@ code on the CPU, so CI checks the kernels' logic bit for bit against numpy.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import shutil
 import subprocess
@@ -30,6 +31,7 @@ import jinja2
 
 import fusec.templates
 from fusec.errors import FusecError, ParameterError
+from fusec.runtime.dpf_arc import DpfArc
 
 TEMPLATE = "fss_kernels.cu.j2"
 BLOCK_SIZE = 256
@@ -61,6 +63,8 @@ class KernelConfig:
     ``dpf_widths``: DPF domain bits (each gets eval, prefix-parity and less-than kernels);
     ``ring_widths``: bit widths of opened values (packing/unpacking specializations; matmul
     takes its width at run time because a mask costs nothing there).
+    ``dpf_arcs``: the packed comparisons' arc walks (runtime/dpf_arc.py), one generated
+    function each, straight-line from the arc's plan.
     ``inline_aes``: inline the AES into every call site instead of one out-of-line copy per
     kernel (compiles several times slower; the benchmark compares the two).
     Normalized on construction (sorted, deduplicated, validated) so equal sets render equal text.
@@ -71,6 +75,7 @@ class KernelConfig:
     ring_widths: tuple[int, ...] = ()
     block_size: int = BLOCK_SIZE
     inline_aes: bool = False
+    dpf_arcs: tuple[DpfArc, ...] = ()
 
     def __post_init__(self) -> None:
         shapes = set()
@@ -87,13 +92,15 @@ class KernelConfig:
         object.__setattr__(self, "dcf_shapes", tuple(sorted(shapes)))
         object.__setattr__(self, "dpf_widths", tuple(sorted(dpf)))
         object.__setattr__(self, "ring_widths", tuple(sorted(rings)))
+        object.__setattr__(self, "dpf_arcs", tuple(sorted(set(self.dpf_arcs), key=lambda a: (a.n, a.offsets))))
         if self.block_size not in (128, 256):
             raise ParameterError(f"block size {self.block_size} is not supported", "use 256 (or 128)")
 
     def merged(self, other: "KernelConfig") -> "KernelConfig":
         """The union of two configs (e.g. the default shapes plus a program's own)."""
         return KernelConfig(self.dcf_shapes + other.dcf_shapes, self.dpf_widths + other.dpf_widths,
-                            self.ring_widths + other.ring_widths, self.block_size, self.inline_aes)
+                            self.ring_widths + other.ring_widths, self.block_size, self.inline_aes,
+                            self.dpf_arcs + other.dpf_arcs)
 
 
 def default_config() -> KernelConfig:
@@ -126,6 +133,25 @@ def dpf_kernel_name(mode: str, n: int | None) -> str:
     if mode not in DPF_MODES:
         raise ParameterError(f"unknown DPF mode {mode!r}", f"choose one of {sorted(DPF_MODES)}")
     return f"fusec_dpf_{mode}_{'generic' if n is None else f'n{n}'}"
+
+
+def dpf_arc_kernel_name(arc: DpfArc) -> str:
+    """Name of the arc walk generated for ``arc`` (its width and a digest of its offsets)."""
+    digest = hashlib.blake2b(",".join(map(str, arc.offsets)).encode(), digest_size=5).hexdigest()
+    return f"fusec_dpf_lt_arc_n{arc.n}_{digest}"
+
+
+def _arc_instance(arc: DpfArc) -> dict:
+    """The compile-time plan of one arc walk, as the template stamps it (runtime/dpf_arc.py)."""
+    R = arc.range_depth
+    levels = [{"l": lv, "count": arc.count(lv), "even": arc.parents(lv)[0], "odd": arc.parents(lv)[1]}
+              for lv in range(1, R + 1)]
+    return {"name": dpf_arc_kernel_name(arc), "n": arc.n, "M": arc.points, "span": arc.span,
+            "aes": arc.aes_per_eval(), "plain_aes": arc.plain_aes_per_eval(), "start": arc.start,
+            "mask": (1 << arc.n) - 1, "leaf_mask": (1 << min(7, arc.n)) - 1, "offsets": arc.offsets,
+            "rel": arc.rel, "levels": levels, "cmax": max(arc.count(lv) for lv in range(R + 1)),
+            "range_depth": R, "count_r": arc.count(R), "full_r": arc.full(R),
+            "leaves_in_range": arc.switch > arc.depth, "switch": arc.switch, "depth": arc.depth}
 
 
 def pack_kernel_names(bits: int) -> tuple[str, str]:
@@ -212,14 +238,14 @@ def _instances(config: KernelConfig) -> dict[str, list[dict]]:
     pack = [{"pack_name": p, "unpack_name": u, "bits": b, "name": f"b{b}"}
             for b in config.ring_widths for p, u in [pack_kernel_names(b)]]
     pack.append({"pack_name": PACK_GENERIC[0], "unpack_name": PACK_GENERIC[1], "bits": 0, "name": "generic"})
-    return {"dcf": dcf, "dpf": dpf, "pack": pack}
+    return {"dcf": dcf, "dpf": dpf, "pack": pack, "arcs": [_arc_instance(a) for a in config.dpf_arcs]}
 
 
 def render(config: KernelConfig | None = None) -> str:
     """The full kernels.cu source for ``config`` (default: :func:`default_config`)."""
     config = config or default_config()
     summary = (f"{len(config.dcf_shapes)} DCF shapes, {len(config.dpf_widths)} DPF widths, "
-               f"{len(config.ring_widths)} packing widths, block {config.block_size}"
+               f"{len(config.ring_widths)} packing widths, {len(config.dpf_arcs)} DPF arcs, block {config.block_size}"
                f"{', inlined AES' if config.inline_aes else ''}")
     return _environment().get_template(TEMPLATE).render(
         t0=aes_t0(), block_size=config.block_size, inline_aes=config.inline_aes, config_summary=summary,

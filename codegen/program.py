@@ -1,4 +1,4 @@
-"""Which kernels a compiled program needs: its DCF shapes, DPF widths and open widths.
+"""Which kernels a compiled program needs: its DCF shapes, DPF widths, arc walks and open widths.
 
 Read off the key layout (the compiler's own record of every key it will consume), so the
 generated ``kernels.cu`` is specialized for exactly the program it ships with and the
@@ -8,9 +8,11 @@ fallback all the same).
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 
 from fusec.codegen.cuda import KernelConfig
 from fusec.runtime.dpf import LEAF_BITS
+from fusec.runtime.dpf_arc import DpfArc
 from fusec.runtime.layout import KeyLayout
 
 DCF_FIELDS = {"root", "cw_seed", "cw_tr", "cw_v", "cw_final"}
@@ -25,8 +27,9 @@ def _groups(slot) -> dict[str, dict]:
     return groups
 
 
-def kernel_config(layout: KeyLayout, ring_widths: set[int]) -> KernelConfig:
-    """The KernelConfig of a program with this key layout and these wire widths."""
+def kernel_config(layout: KeyLayout, ring_widths: set[int], arcs: Iterable[DpfArc] = ()) -> KernelConfig:
+    """The KernelConfig of a program with this key layout, these wire widths and the arc
+    walks its packed comparisons make (:func:`gate_arcs`)."""
     dcf: set[tuple[int, int, int]] = set()
     dpf: set[int] = set()
     for slot in layout.slots:
@@ -38,4 +41,15 @@ def kernel_config(layout: KeyLayout, ring_widths: set[int]) -> KernelConfig:
                 depth = fields["cw_seed"].shape[0]
                 if depth:  # n = depth + 7 (shallower trees are n <= 7: generic kernel)
                     dpf.add(depth + LEAF_BITS)
-    return KernelConfig(tuple(sorted(dcf)), tuple(sorted(dpf)), tuple(sorted(ring_widths | {1, 2})))
+    return KernelConfig(tuple(sorted(dcf)), tuple(sorted(dpf)), tuple(sorted(ring_widths | {1, 2})),
+                        dpf_arcs=tuple(arcs))
+
+
+def gate_arcs(gates: Iterable) -> set[DpfArc]:
+    """Every arc walk (a gate's ``arc``) among these gates and their stages, recursively."""
+    out: set[DpfArc] = set()
+    for g in gates:
+        if getattr(g, "arc", None) is not None:
+            out.add(g.arc)
+        out |= gate_arcs(getattr(g, "stages", ()))
+    return out

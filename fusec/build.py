@@ -138,10 +138,10 @@ def _write(out: Path, model, graph: Graph, low: Lowered, steps: list[Step], opts
 def kernels_source(low: Lowered) -> str:
     """The build's CUDA kernels, specialized for its DCF/DPF shapes and wire widths."""
     from fusec.codegen.cuda import render  # noqa: PLC0415
-    from fusec.codegen.program import kernel_config  # noqa: PLC0415
+    from fusec.codegen.program import gate_arcs, kernel_config  # noqa: PLC0415
     widths = {int(b) for n in low.gates.nodes for b in (getattr(n.gate, "bits", None), getattr(n.gate, "out_bits", None))
               if isinstance(b, int)}
-    return render(kernel_config(low.gates.layout(), widths))
+    return render(kernel_config(low.gates.layout(), widths, gate_arcs(n.gate for n in low.gates.nodes)))
 
 
 def _version() -> str:

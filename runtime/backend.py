@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from fusec.errors import FusecError
-from fusec.runtime import dcf, dpf, dpf_arith, ring, xp as array_module
+from fusec.runtime import dcf, dpf, dpf_arc, dpf_arith, ring, xp as array_module
 from fusec.runtime.layout import GateSlot, KeyLayout, pack_gate_array, unpack_gate_key
 from fusec.runtime.prg import CpuPrg, active_prg
 from fusec.runtime.rng import DealerRng
@@ -190,6 +190,10 @@ class Backend:
 
     def dpf_lt_eval(self, party: int, key: dpf.DpfKey, x):
         return dpf.lt_eval(party, key, x, self.prg)
+
+    def dpf_lt_arc(self, party: int, key: dpf.DpfKey, u, arc: dpf_arc.DpfArc):
+        """``dpf_lt_eval`` at ``u - a_j`` for the arc's offsets, its shared tree prefixes expanded once."""
+        return dpf_arc.lt_eval_arc(party, key, u, arc, self.prg)
 
     def dpf_eval(self, party: int, key: dpf.DpfKey, x):
         return dpf.eval(party, key, x, self.prg)

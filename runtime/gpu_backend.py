@@ -312,6 +312,9 @@ class GpuBackend(DeviceKeys, Backend):
     def dpf_lt_eval(self, party: int, key: dpf.DpfKey, x):
         return self.kernels.dpf_lt_eval(party, key.root, key.cw_seed, key.cw_tr, key.cw_leaf, x, key.n)
 
+    def dpf_lt_arc(self, party: int, key: dpf.DpfKey, u, arc):
+        return self.kernels.dpf_lt_arc(party, key.root, key.cw_seed, key.cw_tr, key.cw_leaf, u, arc)
+
     def dpf_eval(self, party: int, key: dpf.DpfKey, x):
         return self.kernels.dpf_eval(party, key.root, key.cw_seed, key.cw_tr, key.cw_leaf, x, key.n)
 

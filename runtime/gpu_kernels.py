@@ -368,6 +368,25 @@ class GpuKernels:
         """XOR share of [x < alpha] for dpf.lt_keygen keys == dpf.lt_eval."""
         return self._dpf("lt", root, cw_seed, cw_tr, cw_leaf, x, n)
 
+    def dpf_lt_arc(self, party: int, root, cw_seed, cw_tr, cw_leaf, u, arc) -> Any:
+        """``dpf_lt_eval`` at ``u - a_j`` for the arc's offsets == dpf_arc.lt_eval_arc, with the
+        build's generated walk (a build without one walks every point from the root)."""
+        name = codegen.dpf_arc_kernel_name(arc)
+        us = self._u64(u).reshape(-1)
+        if name not in self._available:
+            a = self.xp.asarray(np.asarray(arc.offsets, np.uint64))
+            return self.dpf_lt_eval(party, root, cw_seed, cw_tr, cw_leaf, (us[:, None] - a[None, :]) & ring.mask(arc.n), arc.n)
+        keys = [self._u64(x) for x in (root, cw_seed, cw_tr, cw_leaf)]
+        N = keys[0].shape[0]
+        self._check_key("DPF", ("root", "cw_seed", "cw_tr", "cw_leaf"), keys,
+                        [(N, 2), (arc.depth, N, 2), (arc.depth, N), (N, 2)])
+        if us.shape[0] != N:
+            raise ParameterError(f"DPF arc eval: {us.shape[0]} inputs for {N} keys")
+        out = self._empty((N, arc.points), np.uint64)
+        self._run(name, f"DPF arc n={arc.n} M={arc.points}", N, (*keys, us, out, np.uint64(N)))
+        self.aes_blocks += N * arc.aes_per_eval()
+        return out
+
     def _check_key(self, what: str, names, arrays, shapes) -> None:
         for name, a, shape in zip(names, arrays, shapes):
             if tuple(a.shape) != tuple(shape):

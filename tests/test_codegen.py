@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from fusec.codegen import cuda
 from fusec.errors import ParameterError
 from fusec.runtime import dcf, dpf, prg, ring
+from fusec.runtime.dpf_arc import DpfArc
 from fusec.runtime.gpu_kernels import GpuKernels, HostLauncher, kernel_names, limb_plan
 from fusec.runtime.rng import DealerRng
 
@@ -31,9 +32,16 @@ needs_nvcc = pytest.mark.skipif(cuda.nvcc_path() is None,
 
 #: The default shapes plus odd ones, so the specialized kernels cover every edge of the
 #: field extraction (w = 1, 64; m up to 17; payloads spanning several value blocks).
+#: Arc walks (runtime/dpf_arc.py) of every shape: wrapping, shallow trees, full top levels,
+#: range mode down to the leaves, a repeated offset, one point.
+ARCS = [DpfArc(14, (0, 4591, -4096, -3000, -1000, 0x10, 500, 1200, 2200, 3333, 4000, 4591 + 1)),
+        DpfArc(17, (0, 5, 9, 65542, 131032, 1 << 16)), DpfArc(6, (0, 7, 63, 31)), DpfArc(9, (0, 1, 2, 3)),
+        DpfArc(20, (0, 1 << 19, (1 << 20) - 1, 12345)), DpfArc(12, (0, 100, 100, 4000)), DpfArc(16, (0,)),
+        DpfArc(30, tuple(range(0, 16000, 1000))), DpfArc(10, tuple(range(1000, 1016))), DpfArc(62, (0, 3, -3))]
+
 TEST_CONFIG = cuda.default_config().merged(cuda.KernelConfig(
     dcf_shapes=((37, 17, 37), (64, 3, 50), (50, 17, 1), (64, 17, 64), (5, 2, 63)),
-    dpf_widths=(1, 5, 7, 8), ring_widths=(3, 7, 8, 63)))
+    dpf_widths=(1, 5, 7, 8), ring_widths=(3, 7, 8, 63), dpf_arcs=tuple(ARCS)))
 
 DCF_SHAPES = [(50, 1, 50), (37, 3, 37), (64, 17, 64), (37, 17, 37), (64, 3, 50), (50, 17, 1), (64, 1, 1),
               (12, 1, 37), (5, 2, 63), (20, 5, 33), (1, 1, 64)]
@@ -45,7 +53,8 @@ def test_render_is_deterministic_and_normalized():
     a = cuda.render(TEST_CONFIG)
     assert a == cuda.render(TEST_CONFIG)
     shuffled = cuda.KernelConfig(tuple(reversed(TEST_CONFIG.dcf_shapes)) + TEST_CONFIG.dcf_shapes[:3],
-                                 TEST_CONFIG.dpf_widths[::-1], TEST_CONFIG.ring_widths * 2)
+                                 TEST_CONFIG.dpf_widths[::-1], TEST_CONFIG.ring_widths * 2,
+                                 dpf_arcs=TEST_CONFIG.dpf_arcs[::-1] + TEST_CONFIG.dpf_arcs[:2])
     assert shuffled == TEST_CONFIG
     assert cuda.render(shuffled) == a
     assert cuda.render() == cuda.render(cuda.default_config())
@@ -59,6 +68,7 @@ def test_every_specialization_is_stamped():
         assert cuda.dpf_kernel_name(mode, None) in names
         assert all(cuda.dpf_kernel_name(mode, n) in names for n in TEST_CONFIG.dpf_widths)
     assert all(k in names for b in TEST_CONFIG.ring_widths for k in cuda.pack_kernel_names(b))
+    assert {cuda.dpf_arc_kernel_name(a) for a in ARCS} <= names and len({cuda.dpf_arc_kernel_name(a) for a in ARCS}) == len(ARCS)
     assert {cuda.DCF_GENERIC, *cuda.PACK_GENERIC, "fusec_aes_mmo", "fusec_ctr_keystream",
             "fusec_matmul_mod_tiled", "fusec_split_limbs", "fusec_combine_limbs"} <= names
 
@@ -211,6 +221,26 @@ def test_dpf_evals_match_cpu(kernels, n, points):
             for party, key in enumerate(keys):
                 got = gpu_fn(party, key.root, key.cw_seed, key.cw_tr, key.cw_leaf, x, n)
                 np.testing.assert_array_equal(got, ref_fn(party, key, x))
+
+
+@pytest.mark.parametrize("arc", ARCS, ids=lambda a: f"n{a.n}-M{a.points}")
+def test_dpf_arc_walk_matches_the_plain_walks(kernels, arc):
+    """The generated arc walk == dpf.lt_eval at every point u - a_j (the generic config walks
+    every point from the root instead), and counts the arc's AES."""
+    n, N = arc.n, 301
+    rng = DealerRng(b"arc-%d-%d" % (n, arc.points))
+    alpha, u = rng.ring(N, n), rng.ring(N, n)
+    a = np.asarray(arc.offsets, np.uint64)
+    u[:40] = (alpha[:40] + a[np.arange(40) % len(a)] + np.uint64(1)) & ring.mask(n)   # a point at alpha
+    u[40:80] = (alpha[40:80] + a[np.arange(40) % len(a)]) & ring.mask(n)              # ... and one past it
+    u[80:84] = [0, ring.mask(n), 1, ring.mask(n) - np.uint64(1)]
+    pts = (u[:, None] - a[None, :]) & ring.mask(n)
+    for party, key in enumerate(dpf.lt_keygen(rng, alpha, n)):
+        before = kernels.aes_blocks
+        got = kernels.dpf_lt_arc(party, key.root, key.cw_seed, key.cw_tr, key.cw_leaf, u, arc)
+        np.testing.assert_array_equal(got, dpf.lt_eval(party, key, pts))
+        if kernels.has(cuda.dpf_arc_kernel_name(arc)):
+            assert kernels.aes_blocks - before == N * arc.aes_per_eval()
 
 
 def test_dcf_rejects_mismatched_keys(kernels):

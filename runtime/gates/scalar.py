@@ -46,6 +46,7 @@ from fusec.runtime.xp import const, frozen, np
 from fusec.errors import KeyFileError, ParameterError
 from fusec.ir.spec import OperatorSpec
 from fusec.runtime import dcf, dpf, ring
+from fusec.runtime.dpf_arc import DpfArc
 from fusec.runtime.gates.base import (Chain, EvalGen, Gate, GateCost, Key, Open, check_width,
                                       prefixed, unprefixed)
 from fusec.runtime.gates.truncation import widen_share
@@ -338,7 +339,7 @@ class PackedLookup(SplineLookup):
     kind = "packed_lookup"
 
     def __init__(self, elements: int, spec: OperatorSpec, view_bits: int | None = None,
-                 value_bits: int | None = None, pre_shift: int = 0):
+                 value_bits: int | None = None, pre_shift: int = 0, proven: tuple[float, float] | None = None):
         """``view_bits`` = k: the input is PROVEN to fit k signed bits with two bits of slack
         (``|x| < 2^(k-2) - 2^view_shift``); the comparison then runs on the view
         ``hi_t(u mod 2^k)`` of ``m = k - t`` bits (``t = spec.view_shift``), which is
@@ -358,7 +359,11 @@ class PackedLookup(SplineLookup):
         truncation of the proven k-bit view, no DCF), and round 2 evaluates the polynomial on
         it: the rescale costs no round of its own. The comparison view truncates by
         ``s + t``; its piece is within ``2^t`` grid units of the widened x, inside the
-        spec's ``2^(t+1)`` overlap."""
+        spec's ``2^(t+1)`` overlap.
+
+        ``proven`` = (lo, hi): the input's PROVEN real range (with ``view_bits``). Breakpoints
+        outside it are pinned next to it like those outside the view, so the comparison's
+        points lie closer together and its walks share more of the tree."""
         super().__init__(elements, spec, "shifted")
         self.lookup = "packed"
         self.vbits = self.out_bits = check_width(value_bits or self.bits, "lookup value width")
@@ -368,7 +373,7 @@ class PackedLookup(SplineLookup):
         self.cmp_bps = list(self.bps)
         self.pre_shift = int(pre_shift)
         if view_bits is not None and (view_bits < self.bits or self.pre_shift):
-            coarse = self._coarse(spec, int(view_bits), self.pre_shift)
+            coarse = self._coarse(spec, int(view_bits), self.pre_shift, proven)
             if coarse is not None:
                 self.view_bits, self.view_shift, self.cmp_bps = coarse
             elif self.pre_shift:
@@ -376,10 +381,13 @@ class PackedLookup(SplineLookup):
                                      f"(view {view_bits} bits, spec view_shift {spec.view_shift})")
         self.cmp_bits = self.view_bits - self.view_shift
         self.pre_mid = self.view_bits - self.pre_shift          # bits of the truncated input view
+        offsets = (0, *self.cmp_bps)   # the points u - a walked by the packed comparison, u first
+        #: the comparison's points share their top tree levels (runtime/dpf_arc.py); None: too many points
+        self.arc = DpfArc.plan(self.cmp_bits, offsets)
         if self.pre_shift and self.vbits <= self.pre_mid:
             raise ParameterError(f"{spec.name}: value width {self.vbits} must exceed the folded view's {self.pre_mid}")
 
-    def _coarse(self, spec: OperatorSpec, k: int, pre: int = 0):
+    def _coarse(self, spec: OperatorSpec, k: int, pre: int = 0, proven: tuple[float, float] | None = None):
         """(k, pre + t, unsigned coarse breakpoints) when the coarse partition keeps the piece
         order of the fine one (else None: compare on the exact k-bit view, t = 0)."""
         for t in ((spec.view_shift,) if pre else (spec.view_shift, 0)):
@@ -388,15 +396,23 @@ class PackedLookup(SplineLookup):
             m = k - t - pre
             if m < 3:
                 continue
-            # breakpoints past the view's range (|x_c| < 2^(m-2)) never separate two admissible
-            # inputs: pin them, in order, just outside it (the piece count stays the spec's)
-            h, bp = 1 << (m - 2), [b >> t for b in spec.breakpoints]
-            over = [i for i, b in enumerate(bp) if b >= h]
-            under = [i for i, b in enumerate(bp) if b < -h]
+            # the admissible coarse inputs: |x_c| < 2^(m-2) (the view), within the proven range
+            # when it is tighter (two coarse units of margin for the encoding's rounding and the
+            # view's carry); breakpoints past them never separate two admissible inputs: pin them,
+            # in order, just outside (the piece count stays the spec's)
+            h = 1 << (m - 2)
+            lo_c, hi_c = -h, h - 1
+            if proven is not None and all(math.isfinite(v) for v in proven):
+                scale = 2.0 ** (spec.f_in - t)
+                lo_c = min(max(lo_c, math.floor(proven[0] * scale) - 2), hi_c)
+                hi_c = max(min(hi_c, math.ceil(proven[1] * scale) + 2), lo_c)
+            bp = [b >> t for b in spec.breakpoints]
+            over = [i for i, b in enumerate(bp) if b > hi_c]
+            under = [i for i, b in enumerate(bp) if b < lo_c]
             for j, i in enumerate(over):
-                bp[i] = h + j
+                bp[i] = hi_c + 1 + j
             for j, i in enumerate(under):
-                bp[i] = -h - len(under) + j
+                bp[i] = lo_c - len(under) + j
             if len(over) >= h or len(under) >= h or bp != sorted(set(bp)) \
                     or any(0 < b < (1 << t) for b in spec.breakpoints):
                 continue
@@ -406,6 +422,10 @@ class PackedLookup(SplineLookup):
             except ParameterError:
                 continue
             if len(cbps) == len(self.bps):
+                # the cut at 2^(m-1), between the top and the bottom piece, may sit anywhere no
+                # admissible input reaches: just above the admissible top, so that the packed
+                # comparison's points stay on a short arc (runtime/dpf_arc.py)
+                cbps[cbps.index(1 << (m - 1))] = hi_c + 1 + len(over)
                 return k, t + pre, cbps
         return None
 
@@ -423,7 +443,8 @@ class PackedLookup(SplineLookup):
         n, d, P = self.vbits, self.d, self.M - 1
         key = dpf.DpfKey.key_bits(self.cmp_bits) + P + P * n + d * n + P * d * n + n
         pre = (2 * n - self.pre_mid) if self.pre_shift else 0
-        return GateCost(key_bits=key + pre, aes=self.M * dpf.DpfKey.aes_per_eval(self.cmp_bits), rounds=2,
+        aes = self.arc.aes_per_eval() if self.arc else self.M * dpf.DpfKey.aes_per_eval(self.cmp_bits)
+        return GateCost(key_bits=key + pre, aes=aes, rounds=2,
                         open_bits=P + n + (n if self.pre_shift else 0))
 
     def _view(self, v):
@@ -462,8 +483,11 @@ class PackedLookup(SplineLookup):
         mc, uc = ring.mask(self.cmp_bits), self._view(u_in)
         u = u_in & m
         a = xp.asarray(np.array(self.cmp_bps, dtype=np.uint64))
-        pts = xp.concatenate([uc[:, None], (uc[:, None] - a[None, :]) & mc], axis=1)     # (N, M)
-        t = be.dpf_lt_eval(party, dpf.DpfKey.from_arrays(self.cmp_bits, unprefixed("lt", key)), pts)  # [z < r]
+        lt = dpf.DpfKey.from_arrays(self.cmp_bits, unprefixed("lt", key))
+        if self.arc is not None:                                                        # [z < r] at z = u - a
+            t = be.dpf_lt_arc(party, lt, uc, self.arc)                                  # (N, M)
+        else:
+            t = be.dpf_lt_eval(party, lt, xp.concatenate([uc[:, None], (uc[:, None] - a[None, :]) & mc], axis=1))
         c = t[:, 1:] ^ t[:, :1] ^ key["rho"]
         if party == 1:
             c = c ^ (uc[:, None] < a[None, :]).astype(np.uint64)
@@ -493,9 +517,9 @@ class PackedLookup(SplineLookup):
 
 
 def _lookup(elements: int, spec: OperatorSpec, lookup: str, pad: bool, view_bits: int | None = None,
-            value_bits: int | None = None, pre_shift: int = 0) -> Gate:
+            value_bits: int | None = None, pre_shift: int = 0, proven: tuple[float, float] | None = None) -> Gate:
     if lookup == "packed":
-        return PackedLookup(elements, spec, view_bits, value_bits, pre_shift)
+        return PackedLookup(elements, spec, view_bits, value_bits, pre_shift, proven)
     # padding is a property of the piece table only: the other lookups' shapes never depend on r
     return SplineLookup(elements, spec, lookup, pad or lookup != "pieces")
 
@@ -507,11 +531,12 @@ class ScalarGate(Chain):
 
     def __init__(self, elements: int, spec: OperatorSpec, lookup: str = "auto", pad: bool = True,
                  defer_shift: bool = False, view_bits: int | None = None, out_view_bits: int | None = None,
-                 pre_shift: int = 0):
+                 pre_shift: int = 0, proven: tuple[float, float] | None = None):
         """``lookup``: 'packed' (packed comparison + correlations, 2 rounds), 'shifted' (one
         DCF, 1 round), 'pieces' (baseline piece table) or 'auto' (smallest key). With
         ``defer_shift`` the output stays at ``spec.poly_scale`` (no truncation stage): the
         consumer's own rescale (e.g. after the next matmul) absorbs the shift for free.
+        ``proven``: the input's proven real range, for the packed comparison (PackedLookup).
         """
         from fusec.runtime.gates.truncation import TruncateNarrow, TruncateSlack  # noqa: PLC0415
 
@@ -523,7 +548,8 @@ class ScalarGate(Chain):
         k = out_view_bits
         narrow_out = (lookup == "packed" and spec.out_shift and not defer_shift and k is not None
                       and spec.out_shift <= k - 3 and k <= spec.n_in)
-        stages: list[Gate] = [_lookup(elements, spec, lookup, pad, view_bits, k if narrow_out else None, pre_shift)]
+        stages: list[Gate] = [_lookup(elements, spec, lookup, pad, view_bits, k if narrow_out else None, pre_shift,
+                                      proven)]
         if narrow_out:
             # the value is proven to fit k bits at poly_scale: the lookup runs mod 2^k, then a
             # free truncation widened back to n bits (one round, no DCF)
