@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from fusec.codegen import cuda
 from fusec.runtime import dcf, dpf, prg, ring
+from fusec.runtime.dpf_arc import DpfArc
 from fusec.runtime.gpu_kernels import GpuKernelError, GpuKernels
 from fusec.runtime.rng import DealerRng
 
@@ -37,7 +38,11 @@ _REASON = _cuda_unavailable()
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(_REASON is not None, reason=_REASON or "")]
 
 #: The default shapes plus a few the tests evaluate both specialized and generic.
-CONFIG = cuda.default_config().merged(cuda.KernelConfig(dcf_shapes=((64, 17, 64), (37, 17, 37)), dpf_widths=(8,)))
+ARCS = [DpfArc(14, (0, 76, 136, 206, 336, 495, 3175, 15889, 16047, 16177, 16247, 16307)),   # GELU's in BERT-base
+        DpfArc(17, (0, 6, 7, 130535, 130777, 130883, 130951, 131001, 131041)),              # a softmax exp's
+        DpfArc(20, (0, 1 << 19, (1 << 20) - 1, 12345)), DpfArc(6, (0, 7, 63, 31)), DpfArc(10, tuple(range(1000, 1016)))]
+CONFIG = cuda.default_config().merged(cuda.KernelConfig(dcf_shapes=((64, 17, 64), (37, 17, 37)), dpf_widths=(8,),
+                                                        dpf_arcs=tuple(ARCS)))
 SIZES = [1, 255, 257, 10_007]
 
 
@@ -116,6 +121,19 @@ def test_dpf_evals(gk, cp, n, points):
             dev = [cp.asarray(a) for a in (key.root, key.cw_seed, key.cw_tr, key.cw_leaf, x)]
             for ref_fn, gpu_fn in pairs:
                 _same(gpu_fn(party, *dev, n), ref_fn(party, key, x))
+
+
+@pytest.mark.parametrize("arc", ARCS, ids=lambda a: f"n{a.n}-M{a.points}")
+def test_dpf_arc_walks(gk, cp, arc):
+    """The generated arc walk (or, generic, the per-point walks) == dpf.lt_eval at u - a_j."""
+    rng, n, N = DealerRng(), arc.n, 40_009
+    alpha, u = rng.ring(N, n), rng.ring(N, n)
+    a = np.asarray(arc.offsets, np.uint64)
+    u[:64] = (alpha[:64] + a[np.arange(64) % len(a)] + np.uint64(1)) & ring.mask(n)
+    pts = (u[:, None] - a[None, :]) & ring.mask(n)
+    for party, key in enumerate(dpf.lt_keygen(rng, alpha, n)):
+        dev = [cp.asarray(v) for v in (key.root, key.cw_seed, key.cw_tr, key.cw_leaf, u)]
+        _same(gk.dpf_lt_arc(party, *dev, arc), dpf.lt_eval(party, key, pts))
 
 
 def test_ctr_keystream(gk):
