@@ -141,17 +141,21 @@ def dpf_arc_kernel_name(arc: DpfArc) -> str:
     return f"fusec_dpf_lt_arc_n{arc.n}_{digest}"
 
 
-def _arc_instance(arc: DpfArc) -> dict:
+def _arc_instance(plan: DpfArc) -> dict:
     """The compile-time plan of one arc walk, as the template stamps it (runtime/dpf_arc.py)."""
-    R = arc.range_depth
-    levels = [{"l": lv, "count": arc.count(lv), "even": arc.parents(lv)[0], "odd": arc.parents(lv)[1]}
-              for lv in range(1, R + 1)]
-    return {"name": dpf_arc_kernel_name(arc), "n": arc.n, "M": arc.points, "span": arc.span,
-            "aes": arc.aes_per_eval(), "plain_aes": arc.plain_aes_per_eval(), "start": arc.start,
-            "mask": (1 << arc.n) - 1, "leaf_mask": (1 << min(7, arc.n)) - 1, "offsets": arc.offsets,
-            "rel": arc.rel, "levels": levels, "cmax": max(arc.count(lv) for lv in range(R + 1)),
-            "range_depth": R, "count_r": arc.count(R), "full_r": arc.full(R),
-            "leaves_in_range": arc.switch > arc.depth, "switch": arc.switch, "depth": arc.depth}
+    runs = []
+    for cols, arc in plan.runs:
+        R = arc.range_depth
+        levels = [{"l": lv, "count": arc.count(lv), "even": arc.parents(lv)[0], "odd": arc.parents(lv)[1]}
+                  for lv in range(1, R + 1)]
+        runs.append({"cols": cols, "span": arc.span, "aes": arc.aes_per_eval(), "start": arc.start,
+                     "offsets": arc.offsets, "rel": arc.rel, "levels": levels,
+                     "cmax": max(arc.count(lv) for lv in range(R + 1)), "range_depth": R, "count_r": arc.count(R),
+                     "full_r": arc.full(R), "leaves_in_range": arc.switch > arc.depth, "switch": arc.switch,
+                     "depth": arc.depth})
+    return {"name": dpf_arc_kernel_name(plan), "n": plan.n, "M": plan.points, "aes": plan.aes_per_eval(),
+            "plain_aes": plan.plain_aes_per_eval(), "mask": (1 << plan.n) - 1,
+            "leaf_mask": (1 << min(7, plan.n)) - 1, "runs": runs}
 
 
 def pack_kernel_names(bits: int) -> tuple[str, str]:

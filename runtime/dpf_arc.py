@@ -22,6 +22,7 @@ For GELU's comparison (n = 14, 12 points) this is 70 AES per element instead of 
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import dataclass
 
 from fusec.errors import ParameterError
@@ -36,9 +37,13 @@ from fusec.runtime.xp import np
 MAX_ARC_POINTS = 16
 
 
+#: At most this many runs per plan (the search over where to split is cheap up to here).
+MAX_RUNS = 3
+
+
 @dataclass(frozen=True)
-class DpfArc:
-    """The compile-time plan of one arc walk: domain bits ``n``, one offset per output column."""
+class _Offsets:
+    """Domain bits ``n`` and one offset per output column, reduced mod 2^n."""
 
     n: int
     offsets: tuple[int, ...]
@@ -49,12 +54,6 @@ class DpfArc:
             raise ParameterError("a DPF arc needs at least one offset")
         object.__setattr__(self, "offsets", tuple(int(a) & ((1 << self.n) - 1) for a in self.offsets))
 
-    @classmethod
-    def plan(cls, n: int, offsets) -> "DpfArc | None":
-        """The arc walk for these points, or None where it does not apply (more than
-        MAX_ARC_POINTS points; or n > 62, where ``base + d`` would overflow a word)."""
-        return cls(n, tuple(offsets)) if len(offsets) <= MAX_ARC_POINTS and n <= 62 else None
-
     @property
     def points(self) -> int:
         return len(self.offsets)
@@ -62,6 +61,53 @@ class DpfArc:
     @property
     def depth(self) -> int:
         return self.n - leaf_bits(self.n)
+
+    def plain_aes_per_eval(self) -> int:
+        """What walking every point from the root costs (``dpf.lt_eval``)."""
+        return self.points * (self.depth + 1)
+
+
+@dataclass(frozen=True)
+class DpfArc(_Offsets):
+    """The compile-time plan of the walk at all the points: the offsets split into runs (circular
+    stretches of the domain), each walked as one :class:`Arc`, where splitting saves AES: a lone
+    far-away cut (the one between the top and the bottom piece) otherwise widens the range of
+    nodes every level of the cluster expands."""
+
+    @classmethod
+    def plan(cls, n: int, offsets) -> "DpfArc | None":
+        """The arc walk for these points, or None where it does not apply (more than
+        MAX_ARC_POINTS points; or n > 62, where ``base + d`` would overflow a word)."""
+        return cls(n, tuple(offsets)) if len(offsets) <= MAX_ARC_POINTS and n <= 62 else None
+
+    @functools.cached_property
+    def runs(self) -> tuple[tuple[tuple[int, ...], "Arc"], ...]:
+        """(output columns, their arc) per run: the split into at most MAX_RUNS circular runs of
+        the sorted distinct offsets with the fewest AES (ties: fewer runs)."""
+        values = sorted(set(self.offsets))
+        best: tuple[int, list[list[int]]] | None = None
+        for k in range(1, min(MAX_RUNS, len(values)) + 1):
+            for cuts in itertools.combinations(range(len(values)), k):
+                groups = [[values[i % len(values)] for i in range(a + 1, b + 1)]
+                          for a, b in zip(cuts, cuts[1:] + (cuts[0] + len(values),))]
+                runs = [self._run(g) for g in groups]
+                aes = sum(arc.aes_per_eval() for _, arc in runs)
+                if best is None or aes < best[0]:
+                    best = (aes, runs)
+        return tuple(best[1])
+
+    def _run(self, group: list[int]) -> tuple[tuple[int, ...], "Arc"]:
+        cols = tuple(j for j, a in enumerate(self.offsets) if a in set(group))
+        return cols, Arc(self.n, tuple(self.offsets[j] for j in cols))
+
+    def aes_per_eval(self) -> int:
+        """AES blocks per element, all runs."""
+        return sum(arc.aes_per_eval() for _, arc in self.runs)
+
+
+@dataclass(frozen=True)
+class Arc(_Offsets):
+    """One run's plan: its points lie on a circular stretch of the domain."""
 
     @functools.cached_property
     def start(self) -> int:
@@ -103,10 +149,6 @@ class DpfArc:
         M, D = self.points, self.depth
         return sum(min(self.count(lv), M) for lv in range(1, D + 1)) + min(self.count(D), M)
 
-    def plain_aes_per_eval(self) -> int:
-        """What walking every point from the root costs (``dpf.lt_eval``)."""
-        return self.points * (self.depth + 1)
-
     def parents(self, level: int) -> tuple[list[int], list[int]]:
         """For each node of ``level`` (local index i), its parent's local index when the
         level's first node is a left child (``lo`` even) and when it is a right child."""
@@ -120,12 +162,20 @@ def lt_eval_arc(party: int, key: DpfKey, u: np.ndarray, arc: DpfArc, prg: CpuPrg
     """XOR shares of ``[u - a_j < alpha]`` for keys from ``dpf.lt_keygen``: (N, M), column j for
     ``arc.offsets[j]`` (equal to ``dpf.lt_eval(party, key, u[:, None] - offsets)``)."""
     prg = prg or default_prg()
-    n, D, nu = arc.n, arc.depth, leaf_bits(arc.n)
-    if key.n != n:
-        raise ParameterError(f"DPF arc of {n} bits for a key of {key.n} bits")
+    if key.n != arc.n:
+        raise ParameterError(f"DPF arc of {arc.n} bits for a key of {key.n} bits")
     u = np.asarray(u, np.uint64).reshape(-1)
     if u.shape[0] != key.elements:
         raise ParameterError(f"DPF arc eval: {u.shape[0]} inputs for {key.elements} keys")
+    out = np.empty((u.shape[0], arc.points), np.uint64)
+    for cols, run in arc.runs:
+        out[:, list(cols)] = _walk_run(key, u, run, prg)
+    return out
+
+
+def _walk_run(key: DpfKey, u: np.ndarray, arc: Arc, prg: CpuPrg) -> np.ndarray:
+    """One run's walk: (N, points of the run)."""
+    n, D, nu = arc.n, arc.depth, leaf_bits(arc.n)
     m = ring.mask(n)
     base = ((~u) + np.uint64(arc.start)) & m
     cur, par = key.root[:, None, :].copy(), np.zeros((u.shape[0], 1), np.uint64)

@@ -37,7 +37,9 @@ needs_nvcc = pytest.mark.skipif(cuda.nvcc_path() is None,
 ARCS = [DpfArc(14, (0, 4591, -4096, -3000, -1000, 0x10, 500, 1200, 2200, 3333, 4000, 4591 + 1)),
         DpfArc(17, (0, 5, 9, 65542, 131032, 1 << 16)), DpfArc(6, (0, 7, 63, 31)), DpfArc(9, (0, 1, 2, 3)),
         DpfArc(20, (0, 1 << 19, (1 << 20) - 1, 12345)), DpfArc(12, (0, 100, 100, 4000)), DpfArc(16, (0,)),
-        DpfArc(30, tuple(range(0, 16000, 1000))), DpfArc(10, tuple(range(1000, 1016))), DpfArc(62, (0, 3, -3))]
+        DpfArc(30, tuple(range(0, 16000, 1000))), DpfArc(10, tuple(range(1000, 1016))), DpfArc(62, (0, 3, -3)),
+        DpfArc(14, (0, 76, 136, 206, 336, 495, 3175, 15889, 16047, 16177, 16247, 16307)),     # two runs
+        DpfArc(20, (0, 5, 1 << 18, (1 << 18) + 3, 700000, 700001, 700002, 1 << 19))]
 
 TEST_CONFIG = cuda.default_config().merged(cuda.KernelConfig(
     dcf_shapes=((37, 17, 37), (64, 3, 50), (50, 17, 1), (64, 17, 64), (5, 2, 63)),

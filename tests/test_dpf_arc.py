@@ -10,12 +10,14 @@ import numpy as np
 import pytest
 
 from fusec.runtime import dpf
-from fusec.runtime.dpf_arc import DpfArc, lt_eval_arc
+from fusec.runtime.dpf_arc import Arc, DpfArc, lt_eval_arc
 from fusec.runtime.prg import CpuPrg
 from fusec.runtime.rng import DealerRng
 
 ARCS = [
     (14, (0, 8687 - 4096, -4096, -3000, -1000, 0x10, 500, 1200, 2200, 3333, 4000, 4591)),   # GELU-like, wraps
+    (14, (0, 76, 136, 206, 336, 495, 3175, 15889, 16047, 16177, 16247, 16307)),             # BERT's: two runs
+    (20, (0, 5, 1 << 18, (1 << 18) + 3, 700000, 700001, 700002)),                          # three runs
     (17, (0, 5, 9, 65536 + 6, 131072 - 40, 1 << 16)),
     (9, (0, 1, 2, 3)),                      # shallow tree (2 levels)
     (6, (0, 7, 63, 31)),                    # n <= 7: the root's leaf only
@@ -58,7 +60,15 @@ def test_arc_walk_matches_plain_walk_and_the_clear_predicate(n, offsets):
 def test_arc_costs_are_the_gelu_saving_and_never_above_the_plain_walk():
     gelu = DpfArc(14, (0, *range(-3800, 4560, 760)))
     assert gelu.points == 12 and gelu.aes_per_eval() < gelu.plain_aes_per_eval() * 0.8
+    # BERT-base's GELU: the cut between the top and the bottom piece (3175) walks on its own
+    bert = DpfArc(14, (0, 76, 136, 206, 336, 495, 3175, 15889, 16047, 16177, 16247, 16307))
+    assert [cols for cols, _ in bert.runs] in ([(6,), (0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11)],
+                                               [(0, 1, 2, 3, 4, 5, 7, 8, 9, 10, 11), (6,)])
+    assert (bert.aes_per_eval(), bert.plain_aes_per_eval()) == (42, 96)
     for n, offsets in ARCS:
         arc = DpfArc(n, offsets)
-        assert arc.aes_per_eval() <= arc.plain_aes_per_eval()
-        assert 0 <= arc.span < 1 << n and all(0 <= d <= arc.span for d in arc.rel)
+        assert arc.aes_per_eval() <= min(arc.plain_aes_per_eval(), Arc(n, offsets).aes_per_eval())
+        assert sorted(j for cols, _ in arc.runs for j in cols) == list(range(arc.points))
+        for cols, run in arc.runs:
+            assert run.offsets == tuple(arc.offsets[j] for j in cols)
+            assert 0 <= run.span < 1 << n and all(0 <= d <= run.span for d in run.rel)
