@@ -399,23 +399,23 @@ class _Lowering:
             k_in = narrow_bits(self.g, x, spec.view_shift)
             k_in = k_in if k_in is not None and k_in < self.n else None
             lookup, pad = node.attrs.get("lookup", "auto"), node.attrs.get("pad", True)
-            rng = proven(self.g, x) if k_in is not None else None
+            x_range = proven(self.g, x) if k_in is not None else None
             if lookup == "auto":
-                gate = self.scalar_lookup(N, spec, pad, k_in, k_out, self.o.round_worth_bytes, rng)
+                gate = self.scalar_lookup(N, spec, pad, k_in, k_out, self.o.round_worth_bytes, x_range)
             else:
-                gate = ScalarGate(N, spec, lookup=lookup, pad=pad, view_bits=k_in, out_view_bits=k_out, proven=rng)
+                gate = ScalarGate(N, spec, lookup=lookup, pad=pad, view_bits=k_in, out_view_bits=k_out, proven=x_range)
             if gate.out_scale != self.scale(out):
                 raise CompileError(f"{node!r}: gate output scale {gate.out_scale} != IR scale {self.scale(out)}")
         self.out.wire[out] = self.add(node.name, gate, [self.out.wire[x]], node)
 
     @staticmethod
     def scalar_lookup(N: int, spec: OperatorSpec, pad: bool, k_in: int | None, k_out: int | None,
-                      round_worth: float, rng: tuple[float, float] | None = None) -> ScalarGate:
+                      round_worth: float, x_range: tuple[float, float] | None = None) -> ScalarGate:
         """The packed lookup (two rounds) or the one-round shifted one, priced over the whole gate
         (passes/pricing.py): the packed one where what it saves in key and AES pays for its extra
         round. A small gate (once per softmax or norm row) keeps the one round unless it is
         dear: a norm's rsqrt of ~500 pieces evaluates the shifted DCF at every breakpoint."""
-        packed, shifted = (ScalarGate(N, spec, lookup=lk, pad=pad, view_bits=k_in, out_view_bits=k_out, proven=rng)
+        packed, shifted = (ScalarGate(N, spec, lookup=lk, pad=pad, view_bits=k_in, out_view_bits=k_out, proven=x_range)
                            for lk in ("packed", "shifted"))
         extra = packed.cost().rounds - shifted.cost().rounds
         return packed if worth_rounds(gate_price(shifted) - gate_price(packed), extra, round_worth) else shifted

@@ -467,6 +467,41 @@ def test_packed_lookup_view_exhaustive(name, n, k, viewed):
     check_lookup(PackedLookup(len(X2), spec, view_bits=k, value_bits=w - 4), spec, X2, R2)
 
 
+#: (spec, n, k, proven real range, whether the arc walk gets cheaper): the range tighter than the
+#: view on one side or both (exp: 16 pieces, more points than an arc walks)
+PROVEN = [("exp", 20, 14, (-20.0, 0.05), False), ("gelu", 20, 14, (-30.0, 24.5), False),
+          ("recip", 20, 14, (0.9, 60.0), True), ("gelu", 20, 13, (-3.0, 3.0), True)]
+
+
+@pytest.mark.parametrize("name,n,k,proven,cheaper", PROVEN)
+def test_packed_lookup_pinned_to_the_proven_range(name, n, k, proven, cheaper):
+    """Breakpoints past the proven range and the top/bottom cut pinned next to it: every x of
+    the proven range (two coarse units past each end too), under forced and random masks, still
+    gets the piece the coarse view picks against the spec's own breakpoints, exactly; and the
+    comparison's points lie closer together, so the arc walk costs less."""
+    spec, _, _ = make_spec(name, n)
+    t = spec.view_shift
+    plain, pinned = PackedLookup(1, spec, view_bits=k), PackedLookup(1, spec, view_bits=k, proven=proven)
+    assert pinned.cmp_bps != plain.cmp_bps and pinned.view_shift == t
+    assert (pinned.cost().aes < plain.cost().aes) == cheaper and pinned.cost().aes <= plain.cost().aes
+    vlo, vhi = view_range(k, t)
+    F = 1 << spec.f_in
+    lo, hi = max(vlo, math.floor(proven[0] * F)), min(vhi, math.ceil(proven[1] * F) + 1)
+    xs = list(range(lo, hi))
+    X, R = cross(xs, mask_sets(n, t, k, len(xs), b"pin-%d-%d" % (n, k), random_sets=2))
+    check_lookup(PackedLookup(len(X), spec, view_bits=k, proven=proven), spec, X, R)
+
+
+def test_pinning_to_a_range_the_input_leaves_is_caught():
+    """The check above can fail: a gate told a range that the inputs exceed picks wrong pieces."""
+    spec, _, _ = make_spec("gelu", 20)
+    t, k = spec.view_shift, 13
+    xs = list(range(-3 * 64, 3 * 64))          # GELU's pieces span [-4, 4); inputs in [-3, 3)
+    X, R = cross(xs, mask_sets(20, t, k, len(xs), b"pin-wrong", random_sets=1))
+    with pytest.raises(AssertionError, match="wrong"):
+        check_lookup(PackedLookup(len(X), spec, view_bits=k, proven=(-1.0, 1.0)), spec, X, R)
+
+
 @pytest.mark.parametrize("name,n,k,viewed", SMALL)
 @pytest.mark.parametrize("narrow", [True, False], ids=["narrow_out", "slack_out"])
 def test_scalar_gate_view_exhaustive(name, n, k, viewed, narrow):
