@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, NoReturn
 
 
 from fusec.errors import FusecError, GpuKernelError, PeerError
@@ -113,8 +113,6 @@ def _drive(gens, exchange: Exchange, party: int, be, log: RoundLog | None, on_do
                 req = next(gens[i]) if i not in started else gens[i].send(inbox[i])
                 started.add(i)
                 waiting.append((i, req))
-            except GpuKernelError as e:   # name the gate and the round it failed in
-                raise GpuKernelError(f"gate {describe(i)}, round {round_no + 1}: {e.message}", e.hint) from e
             except StopIteration as stop:
                 started.add(i)
                 results[i] = stop.value
@@ -122,11 +120,8 @@ def _drive(gens, exchange: Exchange, party: int, be, log: RoundLog | None, on_do
                     gens.append(g)
                     results.append(None)
                     queue.append(len(gens) - 1)
-            except Exception as e:      # a device allocation mid-round: one line naming where (no traceback)
-                mem = memory_error(e)
-                if mem is None:
-                    raise
-                raise FusecError(f"gate {describe(i)}, round {round_no + 1}: {mem.message}", mem.hint) from e
+            except Exception as e:      # a kernel or a device allocation: one line naming where (no traceback)
+                _raise_located(e, f"gate {describe(i)}, round {round_no + 1}")
         if not waiting:
             break
         # a generator may yield one Open or a list of Opens (independent sub-steps of a
@@ -137,11 +132,12 @@ def _drive(gens, exchange: Exchange, party: int, be, log: RoundLog | None, on_do
         layout = RoundMessage.of(reqs, party)
         shares = [r.share for r in reqs]
         round_no += 1
+        where = f"round {round_no} ({scope}, {len(reqs)} opens)"
         try:
             mine = be.pack_round(layout, shares)
             be.segment_finish(layout.our_bytes, layout.their_bytes, scope)
-        except GpuKernelError as e:
-            raise GpuKernelError(f"round {round_no} ({scope}, {len(reqs)} opens): {e.message}", e.hint) from e
+        except Exception as e:
+            _raise_located(e, f"{where}, packing the opens")
         need = layout.their_bytes
         try:
             t1 = clock()
@@ -152,10 +148,10 @@ def _drive(gens, exchange: Exchange, party: int, be, log: RoundLog | None, on_do
                                 "both parties must run the same build with key files from the same keygen run")
             be.segment_start()
             vals = be.unpack_round(layout, shares, theirs)
-        except GpuKernelError as e:
-            raise GpuKernelError(f"round {round_no} ({scope}, {len(reqs)} opens): {e.message}", e.hint) from e
         except PeerError as e:      # say where the run stopped: a stall mid-program names its round
-            raise PeerError(f"round {round_no} ({scope}, {len(reqs)} opens): {e.message}", e.hint) from None
+            raise PeerError(f"{where}: {e.message}", e.hint) from None
+        except Exception as e:
+            _raise_located(e, f"{where}, unpacking the peer's opens")
         if log is not None:
             t3 = clock()
             log.add(scope, len(mine), t3 - t0)
@@ -172,3 +168,15 @@ def _drive(gens, exchange: Exchange, party: int, be, log: RoundLog | None, on_do
             active.append(i)
     be.segment_finish(0, -1, "end")
     return results
+
+
+def _raise_located(e: Exception, where: str) -> NoReturn:
+    """Raise ``e`` re-worded to say where in the program it happened: a kernel failure or a
+    device allocation becomes one line naming the gate or the round and the step (no
+    traceback); anything else goes on as it is (a bug: its traceback is wanted)."""
+    if isinstance(e, GpuKernelError):
+        raise GpuKernelError(f"{where}: {e.message}", e.hint) from e
+    mem = memory_error(e)
+    if mem is None:
+        raise e
+    raise FusecError(f"{where}: {mem.message}", mem.hint) from e

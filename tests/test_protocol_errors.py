@@ -94,3 +94,43 @@ def test_running_out_of_device_memory_mid_round_names_the_gate_and_round():
             as ei:
         run()
     assert "CUDA_VISIBLE_DEVICES" in ei.value.hint
+
+
+def test_running_out_of_device_memory_while_unpacking_names_the_round():
+    """The same in the round's unpack (batch 8 with both parties on one 80 GB card ran out there):
+    one line naming the round, its scope and the step, not the allocator's traceback."""
+    from fusec.errors import FusecError
+    from fusec.runtime.backend import Backend
+    from fusec.runtime.gates.arith import Input
+    from fusec.runtime.graph import GateGraph
+
+    class OutOfMemoryError(MemoryError):
+        pass
+
+    class Hungry(Backend):
+        def unpack_round(self, layout, shares, theirs):
+            raise OutOfMemoryError("Out of memory allocating 301,989,888 bytes")
+
+    g = GateGraph()
+    g.add("x", Input(4, 16, 0))
+    with pytest.raises(FusecError, match=r"^round 1 \(\w+, 1 opens\), unpacking the peer's opens: the GPU ran out of "
+                                         r"memory: Out of memory allocating 301,989,888 bytes"):
+        g.evaluate(0, {"x": {"mask": np.zeros(4, np.uint64)}}, {"x": np.arange(4, dtype=np.uint64)},
+                   lambda ours, scope, expect: bytes(expect), Hungry())
+
+
+def test_a_bug_keeps_its_traceback():
+    """Anything that is neither a kernel failure nor a device allocation is not re-worded."""
+    from fusec.runtime.backend import Backend
+    from fusec.runtime.gates.arith import Input
+    from fusec.runtime.graph import GateGraph
+
+    class Broken(Backend):
+        def pack_round(self, layout, shares):
+            raise ZeroDivisionError("a bug")
+
+    g = GateGraph()
+    g.add("x", Input(4, 16, 0))
+    with pytest.raises(ZeroDivisionError, match="^a bug$"):
+        g.evaluate(0, {"x": {"mask": np.zeros(4, np.uint64)}}, {"x": np.arange(4, dtype=np.uint64)},
+                   lambda ours, scope, expect: bytes(expect), Broken())
