@@ -470,8 +470,8 @@ class MaxTreeNarrow(Gate):
     The input (an n-bit wire) is PROVEN to fit ``view_bits`` = k signed bits with two bits
     of slack, and so do all differences of its entries; the whole tree then runs on the
     k-bit view ``u mod 2^k`` (free and exact). Each level is ``max(a, b) = ReLU(a - b) + b``
-    with the one-round ReLU (:class:`~fusec.runtime.gates.scalar.ScalarGate` on the exact
-    ReLU spec, ``shifted`` lookup: one k-bit DCF with payload ``(1, -r)``, one open); the
+    with the ReLU from the sign bit (:class:`~fusec.runtime.gates.sign_relu.SignReLU`:
+    ``shifted``, one (k-1)-bit DCF at one point and one open; or ``packed``); the
     maximum is then widened back to n bits under a fresh mask in one round
     (:func:`~fusec.runtime.gates.truncation.widen_share`, no DCF). ``ceil(log2 k_axis) + 1``
     rounds instead of :class:`MaxTree`'s ``2 ceil(log2 k_axis)``; keys nested per level.
@@ -487,11 +487,10 @@ class MaxTreeNarrow(Gate):
         (``floor(x / 2^s) + {0, 1}`` per element, DESIGN §4) of ``view_bits - s`` bits, which
         costs no round, and the max comes out at the lower scale (within one ulp).
 
-        ``lookup``: each level's ReLU as the ``shifted`` lookup (one round, one k-bit DCF with
+        ``lookup``: each level's ReLU as the ``shifted`` one (one round, one (k-1)-bit DCF with
         a two-word payload) or the ``packed`` one (two rounds: a 1-bit DPF comparison, then
         the select from dealer correlations; about a third of the AES and half the key)."""
-        from fusec.ir.spec import relu_spec  # noqa: PLC0415
-        from fusec.runtime.gates.scalar import ScalarGate  # noqa: PLC0415
+        from fusec.runtime.gates.sign_relu import SignReLU  # noqa: PLC0415
 
         self._tree = MaxTree(shape, bits, axis)
         super().__init__(self._tree.elements)
@@ -507,8 +506,7 @@ class MaxTreeNarrow(Gate):
         if lookup not in self.LOOKUPS:
             raise ParameterError(f"{self.kind}: unknown lookup {lookup!r}", f"use one of {', '.join(self.LOOKUPS)}")
         self.lookup = lookup
-        spec = relu_spec(self.view_bits, 0)
-        self._tree.levels = [ScalarGate(g.elements, spec, lookup=lookup) for g in self._tree.levels]
+        self._tree.levels = [SignReLU(g.elements, self.view_bits, lookup) for g in self._tree.levels]
         self.levels = self._tree.levels
 
 
@@ -524,9 +522,8 @@ class MaxTreeNarrow(Gate):
         widen = GateCost(key_bits=2 * n - k, aes=0, rounds=1, open_bits=n)
         if not self.levels:
             return widen
-        from fusec.ir.spec import relu_spec  # noqa: PLC0415
-        from fusec.runtime.gates.scalar import ScalarGate  # noqa: PLC0415
-        one = ScalarGate(1, relu_spec(k, 0), lookup=self.lookup).cost()
+        from fusec.runtime.gates.sign_relu import SignReLU  # noqa: PLC0415
+        one = SignReLU(1, k, self.lookup).cost()
         k1 = self.k - 1
         return GateCost(key_bits=k1 * one.key_bits, aes=k1 * one.aes, rounds=len(self.levels) * one.rounds,
                         open_bits=k1 * one.open_bits) + widen
