@@ -185,3 +185,15 @@ def test_a_batch_in_lanes_is_a_line_of_its_own_and_pairs_only_with_lanes(tmp_pat
     (tmp_path / "lanes.json").write_text(json.dumps(doc))
     made, _ = plots.plot_all([tmp_path / "lanes.json"], tmp_path / "out")
     assert "throughput.png" in {p.name for p in made}
+
+
+def test_a_skipped_row_keeps_the_sizes_the_compile_found():
+    """Where memory stops a configuration the table says so, with the rounds and the key per
+    inference per party the build needed (issue 14: the table says so with the sizes)."""
+    from fusec.bench.markdown import _row
+
+    rec = record("bert-base", 128, 8, "fused", skipped="P0 failed: the GPU ran out of memory")
+    assert _row(rec)[5:] == ["skipped (memory)"] + ["-"] * 7        # nothing compiled: nothing known
+    rec["compile"] = {"rounds_planned": 511, "key_bytes_per_set": 27_799_928_832}
+    row = _row(rec)
+    assert row[5] == "skipped (memory)" and row[9] == "511" and row[11] == "3.47 GB"

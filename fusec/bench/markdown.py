@@ -35,8 +35,12 @@ def _row(rec: dict, shaped: bool = False) -> list[str]:
         gates += " \u2020"
     head = [c.get("label", c["model"]), str(c["seq"]), _batch_cell(c),
             gates, "-" if c["gpus"] is None else str(c["gpus"])] + ([net_name(c) or "-"] if shaped else [])
-    if "skipped" in rec:
-        return head + [f"skipped ({rec.get('skip_kind')})"] + ["-"] * 7
+    if "skipped" in rec:    # what it would have taken, where the compile got that far
+        comp, batch = rec.get("compile") or {}, max(int(c.get("batch") or 1), 1)
+        rounds = comp.get("rounds_planned")
+        key = comp.get("key_bytes_per_set")
+        return head + [f"skipped ({rec.get('skip_kind')})"] + ["-"] * 3 + \
+            ["-" if rounds is None else f"{rounds:.0f}", "-", "-" if key is None else gb(key / batch), "-"]
     on, kg = rec["online"], rec["keygen"]
     return head + [secs(on["per_batch"]["online_seconds"]), _spread(on), secs(on["per_inference"]["online_seconds"]),
                    gb(on["per_inference"]["bytes_sent"]), f"{on['per_batch']['rounds']:.0f}",
