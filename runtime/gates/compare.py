@@ -106,6 +106,15 @@ class DReLU(Gate):
 
 
 # ----------------------------------------------------------------------------- Select
+def select_share(party: int, c, u, rho, r, rho_r, r_out, bits: int):
+    """This party's share of ``b * (u - r) + r_out`` for ``b = c XOR rho`` with c public and
+    shares of rho, r, ``rho * r`` and r_out (see :class:`Select`); also the sign ReLU's last step."""
+    share = r_out - c * r + (ONE - (c << ONE)) * (u * rho - rho_r)     # 1 - 2c mod 2^64
+    if party == 1:
+        share = share + c * u
+    return share & ring.mask(bits)
+
+
 class Select(Gate):
     """``b * x`` for a secret bit b (XOR-masked wire) and a secret x (n-bit wire); one round.
 
@@ -144,11 +153,8 @@ class Select(Gate):
     def eval(self, party: int, key: Key, inputs, be) -> EvalGen:
         c = _flat(self, inputs[0], "bit input") & ONE
         u = _flat(self, inputs[1], "value input") & ring.mask(self.bits)
-        sign = ONE - (c << ONE)  # 1 - 2c mod 2^64
-        share = key["r_out"] - c * key["r"] + sign * (u * key["rho"] - key["rho_r"])
-        if party == 1:
-            share = share + c * u
-        return (yield Open(share & ring.mask(self.bits), self.bits, scope=self.scope))
+        share = select_share(party, c, u, key["rho"], key["r"], key["rho_r"], key["r_out"], self.bits)
+        return (yield Open(share, self.bits, scope=self.scope))
 
     def cost(self) -> GateCost:
         return GateCost(key_bits=4 * self.bits, aes=0, rounds=1, open_bits=self.bits)
@@ -470,8 +476,9 @@ class MaxTreeNarrow(Gate):
     The input (an n-bit wire) is PROVEN to fit ``view_bits`` = k signed bits with two bits
     of slack, and so do all differences of its entries; the whole tree then runs on the
     k-bit view ``u mod 2^k`` (free and exact). Each level is ``max(a, b) = ReLU(a - b) + b``
-    with the ReLU from the sign bit (:class:`~fusec.runtime.gates.sign_relu.SignReLU`:
-    ``shifted``, one (k-1)-bit DCF at one point and one open; or ``packed``); the
+    with the ReLU from the sign bit: ``shifted``, one (k-1)-bit DCF at one point and one open
+    (:class:`~fusec.runtime.gates.sign_relu.SignReLU`); ``packed``, :class:`ReLU2` (DReLU's
+    (k-1)-bit DPF at one point, then the select: two rounds); the
     maximum is then widened back to n bits under a fresh mask in one round
     (:func:`~fusec.runtime.gates.truncation.widen_share`, no DCF). ``ceil(log2 k_axis) + 1``
     rounds instead of :class:`MaxTree`'s ``2 ceil(log2 k_axis)``; keys nested per level.
@@ -506,7 +513,8 @@ class MaxTreeNarrow(Gate):
         if lookup not in self.LOOKUPS:
             raise ParameterError(f"{self.kind}: unknown lookup {lookup!r}", f"use one of {', '.join(self.LOOKUPS)}")
         self.lookup = lookup
-        self._tree.levels = [SignReLU(g.elements, self.view_bits, lookup) for g in self._tree.levels]
+        relu = (lambda e: SignReLU(e, self.view_bits)) if lookup == "shifted" else (lambda e: ReLU2(e, self.view_bits))
+        self._tree.levels = [relu(g.elements) for g in self._tree.levels]
         self.levels = self._tree.levels
 
 
@@ -523,7 +531,7 @@ class MaxTreeNarrow(Gate):
         if not self.levels:
             return widen
         from fusec.runtime.gates.sign_relu import SignReLU  # noqa: PLC0415
-        one = SignReLU(1, k, self.lookup).cost()
+        one = (SignReLU(1, k) if self.lookup == "shifted" else ReLU2(1, k)).cost()
         k1 = self.k - 1
         return GateCost(key_bits=k1 * one.key_bits, aes=k1 * one.aes, rounds=len(self.levels) * one.rounds,
                         open_bits=k1 * one.open_bits) + widen
