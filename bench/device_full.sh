@@ -7,6 +7,7 @@
 # profile to $OUT/profile.txt. $BENCH_ARGS is passed to every bench (e.g. --stream-keys). $GPU_TESTS: the
 # test files for TESTS=1. KEYGEN_MEM=1: after each run, the dealer's in-memory keygen time (sets made and
 # packed on the GPU, no host copy, no file) on the run's first build -> $OUT/keygen_mem.txt.
+# FUSEC_HOST_MEMORY_GIB: the memory of a machine whose MemAvailable grows as it is used (an H200 microVM).
 # Launch plans: BENCH_ARGS="--cuda-graphs" with warmup 2 in RUNS (e.g. "bert-base:fused:2:5"): the first step
 # is interpreted, the second recorded, the timed ones replayed; TESTS=1 GPU_TESTS=tests/test_launch_plan.py
 # checks replays against the CPU's bytes first. TEST_LIMIT: seconds for the GPU tests (default 300).
@@ -16,7 +17,7 @@ RUNS=${RUNS:-bert-base:fused:1:5}; TESTS=${TESTS:-1}
 if [ -d .whl ]; then python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site; fi
 LOG="$OUT/log.txt"   # one log and one tables file: the device brings back only a few files
 python3 -m pip install -q --no-deps --no-build-isolation -e . >> "$LOG" 2>&1; echo "install rc=$?"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; free -g | sed -n 2p
 if [ "$TESTS" = 1 ]; then
   t0=$SECONDS
   timeout "${TEST_LIMIT:-300}" python3 -m pytest ${GPU_TESTS:-tests/test_gpu_kernels.py tests/test_device_path.py tests/test_mul_narrow.py \

@@ -117,6 +117,24 @@ def test_key_plan_up_front_per_step_streamed_or_skipped(tmp_path):
     assert split.resident == 24 and per.resident == 4
 
 
+def test_memory_check_takes_the_machines_stated_memory(monkeypatch, tmp_path):
+    """A microVM whose MemAvailable grows as it is used (the lent H200s start at about 31 GiB)
+    would skip a configuration that fits; $FUSEC_HOST_MEMORY_GIB states the real size."""
+    from fusec.bench.keys import check_memory
+    gb = 10**9
+    plan = plan_keys("stream", 28 * gb, 4, 1, 0, tmp_path)
+    case = Case(resolve_model("bert-base", layers=1), seq=128, batch=8, gates="fused", gpus=1)
+    monkeypatch.setenv("FUSEC_HOST_MEMORY_GIB", "31")
+    with pytest.raises(BenchError, match="needs at least 56.00 GB of memory") as e:
+        check_memory(28 * gb, plan, case)
+    assert e.value.kind == "memory"
+    monkeypatch.setenv("FUSEC_HOST_MEMORY_GIB", "120")
+    check_memory(28 * gb, plan, case)
+    monkeypatch.setenv("FUSEC_HOST_MEMORY_GIB", "lots")
+    with pytest.raises(BenchError, match="not a number of GiB"):
+        check_memory(28 * gb, plan, case)
+
+
 def test_cases_grid_sweep_and_ablation(tmp_path):
     m = resolve_model("bert-base", layers=2)
     assert (m.layers, m.bits, m.label) == (2, 50, "bert-base-L2")
