@@ -437,3 +437,10 @@ def test_two_gpus_give_each_party_its_own_card(monkeypatch):
     assert e.value.kind == "machine"
     e0, e1 = party_envs("cpu", 2)
     assert e0["CUDA_VISIBLE_DEVICES"] == e1["CUDA_VISIBLE_DEVICES"] == "7"     # inherited, untouched
+
+
+def test_a_run_under_cuda_mps_says_so_in_its_machine_line():
+    from fusec.bench.markdown import _machine_line
+    m = {"gpus": ["NVIDIA H100 80GB HBM3, 81559 MiB"], "cpu": "x", "cores": 16, "versions": {}}
+    assert "MPS" not in _machine_line(m)
+    assert "under CUDA MPS" in _machine_line({**m, "cuda_mps": True})

@@ -26,6 +26,19 @@ def gpu_names() -> list[str]:
     return [line.strip() for line in r.stdout.splitlines() if line.strip()] if r.returncode == 0 else []
 
 
+def cuda_mps() -> bool:
+    """Whether CUDA's Multi-Process Service runs here: both parties' kernels then share the
+    card at once instead of taking turns (a context switch each time one party's round
+    starts), which is nearer two servers with a card each than plain time slicing."""
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().startswith("nvidia-cuda-mps"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def _versions() -> dict:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -46,4 +59,5 @@ def machine_info() -> dict:
     except (ValueError, OSError, AttributeError):
         pass
     return {"host": platform.node(), "gpus": gpu_names(), "cpu": _cpu_model(), "cores": os.cpu_count(),
-            "memory_bytes": mem, "os": platform.platform(), "versions": _versions()}
+            "memory_bytes": mem, "os": platform.platform(), "versions": _versions(),
+            "cuda_mps": cuda_mps()}

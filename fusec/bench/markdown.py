@@ -10,6 +10,7 @@ from fusec.bench.util import gb, secs, unique
 def _machine_line(m: dict) -> str:
     gpus = m.get("gpus") or []
     where = (f"{len(gpus)} x {gpus[0]}" if gpus and len(set(gpus)) == 1 else ", ".join(gpus)) if gpus else "no GPU"
+    where += " under CUDA MPS (the parties' kernels share the card at once)" if m.get("cuda_mps") else ""
     mem = f", {m['memory_bytes'] / 2**30:.0f} GiB RAM" if m.get("memory_bytes") else ""
     vers = ", ".join(f"{k} {v}" for k, v in (m.get("versions") or {}).items())
     return f"{where}; CPU {m.get('cpu')}, {m.get('cores')} cores{mem}; {vers}"
