@@ -86,7 +86,9 @@ def drive(gens: Iterable[EvalGen], exchange: Exchange, party: int, be, log: Roun
     (and receives the list of values).
 
     ``on_done(i, result)`` may return new generators that become runnable when
-    generator ``i`` finishes (dataflow scheduling); their results are appended.
+    generator ``i`` finishes (dataflow scheduling). With ``on_done`` the results are handed
+    to it and not kept here (the list holds None): the caller keeps what is still read, so
+    a model's dead activations are freed as it runs.
     ``describe(i)`` names generator ``i`` (its gate) in the error when a kernel fails.
     """
     with be.activate():
@@ -115,7 +117,9 @@ def _drive(gens, exchange: Exchange, party: int, be, log: RoundLog | None, on_do
                 waiting.append((i, req))
             except StopIteration as stop:
                 started.add(i)
-                results[i] = stop.value
+                gens[i] = inbox[i] = None       # a finished gate's opens and frame: free them
+                if on_done is None:
+                    results[i] = stop.value
                 for g in (on_done(i, stop.value) if on_done else ()):
                     gens.append(g)
                     results.append(None)
