@@ -7,8 +7,8 @@
 # profile to $OUT/profile.txt. $BENCH_ARGS is passed to every bench (e.g. --stream-keys). $GPU_TESTS: the
 # test files for TESTS=1. KEYGEN_MEM=1: after each run, the dealer's in-memory keygen time (sets made and
 # packed on the GPU, no host copy, no file) on the run's first build -> $OUT/keygen_mem.txt.
-# MPS=1: the runs go under CUDA's Multi-Process Service (both parties' kernels on the card at once, no
-# context switch per round; recorded in each JSON's machine.cuda_mps), the daemon stopped at the end.
+# MPS=1: every bench runs with --mps, under CUDA's Multi-Process Service (both parties' kernels on the card at
+# once, no context switch per round; recorded in each JSON's machine.cuda_mps); its log ends in $OUT/mps_log.
 # FUSEC_HOST_MEMORY_GIB: the memory of a machine whose MemAvailable grows as it is used (an H200 microVM).
 # Launch plans: BENCH_ARGS="--cuda-graphs" with warmup 2 in RUNS (e.g. "bert-base:fused:2:5"): the first step
 # is interpreted, the second recorded, the timed ones replayed; TESTS=1 GPU_TESTS=tests/test_launch_plan.py
@@ -27,10 +27,7 @@ if [ "$TESTS" = 1 ]; then
   echo "gpu tests rc=$? $((SECONDS - t0)) s: $(tail -1 /tmp/gpu_tests.log)"; tail -n 30 /tmp/gpu_tests.log >> "$LOG"
 fi
 WORK=/tmp/fusec; mkdir -p "$WORK"
-if [ "${MPS:-0}" = 1 ]; then
-  export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log; mkdir -p /tmp/mps_pipe /tmp/mps_log
-  nvidia-cuda-mps-control -d; echo "mps daemon rc=$?"; trap 'echo quit | nvidia-cuda-mps-control; cp -r /tmp/mps_log "$OUT"/ 2>/dev/null' EXIT
-fi
+if [ "${MPS:-0}" = 1 ]; then BENCH_ARGS="${BENCH_ARGS:-} --mps"; trap 'cp -r "$WORK"/mps/log "$OUT"/mps_log 2>/dev/null' EXIT; fi
 for run in $RUNS; do
   IFS=: read -r model gates warmup repeat layers prof extra <<< "$run"; extra=${extra//+/ }
   tag=$(echo "$extra" | tr -cd 'a-z0-9')

@@ -444,3 +444,44 @@ def test_a_run_under_cuda_mps_says_so_in_its_machine_line():
     m = {"gpus": ["NVIDIA H100 80GB HBM3, 81559 MiB"], "cpu": "x", "cores": 16, "versions": {}}
     assert "MPS" not in _machine_line(m)
     assert "under CUDA MPS" in _machine_line({**m, "cuda_mps": True})
+
+
+def test_mps_daemon_runs_for_the_bench_and_is_stopped(tmp_path, monkeypatch):
+    """--mps: the daemon starts with its pipe under the workdir, the bench's processes inherit
+    it, and it gets 'quit' at the end (a stand-in control program records both)."""
+    import os
+    import stat
+
+    from fusec.bench import mps
+
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    control = bindir / mps.CONTROL
+    control.write_text('#!/bin/sh\nif [ "$1" = "-d" ]; then echo "$CUDA_MPS_PIPE_DIRECTORY" > "$MPS_REC.start"; '
+                       'else cat > "$MPS_REC.stdin"; fi\n')
+    control.chmod(control.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("MPS_REC", str(tmp_path / "rec"))
+    monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
+    monkeypatch.setattr(mps, "cuda_mps", lambda: False)
+    with mps.mps_daemon(tmp_path / "work"):
+        pipe = os.environ["CUDA_MPS_PIPE_DIRECTORY"]
+        assert pipe == str(tmp_path / "work" / "mps" / "pipe")
+        assert (tmp_path / "rec.start").read_text().strip() == pipe
+        assert not (tmp_path / "rec.stdin").exists()
+    assert (tmp_path / "rec.stdin").read_text() == "quit\n"
+    assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ
+
+
+def test_mps_without_its_control_program_or_a_gpu_is_one_clear_line(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PATH": str(tmp_path)}      # no nvidia-cuda-mps-control there
+    for args, says in ((["--backend", "gpu"], "nvidia-cuda-mps-control"), ([], "needs --backend gpu")):
+        r = subprocess.run([sys.executable, "-m", "fusec", "bench", "--model", "bert-tiny", "--mps",
+                            "--workdir", str(tmp_path / "w"), *args], capture_output=True, text=True, env=env,
+                           timeout=120)
+        assert r.returncode == 2, r.stderr
+        assert says in r.stderr and "Traceback" not in r.stderr

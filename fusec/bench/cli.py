@@ -73,12 +73,15 @@ def _int_list(text: str, flag: str) -> list[int]:
 @click.option("--compile-arg", "compile_args", multiple=True,
               help="one more `fusec compile` argument for every build (repeat; e.g. --compile-arg=--max-tree "
                    "--compile-arg=packed); it names the results and the builds")
+@click.option("--mps", is_flag=True,
+              help="GPU: run under CUDA's Multi-Process Service (started and stopped by the bench), so both parties' "
+                   "kernels share one card at once instead of taking turns each round (recorded as machine.cuda_mps)")
 @click.option("--timeout", default=1800.0, show_default=True, help="seconds any one stage or step may take")
 @click.option("--keep-going", is_flag=True, help="record a failed configuration and go on instead of stopping")
 @tls_options
 def bench(models, seqs, batches, seq_sweep, internal_batch, gate_sets, gpus, backend, warmup, repeat, layers, bits,
           workdir, keys_dir, keys_mode, dealers, json_path, markdown_path, padding_ablation, nets, gate_speedups,
-          stream_keys, cuda_graphs, lanes, compile_args, timeout, keep_going, tls_cert, tls_key, tls_ca, tls_server_name) -> None:
+          stream_keys, cuda_graphs, lanes, compile_args, mps, timeout, keep_going, tls_cert, tls_key, tls_ca, tls_server_name) -> None:
     """End-to-end benchmark: export, compile, keygen, P0 and P1 as processes; JSON (+ markdown).
 
     With --tls-*, the two workers talk mutual TLS on 127.0.0.1 (the certificate must name
@@ -107,7 +110,7 @@ def bench(models, seqs, batches, seq_sweep, internal_batch, gate_sets, gpus, bac
         gates=[g.strip() for g in gate_sets.split(",") if g.strip()], gpus=_int_list(gpus, "--gpus"),
         backend=backend, warmup=warmup, repeat=repeat, workdir=wd, keys_dir=Path(keys_dir) if keys_dir else None,
         keys_mode=keys_mode, dealers=dealers, padding_ablation=padding_ablation, nets=list(nets) or [None],
-        timeout=timeout, keep_going=keep_going, lanes=lanes, compile_args=list(compile_args),
+        timeout=timeout, keep_going=keep_going, lanes=lanes, compile_args=list(compile_args), mps=mps,
         json_path=Path(json_path) if json_path else wd / "bench.json",
         markdown_path=Path(markdown_path) if markdown_path else None,
         command="fusec " + shlex.join(sys.argv[1:]), party_argv=party_argv,

@@ -117,6 +117,7 @@ class BenchOptions:
     gate_microbench: dict | None = None     # --gate-speedups: per-gate speed-ups measured alone (bench/amdahl.py)
     lanes: int = 1                          # --lanes: a batch as this many concurrent worker pairs (lanes.py)
     compile_args: list[str] = field(default_factory=list)   # --compile-arg: more `fusec compile` arguments
+    mps: bool = False                       # --mps: under CUDA's Multi-Process Service (fusec/bench/mps.py)
 
     @property
     def runtime(self) -> str:
@@ -154,6 +155,8 @@ class BenchOptions:
                              "each lane runs batch / lanes inferences: pick batches that are multiples of --lanes")
         if self.dealers < 1:
             raise FusecError(f"--dealers must be >= 1, got {self.dealers}")
+        if self.mps and self.backend != "gpu":
+            raise FusecError("--mps shares a GPU between the parties' processes: it needs --backend gpu")
         if self.warmup < 0:
             raise FusecError(f"--warmup must be >= 0, got {self.warmup}")
         names = [n.name if n else "none" for n in self.nets]

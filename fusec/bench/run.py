@@ -29,6 +29,7 @@ from fusec.bench.failures import SKIPPABLE, BenchError
 from fusec.bench.keys import KeyPlan, check_memory, free_space, plan_keys
 from fusec.bench.lanes import merge_lanes
 from fusec.bench.machine import machine_info
+from fusec.bench.mps import mps_daemon
 from fusec.bench.markdown import render_markdown
 from fusec.bench.merge import merge_parties, summarize
 from fusec.bench.pair import PartyPair, party_envs
@@ -192,6 +193,11 @@ def run_bench(opts: BenchOptions, echo: Echo = print) -> dict:
     opts.validate()
     _exit_on_sigterm()
     cases = plan_cases(opts)
+    with mps_daemon(opts.workdir) if opts.mps else contextlib.nullcontext():
+        return _run_cases(opts, cases, echo)
+
+
+def _run_cases(opts: BenchOptions, cases: list, echo: Echo) -> dict:
     doc = {"fusec_bench": FORMAT, "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
            "machine": machine_info(), "command": opts.command, "settings": opts.settings(), "results": []}
     if opts.gate_microbench:
