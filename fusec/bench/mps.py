@@ -40,7 +40,10 @@ def mps_daemon(workdir: Path) -> Iterator[None]:
     saved = {k: os.environ.get(k) for k in ENV}
     os.environ.update({k: str(d) for k, d in zip(ENV, dirs)})
     try:
-        r = subprocess.run([control, "-d"], capture_output=True, text=True, timeout=60)
+        try:
+            r = subprocess.run([control, "-d"], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise BenchError(f"{CONTROL} -d could not be started: {e}", "run the bench without --mps") from None
         if r.returncode != 0:
             raise BenchError(f"{CONTROL} -d failed (exit {r.returncode}): {(r.stderr or r.stdout).strip()[:200]}",
                              f"see {dirs[1]}, or run the bench without --mps")

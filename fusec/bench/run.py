@@ -29,9 +29,9 @@ from fusec.bench.failures import SKIPPABLE, BenchError
 from fusec.bench.keys import KeyPlan, check_memory, free_space, plan_keys
 from fusec.bench.lanes import merge_lanes
 from fusec.bench.machine import machine_info
-from fusec.bench.mps import mps_daemon
 from fusec.bench.markdown import render_markdown
 from fusec.bench.merge import merge_parties, summarize
+from fusec.bench.mps import mps_daemon
 from fusec.bench.pair import PartyPair, party_envs
 from fusec.bench.plan import BenchOptions, Case, plan_cases
 from fusec.bench.stream_dealer import StreamDealer
