@@ -121,6 +121,9 @@ class _Lowering:
                 vals[i] = np.asarray(v, np.float64)
             publics = run_node(node.op, vals, attrs)
         wires = [self.out.wire[t] for t in secret]
+        deferred = self.folded_mul.get(secret[0]) if len(secret) == 1 else None
+        if deferred is not None and deferred[0] == secret[0]:   # a deferred output shift moves with its wire
+            self.folded_mul.update({t: (t, deferred[1]) for t in node.outputs})
         for i, (t, idx) in enumerate(zip(node.outputs, results)):
             gid = node.name if len(node.outputs) == 1 else f"{node.name}:{i}"
             index = np.asarray(idx, np.int64).reshape(-1) - 1
@@ -389,33 +392,42 @@ class _Lowering:
                 raise CompileError(f"{node!r}: spec fitted at f_in={spec.f_in}, input arrives at {s_in}")
             k_out = narrow_bits(self.g, out, spec.out_shift, scale=spec.poly_scale) if spec.out_shift else None
             k_out = k_out if k_out is not None and k_out <= self.n else None
+            defer = k_out is not None and self.read_by_products_only(out, through_moves=True)
             if x in self.folded:        # the rescale in front is done inside the gate's first round
                 raw, pre, k_in = self.folded[x]
-                gate = ScalarGate(N, spec, view_bits=k_in, out_view_bits=k_out, pre_shift=pre, proven=proven(self.g, x))
-                if gate.out_scale != self.scale(out):
-                    raise CompileError(f"{node!r}: gate output scale {gate.out_scale} != IR scale {self.scale(out)}")
-                self.out.wire[out] = self.add(node.name, gate, [self.out.wire[raw]], node)
-                return
-            k_in = narrow_bits(self.g, x, spec.view_shift)
-            k_in = k_in if k_in is not None and k_in < self.n else None
-            lookup, pad = node.attrs.get("lookup", "auto"), node.attrs.get("pad", True)
-            x_range = proven(self.g, x) if k_in is not None else None
-            if lookup == "auto":
-                gate = self.scalar_lookup(N, spec, pad, k_in, k_out, self.o.round_worth_bytes, x_range)
+                gate = ScalarGate(N, spec, view_bits=k_in, out_view_bits=k_out, pre_shift=pre, proven=proven(self.g, x),
+                                  defer_shift=defer)
+                x = raw
             else:
-                gate = ScalarGate(N, spec, lookup=lookup, pad=pad, view_bits=k_in, out_view_bits=k_out, proven=x_range)
-            if gate.out_scale != self.scale(out):
+                k_in = narrow_bits(self.g, x, spec.view_shift)
+                k_in = k_in if k_in is not None and k_in < self.n else None
+                lookup, pad = node.attrs.get("lookup", "auto"), node.attrs.get("pad", True)
+                x_range = proven(self.g, x) if k_in is not None else None
+                if lookup == "auto":
+                    gate = self.scalar_lookup(N, spec, pad, k_in, k_out, self.o.round_worth_bytes, x_range, defer)
+                else:
+                    gate = ScalarGate(N, spec, lookup=lookup, pad=pad, view_bits=k_in, out_view_bits=k_out,
+                                      proven=x_range, defer_shift=defer and ScalarGate.narrows_value(spec, lookup, k_out))
+            if gate.deferred_bits is not None:
+                # the output shift is left to the products that read it: each reads the k-bit
+                # wire at poly_scale through the free truncation's view (MulNarrow), no round
+                self.folded_mul[out] = (out, View(gate.deferred_bits, spec.out_shift))
+            elif gate.out_scale != self.scale(out):
                 raise CompileError(f"{node!r}: gate output scale {gate.out_scale} != IR scale {self.scale(out)}")
         self.out.wire[out] = self.add(node.name, gate, [self.out.wire[x]], node)
 
     @staticmethod
     def scalar_lookup(N: int, spec: OperatorSpec, pad: bool, k_in: int | None, k_out: int | None,
-                      round_worth: float, x_range: tuple[float, float] | None = None) -> ScalarGate:
+                      round_worth: float, x_range: tuple[float, float] | None = None,
+                      defer: bool = False) -> ScalarGate:
         """The packed lookup (two rounds) or the one-round shifted one, priced over the whole gate
         (passes/pricing.py): the packed one where what it saves in key and AES pays for its extra
         round. A small gate (once per softmax or norm row) keeps the one round unless it is
-        dear: a norm's rsqrt of ~500 pieces evaluates the shifted DCF at every breakpoint."""
-        packed, shifted = (ScalarGate(N, spec, lookup=lk, pad=pad, view_bits=k_in, out_view_bits=k_out, proven=x_range)
+        dear: a norm's rsqrt of ~500 pieces evaluates the shifted DCF at every breakpoint.
+        ``defer``: the output is read by products only, so the packed lookup may leave its
+        output shift to their views (no truncation round)."""
+        packed, shifted = (ScalarGate(N, spec, lookup=lk, pad=pad, view_bits=k_in, out_view_bits=k_out, proven=x_range,
+                                      defer_shift=defer and ScalarGate.narrows_value(spec, lk, k_out))
                            for lk in ("packed", "shifted"))
         extra = packed.cost().rounds - shifted.cost().rounds
         return packed if worth_rounds(gate_price(shifted) - gate_price(packed), extra, round_worth) else shifted
@@ -467,15 +479,30 @@ class _Lowering:
         self.folded[out] = (x, sh, k)
         return True
 
+    def read_by_products_only(self, t: str, through_moves: bool = False) -> bool:
+        """Whether every reader of ``t`` is a product of two secrets (not the client's) and
+        ``t`` is no graph output: then they may read it through a view (:class:`MulNarrow`).
+        ``through_moves``: readers may also be pure data movement of ``t`` alone (a broadcast
+        of a row's value, a reshape) whose outputs are read so in turn."""
+        readers = self.g.consumers(t)
+        return t not in self.g.outputs and bool(readers) and all(
+            (r.op == "Mul" and r.attrs.get("at") != "client" and all(self.secret(u) for u in r.inputs[:2]))
+            or (through_moves and self.moves_only(r, t)
+                and all(self.read_by_products_only(o, True) for o in r.outputs))
+            for r in readers)
+
+    def moves_only(self, node: Node, t: str) -> bool:
+        """``node`` only moves the elements of ``t`` (no other secret, no public values mixed
+        in, no padding value): it commutes with an elementwise view of ``t``."""
+        return is_movement(node.op) and node.op not in ("Pad", "Im2Col") and all(
+            u == t or not u or (self.g.is_const(u) and self.g.info(u).dtype != "float") for u in node.inputs)
+
     def fold_into_products(self, node: Node, x: str, sh: int) -> bool:
         """A rescale read only by products of two secrets costs no round: each product reads
         the unrescaled wire through the free truncation's view (:class:`MulNarrow`), e.g.
         layer norm's ``x - mean`` in its square and in ``d * r``."""
         out = node.outputs[0]
-        readers = self.g.consumers(out)
-        if out in self.g.outputs or not readers or any(
-                r.op != "Mul" or r.attrs.get("at") == "client" or not all(self.secret(t) for t in r.inputs[:2])
-                for r in readers):
+        if not self.read_by_products_only(out):
             return False
         k = narrow_bits(self.g, x, sh)
         if k is None or k - sh < 3 or k > self.n or self.n <= k - sh:

@@ -535,7 +535,10 @@ class ScalarGate(Chain):
         """``lookup``: 'packed' (packed comparison + correlations, 2 rounds), 'shifted' (one
         DCF, 1 round), 'pieces' (baseline piece table) or 'auto' (smallest key). With
         ``defer_shift`` the output stays at ``spec.poly_scale`` (no truncation stage): the
-        consumer's own rescale (e.g. after the next matmul) absorbs the shift for free.
+        consumer's own rescale (e.g. after the next matmul) absorbs the shift for free. With
+        ``out_view_bits`` = k usable too (:meth:`narrows_value`), the deferred value is a wire
+        of ``Z_{2^k}``, read by its consumers through the view ``View(k, out_shift)`` (a
+        product's free truncation, runtime/gates/mul_narrow.py): the shift costs no round.
         ``proven``: the input's proven real range, for the packed comparison (PackedLookup).
         """
         from fusec.runtime.gates.truncation import TruncateNarrow, TruncateSlack  # noqa: PLC0415
@@ -546,9 +549,9 @@ class ScalarGate(Chain):
             lookup = min(("packed", "shifted"),
                          key=lambda lk: _lookup(1, spec, lk, True, view_bits).cost().key_bits)
         k = out_view_bits
-        narrow_out = (lookup == "packed" and spec.out_shift and not defer_shift and k is not None
-                      and spec.out_shift <= k - 3 and k <= spec.n_in)
-        stages: list[Gate] = [_lookup(elements, spec, lookup, pad, view_bits, k if narrow_out else None, pre_shift,
+        narrow_value = self.narrows_value(spec, lookup, k)
+        narrow_out = narrow_value and not defer_shift
+        stages: list[Gate] = [_lookup(elements, spec, lookup, pad, view_bits, k if narrow_value else None, pre_shift,
                                       proven)]
         if narrow_out:
             # the value is proven to fit k bits at poly_scale: the lookup runs mod 2^k, then a
@@ -564,6 +567,15 @@ class ScalarGate(Chain):
         self.out_scale = out_scale
         self.spec = spec
         self.lookup = lookup
+        #: the deferred output's ring (k bits, at poly_scale), or None: an n-bit wire
+        self.deferred_bits = k if defer_shift and narrow_value else None
+
+    @staticmethod
+    def narrows_value(spec: OperatorSpec, lookup: str, k: int | None) -> bool:
+        """Whether the lookup can run mod ``2^k``: packed, with an output shift the view of k
+        bits (two of slack) still leaves three bits of, inside the input ring."""
+        return bool(lookup == "packed" and spec.out_shift and k is not None
+                    and spec.out_shift <= k - 3 and k <= spec.n_in)
 
     @functools.cached_property
     def exact_range(self) -> tuple[int, int]:

@@ -1,0 +1,57 @@
+"""A scalar gate read only by products leaves its output shift to them (passes/lower.py):
+the lookup's value, proven to fit k bits at poly_scale, is a k-bit wire that each product
+reads through the free truncation's view (MulNarrow), so the gate's truncation round goes.
+Softmax's reciprocal of the row sum is such a gate (``exp * (1 / sum)``)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fusec.build import Build, compile_graph, decode_outputs, encode_inputs
+from fusec.ir.graph import Graph, TensorInfo
+from fusec.passes.options import CompileOptions
+from fusec.runtime.gates.mul_narrow import MulNarrow
+from fusec.runtime.gates.scalar import PackedLookup, ScalarGate
+from tests.harness import run_graph
+from tests.test_softmax_grid import ROWS, COLS, scores_model, softmax
+
+
+def _scalars(low) -> dict[str, ScalarGate]:
+    return {n.id: n.gate for n in low.gates.nodes if isinstance(n.gate, ScalarGate)}
+
+
+def _run(g: Graph, feeds: dict):
+    opts = CompileOptions()
+    ir, low, steps = compile_graph(g, opts)
+    build = Build(None, ir, opts, low, steps, {})
+    out, logs = run_graph(low.gates, encode_inputs(build, feeds, 1))
+    return low, decode_outputs(build, out), logs
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_softmax_reciprocal_defers_its_shift_to_the_product(seed):
+    x = np.random.default_rng(seed).uniform(-6, 6, (ROWS, COLS))
+    low, got, logs = _run(scores_model(1.0), {"x": x})
+    recip = [g for i, g in _scalars(low).items() if g.elements == ROWS]
+    assert len(recip) == 1 and recip[0].deferred_bits is not None
+    r = recip[0]
+    assert [type(s) for s in r.stages] == [PackedLookup] and r.cost().rounds == 2    # no truncation round
+    assert r.stages[0].vbits == r.deferred_bits < 50                                 # the lookup runs mod 2^k
+    prods = [n.gate for n in low.gates.nodes if isinstance(n.gate, MulNarrow)]
+    views = [v for p in prods for v in p.views if v is not None]
+    assert any(v.bits == r.deferred_bits and v.shift == r.spec.out_shift for v in views)
+    # the same softmax as numpy's, within the fused gates' error (independent float oracle)
+    np.testing.assert_allclose(got["y"], softmax(x), atol=4e-3)
+    assert abs(got["y"].sum(1) - 1).max() < 1e-2
+
+
+def test_a_scalar_output_read_otherwise_keeps_its_truncation():
+    g = Graph("tanh_out")
+    g.add_input("x", (ROWS, COLS))
+    g.add_node("Tanh", ["x"], ["y"], infos=[TensorInfo((ROWS, COLS))])
+    g.outputs = ["y"]
+    x = np.random.default_rng(3).uniform(-3, 3, (ROWS, COLS))
+    low, got, _ = _run(g, {"x": x})
+    (t,) = _scalars(low).values()
+    assert t.deferred_bits is None and len(t.stages) == 2 and t.out_scale == t.spec.f_out
+    np.testing.assert_allclose(got["y"], np.tanh(x), atol=4e-3)
