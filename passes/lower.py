@@ -404,10 +404,14 @@ class _Lowering:
                 lookup, pad = node.attrs.get("lookup", "auto"), node.attrs.get("pad", True)
                 x_range = proven(self.g, x) if k_in is not None else None
                 if lookup == "auto":
-                    gate = self.scalar_lookup(N, spec, pad, k_in, k_out, self.o.round_worth_bytes, x_range, defer)
+                    gate = self.scalar_lookup(N, spec, pad, k_in, k_out, self.o.round_worth_bytes, x_range)
                 else:
-                    gate = ScalarGate(N, spec, lookup=lookup, pad=pad, view_bits=k_in, out_view_bits=k_out,
-                                      proven=x_range, defer_shift=defer and ScalarGate.narrows_value(spec, lookup, k_out))
+                    gate = ScalarGate(N, spec, lookup=lookup, pad=pad, view_bits=k_in, out_view_bits=k_out, proven=x_range)
+                if defer and ScalarGate.narrows_value(spec, gate.lookup, k_out):
+                    # only where it removes the packed lookup's truncation round: the products'
+                    # views cost key (small next to a round), a one-round lookup keeps its own
+                    gate = ScalarGate(N, spec, lookup=gate.lookup, pad=pad, view_bits=k_in, out_view_bits=k_out,
+                                      proven=x_range, defer_shift=True)
             if gate.deferred_bits is not None:
                 # the output shift is left to the products that read it: each reads the k-bit
                 # wire at poly_scale through the free truncation's view (MulNarrow), no round
@@ -418,16 +422,12 @@ class _Lowering:
 
     @staticmethod
     def scalar_lookup(N: int, spec: OperatorSpec, pad: bool, k_in: int | None, k_out: int | None,
-                      round_worth: float, x_range: tuple[float, float] | None = None,
-                      defer: bool = False) -> ScalarGate:
+                      round_worth: float, x_range: tuple[float, float] | None = None) -> ScalarGate:
         """The packed lookup (two rounds) or the one-round shifted one, priced over the whole gate
         (passes/pricing.py): the packed one where what it saves in key and AES pays for its extra
         round. A small gate (once per softmax or norm row) keeps the one round unless it is
-        dear: a norm's rsqrt of ~500 pieces evaluates the shifted DCF at every breakpoint.
-        ``defer``: the output is read by products only, so the packed lookup may leave its
-        output shift to their views (no truncation round)."""
-        packed, shifted = (ScalarGate(N, spec, lookup=lk, pad=pad, view_bits=k_in, out_view_bits=k_out, proven=x_range,
-                                      defer_shift=defer and ScalarGate.narrows_value(spec, lk, k_out))
+        dear: a norm's rsqrt of ~500 pieces evaluates the shifted DCF at every breakpoint."""
+        packed, shifted = (ScalarGate(N, spec, lookup=lk, pad=pad, view_bits=k_in, out_view_bits=k_out, proven=x_range)
                            for lk in ("packed", "shifted"))
         extra = packed.cost().rounds - shifted.cost().rounds
         return packed if worth_rounds(gate_price(shifted) - gate_price(packed), extra, round_worth) else shifted

@@ -1,7 +1,9 @@
 """A scalar gate read only by products leaves its output shift to them (passes/lower.py):
 the lookup's value, proven to fit k bits at poly_scale, is a k-bit wire that each product
 reads through the free truncation's view (MulNarrow), so the gate's truncation round goes.
-Softmax's reciprocal of the row sum is such a gate (``exp * (1 / sum)``)."""
+Softmax's reciprocal of the row sum is such a gate (``exp * (1 / sum)``). It is taken only
+where it removes a round: a packed lookup's; a one-round (shifted) lookup keeps its own
+truncation (a small softmax under the default round worth)."""
 from __future__ import annotations
 
 import numpy as np
@@ -20,8 +22,8 @@ def _scalars(low) -> dict[str, ScalarGate]:
     return {n.id: n.gate for n in low.gates.nodes if isinstance(n.gate, ScalarGate)}
 
 
-def _run(g: Graph, feeds: dict):
-    opts = CompileOptions()
+def _run(g: Graph, feeds: dict, **options):
+    opts = CompileOptions(**options)
     ir, low, steps = compile_graph(g, opts)
     build = Build(None, ir, opts, low, steps, {})
     out, logs = run_graph(low.gates, encode_inputs(build, feeds, 1))
@@ -31,7 +33,7 @@ def _run(g: Graph, feeds: dict):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_softmax_reciprocal_defers_its_shift_to_the_product(seed):
     x = np.random.default_rng(seed).uniform(-6, 6, (ROWS, COLS))
-    low, got, logs = _run(scores_model(1.0), {"x": x})
+    low, got, logs = _run(scores_model(1.0), {"x": x}, round_worth_mib=0.0)     # packed lookups
     recip = [g for i, g in _scalars(low).items() if g.elements == ROWS]
     assert len(recip) == 1 and recip[0].deferred_bits is not None
     r = recip[0]
@@ -55,3 +57,13 @@ def test_a_scalar_output_read_otherwise_keeps_its_truncation():
     (t,) = _scalars(low).values()
     assert t.deferred_bits is None and len(t.stages) == 2 and t.out_scale == t.spec.f_out
     np.testing.assert_allclose(got["y"], np.tanh(x), atol=4e-3)
+
+
+def test_a_one_round_lookup_keeps_its_own_truncation():
+    """Under the default round worth this small softmax's reciprocal is the one-round shifted
+    lookup: deferring would save no round, only add the products' view key."""
+    x = np.random.default_rng(4).uniform(-6, 6, (ROWS, COLS))
+    low, got, _ = _run(scores_model(1.0), {"x": x})
+    (r,) = [g for g in _scalars(low).values() if g.elements == ROWS]
+    assert r.lookup == "shifted" and r.deferred_bits is None and len(r.stages) == 2
+    np.testing.assert_allclose(got["y"], softmax(x), atol=4e-3)
