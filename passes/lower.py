@@ -396,7 +396,7 @@ class _Lowering:
             if x in self.folded:        # the rescale in front is done inside the gate's first round
                 raw, pre, k_in = self.folded[x]
                 gate = ScalarGate(N, spec, view_bits=k_in, out_view_bits=k_out, pre_shift=pre, proven=proven(self.g, x),
-                                  defer_shift=defer)
+                                  defer_shift=defer and ScalarGate.narrows_value(spec, "packed", k_out))
                 x = raw
             else:
                 k_in = narrow_bits(self.g, x, spec.view_shift)
