@@ -14,7 +14,11 @@ from fusec.ir.graph import Graph, TensorInfo
 from fusec.passes.options import CompileOptions
 from fusec.runtime.gates.mul_narrow import MulNarrow
 from fusec.runtime.gates.scalar import PackedLookup, ScalarGate
+from fusec.runtime.backend import get_backend
+from fusec.runtime.dealer import write_keys
 from tests.harness import run_graph
+from tests.test_device_path import DEVICES
+from tests.test_device_path import _run as run_on
 from tests.test_softmax_grid import ROWS, COLS, scores_model, softmax
 
 
@@ -67,3 +71,21 @@ def test_a_one_round_lookup_keeps_its_own_truncation():
     (r,) = [g for g in _scalars(low).values() if g.elements == ROWS]
     assert r.lookup == "shifted" and r.deferred_bits is None and len(r.stages) == 2
     np.testing.assert_allclose(got["y"], softmax(x), atol=4e-3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_deferred_views_open_the_cpus_bytes_on_the_device(tmp_path, device, monkeypatch):
+    """The GPU backend's code (fake device, host-compiled kernels, a card where there is one)
+    opens the same bytes as the CPU for a build whose products read deferred k-bit wires."""
+    opts = CompileOptions(round_worth_mib=0.0)
+    ir, low, steps = compile_graph(scores_model(1.0), opts)
+    build = Build(None, ir, opts, low, steps, {})
+    assert any(g.deferred_bits for g in _scalars(low).values())
+    write_keys(build.gates, tmp_path, 1, seed=b"deferred")
+    feeds = {"x": np.random.default_rng(5).uniform(-6, 6, (ROWS, COLS))}
+    monkeypatch.setenv("FUSEC_STATE_DIR", str(tmp_path / "state-cpu"))
+    out_cpu, sent_cpu = run_on(build, tmp_path, type(get_backend("cpu")), feeds)
+    monkeypatch.setenv("FUSEC_STATE_DIR", str(tmp_path / "state-dev"))
+    out_dev, sent_dev = run_on(build, tmp_path, device(), feeds)
+    assert sent_cpu == sent_dev and out_cpu.keys() == out_dev.keys()
+    assert all(np.array_equal(out_cpu[k], out_dev[k]) for k in out_cpu)
