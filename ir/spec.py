@@ -131,6 +131,30 @@ class OperatorSpec:
             acc = acc * x + int(ck)
         return acc // (1 << self.out_shift) if self.out_shift else acc
 
+    def value_bound(self, lo: int, hi: int, margin: int = 0) -> int | None:
+        """The largest ``|p_i(x)|`` (the raw value at ``poly_scale``, before the output
+        shift) the gate can produce for integer inputs in ``[lo, hi]``, each piece evaluated
+        up to ``margin`` past its own ends and past ``[lo, hi]`` (a packed lookup may pick a
+        piece from a truncated view, one coarse unit off). Exact for degree <= 2 (the ends and
+        the integers around the vertex); None for higher degrees. A held function (rsqrt near
+        0) is bounded by its held value here, not by the function's own range."""
+        if self.degree > 2:
+            return None
+        top = 1 << (self.n_in - 1)
+        ends = [-top] + list(self.breakpoints) + [top]
+        lo, hi, best = lo - margin, hi + margin, 0
+        for i, c in enumerate(self.coeffs):
+            a, b = max(ends[i] - margin, lo), min(ends[i + 1] - 1 + margin, hi)
+            if a > b:
+                continue
+            m, cs = int(self.centers[i]), [int(v) for v in c]
+            xs = {a, b}
+            if len(cs) == 3 and cs[2]:
+                v = m + (-cs[1]) // (2 * cs[2])              # floor of the vertex, exactly
+                xs |= {min(max(v + d, a), b) for d in (0, 1)}
+            best = max(best, *(abs(sum(ck * (x - m) ** k for k, ck in enumerate(cs))) for x in xs))
+        return best
+
     def exact_input_range(self, ring_bits: int | None = None, headroom_bits: int = 2) -> tuple[int, int]:
         """Integer inputs [lo, hi] on which ``|p(x)| * 2^poly_scale`` (the value the gate
         opens before its output shift) stays under ``2^(ring_bits - headroom_bits)``.

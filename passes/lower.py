@@ -10,6 +10,7 @@ from ``ir.json`` + ``weights.npz``.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -390,8 +391,7 @@ class _Lowering:
             spec = OperatorSpec.from_dict(node.attrs["spec"])
             if spec.f_in != s_in:
                 raise CompileError(f"{node!r}: spec fitted at f_in={spec.f_in}, input arrives at {s_in}")
-            k_out = narrow_bits(self.g, out, spec.out_shift, scale=spec.poly_scale) if spec.out_shift else None
-            k_out = k_out if k_out is not None and k_out <= self.n else None
+            k_out = self.value_view_bits(spec, out, proven(self.g, x))
             defer = k_out is not None and self.read_by_products_only(out, through_moves=True)
             if x in self.folded:        # the rescale in front is done inside the gate's first round
                 raw, pre, k_in = self.folded[x]
@@ -419,6 +419,24 @@ class _Lowering:
             elif gate.out_scale != self.scale(out):
                 raise CompileError(f"{node!r}: gate output scale {gate.out_scale} != IR scale {self.scale(out)}")
         self.out.wire[out] = self.add(node.name, gate, [self.out.wire[x]], node)
+
+    def value_view_bits(self, spec: OperatorSpec, out: str, x_range: tuple[float, float]) -> int | None:
+        """The width k (two bits of slack) of the lookup's value at ``poly_scale``, for a lookup
+        mod 2^k and a free truncation of its output: from the output's proven range, or from
+        the spec's own values over the input's proven range where that is tighter. A held
+        function is bounded by its held value there: BERT's layer-norm rsqrt is proven below
+        6.9e5 as a function of a variance that may be 0, but its spec holds it at 1,774."""
+        if not spec.out_shift:
+            return None
+        ks = [narrow_bits(self.g, out, spec.out_shift, scale=spec.poly_scale)]
+        lo, hi = x_range
+        if math.isfinite(lo) and math.isfinite(hi):
+            scale = 2.0 ** spec.f_in        # +-1: the input's rounding; the margin: a piece picked from a view
+            v = spec.value_bound(math.floor(lo * scale) - 1, math.ceil(hi * scale) + 1,
+                                 margin=(2 << spec.view_shift) + 2)
+            ks.append(None if v is None else (v + (1 << spec.out_shift) + 1).bit_length() + 2)
+        k = min((k for k in ks if k is not None), default=None)
+        return k if k is not None and k <= self.n else None
 
     @staticmethod
     def scalar_lookup(N: int, spec: OperatorSpec, pad: bool, k_in: int | None, k_out: int | None,

@@ -89,3 +89,32 @@ def test_deferred_views_open_the_cpus_bytes_on_the_device(tmp_path, device, monk
     out_dev, sent_dev = run_on(build, tmp_path, device(), feeds)
     assert sent_cpu == sent_dev and out_cpu.keys() == out_dev.keys()
     assert all(np.array_equal(out_cpu[k], out_dev[k]) for k in out_cpu)
+
+
+@pytest.mark.parametrize("degree", [1, 2])
+def test_spec_value_bound_is_the_largest_value_over_every_input(degree):
+    """OperatorSpec.value_bound (what a held function's output view is sized by) against every
+    integer input of random windows, each piece widened by the margin: exact, never below."""
+    import math
+    import random
+
+    from fusec.ir.spec import FitRequest, Tail, fit
+
+    gelu = np.vectorize(lambda x: 0.5 * x * (1 + math.erf(x / math.sqrt(2))))
+    spec = fit(FitRequest("gelu", gelu, -4, 4, pieces=12, degree=degree, n_in=50, f_in=12, f_out=12,
+                          right=Tail(1.0)))
+    top, rnd = 1 << 49, random.Random(degree)
+    ends = [-top, *spec.breakpoints, top]
+    for _ in range(25):
+        c = rnd.choice([*spec.breakpoints, 0, -30000, 30000])
+        lo, hi, margin = c - rnd.randint(0, 20000), c + rnd.randint(0, 20000), rnd.choice([0, 3, 18])
+        best = 0
+        for i, cs in enumerate(spec.coeffs):
+            a, e = max(ends[i] - margin, lo - margin), min(ends[i + 1] - 1 + margin, hi + margin)
+            if a <= e:
+                xs = np.arange(a, e + 1, dtype=object) - int(spec.centers[i])
+                acc = np.zeros(xs.shape, dtype=object)
+                for ck in reversed(cs):
+                    acc = acc * xs + int(ck)
+                best = max(best, max(abs(v) for v in acc))
+        assert spec.value_bound(lo, hi, margin) == best
