@@ -118,3 +118,26 @@ def test_spec_value_bound_is_the_largest_value_over_every_input(degree):
                     acc = acc * xs + int(ck)
                 best = max(best, max(abs(v) for v in acc))
         assert spec.value_bound(lo, hi, margin) == best
+
+
+@pytest.mark.parametrize("n", [37, 50, 64])
+def test_a_view_reads_a_narrow_ring_wire_under_forced_masks(n):
+    """What a deferred output hands the product: a wire of Z_2^k (its mask in Z_2^k too), read
+    through View(k, s) next to a plain n-bit wire. Forced masks 0, 2^k-1, 2^(k-1) and a fresh
+    one; the oracle is numpy integer arithmetic: (floor(a / 2^s) + c) * b, c in {0, 1}."""
+    from fusec.runtime import ring as R
+    from fusec.runtime.gates.mul_narrow import View
+    from fusec.runtime.rng import DealerRng
+    from tests.harness import forced_masks, run_gate
+
+    k, s, E = 30, 10, 257
+    rnd = np.random.default_rng(n)
+    a = rnd.integers(-(1 << (k - 2)) + (1 << s), (1 << (k - 2)) - (1 << s), E)
+    a[:3] = [-(1 << (k - 2)) + (1 << s), (1 << (k - 2)) - (1 << s) - 1, 0]
+    b = rnd.integers(-(1 << 12), 1 << 12, E)
+    gate = MulNarrow(E, n, View(k, s), None)
+    for mask_a in forced_masks(E, k) + [DealerRng().ring(E, k)]:
+        got, _, _ = run_gate(gate, [R.from_signed(a, k), R.from_signed(b, n)], [k, n],
+                             in_masks=[mask_a, DealerRng().ring(E, n)])
+        diff = R.to_signed(got, n) - (a >> s) * b
+        assert np.all((diff == 0) | (diff == b)), mask_a[0]
