@@ -31,7 +31,7 @@ import struct
 import sys
 import time
 from dataclasses import asdict, dataclass, fields
-from typing import Union
+from typing import Callable, Union
 
 import numpy as np
 
@@ -389,9 +389,12 @@ class TcpChannel(Channel):
         return PeerError(f"network error {what} with peer {self.peer}: {e}",
                          "check the connection between the parties and retry")
 
-    def _pump(self, out: list[memoryview], recv: bool, limit: int | None = None, into: memoryview | None = None):
+    def _pump(self, out: list[memoryview], recv: bool, limit: int | None = None, into: memoryview | None = None,
+              body_for: Callable[[int], tuple[Buffer, memoryview]] | None = None):
         """Send ``out`` and/or receive one frame, whichever can progress; wait only when
-        neither can. Returns the received payload (or None): a view of ``into`` if given."""
+        neither can. Returns the received payload (or None): a view of ``into`` if given.
+        ``body_for(size)``, called once the header is in: (the payload returned, the part of
+        it that arrives on this connection) -- a striped channel's (runtime/striped_channel.py)."""
         sock, tls = self._sock, self._tls
         limit = self.max_frame if limit is None else limit
         out = [v for v in out if len(v)]
@@ -429,8 +432,12 @@ class TcpChannel(Channel):
                         (size,) = _HDR.unpack(hdr)
                         if size > limit:
                             raise _oversized(f"peer {self.peer}", size, limit)
-                        body = into[:size] if into is not None else bytearray(size)
-                        rv = memoryview(body) if size else None
+                        if body_for is not None:
+                            body, rv = body_for(size)
+                        else:
+                            body = into[:size] if into is not None else bytearray(size)
+                            rv = memoryview(body)
+                        rv = rv if len(rv) else None
                         self._heard = True
                     elif not len(rv):
                         rv = None
@@ -468,7 +475,7 @@ class TcpListener:
         self.host, self._ctx = host, ssl_context
         try:
             fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-            self._sock = socket.create_server((host, port), family=fam, backlog=1)
+            self._sock = socket.create_server((host, port), family=fam, backlog=16)   # striped: up to 16 at once
         except OSError as e:
             raise PeerError(f"cannot listen on {_fmt(host, port)}: {e}",
                             "pick a free port (or 0) and a local address") from e

@@ -76,12 +76,16 @@ def _int_list(text: str, flag: str) -> list[int]:
 @click.option("--mps", is_flag=True,
               help="GPU: run under CUDA's Multi-Process Service (started and stopped by the bench), so both parties' "
                    "kernels share one card at once instead of taking turns each round (recorded as machine.cuda_mps)")
+@click.option("--stripes", default=1, show_default=True, type=click.IntRange(1, 16),
+              help="TCP connections between the workers: frames of 1 MiB or more go as one slice per connection, "
+                   "each moved by its own thread (runtime/striped_channel.py; plain TCP only)")
 @click.option("--timeout", default=1800.0, show_default=True, help="seconds any one stage or step may take")
 @click.option("--keep-going", is_flag=True, help="record a failed configuration and go on instead of stopping")
 @tls_options
 def bench(models, seqs, batches, seq_sweep, internal_batch, gate_sets, gpus, backend, warmup, repeat, layers, bits,
           workdir, keys_dir, keys_mode, dealers, json_path, markdown_path, padding_ablation, nets, gate_speedups,
-          stream_keys, cuda_graphs, lanes, compile_args, mps, timeout, keep_going, tls_cert, tls_key, tls_ca, tls_server_name) -> None:
+          stream_keys, cuda_graphs, lanes, compile_args, mps, stripes, timeout, keep_going, tls_cert, tls_key, tls_ca,
+          tls_server_name) -> None:
     """End-to-end benchmark: export, compile, keygen, P0 and P1 as processes; JSON (+ markdown).
 
     With --tls-*, the two workers talk mutual TLS on 127.0.0.1 (the certificate must name
@@ -94,6 +98,10 @@ def bench(models, seqs, batches, seq_sweep, internal_batch, gate_sets, gpus, bac
 
     party_argv = tls_argv(tls_cert, tls_key, tls_ca, tls_server_name)     # refused before anything runs
     party_argv += ["--stream-keys"] if stream_keys else []
+    if stripes > 1:
+        if tls_cert or tls_key or tls_ca:
+            raise click.UsageError("--stripes above 1 runs plain TCP: drop it or the --tls-* options")
+        party_argv += ["--stripes", str(stripes)]
     if cuda_graphs:
         if stream_keys or backend != "gpu":
             raise click.UsageError("--cuda-graphs replays graphs that read keys staged on the device: it needs "
@@ -141,15 +149,16 @@ def workers() -> None:
 @click.option("--net", type=net_type, default=None, help="emulated network (both workers the same)")
 @click.option("--stream-keys", is_flag=True, help="keys reach the device gate by gate inside the online clock")
 @click.option("--cuda-graphs", is_flag=True, help="record the second inference as a launch plan, replay it after")
+@click.option("--stripes", default=1, type=click.IntRange(1, 16), help="TCP connections to the peer (when connecting)")
 @tls_options
 def serve(build, party, listen, peer, backend, timeout, connect_retry, seed, out_path, net, stream_keys, cuda_graphs,
-          tls_cert, tls_key, tls_ca, tls_server_name) -> None:
+          stripes, tls_cert, tls_key, tls_ca, tls_server_name) -> None:
     """One party's long-lived worker of a benchmark configuration (JSON lines on stdin/stdout)."""
     from fusec.bench.worker import serve as run
 
     sys.exit(run(build, party, listen, peer, backend, timeout, connect_retry, seed, out_path,
                  tls=(tls_cert, tls_key, tls_ca, tls_server_name), net=net, stream_keys=stream_keys,
-                 cuda_graphs=cuda_graphs))
+                 cuda_graphs=cuda_graphs, stripes=stripes))
 
 
 @workers.command()

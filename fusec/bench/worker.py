@@ -209,24 +209,27 @@ class Server:
 
 
 def _connect(server: Server, listen: str | None, peer: str | None, timeout: float, retry: float,
-             out: IO[str], tls: tuple = (None, None, None, None), net: Any = None) -> None:
+             out: IO[str], tls: tuple = (None, None, None, None), net: Any = None, stripes: int = 1) -> None:
     """``tls``: (cert, key, ca, server name) as ``fusec run``'s --tls-* (runtime/tls.py);
-    ``net``: an emulated link (runtime/shaping.py NetSetting) or None."""
-    from fusec.runtime.channel import TcpChannel, TcpListener, parse_address
+    ``net``: an emulated link (runtime/shaping.py NetSetting) or None; ``stripes``: TCP
+    connections (the connecting worker's; runtime/striped_channel.py)."""
+    from fusec.runtime import striped_channel
+    from fusec.runtime.channel import TcpListener, parse_address
     from fusec.runtime.shaping import shape
     from fusec.runtime.tls import TlsFiles
 
     files = TlsFiles.from_options(*tls[:3])
     if files is not None:
         files.check()
+    striped_channel.check_stripes(stripes, files is not None)
     if listen:
         with TcpListener(*parse_address(listen), files.server_context() if files else None) as lst:
             _say(out, event="listening", port=lst.port)
-            server.channel = lst.accept(timeout)
+            server.channel = striped_channel.accept(lst, timeout)
     else:
-        server.channel = TcpChannel.connect(*parse_address(peer), timeout=timeout, retry_for=retry,
-                                            ssl_context=files.client_context() if files else None,
-                                            server_hostname=tls[3])
+        server.channel = striped_channel.connect(*parse_address(peer), stripes, timeout=timeout, retry_for=retry,
+                                                 ssl_context=files.client_context() if files else None,
+                                                 server_hostname=tls[3])
     server.channel = shape(server.channel, net)
 
 
@@ -253,7 +256,7 @@ def _command_loop(server: Server, out: IO[str], out_path: Path | None) -> None:
 def serve(build: str, party: int, listen: str | None, peer: str | None, backend: str = "cpu",
           timeout: float = 600.0, connect_retry: float = 120.0, seed: int = 0, out_path: str | None = None,
           tls: tuple = (None, None, None, None), net: Any = None, stream_keys: bool = False,
-          cuda_graphs: bool = False) -> int:
+          cuda_graphs: bool = False, stripes: int = 1) -> int:
     """Run one worker until ``quit`` (or a failure); returns the exit status (0, 2: a user
     error, 1: a bug). ``stream_keys``: see ``run_party``; ``cuda_graphs``: the GPU backend's
     launch plans (runtime/launch_plan.py)."""
@@ -269,7 +272,7 @@ def serve(build: str, party: int, listen: str | None, peer: str | None, backend:
         if cuda_graphs:
             server.be.cuda_graphs = True
         server.inputs(0)
-        _connect(server, listen, peer, timeout, connect_retry, out, tls, net)
+        _connect(server, listen, peer, timeout, connect_retry, out, tls, net, stripes)
         _say(out, event="ready", setup_seconds=time.perf_counter() - t0)
         _command_loop(server, out, Path(out_path) if out_path else None)
         return 0
