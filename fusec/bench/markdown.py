@@ -295,6 +295,8 @@ def render_markdown(doc: dict) -> str:
                 "before the clock into one device buffer every set reuses; a configuration marked as unpacking "
                 "late copies packed sets there and unpacks each gate's keys inside the graphs)."
                 if "--cuda-graphs" in st.get("party_argv", []) else "")
+             + (f" The workers' frames of 1 MiB or more went as {_stripes(st)} slices over as many TCP connections, "
+                "each moved by its own thread (--stripes)." if _stripes(st) > 1 else "")
              + (f" A batch shown as B (L x B/L) ran as L lanes (--lanes {st['lanes']}): L pairs of workers at once, "
                 "each on a build of batch B/L with its own connection and key sets; its online time is the union "
                 "of every lane's online intervals, both parties'." if st.get("lanes", 1) > 1 else ""),
@@ -315,3 +317,9 @@ def render_markdown(doc: dict) -> str:
     return "\n".join(lines + _speedups(doc) + _padding_ablation(doc)
                      + amdahl.markdown(doc["results"], doc.get("gate_microbench"))
                      + _scope_tables(doc) + _phase_table(doc) + _key_load_table(doc)) + "\n"
+
+
+def _stripes(settings: dict) -> int:
+    """The TCP connections the workers used (``--stripes``; 1 when not given)."""
+    argv = list(settings.get("party_argv") or [])
+    return int(argv[argv.index("--stripes") + 1]) if "--stripes" in argv else 1
