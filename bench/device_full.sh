@@ -26,6 +26,9 @@ if [ "$TESTS" = 1 ]; then
     tests/test_narrow_gates.py tests/test_stream_prefetch.py tests/test_launch_plan.py} -m gpu -q -x -o addopts="" -p no:cacheprovider > /tmp/gpu_tests.log 2>&1
   echo "gpu tests rc=$? $((SECONDS - t0)) s: $(tail -1 /tmp/gpu_tests.log)"; tail -n 30 /tmp/gpu_tests.log >> "$LOG"
 fi
+if [ -n "${WIRE:-}" ]; then   # WIRE="1,2,4,8": loopback GB/s of the parties' channel per stripe count -> $OUT/wire.txt
+  timeout 120 python3 bench/wire.py --mb 64 --rounds 6 --stripes "$WIRE" 2>&1 | tee -a "$OUT/wire.txt"
+fi
 WORK=/tmp/fusec; mkdir -p "$WORK"
 if [ "${MPS:-0}" = 1 ]; then BENCH_ARGS="${BENCH_ARGS:-} --mps"; trap 'cp -r "$WORK"/mps/log "$OUT"/mps_log 2>/dev/null' EXIT; fi
 for run in $RUNS; do
