@@ -19,8 +19,9 @@ What makes a replay compute what the interpreter computes:
   uploads (descriptor tables of device addresses, gate constants) is copied at once, outside
   the capture, into device arrays the plan keeps for good (:class:`CaptureModule`), never
   through a staging buffer that a later replay would read after it was reused.
-* The recording allocates from a memory pool of its own that nothing else uses, so an
-  address a graph reads or writes is never handed to other code.
+* The recording allocates from a memory pool of its own that nothing else uses and that
+  never releases a block (not even when the card is full: :meth:`LaunchPlan._device_malloc`),
+  so an address a graph reads or writes is never handed to other code.
 * Work that reads a device value back on the host mid-round cannot be captured: CUDA
   refuses it and the recording stops with an error naming the gate and the round.
 
@@ -105,7 +106,7 @@ class LaunchPlan:
         self.owner = owner                   # the gate graph recorded (kept: ids are not reused)
         self.stream = cupy.cuda.Stream(non_blocking=True)
         self.side = cupy.cuda.Stream(non_blocking=True)
-        self.pool = cupy.cuda.MemoryPool()
+        self.pool = cupy.cuda.MemoryPool(allocator=self._device_malloc)
         self.keep: list = []                 # device and page-locked buffers the graphs use, kept for good
         self.module = CaptureModule(cupy, self.side, self.keep)
         self.segments: list[PlanSegment] = []
@@ -119,6 +120,24 @@ class LaunchPlan:
         self._outbox: np.ndarray | None = None
         self._seg_in: np.ndarray | None = None
         self._seg_out: np.ndarray | None = None
+
+    def _device_malloc(self, size: int) -> Any:
+        """cudaMalloc for the plan's pool, out of memory raised as CuPy's OutOfMemoryError.
+
+        A CuPy pool whose allocator fails with ``cudaErrorMemoryAllocation`` frees every block
+        it caches and retries. The plan's cached blocks are not free: the recorded graphs still
+        read and write them (intermediates of earlier rounds, and of the round being captured).
+        Freed, the driver may hand them to other code, or unmap them. Recording BERT-base at
+        seq 512 on an H100 shared by both parties (31 GB of key each) failed that way in
+        round 30 with cudaErrorIllegalAddress. The pool does not catch an OutOfMemoryError
+        from here, so it never releases a block; the recording stops with "out of memory"."""
+        memory, runtime = self.cupy.cuda.memory, self.cupy.cuda.runtime
+        try:
+            return memory.MemoryPointer(memory.Memory(size), 0)
+        except runtime.CUDARuntimeError as e:
+            if e.status != runtime.errorMemoryAllocation:
+                raise
+            raise memory.OutOfMemoryError(size, self.pool.total_bytes()) from None
 
     # ------------------------------------------------------------------ recording
     def input(self, node_id: str, x: Any) -> Any:

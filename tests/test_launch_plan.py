@@ -159,7 +159,7 @@ class _Stream:
 
 
 def _fake_cupy():
-    cuda = SimpleNamespace(Stream=lambda non_blocking=False: _Stream(), MemoryPool=lambda: None,
+    cuda = SimpleNamespace(Stream=lambda non_blocking=False: _Stream(), MemoryPool=lambda allocator=None: None,
                            Device=lambda: SimpleNamespace(synchronize=lambda: None))
     return SimpleNamespace(__name__="cupy", cuda=cuda, ndarray=_Dev, asnumpy=lambda a: np.array(a))
 
@@ -314,3 +314,61 @@ def test_a_plan_runs_only_on_a_set_staged_for_it_and_only_once():
     ablation = SimpleNamespace(insecure=True)    # mask-dependent shapes: never recorded, always interpreted
     for _ in range(3):
         assert be.launch_plan(ablation, staged()) is None
+
+
+class _CudaError(Exception):
+    def __init__(self, status):
+        super().__init__(f"CUDA error {status}")
+        self.status = status
+
+
+class _OutOfMemory(MemoryError):
+    def __init__(self, size, total, limit=0):
+        super().__init__(f"Out of memory allocating {size:,} bytes (allocated so far: {total:,} bytes).")
+
+
+def test_the_plans_pool_never_frees_a_block_when_the_card_is_full():
+    """A CuPy pool frees every cached block and retries when its allocator fails with
+    cudaErrorMemoryAllocation; the plan's cached blocks are still read by the recorded graphs
+    (the seq-512 recording hit cudaErrorIllegalAddress that way). The plan's allocator raises
+    out of memory as an OutOfMemoryError instead, which the pool does not catch; other CUDA
+    errors pass unchanged."""
+    status = {"next": None}
+
+    def memory(size):
+        if status["next"] is not None:
+            raise _CudaError(status["next"])
+        return SimpleNamespace(size=size)
+
+    runtime = SimpleNamespace(CUDARuntimeError=_CudaError, errorMemoryAllocation=2)
+    mem = SimpleNamespace(Memory=memory, MemoryPointer=lambda m, off: SimpleNamespace(mem=m, ptr=off),
+                          OutOfMemoryError=_OutOfMemory)
+    cupy = _fake_cupy()
+    pool = SimpleNamespace(total_bytes=lambda: 123)
+    cupy.cuda.MemoryPool = lambda allocator=None: SimpleNamespace(allocator=allocator, total_bytes=pool.total_bytes)
+    cupy.cuda.memory, cupy.cuda.runtime = mem, runtime
+    plan = LaunchPlan(cupy, owner=None)
+    assert plan.pool.allocator == plan._device_malloc
+    assert plan._device_malloc(256).mem.size == 256
+    status["next"] = 2
+    with pytest.raises(_OutOfMemory, match="allocated so far: 123"):
+        plan._device_malloc(1 << 40)
+    status["next"] = 700            # cudaErrorIllegalAddress: not a memory shortage, passed on
+    with pytest.raises(_CudaError):
+        plan._device_malloc(256)
+
+
+@pytest.mark.gpu
+def test_a_full_card_leaves_the_plans_cached_blocks_allocated():
+    """On a real card: a block the plan's pool caches stays allocated when a request cannot
+    be met (CuPy's own pool would have released it to the driver before failing)."""
+    cupy = pytest.importorskip("cupy")
+    plan = LaunchPlan(cupy, owner=None)
+    with cupy.cuda.using_allocator(plan.pool.malloc):
+        a = cupy.empty(1 << 20, np.uint8)
+        del a                                   # cached by the pool, as a recorded graph's intermediate is
+        held = plan.pool.total_bytes()
+        assert held >= 1 << 20
+        with pytest.raises(cupy.cuda.memory.OutOfMemoryError):
+            cupy.empty(1 << 46, np.uint8)       # 64 TiB: no card has it
+    assert plan.pool.total_bytes() == held
