@@ -99,8 +99,8 @@ def bench(models, seqs, batches, seq_sweep, internal_batch, gate_sets, gpus, bac
     party_argv = tls_argv(tls_cert, tls_key, tls_ca, tls_server_name)     # refused before anything runs
     party_argv += ["--stream-keys"] if stream_keys else []
     if stripes > 1:
-        if tls_cert or tls_key or tls_ca:
-            raise click.UsageError("--stripes above 1 runs plain TCP: drop it or the --tls-* options")
+        from fusec.runtime.striped_channel import check_stripes
+        check_stripes(stripes, bool(tls_cert or tls_key or tls_ca))       # one line, exit 2: plain TCP only
         party_argv += ["--stripes", str(stripes)]
     if cuda_graphs:
         if stream_keys or backend != "gpu":
