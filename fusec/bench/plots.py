@@ -139,7 +139,7 @@ def speedup_rows(results: list[dict]) -> list[dict]:
 def _save(plt, fig, path: Path, layout: bool = True) -> Path:
     if layout:
         fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    fig.savefig(path, dpi=130, bbox_inches="tight")   # legends placed outside the axes stay in
     plt.close(fig)
     return path
 
@@ -165,9 +165,13 @@ def _stack(ax, labels: list[str], parts: list[dict[str, float]], colors: dict, u
         if any(vals):
             ax.bar(labels, vals, bottom=bottoms, color=color, label=scope, edgecolor="white", linewidth=0.5)
             bottoms = [b + v for b, v in zip(bottoms, vals)]
+    peak = 0.0
     for i, top in enumerate(bottoms):
         total = top if totals is None else totals[i] / scale
         ax.annotate(f"{total:.3g} {unit}", (i, max(top, total)), ha="center", va="bottom", fontsize=9)
+        peak = max(peak, top, total)
+    if peak > 0:
+        ax.set_ylim(0, peak * 1.12)         # room for the tallest bar's label under the title
     ax.set_ylabel(unit)
     ax.grid(axis="y", alpha=0.3)
 
@@ -266,7 +270,8 @@ def _lines(plt, panels: list[tuple[str, dict, list[dict]]], out: Path, name: str
         ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
+            # outside the axes: a series near zero (the sigma build's tokens/s) hides under one inside
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     return _save(plt, fig, out / name)
 
 
