@@ -25,6 +25,7 @@ from fusec.passes.key_order import key_order
 from fusec.passes.mask_softmax import mask_softmax
 from fusec.passes.lower import Lowered, lower
 from fusec.passes.merge_rescales import merge_rescales
+from fusec.passes.narrow_opens import narrow_opens
 from fusec.passes.options import CompileOptions
 from fusec.passes.owner_contract import owner_contract
 from fusec.passes.padding import pad_shapes
@@ -100,6 +101,7 @@ def run_passes(graph: Graph, opts: CompileOptions, progress: Progress | None = N
 def build_gates(graph: Graph, opts: CompileOptions) -> tuple[Lowered, list[Step]]:
     """Lower, schedule, and order keys. Deterministic in (graph, opts)."""
     low = lower(graph, opts)
+    low.gates = narrow_opens(low.gates, opts)      # products and truncations on the bits their readers use
     ir_attrs = {gid: graph.node(name).attrs if name in graph.g else {} for gid, name in low.ir_node.items()}
     scopes = {n.id: scope_of(ir_attrs.get(n.id, {}), n.gate.kind) for n in low.gates.nodes}
     steps = schedule(low.gates, scopes)

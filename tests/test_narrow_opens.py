@@ -1,0 +1,97 @@
+"""Products and truncations opened on the bits their readers use (passes/narrow_opens.py).
+
+The oracle is numpy integer arithmetic: a secret matmul read only by a free truncation, run
+by both parties after the pass narrowed it, must reveal ``floor(X @ W / 2^s)`` (+1 at most:
+the truncation's stochastic rounding), with fewer bytes than the whole-ring program. On a
+compiled transformer the pass must narrow attention's products and leave the faithful
+SIGMA build alone.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fusec.build import compile_model, load_build
+from fusec.passes.narrow_opens import narrow_opens
+from fusec.passes.options import CompileOptions
+from fusec.runtime import ring
+from fusec.runtime.gates.arith import MatMulPrivate
+from fusec.runtime.gates.linear import Add
+from fusec.runtime.gates.mul_narrow import MulNarrow, View
+from fusec.runtime.gates.truncation import TruncateNarrow
+from fusec.runtime.graph import GateGraph
+from tests.harness import run_graph
+from tests.test_device_path import BERT_TINY
+
+N_BITS, K, S = 50, 30, 12
+
+
+def _attention_like(narrow: bool) -> GateGraph:
+    """x, w (secret) -> t = trunc(x) read through nothing but the matmul -> z = t @ w ->
+    trunc(z) on its proven K bits -> output (the whole ring)."""
+    g = GateGraph()
+    g.input("x", 4 * 8, N_BITS)
+    g.input("w", 8 * 3, N_BITS)
+    g.add("tx", TruncateNarrow(32, N_BITS, 24, 4), ["x"])
+    g.add("xw", MatMulPrivate((4, 8), (8, 3), N_BITS), ["tx", "w"])
+    g.add("z", TruncateNarrow(12, N_BITS, K, S), ["xw"])
+    g.add("zz", Add(12, N_BITS), ["z", "z"])
+    g.output("y", "zz")
+    return narrow_opens(g, CompileOptions(bits=N_BITS)) if narrow else g
+
+
+def test_a_matmul_read_by_a_truncation_runs_on_the_truncations_view():
+    g = _attention_like(narrow=True)
+    assert g.node("xw").gate.bits == K                      # the truncation reads K bits of it
+    assert g.node("tx").gate.out_bits == K                  # and the matmul reads K bits of tx
+    assert g.node("z").gate.out_bits == N_BITS              # read (through an add) by the output
+    plain = _attention_like(narrow=False)
+    assert plain.node("xw").gate.bits == N_BITS
+
+
+def test_the_narrowed_program_computes_what_numpy_does_with_fewer_bytes():
+    """y = 2 z, z = trunc(trunc(x) @ w): each truncation is floor + {0, 1}, so
+    |z - x @ w / 2^16| <= sum |w| / 2^12 + 1 per column (numpy integers, both programs)."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(-2 ** 18, 2 ** 18, (4, 8))             # |x| < 2^(24-2) - 2^4: tx's proof
+    w = rng.integers(-2 ** 6, 2 ** 6, (8, 3))
+    inputs = {"x": ring.from_signed(x.reshape(-1), N_BITS), "w": ring.from_signed(w.reshape(-1), N_BITS)}
+    exact = (x @ w) / 2.0 ** (4 + S)
+    bound = np.abs(w).sum(axis=0) / 2.0 ** S + 1
+    sent = {}
+    for narrow in (False, True):
+        out, logs = run_graph(_attention_like(narrow), inputs, seed=b"narrow-opens")
+        y = ring.to_signed(np.asarray(out["y"]).reshape(4, 3), N_BITS)
+        assert np.all(y % 2 == 0) and np.all(np.abs(y / 2 - exact) <= bound), (narrow, y / 2 - exact)
+        sent[narrow] = sum(sum(log.bytes_sent.values()) for log in logs)
+    assert sent[True] < sent[False]
+
+
+@pytest.mark.parametrize("gates, narrowed", [("fused", True), ("sigma", False)])
+def test_attention_products_are_narrowed_in_the_fused_build_only(tmp_path, gates, narrowed):
+    compile_model(BERT_TINY, tmp_path, CompileOptions(bits=37, gates=gates), batch=1, seq=8)
+    nodes = load_build(tmp_path).gates.nodes
+    mats = [n for n in nodes if isinstance(n.gate, MatMulPrivate)]
+    assert mats
+    assert any(n.gate.bits < 37 for n in mats) == narrowed
+    if narrowed:            # a product is never narrower than what its readers take of it
+        readers = {}
+        for n in nodes:
+            for w in n.inputs:
+                readers.setdefault(w, []).append(n.gate)
+        for m in mats:
+            for r in readers[m.id]:
+                take = r.view_bits if isinstance(r, TruncateNarrow) else \
+                    max(v.bits if v else r.bits for v in r.views) if isinstance(r, MulNarrow) else getattr(r, "bits", 37)
+                assert take <= m.gate.bits
+
+
+def test_a_product_read_through_a_view_keeps_the_views_width():
+    g = GateGraph()
+    g.input("a", 16, N_BITS)
+    g.input("b", 16, N_BITS)
+    g.add("p", MulNarrow(16, N_BITS, View(40, 10), None), ["a", "b"])
+    g.add("t", TruncateNarrow(16, N_BITS, 36, 12), ["p"])
+    g.output("y", "t")
+    narrow_opens(g, CompileOptions(bits=N_BITS))
+    assert g.node("p").gate.bits == 40                      # not 36: the product's own view of a needs 40
