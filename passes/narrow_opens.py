@@ -13,9 +13,10 @@ most any reader takes of it:
 
 Walking the gates backwards, a product whose output is demanded on ``d < n`` bits runs mod
 2^d (its key, its output mask and its open are d bits), and a truncation widens its result
-to ``max(d, m + 1)`` bits instead of n. At BERT-base's attention, QK^T is read only by its
-rescale's proven view, so it runs on that width, and Q and K, read only by it, are widened
-to it. That makes fewer bytes and less key, with the same rounds and the same values mod 2^d.
+to ``max(d, m + 1)`` bits instead of n. In BERT-base's attention, ``exp @ V`` is read only by
+softmax's last product through a 38-bit view, so it runs on 38 bits, and V, read only by it,
+is widened to 38. That makes fewer bytes and less key, with the same rounds and the same
+values mod 2^d.
 
 Only the fused gate set: the faithful SIGMA build keeps SIGMA's widths.
 """
