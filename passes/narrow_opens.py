@@ -13,7 +13,7 @@ most any reader takes of it:
 
 Walking the gates backwards, a product whose output is demanded on ``d < n`` bits runs mod
 2^d (its key, its output mask and its open are d bits), and a truncation widens its result
-to ``max(d, m + 1)`` bits instead of n. In BERT-base's attention, ``exp @ V`` is read only by
+to ``max(d, m + 1)`` bits instead of n (also a scalar gate's output truncation). In BERT-base's attention, ``exp @ V`` is read only by
 softmax's last product through a 38-bit view, so it runs on 38 bits, and V, read only by it,
 is widened to 38. That makes fewer bytes and less key, with the same rounds and the same
 values mod 2^d.
@@ -22,11 +22,12 @@ Only the fused gate set: the faithful SIGMA build keeps SIGMA's widths.
 """
 from __future__ import annotations
 
+import copy
 from typing import Callable
 
 from fusec.passes.options import CompileOptions
 from fusec.runtime.gates.arith import MatMulPrivate, Mul
-from fusec.runtime.gates.base import Gate
+from fusec.runtime.gates.base import Chain, Gate
 from fusec.runtime.gates.linear import Add, AddPublic, MatMulPublic, MulPublic
 from fusec.runtime.gates.movement import Rearrange, SumAxis
 from fusec.runtime.gates.mul_narrow import MulNarrow
@@ -52,7 +53,16 @@ def _reads(gate: Gate, slot: int, out_demand: int, n: int) -> int:
 
 
 def _narrowed(gate: Gate, d: int) -> Gate | None:
-    """``gate`` rebuilt to leave its output on ``d`` bits, or None where nothing changes."""
+    """``gate`` rebuilt to leave its output on ``d`` bits, or None where nothing changes. A
+    chain (a scalar gate: lookup, then its output truncation) narrows its last stage."""
+    if isinstance(gate, Chain):
+        last = _narrowed(gate.stages[-1], d) if isinstance(gate.stages[-1], TruncateNarrow) else None
+        if last is None:
+            return None
+        chain = copy.copy(gate)
+        chain.stages = [*gate.stages[:-1], last]
+        chain.out_bits = last.out_bits
+        return chain
     if isinstance(gate, TruncateNarrow):
         w = max(d, gate.mid_bits + 1)
         return TruncateNarrow(gate.elements, gate.bits, gate.view_bits, gate.shift, out_bits=w) \

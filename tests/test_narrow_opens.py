@@ -16,6 +16,7 @@ from fusec.passes.narrow_opens import narrow_opens
 from fusec.passes.options import CompileOptions
 from fusec.runtime import ring
 from fusec.runtime.gates.arith import MatMulPrivate
+from fusec.runtime.gates.base import Chain
 from fusec.runtime.gates.linear import Add
 from fusec.runtime.gates.mul_narrow import MulNarrow, View
 from fusec.runtime.gates.truncation import TruncateNarrow
@@ -74,6 +75,9 @@ def test_attention_products_are_narrowed_in_the_fused_build_only(tmp_path, gates
     mats = [n for n in nodes if isinstance(n.gate, MatMulPrivate)]
     assert mats
     assert any(n.gate.bits < 37 for n in mats) == narrowed
+    chains = [n.gate for n in nodes if isinstance(n.gate, Chain) and isinstance(n.gate.stages[-1], TruncateNarrow)]
+    assert any(g.stages[-1].out_bits < 37 for g in chains) == narrowed      # e.g. GELU's output truncation
+    assert all(g.out_bits == g.stages[-1].out_bits for g in chains)
     if narrowed:            # a product is never narrower than what its readers take of it
         readers = {}
         for n in nodes:
