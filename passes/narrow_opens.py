@@ -8,8 +8,9 @@ most any reader takes of it:
 * a truncation (``TruncateNarrow``): its proven view, ``view_bits``;
 * a product (``Mul``, ``MatMulPrivate``, ``MulNarrow``): its own ring width (a ``MulNarrow``
   input read through a view: the view's width);
+* a packed scalar lookup: its comparison view or its value ring, whichever is wider;
 * a ring-linear gate: the demand of its own output;
-* anything else (lookups, comparisons, outputs): the whole ring.
+* anything else (other lookups, max trees, outputs): the whole ring.
 
 Walking the gates backwards, a product whose output is demanded on ``d < n`` bits runs mod
 2^d (its key, its output mask and its open are d bits), and a truncation widens its result
@@ -31,6 +32,7 @@ from fusec.runtime.gates.base import Chain, Gate
 from fusec.runtime.gates.linear import Add, AddPublic, MatMulPublic, MulPublic
 from fusec.runtime.gates.movement import Rearrange, SumAxis
 from fusec.runtime.gates.mul_narrow import MulNarrow
+from fusec.runtime.gates.scalar import PackedLookup
 from fusec.runtime.gates.truncation import TruncateNarrow
 from fusec.runtime.graph import GateGraph, Node
 
@@ -49,6 +51,9 @@ def _reads(gate: Gate, slot: int, out_demand: int, n: int) -> int:
         return gate.bits
     if isinstance(gate, RING_LINEAR):
         return out_demand
+    if isinstance(gate, Chain) and isinstance(gate.stages[0], PackedLookup):
+        first = gate.stages[0]          # compares on its view, evaluates on its value ring
+        return max(first.view_bits, first.vbits)
     return n
 
 
