@@ -13,11 +13,11 @@ most any reader takes of it:
 * anything else (other lookups, max trees, outputs): the whole ring.
 
 Walking the gates backwards, a product whose output is demanded on ``d < n`` bits runs mod
-2^d (its key, its output mask and its open are d bits), and a truncation widens its result
-to ``max(d, m + 1)`` bits instead of n (also a scalar gate's output truncation). In BERT-base's attention, ``exp @ V`` is read only by
-softmax's last product through a 38-bit view, so it runs on 38 bits, and V, read only by it,
-is widened to 38. That makes fewer bytes and less key, with the same rounds and the same
-values mod 2^d.
+2^d (its key, its output mask and its open are d bits), and a truncation (a scalar gate's
+output truncation too) widens its result to ``max(d, m + 1)`` bits instead of n. In
+BERT-base's attention, ``exp @ V`` is read only by softmax's last product through a 38-bit
+view, so it runs on 38 bits, and V, read only by it, is widened to 38. That makes fewer
+bytes and less key, with the same rounds and the same values mod 2^d.
 
 Only the fused gate set: the faithful SIGMA build keeps SIGMA's widths.
 """
@@ -40,49 +40,72 @@ from fusec.runtime.graph import GateGraph, Node
 RING_LINEAR = (Add, AddPublic, MulPublic, MatMulPublic, Rearrange, SumAxis)
 
 
+def _view_read(g: MulNarrow, slot: int, out_demand: int) -> int:
+    """A product reads an input through its view, or on its own ring (a square: one view)."""
+    view = g.views[0 if g.square else slot]
+    return g.bits if view is None else view.bits
+
+
+#: gate type -> (gate, input slot, its output's demand) -> the low bits of that input it reads.
+#: Exact types: a subclass (a scalar gate's chain, a SIGMA gate) is not assumed to read alike.
+READS: dict[type, Callable[[Gate, int, int], int]] = {
+    TruncateNarrow: lambda g, slot, out: g.view_bits,
+    MulNarrow: _view_read,
+    Mul: lambda g, slot, out: g.bits,
+    MatMulPrivate: lambda g, slot, out: g.bits,
+    **{t: (lambda g, slot, out: out) for t in RING_LINEAR},
+}
+
+
 def _reads(gate: Gate, slot: int, out_demand: int, n: int) -> int:
     """The low bits of input ``slot`` that ``gate`` reads, given its output's demand."""
-    if isinstance(gate, TruncateNarrow):
-        return gate.view_bits
-    if isinstance(gate, MulNarrow):
-        view = gate.views[1 if slot and not gate.square else 0]
-        return gate.bits if view is None else view.bits
-    if isinstance(gate, (Mul, MatMulPrivate)):
-        return gate.bits
-    if isinstance(gate, RING_LINEAR):
-        return out_demand
-    if isinstance(gate, Chain) and isinstance(gate.stages[0], PackedLookup):
+    rule = READS.get(type(gate))
+    if rule is not None:
+        return rule(gate, slot, out_demand)
+    if isinstance(gate, Chain) and type(gate.stages[0]) is PackedLookup:
         first = gate.stages[0]          # compares on its view, evaluates on its value ring
         return max(first.view_bits, first.vbits)
     return n
 
 
+def _truncate(g: TruncateNarrow, d: int) -> Gate | None:
+    w = max(d, g.mid_bits + 1)
+    return TruncateNarrow(g.elements, g.bits, g.view_bits, g.shift, out_bits=w) if w < g.out_bits else None
+
+
+def _mul_narrow(g: MulNarrow, d: int) -> Gate | None:
+    w = max([d] + [v.bits for v in g.views if v is not None])      # no narrower than its own views
+    return MulNarrow(g.elements, w, *g.views, square=g.square) if w < g.bits else None
+
+
+#: gate type -> (gate, demanded bits) -> the gate leaving its output on them (None: unchanged)
+NARROW: dict[type, Callable[[Gate, int], Gate | None]] = {
+    TruncateNarrow: _truncate,
+    MulNarrow: _mul_narrow,
+    MatMulPrivate: lambda g, d: MatMulPrivate(g.x_shape, g.w_shape, d) if d < g.bits else None,
+    Mul: lambda g, d: Mul(g.elements, d) if d < g.bits else None,
+}
+
+
 def _narrowed(gate: Gate, d: int) -> Gate | None:
     """``gate`` rebuilt to leave its output on ``d`` bits, or None where nothing changes. A
     chain (a scalar gate: lookup, then its output truncation) narrows its last stage."""
-    if isinstance(gate, Chain):
-        last = _narrowed(gate.stages[-1], d) if isinstance(gate.stages[-1], TruncateNarrow) else None
+    rule = NARROW.get(type(gate))
+    if rule is not None:
+        return rule(gate, d)
+    if isinstance(gate, Chain) and type(gate.stages[-1]) is TruncateNarrow:
+        last = _truncate(gate.stages[-1], d)
         if last is None:
             return None
         chain = copy.copy(gate)
         chain.stages = [*gate.stages[:-1], last]
         chain.out_bits = last.out_bits
         return chain
-    if isinstance(gate, TruncateNarrow):
-        w = max(d, gate.mid_bits + 1)
-        return TruncateNarrow(gate.elements, gate.bits, gate.view_bits, gate.shift, out_bits=w) \
-            if w < gate.out_bits else None
-    if isinstance(gate, MatMulPrivate) and d < gate.bits:
-        return MatMulPrivate(gate.x_shape, gate.w_shape, d)
-    if isinstance(gate, Mul) and d < gate.bits:
-        return Mul(gate.elements, d)
-    if isinstance(gate, MulNarrow):        # no narrower than its own views of its inputs
-        w = max([d] + [v.bits for v in gate.views if v is not None])
-        return MulNarrow(gate.elements, w, *gate.views, square=gate.square) if w < gate.bits else None
     return None
 
 
-NARROWERS: dict[str, Callable] = {"fused": _narrowed}
+#: the gate sets whose widths this pass may change (the faithful SIGMA build keeps SIGMA's)
+NARROWERS: dict[str, Callable[[Gate, int], Gate | None]] = {"fused": _narrowed}
 
 
 def narrow_opens(gates: GateGraph, opts: CompileOptions) -> GateGraph:
