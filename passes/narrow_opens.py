@@ -9,8 +9,9 @@ most any reader takes of it:
 * a product (``Mul``, ``MatMulPrivate``, ``MulNarrow``): its own ring width (a ``MulNarrow``
   input read through a view: the view's width);
 * a packed scalar lookup: its comparison view or its value ring, whichever is wider;
+* a narrow max tree: its view;
 * a ring-linear gate: the demand of its own output;
-* anything else (other lookups, max trees, outputs): the whole ring.
+* anything else (other lookups, outputs): the whole ring.
 
 Walking the gates backwards, a product whose output is demanded on ``d < n`` bits runs mod
 2^d (its key, its output mask and its open are d bits), and a truncation (a scalar gate's
@@ -29,6 +30,7 @@ from typing import Callable
 from fusec.passes.options import CompileOptions
 from fusec.runtime.gates.arith import MatMulPrivate, Mul
 from fusec.runtime.gates.base import Chain, Gate
+from fusec.runtime.gates.compare import MaxTreeNarrow
 from fusec.runtime.gates.linear import Add, AddPublic, MatMulPublic, MulPublic
 from fusec.runtime.gates.movement import Rearrange, SumAxis
 from fusec.runtime.gates.mul_narrow import MulNarrow
@@ -53,6 +55,7 @@ READS: dict[type, Callable[[Gate, int, int], int]] = {
     MulNarrow: _view_read,
     Mul: lambda g, slot, out: g.bits,
     MatMulPrivate: lambda g, slot, out: g.bits,
+    MaxTreeNarrow: lambda g, slot, out: g.in_view,          # its tree runs on hi_s(lo_in_view(u))
     **{t: (lambda g, slot, out: out) for t in RING_LINEAR},
 }
 

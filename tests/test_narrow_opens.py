@@ -17,6 +17,7 @@ from fusec.passes.options import CompileOptions
 from fusec.runtime import ring
 from fusec.runtime.gates.arith import MatMulPrivate, Mul
 from fusec.runtime.gates.base import Chain
+from fusec.runtime.gates.compare import MaxTreeNarrow
 from fusec.runtime.gates.linear import Add, AddPublic, MatMulPublic, MulPublic
 from fusec.runtime.gates.movement import Rearrange, SumAxis
 from fusec.runtime.gates.scalar import PackedLookup
@@ -98,6 +99,8 @@ def test_attention_products_are_narrowed_in_the_fused_build_only(tmp_path, gates
             return max((takes(r) for r in readers.get(node.id, [])), default=37)
         if isinstance(g, Chain) and isinstance(g.stages[0], PackedLookup):
             return max(g.stages[0].view_bits, g.stages[0].vbits)
+        if isinstance(g, MaxTreeNarrow):
+            return g.in_view
         return 37
 
     width = {n.id: getattr(n.gate, "out_bits", None) or getattr(n.gate, "bits", None) for n in nodes}
