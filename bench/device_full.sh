@@ -8,7 +8,7 @@
 # test files for TESTS=1. KEYGEN_MEM=1: after each run, the dealer's in-memory keygen time (sets made and
 # packed on the GPU, no host copy, no file) on the run's first build -> $OUT/keygen_mem.txt.
 # MPS=1: every bench runs with --mps, under CUDA's Multi-Process Service (both parties' kernels on the card at
-# once, no context switch per round; recorded in each JSON's machine.cuda_mps); its log ends in $OUT/mps_log.
+# once, no context switch per round; recorded in each JSON's machine.cuda_mps); its logs end in $OUT/mps_log.tgz.
 # FUSEC_HOST_MEMORY_GIB: the memory of a machine whose MemAvailable grows as it is used (an H200 microVM).
 # Launch plans: BENCH_ARGS="--cuda-graphs" with warmup 2 in RUNS (e.g. "bert-base:fused:2:5"): the first step
 # is interpreted, the second recorded, the timed ones replayed; TESTS=1 GPU_TESTS=tests/test_launch_plan.py
@@ -30,7 +30,8 @@ if [ -n "${WIRE:-}" ]; then   # WIRE="1,2,4,8": loopback GB/s of the parties' ch
   timeout 120 python3 bench/wire.py --mb 64 --rounds 6 --stripes "$WIRE" 2>&1 | tee -a "$OUT/wire.txt"
 fi
 WORK=/tmp/fusec; mkdir -p "$WORK"
-if [ "${MPS:-0}" = 1 ]; then BENCH_ARGS="${BENCH_ARGS:-} --mps"; trap 'cp -r "$WORK"/mps/log "$OUT"/mps_log 2>/dev/null' EXIT; fi
+# the MPS logs as one file: the device brings back only a few files (a lease's benches append to the same logs)
+if [ "${MPS:-0}" = 1 ]; then BENCH_ARGS="${BENCH_ARGS:-} --mps"; trap 'tar -czf "$OUT"/mps_log.tgz -C "$WORK"/mps log 2>/dev/null' EXIT; fi
 for run in $RUNS; do
   IFS=: read -r model gates warmup repeat layers prof extra <<< "$run"; extra=${extra//+/ }
   tag=$(echo "$extra" | tr -cd 'a-z0-9')
