@@ -118,3 +118,25 @@ def test_a_product_read_through_a_view_keeps_the_views_width():
     g.output("y", "t")
     narrow_opens(g, CompileOptions(bits=N_BITS))
     assert g.node("p").gate.bits == 40                      # not 36: the product's own view of a needs 40
+
+
+@pytest.mark.parametrize("n", [37, 50, 64])
+@pytest.mark.parametrize("d", [20, 33])
+def test_a_narrowed_product_reads_whole_ring_wires_under_forced_masks(n, d):
+    """What the pass builds: a product on d < n bits whose inputs are n-bit wires. Under the
+    masks 0, 2^n - 1, 2^(n-1) (and fresh ones) it must give (X @ W) mod 2^d and (x * y) mod 2^d
+    exactly (numpy integers)."""
+    from tests.harness import forced_masks, run_gate
+
+    rng = np.random.default_rng(n + d)
+    x = rng.integers(0, 1 << min(n, 62), (3, 5), dtype=np.uint64) & ring.mask(n)
+    w = rng.integers(0, 1 << min(n, 62), (5, 2), dtype=np.uint64) & ring.mask(n)
+    want_mm = (x @ w) & ring.mask(d)                          # uint64 arithmetic is mod 2^64, d < 64
+    want_mul = (x * x[::-1]) & ring.mask(d)
+    for masks in [None] + [[m, m] for m in forced_masks((15,), n)]:
+        mm = MatMulPrivate((3, 5), (5, 2), d)
+        got, _, _ = run_gate(mm, [x.reshape(-1), w.reshape(-1)], [n, n],
+                             in_masks=None if masks is None else [masks[0], masks[1][:10]])
+        assert np.array_equal(np.asarray(got).reshape(3, 2), want_mm)
+        got, _, _ = run_gate(Mul(15, d), [x.reshape(-1), x[::-1].reshape(-1)], [n, n], in_masks=masks)
+        assert np.array_equal(np.asarray(got).reshape(3, 5), want_mul)
