@@ -39,6 +39,9 @@ import numpy as np
 
 from fusec.errors import GpuKernelError, ParameterError, PeerError
 
+#: cudaErrorMemoryAllocation in the CUDA runtime's cudaError_t (cupy_backends names no constant for it)
+CUDA_ERROR_MEMORY_ALLOCATION = 2
+
 
 @dataclass
 class PlanSegment:
@@ -135,7 +138,7 @@ class LaunchPlan:
         try:
             return memory.MemoryPointer(memory.Memory(size), 0)
         except runtime.CUDARuntimeError as e:
-            if e.status != runtime.errorMemoryAllocation:
+            if e.status != CUDA_ERROR_MEMORY_ALLOCATION:
                 raise
             raise memory.OutOfMemoryError(size, self.pool.total_bytes()) from None
 

@@ -340,7 +340,7 @@ def test_the_plans_pool_never_frees_a_block_when_the_card_is_full():
             raise _CudaError(status["next"])
         return SimpleNamespace(size=size)
 
-    runtime = SimpleNamespace(CUDARuntimeError=_CudaError, errorMemoryAllocation=2)
+    runtime = SimpleNamespace(CUDARuntimeError=_CudaError)     # as cupy_backends: no name for status 2
     mem = SimpleNamespace(Memory=memory, MemoryPointer=lambda m, off: SimpleNamespace(mem=m, ptr=off),
                           OutOfMemoryError=_OutOfMemory)
     cupy = _fake_cupy()
