@@ -145,7 +145,7 @@ class ServerOptions:
     tls_ca: str | None
     tls_server_name: str | None
     net: Any = None                 # runtime.shaping.NetSetting: an emulated link (--net), None: none
-    stripes: int = 1                # TCP connections to the peer (--stripes; runtime/striped_channel.py)
+    stripes: int | None = None      # TCP connections to the peer (--stripes; None: 4, 1 under TLS)
     _ssl: ssl.SSLContext | None = field(default=None, repr=False)
     _tls: Any = field(default=None, repr=False)     # runtime.tls.TlsFiles, also for a dealer's key stream
 
@@ -188,12 +188,12 @@ class ServerOptions:
         from fusec.runtime.channel import TcpListener  # noqa: PLC0415
         from fusec.runtime.shaping import shape  # noqa: PLC0415
 
-        striped_channel.check_stripes(self.stripes, self._ssl is not None)
+        stripes = striped_channel.check_stripes(self.stripes, self._ssl is not None)
         if self.listen is not None:
             with TcpListener(*self.listen, self._ssl) as lst:
                 ch = striped_channel.accept(lst, timeout=self.timeout)
         else:
-            ch = striped_channel.connect(*self.peer, self.stripes, timeout=self.timeout,
+            ch = striped_channel.connect(*self.peer, stripes, timeout=self.timeout,
                                          retry_for=self.connect_retry, ssl_context=self._ssl,
                                          server_hostname=self.tls_server_name)
         if self.net is not None:
@@ -259,10 +259,10 @@ def party_options(f: Callable) -> Callable:
                      help="where this server records the key sets it used (default: $XDG_STATE_HOME/fusec "
                           "or ~/.local/state/fusec); keep it as long as the key files"),
         click.option("--net", type=net_type, default=None, help=NET_HELP),
-        click.option("--stripes", type=click.IntRange(1, 16), default=1, show_default=True,
+        click.option("--stripes", type=click.IntRange(1, 16), default=None, show_default="4; 1 with TLS",
                      help="TCP connections to the peer: frames of 1 MiB or more go as one slice per connection, "
                           "each moved by its own thread (the connecting party's choice; the listener follows; "
-                          "plain TCP only)"),
+                          "TLS runs on one)"),
     ]
 
     @functools.wraps(f)

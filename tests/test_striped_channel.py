@@ -107,6 +107,26 @@ def test_bad_stripes_are_one_line(stripes, tls, what):
         sc.check_stripes(stripes, tls)
 
 
+def test_a_party_given_no_stripes_opens_four_connections_and_one_under_tls():
+    """The default (--stripes not given): 4 connections on plain TCP, where one connection's
+    copies limited the H100 bench's wire; 1 under TLS, which must stay on one socket."""
+    from fusec.party_cli import ServerOptions
+
+    assert sc.check_stripes(None, tls=False) == sc.DEFAULT_STRIPES == 4
+    assert sc.check_stripes(None, tls=True) == 1
+    with TcpListener("127.0.0.1", 0) as lst, ThreadPoolExecutor(1) as ex:
+        server = ex.submit(sc.accept, lst, 10.0)
+        opts = ServerOptions(party=1, key_path="", listen=None, peer=("127.0.0.1", lst.port), input_path=None,
+                             output_path=None, timeout=10.0, connect_retry=5.0, backend="cpu", state_dir=None,
+                             tls_cert=None, tls_key=None, tls_ca=None, tls_server_name=None)
+        c, s = opts.channel(), server.result(timeout=30)
+    try:
+        assert isinstance(c, sc.StripedChannel) and len(c.stripes) == len(s.stripes) == 4
+    finally:
+        c.close()
+        s.close()
+
+
 def test_the_threshold_is_the_connecting_partys(monkeypatch):
     monkeypatch.setenv(sc.STRIPE_MIN_ENV, "64")
     c, s = pair(2)

@@ -76,9 +76,9 @@ def _int_list(text: str, flag: str) -> list[int]:
 @click.option("--mps", is_flag=True,
               help="GPU: run under CUDA's Multi-Process Service (started and stopped by the bench), so both parties' "
                    "kernels share one card at once instead of taking turns each round (recorded as machine.cuda_mps)")
-@click.option("--stripes", default=1, show_default=True, type=click.IntRange(1, 16),
+@click.option("--stripes", default=None, show_default="4; 1 with TLS", type=click.IntRange(1, 16),
               help="TCP connections between the workers: frames of 1 MiB or more go as one slice per connection, "
-                   "each moved by its own thread (runtime/striped_channel.py; plain TCP only)")
+                   "each moved by its own thread (runtime/striped_channel.py; TLS runs on one)")
 @click.option("--timeout", default=1800.0, show_default=True, help="seconds any one stage or step may take")
 @click.option("--keep-going", is_flag=True, help="record a failed configuration and go on instead of stopping")
 @tls_options
@@ -98,10 +98,9 @@ def bench(models, seqs, batches, seq_sweep, internal_batch, gate_sets, gpus, bac
 
     party_argv = tls_argv(tls_cert, tls_key, tls_ca, tls_server_name)     # refused before anything runs
     party_argv += ["--stream-keys"] if stream_keys else []
-    if stripes > 1:
-        from fusec.runtime.striped_channel import check_stripes
-        check_stripes(stripes, bool(tls_cert or tls_key or tls_ca))       # one line, exit 2: plain TCP only
-        party_argv += ["--stripes", str(stripes)]
+    from fusec.runtime.striped_channel import check_stripes
+    stripes = check_stripes(stripes, bool(tls_cert or tls_key or tls_ca))    # one line, exit 2: plain TCP only
+    party_argv += ["--stripes", str(stripes)]                               # recorded in every result's argv
     if cuda_graphs:
         if stream_keys or backend != "gpu":
             raise click.UsageError("--cuda-graphs replays graphs that read keys staged on the device: it needs "
@@ -149,7 +148,8 @@ def workers() -> None:
 @click.option("--net", type=net_type, default=None, help="emulated network (both workers the same)")
 @click.option("--stream-keys", is_flag=True, help="keys reach the device gate by gate inside the online clock")
 @click.option("--cuda-graphs", is_flag=True, help="record the second inference as a launch plan, replay it after")
-@click.option("--stripes", default=1, type=click.IntRange(1, 16), help="TCP connections to the peer (when connecting)")
+@click.option("--stripes", default=None, type=click.IntRange(1, 16),
+              help="TCP connections to the peer (when connecting; default 4, 1 with TLS)")
 @tls_options
 def serve(build, party, listen, peer, backend, timeout, connect_retry, seed, out_path, net, stream_keys, cuda_graphs,
           stripes, tls_cert, tls_key, tls_ca, tls_server_name) -> None:

@@ -280,7 +280,7 @@ def render_markdown(doc: dict) -> str:
              f"- Command: `{doc['command']}`",
              f"- Method: random weights; per configuration {st['warmup']} untimed warm-up step(s), then the median "
              f"of {st['repeat']} timed steps; a step evaluates {st['internal_batch']} key set(s) (internal batch) "
-             f"back to back over one TCP connection. Online time is the slower party's, bytes are "
+             f"back to back over loopback TCP. Online time is the slower party's, bytes are "
              f"both parties' sends, rounds per key set. Per batch = one forward of the true batch (one key set); per "
              f"inference = per batch / true batch; tokens/s = batch x internal batch x seq / step time. Keygen is "
              f"the dealer's time per key set; key bytes are per party. "

@@ -209,7 +209,7 @@ class Server:
 
 
 def _connect(server: Server, listen: str | None, peer: str | None, timeout: float, retry: float,
-             out: IO[str], tls: tuple = (None, None, None, None), net: Any = None, stripes: int = 1) -> None:
+             out: IO[str], tls: tuple = (None, None, None, None), net: Any = None, stripes: int | None = None) -> None:
     """``tls``: (cert, key, ca, server name) as ``fusec run``'s --tls-* (runtime/tls.py);
     ``net``: an emulated link (runtime/shaping.py NetSetting) or None; ``stripes``: TCP
     connections (the connecting worker's; runtime/striped_channel.py)."""
@@ -221,7 +221,7 @@ def _connect(server: Server, listen: str | None, peer: str | None, timeout: floa
     files = TlsFiles.from_options(*tls[:3])
     if files is not None:
         files.check()
-    striped_channel.check_stripes(stripes, files is not None)
+    stripes = striped_channel.check_stripes(stripes, files is not None)     # None: the default count
     if listen:
         with TcpListener(*parse_address(listen), files.server_context() if files else None) as lst:
             _say(out, event="listening", port=lst.port)
@@ -256,7 +256,7 @@ def _command_loop(server: Server, out: IO[str], out_path: Path | None) -> None:
 def serve(build: str, party: int, listen: str | None, peer: str | None, backend: str = "cpu",
           timeout: float = 600.0, connect_retry: float = 120.0, seed: int = 0, out_path: str | None = None,
           tls: tuple = (None, None, None, None), net: Any = None, stream_keys: bool = False,
-          cuda_graphs: bool = False, stripes: int = 1) -> int:
+          cuda_graphs: bool = False, stripes: int | None = None) -> int:
     """Run one worker until ``quit`` (or a failure); returns the exit status (0, 2: a user
     error, 1: a bug). ``stream_keys``: see ``run_party``; ``cuda_graphs``: the GPU backend's
     launch plans (runtime/launch_plan.py)."""
