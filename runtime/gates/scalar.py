@@ -49,7 +49,6 @@ from fusec.runtime import dcf, dpf, ring
 from fusec.runtime.dpf_arc import DpfArc
 from fusec.runtime.gates.base import (Chain, EvalGen, Gate, GateCost, Key, Open, check_width,
                                       prefixed, unprefixed)
-from fusec.runtime.gates.truncation import widen_share
 from fusec.runtime.rng import DealerRng
 
 
@@ -353,13 +352,18 @@ class PackedLookup(SplineLookup):
         so its correlations, its output mask and its open are w bits, not n.
 
         ``pre_shift`` = s (needs ``view_bits`` and ``spec.view_shift >= 1``): the input wire
-        carries x at ``spec.f_in + s`` fractional bits (a rescale folded into the gate). Round
-        1 then opens, next to the predicate bits, ``floor(x / 2^s) + {0, 1}`` widened to w
-        bits under a fresh mask (:func:`~fusec.runtime.gates.truncation.widen_share`: the free
-        truncation of the proven k-bit view, no DCF), and round 2 evaluates the polynomial on
-        it: the rescale costs no round of its own. The comparison view truncates by
-        ``s + t``; its piece is within ``2^t`` grid units of the widened x, inside the
-        spec's ``2^(t+1)`` overlap.
+        carries x at ``spec.f_in + s`` fractional bits (a rescale folded into the gate). The
+        polynomial is evaluated at ``y = floor(x / 2^s) + {0, 1}``, the free truncation of the
+        proven k-bit view: ``v = hi_s(u mod 2^k) = y + q (mod 2^m)``, ``m = k - s``,
+        ``q = hi_s(r mod 2^k)``, public without an open. Lifted to w bits it is ``y = U - r'``
+        with ``U = u' - 2^(m-2)``, ``u' = v + 2^(m-2) mod 2^m`` and ``r' = q - t b``, where
+        ``t = 1 - MSB(u')`` is public and ``b = 2^m MSB(q)`` (the slack makes the wrap bit
+        ``MSB(q) t``, as in :func:`~fusec.runtime.gates.truncation.widen_share`). So
+        ``(-r')^j = (-q)^j + t B_j`` with ``B_j = (b - q)^j - (-q)^j``, a multiple of 2^m:
+        the dealer adds shares of ``B_j / 2^m`` and ``rho_i B_j / 2^m`` on ``w - m`` bits, and
+        the rescale costs neither a round nor an open (it used to open y widened to w bits in
+        round 1). The comparison view truncates by ``s + t``; its piece is within ``2^t``
+        grid units of y, inside the spec's ``2^(t+1)`` overlap.
 
         ``proven`` = (lo, hi): the input's PROVEN real range (with ``view_bits``). Breakpoints
         outside it are pinned next to it like those outside the view, so the comparison's
@@ -435,21 +439,27 @@ class PackedLookup(SplineLookup):
         out += [("rho", (N, P), 1), ("rho_a", (N, P), n)]
         if d:
             out += [("rpow", (N, d), n), ("rho_rpow", (N, P, d), n)]
-        if self.pre_shift:
-            out += [("pre_offset", (N,), n), ("pre_msb", (N,), n - self.pre_mid)]
+        if self.pre_shift and d:    # the lifted mask's t-dependent part, a multiple of 2^m
+            out += [("rpow_b", (N, d), n - self.pre_mid), ("rho_rpow_b", (N, P, d), n - self.pre_mid)]
         return out + [("r_out", (N,), n)]
 
     def cost(self) -> GateCost:
         n, d, P = self.vbits, self.d, self.M - 1
         key = dpf.DpfKey.key_bits(self.cmp_bits) + P + P * n + d * n + P * d * n + n
-        pre = (2 * n - self.pre_mid) if self.pre_shift else 0
+        pre = (P + 1) * d * (n - self.pre_mid) if self.pre_shift else 0
         aes = self.arc.aes_per_eval() if self.arc else self.M * dpf.DpfKey.aes_per_eval(self.cmp_bits)
-        return GateCost(key_bits=key + pre, aes=aes, rounds=2,
-                        open_bits=P + n + (n if self.pre_shift else 0))
+        return GateCost(key_bits=key + pre, aes=aes, rounds=2, open_bits=P + n)
 
     def _view(self, v):
         """The comparison view of a wire value or mask: ``hi_t(v mod 2^k)``."""
         return ring.hi(ring.lo(v, self.view_bits), self.view_shift)
+
+    def _lifted(self, u_in, n: int):
+        """(U mod 2^n, t): the folded rescale's public lift ``y = U - (q - t 2^m MSB(q))``."""
+        mid = self.pre_mid
+        half = np.uint64(1 << (mid - 2))
+        u1 = (ring.hi(ring.lo(u_in, self.view_bits), self.pre_shift) + half) & ring.mask(mid)
+        return (u1 - half) & ring.mask(n), np.uint64(1) - ring.msb(u1, mid)
 
     def keygen(self, rng: DealerRng, in_masks):
         r = np.asarray(in_masks[0], np.uint64).reshape(-1) & ring.mask(self.bits)
@@ -457,11 +467,8 @@ class PackedLookup(SplineLookup):
         m = ring.mask(n)
         k0, k1 = dpf.lt_keygen(rng, self._view(r), self.cmp_bits)
         keys = (prefixed("lt", k0.arrays()), prefixed("lt", k1.arrays()))
-        if self.pre_shift:          # the widened truncated input gets a fresh mask r
-            q = ring.hi(ring.lo(r, self.view_bits), self.pre_shift)
-            r = rng.ring(N, n)
-            keys[0]["pre_offset"], keys[1]["pre_offset"] = rng.share((r - q) & m, n)
-            keys[0]["pre_msb"], keys[1]["pre_msb"] = rng.share(ring.msb(q, self.pre_mid), n - self.pre_mid)
+        if self.pre_shift:          # the polynomial's mask: q, lifted (r' = q - t b, t public)
+            r = ring.hi(ring.lo(r, self.view_bits), self.pre_shift)
         r = r & m
         rho = rng.bits((N, P))
         keys[0]["rho"], keys[1]["rho"] = rng.share(rho, 1)
@@ -470,6 +477,13 @@ class PackedLookup(SplineLookup):
             rpow = np.stack(_powers((np.uint64(0) - r) & m, d, m)[1:], axis=1)   # (N, d)
             keys[0]["rpow"], keys[1]["rpow"] = rng.share(rpow, n)
             keys[0]["rho_rpow"], keys[1]["rho_rpow"] = rng.share((rho[:, :, None] * rpow[:, None, :]) & m, n)
+        if self.pre_shift and d:    # B_j / 2^m = ((b - q)^j - (-q)^j) / 2^m, b = 2^m MSB(q)
+            mid = self.pre_mid
+            b = ring.msb(r, mid) << np.uint64(mid)
+            bpow = np.stack(_powers((b - r) & m, d, m)[1:], axis=1)
+            rb = ((bpow - rpow) & m) >> np.uint64(mid)
+            keys[0]["rpow_b"], keys[1]["rpow_b"] = rng.share(rb, n - mid)
+            keys[0]["rho_rpow_b"], keys[1]["rho_rpow_b"] = rng.share(rho[:, :, None] * rb[:, None, :], n - mid)
         r_out = rng.ring(N, n)
         keys[0]["r_out"], keys[1]["r_out"] = rng.share(r_out, n)
         return r_out, keys[0], keys[1]
@@ -491,16 +505,17 @@ class PackedLookup(SplineLookup):
         c = t[:, 1:] ^ t[:, :1] ^ key["rho"]
         if party == 1:
             c = c ^ (uc[:, None] < a[None, :]).astype(np.uint64)
-        if self.pre_shift:          # round 1 also opens the rescaled input, widened to w bits
-            v = ring.hi(ring.lo(u_in, self.view_bits), self.pre_shift)
-            wide = widen_share(party, v, self.pre_mid, key["pre_msb"], key["pre_offset"], n)
-            c_hat, u = yield [Open(c & one, 1, scope="cmp"), Open(wide, n, scope="rescale")]
-        else:
-            c_hat = yield Open(c & one, 1, scope="cmp")                                 # round 1
+        rpow, rho_rpow = (key["rpow"], key["rho_rpow"]) if d else (None, None)
+        if self.pre_shift:          # the rescaled input: public, lifted to w bits (see __init__)
+            u, t_pub = self._lifted(u_in, n)
+            if d:
+                mid = np.uint64(self.pre_mid)
+                rpow = (rpow + ((key["rpow_b"] * t_pub[:, None]) << mid)) & m
+                rho_rpow = (rho_rpow + ((key["rho_rpow_b"] * t_pub[:, None, None]) << mid)) & m
+        c_hat = yield Open(c & one, 1, scope="cmp")                                     # round 1
         fused = getattr(be, "packed_lookup", None)      # the GPU's: the rest of this round in one kernel
         if fused is not None:
-            share = fused(c_hat, u, key["rpow"] if d else None, key["rho_a"], key["rho_rpow"] if d else None,
-                          key["r_out"], const(self._table(n)), d, n, party)
+            share = fused(c_hat, u, rpow, key["rho_a"], rho_rpow, key["r_out"], const(self._table(n)), d, n, party)
             if share is not None:
                 return (yield Open(share, n, scope="lookup"))                           # round 2
         c_hat = c_hat.reshape(N, P) & one
@@ -509,8 +524,8 @@ class PackedLookup(SplineLookup):
         if party == 1:
             rp[:, 0] = 1
         if d:
-            rp[:, 1:] = key["rpow"]
-        corr = xp.concatenate([key["rho_a"][:, :, None], key["rho_rpow"]], axis=2) if d else key["rho_a"][:, :, None]
+            rp[:, 1:] = rpow
+        corr = xp.concatenate([key["rho_a"][:, :, None], rho_rpow], axis=2) if d else key["rho_a"][:, :, None]
         E = (c_hat[:, :, None] * rp[:, None, :] + sign[:, :, None] * corr) & m            # c_i (-r)^j
         z = combine(self.mono, E, rp, _powers(u, d, m), n, be.matmul)
         return (yield Open((z + key["r_out"]) & m, n, scope="lookup"))                  # round 2

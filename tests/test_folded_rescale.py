@@ -1,0 +1,85 @@
+"""A rescale folded into a packed lookup (``PackedLookup(pre_shift=s)``: GELU after its matmul).
+
+The input wire carries X at ``f_in + s`` fractional bits, proven inside the view
+(``|X| < 2^(k-2) - 2^(s+t)``). The gate must return, mod ``2^w``, the polynomial of the piece
+its comparison picks, evaluated at ``y = floor(X / 2^s) + c``. The oracle below derives
+everything from X and the mask alone, with Python integers:
+
+* ``c = [lo_s(X) + lo_s(r) >= 2^s]``, the free truncation's carry under the mask r;
+* the piece: ``floor(X / 2^T) + [lo_T(X) + lo_T(r) >= 2^T]`` (T = s + t, the comparison's
+  view) against the breakpoints ``floor(b / 2^t)``;
+* the value: ``p_j(y)`` from the spec's coefficients.
+
+It runs at n = 37, 50 and 64 under forced masks (0, 2^n - 1, 2^(n-1), low bits all clear /
+all set, bit k-1 set / clear) and fresh ones, and checks the measured key, AES, rounds and
+bytes against ``cost()``.
+"""
+from __future__ import annotations
+
+from bisect import bisect_right
+
+import numpy as np
+import pytest
+
+from fusec.runtime.gates.catalog import gelu_spec
+from fusec.runtime.gates.scalar import PackedLookup
+from tests.harness import measure_gate
+from tests.test_narrow_gates import cross, mask_sets, poly
+
+S = 12          # the rescale folded in front (f = 12 weights)
+
+
+def _view_bits(spec, n: int, bound: float = 16.0) -> int:
+    """k for an input proven within |x| < bound at f_in + S fractional bits (as the compiler)."""
+    t = spec.view_shift
+    return min(n, (int(bound * 2 ** (spec.f_in + S)) + (1 << (t + S)) + 1).bit_length() + 2)
+
+
+def _oracle(spec, X: list[int], R: list[int], s: int, t: int, w: int) -> list[int]:
+    T = s + t
+    cuts = [int(b) >> t for b in spec.breakpoints]
+    want = []
+    for x, r in zip(X, R):
+        c = int((x & ((1 << s) - 1)) + (r & ((1 << s) - 1)) >= (1 << s))
+        cv = int((x & ((1 << T) - 1)) + (r & ((1 << T) - 1)) >= (1 << T))
+        j = bisect_right(cuts, (x >> T) + cv)
+        want.append(poly(spec, j, (x >> s) + c) % (1 << w))
+    return want
+
+
+def _inputs(spec, k: int, t: int, seed: int) -> list[int]:
+    """Breakpoints (at the input's scale) and their neighbours, the view's edges, random."""
+    h = (1 << (k - 2)) - (1 << (S + t))
+    xs = {-h + 1, -h + 2, h - 1, h - 2, 0, 1, -1, (1 << S) - 1, -(1 << S)}
+    for b in spec.breakpoints:
+        for d in (0, 1, -1, 1 << S, (1 << S) - 1, 1 << (S + t), (1 << (S + t)) - 1, 1 << (S + t + 1)):
+            xs.update({(int(b) << S) + d, (int(b) << S) - d})
+    rng = np.random.default_rng(seed)
+    xs.update(int(v) for v in rng.integers(-h + 1, h, 200))
+    return sorted(x for x in xs if -h < x < h)
+
+
+@pytest.mark.parametrize("n", [37, 50, 64])
+@pytest.mark.parametrize("narrow_value", [False, True], ids=["value_ring_n", "value_ring_narrow"])
+def test_a_folded_rescale_evaluates_the_picked_piece_at_the_truncated_input(n, narrow_value):
+    spec = gelu_spec(n, 12)
+    k = _view_bits(spec, n)
+    probe = PackedLookup(1, spec, view_bits=k, pre_shift=S)
+    t = probe.view_shift - S
+    assert probe.pre_shift == S and t == spec.view_shift
+    xs = _inputs(spec, k, t, seed=n)
+    w = n
+    if narrow_value:       # the smallest ring that holds every value the gate may compute, + slack
+        vals = [poly(spec, j, (x >> S) + c) for x in xs for j in range(len(spec.coeffs)) for c in (0, 1)
+                if abs(j - bisect_right([int(b) for b in spec.breakpoints], x >> S)) <= 1]
+        w = max(max(vals).bit_length(), (-min(vals)).bit_length()) + 2
+        w = max(min(w, n), probe.pre_mid + 1)
+    X, R = cross(xs, mask_sets(n, S + t, k, len(xs), b"fold-%d-%d" % (n, w)))
+    g = PackedLookup(len(X), spec, view_bits=k, value_bits=w, pre_shift=S)
+    out, cost, logs = measure_gate(g, X, n, masks=[np.asarray(R, np.uint64)])
+    got = [int(v) % (1 << w) for v in out]
+    want = _oracle(spec, X, R, S, t, w)
+    bad = [(x, r, gv, wv) for x, r, gv, wv in zip(X, R, got, want) if gv != wv]
+    assert not bad, f"{len(bad)}/{len(X)} wrong, e.g. (x, r, got, want) = {bad[:3]}"
+    assert cost == g.cost(), (cost, g.cost())
+    assert all(lg.rounds == 2 for lg in logs)
