@@ -393,7 +393,7 @@ class _Lowering:
                 raise CompileError(f"{node!r}: spec fitted at f_in={spec.f_in}, input arrives at {s_in}")
             k_out = self.value_view_bits(spec, out, proven(self.g, x))
             defer = k_out is not None and self.read_by_products_only(out, through_moves=True)
-            if x in self.folded:        # the rescale in front is done inside the gate's first round
+            if x in self.folded:        # the rescale in front is done inside the gate, on the public view
                 raw, pre, k_in = self.folded[x]
                 gate = ScalarGate(N, spec, view_bits=k_in, out_view_bits=k_out, pre_shift=pre, proven=proven(self.g, x),
                                   defer_shift=defer and ScalarGate.narrows_value(spec, "packed", k_out))

@@ -77,7 +77,7 @@ def library(n: int = 50, f: int = 12, elements: int = 1) -> list[tuple[str, Gate
         (f"ScalarGate GELU {spec.pieces - 2}x deg {spec.degree}, piece table", ScalarGate(E, spec, "pieces")),
         (f"truncation on a proven 24-bit view, s={f}, widened (ours)", TruncateNarrow(E, n, min(24, n), f)),
         ("ScalarGate GELU, |x| < 16 proven: narrow compare and lookup (ours)", _narrow_gelu(E, spec, n, f, 0)),
-        (f"  same, the rescale by {f} in front folded into its first round", _narrow_gelu(E, spec, n, f, f)),
+        (f"  same, the rescale by {f} in front folded in (no open of its own)", _narrow_gelu(E, spec, n, f, f)),
         ("max over 8, |x| < 16 proven: one round a level (ours) /out elem",
          MaxTreeNarrow((E, 8), n, 1, _bits(16.0, f) + 1)),
         ("  same, each level's comparison packed: two rounds a level, a third of the AES (ours) /out elem",

@@ -558,7 +558,7 @@ class ScalarGate(Chain):
         """
         from fusec.runtime.gates.truncation import TruncateNarrow, TruncateSlack  # noqa: PLC0415
 
-        if pre_shift:         # a folded rescale: only the packed lookup has a round to share
+        if pre_shift:         # a folded rescale: only the packed lookup lifts a truncated input
             lookup = "packed"
         if lookup == "auto":  # the cheapest key for this spec (a function of the spec only)
             lookup = min(("packed", "shifted"),
