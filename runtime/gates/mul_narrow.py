@@ -50,8 +50,9 @@ class View:
         return self.bits - self.shift
 
 
-def _public(u, n: int, view: View | None):
-    """(A, p): the public part of the value read through ``view`` (``p`` None when plain)."""
+def view_public(u, n: int, view: View | None):
+    """(A, p): the public part of the value read through ``view`` (``p`` None when plain);
+    also used by the gates that read a truncation's view (scalar.py, truncate_matmul.py)."""
     if view is None:
         return u, None
     m = view.mid
@@ -60,7 +61,7 @@ def _public(u, n: int, view: View | None):
     return a, U64(1) - ring.msb(u1, m)
 
 
-def _secret(r, view: View | None):
+def view_secret(r, view: View | None):
     """(q, b): the dealer's part of the value read through ``view`` (``b`` None when plain)."""
     if view is None:
         return r, None
@@ -114,7 +115,7 @@ class MulNarrow(Gate):
     def keygen(self, rng: DealerRng, in_masks):
         n, N = self.bits, self.elements
         ra, rb = (np.asarray(m, np.uint64).reshape(-1) & ring.mask(n) for m in in_masks)
-        (qa, ba), (qb, bb) = _secret(ra, self.views[0]), _secret(rb, self.views[1])
+        (qa, ba), (qb, bb) = view_secret(ra, self.views[0]), view_secret(rb, self.views[1])
         r_out = rng.ring(N, n)
         values = {"q_a": qa, "qq_z": qa * qb + r_out, "b_a": ba, "q_b": qb, "b_b": bb,
                   "qb": None if ba is None else qa * ba, "qa_bb": None if bb is None else qa * bb,
@@ -134,8 +135,8 @@ class MulNarrow(Gate):
         if share is not None:
             return (yield Open(share, n, scope="mul"))
         va, vb = self.views
-        aa, pa = _public(ua, n, va)
-        ab, pb = (aa, pa) if self.square else _public(ub, n, vb)
+        aa, pa = view_public(ua, n, va)
+        ab, pb = (aa, pa) if self.square else view_public(ub, n, vb)
         qb_sh = key["q_a"] if self.square else key["q_b"]
         share = key["qq_z"] - aa * qb_sh - ab * key["q_a"]
         if party == 1:

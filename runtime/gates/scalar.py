@@ -49,6 +49,7 @@ from fusec.runtime import dcf, dpf, ring
 from fusec.runtime.dpf_arc import DpfArc
 from fusec.runtime.gates.base import (Chain, EvalGen, Gate, GateCost, Key, Open, check_width,
                                       prefixed, unprefixed)
+from fusec.runtime.gates.mul_narrow import View, view_public, view_secret
 from fusec.runtime.rng import DealerRng
 
 
@@ -454,12 +455,6 @@ class PackedLookup(SplineLookup):
         """The comparison view of a wire value or mask: ``hi_t(v mod 2^k)``."""
         return ring.hi(ring.lo(v, self.view_bits), self.view_shift)
 
-    def _lifted(self, u_in, n: int):
-        """(U mod 2^n, t): the folded rescale's public lift ``y = U - (q - t 2^m MSB(q))``."""
-        mid = self.pre_mid
-        half = np.uint64(1 << (mid - 2))
-        u1 = (ring.hi(ring.lo(u_in, self.view_bits), self.pre_shift) + half) & ring.mask(mid)
-        return (u1 - half) & ring.mask(n), np.uint64(1) - ring.msb(u1, mid)
 
     def keygen(self, rng: DealerRng, in_masks):
         r = np.asarray(in_masks[0], np.uint64).reshape(-1) & ring.mask(self.bits)
@@ -468,7 +463,7 @@ class PackedLookup(SplineLookup):
         k0, k1 = dpf.lt_keygen(rng, self._view(r), self.cmp_bits)
         keys = (prefixed("lt", k0.arrays()), prefixed("lt", k1.arrays()))
         if self.pre_shift:          # the polynomial's mask: q, lifted (r' = q - t b, t public)
-            r = ring.hi(ring.lo(r, self.view_bits), self.pre_shift)
+            r, msb_q = view_secret(r, View(self.view_bits, self.pre_shift))
         r = r & m
         rho = rng.bits((N, P))
         keys[0]["rho"], keys[1]["rho"] = rng.share(rho, 1)
@@ -479,7 +474,7 @@ class PackedLookup(SplineLookup):
             keys[0]["rho_rpow"], keys[1]["rho_rpow"] = rng.share((rho[:, :, None] * rpow[:, None, :]) & m, n)
         if self.pre_shift and d:    # B_j / 2^m = ((b - q)^j - (-q)^j) / 2^m, b = 2^m MSB(q)
             mid = self.pre_mid
-            b = ring.msb(r, mid) << np.uint64(mid)
+            b = msb_q << np.uint64(mid)
             bpow = np.stack(_powers((b - r) & m, d, m)[1:], axis=1)
             rb = ((bpow - rpow) & m) >> np.uint64(mid)
             keys[0]["rpow_b"], keys[1]["rpow_b"] = rng.share(rb, n - mid)
@@ -507,7 +502,7 @@ class PackedLookup(SplineLookup):
             c = c ^ (uc[:, None] < a[None, :]).astype(np.uint64)
         rpow, rho_rpow = (key["rpow"], key["rho_rpow"]) if d else (None, None)
         if self.pre_shift:          # the rescaled input: public, lifted to w bits (see __init__)
-            u, t_pub = self._lifted(u_in, n)
+            u, t_pub = view_public(u_in, n, View(self.view_bits, self.pre_shift))
             if d:
                 mid = np.uint64(self.pre_mid)
                 rpow = (rpow + ((key["rpow_b"] * t_pub[:, None]) << mid)) & m
