@@ -13,7 +13,6 @@ import pytest
 
 from fusec.build import compile_model
 from fusec.passes.options import CompileOptions
-from fusec.runtime import ring
 from fusec.runtime.gates.linear import MatMulPublic
 from fusec.runtime.gates.mul_narrow import View
 from fusec.runtime.gates.truncate_matmul import TruncateMatMulPublic
