@@ -55,6 +55,7 @@ def fuse_truncate_matmul(gates: GateGraph, opts: CompileOptions) -> GateGraph:
             continue
         shorter = copy.copy(chain)
         shorter.stages = chain.stages[:-1]
-        shorter.out_bits = chain.stages[-2].out_bits
+        last = chain.stages[-2]
+        shorter.out_bits = getattr(last, "out_bits", getattr(last, "bits", None))     # as Chain's own
         src.gate, node.gate = shorter, fused
     return gates
