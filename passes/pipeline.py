@@ -21,7 +21,7 @@ from fusec.passes.expand_blocks import expand_blocks
 from fusec.passes.fit_specs import fit_specs
 from fusec.passes.fold_constants import fold_constants
 from fusec.passes.fuse_scalar import fuse_scalar
-from fusec.passes.fuse_truncate_matmul import fuse_truncate_matmul
+from fusec.passes.fuse_truncate_linear import fuse_truncate_linear
 from fusec.passes.key_order import key_order
 from fusec.passes.mask_softmax import mask_softmax
 from fusec.passes.lower import Lowered, lower
@@ -103,7 +103,7 @@ def build_gates(graph: Graph, opts: CompileOptions) -> tuple[Lowered, list[Step]
     """Lower, schedule, and order keys. Deterministic in (graph, opts)."""
     low = lower(graph, opts)
     low.gates = narrow_opens(low.gates, opts)      # products and truncations on the bits their readers use
-    low.gates = fuse_truncate_matmul(low.gates, opts)     # GELU's output truncation opens the MLP's product
+    low.gates = fuse_truncate_linear(low.gates, opts)     # a truncation read by a shrinking map opens the map
     ir_attrs = {gid: graph.node(name).attrs if name in graph.g else {} for gid, name in low.ir_node.items()}
     scopes = {n.id: scope_of(ir_attrs.get(n.id, {}), n.gate.kind) for n in low.gates.nodes}
     steps = schedule(low.gates, scopes)

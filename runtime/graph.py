@@ -61,6 +61,14 @@ class GateGraph:
         bits = getattr(g, "out_bits", None) or getattr(g, "bits")
         return self.add(name, Output(g.elements, bits, receiver), [wire])
 
+    def drop(self, node_ids: set[str]) -> None:
+        """Remove nodes a pass fused into their readers; no remaining node may read them."""
+        for n in self.nodes:
+            if n.id not in node_ids and any(w in node_ids for w in n.inputs):
+                raise ParameterError(f"node {n.id!r} still reads a dropped node")
+        self.nodes = [n for n in self.nodes if n.id not in node_ids]
+        self._ids -= set(node_ids)
+
     def node(self, node_id: str) -> Node:
         for n in self.nodes:
             if n.id == node_id:

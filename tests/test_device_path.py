@@ -183,6 +183,8 @@ def test_every_gate_kind_opens_the_same_bytes_on_the_device(label, device):
     in_bits = [1, gate.bits] if isinstance(gate, Select) else [gate.bits] * gate.inputs
     if isinstance(gate, MatMulPrivate):
         sizes = [int(np.prod(s)) for s in (gate.x_shape, gate.w_shape)]
+    elif hasattr(gate, "in_elements"):  # a truncation read into a linear map (truncate_linear.py)
+        sizes = [gate.in_elements]
     elif hasattr(gate, "x_shape"):
         sizes = [int(np.prod(gate.x_shape))]
     elif hasattr(gate, "shape"):  # reductions (sum, max tree) read a whole shape

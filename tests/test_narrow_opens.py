@@ -22,7 +22,7 @@ from fusec.runtime.gates.linear import Add, AddPublic, MatMulPublic, MulPublic
 from fusec.runtime.gates.movement import Rearrange, SumAxis
 from fusec.runtime.gates.scalar import PackedLookup
 from fusec.runtime.gates.mul_narrow import MulNarrow, View
-from fusec.runtime.gates.truncate_matmul import TruncateMatMulPublic
+from fusec.runtime.gates.truncate_linear import TruncateLinear
 from fusec.runtime.gates.truncation import TruncateNarrow
 from fusec.runtime.graph import GateGraph
 from tests.harness import run_graph
@@ -92,7 +92,7 @@ def test_attention_products_are_narrowed_in_the_fused_build_only(tmp_path, gates
         g = node.gate
         if isinstance(g, TruncateNarrow):
             return g.view_bits
-        if isinstance(g, TruncateMatMulPublic):     # GELU's truncation fused into the MLP's matmul
+        if isinstance(g, TruncateLinear):       # a truncation moved into the linear map that reads it
             return g.view.bits
         if isinstance(g, MulNarrow):
             return max(v.bits if v else g.bits for v in g.views)

@@ -19,7 +19,7 @@ from fusec.runtime.gates.mul_narrow import View
 from fusec.runtime.gates.scalar import ScalarGate
 from fusec.runtime.gates.sigma import SigmaGelu
 from fusec.runtime.gates.table import TableLookup
-from fusec.runtime.gates.truncate_matmul import TruncateMatMulPublic
+from fusec.runtime.gates.truncate_linear import TruncateLinear
 from fusec.runtime.gates.truncation import (ArsExact, ArsOneRound, SignExtend, TruncateLocal,
                                             TruncateNarrow, TruncateReduce, TruncateSlack)
 
@@ -79,7 +79,8 @@ def library(n: int = 50, f: int = 12, elements: int = 1) -> list[tuple[str, Gate
         (f"ScalarGate GELU {spec.pieces - 2}x deg {spec.degree}, piece table", ScalarGate(E, spec, "pieces")),
         (f"truncation on a proven 24-bit view, s={f}, widened (ours)", TruncateNarrow(E, n, min(24, n), f)),
         ("  same, read only by a 4:1 public matmul: the product opened (ours) /out elem",
-         TruncateMatMulPublic((E, 4), np.arange(4, dtype=np.int64).reshape(4, 1) - 2, n, View(min(24, n), f), n)),
+         TruncateLinear(MatMulPublic((E, 4), np.arange(4, dtype=np.int64).reshape(4, 1) - 2, n), 4 * E, n,
+                        View(min(24, n), f), n)),
         ("ScalarGate GELU, |x| < 16 proven: narrow compare and lookup (ours)", _narrow_gelu(E, spec, n, f, 0)),
         (f"  same, the rescale by {f} in front folded in (no open of its own)", _narrow_gelu(E, spec, n, f, f)),
         ("max over 8, |x| < 16 proven: one round a level (ours) /out elem",

@@ -52,7 +52,7 @@ class View:
 
 def view_public(u, n: int, view: View | None):
     """(A, p): the public part of the value read through ``view`` (``p`` None when plain);
-    also used by the gates that read a truncation's view (scalar.py, truncate_matmul.py)."""
+    also used by the gates that read a truncation's view (scalar.py, truncate_linear.py)."""
     if view is None:
         return u, None
     m = view.mid
