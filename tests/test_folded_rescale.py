@@ -83,3 +83,33 @@ def test_a_folded_rescale_evaluates_the_picked_piece_at_the_truncated_input(n, n
     assert not bad, f"{len(bad)}/{len(X)} wrong, e.g. (x, r, got, want) = {bad[:3]}"
     assert cost == g.cost(), (cost, g.cost())
     assert all(lg.rounds == 2 for lg in logs)
+
+
+def test_a_folded_rescale_at_small_widths_every_input_and_every_low_mask():
+    """n = 18 (GELU in 8 linear pieces at f = 6), view 12 bits, rescale by 3: every admissible
+    input under the forced and patterned mask sets, and every mask mod 2^12 (the bits the gate
+    reads) at inputs on both sides of each breakpoint."""
+    from tests.test_narrow_gates import make_spec
+
+    n, k, s = 18, 12, 3
+    spec = make_spec("gelu", n)[0]
+    probe = PackedLookup(1, spec, view_bits=k, pre_shift=s)
+    t = probe.view_shift - s
+    h = (1 << (k - 2)) - (1 << (s + t))
+    xs = list(range(-h + 1, h))
+    X, R = cross(xs, mask_sets(n, s + t, k, len(xs), b"fold-small", random_sets=2))
+    edge = sorted({(int(b) << s) + d for b in spec.breakpoints for d in (-1, 0, 1) if -h < (int(b) << s) + d < h})
+    high = np.random.default_rng(4).integers(0, 1 << (n - k), 1 << k)
+    for x in edge:
+        X += [x] * (1 << k)
+        R += [int(lo) | (int(hi) << k) for lo, hi in zip(range(1 << k), high)]
+    g = PackedLookup(len(X), spec, view_bits=k, pre_shift=s)
+    out, cost, _ = measure_gate(g, X, n, masks=[np.asarray(R, np.uint64)])
+    w = g.out_bits
+    got = [int(v) % (1 << w) for v in out]
+    want = _oracle(spec, X, R, s, t, w)
+    bad = [(x, r, gv, wv) for x, r, gv, wv in zip(X, R, got, want) if gv != wv]
+    assert not bad, f"{len(bad)}/{len(X)} wrong, e.g. (x, r, got, want) = {bad[:3]}"
+    want_cost = g.cost()        # each open is sent in whole bytes
+    assert (cost.key_bits, cost.aes, cost.rounds) == (want_cost.key_bits, want_cost.aes, want_cost.rounds)
+    assert want_cost.open_bits <= cost.open_bits < want_cost.open_bits + 16 / g.elements

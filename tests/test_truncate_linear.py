@@ -126,3 +126,19 @@ def test_bert_fuses_each_gelu_with_its_second_mlp_matmul(bert_builds):
     ids = {n.id for n in nodes}
     assert all(w in ids for n in nodes for w in n.inputs)        # nothing reads a dropped truncation
     assert "truncate_linear" not in [n.gate.kind for n in bert_builds["sigma"].gates.nodes]
+
+
+def test_every_input_under_every_mask_at_ten_bits():
+    """n = 10, view 9 bits, shift 2, output 9 bits, L = 3 x (a 1 x 1 matmul): every admissible
+    X under every mask, against numpy's (3 ((X >> 2) + c)) mod 2^9."""
+    n, k, s, w = 10, 9, 2, 9
+    h = (1 << (k - 2)) - (1 << s)
+    xs = np.arange(-h + 1, h)
+    X = np.repeat(xs, 1 << n)
+    R = np.tile(np.arange(1 << n), xs.size)
+    g = TruncateLinear(MatMulPublic((X.size, 1), np.array([[3]]), n), X.size, n, View(k, s), w)
+    out, cost, _ = measure_gate(g, X, n, masks=[R.astype(np.uint64)])
+    c = ((X & ((1 << s) - 1)) + (R & ((1 << s) - 1))) >= (1 << s)
+    want = (3 * ((X >> s) + c)) % (1 << w)
+    assert np.array_equal(np.asarray(out, np.int64) % (1 << w), want)
+    assert cost.rounds == 1 and cost.aes == 0
