@@ -184,6 +184,17 @@ class Backend:
     def release_keys(self) -> None:
         """The online phase is over: let go of what staging kept of the set (nothing here)."""
 
+    def release_cache(self) -> int:
+        """Give the device memory this process has cached but does not use back to the card;
+        the bytes given back (0 on the CPU). The dealer calls it after each key set: both
+        parties may share its card, and a GPU dealer's pool otherwise keeps the largest gate's
+        keygen working set for the whole online phase."""
+        return 0
+
+    def memory_report(self) -> dict:
+        """Device memory as this process sees it, for the bench's step records (empty on the CPU)."""
+        return {}
+
     # -- FSS evaluations
     def dcf_eval(self, party: int, key: dcf.DcfKey, x):
         return dcf.eval(party, key, x, self.prg)

@@ -67,7 +67,7 @@ class SetGenerator:
     (on a GPU: including the copy to the host) and handing the bytes over."""
 
     def __init__(self, graph: GateGraph, be: Backend, rng, to_host: bool = True) -> None:
-        self.graph, self.rng = graph, rng
+        self.graph, self.rng, self.be = graph, rng, be
         self.pack = be.pack_key if to_host else be.pack_key_device   # device: in-memory timing only
         self.slots = {s.gate_id: s for s in graph.layout().slots}
         self.gates = {n.id: n.gate for n in graph.nodes} if graph.insecure else None
@@ -102,6 +102,10 @@ class SetGenerator:
         for w in sinks:
             w.end_set()
         spent["write_seconds"] += clock() - t0
+
+    def release_cache(self) -> int:
+        """After a set: the device memory its keygen cached, given back (Backend.release_cache)."""
+        return self.be.release_cache()
 
     def timings(self) -> dict[str, float]:
         """Seconds per part, summed over the sets; for an INSECURE (unpadded) graph also

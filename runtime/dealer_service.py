@@ -33,7 +33,8 @@ def serve_keys(graph: GateGraph, listener, count: int, seed: bytes | None = None
             finally:
                 for ch in chans:
                     ch.close()
-    return {**sess.gen.timings(), "sets": sess.served, "sessions": sess.sessions}
+    return {**sess.gen.timings(), "sets": sess.served, "sessions": sess.sessions,
+            "device_cache_released_bytes": sess.cache_released}
 
 
 class _Sessions:
@@ -44,6 +45,7 @@ class _Sessions:
         self.gen, self.layout, self.count, self.progress, self.say = gen, layout, count, progress, say
         self.ksid, self.secret = new_key_set_id().hex(), new_pairing_secret()     # OS CSPRNG
         self.served = self.sessions = 0
+        self.cache_released = 0     # the most device memory one set's keygen left cached (bytes)
 
     def serve(self, chans: list) -> None:
         """Offer, then one set per matching pair of requests, until all are served or a
@@ -68,6 +70,7 @@ class _Sessions:
                 for w in writers:
                     w.abort()
                 raise
+            self.cache_released = max(self.cache_released, self.gen.release_cache())
             if self.progress:
                 self.progress(self.served, self.count)
         for ch in chans:        # all served: let the servers read the last bytes and hang up first

@@ -16,6 +16,7 @@ How key sets reach the device (staged before the clock, or streamed inside it) i
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Iterator
 
 import numpy as np
@@ -27,6 +28,10 @@ from fusec.runtime.device_keys import DeviceKeys, gpu_share_from_env, memory_err
 from fusec.runtime.launch_plan import LaunchPlan
 from fusec.runtime.rng import DealerRng
 from fusec.runtime.xp import const
+
+
+#: a launch plan is recorded only where the interpreted inference's working set, times this, fits
+PLAN_FIT_MARGIN = 1.10
 
 
 def _import_cupy():
@@ -126,6 +131,7 @@ class GpuBackend(DeviceKeys, Backend):
         self._key_host = None   # page-locked buffer key sets are read into
         self._plans: dict[int, LaunchPlan] = {}
         self._plan_runs: dict[int, int] = {}
+        self._plan_refused: dict[int, str] = {}    # graph -> why its plan was not recorded (memory)
 
     # -- data movement
     def asarray(self, a):
@@ -166,6 +172,44 @@ class GpuBackend(DeviceKeys, Backend):
             peer = self._recording.receive(peer)
         return self.kernels.unpack_round(layout, shares, peer)
 
+    # -- device memory
+    def release_cache(self) -> int:
+        self.synchronize()
+        pool = self.xp.get_default_memory_pool()
+        cached = int(pool.total_bytes()) - int(pool.used_bytes())
+        pool.free_all_blocks()
+        return cached
+
+    def memory_report(self) -> dict:
+        """The card's free and total bytes, this process's pool (held and in use), its launch
+        plans' pools, and why no plan was recorded where none was (the bench's step records)."""
+        free, total = (int(v) for v in self.xp.cuda.runtime.memGetInfo())
+        pool = self.xp.get_default_memory_pool()
+        return {"card_free": free, "card_total": total, "pool_held": int(pool.total_bytes()),
+                "pool_used": int(pool.used_bytes()),
+                "plan_pools": sum(int(p.pool.total_bytes()) for p in self._plans.values() if getattr(p, "pool", None)),
+                **({"plan_refused": next(iter(self._plan_refused.values()))} if self._plan_refused else {})}
+
+    def _plan_does_not_fit(self) -> str | None:
+        """Why recording a launch plan now would run out of memory, or None.
+
+        A recording allocates what the interpreted evaluation before it allocated, in the same
+        order, from a pool of its own that keeps every block (runtime/launch_plan.py): its
+        peak is that evaluation's working set, which CuPy's pool still caches when the plan is
+        about to be recorded. An out-of-memory error mid-recording cannot be recovered (the
+        peer has seen the rounds before it), so a plan that would not fit is not tried: every
+        inference is interpreted, with the same bytes on the wire."""
+        self.synchronize()
+        pool = self.xp.get_default_memory_pool()
+        need = int(pool.total_bytes()) - int(pool.used_bytes())
+        have = self._free_bytes()[0]
+        if need * PLAN_FIT_MARGIN <= have:
+            return None
+        gb = 1e9
+        return (f"the launch plan was not recorded: the first inference's working set ({need / gb:.2f} GB, "
+                f"x{PLAN_FIT_MARGIN:g}) does not fit the {have / gb:.2f} GB this party may still allocate "
+                "on the card; every inference is interpreted")
+
     # -- launch plans (--cuda-graphs; runtime/launch_plan.py)
     def launch_plan(self, graph, keys=None) -> LaunchPlan | None:
         """None: interpret this evaluation of ``graph`` (its first: kernels compile, pools
@@ -185,13 +229,18 @@ class GpuBackend(DeviceKeys, Backend):
         replay = plan is not None and plan.owner is graph and plan.ready
         if not replay:
             runs = self._plan_runs[key] = self._plan_runs.get(key, 0) + 1
-            if runs < 2:
+            if runs < 2 or key in self._plan_refused:
                 return None
         if not fresh:
             raise FusecError("a launch plan reads the key set staged into its device buffer, and no unused set "
                              "was staged there for this inference",
                              "stage each key set with stage_set right before its inference (not --stream-keys)")
         if not replay:
+            refused = self._plan_does_not_fit()
+            if refused is not None:
+                self._plan_refused[key] = refused
+                warnings.warn(refused, stacklevel=2)
+                return None
             plan = self._plans[key] = LaunchPlan(self.xp, graph)
         return plan
 

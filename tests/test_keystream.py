@@ -26,7 +26,8 @@ N, BITS, F = 6, 50, 12
 class Dealer:
     """serve_keys in a thread on an ephemeral loopback port."""
 
-    def __init__(self, graph, count: int, seed: bytes | None = None, timeout: float = 20.0, ssl_context=None) -> None:
+    def __init__(self, graph, count: int, seed: bytes | None = None, timeout: float = 20.0, ssl_context=None,
+                 backend=None) -> None:
         self.listener = TcpListener("127.0.0.1", 0, ssl_context)
         self.address = f"tcp://127.0.0.1:{self.listener.port}"
         self.result, self.error, self.log = None, None, []
@@ -34,7 +35,7 @@ class Dealer:
         def go():
             try:
                 self.result = serve_keys(graph, self.listener, count, seed=seed, timeout=timeout,
-                                         log=self.log.append)
+                                         log=self.log.append, backend=backend)
             except Exception as e:  # surfaced to the test
                 self.error = e
             finally:
@@ -93,6 +94,38 @@ def test_streamed_sets_are_the_key_files_bytes(tmp_path):
     assert res[0][1:] == res[1][1:]                 # one key-set id and pairing secret for both
     done = dealer.join()
     assert done["sets"] == 2 and done["sessions"] == 1 and done["generate_seconds"] > 0
+
+
+def test_the_dealer_gives_its_cached_device_memory_back_after_every_set():
+    """A GPU dealer next to two parties on one card kept the largest gate's keygen working
+    set cached for the whole online phase (BERT-base at batch 8: the launch plan's recording
+    ran out of memory in round 38). It gives the cache back after each set, before the
+    servers start on it, and reports the most it gave back."""
+    from fusec.runtime.backend import Backend
+
+    class Releasing(Backend):
+        def __init__(self):
+            super().__init__()
+            self.calls = []
+
+        def release_cache(self):
+            self.calls.append(len(self.calls))
+            return (len(self.calls)) << 20
+
+    g = demo.build_graph(N, BITS, F)
+    be = Releasing()
+    dealer = Dealer(g, 3, backend=be)
+
+    def receive(p):
+        with DealerKeyStream.connect(dealer.address, g.layout(), p) as ks:
+            while ks.next_unused() is not None:
+                ks.claim(ks.next_unused()).read_all_raw()
+
+    _, err = _both(receive)
+    assert not err, err
+    done = dealer.join()
+    assert be.calls == [0, 1, 2] and done["device_cache_released_bytes"] == 3 << 20
+    assert get_backend("cpu").release_cache() == 0 and get_backend("cpu").memory_report() == {}
 
 
 def _inputs(rng):

@@ -158,10 +158,16 @@ class _Stream:
         pass
 
 
-def _fake_cupy():
+def _fake_cupy(free: int = 60 << 30, held: int = 0, used: int = 0):
+    """CuPy's surface the backend's plan bookkeeping touches: a card with ``free`` bytes free,
+    a default pool holding ``held`` bytes of which ``used`` are in use."""
+    pool = SimpleNamespace(total_bytes=lambda: held, used_bytes=lambda: used, free_all_blocks=lambda: None)
     cuda = SimpleNamespace(Stream=lambda non_blocking=False: _Stream(), MemoryPool=lambda allocator=None: None,
-                           Device=lambda: SimpleNamespace(synchronize=lambda: None))
-    return SimpleNamespace(__name__="cupy", cuda=cuda, ndarray=_Dev, asnumpy=lambda a: np.array(a))
+                           Device=lambda: SimpleNamespace(synchronize=lambda: None),
+                           get_current_stream=lambda: _Stream(),
+                           runtime=SimpleNamespace(memGetInfo=lambda: (free, 80 << 30)))
+    return SimpleNamespace(__name__="cupy", cuda=cuda, ndarray=_Dev, asnumpy=lambda a: np.array(a),
+                           get_default_memory_pool=lambda: pool)
 
 
 class _Graph:
@@ -291,7 +297,8 @@ def test_a_plan_runs_only_on_a_set_staged_for_it_and_only_once():
     from fusec.runtime.gpu_backend import GpuBackend
 
     be = GpuBackend.__new__(GpuBackend)       # the backend's bookkeeping, on a stand-in CuPy
-    be.xp, be._plans, be._plan_runs, be.cuda_graphs = _fake_cupy(), {}, {}, True
+    be.xp, be._plans, be._plan_runs, be._plan_refused, be.cuda_graphs = _fake_cupy(), {}, {}, {}, True
+    be.device_share = 1.0
     graph = object()
 
     def staged():
@@ -314,6 +321,53 @@ def test_a_plan_runs_only_on_a_set_staged_for_it_and_only_once():
     ablation = SimpleNamespace(insecure=True)    # mask-dependent shapes: never recorded, always interpreted
     for _ in range(3):
         assert be.launch_plan(ablation, staged()) is None
+
+
+def test_a_plan_that_would_not_fit_is_not_recorded_and_every_inference_is_interpreted():
+    """A recording needs the interpreted inference's working set again, in a pool that never
+    gives a block back; running out mid-recording cannot be undone (the peer has seen the
+    rounds before), so BERT-base at batch 8 on an H100 shared by both parties stopped in round
+    38. Where the working set CuPy's pool caches after the first inference (here 10 GiB),
+    with a margin, exceeds what this party may still allocate, no plan is recorded: every
+    later inference is interpreted, and the step records say why. Where it fits, a plan is
+    recorded as before."""
+    from fusec.runtime.backend import StagedKeys
+    from fusec.runtime.gpu_backend import PLAN_FIT_MARGIN, GpuBackend
+
+    gib = 1 << 30
+
+    def backend(free, share=1.0):
+        be = GpuBackend.__new__(GpuBackend)
+        be.xp = _fake_cupy(free=free, held=40 * gib, used=30 * gib)   # 30 GiB of keys in use, 10 GiB cached
+        be._plans, be._plan_runs, be._plan_refused, be.cuda_graphs, be.device_share = {}, {}, {}, True, share
+        return be
+
+    def staged(be):
+        be._fixed_keys = StagedKeys([])
+        return be._fixed_keys
+
+    graph = object()
+    tight = backend(free=gib // 2)       # 0.5 GiB free on the card + 10 GiB cached < 10 GiB x margin
+    assert 10.5 * gib < 10 * gib * PLAN_FIT_MARGIN
+    assert tight.launch_plan(graph, staged(tight)) is None           # the first inference: interpreted
+    with pytest.warns(UserWarning, match=r"launch plan was not recorded: the first inference's working set "
+                                         r"\(10\.74 GB, x1\.1\) does not fit the 11\.27 GB"):
+        assert tight.launch_plan(graph, staged(tight)) is None       # the second: not recorded
+    for _ in range(3):
+        assert tight.launch_plan(graph, staged(tight)) is None       # nor later: interpreted, no error
+    assert not tight._plans
+    assert "interpreted" in tight.memory_report()["plan_refused"]
+
+    shared = backend(free=60 * gib, share=0.5)     # room on the card, but not within this party's half
+    shared.launch_plan(graph, staged(shared))
+    with pytest.warns(UserWarning, match="not recorded"):
+        assert shared.launch_plan(graph, staged(shared)) is None
+
+    roomy = backend(free=2 * gib)                  # 2 + 10 GiB >= 10 GiB x 1.1: recorded
+    roomy.launch_plan(graph, staged(roomy))
+    plan = roomy.launch_plan(graph, staged(roomy))
+    assert plan is not None and not plan.ready
+    assert "plan_refused" not in roomy.memory_report()
 
 
 class _CudaError(Exception):

@@ -25,6 +25,7 @@ class KeygenInfo:
     wall_seconds: float = 0.0
     backend: str | None = None
     parts: dict = field(default_factory=dict)   # generate / pack / write seconds (runtime/dealer.py)
+    device_cache_bytes: int = 0     # the most device memory a streaming GPU dealer gave back after one set
 
     def add(self, docs: list[dict], wall: float) -> None:
         """Dealer runs (each timed from inside) and the wall time they took together."""
@@ -37,6 +38,7 @@ class KeygenInfo:
             for k in ("generate_seconds", "pack_seconds", "write_seconds", "key_bytes_used"):  # bytes: INSECURE only
                 if k in doc:
                     self.parts[k] = self.parts.get(k, 0.0) + doc[k]
+            self.device_cache_bytes = max(self.device_cache_bytes, int(doc.get("device_cache_released_bytes", 0)))
         self.wall_seconds += wall
 
 
@@ -95,7 +97,7 @@ def keygen_summary(kg: KeygenInfo, set_nbytes: int, batch: int, sets_per_batch: 
     batch_bytes = set_nbytes * sets_per_batch
     return {"sets": kg.sets, "runs": kg.runs, "backend": kg.backend, "seconds_total": kg.seconds,
             "load_seconds": kg.load_seconds,
-            "wall_seconds": kg.wall_seconds,
+            "wall_seconds": kg.wall_seconds, "device_cache_released_bytes": kg.device_cache_bytes,
             "per_batch": {"seconds": per_batch, "key_bytes_per_party": batch_bytes},
             "per_set_parts": {k: v / kg.sets for k, v in kg.parts.items()} if kg.sets else {},
             "per_inference": {"seconds": per_batch / batch if per_batch is not None else None,

@@ -45,6 +45,8 @@ def merge_records(a: dict, b: dict, phases: Callable[[Any, Any], dict]) -> dict:
             out[key] = bool(x) or bool(y)
         elif key == "round_phases":
             out[key] = phases(x, y)
+        elif key == "memory":       # each record's device memory as it reported it (GPU only)
+            out[key] = [m for m in (x, y) if m]
         elif key not in out and (is_number(x) or is_number(y)):
             out[key] = merge_value(key, x, y)
     return out

@@ -141,6 +141,7 @@ def _steps(case: Case, opts: BenchOptions, comp: CompileInfo, envs: tuple[dict, 
     """The workers (a pair per lane) through every step; the merged steps, then the workers'
     JSON files last. Lanes start each step together and are awaited together."""
     merged: list = []
+    said: set[str] = set()      # a worker's note on its launch plan, echoed once
     with contextlib.ExitStack() as stack:
         pairs = [stack.enter_context(PartyPair(
             case, comp.build, opts.backend, Path(opts.workdir) / "runs" / (case.slug + _lane_suffix(case, lane)),
@@ -157,6 +158,10 @@ def _steps(case: Case, opts: BenchOptions, comp: CompileInfo, envs: tuple[dict, 
             echo(f"  step {step}{' (warm-up)' if step < opts.warmup else ''}: "
                  f"{merged[-1]['online_seconds']:.3f} s online, {merged[-1]['rounds']} rounds, "
                  f"{gb(merged[-1]['bytes_sent'])} sent")
+            for note in sorted({rec.get("memory", {}).get("plan_refused") for pair in records for rec in pair} - {None}):
+                if note not in said:
+                    said.add(note)
+                    echo(f"  {note}")
         merged.append([f for pair in pairs for f in pair.finish()])
     return merged
 

@@ -57,7 +57,8 @@ class StreamDealer:
                              kind=classify_failure(self.proc.returncode, text))
         doc = json.loads(next(line for line in reversed(text.splitlines()) if line.startswith("{")))
         return {"seconds": sum(doc[k] for k in PARTS), "load_seconds": 0.0, "count": doc["served_sets"],
-                "backend": self.backend, **{k: doc[k] for k in PARTS}}
+                "backend": self.backend, **{k: doc[k] for k in PARTS},
+                "device_cache_released_bytes": doc.get("device_cache_released_bytes", 0)}
 
     def __exit__(self, *exc) -> None:
         if self.proc is not None and self.proc.poll() is None:

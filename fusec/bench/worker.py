@@ -108,6 +108,7 @@ class StepRecord:
     round_phases: dict = field(default_factory=dict)   # step / pack / wire / unpack seconds (RoundLog.phases)
     keys_unpacked_late: bool = False   # some set's keys unpacked gate by gate inside the clock (runtime/party.py)
     online_intervals: list = field(default_factory=list)  # each set's [start, end] of its online clock (monotonic)
+    memory: dict = field(default_factory=dict)    # device memory after the step (Backend.memory_report; GPU only)
 
 
 class Server:
@@ -196,6 +197,7 @@ class Server:
         rec.wall_seconds = time.perf_counter() - t0
         rec.wire_bytes_sent = self.channel.stats.total().bytes_sent - wire0
         rec.key_load_seconds = rec.wall_seconds - rec.online_seconds
+        rec.memory = self.be.memory_report()
         self.records.append(rec)
         self.release_used_up()
         return rec
