@@ -49,6 +49,10 @@ for f in sorted(glob.glob(sys.argv[2] + "/p*.json")):
     for s in steps:
         ph = {k: round(v, 4) for k, v in s.get("round_phases", {}).items()}
         print(sys.argv[1], f.split("/")[-1], "online", round(s["online_seconds"], 4), "rounds", s["rounds"], ph)
+    mem = [s.get("memory") for s in json.load(open(f)).get("steps", []) if s.get("memory")]
+    if mem:     # device memory after the last step (GB), and why no plan was recorded where none was
+        print(sys.argv[1], f.split("/")[-1], "memory", {k: round(v / 1e9, 2) if isinstance(v, int) else v
+                                                        for k, v in mem[-1].items()})
 PY
   if [ -n "$prof" ]; then
     for f in /tmp/fusec-prof/*.prof; do
