@@ -101,6 +101,12 @@ class Backend:
         the CPU's staged keys may be views of it)."""
         return None
 
+    def receive_buffer(self, nbytes: int) -> np.ndarray | None:
+        """Where a round's peer bytes are received (reused round after round), or None: the
+        channel returns a fresh buffer. The GPU's is page-locked, so the copy to the device
+        is one DMA."""
+        return None
+
     def stage_key(self, arrays: dict[str, np.ndarray]) -> dict:
         """Move one gate's key arrays to where ``eval`` runs (device memory on a GPU)."""
         return {k: self.asarray(v) for k, v in arrays.items()}

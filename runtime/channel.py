@@ -22,6 +22,7 @@ A channel is used by one thread at a time; it is not safe to call it concurrentl
 from __future__ import annotations
 
 import abc
+import inspect
 import queue
 import re
 import selectors
@@ -42,6 +43,15 @@ _HDR = struct.Struct("<Q")
 DEFAULT_MAX_FRAME = 64 << 30
 _SMALL = 1 << 16                # payloads up to this go out in one send with their header
 _SOCK_BUF = 4 << 20
+
+
+def receives_in_place(exchange: Callable) -> bool:
+    """Whether ``exchange`` takes ``into=`` (:meth:`Channel.exchange`: the peer's frame lands
+    in a buffer the caller chose) or only returns the frame (a test's queue, a wrapper)."""
+    try:
+        return "into" in inspect.signature(exchange).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclass

@@ -128,6 +128,7 @@ class GpuBackend(DeviceKeys, Backend):
         self.prg = GpuPrg(self.kernels)
         self.last_stage_seconds: float | None = None
         self._outbox = None     # page-locked buffer of the round's outgoing message
+        self._inbox = None      # page-locked buffer the peer's bytes are received into (interpreted rounds)
         self._key_host = None   # page-locked buffer key sets are read into
         self._plans: dict[int, LaunchPlan] = {}
         self._plan_runs: dict[int, int] = {}
@@ -164,6 +165,18 @@ class GpuBackend(DeviceKeys, Backend):
         host = self._outbox[:layout.our_bytes]
         msg.get(out=host)
         return host
+
+    def receive_buffer(self, nbytes: int):
+        """Page-locked, reused round after round and grown by doubling: the peer's bytes go
+        to the device in one DMA (``GpuKernels.unpack_round`` copies synchronously, so the
+        next round may overwrite it)."""
+        inbox = getattr(self, "_inbox", None)
+        if inbox is None or inbox.size < nbytes:
+            import cupyx  # noqa: PLC0415
+
+            self._inbox = None
+            self._inbox = inbox = cupyx.empty_pinned(max(nbytes, 2 * (0 if inbox is None else inbox.size)), np.uint8)
+        return inbox[:nbytes]
 
     def unpack_round(self, layout, shares: list, peer) -> list:
         if not self.kernels.has("fusec_unpack_round"):

@@ -601,7 +601,15 @@ class GpuKernels:
         base = self.launcher.address(out) if out.size else 0
         if isinstance(peer, (bytes, bytearray, memoryview)):
             peer = np.frombuffer(peer, np.uint8)
-        msg = self.xp.ascontiguousarray(self.xp.asarray(peer, dtype=np.uint8).reshape(-1))
+        if isinstance(peer, np.ndarray) and hasattr(self.xp, "cuda"):
+            # one synchronous cudaMemcpy: a DMA where the bytes were received into page-locked
+            # memory (Backend.receive_buffer); CuPy's asarray would first copy them on the CPU
+            # into its own staging buffer. Synchronous, so the buffer may take the next round.
+            msg = self._empty(peer.size, np.uint8)
+            if peer.size:
+                msg.set(np.ascontiguousarray(peer).reshape(-1))
+        else:
+            msg = self.xp.ascontiguousarray(self.xp.asarray(peer, dtype=np.uint8).reshape(-1))
         kept, rows = [], []
         for slot, share, first in zip(layout.slots, shares, starts[:-1]):
             if not slot.count:

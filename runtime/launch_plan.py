@@ -30,7 +30,6 @@ and so does the GPU backend for a build's first inference (kernels compiled, poo
 """
 from __future__ import annotations
 
-import inspect
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -38,6 +37,7 @@ from typing import Any, Callable
 import numpy as np
 
 from fusec.errors import GpuKernelError, ParameterError, PeerError
+from fusec.runtime.channel import receives_in_place
 
 #: cudaErrorMemoryAllocation in the CUDA runtime's cudaError_t (cupy_backends names no constant for it)
 CUDA_ERROR_MEMORY_ALLOCATION = 2
@@ -219,7 +219,7 @@ class LaunchPlan:
             dev.set(host, stream=self.stream)
         cp.cuda.Device().synchronize()      # staged keys and the inputs are in place
         self.replays += 1
-        in_place = _receives_in_place(exchange)
+        in_place = receives_in_place(exchange)
         events = self._events() if log is not None else None
         theirs: Any = None
         landed = False                      # the peer's last bytes were received into this segment's inbox
@@ -293,12 +293,3 @@ class LaunchPlan:
 
     def _copy(self, dst: int, src: int, n: int, kind: int) -> None:
         self.cupy.cuda.runtime.memcpyAsync(dst, src, n, kind, self.stream.ptr)
-
-
-def _receives_in_place(exchange: Callable) -> bool:
-    """Whether ``exchange`` takes ``into=`` (Channel.exchange: the peer's frame lands in the
-    next graph's inbox) or only returns the frame (a test's queue, a wrapper)."""
-    try:
-        return "into" in inspect.signature(exchange).parameters
-    except (TypeError, ValueError):
-        return False

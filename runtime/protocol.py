@@ -20,6 +20,7 @@ from typing import Callable, Iterable, NoReturn
 
 
 from fusec.errors import FusecError, GpuKernelError, PeerError
+from fusec.runtime.channel import receives_in_place
 from fusec.runtime.device_keys import memory_error
 from fusec.runtime.gates.base import EvalGen, Open
 from fusec.runtime.round_message import RoundMessage
@@ -103,6 +104,7 @@ def _drive(gens, exchange: Exchange, party: int, be, log: RoundLog | None, on_do
     active = list(range(len(gens)))
     round_no = 0
     clock = time.perf_counter
+    in_place = receives_in_place(exchange)      # the peer's bytes land in the backend's receive buffer
     be.segment_start()      # a recording backend captures the work between exchanges (runtime/launch_plan.py)
     while active:
         t_step = clock()
@@ -145,7 +147,8 @@ def _drive(gens, exchange: Exchange, party: int, be, log: RoundLog | None, on_do
         need = layout.their_bytes
         try:
             t1 = clock()
-            theirs = exchange(mine, scope, need)
+            inbox_buf = be.receive_buffer(need) if in_place and need else None
+            theirs = exchange(mine, scope, need) if inbox_buf is None else exchange(mine, scope, need, into=inbox_buf)
             t2 = clock()
             if len(theirs) != need:
                 raise PeerError(f"peer sent {len(theirs)} bytes in a round where {need} were expected",

@@ -199,6 +199,12 @@ def host_kernel_backend(source: str, library) -> type:
         def host_buffer(self, nbytes: int):
             return None
 
+        def receive_buffer(self, nbytes: int):     # reused like the GPU's page-locked one
+            buf = getattr(self, "_inbox", None)
+            if buf is None or buf.size < nbytes:
+                self._inbox = buf = numpy.empty(max(nbytes, 1), numpy.uint8)
+            return buf[:nbytes]
+
         def _to_pinned_host(self, dev):
             return fakecupy.asnumpy(dev)
 

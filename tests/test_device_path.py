@@ -80,11 +80,14 @@ def _key_sets(build, where, backend):
     return sets
 
 
-def _run(build, keys_dir, backend_kind, feeds):
-    """Both parties on ``backend_kind``; returns P1's outputs and every message each party sent."""
+def _run(build, keys_dir, backend_kind, feeds, landed: list | None = None):
+    """Both parties on ``backend_kind``; returns P1's outputs and every message each party sent.
+    The exchange takes ``into=`` as a channel does: a backend with a receive buffer gets the
+    peer's bytes there, round after round (``landed``: how many rounds did, per party)."""
     sent = [[], []]
     ex = queue_exchanges()
     out = [None, None]
+    landed = landed if landed is not None else [0, 0]
 
     def work(p):
         be = backend_kind()
@@ -92,9 +95,14 @@ def _run(build, keys_dir, backend_kind, feeds):
             reader = kf.claim(0)
             keys = {s.gate_id: be.stage_key(reader.read_gate(s.gate_id)) for s in build.gates.layout().slots}
 
-        def exchange(data, scope, limit=None):
+        def exchange(data, scope, limit=None, into=None):
             sent[p].append(bytes(data))
-            return ex[p](data, scope, limit)
+            got = ex[p](data, scope, limit)
+            if into is None:
+                return got
+            landed[p] += 1
+            into[:len(got)] = np.frombuffer(bytes(got), np.uint8)
+            return memoryview(into)[:len(got)]
 
         inputs = encode_inputs(build, feeds, p) if p == 1 else {}
         out[p] = build.gates.evaluate(p, keys, inputs, exchange, be, RoundLog())
@@ -117,8 +125,11 @@ def test_device_run_opens_the_same_bytes_as_the_cpu(bert_build, tmp_path, device
     monkeypatch.setenv("FUSEC_STATE_DIR", str(tmp_path / "state-cpu"))
     out_cpu, sent_cpu = _run(bert_build, tmp_path, type(get_backend("cpu")), feeds)
     monkeypatch.setenv("FUSEC_STATE_DIR", str(tmp_path / "state-dev"))  # a second ledger: same keys, to compare
-    out_dev, sent_dev = _run(bert_build, tmp_path, device(), feeds)
+    landed = [0, 0]
+    out_dev, sent_dev = _run(bert_build, tmp_path, device(), feeds, landed)
     assert len(sent_cpu[0]) == len(sent_dev[0]) > 10
+    if device() is not FakeDeviceBackend:   # the GPU backend's code: every round lands in one reused buffer
+        assert landed == [sum(1 for m in sent_dev[1 - p] if m) for p in (0, 1)] and landed[0] > 10
     for p in (0, 1):
         for r, (a, b) in enumerate(zip(sent_cpu[p], sent_dev[p])):
             assert a == b, f"party {p}, round {r}: the device opened different bytes"
