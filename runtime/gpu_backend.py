@@ -168,8 +168,8 @@ class GpuBackend(DeviceKeys, Backend):
 
     def receive_buffer(self, nbytes: int):
         """Page-locked, reused round after round and grown by doubling: the peer's bytes go
-        to the device in one DMA (``GpuKernels.unpack_round`` copies synchronously, so the
-        next round may overwrite it)."""
+        to the device in one DMA (``GpuKernels.unpack_round`` waits for the copy, so the next
+        round may overwrite it)."""
         inbox = getattr(self, "_inbox", None)
         if inbox is None or inbox.size < nbytes:
             import cupyx  # noqa: PLC0415

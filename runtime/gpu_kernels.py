@@ -602,12 +602,14 @@ class GpuKernels:
         if isinstance(peer, (bytes, bytearray, memoryview)):
             peer = np.frombuffer(peer, np.uint8)
         if isinstance(peer, np.ndarray) and hasattr(self.xp, "cuda"):
-            # one synchronous cudaMemcpy: a DMA where the bytes were received into page-locked
-            # memory (Backend.receive_buffer); CuPy's asarray would first copy them on the CPU
-            # into its own staging buffer. Synchronous, so the buffer may take the next round.
+            # one copy on the current stream, a DMA where the bytes were received into page-locked
+            # memory (Backend.receive_buffer; CuPy's asarray would first copy them on the CPU into
+            # its own staging buffer), waited for, so the buffer may take the next round's bytes
             msg = self._empty(peer.size, np.uint8)
             if peer.size:
-                msg.set(np.ascontiguousarray(peer).reshape(-1))
+                stream = self.xp.cuda.get_current_stream()
+                msg.set(np.ascontiguousarray(peer).reshape(-1), stream=stream)
+                stream.synchronize()
         else:
             msg = self.xp.ascontiguousarray(self.xp.asarray(peer, dtype=np.uint8).reshape(-1))
         kept, rows = [], []
