@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import math
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -15,7 +16,9 @@ from fusec.party_cli import address_type, key_set_count, party_options, seconds_
 
 
 def main() -> None:
-    """Entry point: user errors print a message and exit 2, never a traceback."""
+    """Entry point: user errors print a message and exit 2, never a traceback; a warning
+    (an INSECURE ablation, a launch plan that does not fit) is one line on stderr."""
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     try:
         cli(standalone_mode=False)
     except click.exceptions.Abort:
