@@ -370,6 +370,23 @@ def test_a_plan_that_would_not_fit_is_not_recorded_and_every_inference_is_interp
     assert "plan_refused" not in roomy.memory_report()
 
 
+def test_the_gpu_backend_gives_its_pools_cache_back_and_reports_its_memory():
+    """release_cache frees the default pool's cached blocks and says how many bytes were
+    cached (the dealer's largest gate's working set); memory_report reads the card, the pool
+    and the plans' pools."""
+    from fusec.runtime.gpu_backend import GpuBackend
+
+    gib = 1 << 30
+    freed = []
+    be = GpuBackend.__new__(GpuBackend)
+    be.xp = _fake_cupy(free=20 * gib, held=12 * gib, used=4 * gib)
+    be.xp.get_default_memory_pool().free_all_blocks = lambda: freed.append(True)
+    be._plans, be._plan_refused = {}, {}
+    assert be.memory_report() == {"card_free": 20 * gib, "card_total": 80 * gib, "pool_held": 12 * gib,
+                                  "pool_used": 4 * gib, "plan_pools": 0}
+    assert be.release_cache() == 8 * gib and freed == [True]
+
+
 class _CudaError(Exception):
     def __init__(self, status):
         super().__init__(f"CUDA error {status}")
