@@ -89,8 +89,11 @@ def test_pairs_by_configuration():
                rec("fused", 4.0, FUSED["online"]["scopes_per_batch"], batch=2)]
     plans = rec("fused", 0.5, FUSED["online"]["scopes_per_batch"])     # a launch-plan run has no sigma partner
     plans["config"]["runtime"] = "launch plans"
-    rows = reconcile_all(results + [plans])
-    assert [k for k, _ in rows] == [("m", 128, 1, 1, None, "interpreted", 1), ("m", 128, 2, 1, None, "interpreted", 1)]
+    striped = rec("fused", 0.6, FUSED["online"]["scopes_per_batch"])  # on 4 connections: not sigma's partner on 1
+    striped["config"]["stripes"] = 4
+    rows = reconcile_all(results + [plans, striped])
+    assert [k for k, _ in rows] == [("m", 128, 1, 1, None, "interpreted", 1, 1),
+                                    ("m", 128, 2, 1, None, "interpreted", 1, 1)]
     assert rows[0][1].measured == pytest.approx(2.0)             # the unpadded ablation is not "fused"
     assert rows[1][1].measured == pytest.approx(2.5)
 

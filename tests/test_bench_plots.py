@@ -132,6 +132,29 @@ def test_two_runtimes_of_one_configuration_stay_apart(tmp_path):
     assert ratio == pytest.approx(_online("sigma", 128, 1, "none") / _online("fused", 128, 1, "none"))
 
 
+def test_one_configuration_on_one_connection_and_on_four_stays_two_results(tmp_path):
+    """The same build timed over 1 and 4 TCP connections (--stripes; 4 the default since the
+    eleventh session) is two results, labelled by their connections where not the default; a
+    file from before the bench recorded --stripes ran on one connection; sigma / fused pairs
+    runs of one connection count only."""
+    old = {**sweep_doc(), "results": [record("bert-base", 128, 1, "sigma")]}       # no --stripes: 1
+    runs = []
+    for n, secs in ((1, 0.3), (4, 0.2)):
+        doc = {**sweep_doc(), "settings": {"party_argv": ["--stripes", str(n)]},
+               "results": [record("bert-base", 128, 1, "fused")]}
+        doc["results"][0]["online"]["per_batch"]["online_seconds"] = secs
+        runs.append(doc)
+    for i, doc in enumerate([old, *runs]):
+        (tmp_path / f"{i}.json").write_text(json.dumps(doc))
+    results, _ = load_results([tmp_path / f"{i}.json" for i in range(3)])
+    assert sorted((r["config"]["gates"], r["config"]["stripes"]) for r in results) == [
+        ("fused", 1), ("fused", 4), ("sigma", 1)]
+    labels = {r["config"]["stripes"]: plots.series(r["config"]) for r in results if r["config"]["gates"] == "fused"}
+    assert labels == {1: "fused, 1 connection", 4: "fused"}
+    (ratio,) = [r["online"]["ratio"] for r in plots.speedup_rows(results)]
+    assert ratio == pytest.approx(_online("sigma", 128, 1, "none") / 0.3)
+
+
 def test_overlapping_scope_times_are_scaled_to_the_online_time():
     """Scopes that add up to more than the online time (launch plans' events overlap) are
     scaled down alike, leaving no "rest"; scopes that add up to less keep their values."""

@@ -114,11 +114,11 @@ def _key(rec: dict) -> tuple:
     c = rec["config"]
     net = (c.get("net") or {}).get("name") if c.get("net") else None
     return (c.get("label", c["model"]), c["seq"], c["batch"], c.get("gpus"), net, c.get("runtime", "interpreted"),
-            c.get("lanes", 1))
+            c.get("lanes", 1), c.get("stripes", 1))
 
 
 def reconcile_all(results: list[dict], microbench: dict | None = None) -> list[tuple[tuple, Amdahl]]:
-    """``((model, seq, batch, gpus, net, runtime, lanes), Amdahl)`` for every configuration measured
+    """``((model, seq, batch, gpus, net, runtime, lanes, stripes), Amdahl)`` for every configuration measured
     with both (padded) gate sets under one runtime, in the order of the results."""
     by: dict[tuple, dict[str, dict]] = {}
     for r in results:
@@ -139,8 +139,9 @@ def markdown(results: list[dict], microbench: dict | None = None) -> list[str]:
     if not rows:
         return []
     cells = []
-    for (model, seq, batch, gpus, net, runtime, lanes), a in rows:
-        cells.append([model, str(seq), str(batch) + (f" ({lanes} lanes)" if lanes > 1 else ""), "-" if gpus is None else str(gpus), net or "-", runtime,
+    for (model, seq, batch, gpus, net, runtime, lanes, stripes), a in rows:
+        cells.append([model, str(seq), str(batch) + (f" ({lanes} lanes)" if lanes > 1 else ""), "-" if gpus is None else str(gpus),
+                      (net or "-") + (f", {stripes} conn." if stripes > 1 else ""), runtime,
                       f"{a.f:.1%}", f"{a.s:.2f}x" if math.isfinite(a.s) else "inf", a.source,
                       f"{a.predicted:.2f}x", f"{a.measured:.2f}x", f"{a.gap:+.1%}",
                       "-" if a.other_ratio is None else f"{a.other_ratio:.2f}x"])

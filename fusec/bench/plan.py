@@ -28,6 +28,13 @@ def runtime_of(party_argv) -> str:
     return next((name for flag, name in RUNTIMES.items() if flag in party_argv), DEFAULT_RUNTIME)
 
 
+def stripes_of(party_argv) -> int:
+    """The TCP connections the workers used: their ``--stripes`` (the bench records it since
+    4 became the default), else 1 (files from before ran on one connection)."""
+    argv = list(party_argv or [])
+    return int(argv[argv.index("--stripes") + 1]) if "--stripes" in argv[:-1] else 1
+
+
 @dataclass(frozen=True)
 class Case:
     """One configuration: what is compiled (model, seq, batch, gates, padding) and where
@@ -85,7 +92,8 @@ class Case:
                 "gpus": self.gpus, "backend": opts.backend, "bits": self.model.bits,
                 "warmup": opts.warmup, "repeat": opts.repeat,
                 "net": None if self.net is None else self.net.as_dict(), "runtime": self.runtime,
-                "lanes": self.lanes, "lane_batch": self.lane_batch, "compile_args": list(self.compile_args)}
+                "lanes": self.lanes, "lane_batch": self.lane_batch, "compile_args": list(self.compile_args),
+                "stripes": stripes_of(opts.party_argv)}
 
 
 @dataclass

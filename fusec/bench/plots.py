@@ -41,6 +41,7 @@ import click
 from fusec.bench.merge import scope_metric
 from fusec.bench.plan import DEFAULT_RUNTIME
 from fusec.bench.util import load_results
+from fusec.runtime.striped_channel import DEFAULT_STRIPES
 from fusec.errors import FusecError
 
 STYLE = {"fused": ("tab:blue", "o"), "sigma": ("tab:orange", "s"), "fused-unpadded": ("tab:red", "^")}
@@ -80,7 +81,9 @@ def series(c: dict) -> str:
     (fusec/bench/lanes.py) is a line of its own."""
     rt = runtime(c)
     label = gate(c) if rt == DEFAULT_RUNTIME else f"{gate(c)} ({rt})"
-    return label + (f", {c['lanes']} lanes" if c.get("lanes", 1) > 1 else "")
+    label += f", {c['lanes']} lanes" if c.get("lanes", 1) > 1 else ""
+    stripes = c.get("stripes", DEFAULT_STRIPES)
+    return label + ("" if stripes == DEFAULT_STRIPES else f", {stripes} connection" + ("s" if stripes > 1 else ""))
 
 
 def net_name(c: dict) -> str:
@@ -125,7 +128,8 @@ def speedup_rows(results: list[dict]) -> list[dict]:
     pairs: dict[tuple, dict] = {}
     for r in measured(results):
         c = r["config"]
-        key = (c.get("label", c["model"]), c["seq"], c["batch"], c["gpus"], net_name(c), runtime(c), c.get("lanes", 1))
+        key = (c.get("label", c["model"]), c["seq"], c["batch"], c["gpus"], net_name(c), runtime(c), c.get("lanes", 1),
+               c.get("stripes", 1))
         pairs.setdefault(key, {})[gate(c)] = r
     rows = []
     for by in pairs.values():

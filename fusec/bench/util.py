@@ -32,14 +32,19 @@ def secs(v: float | None) -> str:
 
 
 def _with_runtime(result: dict, doc: dict) -> dict:
-    """``result`` with ``config.runtime`` (and its name tag), which files written before the
-    bench recorded it get from their workers' options."""
-    from fusec.bench.plan import RUNTIME_TAGS, runtime_of
+    """``result`` with ``config.runtime`` (and its name tag) and ``config.stripes``, which files
+    written before the bench recorded them get from their workers' options."""
+    from fusec.bench.plan import RUNTIME_TAGS, runtime_of, stripes_of
 
     c = result.get("config")
-    if not isinstance(c, dict) or "runtime" in c:
+    if not isinstance(c, dict):
         return result
-    rt = runtime_of((doc.get("settings") or {}).get("party_argv") or [])
+    argv = (doc.get("settings") or {}).get("party_argv") or []
+    if "stripes" not in c:
+        c = dict(c, stripes=stripes_of(argv))
+    if "runtime" in c:
+        return dict(result, config=c)
+    rt = runtime_of(argv)
     name = c.get("name", "")
     if rt in RUNTIME_TAGS and name:
         name = f"{name}/{RUNTIME_TAGS[rt]}"
@@ -67,9 +72,12 @@ def load_results(paths) -> tuple[list[dict], list[dict]]:
             raise FusecError(f"{p} is not the output of fusec bench (no 'fusec_bench' format and 'results' list)")
         docs.append(doc)
         results += [_with_runtime(r, doc) for r in doc["results"]]
-    last: dict[str, dict] = {}
+    last: dict[tuple, dict] = {}       # one configuration: its name and its connections
+
+    def key(r: dict) -> tuple:
+        return r.get("config", {}).get("name"), r.get("config", {}).get("stripes")
+
     for r in results:
-        name = r.get("config", {}).get("name")
-        if "online" in r or "online" not in last.get(name, {}):
-            last[name] = r
-    return [r for r in results if last.get(r.get("config", {}).get("name")) is r], docs
+        if "online" in r or "online" not in last.get(key(r), {}):
+            last[key(r)] = r
+    return [r for r in results if last.get(key(r)) is r], docs
