@@ -82,7 +82,7 @@ def series(c: dict) -> str:
     rt = runtime(c)
     label = gate(c) if rt == DEFAULT_RUNTIME else f"{gate(c)} ({rt})"
     label += f", {c['lanes']} lanes" if c.get("lanes", 1) > 1 else ""
-    stripes = c.get("stripes", DEFAULT_STRIPES)
+    stripes = c.get("stripes", DEFAULT_STRIPES)     # unlabelled where unknown (load_results back-fills it)
     return label + ("" if stripes == DEFAULT_STRIPES else f", {stripes} connection" + ("s" if stripes > 1 else ""))
 
 

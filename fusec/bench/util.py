@@ -31,7 +31,7 @@ def secs(v: float | None) -> str:
     return f"{v:.3f} s" if v < 100 else f"{v:,.0f} s"
 
 
-def _with_runtime(result: dict, doc: dict) -> dict:
+def _backfilled(result: dict, doc: dict) -> dict:
     """``result`` with ``config.runtime`` (and its name tag) and ``config.stripes``, which files
     written before the bench recorded them get from their workers' options."""
     from fusec.bench.plan import RUNTIME_TAGS, runtime_of, stripes_of
@@ -71,7 +71,7 @@ def load_results(paths) -> tuple[list[dict], list[dict]]:
         if not isinstance(doc, dict) or "fusec_bench" not in doc or not isinstance(doc.get("results"), list):
             raise FusecError(f"{p} is not the output of fusec bench (no 'fusec_bench' format and 'results' list)")
         docs.append(doc)
-        results += [_with_runtime(r, doc) for r in doc["results"]]
+        results += [_backfilled(r, doc) for r in doc["results"]]
     last: dict[tuple, dict] = {}       # one configuration: its name and its connections
 
     def key(r: dict) -> tuple:
