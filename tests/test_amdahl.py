@@ -149,6 +149,11 @@ def test_markdown_of_a_bench_run_carries_the_table(tmp_path):
     doc["results"][0]["online"]["keys_unpacked_late"] = True
     md = render_markdown(doc)
     assert "| sigma \u2020 |" in md and "\u2020 Each gate's keys were unpacked when the gate started" in md
+    assert "\u2021" not in md
+    doc["results"][1]["online"]["plan_refused"] = "the launch plan was not recorded: it would not fit"
+    md = render_markdown(doc)
+    assert "| fused \u2021 |" in md
+    assert "\u2021 Asked for launch plans, these ran interpreted: the launch plan was not recorded: it would not fit." in md
 
 
 def test_bench_refuses_a_bad_gate_speedups_file_before_running(tmp_path):

@@ -97,6 +97,24 @@ def test_keys_unpacked_late_by_either_party_mark_the_configuration():
     assert not summarize([step(0, False, False)], 1, 1, 8)["keys_unpacked_late"]
 
 
+def test_a_launch_plan_either_party_did_not_record_marks_the_configuration():
+    """A worker that recorded no launch plan (it would not have fit) interpreted every step:
+    its memory record says why, the merge keeps both parties' records (and lanes' pairs), and
+    the summary carries the reason, so the table does not call the run "launch plans"."""
+    note = "the launch plan was not recorded: ... every inference is interpreted"
+
+    def step(i, m0, m1):
+        return merge_parties({**_party_step(i, False, 1.0, 10, 5, {}), "memory": m0},
+                             {**_party_step(i, False, 1.0, 10, 5, {}), "memory": m1})
+
+    fits = {"card_free": 1, "pool_held": 2}
+    assert step(0, fits, {})["memory"] == [fits]
+    assert summarize([step(0, fits, fits)], 1, 1, 8)["plan_refused"] is None
+    assert summarize([step(0, fits, {**fits, "plan_refused": note})], 1, 1, 8)["plan_refused"] == note
+    lanes = {"step": 0, "warmup": False, "online_seconds": 1.0, "memory": [[fits, fits], [fits, {"plan_refused": note}]]}
+    assert summarize([lanes], 1, 1, 8)["plan_refused"] == note
+
+
 def test_key_plan_up_front_per_step_streamed_or_skipped(tmp_path):
     gb = 10**9
     up = plan_keys("auto", gb, 6, 4, 100 * gb, tmp_path)        # 6 steps x 4 sets x 2 parties = 48 GB: fits

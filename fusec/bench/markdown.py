@@ -34,6 +34,8 @@ def _row(rec: dict, shaped: bool = False) -> list[str]:
     gates = c["gates"] if c.get("padded", True) else f"{c['gates']} (no padding, INSECURE)"
     if rec.get("online", {}).get("keys_unpacked_late"):
         gates += " \u2020"
+    if rec.get("online", {}).get("plan_refused"):
+        gates += " \u2021"
     head = [c.get("label", c["model"]), str(c["seq"]), _batch_cell(c),
             gates, "-" if c["gpus"] is None else str(c["gpus"])] + ([net_name(c) or "-"] if shaped else [])
     if "skipped" in rec:    # what it would have taken, where the compile got that far
@@ -311,6 +313,9 @@ def render_markdown(doc: dict) -> str:
                   + ("launch plans read every set from one device buffer and unpack it inside the recorded graphs."
                      if graphs else "the unpacked set did not fit in device memory next to its packed bytes (and "
                      "the peer's, on a shared card).")]
+    refused = next((r["online"]["plan_refused"] for r in doc["results"] if r.get("online", {}).get("plan_refused")), None)
+    if refused:
+        lines += ["", f"\u2021 Asked for launch plans, these ran interpreted: {refused}."]
     skipped = [r for r in doc["results"] if "skipped" in r]
     if skipped:
         lines += ["", "Skipped:"] + [f"- {r['config']['name']}: {' '.join(r['skipped'].split())}" for r in skipped]

@@ -87,7 +87,21 @@ def summarize(steps: list[dict], batch: int, internal_batch: int, seq: int) -> d
     return {"steps_timed": len(timed), "per_step": per_step, "per_batch": per_batch, "per_inference": per_inference,
             "tokens_per_second": batch * internal_batch * seq / secs if secs else None,
             "scopes_per_batch": scopes, "round_phases_per_batch": _phases(timed, internal_batch),
-            "keys_unpacked_late": any(s.get("keys_unpacked_late", False) for s in timed)}
+            "keys_unpacked_late": any(s.get("keys_unpacked_late", False) for s in timed),
+            "plan_refused": next(iter(_plan_notes(steps)), None)}
+
+
+def _plan_notes(steps: list[dict]) -> list[str]:
+    """Why a worker recorded no launch plan (GpuBackend: it would not have fit), from the
+    steps' memory records (a list per party, nested once more per lane)."""
+    notes, todo = [], [m for s in steps for m in s.get("memory") or []]
+    while todo:
+        m = todo.pop(0)
+        if isinstance(m, list):
+            todo += m
+        elif isinstance(m, dict) and m.get("plan_refused") and m["plan_refused"] not in notes:
+            notes.append(m["plan_refused"])
+    return notes
 
 
 def _phases(timed: list[dict], internal_batch: int) -> dict[str, dict[str, float]]:

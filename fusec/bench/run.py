@@ -182,7 +182,8 @@ def _one_line(rec: dict) -> str:
     on, kg = rec["online"]["per_batch"], rec["keygen"]["per_batch"]
     return (f"  median {on['online_seconds']:.3f} s per batch, {rec['online']['tokens_per_second']:.1f} tokens/s, "
             f"{gb(on['bytes_sent'])} per batch, {on['rounds']:.0f} rounds; keygen "
-            f"{kg['seconds']:.2f} s and {gb(kg['key_bytes_per_party'])} per batch and party")
+            f"{kg['seconds']:.2f} s and {gb(kg['key_bytes_per_party'])} per batch and party"
+            + ("; interpreted: the launch plan did not fit" if rec["online"].get("plan_refused") else ""))
 
 
 def _exit_on_sigterm() -> None:
