@@ -396,6 +396,10 @@ class DeviceKeys:
             self.xp.get_default_memory_pool().free_all_blocks()
             return None
 
+    def _plan_pool_bytes(self) -> int:
+        """What this process's launch plans' own memory pools hold."""
+        return sum(int(p.pool.total_bytes()) for p in self._plans.values() if getattr(p, "pool", None))
+
     def _free_bytes(self) -> tuple[int, int]:
         """(bytes this party may still allocate, the card's total): the card's free memory
         plus what CuPy's pool holds unused, and no more than ``device_share`` of the card
@@ -406,7 +410,7 @@ class DeviceKeys:
         used = int(pool.used_bytes())
         free += int(pool.total_bytes()) - used
         if self.device_share < 1:       # launch plans' own pools count against the share too
-            held = used + sum(int(p.pool.total_bytes()) for p in self._plans.values() if getattr(p, "pool", None))
+            held = used + self._plan_pool_bytes()
             free = min(free, int(self.device_share * total) - held)
         return max(0, free), total
 

@@ -34,6 +34,16 @@ from fusec.runtime.xp import const
 PLAN_FIT_MARGIN = 1.10
 
 
+def _pinned_at_least(buf, nbytes: int):
+    """``buf`` where it holds ``nbytes``, else a page-locked buffer of at least twice its size
+    (a round's message grows a few times, not every round)."""
+    if buf is not None and buf.size >= nbytes:
+        return buf
+    import cupyx  # noqa: PLC0415
+
+    return cupyx.empty_pinned(max(nbytes, 2 * (0 if buf is None else buf.size)), np.uint8)
+
+
 def _import_cupy():
     """CuPy and a usable device, or a FusecError that says what is missing and what to do."""
     try:
@@ -157,11 +167,7 @@ class GpuBackend(DeviceKeys, Backend):
         msg = self.kernels.pack_round(layout, shares)
         if self._recording is not None:
             return self._recording.send(msg)
-        if self._outbox is None or self._outbox.size < layout.our_bytes:
-            import cupyx  # noqa: PLC0415
-
-            self._outbox = cupyx.empty_pinned(max(layout.our_bytes, 2 * (0 if self._outbox is None
-                                                                         else self._outbox.size)), np.uint8)
+        self._outbox = _pinned_at_least(self._outbox, layout.our_bytes)
         host = self._outbox[:layout.our_bytes]
         msg.get(out=host)
         return host
@@ -170,13 +176,8 @@ class GpuBackend(DeviceKeys, Backend):
         """Page-locked, reused round after round and grown by doubling: the peer's bytes go
         to the device in one DMA (``GpuKernels.unpack_round`` waits for the copy, so the next
         round may overwrite it)."""
-        inbox = getattr(self, "_inbox", None)
-        if inbox is None or inbox.size < nbytes:
-            import cupyx  # noqa: PLC0415
-
-            self._inbox = None
-            self._inbox = inbox = cupyx.empty_pinned(max(nbytes, 2 * (0 if inbox is None else inbox.size)), np.uint8)
-        return inbox[:nbytes]
+        self._inbox = _pinned_at_least(getattr(self, "_inbox", None), nbytes)
+        return self._inbox[:nbytes]
 
     def unpack_round(self, layout, shares: list, peer) -> list:
         if not self.kernels.has("fusec_unpack_round"):
@@ -200,7 +201,7 @@ class GpuBackend(DeviceKeys, Backend):
         pool = self.xp.get_default_memory_pool()
         return {"card_free": free, "card_total": total, "pool_held": int(pool.total_bytes()),
                 "pool_used": int(pool.used_bytes()),
-                "plan_pools": sum(int(p.pool.total_bytes()) for p in self._plans.values() if getattr(p, "pool", None)),
+                "plan_pools": self._plan_pool_bytes(),
                 **({"plan_refused": next(iter(self._plan_refused.values()))} if self._plan_refused else {})}
 
     def _plan_does_not_fit(self) -> str | None:

@@ -4,6 +4,7 @@ row per configuration (skips with their reasons), fused/SIGMA ratios and per-sco
 from __future__ import annotations
 
 from fusec.bench.merge import scope_metric
+from fusec.bench.plan import stripes_of
 from fusec.bench.util import gb, secs, unique
 
 
@@ -325,6 +326,5 @@ def render_markdown(doc: dict) -> str:
 
 
 def _stripes(settings: dict) -> int:
-    """The TCP connections the workers used (``--stripes``; 1 when not given)."""
-    argv = list(settings.get("party_argv") or [])
-    return int(argv[argv.index("--stripes") + 1]) if "--stripes" in argv else 1
+    """The TCP connections the workers used (plan.stripes_of their options)."""
+    return stripes_of(settings.get("party_argv"))
