@@ -1,9 +1,12 @@
 """What ``fusec inspect`` and the compile report print: IR, per-gate costs, specs, ranges.
 
 Costs are the gates' own ``cost()`` (tested against real keys and AES counters), summed
-over elements: AES calls, bits sent per party. Key bytes per party are the key layout's
-(``keys.layout.json``: what a key file holds per inference set, fields packed to their
-widths); the cost model's key bits are given next to them. Rounds come from the schedule.
+over elements: AES calls, bits sent per party. Key bytes per party are what the two key
+files hold per inference set, averaged over the parties (``key_bytes``: each party's file
+holds a 16-byte seed in place of its shares of the gates seeded to it,
+runtime/seeded_shares.py; ``key_bytes_p0``/``_p1`` in the totals), fields packed to their
+widths; ``key_bytes_unseeded`` is the full layout's (``keys.layout.json``, what a server
+inflates each set into), and the cost model's key bits are given next to them. Rounds come from the schedule.
 With a true batch B (the manifest's ``batch``), everything is also given per inference
 (divided by B; rounds are not divided).
 
@@ -30,10 +33,11 @@ from collections import defaultdict
 
 from fusec.ir import scalar_fn
 from fusec.passes import ranges as ranges_pass
+from fusec.runtime.seeded_shares import party_layout
 
 CLASSES = ("linear", "rescale", "gelu", "softmax", "layernorm", "other")
-_SUMMED = ("gates", "elements", "free_elements", "key_bytes", "key_bits_model", "aes_calls", "open_bits_per_party",
-           "open_bits_both")
+_SUMMED = ("gates", "elements", "free_elements", "key_bytes", "key_bytes_unseeded", "key_bits_model", "aes_calls",
+           "open_bits_per_party", "open_bits_both")
 
 
 def _batch(build) -> int:
@@ -52,6 +56,7 @@ def _finite(v):
 def _gate_rows(build) -> list[dict]:
     """One row per gate: its class (profiler scope), kind and summed costs (per party)."""
     lay = build.gates.layout()
+    stored = [party_layout(lay, p) for p in (0, 1)]     # what each party's key file holds (seeded shares)
     scope = build.scopes
     rows = []
     for n in build.gates.nodes:
@@ -64,7 +69,9 @@ def _gate_rows(build) -> list[dict]:
         lookup = getattr(g, "lookup", None)
         kind = f"{g.kind} ({lookup})" if isinstance(lookup, str) else g.kind
         rows.append({"id": n.id, "class": scope.get(n.id, "other"), "kind": kind, "elements": E,
-                     "key_bytes": lay.slot(n.id).nbytes if n.id in lay else 0,
+                     "key_bytes": (stored[0].slot(n.id).nbytes + stored[1].slot(n.id).nbytes) / 2
+                     if n.id in lay else 0,
+                     "key_bytes_unseeded": lay.slot(n.id).nbytes if n.id in lay else 0,
                      "key_bits_model": c.key_bits * E, "aes_calls": c.aes * E,
                      "open_bits_per_party": sent, "open_bits_both": both,
                      "costed": bool(c.key_bits or c.aes or c.open_bits)})
@@ -77,7 +84,8 @@ def _add(acc: dict, r: dict) -> None:
         acc["elements"] += r["elements"]
     else:
         acc["free_elements"] += r["elements"]
-    for k in ("key_bytes", "key_bits_model", "aes_calls", "open_bits_per_party", "open_bits_both"):
+    for k in ("key_bytes", "key_bytes_unseeded", "key_bits_model", "aes_calls", "open_bits_per_party",
+              "open_bits_both"):
         acc[k] += r[k]
 
 
@@ -109,7 +117,9 @@ def costs(build) -> dict:
     tot["rounds"] = max((s.end for s in build.steps), default=0)
     crit, per_gate = _critical_path(build, rows)
     tot["key_bytes_model"] = tot["key_bits_model"] / 8
-    per_inf = {k: tot[k] / B for k in ("key_bytes", "key_bytes_model", "aes_calls", "bytes_sent_per_party",
+    lay = build.gates.layout()
+    tot["key_bytes_p0"], tot["key_bytes_p1"] = (party_layout(lay, p).set_nbytes for p in (0, 1))
+    per_inf = {k: tot[k] / B for k in ("key_bytes", "key_bytes_unseeded", "key_bytes_model", "aes_calls", "bytes_sent_per_party",
                                        "bytes_sent_both")}
     per_inf["rounds"] = tot["rounds"]
     classes = []
@@ -162,7 +172,7 @@ def cost_table(build, c: dict | None = None) -> str:
              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for r in c["by_kind"]:
         lines.append(f"| {r['class']} | {r['kind']} | {r['gates']} | {r['elements'] + r['free_elements']:,} | "
-                     f"{r['key_bytes']:,} | {r['aes_calls']:,} | {_fmt(r['bytes_sent_per_party'])} |")
+                     f"{r['key_bytes']:,.0f} | {r['aes_calls']:,} | {_fmt(r['bytes_sent_per_party'])} |")
     return "\n".join(lines)
 
 
@@ -173,12 +183,12 @@ def class_table(c: dict) -> str:
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in c["by_class"]:
         pe = r["per_element"]
-        lines.append(f"| {r['class']} | {r['gates']} | {r['elements']:,} | {r['key_bytes']:,} | {r['aes_calls']:,} | "
+        lines.append(f"| {r['class']} | {r['gates']} | {r['elements']:,} | {r['key_bytes']:,.0f} | {r['aes_calls']:,} | "
                      f"{_fmt(r['bytes_sent_per_party'])} | {r['rounds_critical_path']} | {r['rounds_per_gate']} | "
                      f"{_fmt(pe['key_bytes'], 1)} | {_fmt(pe['aes_calls'], 1)} | "
                      f"{_fmt(pe['bytes_sent_per_party'], 2)} | {_fmt(r['key_bytes'] / B)} |")
     t = c["totals"]
-    lines.append(f"| total | {t['gates']} | {t['elements']:,} | {t['key_bytes']:,} | {t['aes_calls']:,} | "
+    lines.append(f"| total | {t['gates']} | {t['elements']:,} | {t['key_bytes']:,.0f} | {t['aes_calls']:,} | "
                  f"{_fmt(t['bytes_sent_per_party'])} | {t['rounds']} | | {_fmt(t['per_element']['key_bytes'], 1)} | "
                  f"{_fmt(t['per_element']['aes_calls'], 1)} | {_fmt(t['per_element']['bytes_sent_per_party'], 2)} | "
                  f"{_fmt(t['key_bytes'] / B)} |")
@@ -415,7 +425,8 @@ def report(build, all_ranges: bool = False, top: int = 10, data: dict | None = N
     t, p, B = d["totals"], d["per_inference"], d["batch"]
     lines = [f"fusec build {build.path}", f"flags: {d['flags']}",
              f"gates: {t['gates']}, rounds: {t['rounds']}",
-             f"key per party: {t['key_bytes']:,} bytes ({p['key_bytes']:,.0f} per inference, batch {B}); "
+             f"key per party: {t['key_bytes']:,.0f} bytes ({p['key_bytes']:,.0f} per inference, batch {B}; "
+             f"P0 {t['key_bytes_p0']:,}, P1 {t['key_bytes_p1']:,}); {t['key_bytes_unseeded']:,} without seeded shares; "
              f"cost model {t['key_bytes_model']:,.0f}",
              f"online bytes sent per party: {t['bytes_sent_per_party']:,.0f} "
              f"({p['bytes_sent_per_party']:,.0f} per inference); both parties: {t['bytes_sent_both']:,.0f} "

@@ -11,6 +11,7 @@ from fusec.runtime.graph import GateGraph
 from fusec.runtime.keyfile import new_key_set_id, new_pairing_secret
 from fusec.runtime.keyio import KeyFileWriter
 from fusec.runtime.party import PROFILE_ENV, python_profiler
+from fusec.runtime.seeded_shares import party_layout, seeded_parties, split_key
 
 
 def write_keys(graph: GateGraph, out_dir: str | os.PathLike, count: int = 1,
@@ -52,7 +53,7 @@ def _write_keys(graph: GateGraph, out_dir, count: int, seed: bytes | None, progr
     with KeyFileWriter(paths[0], layout, 0, ksid, count, durable, pairing_secret=secret) as w0, \
             KeyFileWriter(paths[1], layout, 1, ksid, count, durable, pairing_secret=secret) as w1, \
             be.activate():
-        gen = SetGenerator(graph, be, be.dealer_rng(seed))
+        gen = SetGenerator(graph, be, be.dealer_rng(seed), share_seed_rng(be, seed))
         for i in range(count):
             gen.write_set(i, (w0, w1))
             if progress:
@@ -61,15 +62,28 @@ def _write_keys(graph: GateGraph, out_dir, count: int, seed: bytes | None, progr
     return paths
 
 
+def share_seed_rng(be: Backend, seed: bytes | None):
+    """The CSPRNG the seeded shares' seeds come from: a stream of its own, so the gates' keys
+    are the draws they were before seeds existed; a test seed derives its own, so one dealer
+    seed still gives the same files on every backend."""
+    return be.dealer_rng(None if seed is None else bytes(seed) + b"/share-seeds")
+
+
 class SetGenerator:
     """Key sets gate by gate into two sinks (a key file writer per party, or a channel to
-    each server: runtime/keystream.py), with the time split into generating, packing
-    (on a GPU: including the copy to the host) and handing the bytes over."""
+    each server: runtime/keystream.py), each in its party's layout (a seed in place of the
+    shares of the gates seeded to it: runtime/seeded_shares.py), with the time split into
+    generating, packing (the seeds' streams and the other party's differences included; on
+    a GPU, the copy to the host too) and handing the bytes over."""
 
-    def __init__(self, graph: GateGraph, be: Backend, rng, to_host: bool = True) -> None:
+    def __init__(self, graph: GateGraph, be: Backend, rng, seed_rng=None, to_host: bool = True) -> None:
         self.graph, self.rng, self.be = graph, rng, be
+        self.seed_rng = seed_rng if seed_rng is not None else be.dealer_rng()    # OS entropy
         self.pack = be.pack_key if to_host else be.pack_key_device   # device: in-memory timing only
-        self.slots = {s.gate_id: s for s in graph.layout().slots}
+        layout = graph.layout()
+        self.slots = {s.gate_id: s for s in layout.slots}
+        self.seeded = seeded_parties(layout)        # whose shares of each gate come from a seed
+        self.party_slots = [{s.gate_id: s for s in party_layout(layout, p).slots} for p in (0, 1)]
         self.gates = {n.id: n.gate for n in graph.nodes} if graph.insecure else None
         self.spent = dict.fromkeys(("generate_seconds", "pack_seconds", "write_seconds"), 0.0)
         self.used = 0
@@ -89,9 +103,10 @@ class SetGenerator:
                 break
             gate_id, k0, k1 = item
             slot = self.slots[gate_id]
-            packed = self.pack(slot, k0), self.pack(slot, k1)
             if self.gates is not None:
                 self.used += slot.nbytes - unused_key_nbytes(self.gates[gate_id], k0)
+            keys = split_key(slot, self.seeded.get(gate_id), k0, k1, self.seed_rng)
+            packed = tuple(self.pack(self.party_slots[p][gate_id], keys[p]) for p in (0, 1))
             t2 = clock()
             for w, b in zip(sinks, packed):
                 w.write_gate_packed(gate_id, b)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from fusec.errors import PeerError
 from fusec.runtime import keystream as ks
 from fusec.runtime.backend import Backend, get_backend
-from fusec.runtime.dealer import SetGenerator
+from fusec.runtime.dealer import SetGenerator, share_seed_rng
 from fusec.runtime.graph import GateGraph
 from fusec.runtime.keyfile import new_key_set_id, new_pairing_secret
+from fusec.runtime.seeded_shares import party_layout
 
 
 def serve_keys(graph: GateGraph, listener, count: int, seed: bytes | None = None, backend: Backend | None = None,
@@ -22,7 +23,7 @@ def serve_keys(graph: GateGraph, listener, count: int, seed: bytes | None = None
     layout = graph.layout()
     say = log or (lambda msg: None)
     with be.activate():
-        sess = _Sessions(SetGenerator(graph, be, be.dealer_rng(seed)), layout, count, progress, say)
+        sess = _Sessions(SetGenerator(graph, be, be.dealer_rng(seed), share_seed_rng(be, seed)), layout, count, progress, say)
         while sess.served < count:
             chans = _accept_pair(listener, layout, timeout, say)
             sess.sessions += 1
@@ -50,8 +51,9 @@ class _Sessions:
     def serve(self, chans: list) -> None:
         """Offer, then one set per matching pair of requests, until all are served or a
         server hangs up (a set half sent when a server fails is never served again)."""
-        for ch in chans:
-            ks.send_offer(ch, self.ksid, self.secret, self.count, self.layout.set_nbytes, self.served)
+        stored = [party_layout(self.layout, p) for p in (0, 1)]     # chans[p] is party p's server
+        for ch, lay in zip(chans, stored):
+            ks.send_offer(ch, self.ksid, self.secret, self.count, lay.set_nbytes, self.served)
         while self.served < self.count:
             asked = [ks.read_request(ch) for ch in chans]
             if None in asked:
@@ -63,7 +65,7 @@ class _Sessions:
                                   f"{self.served}", "restart both servers together against this dealer")
                 return
             index, self.served = self.served, self.served + 1
-            writers = [ks.StreamSetWriter(ch, self.layout) for ch in chans]
+            writers = [ks.StreamSetWriter(ch, lay) for ch, lay in zip(chans, stored)]
             try:
                 self.gen.write_set(index, writers)
             except BaseException:

@@ -18,7 +18,7 @@ import numpy as np
 from fusec.errors import ParameterError
 from fusec.runtime.gates.arith import Input, Output
 from fusec.runtime.gates.base import Gate, GateCost, Key
-from fusec.runtime.layout import KeyField, KeyLayout
+from fusec.runtime.layout import KeyLayout
 from fusec.runtime.protocol import Exchange, RoundLog, drive, timed
 from fusec.runtime.rng import DealerRng
 
@@ -85,9 +85,8 @@ class GateGraph:
 
     # ------------------------------------------------------------------ layout / cost
     def layout(self) -> KeyLayout:
-        return KeyLayout([(n.id, n.gate.kind, n.gate.elements,
-                           tuple(KeyField(name, tuple(shape), bits) for name, shape, bits in n.gate.fields()))
-                          for n in self.nodes], insecure=self.insecure)
+        return KeyLayout([(n.id, n.gate.kind, n.gate.elements, n.gate.key_fields()) for n in self.nodes],
+                         insecure=self.insecure)
 
     def costs(self) -> list[tuple[str, str, int, GateCost]]:
         return [(n.id, n.gate.kind, n.gate.elements, n.gate.cost()) for n in self.nodes]

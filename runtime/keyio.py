@@ -37,6 +37,7 @@ from fusec.runtime import keyfile as fmt
 from fusec.runtime.keyfile import KeyFileHeader
 from fusec.runtime.layout import GateSlot, KeyLayout, pack_gate_array, unpack_gate_key
 from fusec.runtime.ledger import Ledger, default_state_dir, fsync_dir
+from fusec.runtime.seeded_shares import inflate, party_layout
 
 __all__ = ["KeyFile", "KeyFileWriter", "KeySetReader", "open_regular", "read_header"]
 
@@ -204,7 +205,9 @@ class _ChunkedSetWriter:
 
 # --------------------------------------------------------------------------- writer
 class KeyFileWriter:
-    """Writes one party's key file: ``count`` key sets laid out by ``layout``.
+    """Writes one party's key file: ``count`` key sets of ``layout``'s gates, each stored in
+    the party's layout (``self.stored``: a seed in place of the shares of the gates seeded to
+    this party, runtime/seeded_shares.py); the keys given are the party's in that layout.
 
     Either ``write_set(index, {gate_id: {field: array}})`` or, streaming,
     ``begin_set(index)``, ``write_gate(gate_id, arrays)`` for every slot in layout order,
@@ -227,9 +230,10 @@ class KeyFileWriter:
             raise ParameterError(f"number of key sets must be between 1 and {fmt.MAX_COUNT}, got {count!r}")
         self.path = Path(path)
         self.layout = layout
+        self.stored = party_layout(layout, self.party)
         self.count = int(count)
         self.durable = durable  # fsync before the rename; off only for throwaway keys (benchmarks)
-        self._slots = layout.slots
+        self._slots = self.stored.slots
         self._data_offset = fmt.data_offset(self.count)
         self._checksums: list[bytes | None] = [None] * self.count
         self._cur: int | None = None  # index of the open set
@@ -258,7 +262,7 @@ class KeyFileWriter:
             raise KeyFileError(f"key set {index} of {self.path} was already written")
         self._cur = index
         self._pos = 0
-        self._sink = _ChunkedSetWriter(self._fd, self._data_offset + index * self.layout.set_nbytes)
+        self._sink = _ChunkedSetWriter(self._fd, self._data_offset + index * self.stored.set_nbytes)
 
     def write_gate(self, gate_id: str, arrays: Mapping[str, Any]) -> None:
         """Write the next gate of the open set; it must be the next slot in layout order."""
@@ -361,11 +365,11 @@ class KeyFileWriter:
                 path=self.path,
                 version=fmt.FORMAT_VERSION,
                 party=self.party,
-                layout_digest=self.layout.digest_bytes(),
+                layout_digest=self.stored.digest_bytes(),
                 key_set_id_bytes=self.key_set_id,
                 pairing_secret=self.pairing_secret,
                 count=self.count,
-                set_nbytes=self.layout.set_nbytes,
+                set_nbytes=self.stored.set_nbytes,
                 set_checksums=tuple(self._checksums),
             )
             size = os.fstat(self._fd).st_size
@@ -449,6 +453,7 @@ class KeyFile:
         if not isinstance(layout, KeyLayout):
             raise ParameterError(f"layout must be a KeyLayout, got {type(layout).__name__}")
         p = Path(path)
+        stored = party_layout(layout, party)     # how this party's sets lie in the file
         f = open_regular(p)
         try:
             h = fmt.parse_header(f, p)
@@ -457,15 +462,15 @@ class KeyFile:
                     f"{p} is party {h.party}'s key file but you are running as party {party}",
                     f"use party {party}'s key file: {_suggest(p, h.party, party)}",
                 )
-            if h.layout_digest != layout.digest_bytes():
+            if h.layout_digest != stored.digest_bytes():
                 raise KeyFileError(
                     f"key file {p} was generated for another build/layout "
-                    f"(its layout hash {h.layout_digest.hex()[:16]}, this build's {layout.digest()[:16]})",
+                    f"(its layout hash {h.layout_digest.hex()[:16]}, this build's {stored.digest()[:16]})",
                     "re-run fusec keygen for this build",
                 )
-            if h.set_nbytes != layout.set_nbytes:  # implied by the digest; belt and braces
+            if h.set_nbytes != stored.set_nbytes:  # implied by the digest; belt and braces
                 raise KeyFileError(
-                    f"key file {p} has {h.set_nbytes} bytes per key set, the layout {layout.set_nbytes}",
+                    f"key file {p} has {h.set_nbytes} bytes per key set, the layout {stored.set_nbytes}",
                     "re-run fusec keygen for this build",
                 )
             size = os.fstat(f.fileno()).st_size
@@ -513,7 +518,9 @@ class KeyFile:
 
     @property
     def set_nbytes(self) -> int:
-        return self.header.set_nbytes
+        """Bytes of a claimed set in memory: the full layout's (the file stores fewer where
+        this party's shares of some gates are seeds: ``header.set_nbytes``)."""
+        return self._layout.set_nbytes
 
     def close(self) -> None:
         self._verified = None
@@ -547,13 +554,16 @@ class KeyFile:
     def _read_set(self, index: int, out: np.ndarray | None = None) -> np.ndarray:
         """One read of set ``index`` into ``out`` (a uint8 array of at least a set's bytes,
         e.g. the GPU's reused page-locked buffer) or a fresh array, checksum-verified
-        (chunks read and hashed in parallel threads)."""
+        (chunks read and hashed in parallel threads), then inflated in place from this
+        party's stored layout into the full one (runtime/seeded_shares.py: the stored bytes
+        are read into the buffer's tail)."""
         if self._f is None:
             raise KeyFileError(f"key file {self.path} is closed")
-        n = self.set_nbytes
-        buf = np.empty(n, dtype=np.uint8) if out is None else out.reshape(-1).view(np.uint8)[:n]
+        full, n = self.set_nbytes, self.header.set_nbytes
+        whole = np.empty(full, dtype=np.uint8) if out is None else out.reshape(-1).view(np.uint8)[:full]
         if out is not None:
-            _FILLS.pop(buf.ctypes.data, None)   # whatever a key file verified there is gone
+            _FILLS.pop(whole.ctypes.data, None)   # whatever a key file verified there is gone
+        buf = whole[full - n:]
         mv = memoryview(buf)
         base, fd = self.header.set_offset(index), self._f.fileno()
         starts = range(0, n, fmt.CHUNK_BYTES)
@@ -569,7 +579,7 @@ class KeyFile:
                 f"key set {index} of {self.path} is corrupted (checksum mismatch)",
                 "copy the key file again or re-run fusec keygen; do not use this set",
             )
-        return buf
+        return inflate(self._layout, self.party, whole)
 
     def verify_set(self, index: int, out: Callable[[int], np.ndarray | None] | None = None) -> None:
         """Check set ``index`` against its checksum; raises KeyFileError if it is corrupted.

@@ -40,6 +40,7 @@ from fusec.errors import KeyFileError, ParameterError, PeerError
 from fusec.runtime.channel import Channel, TcpChannel
 from fusec.runtime.keyio import KeySetReader
 from fusec.runtime.layout import KeyLayout
+from fusec.runtime.seeded_shares import inflate, party_layout
 
 SCHEME = "tcp://"
 PROTOCOL = 1
@@ -150,10 +151,11 @@ class DealerKeyStream:
         except BaseException:
             ch.close()
             raise
-        if offer.set_nbytes != layout.set_nbytes:
+        stored = party_layout(layout, party).set_nbytes
+        if offer.set_nbytes != stored:
             ch.close()
             raise KeyFileError(f"the dealer at {key_path} offers sets of {offer.set_nbytes} bytes, this build's "
-                               f"layout needs {layout.set_nbytes}", "serve keys for this build")
+                               f"layout needs {stored}", "serve keys for this build")
         return cls(ch, layout, party, offer, key_path)
 
     @property
@@ -170,7 +172,9 @@ class DealerKeyStream:
 
     @property
     def set_nbytes(self) -> int:
-        return self._offer.set_nbytes
+        """Bytes of a claimed set in memory (the full layout's; the dealer sends
+        ``party_layout``'s, runtime/seeded_shares.py)."""
+        return self._layout.set_nbytes
 
     def unused_count(self) -> int:
         """Sets the dealer will still serve (they come in order, once)."""
@@ -181,18 +185,20 @@ class DealerKeyStream:
 
     def claim(self, index: int, out: Callable[[int], np.ndarray | None] | None = None) -> KeySetReader:
         """Ask the dealer for set ``index`` (the next one: sets come in order, once) and
-        receive it into ``out(nbytes)`` (e.g. page-locked memory) or a fresh array."""
+        receive it into ``out(nbytes)`` (e.g. page-locked memory) or a fresh array: this party's
+        stored layout into the buffer's tail, then inflated in place into the full layout."""
         if self._next is None or index != self._next:
             have = "none left" if self._next is None else f"the next is {self._next}"
             raise KeyFileError(f"key set {index} cannot come from the dealer at {self.path}: sets come once, in "
                                f"order ({have})", "start both servers against the same dealer session")
-        n = self.set_nbytes
-        buf = out(n) if out is not None else None
-        if buf is None:
-            buf = np.empty(n, np.uint8)
-            buf[::PAGE] = 0     # fault the pages in now: faults taken inside recv cost 20x (0.12 vs 2.8 GB/s)
+        full, n = self.set_nbytes, self._offer.set_nbytes
+        whole = out(full) if out is not None else None
+        if whole is None:
+            whole = np.empty(full, np.uint8)
+            whole[::PAGE] = 0     # fault the pages in now: faults taken inside recv cost 20x (0.12 vs 2.8 GB/s)
         else:
-            buf = buf.reshape(-1).view(np.uint8)[:n]
+            whole = whole.reshape(-1).view(np.uint8)[:full]
+        buf = whole[full - n:]
         _send_json(self._ch, {"set": index})
         head = _recv_json(self._ch, f"the dealer at {self.path}")
         if "error" in head:
@@ -213,7 +219,8 @@ class DealerKeyStream:
             raise PeerError(f"the dealer at {self.path} ended set {index} with {end!r} after {got} bytes",
                             "both ends must run the same fusec version")
         self._next = index + 1 if index + 1 < self.count else None
-        return KeySetReader(self._layout, buf, index=index, key_set_id=self.key_set_id)
+        return KeySetReader(self._layout, inflate(self._layout, self.party, whole), index=index,
+                            key_set_id=self.key_set_id)
 
     def close(self) -> None:
         self._ch.close()

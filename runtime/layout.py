@@ -77,12 +77,16 @@ class KeyField:
     """One array of a gate's key: ``shape`` entries of ``bits`` bits each (uint64 values).
 
     ``shape`` is the full array shape of the field for the gate instance, e.g.
-    ``(levels, elements, 2)``; ``()`` is a single value.
+    ``(levels, elements, 2)``; ``()`` is a single value. ``share``: the two parties' values
+    are additive shares mod 2^bits of one value, only whose sum the gate uses, so the
+    dealer may derive one party's from a seed (runtime/seeded_shares.py); in the JSON only
+    when true, so a layout without such fields keeps its digest.
     """
 
     name: str
     shape: tuple[int, ...]
     bits: int
+    share: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -110,6 +114,7 @@ class KeyField:
             )
         object.__setattr__(self, "shape", shape)
         object.__setattr__(self, "bits", int(self.bits))
+        object.__setattr__(self, "share", bool(self.share))
 
     @property
     def count(self) -> int:
@@ -127,17 +132,22 @@ class KeyField:
         return _round_up(self.packed_nbytes, ALIGN)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "shape": list(self.shape), "bits": self.bits}
+        d = {"name": self.name, "shape": list(self.shape), "bits": self.bits}
+        if self.share:
+            d["share"] = True
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "KeyField":
         try:
-            return cls(name=d["name"], shape=tuple(d["shape"]), bits=d["bits"])
-        except (KeyError, TypeError) as e:
+            if d.get("share", True) is not True:
+                raise TypeError("share must be true when present")
+            return cls(name=d["name"], shape=tuple(d["shape"]), bits=d["bits"], share=bool(d.get("share")))
+        except (KeyError, TypeError, AttributeError) as e:
             raise ParameterError(f"malformed key field in layout JSON: {d!r} ({e})") from None
 
     def describe(self) -> str:
-        return f"{self.name}[{','.join(str(d) for d in self.shape)}]:{self.bits}b"
+        return f"{self.name}[{','.join(str(d) for d in self.shape)}]:{self.bits}b" + ("+" if self.share else "")
 
 
 # --------------------------------------------------------------------------- slots
@@ -393,7 +403,8 @@ class KeyLayout:
     def describe(self) -> list[tuple[str, str, int, int, int, str]]:
         """Rows ``(gate id, kind, elements, offset, bytes, fields)`` in consumption order.
 
-        ``fields`` reads e.g. ``"scw[20,128,2]:64b tcw[20,128,2]:1b"``.
+        ``fields`` reads e.g. ``"scw[20,128,2]:64b tcw[20,128,2]:1b r_out[128]:50b+"`` (``+``: an
+        additive share, which the dealer may derive from a seed).
         Column names are in :data:`DESCRIBE_COLUMNS`.
         """
         return [

@@ -138,7 +138,7 @@ def test_device_run_opens_the_same_bytes_as_the_cpu(bert_build, tmp_path, device
         assert isinstance(out_dev[k], np.ndarray) and np.array_equal(out_cpu[k], out_dev[k])
 
 
-def _every_gate(n: int = 50, f: int = 12, E: int = 300):
+def every_gate(n: int = 50, f: int = 12, E: int = 300):
     gates = [(label, g) for label, g in library(n, f, elements=E) if not isinstance(g, MatMulPrivate)]
     rng = np.random.default_rng(1)
     return gates + [
@@ -150,6 +150,24 @@ def _every_gate(n: int = 50, f: int = 12, E: int = 300):
         ("SIGMA layernorm rsqrt", sigma_layernorm_rsqrt(E, n, f, 1 / 768, 1e-5)),
         ("packed lookup of 300 pieces (a norm's rsqrt shape)", ScalarGate(E, _many_pieces(n, f, 300), "packed")),
     ]
+
+
+def gate_inputs(gate) -> tuple[list[int], list[int]]:
+    """(elements, ring bits) of each of ``gate``'s inputs."""
+    in_bits = [1, gate.bits] if isinstance(gate, Select) else [gate.bits] * gate.inputs
+    if isinstance(gate, MatMulPrivate):
+        sizes = [int(np.prod(s)) for s in (gate.x_shape, gate.w_shape)]
+    elif hasattr(gate, "in_elements"):  # a truncation read into a linear map (truncate_linear.py)
+        sizes = [gate.in_elements]
+    elif hasattr(gate, "x_shape"):
+        sizes = [int(np.prod(gate.x_shape))]
+    elif hasattr(gate, "shape"):  # reductions (sum, max tree) read a whole shape
+        sizes = [int(np.prod(gate.shape))]
+    elif isinstance(gate, Rearrange):
+        sizes = list(gate.in_sizes)
+    else:
+        sizes = [gate.elements] * gate.inputs
+    return sizes, in_bits
 
 
 def _many_pieces(n: int, f: int, pieces: int) -> OperatorSpec:
@@ -187,23 +205,11 @@ def _sent_bytes(gate, be_pair, keys, us):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("label", [label for label, _ in _every_gate()])
+@pytest.mark.parametrize("label", [label for label, _ in every_gate()])
 def test_every_gate_kind_opens_the_same_bytes_on_the_device(label, device):
-    gate = dict(_every_gate())[label]
+    gate = dict(every_gate())[label]
     rng = DealerRng(b"every-gate")
-    in_bits = [1, gate.bits] if isinstance(gate, Select) else [gate.bits] * gate.inputs
-    if isinstance(gate, MatMulPrivate):
-        sizes = [int(np.prod(s)) for s in (gate.x_shape, gate.w_shape)]
-    elif hasattr(gate, "in_elements"):  # a truncation read into a linear map (truncate_linear.py)
-        sizes = [gate.in_elements]
-    elif hasattr(gate, "x_shape"):
-        sizes = [int(np.prod(gate.x_shape))]
-    elif hasattr(gate, "shape"):  # reductions (sum, max tree) read a whole shape
-        sizes = [int(np.prod(gate.shape))]
-    elif isinstance(gate, Rearrange):
-        sizes = list(gate.in_sizes)
-    else:
-        sizes = [gate.elements] * gate.inputs
+    sizes, in_bits = gate_inputs(gate)
     masks = [rng.ring(k, b) for k, b in zip(sizes, in_bits)]
     _, k0, k1 = gate.keygen(rng, masks)
     us = [rng.ring(k, b) for k, b in zip(sizes, in_bits)]

@@ -22,6 +22,7 @@ from fusec.runtime.keyfile import data_offset
 from fusec.runtime.keyio import KeyFile
 from fusec.runtime.layout import INSECURE_KEY, KeyLayout
 from fusec.runtime.rng import DealerRng
+from fusec.runtime.seeded_shares import party_layout
 from tests.harness import both_parties, queue_exchanges, run_gate
 from tests.test_scalar import SMALL_SPEC, poly_oracle
 
@@ -115,7 +116,7 @@ def test_a_tampered_count_fails_like_a_corrupted_set(tmp_path):
     ug = _graph(False, True)
     write_keys(ug, tmp_path, 1, seed=b"tamper")
     lay = ug.layout()
-    off, nb = lay.field_offsets("lut")["pieces_used"]
+    off, nb = party_layout(lay, 0).field_offsets("lut")["pieces_used"]     # where p0's file keeps it
     path = tmp_path / "p0.key"
     raw = bytearray(path.read_bytes())
     pos = data_offset(1) + off

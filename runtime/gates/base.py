@@ -21,6 +21,10 @@ from fusec.runtime.xp import np
 
 from fusec.errors import ParameterError
 from fusec.runtime import ring
+from fusec.runtime.dcf import DcfKey
+from fusec.runtime.dpf import DpfKey
+from fusec.runtime.dpf_arith import DpfArithKey
+from fusec.runtime.layout import KeyField
 from fusec.runtime.rng import DealerRng
 
 Key = dict[str, np.ndarray]
@@ -102,6 +106,23 @@ def parallel(*gens: EvalGen) -> EvalGen:
     return results
 
 
+#: Key fields, by the last part of their name, whose two parties' values are not additive shares of
+#: one value, so the dealer never derives them from a seed (runtime/seeded_shares.py): a DPF's or
+#: DCF's root (each party's own seed) and correction words (the same in both keys); an input
+#: owner's or output receiver's ``mask`` (one party's alone); an INSECURE lookup's ``pieces_used``
+#: (the same in both keys). Every other field is an additive share mod 2^bits whose sum is all a
+#: gate reads (tests/test_seeded_shares.py re-shares every gate kind's and checks its output;
+#: tests/test_padding_ablation.py runs a graph with an input, an output and a piece count from key files).
+UNSHARED_FIELDS = frozenset(
+    {name for name, _, _ in DpfKey.field_specs(2, 1) + DcfKey.field_specs(2, 1, 1, 1) + DpfArithKey.field_specs(2, 1, 1)}
+    | {"mask", "pieces_used"})
+
+
+def is_share_field(name: str) -> bool:
+    """Whether a key field (a gate's name for it, sub-gate prefixes included) is an additive share."""
+    return name.rsplit(".", 1)[-1] not in UNSHARED_FIELDS
+
+
 def field_bits(fields: list[FieldSpec]) -> int:
     """Total key bits of a list of field specs."""
     return sum(int(np.prod(shape, dtype=np.int64)) * bits for _, shape, bits in fields)
@@ -150,6 +171,10 @@ class Gate(ABC):
 
     def key_bits_total(self) -> int:
         return field_bits(self.fields())
+
+    def key_fields(self) -> tuple[KeyField, ...]:
+        """:meth:`fields` as the layout's fields, each marked whether it is an additive share."""
+        return tuple(KeyField(name, tuple(shape), bits, share=is_share_field(name)) for name, shape, bits in self.fields())
 
     def describe(self) -> dict:
         """Parameters and cost, for ``fusec inspect``."""

@@ -1,0 +1,159 @@
+"""Seed-compressed key shares: one party's additive shares of a gate come from a 16-byte seed.
+
+About half of a key set's bytes are additive shares of the dealer's correlations (the
+lookups' ``rho_a``, the masks' shares, ``r_out``...): the gate reads only the sum of the
+two parties' values. For such a gate the dealer draws a fresh 128-bit seed from its CSPRNG
+and gives it to one party, the *seeded* party, in place of that party's share fields. That
+party's shares are the PRG's stream from the seed; the other party's are the value less
+that stream. The seeded party's shares are pseudorandom and the other's are the value less a
+pseudorandom string it never sees: the distribution of two uniform shares, up to the PRG.
+Correction words (the same in both keys) and DPF roots (each party's own) are not shares
+(:data:`fusec.runtime.gates.base.UNSHARED_FIELDS`) and stay as they are.
+
+The stream of a share field ``j`` of a slot is ``H_V(seed ^ (i, TWEAK_SEEDED_SHARE | j))``
+for block i, the PRG's value stream (runtime/prg.py), read as the field's dense little-endian
+bit-packing: the field's packed bytes *are* the stream's first bytes (the last byte's unused
+bits cleared), so a server regenerates them without unpacking anything.
+
+Which party is seeded is decided slot by slot from the layout alone (:func:`seeded_parties`):
+each slot that saves bytes goes to the party whose key file is larger so far, so the two
+files stay within one gate's bytes of each other. A party's key file holds its sets in its
+own layout (:func:`party_layout`: a seeded slot is its seed then its other fields); the
+servers read a set into the tail of the full layout's buffer and :func:`inflate` it forward,
+in place, into the full layout every gate reads. Nothing after the read changes.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from fusec.errors import KeyFileError
+from fusec.runtime import ring
+from fusec.runtime.layout import GateSlot, KeyField, KeyLayout
+from fusec.runtime.prg import CpuPrg, blocks_needed, default_prg, words_to_fields
+from fusec.runtime.xp import np as xnp
+
+__all__ = ["SEED_FIELD", "SEED_NBYTES", "TWEAK_SEEDED_SHARE", "seeded_parties", "party_layout", "split_key",
+           "inflate"]
+
+#: The field that holds a seeded slot's seed (two uint64 words), first in the slot.
+SEED_FIELD = "share_seed"
+SEED_NBYTES = 16
+#: Domain of the seeded shares' value stream (DPF levels use 0, leaves 1 << 62); the field's
+#: index in its slot goes in the low bits.
+TWEAK_SEEDED_SHARE = np.uint64(1 << 61)
+
+
+def _share_fields(slot: GateSlot) -> list[KeyField]:
+    return [f for f in slot.fields if f.share]
+
+
+def _saved(slot: GateSlot) -> int:
+    return sum(f.nbytes for f in _share_fields(slot)) - SEED_NBYTES
+
+
+@lru_cache(maxsize=16)
+def seeded_parties(layout: KeyLayout) -> dict[str, int]:
+    """``{gate id: the party whose shares come from a seed}`` for every slot a seed makes smaller.
+
+    Each such slot goes to the party whose key set is larger so far (party 0 on a tie), so the
+    two parties' sets differ by at most one slot's saving."""
+    totals, out = [0, 0], {}
+    for s in layout.slots:
+        totals[0] += s.nbytes
+        totals[1] += s.nbytes
+        saved = _saved(s)
+        if saved > 0:
+            p = 0 if totals[0] >= totals[1] else 1
+            out[s.gate_id] = p
+            totals[p] -= saved
+    return out
+
+
+@lru_cache(maxsize=16)
+def party_layout(layout: KeyLayout, party: int) -> KeyLayout:
+    """The layout of ``party``'s key file: each slot seeded to ``party`` holds its seed and then
+    its fields that are not shares; every other slot is the full layout's. ``layout`` itself
+    when no slot is seeded to ``party``."""
+    seeded = seeded_parties(layout)
+    if party not in seeded.values():
+        return layout
+    seed = KeyField(SEED_FIELD, (2,), 64)
+    return KeyLayout([(s.gate_id, s.kind, s.elements,
+                       (seed,) + tuple(f for f in s.fields if not f.share) if seeded.get(s.gate_id) == party
+                       else s.fields)
+                      for s in layout.slots], insecure=layout.insecure)
+
+
+def _stream_blocks(prg, seed, index: int, f: KeyField):
+    """The value stream of share field ``index`` of a slot: blocks whose bytes are the field's packing."""
+    return prg.value_blocks(seed.reshape(1, 2), blocks_needed(f.count, f.bits), TWEAK_SEEDED_SHARE | np.uint64(index))
+
+
+def split_key(slot: GateSlot, party: int | None, k0: dict, k1: dict, rng) -> tuple[dict, dict]:
+    """The dealer's side: both parties' keys of ``slot`` with ``party``'s shares replaced by a
+    fresh seed (from ``rng``, the dealer's CSPRNG) and the other party's by the values less the
+    seed's stream. Runs where the dealer computes (numpy or CuPy). ``party`` None: unchanged."""
+    if party is None:
+        return k0, k1
+    keys = (k0, k1)
+    seed = rng.blocks((1,)).reshape(2)
+    prg = default_prg()
+    mine = {SEED_FIELD: seed}
+    theirs = dict(keys[1 - party])
+    for j, f in enumerate(_share_fields(slot)):
+        stream = words_to_fields(_stream_blocks(prg, seed, j, f), f.count, f.bits).reshape(f.shape)
+        total = xnp.asarray(k0[f.name]).astype(np.uint64) + xnp.asarray(k1[f.name]).astype(np.uint64)
+        theirs[f.name] = (total - stream) & ring.mask(f.bits)
+    mine.update({f.name: keys[party][f.name] for f in slot.fields if not f.share})
+    return (mine, theirs) if party == 0 else (theirs, mine)
+
+
+_prg: CpuPrg | None = None
+
+
+def inflate(layout: KeyLayout, party: int, buf: np.ndarray) -> np.ndarray:
+    """A set read in ``party``'s layout into the last bytes of ``buf`` (``layout.set_nbytes``,
+    uint8), rewritten in place, forward, into the full layout; returns ``buf``.
+
+    Forward is safe: every slot and field lands at or before where its stored bytes begin (a
+    seeded slot only shrinks, by more than its seed), so nothing is overwritten before it is
+    read; numpy's copies handle the overlap of a field moved by less than its size."""
+    global _prg
+    stored = party_layout(layout, party)
+    if stored is layout:
+        return buf
+    if buf.size != layout.set_nbytes:
+        raise KeyFileError(f"key set buffer holds {buf.size} bytes, the layout says {layout.set_nbytes}")
+    if _prg is None:
+        _prg = CpuPrg()
+    base, seeded = layout.set_nbytes - stored.set_nbytes, seeded_parties(layout)
+    for full, st in zip(layout.slots, stored.slots):
+        src = base + st.offset
+        if seeded.get(full.gate_id) != party:
+            buf[full.offset:full.end] = buf[src:src + st.nbytes]
+            continue
+        seed = buf[src:src + SEED_NBYTES].view(np.uint64).copy()
+        kept = st.field_offsets()
+        pos, j = full.offset, 0
+        for f in full.fields:
+            if f.share:
+                _write_stream(buf[pos:pos + f.nbytes], _stream_blocks(_prg, seed, j, f), f)
+                j += 1
+            else:
+                off, nb = kept[f.name]
+                buf[pos:pos + nb] = buf[src + off:src + off + nb]
+            pos += f.nbytes
+    return buf
+
+
+def _write_stream(dst: np.ndarray, blocks: np.ndarray, f: KeyField) -> None:
+    """A share field's packed bytes from its stream: the stream's first bytes, the last one's
+    bits past the field's values cleared, then the field's alignment padding (zeros)."""
+    n = f.packed_nbytes
+    dst[:n] = blocks.reshape(-1).view(np.uint8)[:n]
+    tail = f.count * f.bits % 8
+    if n and tail:
+        dst[n - 1] &= np.uint8((1 << tail) - 1)
+    dst[n:] = 0
