@@ -376,10 +376,11 @@ def keygen(build_dir, out, serve, count, backend, timeout, tls_cert, tls_key, tl
                    "information about the masks", err=True)
     be = get_backend(backend, b.kernels_source)
     t0 = time.perf_counter()
+    sizes = _stored_set_sizes(b.gates.layout())
     if listener is not None:
         from fusec.runtime.dealer_service import serve_keys
 
-        click.echo(f"serving {count} key set(s) of {b.gates.layout().set_nbytes:,} bytes per party on "
+        click.echo(f"serving {count} key set(s) of {sizes} on "
                    f"{serve[0] or '0.0.0.0'}:{listener.port}", err=True)
         with listener:
             done = serve_keys(b.gates, listener, count, backend=be, timeout=timeout,
@@ -389,8 +390,15 @@ def keygen(build_dir, out, serve, count, backend, timeout, tls_cert, tls_key, tl
         return
     with click.progressbar(length=count, label="key sets", file=sys.stderr) as bar:
         paths = write_keys(b.gates, out, count, progress=lambda i, k: bar.update(1), backend=be)
-    click.echo(f"wrote {paths[0]} and {paths[1]}: {count} key set(s) of {b.gates.layout().set_nbytes:,} bytes "
-               f"per party in {time.perf_counter() - t0:.2f} s")
+    click.echo(f"wrote {paths[0]} and {paths[1]}: {count} key set(s) of {sizes} in {time.perf_counter() - t0:.2f} s")
+
+
+def _stored_set_sizes(layout) -> str:
+    """What a key set takes in each party's file (seeded shares make the two differ)."""
+    from fusec.runtime.seeded_shares import party_layout
+
+    n0, n1 = (party_layout(layout, p).set_nbytes for p in (0, 1))
+    return f"{n0:,} bytes per party" if n0 == n1 else f"{n0:,} (P0) and {n1:,} (P1) bytes"
 
 
 def _dealer_listener(serve, tls_cert, tls_key, tls_ca, tls_server_name):

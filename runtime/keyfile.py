@@ -4,23 +4,24 @@ This module defines the format and parses/packs the header; reading and writing 
 is :mod:`fusec.runtime.keyio`, and the record of consumed sets is
 :mod:`fusec.runtime.ledger`.
 
-File format (version 4, all integers little-endian)
+File format (version 5, all integers little-endian)
 ===================================================
 
 ::
 
     offset  size   field
     0       8      magic            b"FUSECKEY"
-    8       2      version          u16 = 4
+    8       2      version          u16 = 5
     10      1      party            u8, 0 or 1
-    11      32     layout digest    raw sha256 of the canonical keys.layout.json (KeyLayout.digest)
+    11      32     layout digest    raw sha256 of this party's stored layout (KeyLayout.digest of
+                                    seeded_shares.party_layout of keys.layout.json)
     43      16     key-set id       random, chosen by the dealer once per keygen run; the SAME
                                     id is written into both parties' files
     59      32     pairing secret   random (OS CSPRNG), once per keygen run, the SAME in both
                                     files: the servers prove to each other that they hold the
                                     matching file (HMAC challenge-response, runtime/hello.py)
     91      4      K                u32, number of key sets (inferences) in the file
-    95      8      set bytes        u64, bytes per key set (= layout.set_nbytes)
+    95      8      set bytes        u64, bytes per stored key set (= the party layout's set_nbytes)
     103     32*K   set checksums    chunked BLAKE3-256 of each key set's bytes, in set order
     103+32K 32     header checksum  BLAKE3-256 of bytes [0, 103+32K)
     ...            zero padding up to ``data_offset = round_up(135 + 32K, 4096)``
@@ -34,8 +35,12 @@ held two servers sharing that host to 4.3-4.9 GB/s each; BLAKE3 hashes about 3x 
 per core (2.8 against 0.9 GB/s on this project's 2-core sandbox) and, like BLAKE2b, is a
 cryptographic hash, so a corrupted or substituted set is still caught.
 
-A key set holds the keys of one inference: the gate slots of the layout back to back in
-key-consumption order, each slot structure-of-arrays (see :mod:`fusec.runtime.layout`).
+A key set holds the keys of one inference: the gate slots of the party's layout back to back
+in key-consumption order, each slot structure-of-arrays (see :mod:`fusec.runtime.layout`).
+The party's layout is the build's with a 16-byte seed in place of this party's shares of the
+gates seeded to it (:mod:`fusec.runtime.seeded_shares`; version 5): the two parties' files
+differ in size by at most one gate's saving, and a server inflates each set it reads into
+the build's layout before anything else sees it.
 Key sets start page aligned (set bytes are a multiple of 8), so a set can be mapped or
 staged to the device without realignment. A batch of B inferences uses B key sets.
 
@@ -69,7 +74,7 @@ __all__ = [
 ]
 
 MAGIC = b"FUSECKEY"
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5     # 5: sets in the party's layout, a seed in place of its shares of some gates
 KEY_SET_ID_BYTES = 16
 PAIRING_SECRET_BYTES = 32
 DATA_ALIGN = 4096

@@ -9,6 +9,8 @@ from pathlib import Path
 from fusec.bench.failures import BenchError
 from fusec.bench.plan import Case
 from fusec.bench.stage import module_argv, run_stage
+from fusec.runtime.layout import KeyLayout
+from fusec.runtime.seeded_shares import party_layout
 
 
 @dataclass
@@ -16,12 +18,20 @@ class CompileInfo:
     build: Path
     seconds: float
     cached: bool
-    set_nbytes: int          # key bytes per key set (one true-batch forward), per party
+    set_nbytes: int          # bytes of a key set (one true-batch forward) in a server's memory, per party
     rounds_planned: int
+    stored_nbytes: tuple[int, int] = (0, 0)   # what each party's key file or stream holds per set
+
+    @property
+    def stored_key_nbytes(self) -> float:
+        """What a set takes per party in files and streams: the two parties' mean (seeded
+        shares make them differ, runtime/seeded_shares.py)."""
+        return sum(self.stored_nbytes) / 2
 
     def as_dict(self) -> dict:
         return {"build": str(self.build), "seconds": self.seconds, "cached": self.cached,
-                "rounds_planned": self.rounds_planned, "key_bytes_per_set": self.set_nbytes}
+                "rounds_planned": self.rounds_planned, "key_bytes_per_set": self.stored_key_nbytes,
+                "key_bytes_per_set_by_party": list(self.stored_nbytes), "key_bytes_per_set_unseeded": self.set_nbytes}
 
 
 def compile_case(case: Case, model_path: Path, workdir: Path, timeout: float) -> CompileInfo:
@@ -54,10 +64,11 @@ def compile_case(case: Case, model_path: Path, workdir: Path, timeout: float) ->
             raise BenchError(reason, kind="refused") from None
         ok.write_text(source)
     manifest = json.loads((build / "manifest.json").read_text())
-    layout = json.loads((build / "keys.layout.json").read_text())
+    layout = KeyLayout.from_json((build / "keys.layout.json").read_text())
     program = json.loads((build / "program.json").read_text())
-    return CompileInfo(build, float(manifest.get("compile_seconds", 0.0)), cached, int(layout["set_nbytes"]),
-                       int(program.get("rounds", 0)))
+    stored = tuple(party_layout(layout, p).set_nbytes for p in (0, 1))
+    return CompileInfo(build, float(manifest.get("compile_seconds", 0.0)), cached, layout.set_nbytes,
+                       int(program.get("rounds", 0)), stored)
 
 
 def _compiler_refusal(message: str) -> str:

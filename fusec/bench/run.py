@@ -53,14 +53,14 @@ def run_case(case: Case, opts: BenchOptions, echo: Echo = print) -> dict:
         comp = compile_case(case, model, Path(opts.workdir), opts.timeout)
         record["compile"] = comp.as_dict()
         free = free_space(opts.key_root) // case.lanes       # each lane its own key sets (fusec/bench/lanes.py)
-        plans = [plan_keys(opts.keys_mode, comp.set_nbytes, opts.steps, opts.internal_batch, free,
+        plans = [plan_keys(opts.keys_mode, max(comp.stored_nbytes), opts.steps, opts.internal_batch, free,
                            key_root / f"lane{lane}" if case.lanes > 1 else key_root, opts.dealers)
                  for lane in range(case.lanes)]
         record["keys"] = {"mode": plans[0].mode, "files_per_party": sum(p.file_pairs for p in plans),
                           "dir": str(key_root)}
         check_memory(comp.set_nbytes * case.lanes, plans[0], case)
         merged, kg, files = _run_steps(case, opts, comp, plans, envs, echo)
-        record["keygen"] = keygen_summary(kg, comp.set_nbytes, case.batch, sets_per_batch=case.lanes)
+        record["keygen"] = keygen_summary(kg, comp.stored_key_nbytes, case.batch, sets_per_batch=case.lanes)
         record["online"] = summarize(merged, case.batch, opts.internal_batch, case.seq)
         record["online"]["steps"] = merged
         record["online"]["rounds_planned"] = comp.rounds_planned
@@ -98,7 +98,7 @@ def _run_steps(case: Case, opts: BenchOptions, comp: CompileInfo, plans: list[Ke
             outs = plan.generated_before(step)
             if outs:
                 sets = sum(n for _, n in outs)
-                echo(f"  keygen: {sets} key set(s) of {gb(comp.set_nbytes)} per party in {len(outs)} file pair(s), "
+                echo(f"  keygen: {sets} key set(s) of {gb(comp.stored_key_nbytes)} per party in {len(outs)} file pair(s), "
                      f"{min(opts.dealers, len(outs))} dealer(s) -> {plan.root}")
                 t0 = time.perf_counter()
                 docs = generate_keys(comp.build, plan.root, outs, opts.dealers,
@@ -120,7 +120,7 @@ def _run_streamed(case: Case, opts: BenchOptions, comp: CompileInfo, envs: tuple
     loopback when both workers ask (inside a step's wall time, outside its online clock)."""
     sets = opts.steps * opts.internal_batch
     dealers = "one dealer" if case.lanes == 1 else f"a dealer per lane ({case.lanes})"
-    echo(f"  keygen: {sets} key set(s) of {gb(comp.set_nbytes)} per party and lane streamed by {dealers}, no files")
+    echo(f"  keygen: {sets} key set(s) of {gb(comp.stored_key_nbytes)} per party and lane streamed by {dealers}, no files")
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         ds = [stack.enter_context(StreamDealer(comp.build, sets, opts.backend, opts.timeout, case,
