@@ -30,8 +30,9 @@ def write_keys(graph: GateGraph, out_dir: str | os.PathLike, count: int = 1,
     ``timings`` (if given) receives the seconds spent generating keys, packing them into
     the layout's bytes (on a GPU: including the copy to the host) and handing them to the
     writers (hashing and writing), summed over the sets; for an INSECURE (unpadded) graph
-    also ``key_bytes_used``: the bytes the sets actually key, summed over the sets (the
-    layout reserves each mask-dependent field at its padded size, ``set_nbytes`` per set).
+    also ``key_bytes_used``: the bytes the sets actually key per party (the two parties' mean,
+    as their files hold them), summed over the sets (the layout reserves each mask-dependent
+    field at its padded size).
     """
     be = backend or get_backend("cpu")
     profile = python_profiler()
@@ -103,8 +104,9 @@ class SetGenerator:
                 break
             gate_id, k0, k1 = item
             slot = self.slots[gate_id]
-            if self.gates is not None:
-                self.used += slot.nbytes - unused_key_nbytes(self.gates[gate_id], k0)
+            if self.gates is not None:      # per party, as the files hold it (the unkeyed room is DCF keys')
+                stored = sum(self.party_slots[p][gate_id].nbytes for p in (0, 1)) / 2
+                self.used += stored - unused_key_nbytes(self.gates[gate_id], k0)
             keys = split_key(slot, self.seeded.get(gate_id), k0, k1, self.seed_rng)
             packed = tuple(self.pack(self.party_slots[p][gate_id], keys[p]) for p in (0, 1))
             t2 = clock()

@@ -20,6 +20,8 @@ import pytest
 from fusec.bench import (BenchError, BenchOptions, Case, ModelSpec, PartyPair, classify_failure, merge_parties,
                          plan_cases, plan_keys, render_markdown, resolve_model, summarize)
 from fusec.errors import FusecError
+from fusec.runtime.layout import KeyLayout
+from fusec.runtime.seeded_shares import party_layout
 
 ROOT = Path(__file__).parent.parent
 BERT_TINY = ROOT / "tests" / "data" / "bert_tiny_legacy.onnx"
@@ -270,8 +272,9 @@ def test_bench_end_to_end_on_the_cpu(bench_run):
         assert on["per_step"]["key_load_seconds"] > 0                          # claim + staging, not online
         assert on["per_step"]["wall_seconds"] > on["per_step"]["online_seconds"]
         assert on["per_batch"]["rounds"] == rec["compile"]["rounds_planned"]   # the executor ran the schedule
-        layout = json.loads((Path(rec["compile"]["build"]) / "keys.layout.json").read_text())
-        assert rec["keygen"]["per_batch"]["key_bytes_per_party"] == layout["set_nbytes"]
+        layout = KeyLayout.from_json((Path(rec["compile"]["build"]) / "keys.layout.json").read_text())
+        stored = [party_layout(layout, p).set_nbytes for p in (0, 1)]     # each party's file (seeded shares)
+        assert rec["keygen"]["per_batch"]["key_bytes_per_party"] == sum(stored) / 2 < layout.set_nbytes
         assert rec["keygen"]["sets"] == 6 and rec["keygen"]["per_batch"]["seconds"] > 0
         assert not Path(rec["keys"]["dir"]).exists()          # single-use keys are deleted afterwards
     md = (wd / "out.md").read_text()
@@ -367,7 +370,8 @@ def test_keygen_in_memory_times_whole_sets_without_files(digits_build, tmp_path)
                         "--backend", "cpu"], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
-    assert doc["bytes_made"] == 2 * 2 * doc["set_nbytes"] and len(doc["set_seconds"]) == 2
+    assert doc["bytes_made"] == 2 * sum(doc["stored_nbytes"]) and len(doc["set_seconds"]) == 2
+    assert sum(doc["stored_nbytes"]) < 2 * doc["set_nbytes"]        # seeds in place of one party's shares
     assert not list(tmp_path.iterdir())
 
 

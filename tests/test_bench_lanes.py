@@ -15,6 +15,8 @@ from fusec.bench.lanes import merge_lanes, union_seconds
 from fusec.bench.plan import BenchOptions, plan_cases
 from fusec.bench.presets import resolve_model
 from fusec.errors import FusecError
+from fusec.runtime.layout import KeyLayout
+from fusec.runtime.seeded_shares import party_layout
 
 ROOT = Path(__file__).parent.parent
 DIGITS = ROOT / "fusec" / "examples" / "digits_mlp.onnx"
@@ -118,8 +120,9 @@ def test_a_batch_in_lanes_end_to_end_on_the_cpu(lanes, keys, tmp_path):
                                                                          rel=0.01)
     assert lanes["keygen"]["per_inference"]["key_bytes_per_party"] == pytest.approx(
         one["keygen"]["per_inference"]["key_bytes_per_party"], rel=0.01)
-    layout = json.loads((Path(lanes["compile"]["build"]) / "keys.layout.json").read_text())
-    assert lanes["keygen"]["per_batch"]["key_bytes_per_party"] == n * layout["set_nbytes"]
+    layout = KeyLayout.from_json((Path(lanes["compile"]["build"]) / "keys.layout.json").read_text())
+    assert lanes["keygen"]["per_batch"]["key_bytes_per_party"] == n * sum(
+        party_layout(layout, p).set_nbytes for p in (0, 1)) / 2
     assert lanes["keygen"]["sets"] == n * 3 * 2
     assert lanes["online"]["tokens_per_second"] == pytest.approx(4 * 2 * 1 / lanes["online"]["per_step"]["online_seconds"])
 

@@ -57,9 +57,13 @@ def test_json_totals_match_text_and_an_independent_sum(build):
     assert t["open_bits_per_party"] == open_bits and t["bytes_sent_per_party"] == open_bits / 8
     assert t["open_bits_both"] == both and t["bytes_sent_both"] == both / 8
     layout = build.gates.layout()
-    assert t["key_bytes"] == layout.set_nbytes == sum(s.nbytes for s in layout.slots)
+    assert t["key_bytes_unseeded"] == layout.set_nbytes == sum(s.nbytes for s in layout.slots)
     # the layout packs fields to whole bytes: within a few bytes per gate of the cost model
-    assert abs(t["key_bytes"] - key_bits / 8) <= 8 * len(layout.slots)
+    assert abs(t["key_bytes_unseeded"] - key_bits / 8) <= 8 * len(layout.slots)
+    # the files: one party of each gate holds a 16-byte seed in place of its share fields
+    saved = [sum(f.nbytes for f in s.fields if f.share) - 16 for s in layout.slots]
+    assert t["key_bytes_p0"] + t["key_bytes_p1"] == 2 * layout.set_nbytes - sum(v for v in saved if v > 0)
+    assert t["key_bytes"] == (t["key_bytes_p0"] + t["key_bytes_p1"]) / 2 < layout.set_nbytes
     assert aes > 0 and open_bits > 0 and t["rounds"] > 0
 
     # the command prints the same numbers
@@ -109,7 +113,7 @@ def test_per_inference_shares_divide_by_the_true_batch(build):
     for k in ("key_bytes", "aes_calls", "bytes_sent_per_party", "bytes_sent_both"):
         assert four["per_inference"][k] == one["totals"][k] / 4
     assert four["per_inference"]["rounds"] == one["totals"]["rounds"]
-    assert f"({one['totals']['key_bytes'] / 4:,.0f} per inference, batch 4)" in text
+    assert f"({one['totals']['key_bytes'] / 4:,.0f} per inference, batch 4; P0 " in text
 
 
 def test_ranges_without_and_with_proven(build):

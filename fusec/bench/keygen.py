@@ -38,7 +38,7 @@ def keygen(build: str, out: str, count: int, backend: str = "cpu", json_path: st
     t2 = time.perf_counter()
     doc = {"load_seconds": t1 - t0, "seconds": t2 - t1, "count": count, "backend": be.name,
            "durable": durable, "finish_seconds": t2 - marks[-1],
-           "set_nbytes": b.gates.layout().set_nbytes,
+           **_set_sizes(b.gates.layout()),
            "set_seconds": [b - a for a, b in zip(marks, marks[1:])], **parts}
     text = json.dumps(doc)
     if json_path:
@@ -58,6 +58,13 @@ def _load(build: str, backend: str):
     except FusecError as e:
         print(f"error: {e}", file=sys.stderr)
         return None
+
+
+def _set_sizes(layout) -> dict:
+    """A set's bytes in a server's memory (``set_nbytes``) and in each party's file or stream."""
+    from fusec.runtime.seeded_shares import party_layout
+
+    return {"set_nbytes": layout.set_nbytes, "stored_nbytes": [party_layout(layout, p).set_nbytes for p in (0, 1)]}
 
 
 class _Dropped:
@@ -95,6 +102,6 @@ def keygen_in_memory(build: str, count: int, backend: str = "gpu") -> int:
             gen.write_set(i, sinks)
             be.synchronize()
             times.append(time.perf_counter() - t0)
-    print(json.dumps({"backend": be.name, "count": count, "set_nbytes": b.gates.layout().set_nbytes,
+    print(json.dumps({"backend": be.name, "count": count, **_set_sizes(b.gates.layout()),
                       "set_seconds": times, "bytes_made": sinks[0].nbytes + sinks[1].nbytes, **gen.timings()}))
     return 0
