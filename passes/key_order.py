@@ -16,7 +16,7 @@ def key_order(gates: GateGraph, steps: list[Step]) -> tuple[GateGraph, list[Step
     order = sorted(steps, key=lambda s: (s.start, pos[s.id]))
     by_id = {n.id: n for n in gates.nodes}
     out = GateGraph()
-    out.insecure = gates.insecure
+    out.insecure, out.seeded_shares = gates.insecure, gates.seeded_shares
     for s in order:
         n = by_id[s.id]
         out.add(n.id, n.gate, n.inputs)

@@ -29,6 +29,9 @@ class CompileOptions:
     # round (passes/pricing.py): raise it for a high-latency link, lower it for large batches on one card
     round_worth_mib: float = 32.0
     insecure_mask_dependent_shapes: bool = False   # padding ablation only
+    # one party of each gate gets a 16-byte seed in place of its additive shares (runtime/seeded_shares.py);
+    # None: on for the fused gates, off for the sigma baseline (SIGMA's keys hold both parties' shares)
+    seeded_shares: bool | None = None
     calib_seed: int = 0
     client_prefix: bool = True      # run the input owner's plaintext prefix (embeddings) before sharing
     notes: list = field(default_factory=list, compare=False, hash=False)
@@ -39,6 +42,8 @@ class CompileOptions:
     def __post_init__(self):
         if self.gates not in GATE_SETS:
             raise CompileError(f"unknown gate set {self.gates!r}", f"use one of {', '.join(GATE_SETS)}")
+        if self.seeded_shares is None:
+            object.__setattr__(self, "seeded_shares", self.gates == "fused")
         if self.rescale not in RESCALES:
             raise CompileError(f"unknown rescale {self.rescale!r}", f"use one of {', '.join(RESCALES)}")
         if not 0.0 <= self.round_worth_mib <= 1e9:

@@ -109,4 +109,5 @@ def build_gates(graph: Graph, opts: CompileOptions) -> tuple[Lowered, list[Step]
     steps = schedule(low.gates, scopes)
     low.gates, steps = key_order(low.gates, steps)
     low.gates.insecure = opts.insecure_mask_dependent_shapes     # the layout says so: another digest
+    low.gates.seeded_shares = opts.seeded_shares                 # share fields marked: the dealer seeds them
     return low, steps

@@ -39,6 +39,9 @@ class GateGraph:
         # an --insecure-mask-dependent-shapes build (padding ablation): its layout says so
         # (and so has another digest than the padded build's)
         self.insecure = False
+        # the layout marks each gate's additive shares, so the dealer gives one party a seed in
+        # their place (runtime/seeded_shares.py); off: every field in both key files
+        self.seeded_shares = True
 
     # ------------------------------------------------------------------ building
     def add(self, node_id: str, gate: Gate, inputs: list[str] = ()) -> str:
@@ -85,8 +88,8 @@ class GateGraph:
 
     # ------------------------------------------------------------------ layout / cost
     def layout(self) -> KeyLayout:
-        return KeyLayout([(n.id, n.gate.kind, n.gate.elements, n.gate.key_fields()) for n in self.nodes],
-                         insecure=self.insecure)
+        return KeyLayout([(n.id, n.gate.kind, n.gate.elements, n.gate.key_fields(self.seeded_shares))
+                          for n in self.nodes], insecure=self.insecure)
 
     def costs(self) -> list[tuple[str, str, int, GateCost]]:
         return [(n.id, n.gate.kind, n.gate.elements, n.gate.cost()) for n in self.nodes]

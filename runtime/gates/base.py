@@ -172,9 +172,11 @@ class Gate(ABC):
     def key_bits_total(self) -> int:
         return field_bits(self.fields())
 
-    def key_fields(self) -> tuple[KeyField, ...]:
-        """:meth:`fields` as the layout's fields, each marked whether it is an additive share."""
-        return tuple(KeyField(name, tuple(shape), bits, share=is_share_field(name)) for name, shape, bits in self.fields())
+    def key_fields(self, mark_shares: bool = True) -> tuple[KeyField, ...]:
+        """:meth:`fields` as the layout's fields, each marked whether it is an additive share
+        (``mark_shares`` False: none is, and the dealer seeds nothing)."""
+        return tuple(KeyField(name, tuple(shape), bits, share=mark_shares and is_share_field(name))
+                     for name, shape, bits in self.fields())
 
     def describe(self) -> dict:
         """Parameters and cost, for ``fusec inspect``."""
