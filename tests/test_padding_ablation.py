@@ -240,7 +240,10 @@ def test_dealer_reports_the_bytes_the_sets_actually_key(tmp_path):
     write_keys(pg, tmp_path / "p", 2, timings=t_p)
     assert "key_bytes_used" not in t_p                  # padded: the layout's bytes, nothing else to say
     # 64 random 6-bit masks: some element misses every boundary, so the table keys all M
-    assert t_u["key_bytes_used"] == 2 * ug.layout().set_nbytes
+    lay = ug.layout()       # per party as the files hold it: the two parties' mean (seeded shares)
+    assert t_u["key_bytes_used"] == 2 * sum(party_layout(lay, p).set_nbytes for p in (0, 1)) / 2
+    assert sum((tmp_path / "u" / f"p{p}.key").stat().st_size for p in (0, 1)) - 2 * data_offset(2) == \
+        2 * t_u["key_bytes_used"]
     # one element whose mask lands on a boundary keys M - 1 boundaries: one DCF key fewer,
     # its fields packed (root 128 b, seeds 128 b and a 1-bit t per level, d+1 n-bit words per level + final)
     n, g = 6, unpadded(1, SMALL_SPEC[6])
