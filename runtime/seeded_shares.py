@@ -74,8 +74,8 @@ def seeded_parties(layout: KeyLayout) -> dict[str, int]:
 @lru_cache(maxsize=16)
 def party_layout(layout: KeyLayout, party: int) -> KeyLayout:
     """The layout of ``party``'s key file: each slot seeded to ``party`` holds its seed and then
-    its fields that are not shares; every other slot is the full layout's. ``layout`` itself
-    when no slot is seeded to ``party``."""
+    its fields that are not shares; every other slot is the full layout's. Equal to ``layout``
+    when no slot is seeded to ``party`` (the object of the first equal layout asked for: cached)."""
     seeded = seeded_parties(layout)
     if party not in seeded.values():
         return layout
@@ -121,14 +121,15 @@ def inflate(layout: KeyLayout, party: int, buf: np.ndarray) -> np.ndarray:
     seeded slot only shrinks, by more than its seed), so nothing is overwritten before it is
     read; numpy's copies handle the overlap of a field moved by less than its size."""
     global _prg
-    stored = party_layout(layout, party)
-    if stored is layout:
+    seeded = seeded_parties(layout)
+    if party not in seeded.values():    # (party_layout may be an equal layout's object: the cache's)
         return buf
     if buf.size != layout.set_nbytes:
         raise KeyFileError(f"key set buffer holds {buf.size} bytes, the layout says {layout.set_nbytes}")
     if _prg is None:
         _prg = CpuPrg()
-    base, seeded = layout.set_nbytes - stored.set_nbytes, seeded_parties(layout)
+    stored = party_layout(layout, party)
+    base = layout.set_nbytes - stored.set_nbytes
     for full, st in zip(layout.slots, stored.slots):
         src = base + st.offset
         if seeded.get(full.gate_id) != party:
