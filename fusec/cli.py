@@ -339,12 +339,20 @@ def inspect(build_dir, show_ir, show_layout, show_program, all_ranges, top, as_j
     if show_ir:
         click.echo(b.ir.pretty())
     if show_layout:
+        from fusec.runtime.seeded_shares import party_layout, seeded_parties
+
         lay = b.gates.layout()
-        click.echo("| # | gate | kind | elements | offset | bytes/party | fields |")
-        click.echo("| ---: | --- | --- | ---: | ---: | ---: | --- |")
+        seeded = seeded_parties(lay)
+        stored = [party_layout(lay, p) for p in (0, 1)]
+        click.echo("| # | gate | kind | elements | offset | bytes (P0 file / P1 file / in memory) | seed to | fields |")
+        click.echo("| ---: | --- | --- | ---: | ---: | ---: | --- | --- |")
         for i, s in enumerate(lay.slots):
-            fields = ", ".join(f"{f.name}{list(f.shape)}:{f.bits}b" for f in s.fields)
-            click.echo(f"| {i} | {s.gate_id} | {s.kind} | {s.elements:,} | {s.offset:,} | {s.nbytes:,} | {fields} |")
+            fields = ", ".join(f"{f.name}{list(f.shape)}:{f.bits}b{'+' if f.share else ''}" for f in s.fields)
+            sizes = " / ".join(f"{n:,}" for n in (stored[0].slot(s.gate_id).nbytes, stored[1].slot(s.gate_id).nbytes,
+                                                 s.nbytes))
+            to = f"P{seeded[s.gate_id]}" if s.gate_id in seeded else "-"
+            click.echo(f"| {i} | {s.gate_id} | {s.kind} | {s.elements:,} | {s.offset:,} | {sizes} | {to} | {fields} |")
+        click.echo("(+: an additive share; the gate's seeded party holds a 16-byte seed in place of its shares)")
     if show_program:
         for s in b.steps:
             click.echo(f"rounds [{s.start:3d},{s.end:3d})  {s.kind:16s} {s.id}  ({s.elements:,} elements, {s.scope})")
