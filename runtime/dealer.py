@@ -107,7 +107,7 @@ class SetGenerator:
             if self.gates is not None:      # per party, as the files hold it (the unkeyed room is DCF keys')
                 stored = sum(self.party_slots[p][gate_id].nbytes for p in (0, 1)) / 2
                 self.used += stored - unused_key_nbytes(self.gates[gate_id], k0)
-            keys = split_key(slot, self.seeded.get(gate_id), k0, k1, self.seed_rng)
+            keys = split_key(slot, self.seeded.get(gate_id), k0, k1, self.seed_rng, self.be)
             packed = tuple(self.pack(self.party_slots[p][gate_id], keys[p]) for p in (0, 1))
             t2 = clock()
             for w, b in zip(sinks, packed):

@@ -31,7 +31,7 @@ import numpy as np
 from fusec.errors import KeyFileError
 from fusec.runtime import ring
 from fusec.runtime.layout import GateSlot, KeyField, KeyLayout
-from fusec.runtime.prg import CpuPrg, blocks_needed, default_prg, words_to_fields
+from fusec.runtime.prg import CpuPrg, blocks_needed, default_prg
 from fusec.runtime.xp import np as xnp
 
 __all__ = ["SEED_FIELD", "SEED_NBYTES", "TWEAK_SEEDED_SHARE", "seeded_parties", "party_layout", "split_key",
@@ -91,10 +91,12 @@ def _stream_blocks(prg, seed, index: int, f: KeyField):
     return prg.value_blocks(seed.reshape(1, 2), blocks_needed(f.count, f.bits), TWEAK_SEEDED_SHARE | np.uint64(index))
 
 
-def split_key(slot: GateSlot, party: int | None, k0: dict, k1: dict, rng) -> tuple[dict, dict]:
+def split_key(slot: GateSlot, party: int | None, k0: dict, k1: dict, rng, be) -> tuple[dict, dict]:
     """The dealer's side: both parties' keys of ``slot`` with ``party``'s shares replaced by a
     fresh seed (from ``rng``, the dealer's CSPRNG) and the other party's by the values less the
-    seed's stream. Runs where the dealer computes (numpy or CuPy). ``party`` None: unchanged."""
+    seed's stream. Runs where the dealer computes (``be``: numpy or CuPy; the stream's bytes
+    are unpacked by the backend's own unpacking, the inverse of what a server writes).
+    ``party`` None: unchanged."""
     if party is None:
         return k0, k1
     keys = (k0, k1)
@@ -103,7 +105,8 @@ def split_key(slot: GateSlot, party: int | None, k0: dict, k1: dict, rng) -> tup
     mine = {SEED_FIELD: seed}
     theirs = dict(keys[1 - party])
     for j, f in enumerate(_share_fields(slot)):
-        stream = words_to_fields(_stream_blocks(prg, seed, j, f), f.count, f.bits).reshape(f.shape)
+        raw = _stream_blocks(prg, seed, j, f).reshape(-1).view(np.uint8)[:f.packed_nbytes]
+        stream = be.unpack_open(raw, f.bits, f.count).reshape(f.shape)
         total = xnp.asarray(k0[f.name]).astype(np.uint64) + xnp.asarray(k1[f.name]).astype(np.uint64)
         theirs[f.name] = (total - stream) & ring.mask(f.bits)
     mine.update({f.name: keys[party][f.name] for f in slot.fields if not f.share})

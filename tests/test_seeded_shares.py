@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from fusec.runtime import ring
+from fusec.runtime.backend import get_backend
 from fusec.runtime.dealer import write_keys
 from fusec.runtime.gates.base import UNSHARED_FIELDS, is_share_field
 from fusec.runtime.keyio import KeyFile
@@ -68,7 +69,7 @@ def test_every_gate_kind_opens_the_same_output_from_seeded_shares(label):
     for g in ("a", "b"):
         _, k0, k1 = gate.keygen(rng, [rng.ring(k, b) for k, b in zip(sizes, in_bits)])
         made[g] = (k0, k1)
-        split[0][g], split[1][g] = split_key(layout.slot(g), seeded.get(g), k0, k1, rng)
+        split[0][g], split[1][g] = split_key(layout.slot(g), seeded.get(g), k0, k1, rng, get_backend("cpu"))
     read = [_read_back(layout, p, _stored_set(layout, p, split[p])) for p in (0, 1)]
     for g in ("a", "b"):
         us = [rng.ring(k, b) for k, b in zip(sizes, in_bits)]
