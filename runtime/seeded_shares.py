@@ -24,6 +24,7 @@ in place, into the full layout every gate reads. Nothing after the read changes.
 """
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 
 import numpy as np
@@ -111,7 +112,16 @@ def split_key(slot: GateSlot, party: int | None, k0: dict, k1: dict, rng, be) ->
     return (mine, theirs) if party == 0 else (theirs, mine)
 
 
-_prg: CpuPrg | None = None
+_local = threading.local()
+
+
+def _cpu_prg() -> CpuPrg:
+    """This thread's CPU PRG: an AES encryptor must not be shared between threads (both
+    parties in one process, a serving loop reading the next set in the background)."""
+    prg = getattr(_local, "prg", None)
+    if prg is None:
+        prg = _local.prg = CpuPrg()
+    return prg
 
 
 def inflate(layout: KeyLayout, party: int, buf: np.ndarray) -> np.ndarray:
@@ -121,14 +131,12 @@ def inflate(layout: KeyLayout, party: int, buf: np.ndarray) -> np.ndarray:
     Forward is safe: every slot and field lands at or before where its stored bytes begin (a
     seeded slot only shrinks, by more than its seed), so nothing is overwritten before it is
     read; numpy's copies handle the overlap of a field moved by less than its size."""
-    global _prg
     seeded = seeded_parties(layout)
     if party not in seeded.values():    # (party_layout may be an equal layout's object: the cache's)
         return buf
     if buf.size != layout.set_nbytes:
         raise KeyFileError(f"key set buffer holds {buf.size} bytes, the layout says {layout.set_nbytes}")
-    if _prg is None:
-        _prg = CpuPrg()
+    prg = _cpu_prg()
     stored = party_layout(layout, party)
     base = layout.set_nbytes - stored.set_nbytes
     for full, st in zip(layout.slots, stored.slots):
@@ -141,7 +149,7 @@ def inflate(layout: KeyLayout, party: int, buf: np.ndarray) -> np.ndarray:
         pos, j = full.offset, 0
         for f in full.fields:
             if f.share:
-                _write_stream(buf[pos:pos + f.nbytes], _stream_blocks(_prg, seed, j, f), f)
+                _write_stream(buf[pos:pos + f.nbytes], _stream_blocks(prg, seed, j, f), f)
                 j += 1
             else:
                 off, nb = kept[f.name]

@@ -216,3 +216,49 @@ def test_key_files_of_a_graph_hold_seeds_and_open_the_same_keys(tmp_path):
             else:
                 assert np.array_equal(a, k0[s.gate_id][f.name]) and np.array_equal(b, k1[s.gate_id][f.name])
     assert all(SEED_FIELD not in sets[p][g] for p in (0, 1) for g in layout.gate_ids)
+
+
+def test_sets_inflate_on_several_threads_at_once(monkeypatch):
+    """Both parties in one process, or a server reading its next set in the background, inflate
+    at the same moment: each thread uses an AES encryptor of its own (a shared one raised
+    "Already borrowed" in CI), and every thread's set comes out right."""
+    import threading
+
+    from fusec.runtime import prg as prg_module
+
+    users: dict[int, set[int]] = {}
+    call = prg_module.AesMmo.__call__
+
+    def recording(self, blocks):
+        users.setdefault(id(self), set()).add(threading.get_ident())
+        return call(self, blocks)
+
+    monkeypatch.setattr(prg_module.AesMmo, "__call__", recording)
+    layout = KeyLayout([(f"g{i}", "k", 1, (KeyField("a", (4_000,), 50, share=True), KeyField("b", (3,), 7)))
+                        for i in range(8)])
+    stored = [np.random.default_rng(p).integers(0, 256, party_layout(layout, p).set_nbytes, dtype=np.uint8)
+              for p in (0, 1)]
+
+    def read(p: int) -> np.ndarray:
+        buf = np.empty(layout.set_nbytes, np.uint8)
+        buf[layout.set_nbytes - stored[p].size:] = stored[p]
+        return inflate(layout, p, buf)
+
+    want = [read(p) for p in (0, 1)]
+    errors, got = [], []
+
+    def work(p: int) -> None:
+        try:
+            for _ in range(3):
+                got.append((p, read(p)))
+        except BaseException as e:  # noqa: BLE001 - surfaced below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i % 2,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+    assert len(got) == 12 and all(np.array_equal(b, want[p]) for p, b in got)
+    assert users and all(len(threads_of) == 1 for threads_of in users.values())
