@@ -6,7 +6,9 @@ two parties' values. For such a gate the dealer draws a fresh 128-bit seed from 
 and gives it to one party, the *seeded* party, in place of that party's share fields. That
 party's shares are the PRG's stream from the seed; the other party's are the value less
 that stream. The seeded party's shares are pseudorandom and the other's are the value less a
-pseudorandom string it never sees: the distribution of two uniform shares, up to the PRG.
+pseudorandom string it never sees: the distribution of two uniform shares, up to the PRG (the
+fixed-key AES assumption every DPF and DCF value expansion here already rests on). The seeds
+come from a CSPRNG stream of their own (runtime/dealer.py ``share_seed_rng``).
 Correction words (the same in both keys) and DPF roots (each party's own) are not shares
 (:data:`fusec.runtime.gates.base.UNSHARED_FIELDS`) and stay as they are.
 
@@ -25,7 +27,9 @@ in place, into the full layout every gate reads. Nothing after the read changes.
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from functools import lru_cache
+from types import MappingProxyType
 
 import numpy as np
 
@@ -55,7 +59,7 @@ def _saved(slot: GateSlot) -> int:
 
 
 @lru_cache(maxsize=16)
-def seeded_parties(layout: KeyLayout) -> dict[str, int]:
+def seeded_parties(layout: KeyLayout) -> Mapping[str, int]:
     """``{gate id: the party whose shares come from a seed}`` for every slot a seed makes smaller.
 
     Largest saving first, each to the party that has saved less so far (party 0 on a tie,
@@ -67,7 +71,7 @@ def seeded_parties(layout: KeyLayout) -> dict[str, int]:
         p = 0 if saved[0] <= saved[1] else 1
         out[gate_id] = p
         saved[p] += v
-    return out
+    return MappingProxyType(out)      # cached: read-only
 
 
 @lru_cache(maxsize=16)
