@@ -6,7 +6,8 @@ files hold per inference set, averaged over the parties (``key_bytes``: each par
 holds a 16-byte seed in place of its shares of the gates seeded to it,
 runtime/seeded_shares.py; ``key_bytes_p0``/``_p1`` in the totals), fields packed to their
 widths; ``key_bytes_unseeded`` is the full layout's (``keys.layout.json``, what a server
-inflates each set into), and the cost model's key bits are given next to them. Rounds come from the schedule.
+inflates each set into), and the cost model's key bits are given next to them. Rounds come
+from the schedule.
 With a true batch B (the manifest's ``batch``), everything is also given per inference
 (divided by B; rounds are not divided).
 
@@ -119,8 +120,8 @@ def costs(build) -> dict:
     tot["key_bytes_model"] = tot["key_bits_model"] / 8
     lay = build.gates.layout()
     tot["key_bytes_p0"], tot["key_bytes_p1"] = (party_layout(lay, p).set_nbytes for p in (0, 1))
-    per_inf = {k: tot[k] / B for k in ("key_bytes", "key_bytes_unseeded", "key_bytes_model", "aes_calls", "bytes_sent_per_party",
-                                       "bytes_sent_both")}
+    per_inf = {k: tot[k] / B for k in ("key_bytes", "key_bytes_unseeded", "key_bytes_model", "aes_calls",
+                                       "bytes_sent_per_party", "bytes_sent_both")}
     per_inf["rounds"] = tot["rounds"]
     classes = []
     for c, acc in by_class.items():
@@ -183,7 +184,8 @@ def class_table(c: dict) -> str:
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in c["by_class"]:
         pe = r["per_element"]
-        lines.append(f"| {r['class']} | {r['gates']} | {r['elements']:,} | {r['key_bytes']:,.0f} | {r['aes_calls']:,} | "
+        lines.append(f"| {r['class']} | {r['gates']} | {r['elements']:,} | {r['key_bytes']:,.0f} | "
+                     f"{r['aes_calls']:,} | "
                      f"{_fmt(r['bytes_sent_per_party'])} | {r['rounds_critical_path']} | {r['rounds_per_gate']} | "
                      f"{_fmt(pe['key_bytes'], 1)} | {_fmt(pe['aes_calls'], 1)} | "
                      f"{_fmt(pe['bytes_sent_per_party'], 2)} | {_fmt(r['key_bytes'] / B)} |")

@@ -23,7 +23,8 @@ def serve_keys(graph: GateGraph, listener, count: int, seed: bytes | None = None
     layout = graph.layout()
     say = log or (lambda msg: None)
     with be.activate():
-        sess = _Sessions(SetGenerator(graph, be, be.dealer_rng(seed), share_seed_rng(be, seed)), layout, count, progress, say)
+        gen = SetGenerator(graph, be, be.dealer_rng(seed), share_seed_rng(be, seed))
+        sess = _Sessions(gen, layout, count, progress, say)
         while sess.served < count:
             chans = _accept_pair(listener, layout, timeout, say)
             sess.sessions += 1

@@ -140,7 +140,8 @@ def test_inflating_in_place_gives_what_a_separate_buffer_gives(seed):
             arrays, j = {}, 0
             for f in full.fields:
                 if f.share:
-                    blocks = prg.value_blocks(seed_words, blocks_needed(f.count, f.bits), TWEAK_SEEDED_SHARE | np.uint64(j))
+                    blocks = prg.value_blocks(seed_words, blocks_needed(f.count, f.bits),
+                                              TWEAK_SEEDED_SHARE | np.uint64(j))
                     arrays[f.name] = words_to_fields(blocks, f.count, f.bits).reshape(f.shape)
                     j += 1
                 else:

@@ -98,8 +98,8 @@ def _run_steps(case: Case, opts: BenchOptions, comp: CompileInfo, plans: list[Ke
             outs = plan.generated_before(step)
             if outs:
                 sets = sum(n for _, n in outs)
-                echo(f"  keygen: {sets} key set(s) of {gb(comp.stored_key_nbytes)} per party in {len(outs)} file pair(s), "
-                     f"{min(opts.dealers, len(outs))} dealer(s) -> {plan.root}")
+                echo(f"  keygen: {sets} key set(s) of {gb(comp.stored_key_nbytes)} per party in {len(outs)} "
+                     f"file pair(s), {min(opts.dealers, len(outs))} dealer(s) -> {plan.root}")
                 t0 = time.perf_counter()
                 docs = generate_keys(comp.build, plan.root, outs, opts.dealers,
                                      opts.timeout * max(1, max(n for _, n in outs) // opts.internal_batch), case,
@@ -120,7 +120,8 @@ def _run_streamed(case: Case, opts: BenchOptions, comp: CompileInfo, envs: tuple
     loopback when both workers ask (inside a step's wall time, outside its online clock)."""
     sets = opts.steps * opts.internal_batch
     dealers = "one dealer" if case.lanes == 1 else f"a dealer per lane ({case.lanes})"
-    echo(f"  keygen: {sets} key set(s) of {gb(comp.stored_key_nbytes)} per party and lane streamed by {dealers}, no files")
+    echo(f"  keygen: {sets} key set(s) of {gb(comp.stored_key_nbytes)} per party and lane streamed by {dealers}, "
+         "no files")
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         ds = [stack.enter_context(StreamDealer(comp.build, sets, opts.backend, opts.timeout, case,

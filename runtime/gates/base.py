@@ -112,10 +112,11 @@ def parallel(*gens: EvalGen) -> EvalGen:
 #: owner's or output receiver's ``mask`` (one party's alone); an INSECURE lookup's ``pieces_used``
 #: (the same in both keys). Every other field is an additive share mod 2^bits whose sum is all a
 #: gate reads (tests/test_seeded_shares.py re-shares every gate kind's and checks its output;
-#: tests/test_padding_ablation.py runs a graph with an input, an output and a piece count from key files).
+#: tests/test_padding_ablation.py runs a graph with an input, an output and a piece count from key
+#: files).
 UNSHARED_FIELDS = frozenset(
-    {name for name, _, _ in DpfKey.field_specs(2, 1) + DcfKey.field_specs(2, 1, 1, 1) + DpfArithKey.field_specs(2, 1, 1)}
-    | {"mask", "pieces_used"})
+    {name for name, _, _ in DpfKey.field_specs(2, 1) + DcfKey.field_specs(2, 1, 1, 1)
+     + DpfArithKey.field_specs(2, 1, 1)} | {"mask", "pieces_used"})
 
 
 def is_share_field(name: str) -> bool:
