@@ -52,15 +52,18 @@ class AesMmo:
         self.calls = 0  # AES block encryptions done, for cost accounting in tests/bench
 
     def __call__(self, blocks: np.ndarray) -> np.ndarray:
-        shape = blocks.shape
-        flat = np.ascontiguousarray(sigma(blocks).reshape(-1, 2))
+        return self.of_sigma(np.ascontiguousarray(sigma(blocks).reshape(-1, 2))).reshape(blocks.shape)
+
+    def of_sigma(self, flat: np.ndarray) -> np.ndarray:
+        """H_k of blocks given as sigma(block): ``AES_k(flat) ^ flat`` ((N, 2), C-contiguous)."""
         nbytes = flat.size * 8
         out = bytearray(nbytes + 15)
         n = self._enc.update_into(memoryview(flat).cast("B"), out)
         assert n == nbytes
         enc = np.frombuffer(out, dtype=np.uint64, count=flat.size).reshape(flat.shape)
         self.calls += flat.shape[0]
-        return (enc ^ flat).reshape(shape)
+        np.bitwise_xor(enc, flat, out=enc)
+        return enc
 
 
 class CpuPrg:
@@ -92,6 +95,17 @@ class CpuPrg:
         tw[..., 0] ^= np.arange(nblocks, dtype=np.uint64)
         tw[..., 1] ^= tweak
         return self.h["V"](tw)
+
+    def value_stream(self, seed: np.ndarray, nblocks: int, tweak: np.uint64) -> np.ndarray:
+        """``value_blocks`` of one 128-bit ``seed`` ((2,) words), ``(nblocks, 2)``, with sigma
+        written straight: of ``(lo ^ i, hi ^ tweak)`` it is ``(hi ^ tweak, hi ^ tweak ^ lo ^ i)``,
+        so the AES input is a constant word and a counter (a server regenerating gigabytes of
+        seeded shares, runtime/seeded_shares.py, spends its time in numpy's passes, not AES)."""
+        lo, hi = np.uint64(seed[0]), np.uint64(seed[1]) ^ np.uint64(tweak)
+        flat = np.empty((int(nblocks), 2), np.uint64)
+        flat[:, 0] = hi
+        np.bitwise_xor(np.arange(int(nblocks), dtype=np.uint64), hi ^ lo, out=flat[:, 1])
+        return self.h["V"].of_sigma(flat)
 
     @property
     def aes_calls(self) -> int:

@@ -153,7 +153,8 @@ def inflate(layout: KeyLayout, party: int, buf: np.ndarray) -> np.ndarray:
         pos, j = full.offset, 0
         for f in full.fields:
             if f.share:
-                _write_stream(buf[pos:pos + f.nbytes], _stream_blocks(prg, seed, j, f), f)
+                blocks = prg.value_stream(seed, blocks_needed(f.count, f.bits), TWEAK_SEEDED_SHARE | np.uint64(j))
+                _write_stream(buf[pos:pos + f.nbytes], blocks, f)
                 j += 1
             else:
                 off, nb = kept[f.name]

@@ -228,13 +228,13 @@ def test_sets_inflate_on_several_threads_at_once(monkeypatch):
     from fusec.runtime import prg as prg_module
 
     users: dict[int, set[int]] = {}
-    call = prg_module.AesMmo.__call__
+    call = prg_module.AesMmo.of_sigma        # every AES call of an AesMmo goes through it
 
-    def recording(self, blocks):
+    def recording(self, flat):
         users.setdefault(id(self), set()).add(threading.get_ident())
-        return call(self, blocks)
+        return call(self, flat)
 
-    monkeypatch.setattr(prg_module.AesMmo, "__call__", recording)
+    monkeypatch.setattr(prg_module.AesMmo, "of_sigma", recording)
     layout = KeyLayout([(f"g{i}", "k", 1, (KeyField("a", (4_000,), 50, share=True), KeyField("b", (3,), 7)))
                         for i in range(8)])
     stored = [np.random.default_rng(p).integers(0, 256, party_layout(layout, p).set_nbytes, dtype=np.uint8)
