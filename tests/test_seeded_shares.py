@@ -263,3 +263,21 @@ def test_sets_inflate_on_several_threads_at_once(monkeypatch):
     assert not errors, errors[0]
     assert len(got) == 12 and all(np.array_equal(b, want[p]) for p, b in got)
     assert users and all(len(threads_of) == 1 for threads_of in users.values())
+
+
+def test_seeded_shares_option_on_for_the_fused_gates_off_for_sigma():
+    """--seeded-shares auto: on for the fused gates, off for the SIGMA baseline (its keys hold
+    both parties' shares, as SIGMA's do); on/off override it; a graph with it off marks no field."""
+    from fusec.passes.options import CompileOptions
+    from tests.test_padding_ablation import _graph
+
+    assert CompileOptions(gates="fused").seeded_shares is True
+    assert CompileOptions(gates="sigma").seeded_shares is False
+    assert CompileOptions(gates="fused", seeded_shares=False).seeded_shares is False
+    assert CompileOptions(gates="sigma", seeded_shares=True).seeded_shares is True
+    g = _graph(True, False)
+    assert seeded_parties(g.layout())
+    g.seeded_shares = False
+    layout = g.layout()
+    assert not any(f.share for s in layout.slots for f in s.fields) and not seeded_parties(layout)
+    assert party_layout(layout, 0) == layout == party_layout(layout, 1)
