@@ -227,11 +227,11 @@ def test_sets_inflate_on_several_threads_at_once(monkeypatch):
 
     from fusec.runtime import prg as prg_module
 
-    users: dict[int, set[int]] = {}
+    users: dict[object, set[int]] = {}      # keyed by the encryptor itself: held, so no id is reused
     call = prg_module.AesMmo.of_sigma        # every AES call of an AesMmo goes through it
 
     def recording(self, flat):
-        users.setdefault(id(self), set()).add(threading.get_ident())
+        users.setdefault(self, set()).add(threading.get_ident())
         return call(self, flat)
 
     monkeypatch.setattr(prg_module.AesMmo, "of_sigma", recording)
