@@ -89,9 +89,11 @@ def party_layout(layout: KeyLayout, party: int) -> KeyLayout:
                       for s in layout.slots], insecure=layout.insecure)
 
 
-def _stream_blocks(prg, seed, index: int, f: KeyField):
-    """The value stream of share field ``index`` of a slot: blocks whose bytes are the field's packing."""
-    return prg.value_blocks(seed.reshape(1, 2), blocks_needed(f.count, f.bits), TWEAK_SEEDED_SHARE | np.uint64(index))
+def _stream(index: int, f: KeyField) -> tuple[int, np.uint64]:
+    """(blocks, tweak) of the value stream of share field ``index`` of a slot: blocks whose
+    bytes are the field's packing (the dealer's ``value_blocks`` and a server's
+    ``value_stream`` draw the same ones)."""
+    return blocks_needed(f.count, f.bits), TWEAK_SEEDED_SHARE | np.uint64(index)
 
 
 def split_key(slot: GateSlot, party: int | None, k0: dict, k1: dict, rng, be) -> tuple[dict, dict]:
@@ -108,7 +110,7 @@ def split_key(slot: GateSlot, party: int | None, k0: dict, k1: dict, rng, be) ->
     mine = {SEED_FIELD: seed}
     theirs = dict(keys[1 - party])
     for j, f in enumerate(_share_fields(slot)):
-        raw = _stream_blocks(prg, seed, j, f).reshape(-1).view(np.uint8)[:f.packed_nbytes]
+        raw = prg.value_blocks(seed.reshape(1, 2), *_stream(j, f)).reshape(-1).view(np.uint8)[:f.packed_nbytes]
         stream = be.unpack_open(raw, f.bits, f.count).reshape(f.shape)
         total = xnp.asarray(k0[f.name]).astype(np.uint64) + xnp.asarray(k1[f.name]).astype(np.uint64)
         theirs[f.name] = (total - stream) & ring.mask(f.bits)
@@ -153,8 +155,7 @@ def inflate(layout: KeyLayout, party: int, buf: np.ndarray) -> np.ndarray:
         pos, j = full.offset, 0
         for f in full.fields:
             if f.share:
-                blocks = prg.value_stream(seed, blocks_needed(f.count, f.bits), TWEAK_SEEDED_SHARE | np.uint64(j))
-                _write_stream(buf[pos:pos + f.nbytes], blocks, f)
+                _write_stream(buf[pos:pos + f.nbytes], prg.value_stream(seed, *_stream(j, f)), f)
                 j += 1
             else:
                 off, nb = kept[f.name]

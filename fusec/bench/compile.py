@@ -20,7 +20,7 @@ class CompileInfo:
     cached: bool
     set_nbytes: int          # bytes of a key set (one true-batch forward) in a server's memory, per party
     rounds_planned: int
-    stored_nbytes: tuple[int, int] = (0, 0)   # what each party's key file or stream holds per set
+    stored_nbytes: tuple[int, int]   # what each party's key file or stream holds per set
 
     @property
     def stored_key_nbytes(self) -> float:
