@@ -42,6 +42,8 @@ for run in $RUNS; do
     --json "$OUT/$name.json" --markdown /tmp/$name.md > /tmp/$name.log 2>&1
   echo "$name rc=$? $((SECONDS - t0)) s"; grep -E "^\| (bert|gpt)" /tmp/$name.md 2>/dev/null | tail -1
   { echo "== $name"; cat /tmp/$name.log; } >> "$LOG"; cat /tmp/$name.md >> "$OUT/tables.md" 2>/dev/null
+  grep -q "^error" /tmp/$name.log && for f in "$WORK"/logs/*.log "$WORK"/runs/*/*.log; do   # a failure's every log
+    [ -f "$f" ] && { echo "== $name $f (last lines)"; tail -n 40 "$f"; } >> "$LOG"; done
   python3 - "$name" "$WORK"/runs/*/ <<'PY' | tee -a "$OUT/phases.txt"
 import glob, json, sys
 for f in sorted(glob.glob(sys.argv[2] + "/p*.json")):
@@ -63,5 +65,5 @@ PY
     build=$(python3 -c "import json,sys; r=[x for x in json.load(open(sys.argv[1]))['results'] if 'compile' in x]; print(r[0]['compile']['build'] if r else '')" "$OUT/$name.json")
     [ -n "$build" ] && { echo "== $name $build"; timeout 120 python3 -m fusec.bench keygen-in-memory "$build" --count 3 --backend gpu; } 2>&1 | tee -a "$OUT/keygen_mem.txt" | tail -1
   fi
-  rm -rf "$WORK"/runs "$WORK"/keys
+  rm -rf "$WORK"/runs "$WORK"/keys "$WORK"/logs
 done

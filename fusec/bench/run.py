@@ -127,7 +127,12 @@ def _run_streamed(case: Case, opts: BenchOptions, comp: CompileInfo, envs: tuple
         ds = [stack.enter_context(StreamDealer(comp.build, sets, opts.backend, opts.timeout, case,
                                                logs / f"keystream_{case.slug}{_lane_suffix(case, lane)}.log"))
               for lane in range(case.lanes)]
-        merged = _steps(case, opts, comp, envs, echo, [lambda step, d=d: [d.address] for d in ds])
+        try:
+            merged = _steps(case, opts, comp, envs, echo, [lambda step, d=d: [d.address] for d in ds])
+        except BenchError as e:
+            for d in ds:
+                e = d.explain(e)
+            raise e from None
         files = merged.pop()
         kg.add([d.finish() for d in ds], time.perf_counter() - t0)
     return merged, kg, files

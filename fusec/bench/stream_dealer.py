@@ -60,6 +60,24 @@ class StreamDealer:
                 "backend": self.backend, **{k: doc[k] for k in PARTS},
                 "device_cache_released_bytes": doc.get("device_cache_released_bytes", 0)}
 
+    def explain(self, error: BenchError) -> BenchError:
+        """``error`` (a worker's failure) with this dealer's exit status and last lines added
+        where the dealer has exited: a worker whose key stream closed only says "peer closed
+        the connection", and the reason (an allocation on the card, say) is in this log. The
+        kind becomes the dealer's (``memory`` is a skip) when the worker's says nothing more."""
+        if self.proc is None:
+            return error
+        try:
+            rc = self.proc.wait(timeout=5)      # a worker saw its stream close: the dealer is exiting
+        except subprocess.TimeoutExpired:
+            return error
+        if rc == 0:
+            return error                        # it served every set: not the reason
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        message = f"{error.message}\n--- key-stream dealer (exit status {rc}, last lines) ---\n{tail(text)}"
+        kind = classify_failure(rc, text) if error.kind == "error" and rc else error.kind
+        return BenchError(message, error.hint, kind=kind, status=error.status)
+
     def __exit__(self, *exc) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
