@@ -115,6 +115,7 @@ class SetGenerator:
             spent["generate_seconds"] += t1 - t0
             spent["pack_seconds"] += t2 - t1
             spent["write_seconds"] += clock() - t2
+            del item, k0, k1, keys, packed      # not held through the next gate's keygen (a GPU dealer's peak)
         t0 = clock()
         for w in sinks:
             w.end_set()

@@ -106,6 +106,37 @@ def test_a_seeded_field_is_the_numpy_packing_of_its_stream_cut_into_fields():
     assert seeded > 200
 
 
+@pytest.mark.parametrize("chunk", [128, 384, 1 << 22])
+def test_the_dealer_splits_a_field_in_chunks_as_in_one_piece(chunk):
+    """The other party's share, split ``chunk`` elements at a time, is (a + b - stream) mod
+    2^bits where the stream is the seed's whole value stream cut into fields (numpy, in one
+    piece), at widths that do and do not divide 128 and counts that end mid-chunk; it is held
+    in the narrowest unsigned type of its width."""
+    gen = np.random.default_rng(chunk)
+    for bits in (1, 7, 8, 13, 31, 50, 64):
+        count = 1000
+        f = KeyField("x", (count,), bits, share=True)
+        slot = KeyLayout([("g", "k", count, (f,))]).slot("g")
+        a = gen.integers(0, 1 << 63, count, dtype=np.uint64) & np.uint64(ring.mask(bits))
+        b = gen.integers(0, 1 << 63, count, dtype=np.uint64) & np.uint64(ring.mask(bits))
+        rng = DealerRng(b"chunks")
+        mine, theirs = split_key(slot, 0, {"x": a}, {"x": b}, rng, get_backend("cpu"), chunk=chunk)
+        seed = mine[SEED_FIELD]
+        stream = words_to_fields(CpuPrg().value_blocks(seed.reshape(1, 2), blocks_needed(count, bits),
+                                                       TWEAK_SEEDED_SHARE), count, bits).reshape(-1)
+        want = (a + b - stream) & np.uint64(ring.mask(bits))
+        assert np.array_equal(theirs["x"].astype(np.uint64), want), bits
+        assert theirs["x"].dtype.itemsize * 8 == next(w for w in (8, 16, 32, 64) if bits <= w)
+
+
+def test_a_split_chunk_must_start_on_a_stream_block():
+    f = KeyField("x", (300,), 13, share=True)
+    slot = KeyLayout([("g", "k", 300, (f,))]).slot("g")
+    x = np.zeros(300, np.uint64)
+    with pytest.raises(ValueError, match="multiple of 128"):
+        split_key(slot, 0, {"x": x}, {"x": x}, DealerRng(b"c"), get_backend("cpu"), chunk=100)
+
+
 def _random_layout(rng: np.random.Generator, slots: int) -> KeyLayout:
     entries = []
     for i in range(slots):
