@@ -96,15 +96,16 @@ class CpuPrg:
         tw[..., 1] ^= tweak
         return self.h["V"](tw)
 
-    def value_stream(self, seed: np.ndarray, nblocks: int, tweak: np.uint64) -> np.ndarray:
-        """``value_blocks`` of one 128-bit ``seed`` ((2,) words), ``(nblocks, 2)``, with sigma
-        written straight: of ``(lo ^ i, hi ^ tweak)`` it is ``(hi ^ tweak, hi ^ tweak ^ lo ^ i)``,
-        so the AES input is a constant word and a counter (a server regenerating gigabytes of
-        seeded shares, runtime/seeded_shares.py, spends its time in numpy's passes, not AES)."""
+    def value_stream(self, seed: np.ndarray, nblocks: int, tweak: np.uint64, start: int = 0) -> np.ndarray:
+        """``value_blocks`` of one 128-bit ``seed`` ((2,) words), blocks ``start`` to ``start +
+        nblocks`` as ``(nblocks, 2)``, with sigma written straight: of ``(lo ^ i, hi ^ tweak)``
+        it is ``(hi ^ tweak, hi ^ tweak ^ lo ^ i)``, so the AES input is a constant word and a
+        counter (a server regenerating gigabytes of seeded shares, runtime/seeded_shares.py,
+        spends its time in numpy's passes, not AES; ``start``: a piece of a long stream)."""
         lo, hi = np.uint64(seed[0]), np.uint64(seed[1]) ^ np.uint64(tweak)
         flat = np.empty((int(nblocks), 2), np.uint64)
         flat[:, 0] = hi
-        np.bitwise_xor(np.arange(int(nblocks), dtype=np.uint64), hi ^ lo, out=flat[:, 1])
+        np.bitwise_xor(np.arange(int(start), int(start) + int(nblocks), dtype=np.uint64), hi ^ lo, out=flat[:, 1])
         return self.h["V"].of_sigma(flat)
 
     @property

@@ -26,8 +26,10 @@ in place, into the full layout every gate reads. Nothing after the read changes.
 """
 from __future__ import annotations
 
+import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from types import MappingProxyType
 
@@ -152,58 +154,106 @@ def _narrowest_uint(bits: int) -> np.dtype:
     return np.dtype(next(f"uint{w}" for w in (8, 16, 32, 64) if bits <= w))
 
 
+#: Blocks of a seeded field's stream one job writes (16 MiB): a batch-8 lookup's 1.3 GB field
+#: spreads over every worker.
+STREAM_JOB_BLOCKS = 1 << 20
+
 _local = threading.local()
+_pool_lock = threading.Lock()
+_pool: ThreadPoolExecutor | None = None
 
 
 def _cpu_prg() -> CpuPrg:
     """This thread's CPU PRG: an AES encryptor must not be shared between threads (both
-    parties in one process, a serving loop reading the next set in the background)."""
+    parties in one process, a serving loop reading the next set in the background, the
+    stream writers)."""
     prg = getattr(_local, "prg", None)
     if prg is None:
         prg = _local.prg = CpuPrg()
     return prg
 
 
-def inflate(layout: KeyLayout, party: int, buf: np.ndarray) -> np.ndarray:
+def _stream_pool() -> ThreadPoolExecutor:
+    """The threads that write seeded fields' streams (AES and numpy's passes release the GIL)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            _pool = ThreadPoolExecutor(max(1, min(8, (os.cpu_count() or 2) - 1)),
+                                       thread_name_prefix="fusec-inflate")
+        return _pool
+
+
+def inflate(layout: KeyLayout, party: int, buf: np.ndarray,
+            received: Callable[[int], None] | None = None) -> np.ndarray:
     """A set read in ``party``'s layout into the last bytes of ``buf`` (``layout.set_nbytes``,
     uint8), rewritten in place, forward, into the full layout; returns ``buf``.
 
-    Forward is safe: every slot and field lands at or before where its stored bytes begin (a
-    seeded slot only shrinks, by more than its seed), so nothing is overwritten before it is
-    read; numpy's copies handle the overlap of a field moved by less than its size."""
+    One pass in layout order moves what is kept (whole unseeded slots; a seeded slot's seed,
+    then its other fields) and hands each seeded field's stream to worker threads in pieces
+    (``STREAM_JOB_BLOCKS``). ``received(n)``, if given, returns once the first ``n`` stored
+    bytes are in ``buf``: a set still arriving (runtime/keystream.py) is inflated behind the
+    bytes as they come.
+
+    Why this is safe in place and concurrently: a slot's full region ends at or before where
+    its stored bytes end, and its stored bytes begin at or after where it begins (every
+    seeded slot only shrinks, by more than its seed), so a slot reads only its own stored
+    bytes and writes only below the next slot's; within a seeded slot, each kept field lands
+    at or before its stored bytes and past every share field before it, and the streams are
+    written only after the seed and the kept fields are out of their way."""
     seeded = seeded_parties(layout)
     if party not in seeded.values():    # (party_layout may be an equal layout's object: the cache's)
         return buf
     if buf.size != layout.set_nbytes:
         raise KeyFileError(f"key set buffer holds {buf.size} bytes, the layout says {layout.set_nbytes}")
-    prg = _cpu_prg()
     stored = party_layout(layout, party)
     base = layout.set_nbytes - stored.set_nbytes
-    for full, st in zip(layout.slots, stored.slots):
-        src = base + st.offset
-        if seeded.get(full.gate_id) != party:
-            buf[full.offset:full.end] = buf[src:src + st.nbytes]
-            continue
-        seed = buf[src:src + SEED_NBYTES].view(np.uint64).copy()
-        kept = st.field_offsets()
-        pos, j = full.offset, 0
-        for f in full.fields:
-            if f.share:
-                _write_stream(buf[pos:pos + f.nbytes], prg.value_stream(seed, *_stream(j, f)), f)
-                j += 1
-            else:
-                off, nb = kept[f.name]
-                buf[pos:pos + nb] = buf[src + off:src + off + nb]
-            pos += f.nbytes
+    jobs: list[Future] = []
+    try:
+        for full, st in zip(layout.slots, stored.slots):
+            src = base + st.offset
+            if received is not None:
+                received(st.end)
+            if seeded.get(full.gate_id) != party:
+                buf[full.offset:full.end] = buf[src:src + st.nbytes]
+                continue
+            seed = buf[src:src + SEED_NBYTES].view(np.uint64).copy()
+            kept = st.field_offsets()
+            pos, j, streams = full.offset, 0, []
+            for f in full.fields:
+                if f.share:
+                    streams.append((buf[pos:pos + f.nbytes], j, f))
+                    j += 1
+                else:
+                    off, nb = kept[f.name]
+                    buf[pos:pos + nb] = buf[src + off:src + off + nb]
+                pos += f.nbytes
+            for dst, j, f in streams:
+                jobs += _write_stream_jobs(dst, seed, j, f)
+    finally:
+        for job in jobs:
+            job.result()        # every writer done (and its error raised) before the buffer is used or freed
     return buf
 
 
-def _write_stream(dst: np.ndarray, blocks: np.ndarray, f: KeyField) -> None:
-    """A share field's packed bytes from its stream: the stream's first bytes, the last one's
-    bits past the field's values cleared, then the field's alignment padding (zeros)."""
+def _write_stream_jobs(dst: np.ndarray, seed: np.ndarray, index: int, f: KeyField) -> list[Future]:
+    """Share field ``index``'s bytes (``dst``: the field's room) from its stream, in pieces."""
+    nblocks, tweak = _stream(index, f)
+    pool = _stream_pool()
+    return [pool.submit(_write_stream_piece, dst, seed, tweak, first, min(STREAM_JOB_BLOCKS, nblocks - first), f)
+            for first in range(0, nblocks, STREAM_JOB_BLOCKS)]
+
+
+def _write_stream_piece(dst: np.ndarray, seed: np.ndarray, tweak: np.uint64, first: int, nblocks: int,
+                        f: KeyField) -> None:
+    """Blocks ``first`` to ``first + nblocks`` of a share field's stream into their bytes of
+    ``dst``; the piece holding the field's last byte clears its bits past the values and the
+    alignment padding after it."""
     n = f.packed_nbytes
-    dst[:n] = blocks.reshape(-1).view(np.uint8)[:n]
-    tail = f.count * f.bits % 8
-    if n and tail:
-        dst[n - 1] &= np.uint8((1 << tail) - 1)
-    dst[n:] = 0
+    lo, hi = 16 * first, min(n, 16 * (first + nblocks))
+    if lo < hi:
+        dst[lo:hi] = _cpu_prg().value_stream(seed, nblocks, tweak, start=first).reshape(-1).view(np.uint8)[:hi - lo]
+    if hi == n:
+        tail = f.count * f.bits % 8
+        if n and tail:
+            dst[n - 1] &= np.uint8((1 << tail) - 1)
+        dst[n:] = 0

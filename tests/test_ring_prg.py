@@ -345,3 +345,6 @@ def test_value_stream_of_one_seed_against_the_mmo_oracle():
             lo, hi = int(seed[0]) ^ i, int(seed[1]) ^ int(tweak)
             want = oracle_mmo(FIXED_KEYS["V"], lo.to_bytes(8, "little") + hi.to_bytes(8, "little"))
             assert int(got[i, 0]).to_bytes(8, "little") + int(got[i, 1]).to_bytes(8, "little") == want, i
+        for start in {s for s in (1, nblocks // 2, nblocks - 1) if 0 < s < nblocks}:     # a piece of the stream: its blocks, not the first ones
+            piece = prg.value_stream(seed, nblocks - start, tweak, start=start)
+            assert np.array_equal(piece, got[start:]), (nblocks, start)

@@ -146,43 +146,83 @@ def _random_layout(rng: np.random.Generator, slots: int) -> KeyLayout:
     return KeyLayout(entries)
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_inflating_in_place_gives_what_a_separate_buffer_gives(seed):
+def _inflated_oracle(layout: KeyLayout, party: int, raw: np.ndarray) -> np.ndarray:
+    """The full set slot by slot from untouched stored bytes: each seeded field numpy's cut of
+    the seed's whole value stream (value_blocks, in one piece)."""
+    stored = party_layout(layout, party)
+    want = np.zeros(layout.set_nbytes, np.uint8)
+    prg = CpuPrg()
+    for full, st in zip(layout.slots, stored.slots):
+        src = raw[st.offset:st.end]
+        if seeded_parties(layout).get(full.gate_id) != party:
+            want[full.offset:full.end] = src
+            continue
+        seed_words = src[:SEED_NBYTES].view(np.uint64).reshape(1, 2)
+        kept = unpack_gate_key(st, src)
+        arrays, j = {}, 0
+        for f in full.fields:
+            if f.share:
+                blocks = prg.value_blocks(seed_words, blocks_needed(f.count, f.bits),
+                                          TWEAK_SEEDED_SHARE | np.uint64(j))
+                arrays[f.name] = words_to_fields(blocks, f.count, f.bits).reshape(f.shape)
+                j += 1
+            else:
+                arrays[f.name] = kept[f.name]
+        want[full.offset:full.end] = pack_gate_array(full, arrays)
+    return want
+
+
+def _assert_same_fields(layout: KeyLayout, got: np.ndarray, want: np.ndarray, what) -> None:
+    """Random stored bytes leave junk in the padding of kept fields: compare field by field."""
+    for s in layout.slots:
+        a = unpack_gate_key(s, got[s.offset:s.end])
+        b = unpack_gate_key(s, want[s.offset:s.end])
+        assert all(np.array_equal(a[k], b[k]) for k in a), (what, s.gate_id)
+
+
+@pytest.mark.parametrize("how", ["whole", "pieces", "arriving"])
+@pytest.mark.parametrize("seed", range(4))
+def test_inflating_in_place_gives_what_a_separate_buffer_gives(seed, how, monkeypatch):
     """The set read into the tail of its own buffer and inflated forward equals the same set
-    inflated from a copy (no byte read after it was overwritten), for random layouts."""
+    inflated from a copy (no byte read after it was overwritten), for random layouts: with the
+    streams written as whole fields, in pieces of one block (each a worker thread's job), and
+    behind bytes that arrive in random pieces from another thread (runtime/keystream.py)."""
+    from fusec.runtime import seeded_shares
+    from fusec.runtime.keystream import _InflateBehind
+    if how != "whole":
+        monkeypatch.setattr(seeded_shares, "STREAM_JOB_BLOCKS", 1)
     rng = np.random.default_rng(seed)
     layout = _random_layout(rng, 40)
     for p in (0, 1):
-        stored = party_layout(layout, p)
-        raw = rng.integers(0, 256, stored.set_nbytes, dtype=np.uint8)
+        raw = rng.integers(0, 256, party_layout(layout, p).set_nbytes, dtype=np.uint8)
         in_place = np.empty(layout.set_nbytes, np.uint8)
-        in_place[layout.set_nbytes - raw.size:] = raw
-        inflate(layout, p, in_place)
-        # the oracle: slot by slot from the untouched stored bytes
-        want = np.zeros(layout.set_nbytes, np.uint8)
-        prg = CpuPrg()
-        for full, st in zip(layout.slots, stored.slots):
-            src = raw[st.offset:st.end]
-            if seeded_parties(layout).get(full.gate_id) != p:
-                want[full.offset:full.end] = src
-                continue
-            seed_words = src[:SEED_NBYTES].view(np.uint64).reshape(1, 2)
-            kept = unpack_gate_key(st, src)
-            arrays, j = {}, 0
-            for f in full.fields:
-                if f.share:
-                    blocks = prg.value_blocks(seed_words, blocks_needed(f.count, f.bits),
-                                              TWEAK_SEEDED_SHARE | np.uint64(j))
-                    arrays[f.name] = words_to_fields(blocks, f.count, f.bits).reshape(f.shape)
-                    j += 1
-                else:
-                    arrays[f.name] = kept[f.name]
-            want[full.offset:full.end] = pack_gate_array(full, arrays)
-        # random stored bytes leave junk in the padding of kept fields; compare field by field
-        for s in layout.slots:
-            a = unpack_gate_key(s, in_place[s.offset:s.end])
-            b = unpack_gate_key(s, want[s.offset:s.end])
-            assert all(np.array_equal(a[k], b[k]) for k in a), (seed, p, s.gate_id)
+        tail = in_place[layout.set_nbytes - raw.size:]
+        if how != "arriving":
+            tail[:] = raw
+            inflate(layout, p, in_place)
+        else:
+            tail[:] = 0xA5      # not yet arrived
+            cuts = np.sort(rng.integers(0, raw.size, 30))
+            with _InflateBehind(layout, p, in_place, raw.size) as arrival:
+                for a, b in zip([0, *cuts], [*cuts, raw.size]):
+                    tail[a:b] = raw[a:b]
+                    arrival.advance(int(b))
+        _assert_same_fields(layout, in_place, _inflated_oracle(layout, p, raw), (seed, how, p))
+
+
+def test_an_abandoned_receive_stops_the_inflation_behind_it():
+    """A receive that fails half-way leaves the block with its own error, and the inflation
+    thread waiting for the rest of the bytes ends instead of hanging."""
+    from fusec.runtime.keystream import _InflateBehind
+    layout = _random_layout(np.random.default_rng(9), 40)
+    stored = party_layout(layout, 0)
+    buf = np.zeros(layout.set_nbytes, np.uint8)
+    behind = _InflateBehind(layout, 0, buf, stored.set_nbytes)
+    with pytest.raises(ConnectionError, match="dealer gone"):
+        with behind as arrival:
+            arrival.advance(stored.set_nbytes // 3)
+            raise ConnectionError("dealer gone")
+    assert not behind._thread.is_alive()
 
 
 @pytest.mark.parametrize("seed", range(4))
