@@ -205,8 +205,11 @@ def host_kernel_backend(source: str, library) -> type:
                 self._inbox = buf = numpy.empty(max(nbytes, 1), numpy.uint8)
             return buf[:nbytes]
 
-        def _to_pinned_host(self, dev):
-            return fakecupy.asnumpy(dev)
+        def _pinned(self, nbytes: int):
+            return numpy.empty(int(nbytes), numpy.uint8)
+
+        def _get_into(self, dev, out) -> None:
+            out[...] = fakecupy.asnumpy(dev)
 
         def stage_set(self, layout, buf, stream: bool = False):
             from fusec.runtime.backend import StagedKeys
