@@ -311,6 +311,8 @@ class GpuBackend(DeviceKeys, Backend):
         field's packed bytes at a time, not every field's and then their concatenation (at
         batch 8 a GELU slot is 1.32 GB, and that allocation was the one a dealer sharing an
         H100 with both parties could not make)."""
+        if not slot.nbytes:
+            return np.zeros(0, np.uint8)
         out = self._pinned(slot.nbytes)
         pos = 0
         for f in slot.fields:

@@ -99,9 +99,9 @@ def _stream(index: int, f: KeyField) -> tuple[int, np.uint64]:
 
 
 #: Elements of a share field the dealer splits at a time (a multiple of 128, so every chunk's
-#: bits begin on a stream block): its temporaries stay tens of MB where a lookup's share field
-#: of a batch-8 BERT-base is 1.3 GB as uint64 (on a card the parties share, the dealer once ran
-#: out of memory holding five such copies).
+#: bits begin on a stream block): its temporaries stay tens of MB where a batch-8 BERT-base
+#: GELU's ``rho_rpow`` is 0.55 GB as uint64 (on a card the parties share, the dealer ran out of
+#: memory allocating exactly that while it made four such copies).
 SPLIT_CHUNK_ELEMENTS = 1 << 22
 
 
@@ -154,8 +154,8 @@ def _narrowest_uint(bits: int) -> np.dtype:
     return np.dtype(next(f"uint{w}" for w in (8, 16, 32, 64) if bits <= w))
 
 
-#: Blocks of a seeded field's stream one job writes (16 MiB): a batch-8 lookup's 1.3 GB field
-#: spreads over every worker.
+#: Blocks of a seeded field's stream one job writes (16 MiB): a batch-8 GELU's 0.38 GB packed
+#: ``rho_rpow`` spreads over every worker.
 STREAM_JOB_BLOCKS = 1 << 20
 
 _local = threading.local()

@@ -508,3 +508,24 @@ def test_mps_without_its_control_program_or_a_gpu_is_one_clear_line(tmp_path):
                            timeout=120)
         assert r.returncode == 2, r.stderr
         assert says in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("rc, says, kind", [(2, "error: the GPU ran out of memory: Out of memory allocating", "memory"),
+                                            (1, "Traceback: a dealer bug", "error"), (0, "served 5 set(s)", "error")])
+def test_a_worker_failure_names_the_key_stream_dealer_that_stopped(tmp_path, rc, says, kind):
+    """Both workers only see their key stream close; the reason is in the dealer's log. A
+    dealer that exited non-zero adds its status and last lines, and its kind (an allocation
+    on the card is a skip); one that served every set (status 0) is not the reason."""
+    from fusec.bench.stream_dealer import StreamDealer
+    case = Case(ModelSpec("digits"), seq=1, batch=1, gates="fused", gpus=None)
+    log = tmp_path / "keystream.log"
+    log.write_text(f"serving 5 key set(s)\n{says}\n")
+    dealer = StreamDealer(tmp_path, 5, "gpu", 10.0, case, log)
+    dealer.proc = subprocess.Popen([sys.executable, "-c", f"raise SystemExit({rc})"])
+    worker = BenchError(f"{case.name}: P0 failed: peer closed the connection", "see its log", kind="error")
+    got = dealer.explain(worker)
+    assert got.kind == kind
+    if rc:
+        assert got.message.startswith(worker.message) and f"exit status {rc}" in got.message and says in got.message
+    else:
+        assert got is worker

@@ -75,7 +75,7 @@ class StreamDealer:
             return error                        # it served every set: not the reason
         text = self.log.read_text(errors="replace") if self.log.exists() else ""
         message = f"{error.message}\n--- key-stream dealer (exit status {rc}, last lines) ---\n{tail(text)}"
-        kind = classify_failure(rc, text) if error.kind == "error" and rc else error.kind
+        kind = classify_failure(rc, text) if error.kind == "error" else error.kind
         return BenchError(message, error.hint, kind=kind, status=error.status)
 
     def __exit__(self, *exc) -> None:
