@@ -26,6 +26,7 @@ import os
 import stat
 import tempfile
 from collections import deque
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Any, BinaryIO, Mapping
@@ -37,7 +38,7 @@ from fusec.runtime import keyfile as fmt
 from fusec.runtime.keyfile import KeyFileHeader
 from fusec.runtime.layout import GateSlot, KeyLayout, pack_gate_array, unpack_gate_key
 from fusec.runtime.ledger import Ledger, default_state_dir, fsync_dir
-from fusec.runtime.seeded_shares import inflate, party_layout
+from fusec.runtime.seeded_shares import InflateBehind, party_layout
 
 __all__ = ["KeyFile", "KeyFileWriter", "KeySetReader", "open_regular", "read_header"]
 
@@ -554,9 +555,9 @@ class KeyFile:
     def _read_set(self, index: int, out: np.ndarray | None = None) -> np.ndarray:
         """One read of set ``index`` into ``out`` (a uint8 array of at least a set's bytes,
         e.g. the GPU's reused page-locked buffer) or a fresh array, checksum-verified
-        (chunks read and hashed in parallel threads), then inflated in place from this
-        party's stored layout into the full one (runtime/seeded_shares.py: the stored bytes
-        are read into the buffer's tail)."""
+        (chunks read and hashed in parallel threads) and inflated in place from this party's
+        stored layout into the full one (runtime/seeded_shares.py: the stored bytes are read
+        into the buffer's tail) behind the chunks as they complete in order."""
         if self._f is None:
             raise KeyFileError(f"key file {self.path} is closed")
         full, n = self.set_nbytes, self.header.set_nbytes
@@ -567,19 +568,29 @@ class KeyFile:
         mv = memoryview(buf)
         base, fd = self.header.set_offset(index), self._f.fileno()
         starts = range(0, n, fmt.CHUNK_BYTES)
-        chunks = list(_io_pool().map(lambda s: _pread_chunk(fd, mv[s:s + fmt.CHUNK_BYTES], base + s), starts))
-        for s, (got, _) in zip(starts, chunks):
-            if got < min(fmt.CHUNK_BYTES, n - s):
-                raise KeyFileError(
-                    f"key file {self.path} is truncated: key set {index} ends after {s + got} of {n} bytes",
-                    "copy the key file again or re-run fusec keygen",
-                )
-        if fmt.combine([d for _, d in chunks]) != self.header.set_checksums[index]:
+        # each chunk is hashed as it lands, before the inflation behind the read prefix may
+        # overwrite it; a set that fails its checksum is refused, inflated or not
+        with InflateBehind(self._layout, self.party, whole, n) as arrival:
+            reads = [_io_pool().submit(_pread_chunk, fd, mv[s:s + fmt.CHUNK_BYTES], base + s) for s in starts]
+            digests = []
+            try:
+                for s, read in zip(starts, reads):
+                    got, digest = read.result()
+                    if got < min(fmt.CHUNK_BYTES, n - s):
+                        raise KeyFileError(
+                            f"key file {self.path} is truncated: key set {index} ends after {s + got} of {n} bytes",
+                            "copy the key file again or re-run fusec keygen",
+                        )
+                    digests.append(digest)
+                    arrival.advance(s + got)
+            finally:
+                futures.wait(reads)     # no read still writes into the buffer once we leave
+        if fmt.combine(digests) != self.header.set_checksums[index]:
             raise KeyFileError(
                 f"key set {index} of {self.path} is corrupted (checksum mismatch)",
                 "copy the key file again or re-run fusec keygen; do not use this set",
             )
-        return inflate(self._layout, self.party, whole)
+        return whole
 
     def verify_set(self, index: int, out: Callable[[int], np.ndarray | None] | None = None) -> None:
         """Check set ``index`` against its checksum; raises KeyFileError if it is corrupted.

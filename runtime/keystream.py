@@ -40,7 +40,7 @@ from fusec.errors import KeyFileError, ParameterError, PeerError
 from fusec.runtime.channel import Channel, TcpChannel
 from fusec.runtime.keyio import KeySetReader
 from fusec.runtime.layout import KeyLayout
-from fusec.runtime.seeded_shares import inflate, party_layout
+from fusec.runtime.seeded_shares import InflateBehind, party_layout
 
 SCHEME = "tcp://"
 PROTOCOL = 1
@@ -206,7 +206,7 @@ class DealerKeyStream:
         if head.get("set") != index:
             raise PeerError(f"the dealer at {self.path} sent set {head.get('set')!r}, we asked for {index}",
                             "both ends must run the same fusec version")
-        with _InflateBehind(self._layout, self.party, whole, n) as arrival:
+        with InflateBehind(self._layout, self.party, whole, n) as arrival:
             got = 0
             view = memoryview(buf)
             while got < n:                      # straight into the set's buffer, frame after frame
@@ -234,61 +234,6 @@ class DealerKeyStream:
 
     def __repr__(self) -> str:
         return f"DealerKeyStream({self.path!r}, party={self.party}, count={self.count})"
-
-
-class _SetAbandoned(Exception):
-    """The receive stopped before the bytes an inflation waits for arrived."""
-
-
-class _InflateBehind:
-    """A set's inflation (runtime/seeded_shares.py) in a thread of its own, slot by slot behind
-    the stored bytes as they arrive from the dealer: a large set's regeneration of its seeded
-    shares (seconds at seq 512) overlaps the dealer's keygen and the wire instead of following
-    them. ``advance(n)``: the first ``n`` stored bytes are in; leaving the ``with`` block waits
-    for the inflation (and raises its error); a receive that fails abandons it."""
-
-    def __init__(self, layout: KeyLayout, party: int, whole: np.ndarray, stored_nbytes: int) -> None:
-        self._args = (layout, party, whole)
-        self._got, self._abandoned, self._error = 0, False, None
-        self._cv = threading.Condition()
-        self._thread = None if stored_nbytes == whole.size else threading.Thread(
-            target=self._run, name="fusec-inflate-behind", daemon=True)
-
-    def __enter__(self) -> "_InflateBehind":
-        if self._thread is not None:
-            self._thread.start()
-        return self
-
-    def advance(self, got: int) -> None:
-        if self._thread is not None:
-            with self._cv:
-                self._got = got
-                self._cv.notify_all()
-
-    def _wait(self, n: int) -> None:
-        with self._cv:
-            self._cv.wait_for(lambda: self._got >= n or self._abandoned)
-            if self._got < n:
-                raise _SetAbandoned
-
-    def _run(self) -> None:
-        try:
-            inflate(*self._args, received=self._wait)
-        except _SetAbandoned:
-            pass
-        except BaseException as e:      # raised in the receiving thread, on leaving the block
-            self._error = e
-
-    def __exit__(self, kind, exc, tb) -> None:
-        if self._thread is None:
-            return
-        if kind is not None:
-            with self._cv:
-                self._abandoned = True
-                self._cv.notify_all()
-        self._thread.join()
-        if kind is None and self._error is not None:
-            raise self._error
 
 
 # ------------------------------------------------------------------------------------ the dealer's side

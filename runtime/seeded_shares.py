@@ -42,7 +42,7 @@ from fusec.runtime.prg import CpuPrg, blocks_needed, default_prg
 from fusec.runtime.xp import np as xnp
 
 __all__ = ["SEED_FIELD", "SEED_NBYTES", "TWEAK_SEEDED_SHARE", "seeded_parties", "party_layout", "split_key",
-           "inflate"]
+           "inflate", "InflateBehind"]
 
 #: The field that holds a seeded slot's seed (two uint64 words), first in the slot.
 SEED_FIELD = "share_seed"
@@ -257,3 +257,58 @@ def _write_stream_piece(dst: np.ndarray, seed: np.ndarray, tweak: np.uint64, fir
         if n and tail:
             dst[n - 1] &= np.uint8((1 << tail) - 1)
         dst[n:] = 0
+
+
+class _SetAbandoned(Exception):
+    """The receive stopped before the bytes an inflation waits for arrived."""
+
+
+class InflateBehind:
+    """A set's :func:`inflate` in a thread of its own, slot by slot behind the stored bytes as
+    they arrive (from the dealer, runtime/keystream.py; from a key file's parallel reads,
+    runtime/keyio.py): a large set's regeneration of its seeded shares (seconds at seq 512)
+    overlaps the dealer's keygen, the wire or the disk instead of following them. ``advance(n)``: the first ``n`` stored bytes are in; leaving the ``with`` block waits
+    for the inflation (and raises its error); a receive that fails abandons it."""
+
+    def __init__(self, layout: KeyLayout, party: int, whole: np.ndarray, stored_nbytes: int) -> None:
+        self._args = (layout, party, whole)
+        self._got, self._abandoned, self._error = 0, False, None
+        self._cv = threading.Condition()
+        self._thread = None if stored_nbytes == whole.size else threading.Thread(
+            target=self._run, name="fusec-inflate-behind", daemon=True)
+
+    def __enter__(self) -> "InflateBehind":
+        if self._thread is not None:
+            self._thread.start()
+        return self
+
+    def advance(self, got: int) -> None:
+        if self._thread is not None:
+            with self._cv:
+                self._got = got
+                self._cv.notify_all()
+
+    def _wait(self, n: int) -> None:
+        with self._cv:
+            self._cv.wait_for(lambda: self._got >= n or self._abandoned)
+            if self._got < n:
+                raise _SetAbandoned
+
+    def _run(self) -> None:
+        try:
+            inflate(*self._args, received=self._wait)
+        except _SetAbandoned:
+            pass
+        except BaseException as e:      # raised in the receiving thread, on leaving the block
+            self._error = e
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if self._thread is None:
+            return
+        if kind is not None:
+            with self._cv:
+                self._abandoned = True
+                self._cv.notify_all()
+        self._thread.join()
+        if kind is None and self._error is not None:
+            raise self._error

@@ -19,8 +19,8 @@ from fusec.runtime.layout import KeyField, KeyLayout, pack_gate_array, unpack_ga
 from fusec.runtime.prg import CpuPrg, blocks_needed, words_to_fields
 from fusec.runtime.protocol import drive
 from fusec.runtime.rng import DealerRng
-from fusec.runtime.seeded_shares import (SEED_FIELD, SEED_NBYTES, TWEAK_SEEDED_SHARE, inflate, party_layout,
-                                         seeded_parties, split_key)
+from fusec.runtime.seeded_shares import (SEED_FIELD, SEED_NBYTES, TWEAK_SEEDED_SHARE, InflateBehind, inflate,
+                                         party_layout, seeded_parties, split_key)
 from tests.harness import both_parties, party_backends, queue_exchanges
 from tests.test_device_path import every_gate, gate_inputs
 
@@ -188,7 +188,6 @@ def test_inflating_in_place_gives_what_a_separate_buffer_gives(seed, how, monkey
     streams written as whole fields, in pieces of one block (each a worker thread's job), and
     behind bytes that arrive in random pieces from another thread (runtime/keystream.py)."""
     from fusec.runtime import seeded_shares
-    from fusec.runtime.keystream import _InflateBehind
     if how != "whole":
         monkeypatch.setattr(seeded_shares, "STREAM_JOB_BLOCKS", 1)
     rng = np.random.default_rng(seed)
@@ -203,7 +202,7 @@ def test_inflating_in_place_gives_what_a_separate_buffer_gives(seed, how, monkey
         else:
             tail[:] = 0xA5      # not yet arrived
             cuts = np.sort(rng.integers(0, raw.size, 30))
-            with _InflateBehind(layout, p, in_place, raw.size) as arrival:
+            with InflateBehind(layout, p, in_place, raw.size) as arrival:
                 for a, b in zip([0, *cuts], [*cuts, raw.size]):
                     tail[a:b] = raw[a:b]
                     arrival.advance(int(b))
@@ -213,11 +212,10 @@ def test_inflating_in_place_gives_what_a_separate_buffer_gives(seed, how, monkey
 def test_an_abandoned_receive_stops_the_inflation_behind_it():
     """A receive that fails half-way leaves the block with its own error, and the inflation
     thread waiting for the rest of the bytes ends instead of hanging."""
-    from fusec.runtime.keystream import _InflateBehind
     layout = _random_layout(np.random.default_rng(9), 40)
     stored = party_layout(layout, 0)
     buf = np.zeros(layout.set_nbytes, np.uint8)
-    behind = _InflateBehind(layout, 0, buf, stored.set_nbytes)
+    behind = InflateBehind(layout, 0, buf, stored.set_nbytes)
     with pytest.raises(ConnectionError, match="dealer gone"):
         with behind as arrival:
             arrival.advance(stored.set_nbytes // 3)
@@ -256,12 +254,17 @@ def test_which_fields_are_shares():
     assert not is_share_field("0.lt.root") and not is_share_field("dcf.cw_v") and not is_share_field("mask")
 
 
-def test_key_files_of_a_graph_hold_seeds_and_open_the_same_keys(tmp_path):
+@pytest.mark.parametrize("chunk", [None, 1024])
+def test_key_files_of_a_graph_hold_seeds_and_open_the_same_keys(tmp_path, monkeypatch, chunk):
     """The dealer's files: each smaller than the full layout by what its seeded slots save, and
     a server's claimed set unpacks to keys whose sums are keygen's, with the seeded party's
-    share fields equal to its seed's stream."""
+    share fields equal to its seed's stream; also with the set read in many chunks, inflated
+    behind them as they complete (``chunk``: the key files' chunk size)."""
+    from fusec.runtime import keyfile
     from tests.test_padding_ablation import _graph
 
+    if chunk:
+        monkeypatch.setattr(keyfile, "CHUNK_BYTES", chunk)
     graph = _graph(True, False)
     layout = graph.layout()
     seeded = seeded_parties(layout)
@@ -288,6 +291,35 @@ def test_key_files_of_a_graph_hold_seeds_and_open_the_same_keys(tmp_path):
             else:
                 assert np.array_equal(a, k0[s.gate_id][f.name]) and np.array_equal(b, k1[s.gate_id][f.name])
     assert all(SEED_FIELD not in sets[p][g] for p in (0, 1) for g in layout.gate_ids)
+
+
+def test_a_damaged_key_file_is_refused_while_its_set_inflates_behind_the_reads(tmp_path, monkeypatch):
+    """A set read in many chunks, inflated behind them: a flipped byte still fails the checksum,
+    and a truncated file still says so, with no read or inflation left running."""
+    import threading
+
+    from fusec.errors import KeyFileError
+    from fusec.runtime import keyfile
+    from tests.test_padding_ablation import _graph
+
+    monkeypatch.setattr(keyfile, "CHUNK_BYTES", 1024)
+    graph = _graph(True, False)
+    layout = graph.layout()
+    write_keys(graph, tmp_path, 1, seed=b"damaged")
+    path = tmp_path / "p0.key"
+    with KeyFile.open(path, layout, 0, tmp_path / "state") as kf:
+        start, n = kf.header.set_offset(0), kf.header.set_nbytes
+    raw = bytearray(path.read_bytes())
+    raw[start + n // 2] ^= 0x40
+    path.write_bytes(bytes(raw))
+    with KeyFile.open(path, layout, 0, tmp_path / "state2") as kf:
+        with pytest.raises(KeyFileError, match="corrupted"):
+            kf.claim(0)
+    path.write_bytes(bytes(raw[:start + n // 2]))
+    with pytest.raises(KeyFileError, match="truncated"):
+        with KeyFile.open(path, layout, 0, tmp_path / "state3") as kf:
+            kf.claim(0)
+    assert not [t for t in threading.enumerate() if t.name == "fusec-inflate-behind"]
 
 
 def test_sets_inflate_on_several_threads_at_once(monkeypatch):
