@@ -159,6 +159,15 @@ class Backend:
         """Products over Z_{2^64} (uint64 wraps; callers reduce mod 2^n)."""
         return self.xp.matmul(a, b)
 
+    def matmul_public(self, a, w_ring, w_signed):
+        """``a @ W`` for a public integer matrix W given as ring elements (``w_ring``, uint64)
+        and as small signed integers (``w_signed``, int64, equal mod 2^n): right mod 2^n,
+        which is all callers keep. On the host, exact float64 BLAS products of limbs
+        (:func:`ring.matmul_small`); an array module of another kind multiplies ``w_ring``."""
+        if self.xp is np:
+            return ring.matmul_small(a, w_signed)
+        return self.matmul(a, w_ring)
+
     def pack_key(self, slot: GateSlot, arrays: dict) -> np.ndarray:
         """One gate's key as its slot bytes (host uint8), checked against the layout."""
         return pack_gate_array(slot, {k: self.asnumpy(v) for k, v in arrays.items()})

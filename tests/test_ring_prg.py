@@ -348,3 +348,24 @@ def test_value_stream_of_one_seed_against_the_mmo_oracle():
         for start in {s for s in (1, nblocks // 2, nblocks - 1) if 0 < s < nblocks}:     # a piece of the stream: its blocks, not the first ones
             piece = prg.value_stream(seed, nblocks - start, tweak, start=start)
             assert np.array_equal(piece, got[start:]), (nblocks, start)
+
+
+@pytest.mark.parametrize("k, wbits", [(1, 1), (3, 20), (768, 16), (3072, 15), (5000, 30), (64, 38), (64, 39),
+                                      (16, 63), (300, 64)])
+def test_matmul_of_small_weights_against_numpys_integer_product(k, wbits):
+    """ring.matmul_small (float64 BLAS over limbs) == numpy's uint64 matmul mod 2^64, with the
+    inputs at their extremes: every uint64 of ``a`` up to all ones, weights of magnitude up to
+    2^wbits - 1 of both signs (and int64's minimum), batch dimensions; from 38-bit weights at k =
+    64 a limb would be under 8 bits and the integer product runs instead."""
+    from fusec.runtime.ring import matmul_small
+    gen = np.random.default_rng(k * 131 + wbits)
+    a = gen.integers(0, 2**64 - 1, (2, 5, k), dtype=np.uint64, endpoint=True)
+    a[0, 0, :] = np.uint64(2**64 - 1)
+    top = (1 << wbits) - 1 if wbits < 64 else 2**63 - 1
+    w = gen.integers(-top, top, (k, 7), dtype=np.int64, endpoint=True)
+    w[0, 0], w[-1, -1] = top, -top
+    if wbits == 64:
+        w[0, 1] = np.iinfo(np.int64).min
+    want = np.matmul(a, w.view(np.uint64))
+    assert np.array_equal(matmul_small(a, w), want)
+    assert matmul_small(a[:, :0, :], w).shape == (2, 0, 7)
