@@ -26,9 +26,15 @@ class DealerRng:
         self._enc = Cipher(algorithms.AES(self.key), modes.CTR(self.nonce)).encryptor()
 
     def words(self, count: int) -> np.ndarray:
-        """``count`` uniform uint64 words."""
-        zeros = bytes(8 * count)
-        return np.frombuffer(self._enc.update(zeros), dtype=np.uint64).copy()
+        """``count`` uniform uint64 words: the keystream encrypted straight into the array
+        (``update_into`` wants 15 bytes of room past the data: two spare words), not into a
+        bytes object copied once more (4.6 of a CPU dealer's 72 s per BERT-base set)."""
+        count = int(count)
+        if count == 0:
+            return np.zeros(0, np.uint64)
+        out = np.empty(count + 2, np.uint64)
+        self._enc.update_into(memoryview(np.zeros(count, np.uint64)).cast("B"), memoryview(out).cast("B"))
+        return out[:count]
 
     def ring(self, shape, bits: int) -> np.ndarray:
         """Uniform elements of Z_{2^bits} with the given shape."""

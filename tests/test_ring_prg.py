@@ -369,3 +369,19 @@ def test_matmul_of_small_weights_against_numpys_integer_product(k, wbits):
     want = np.matmul(a, w.view(np.uint64))
     assert np.array_equal(matmul_small(a, w), want)
     assert matmul_small(a[:, :0, :], w).shape == (2, 0, 7)
+
+
+def test_dealer_words_are_the_ctr_keystream_across_draws():
+    """DealerRng.words encrypts into its array (update_into): draws of any size, zero
+    included, concatenate to AES-CTR's keystream under the seed's key and nonce."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+    from fusec.runtime.rng import DealerRng
+    rng = DealerRng(b"words")
+    m = hashlib.sha256(b"fusec/dealer-seed/v1" + b"words").digest()
+    enc = Cipher(algorithms.AES(m[:16]), modes.CTR(m[16:32])).encryptor()
+    sizes = (1, 0, 7, 1000, 3, 1 << 16)
+    got = np.concatenate([rng.words(n) for n in sizes])
+    assert np.array_equal(got, np.frombuffer(enc.update(bytes(8 * sum(sizes))), np.uint64))
