@@ -40,7 +40,10 @@ class DealerRng:
         """Uniform elements of Z_{2^bits} with the given shape."""
         shape = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
         n = int(np.prod(shape, dtype=np.int64))
-        return (self.words(n) & ring.mask(bits)).reshape(shape)
+        w = self.words(n)
+        if bits < 64:
+            w &= ring.mask(bits)        # in place (numpy's or, on a GPU dealer, CuPy's array): one pass fewer
+        return w.reshape(shape)
 
     def bits(self, shape) -> np.ndarray:
         """Uniform 0/1 values as uint64."""

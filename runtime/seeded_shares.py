@@ -145,7 +145,7 @@ def _other_share(f: KeyField, index: int, seed, a, b, be, chunk: int):
         seeds[:, 1] = np.uint64(hi)
         raw = prg.value_blocks(seeds, 1, tweak).reshape(-1).view(np.uint8)[:(n * bits + 7) // 8]
         stream = be.unpack_open(raw, bits, n)
-        total = a[start:start + n].astype(np.uint64) + b[start:start + n].astype(np.uint64)
+        total = a[start:start + n].astype(np.uint64, copy=False) + b[start:start + n].astype(np.uint64, copy=False)
         out[start:start + n] = (total - stream) & np.uint64(ring.mask(bits))
     return out.reshape(f.shape)
 
