@@ -77,6 +77,15 @@ class GpuPrg:
     def value_blocks(self, blocks, nblocks: int, tweak):
         return self.k.value_blocks(blocks, nblocks, tweak)
 
+    def value_stream(self, seed, nblocks: int, tweak, start: int = 0):
+        """CpuPrg.value_stream on the device: block i is H_V(seed ^ (i, tweak)), i.e. one value
+        block of ``seed ^ (i, 0)``, so the kernel hashes a block per counter."""
+        xp = self.k.xp
+        seeds = xp.empty((int(nblocks), 2), np.uint64)
+        seeds[:, 0] = xp.arange(int(start), int(start) + int(nblocks), dtype=np.uint64) ^ np.uint64(int(seed[0]))
+        seeds[:, 1] = np.uint64(int(seed[1]))
+        return self.k.value_blocks(seeds, 1, tweak).reshape(int(nblocks), 2)
+
     def dcf_keygen(self, root0, root1, alpha, beta, n: int, w: int):
         """The dealer's DCF key pairs in one kernel (dcf.keygen's loop), payloads up to
         GpuKernels.DCF_GEN_MAX_M words; None for wider ones (the loop runs instead)."""

@@ -130,20 +130,16 @@ def split_key(slot: GateSlot, party: int | None, k0: dict, k1: dict, rng, be,
 
 def _other_share(f: KeyField, index: int, seed, a, b, be, chunk: int):
     """(a + b - stream) mod 2^bits for share field ``index`` of a slot, ``chunk`` elements at a
-    time. A chunk starting at element e starts at stream block e * bits / 128 (e is a multiple
-    of 128), and block i is H_V(seed ^ (i, tweak)): one value block of the seed xor i."""
+    time: a chunk starting at element e starts at stream block e * bits / 128 (e is a multiple
+    of 128), the piece the PRG's ``value_stream(start=)`` gives."""
     prg, bits = default_prg(), f.bits
     a, b = xnp.asarray(a).reshape(-1), xnp.asarray(b).reshape(-1)
     out = xnp.empty(f.count, _narrowest_uint(bits))
-    lo, hi = int(seed[0]), int(seed[1])
     tweak = TWEAK_SEEDED_SHARE | np.uint64(index)
     for start in range(0, f.count, chunk):
         n = min(chunk, f.count - start)
-        first, nblocks = start * bits // 128, blocks_needed(n, bits)
-        seeds = xnp.empty((nblocks, 2), np.uint64)
-        seeds[:, 0] = xnp.arange(first, first + nblocks, dtype=np.uint64) ^ np.uint64(lo)
-        seeds[:, 1] = np.uint64(hi)
-        raw = prg.value_blocks(seeds, 1, tweak).reshape(-1).view(np.uint8)[:(n * bits + 7) // 8]
+        raw = prg.value_stream(seed, blocks_needed(n, bits), tweak, start=start * bits // 128)
+        raw = raw.reshape(-1).view(np.uint8)[:(n * bits + 7) // 8]
         stream = be.unpack_open(raw, bits, n)
         total = a[start:start + n].astype(np.uint64, copy=False) + b[start:start + n].astype(np.uint64, copy=False)
         out[start:start + n] = (total - stream) & np.uint64(ring.mask(bits))

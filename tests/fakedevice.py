@@ -128,6 +128,9 @@ class _HostPrg:
     def value_blocks(self, blocks, nblocks, tweak):
         return _device(self._cpu.value_blocks(_host_view(blocks), nblocks, tweak))
 
+    def value_stream(self, seed, nblocks, tweak, start=0):
+        return _device(self._cpu.value_stream(_host_view(seed), nblocks, tweak, start=start))
+
     @property
     def aes_calls(self) -> int:
         return self._cpu.aes_calls
