@@ -361,6 +361,8 @@ def test_matmul_of_small_weights_against_numpys_integer_product(k, wbits):
     gen = np.random.default_rng(k * 131 + wbits)
     a = gen.integers(0, 2**64 - 1, (2, 5, k), dtype=np.uint64, endpoint=True)
     a[0, 0, :] = np.uint64(2**64 - 1)
+    a[1, 0, :] = 0
+    a[1, 1, :] = np.uint64(2**63)       # each limb's top bit alone, then the sign bit of the whole
     top = (1 << wbits) - 1 if wbits < 64 else 2**63 - 1
     w = gen.integers(-top, top, (k, 7), dtype=np.int64, endpoint=True)
     w[0, 0], w[-1, -1] = top, -top
