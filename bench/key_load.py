@@ -95,6 +95,7 @@ def _peer_hello(path: Path, layout: KeyLayout, channel, rounds: int) -> None:
 def load_once(kf: KeyFile, layout: KeyLayout, party: int, channel, be, verify_first: bool) -> dict:
     """One key load as runtime/party.py times it; seconds per phase."""
     t = {}
+    kf.inflate = not be.seeded_shares_on_device     # as runtime/party.py's open_keys reads for this backend
     t0 = time.perf_counter()
     if verify_first:            # fusec run: the set is verified before the hello (outside key load)
         kf.verify_set(0, be.host_buffer)
@@ -113,7 +114,7 @@ def load_once(kf: KeyFile, layout: KeyLayout, party: int, channel, be, verify_fi
     kf.ledger.mark = timed_mark
     reader = kf.claim(idx, be.host_buffer)
     t3 = time.perf_counter()
-    be.stage_set(layout, reader.read_all_raw())
+    be.stage_set(layout, reader.read_all_raw(), seeded_party=reader.seeded_party)
     be.synchronize()
     t4 = time.perf_counter()
     reader.finish()

@@ -482,7 +482,7 @@ def run(build_dir, server, stats_path, profile_sync, stream_keys, inputs_dir, co
     be.cuda_graphs = cuda_graphs
     # every key check before any socket; the set is verified into the backend's page-locked
     # buffer, so the claim after the hello does not read it again
-    kf, idx = server.open_keys(b.gates, out=be.host_buffer)
+    kf, idx = server.open_keys(b.gates, out=be.host_buffer, inflate=not be.seeded_shares_on_device)
     left = kf.unused_count()
     if left < len(requests):
         kf.close()

@@ -172,15 +172,17 @@ class ServerOptions:
             self._tls = tls
         return self
 
-    def open_keys(self, graph, out=None):
+    def open_keys(self, graph, out=None, inflate: bool = True):
         """The key file checked, its record of used sets writable, the next set verified
         (into ``out(nbytes)`` when given: the backend's page-locked buffer); or (``--keys
-        tcp://HOST:PORT``) connected to the dealer streaming the key sets."""
+        tcp://HOST:PORT``) connected to the dealer streaming the key sets. ``inflate``: as
+        runtime.party.open_keys's."""
         from fusec.runtime.party import open_keys  # noqa: PLC0415
 
         dealer = {"timeout": self.timeout, "retry_for": self.connect_retry,
                   "ssl_context": self._tls.client_context() if self._tls else None}   # name: the dealer's host
-        return open_keys(graph, self.party, self.key_path, self.state_dir, dealer=dealer, out=out)
+        return open_keys(graph, self.party, self.key_path, self.state_dir, dealer=dealer, out=out,
+                         inflate=inflate)
 
     def channel(self):
         """Listen for or connect to the peer (TLS when configured; --net: behind an emulated link)."""

@@ -21,6 +21,7 @@ from fusec.runtime.layout import GateSlot, KeyLayout, pack_gate_array, unpack_ga
 from fusec.runtime.prg import CpuPrg, active_prg
 from fusec.runtime.rng import DealerRng
 from fusec.runtime.round_message import MINE, PEER, RoundMessage
+from fusec.runtime.seeded_shares import inflated
 
 
 def host_memory_bytes() -> int:
@@ -70,6 +71,10 @@ class Backend:
     """Interface every backend implements (CPU reference shown here)."""
 
     name = "cpu"
+    #: Whether :meth:`stage_set` takes sets in a party's stored layout and regenerates their
+    #: seeded shares where it unpacks them (a GPU: runtime/device_inflate.py) rather than
+    #: having the key file inflate them on the host first.
+    seeded_shares_on_device = False
     xp: ModuleType = np
 
     def __init__(self) -> None:
@@ -111,10 +116,14 @@ class Backend:
         """Move one gate's key arrays to where ``eval`` runs (device memory on a GPU)."""
         return {k: self.asarray(v) for k, v in arrays.items()}
 
-    def stage_set(self, layout: KeyLayout, buf: np.ndarray, stream: bool = False) -> StagedKeys:
+    def stage_set(self, layout: KeyLayout, buf: np.ndarray, stream: bool = False,
+                  seeded_party: int | None = None) -> StagedKeys:
         """A whole key set (its bytes, as read from the file) -> every gate's key arrays.
         ``stream``: each gate's are unpacked when the gate first runs, inside the online
-        clock (``buf`` must stay untouched until the run ends)."""
+        clock (``buf`` must stay untouched until the run ends). ``seeded_party``: ``buf``
+        lies in that party's stored layout (``KeySetReader.seeded_party``), inflated here."""
+        if seeded_party is not None:
+            buf = inflated(layout, seeded_party, buf)
         b = np.ascontiguousarray(buf).view(np.uint8).reshape(-1)
         slots = {s.gate_id: s for s in layout.slots}
 

@@ -7,8 +7,10 @@ copied to the device a chunk at a time and unpacked there before the online cloc
 (:meth:`DeviceKeys.stage_set`), or, with ``--stream-keys``, copied a bounded window ahead
 of the gates inside the clock (:meth:`DeviceKeys.stream_set`, runtime/key_prefetch.py).
 Launch plans (``--cuda-graphs``) need every set at the same device addresses
-(:meth:`DeviceKeys._stage_fixed`). It expects the backend's ``xp``, ``kernels``, ``asarray``,
-``synchronize``, ``cuda_graphs`` and ``_plans``.
+(:meth:`DeviceKeys._stage_fixed`). A set arrives in its party's stored layout, its seeded
+shares regenerated on the device as its slots are unpacked (runtime/device_inflate.py): every
+path here works on a :class:`~fusec.runtime.device_inflate.StoredSet`. It expects the backend's
+``xp``, ``kernels``, ``asarray``, ``synchronize``, ``cuda_graphs`` and ``_plans``.
 """
 from __future__ import annotations
 
@@ -22,10 +24,12 @@ import numpy as np
 
 from fusec.errors import FusecError
 from fusec.runtime.backend import StagedKeys, host_memory_bytes
+from fusec.runtime.device_inflate import StoredSet, inflate_run, slot_bytes
 from fusec.runtime.key_prefetch import (STREAM_AHEAD_BYTES, STREAM_CHUNK_BYTES, BouncedCopies, CopyQueue,
                                         CudaCopies, KeyPrefetcher, SyncCopies)
 from fusec.runtime.layout import GateSlot, KeyLayout
 from fusec.runtime.round_message import PEER, OpenSlot, RoundMessage
+from fusec.runtime.seeded_shares import inflated
 
 # Room the online phase needs next to a staged key set: unpacked gate keys (1-bit fields
 # take 64x their packed size) and activations. Measured peak for BERT-base seq 128 is
@@ -139,6 +143,7 @@ class DeviceKeys:
     _fixed_keys: StagedKeys | None = None        # the set staged there and not yet evaluated
     _plan_arena = None                           # every set unpacked here (cuda_graphs); False: does not fit
     _plan_stage = None                           # the packed chunk buffer those sets pass through (cuda_graphs)
+    _plan_inflated = None                        # and the one their seeded chunks are inflated into
     device_share = 1.0                           # of the card's memory this party may use (GPU_SHARE_ENV)
 
     def host_buffer(self, nbytes: int) -> np.ndarray | None:
@@ -164,7 +169,7 @@ class DeviceKeys:
         """Host arrays to the device; arrays already there (a staged set's) pass untouched."""
         return {k: v if isinstance(v, self.xp.ndarray) else self.asarray(v) for k, v in arrays.items()}
 
-    def stream_set(self, layout: KeyLayout, buf: np.ndarray) -> StagedKeys:
+    def stream_set(self, sset: StoredSet, buf: np.ndarray) -> StagedKeys:
         """Keys streamed inside the clock (as SIGMA counts its key copies): the set stays in
         host memory and reaches the device while the gates run. Chunks of consecutive slots
         (``stream_chunk_bytes``) are copied on a copy stream of their own a bounded window
@@ -181,18 +186,20 @@ class DeviceKeys:
         host = self._page_locked(np.ascontiguousarray(buf).view(np.uint8).reshape(-1))
         ahead = self._stream_ahead_bytes()
         chunk = max(1, min(self.stream_chunk_bytes, ahead // 2))
-        prefetch = self.last_prefetch = KeyPrefetcher(layout, host, self._copy_queue(host), self._unpack_slot,
-                                                      chunk, ahead)
+        prefetch = self.last_prefetch = KeyPrefetcher(sset.stored, host, self._copy_queue(host),
+                                                      functools.partial(self._unpack_slot, sset), chunk, ahead)
         self.last_stage_seconds = time.perf_counter() - t0
-        return StagedKeys(layout.gate_ids, load=prefetch.load)
+        return StagedKeys(sset.layout.gate_ids, load=prefetch.load)
 
     def release_keys(self) -> None:
         """The online phase is over: drop what a streamed set still holds (its host bytes)."""
         if self.last_prefetch is not None:
             self.last_prefetch.close()
 
-    def _unpack_slot(self, slot: GateSlot, dev) -> dict[str, Any]:
-        """One gate's fields from its packed slot bytes on the device (one kernel)."""
+    def _unpack_slot(self, sset: StoredSet, stored: GateSlot, dev) -> dict[str, Any]:
+        """One gate's fields from its packed slot bytes on the device, as ``sset`` stores them
+        (one kernel, after one per share field where the slot holds a seed)."""
+        slot, dev = slot_bytes(self.kernels, self.xp, sset, stored, dev)
         if self.kernels.has("fusec_unpack_round"):
             one = KeyLayout([(slot.gate_id, slot.kind, slot.elements, slot.fields)])
             return unpack_key_set(self.kernels, one, dev)[slot.gate_id]
@@ -251,41 +258,62 @@ class DeviceKeys:
         except Exception:  # noqa: BLE001 - an unknown pointer is treated as pageable
             return False
 
-    def stage_set(self, layout: KeyLayout, buf: np.ndarray, stream: bool = False):
+    @property
+    def seeded_shares_on_device(self) -> bool:
+        """Sets come in their stored layout: these kernels regenerate seeded shares (a build
+        compiled by an older fusec lacks the kernel; its sets are inflated on the host)."""
+        return self.kernels.has("fusec_seeded_stream")
+
+    def stored_set(self, layout: KeyLayout, buf: np.ndarray, seeded_party: int | None
+                   ) -> tuple[StoredSet, np.ndarray]:
+        """(how ``buf`` lies, ``buf``): in ``seeded_party``'s stored layout, or inflated on the
+        host first where these kernels cannot regenerate seeded shares."""
+        host = np.ascontiguousarray(buf).view(np.uint8).reshape(-1)
+        if seeded_party is not None and not self.seeded_shares_on_device:
+            return StoredSet(layout), inflated(layout, seeded_party, host)
+        sset = StoredSet(layout, seeded_party)
+        if host.size != sset.stored.set_nbytes:
+            raise FusecError(f"a key set of {host.size} bytes, where party {seeded_party}'s layout holds "
+                             f"{sset.stored.set_nbytes}", "the key file and the build must match")
+        return sset, host
+
+    def stage_set(self, layout: KeyLayout, buf: np.ndarray, stream: bool = False,
+                  seeded_party: int | None = None):
         """One key set's bytes -> device memory in one copy, then every field of every gate
         unpacked there by one kernel, before the online clock starts. When the unpacked set
         (1-bit fields take 64x their packed room) does not fit next to the packed one, each
         gate's fields are unpacked when the gate starts instead (slower online).
-        ``stream``: see :meth:`stream_set`."""
+        ``stream``: see :meth:`stream_set`. ``seeded_party``: ``buf`` lies in that party's
+        stored layout; its seeded shares are written on the device where its slots are
+        unpacked (runtime/device_inflate.py)."""
+        sset, host = self.stored_set(layout, buf, seeded_party)
         if stream:
-            return self.stream_set(layout, buf)
+            return self.stream_set(sset, host)
         if self.cuda_graphs:
-            return self._stage_fixed(layout, buf)
-        host = np.ascontiguousarray(buf).view(np.uint8).reshape(-1)
+            return self._stage_fixed(sset, host)
         self._check_fits(host.nbytes)
         t0 = time.perf_counter()
-        ready = self._unpack_up_front(layout, host)
+        ready = self._unpack_up_front(sset, host)
         if ready is not None:
             self.last_stage_seconds = time.perf_counter() - t0
             return StagedKeys(layout.gate_ids, ready=ready)
         dev = self.xp.empty(host.size, np.uint8)
         self._upload(dev, host)
-        slots = {s.gate_id: s for s in layout.slots}
         self.synchronize()
         self.last_stage_seconds = time.perf_counter() - t0
+        return StagedKeys(layout.gate_ids, load=self._late_unpack(sset, dev))
 
-        def unpack(gate_id: str) -> dict[str, Any]:
-            slot, fields, pos = slots[gate_id], {}, slots[gate_id].offset
-            for f in slot.fields:
-                raw = dev[pos:pos + f.packed_nbytes]
-                fields[f.name] = (self.kernels.unpack_bits(raw, f.bits, f.count) if f.count
-                                  else self.xp.zeros(0, np.uint64)).reshape(f.shape)
-                pos += f.nbytes
-            return fields
+    def _late_unpack(self, sset: StoredSet, dev):
+        """``load(gate_id)``: that gate's fields unpacked (and its seeded shares written) from
+        the whole stored set on the device, when the gate starts."""
+        slots = {s.gate_id: s for s in sset.stored.slots}
 
-        return StagedKeys(layout.gate_ids, load=unpack)
+        def load(gate_id: str) -> dict[str, Any]:
+            st = slots[gate_id]
+            return self._unpack_slot(sset, st, dev[st.offset:st.end])
+        return load
 
-    def _stage_fixed(self, layout: KeyLayout, buf: np.ndarray) -> StagedKeys:
+    def _stage_fixed(self, sset: StoredSet, buf: np.ndarray) -> StagedKeys:
         """--cuda-graphs: every set at the same device addresses, because a recorded plan
         reads its keys there. Each set is unpacked, before the clock, into one buffer that
         every later set of this build is unpacked into too. Where that does not fit (once it
@@ -294,36 +322,35 @@ class DeviceKeys:
         recorded graphs, inside the clock)."""
         t0 = time.perf_counter()
         host = self._page_locked(np.ascontiguousarray(buf).view(np.uint8).reshape(-1))
-        arena = self._fixed_arena(layout, host.nbytes)
+        layout = sset.layout
+        arena = self._fixed_arena(sset, host.nbytes)
         if arena is not None:
-            staged = StagedKeys(layout.gate_ids, ready=self._unpack_in_chunks(layout, host, arena, keep_stage=True))
+            staged = StagedKeys(layout.gate_ids, ready=self._unpack_in_chunks(sset, host, arena, keep_stage=True))
         else:
             if self._plan_keys is None or self._plan_keys.size != host.size:
                 self._plan_keys = None
                 self._check_fits(host.nbytes)
                 self._plan_keys = self.xp.empty(host.size, np.uint8)
             self._upload(self._plan_keys, host)
-            slots, dev = {s.gate_id: s for s in layout.slots}, self._plan_keys
-            staged = StagedKeys(layout.gate_ids, load=lambda g: self._unpack_slot(
-                slots[g], dev[slots[g].offset:slots[g].end]))
+            staged = StagedKeys(layout.gate_ids, load=self._late_unpack(sset, self._plan_keys))
         self.synchronize()
         self.last_stage_seconds = time.perf_counter() - t0
         self._fixed_keys = staged
         return staged
 
-    def _fixed_arena(self, layout: KeyLayout, packed_nbytes: int):
-        """The buffer every set of ``layout`` is unpacked into (uint64, one value per field
-        element), made on first use; None when it does not fit next to one staging chunk and
+    def _fixed_arena(self, sset: StoredSet, packed_nbytes: int):
+        """The buffer every set of ``sset.layout`` is unpacked into (uint64, one value per field
+        element), made on first use; None when it does not fit next to the staging chunks and
         the online phase's headroom (both parties may share the card), or the kernels cannot."""
         if self._plan_arena is False or not self.kernels.has("fusec_unpack_round"):
             return None
-        count = sum(f.count for s in layout.slots for f in s.fields)
+        count = sum(f.count for s in sset.layout.slots for f in s.fields)
         if self._plan_arena is not None and self._plan_arena.size == count:
             return self._plan_arena
         self._plan_arena = None
         if hasattr(self.xp, "cuda"):
             self.synchronize()
-            if 8 * count + min(packed_nbytes, self.stage_chunk_bytes) + ONLINE_HEADROOM_BYTES > self._free_bytes()[0]:
+            if 8 * count + self._stage_room(sset, packed_nbytes) + ONLINE_HEADROOM_BYTES > self._free_bytes()[0]:
                 self._plan_arena = False
                 return None
         try:
@@ -335,7 +362,12 @@ class DeviceKeys:
             return None
         return self._plan_arena
 
-    def _unpack_in_chunks(self, layout: KeyLayout, host: np.ndarray, out,
+    def _stage_room(self, sset: StoredSet, packed_nbytes: int) -> int:
+        """Device bytes :meth:`_unpack_in_chunks` stages through: one chunk, and a second for
+        its inflated bytes where the set holds seeds."""
+        return min(packed_nbytes, self.stage_chunk_bytes) * (2 if sset.seeded else 1)
+
+    def _unpack_in_chunks(self, sset: StoredSet, host: np.ndarray, out,
                           keep_stage: bool = False) -> dict[str, dict[str, Any]]:
         """Every gate's fields unpacked into ``out`` (uint64, one value per field element),
         the packed bytes copied over a run of whole slots at a time (``stage_chunk_bytes``,
@@ -345,19 +377,34 @@ class DeviceKeys:
         and unpack kernels run in order on one stream, so a chunk is overwritten only after
         its unpack has read it. ``keep_stage``: that buffer is kept for the next set (launch
         plans): once a plan is recorded its memory pool may hold the room a fresh chunk
-        would need (batch 4 on an H100 shared by both parties ran out exactly there)."""
+        would need (batch 4 on an H100 shared by both parties ran out exactly there).
+        A run holding seeded slots is inflated into a second buffer of its full bytes first
+        (runtime/device_inflate.py); runs are cut by their full bytes."""
         keys: dict[str, dict[str, Any]] = {}
         first, stage = 0, self._plan_stage if keep_stage else None
-        for group in _slot_runs(layout.slots, self.stage_chunk_bytes):
+        inflated_stage = self._plan_inflated if keep_stage else None
+        room = min(self.stage_chunk_bytes, host.size)
+        for pairs in _slot_runs(sset.pairs(), self.stage_chunk_bytes):
+            group = [full for full, _ in pairs]
             lo, hi = group[0].offset, group[-1].end
-            if stage is None or stage.size < hi - lo:
+            st_lo, st_hi = pairs[0][1].offset, pairs[-1][1].end
+            if stage is None or stage.size < st_hi - st_lo:
                 stage = None
-                stage = self.xp.empty(max(hi - lo, min(self.stage_chunk_bytes, host.size)), np.uint8)
+                stage = self.xp.empty(max(st_hi - st_lo, room), np.uint8)
                 if keep_stage:
                     self._plan_stage = stage
-            self._upload(stage[:hi - lo], host[lo:hi])
+            self._upload(stage[:st_hi - st_lo], host[st_lo:st_hi])
+            packed = stage[:st_hi - st_lo]
+            if any(full.gate_id in sset.seeded for full in group):
+                if inflated_stage is None or inflated_stage.size < hi - lo:
+                    inflated_stage = None
+                    inflated_stage = self.xp.empty(max(hi - lo, room), np.uint8)
+                    if keep_stage:
+                        self._plan_inflated = inflated_stage
+                inflate_run(self.kernels, sset, pairs, packed, inflated_stage[:hi - lo])
+                packed = inflated_stage[:hi - lo]
             count = sum(f.count for s in group for f in s.fields)
-            keys.update(unpack_key_set(self.kernels, layout, stage[:hi - lo], out=out[first:first + count],
+            keys.update(unpack_key_set(self.kernels, sset.layout, packed, out=out[first:first + count],
                                        slots=group, base=lo))
             first += count
         return keys
@@ -376,18 +423,18 @@ class DeviceKeys:
         if hasattr(self.xp, "cuda"):
             check_fits(int(nbytes), *self._free_bytes(), share=self.device_share)
 
-    def _unpack_up_front(self, layout: KeyLayout, host: np.ndarray) -> dict[str, dict[str, Any]] | None:
+    def _unpack_up_front(self, sset: StoredSet, host: np.ndarray) -> dict[str, dict[str, Any]] | None:
         """Every gate's fields unpacked now (chunk by chunk, :meth:`_unpack_in_chunks`), or
         None when they do not fit. An out-of-memory error falls back to unpacking per gate:
         both parties may share the card and stage at the same moment."""
         if not self.kernels.has("fusec_unpack_round"):
             return None
-        count = sum(f.count for s in layout.slots for f in s.fields)
+        count = sum(f.count for s in sset.layout.slots for f in s.fields)
         self.synchronize()
-        if 8 * count + min(host.size, self.stage_chunk_bytes) + ONLINE_HEADROOM_BYTES > self._free_bytes()[0]:
+        if 8 * count + self._stage_room(sset, host.size) + ONLINE_HEADROOM_BYTES > self._free_bytes()[0]:
             return None
         try:
-            ready = self._unpack_in_chunks(layout, host, self.xp.empty(count, np.uint64))
+            ready = self._unpack_in_chunks(sset, host, self.xp.empty(count, np.uint64))
             self.synchronize()
             return ready
         except Exception as e:  # noqa: BLE001 - only CUDA's out-of-memory is recovered
@@ -415,14 +462,15 @@ class DeviceKeys:
         return max(0, free), total
 
 
-def _slot_runs(slots, chunk_bytes: int):
-    """Consecutive slots grouped into runs of at most ``chunk_bytes`` (a larger slot alone)."""
+def _slot_runs(pairs, chunk_bytes: int):
+    """Consecutive (full slot, stored slot) pairs grouped into runs of at most ``chunk_bytes``
+    full bytes (a larger slot alone)."""
     run, size = [], 0
-    for s in slots:
-        if run and size + (s.end - s.offset) > chunk_bytes:
+    for full, st in pairs:
+        if run and size + full.nbytes > chunk_bytes:
             yield run
             run, size = [], 0
-        run.append(s)
-        size = s.end - run[0].offset
+        run.append((full, st))
+        size = full.end - run[0][0].offset
     if run:
         yield run

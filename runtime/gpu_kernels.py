@@ -319,6 +319,21 @@ class GpuKernels:
         self.aes_blocks += total
         return out
 
+    def seeded_stream(self, seed, out, valid_bits: int, tweak) -> None:
+        """A seeded share field's packed bytes written into ``out`` (the field's room as uint64
+        words, on the device) from ``seed`` ((2,) uint64, on the device: read there, so a
+        launch plan replays it for the next set): the field's value stream with every bit past
+        ``valid_bits`` cleared, == runtime/seeded_shares.py's ``inflate`` of that room."""
+        nwords = int(out.size)
+        if out.dtype != np.uint64 or out.ndim != 1 or seed.dtype != np.uint64 or seed.size != 2:
+            raise ParameterError(f"seeded_stream: a (2,) uint64 seed and a 1-D uint64 room, got "
+                                 f"{seed.shape} {seed.dtype} and {out.shape} {out.dtype}")
+        blocks = (nwords + 1) // 2
+        if blocks:
+            self._run("fusec_seeded_stream", "seeded share stream", blocks,
+                      (seed, out, np.uint64(nwords), np.uint64(valid_bits), np.uint64(tweak)), persistent=True)
+        self.aes_blocks += blocks
+
     # -- DCF (dcf.eval)
     def dcf_eval(self, party: int, root, cw_seed, cw_tr, cw_v, cw_final, x, n: int, m: int, w: int) -> Any:
         """This party's share of beta * [x < alpha] == dcf.eval(party, DcfKey(n, m, w, ...), x).

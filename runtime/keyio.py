@@ -444,6 +444,10 @@ class KeyFile:
         self._f = f
         self.ledger = ledger
         self._verified: tuple[int, np.ndarray, int | None] | None = None  # last set verify_set read, for claim
+        #: Inflate each set read into the full layout on the host (runtime/seeded_shares.py); False:
+        #: sets stay in this party's stored layout (a GPU server inflates them on the card,
+        #: runtime/device_inflate.py; its readers say so with ``seeded_party``).
+        self.inflate = True
 
     @classmethod
     def open(cls, path: str | os.PathLike, layout: KeyLayout, party: int,
@@ -518,10 +522,16 @@ class KeyFile:
         return self._layout
 
     @property
+    def stored_layout(self) -> KeyLayout:
+        """How this party's sets lie in the file (``party_layout``)."""
+        return party_layout(self._layout, self.party)
+
+    @property
     def set_nbytes(self) -> int:
         """Bytes of a claimed set in memory: the full layout's (the file stores fewer where
-        this party's shares of some gates are seeds: ``header.set_nbytes``)."""
-        return self._layout.set_nbytes
+        this party's shares of some gates are seeds: ``header.set_nbytes``), or the stored
+        ones where sets are not inflated on the host (:attr:`inflate`)."""
+        return self._layout.set_nbytes if self.inflate else self.header.set_nbytes
 
     def close(self) -> None:
         self._verified = None
@@ -557,7 +567,8 @@ class KeyFile:
         e.g. the GPU's reused page-locked buffer) or a fresh array, checksum-verified
         (chunks read and hashed in parallel threads) and inflated in place from this party's
         stored layout into the full one (runtime/seeded_shares.py: the stored bytes are read
-        into the buffer's tail) behind the chunks as they complete in order."""
+        into the buffer's tail) behind the chunks as they complete in order; not inflated
+        when :attr:`inflate` is off."""
         if self._f is None:
             raise KeyFileError(f"key file {self.path} is closed")
         full, n = self.set_nbytes, self.header.set_nbytes
@@ -570,6 +581,7 @@ class KeyFile:
         starts = range(0, n, fmt.CHUNK_BYTES)
         # each chunk is hashed as it lands, before the inflation behind the read prefix may
         # overwrite it; a set that fails its checksum is refused, inflated or not
+        # (not inflated: the buffer holds just the stored bytes, and InflateBehind does nothing)
         with InflateBehind(self._layout, self.party, whole, n) as arrival:
             reads = [_io_pool().submit(_pread_chunk, fd, mv[s:s + fmt.CHUNK_BYTES], base + s) for s in starts]
             digests = []
@@ -641,14 +653,17 @@ class KeyFile:
         if index in used:
             raise self._reused(index, used)
         kept, self._verified = self._verified, None
-        if kept is not None and kept[0] == index and (kept[2] is None or _FILLS.get(kept[1].ctypes.data) == kept[2]):
+        if (kept is not None and kept[0] == index and kept[1].size == self.set_nbytes   # (read as inflate says now)
+                and (kept[2] is None or _FILLS.get(kept[1].ctypes.data) == kept[2])):
             buf = kept[1]
         else:
             kept = None     # the verified copy of another set goes before a new buffer is asked for
             buf = self._read_set(index, out(self.set_nbytes) if out is not None else None)
         if not self.ledger.mark(index, {"key_file": str(self.path)}):  # mark, then use
             raise self._reused(index, self.ledger.used())
-        return KeySetReader(self._layout, buf, index=index, key_set_id=self.key_set_id, path=self.path)
+        return KeySetReader(self._layout if self.inflate else self.stored_layout, buf, index=index,
+                            key_set_id=self.key_set_id, path=self.path,
+                            seeded_party=None if self.inflate else self.party)
 
     def _reused(self, index: int, used: set[int]) -> KeyReuseError:
         free = next((i for i in range(self.count) if i not in used), None)
@@ -662,12 +677,16 @@ class KeyFile:
 class KeySetReader:
     """Sequential access to one claimed key set, in the layout's key-consumption order."""
 
-    def __init__(self, layout: KeyLayout, buf: np.ndarray, *, index: int = 0, key_set_id: str = "", path: Path | None = None):
+    def __init__(self, layout: KeyLayout, buf: np.ndarray, *, index: int = 0, key_set_id: str = "", path: Path | None = None,
+                 seeded_party: int | None = None):
         if buf.dtype != np.uint8 or buf.ndim != 1 or buf.size != layout.set_nbytes:
             raise KeyFileError(
                 f"key set buffer holds {buf.size} bytes, the layout says {layout.set_nbytes}"
             )
         self.layout = layout
+        #: Not None: ``layout`` is that party's stored layout, its seeded slots not yet inflated
+        #: (``Backend.stage_set`` inflates them where it unpacks them).
+        self.seeded_party = seeded_party
         self.index = index
         self.key_set_id = key_set_id
         self.path = path

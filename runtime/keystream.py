@@ -124,6 +124,7 @@ class DealerKeyStream:
         self._ch, self._layout, self.party, self.path = ch, layout, party, where
         self._offer = offer
         self._next: int | None = offer.next if offer.next < offer.count else None
+        self.inflate = True     # as KeyFile.inflate: False keeps sets in this party's stored layout
 
     @classmethod
     def connect(cls, key_path: str, layout: KeyLayout, party: int, timeout: float = 120.0,
@@ -173,8 +174,9 @@ class DealerKeyStream:
     @property
     def set_nbytes(self) -> int:
         """Bytes of a claimed set in memory (the full layout's; the dealer sends
-        ``party_layout``'s, runtime/seeded_shares.py)."""
-        return self._layout.set_nbytes
+        ``party_layout``'s, runtime/seeded_shares.py; that one where sets are not inflated
+        on the host: :attr:`inflate`)."""
+        return self._layout.set_nbytes if self.inflate else self._offer.set_nbytes
 
     def unused_count(self) -> int:
         """Sets the dealer will still serve (they come in order, once)."""
@@ -186,7 +188,8 @@ class DealerKeyStream:
     def claim(self, index: int, out: Callable[[int], np.ndarray | None] | None = None) -> KeySetReader:
         """Ask the dealer for set ``index`` (the next one: sets come in order, once) and
         receive it into ``out(nbytes)`` (e.g. page-locked memory) or a fresh array: this party's
-        stored layout into the buffer's tail, then inflated in place into the full layout."""
+        stored layout into the buffer's tail, then inflated in place into the full layout
+        (unless :attr:`inflate` is off: then the reader's ``seeded_party`` says so)."""
         if self._next is None or index != self._next:
             have = "none left" if self._next is None else f"the next is {self._next}"
             raise KeyFileError(f"key set {index} cannot come from the dealer at {self.path}: sets come once, in "
@@ -221,6 +224,9 @@ class DealerKeyStream:
                 raise PeerError(f"the dealer at {self.path} ended set {index} with {end!r} after {got} bytes",
                                 "both ends must run the same fusec version")
         self._next = index + 1 if index + 1 < self.count else None
+        if not self.inflate:
+            return KeySetReader(party_layout(self._layout, self.party), whole, index=index,
+                                key_set_id=self.key_set_id, seeded_party=self.party)
         return KeySetReader(self._layout, whole, index=index, key_set_id=self.key_set_id)
 
     def close(self) -> None:

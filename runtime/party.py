@@ -46,8 +46,8 @@ class PartyResult:
 
 
 def open_keys(graph: GateGraph, party: int, key_path, state_dir: str | os.PathLike | None = None,
-              dealer: dict | None = None, out: Callable[[int], np.ndarray | None] | None = None
-              ) -> tuple[KeyFile, int]:
+              dealer: dict | None = None, out: Callable[[int], np.ndarray | None] | None = None,
+              inflate: bool = True) -> tuple[KeyFile, int]:
     """Validate the key file for this party, check its record of used sets can be kept
     (under ``state_dir``), and pick and verify the next unused key set (into ``out(nbytes)``
     when given: ``Backend.host_buffer``, so the set is staged from page-locked memory and
@@ -55,14 +55,18 @@ def open_keys(graph: GateGraph, party: int, key_path, state_dir: str | os.PathLi
 
     ``key_path`` ``tcp://HOST:PORT`` is a dealer streaming key sets instead
     (runtime/keystream.py; ``dealer``: keyword arguments of its ``connect``, e.g. TLS):
-    sets arrive in order into memory and are never stored, so no record is kept."""
+    sets arrive in order into memory and are never stored, so no record is kept.
+    ``inflate`` False: sets stay in this party's stored layout (``not
+    Backend.seeded_shares_on_device``: a GPU inflates their seeded shares itself)."""
     if is_stream_address(key_path):
         stream = DealerKeyStream.connect(str(key_path), graph.layout(), party, **(dealer or {}))
+        stream.inflate = inflate
         if stream.next_unused() is None:
             stream.close()
             raise KeyFileError(f"the dealer at {key_path} has no key set left", "start the dealer again")
         return stream, stream.next_unused()
     kf = KeyFile.open(key_path, graph.layout(), party, state_dir)
+    kf.inflate = inflate
     try:
         kf.ledger.ensure()
         idx = kf.next_unused()
@@ -99,7 +103,7 @@ def run_party(graph: GateGraph, party: int, kf: KeyFile, idx: int, channel: Chan
     reader = kf.claim(idx, be.host_buffer)
     t_load = time.perf_counter()
     claim_seconds, hello_seconds = t_load - t_claim, t_claim - t_hello
-    keys = be.stage_set(graph.layout(), reader.read_all_raw(), stream=stream_keys)
+    keys = be.stage_set(graph.layout(), reader.read_all_raw(), stream=stream_keys, seeded_party=reader.seeded_party)
     be.synchronize()
     t_load = time.perf_counter() - t_load
     reader.finish()

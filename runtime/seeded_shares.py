@@ -42,7 +42,7 @@ from fusec.runtime.prg import CpuPrg, blocks_needed, default_prg
 from fusec.runtime.xp import np as xnp
 
 __all__ = ["SEED_FIELD", "SEED_NBYTES", "TWEAK_SEEDED_SHARE", "seeded_parties", "party_layout", "split_key",
-           "inflate", "InflateBehind"]
+           "inflate", "inflated", "InflateBehind"]
 
 #: The field that holds a seeded slot's seed (two uint64 words), first in the slot.
 SEED_FIELD = "share_seed"
@@ -229,6 +229,13 @@ def inflate(layout: KeyLayout, party: int, buf: np.ndarray,
         for job in jobs:
             job.result()        # every writer done (and its error raised) before the buffer is used or freed
     return buf
+
+
+def inflated(layout: KeyLayout, party: int, stored: np.ndarray) -> np.ndarray:
+    """A new buffer holding the full layout of a set given in ``party``'s stored layout."""
+    buf = np.empty(layout.set_nbytes, np.uint8)
+    buf[layout.set_nbytes - stored.size:] = np.ascontiguousarray(stored).view(np.uint8).reshape(-1)
+    return inflate(layout, party, buf)
 
 
 def _write_stream_jobs(dst: np.ndarray, seed: np.ndarray, index: int, f: KeyField) -> list[Future]:

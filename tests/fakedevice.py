@@ -176,6 +176,7 @@ def host_kernel_backend(source: str, library) -> type:
     runs the GPU data path, kernels included, with no GPU. Only the page-locked copies and
     CUDA's memory queries are left out."""
     from fusec.runtime.device_keys import unpack_key_set
+    from fusec.runtime.seeded_shares import inflated
     from fusec.runtime.gpu_backend import GpuBackend, GpuPrg
     from fusec.runtime.gpu_kernels import GpuKernels, HostLauncher
 
@@ -214,17 +215,21 @@ def host_kernel_backend(source: str, library) -> type:
         def _get_into(self, dev, out) -> None:
             out[...] = fakecupy.asnumpy(dev)
 
-        def stage_set(self, layout, buf, stream: bool = False):
+        def stage_set(self, layout, buf, stream: bool = False, seeded_party=None):
             from fusec.runtime.backend import StagedKeys
 
+            sset, host = self.stored_set(layout, buf, seeded_party)
             if stream:
-                return self.stream_set(layout, buf)
+                return self.stream_set(sset, host)
             if self.cuda_graphs:        # launch-plan staging: every set unpacked into one buffer
-                return self._stage_fixed(layout, buf)
+                return self._stage_fixed(sset, host)
             if not self.kernels.has("fusec_unpack_round"):
-                return Backend.stage_set(self, layout, buf)
-
-            dev = fakecupy.asarray(numpy.ascontiguousarray(buf).view(numpy.uint8))
+                return Backend.stage_set(self, layout, host if not sset.seeded else
+                                         inflated(layout, seeded_party, host))
+            if sset.seeded:             # the GPU's up-front path: chunks inflated on the device, unpacked
+                count = sum(f.count for s in layout.slots for f in s.fields)
+                return StagedKeys(layout.gate_ids, ready=self._unpack_in_chunks(sset, host, fakecupy.empty(count, numpy.uint64)))
+            dev = fakecupy.asarray(host)
             return StagedKeys(layout.gate_ids, ready=unpack_key_set(self.kernels, layout, dev))
 
         def synchronize(self) -> None:

@@ -24,6 +24,7 @@ from fusec.runtime.dealer import write_keys
 from fusec.runtime.keyio import KeyFile
 from fusec.runtime.launch_plan import LaunchPlan, PlanSegment
 from fusec.runtime.protocol import RoundLog
+from fusec.runtime.seeded_shares import party_layout
 from tests.harness import both_parties, queue_exchanges
 from tests.test_device_path import BERT_TINY, _gpu_kind, _host_kernels
 
@@ -60,8 +61,9 @@ def _run_sets(build, key_dir, backends, graphs: bool):
         def work(p):
             be = backends[p]
             with KeyFile.open(key_dir / f"p{p}.key", layout, p) as kf:
+                kf.inflate = not be.seeded_shares_on_device     # as a server reads it for this backend
                 raw = kf._read_set(j)
-            keys = be.stage_set(layout, raw)
+            keys = be.stage_set(layout, raw, seeded_party=None if kf.inflate else p)
 
             def exchange(data, scope, limit=None):
                 sent[p].append(bytes(data))
@@ -102,16 +104,27 @@ def test_replayed_inferences_open_what_the_cpu_opens(bert_build, key_dir):
     assert sum(replayed.compute.values()) > 0 and set(replayed.phases) == {"step", "wire", "unpack"}
 
 
-def test_a_set_too_large_to_unpack_is_read_from_one_packed_buffer(bert_build, key_dir):
-    """Where the unpacked set does not fit, every set is copied into one packed buffer and
-    each gate unpacks its slot when it starts: the same bytes as the CPU."""
+@pytest.mark.parametrize("where", ["hostkernels", pytest.param("gpu", marks=pytest.mark.gpu)])
+def test_a_set_too_large_to_unpack_is_read_from_one_packed_buffer(bert_build, key_dir, where):
+    """Where the unpacked set does not fit, every set is copied into one packed buffer (in its
+    stored layout) and each gate unpacks its slot, its seeded shares written from the seed in
+    that buffer, when it starts: on a GPU inside the recorded graphs, so a replay regenerates
+    the next set's shares. The same bytes as the CPU."""
     ref = _run_sets(bert_build, key_dir, [get_backend("cpu"), get_backend("cpu")], graphs=False)
-    backends = [_host_kernels()(), _host_kernels()()]
+    if where == "gpu":
+        kind = _gpu_kind()
+        backends = [kind(bert_build.kernels_source), kind(bert_build.kernels_source)]
+    else:
+        backends = [_host_kernels()(), _host_kernels()()]
     for be in backends:
         be._plan_arena = False                      # as after an arena that did not fit
     got = _run_sets(bert_build, key_dir, backends, graphs=True)
     _assert_same(ref, got, "packed buffer")
     assert all(be._plan_keys is not None and be._plan_arena is False for be in backends)
+    layout = bert_build.gates.layout()
+    assert [be._plan_keys.size for be in backends] == [party_layout(layout, p).set_nbytes for p in (0, 1)]
+    if where == "gpu":
+        assert all(plan.ready and plan.replays == SETS - 2 for be in backends for plan in be._plans.values())
 
 
 def test_without_a_gpu_the_flag_interprets(bert_build, key_dir):
@@ -124,9 +137,9 @@ def test_without_a_gpu_the_flag_interprets(bert_build, key_dir):
     for be in backends:
         stage = be._stage_fixed
 
-        def staged(layout, buf, stage=stage, be=be):
-            keys = stage(layout, buf)
-            big = keys[max(layout.slots, key=lambda slot: slot.nbytes).gate_id]
+        def staged(sset, buf, stage=stage, be=be):
+            keys = stage(sset, buf)
+            big = keys[max(sset.layout.slots, key=lambda slot: slot.nbytes).gate_id]
             arenas.append((id(be._plan_arena), all(np.shares_memory(v, be._plan_arena) for v in big.values() if v.size)))
             return keys
         be._stage_fixed = staged

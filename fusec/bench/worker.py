@@ -146,7 +146,8 @@ class Server:
         if path not in self._keys:
             from fusec.runtime.party import open_keys
 
-            self._keys[path], _ = open_keys(self.build.gates, self.party, path, out=self.be.host_buffer)
+            self._keys[path], _ = open_keys(self.build.gates, self.party, path, out=self.be.host_buffer,
+                                             inflate=not self.be.seeded_shares_on_device)
         return self._keys[path]
 
     def release_used_up(self) -> None:
