@@ -40,6 +40,10 @@ ONLINE_HEADROOM_BYTES = 4 << 30
 STAGE_CHUNK_BYTES = 1 << 30
 #: Largest share of the host's memory a party keeps page-locked for reading key sets.
 PINNED_SHARE = 1 / 8
+#: What the online phase takes beside a set unpacked gate by gate, as a share of the set's full
+#: bytes: activations and launch-plan pools took 9.4-11.4 GB per party beside BERT-base's
+#: 29.4 GB batch-8 set (0.32-0.39) and 10.2 GB beside its 31.8 GB seq-512 set (0.32), on an H100.
+ONLINE_ROOM_SHARE = 1 / 3
 
 
 def check_fits(nbytes: int, free: int, total: int, what: str = "the key set", share: float = 1.0) -> None:
@@ -297,11 +301,54 @@ class DeviceKeys:
         if ready is not None:
             self.last_stage_seconds = time.perf_counter() - t0
             return StagedKeys(layout.gate_ids, ready=ready)
-        dev = self.xp.empty(host.size, np.uint8)
-        self._upload(dev, host)
+        sset, dev = self._packed_on_device(sset, host, self._inflate_early(sset))
         self.synchronize()
         self.last_stage_seconds = time.perf_counter() - t0
         return StagedKeys(layout.gate_ids, load=self._late_unpack(sset, dev))
+
+    #: Where a set is unpacked gate by gate: inflate its seeded shares on the device before the
+    #: clock (True), as each gate unpacks inside it (False), or by the memory free (None).
+    inflate_early: bool | None = None
+
+    def _inflate_early(self, sset: StoredSet) -> bool:
+        """Whether a set to be unpacked gate by gate goes on the card inflated, its share
+        fields' AES run before the clock: where the full set and the online phase's room
+        (ONLINE_ROOM_SHARE of it) fit in what this party may use. Else it stays in its stored
+        layout, a quarter smaller, and each gate writes its shares as it starts (BERT-base
+        batch 8 with launch plans on an H100: 1.18 s against 0.98 s inflated; seq 512 fits
+        only so, both parties and the dealer on the card)."""
+        if not sset.seeded:
+            return False
+        if self.inflate_early is not None:
+            return self.inflate_early
+        if not hasattr(self.xp, "cuda"):
+            return True
+        self.synchronize()
+        return sset.layout.set_nbytes * (1 + ONLINE_ROOM_SHARE) <= self._free_bytes()[0]
+
+    def _packed_on_device(self, sset: StoredSet, host: np.ndarray, early: bool, dst=None) -> tuple[StoredSet, Any]:
+        """The set's packed bytes on the device (into ``dst`` when given: a launch plan's fixed
+        buffer), and how they lie there: as stored, or (``early``) inflated into the full
+        layout, a run of slots at a time through one staging chunk (a device copy cannot
+        inflate in place as the host does: CuPy's copies of overlapping bytes race)."""
+        if not early:
+            dev = self.xp.empty(host.size, np.uint8) if dst is None else dst
+            self._upload(dev, host)
+            return sset, dev
+        dev = self.xp.empty(sset.layout.set_nbytes, np.uint8) if dst is None else dst
+        stage = None
+        for pairs in _slot_runs(sset.pairs(), self.stage_chunk_bytes):
+            lo, hi = pairs[0][0].offset, pairs[-1][0].end
+            st_lo, st_hi = pairs[0][1].offset, pairs[-1][1].end
+            if not any(full.gate_id in sset.seeded for full, _ in pairs):
+                self._upload(dev[lo:hi], host[st_lo:st_hi])
+                continue
+            if stage is None or stage.size < st_hi - st_lo:
+                stage = None
+                stage = self.xp.empty(max(st_hi - st_lo, min(self.stage_chunk_bytes, host.size)), np.uint8)
+            self._upload(stage[:st_hi - st_lo], host[st_lo:st_hi])
+            inflate_run(self.kernels, sset, pairs, stage[:st_hi - st_lo], dev[lo:hi])
+        return StoredSet(sset.layout), dev
 
     def _late_unpack(self, sset: StoredSet, dev):
         """``load(gate_id)``: that gate's fields unpacked (and its seeded shares written) from
@@ -327,12 +374,17 @@ class DeviceKeys:
         if arena is not None:
             staged = StagedKeys(layout.gate_ids, ready=self._unpack_in_chunks(sset, host, arena, keep_stage=True))
         else:
-            if self._plan_keys is None or self._plan_keys.size != host.size:
-                self._plan_keys = None
-                self._check_fits(host.nbytes)
-                self._plan_keys = self.xp.empty(host.size, np.uint8)
-            self._upload(self._plan_keys, host)
-            staged = StagedKeys(layout.gate_ids, load=self._late_unpack(sset, self._plan_keys))
+            # inflated or stored: decided with the buffer, once (a recorded plan reads its addresses)
+            kept = self._plan_keys
+            early = (kept.size == layout.set_nbytes != host.size if kept is not None and kept.size in
+                     (layout.set_nbytes, host.size) else self._inflate_early(sset))
+            size = layout.set_nbytes if early else host.size
+            if kept is None or kept.size != size:
+                self._plan_keys = kept = None
+                self._check_fits(size)
+                self._plan_keys = self.xp.empty(size, np.uint8)
+            sset, dev = self._packed_on_device(sset, host, early, self._plan_keys)
+            staged = StagedKeys(layout.gate_ids, load=self._late_unpack(sset, dev))
         self.synchronize()
         self.last_stage_seconds = time.perf_counter() - t0
         self._fixed_keys = staged

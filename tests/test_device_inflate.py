@@ -81,37 +81,88 @@ def _stored_and_cpu(build, where, party):
     return stored, cpu
 
 
-PATHS = ["up front", "up front in small chunks", "streamed", "plan arena", "plan, unpacked late", "unpacked late"]
+PATHS = ["up front", "up front in small chunks", "streamed", "plan arena", "plan, stored, unpacked late",
+         "plan, inflated early, unpacked late", "stored, unpacked late", "inflated early, unpacked late"]
 
 
 @pytest.mark.parametrize("path", PATHS)
 def test_every_staging_path_of_a_stored_set_gives_the_cpus_keys(bert_build, tmp_path, path):
     """A set kept in its stored layout and inflated on the device where each staging path
     unpacks it (before the clock, chunk by chunk; per gate from a streamed window; into a launch
-    plan's arena; per gate from the plan's fixed buffer or the whole set on the card) gives
-    every gate the arrays the CPU inflates and unpacks on the host."""
+    plan's arena; per gate from the plan's fixed buffer or the whole set on the card, inflated
+    there before the clock or as each gate starts) gives every gate the arrays the CPU inflates
+    and unpacks on the host."""
     write_keys(bert_build.gates, tmp_path, 1, seed=b"device-inflate")
     layout = bert_build.gates.layout()
     for p in (0, 1):
         stored, cpu = _stored_and_cpu(bert_build, tmp_path, p)
         be = _host_kernels()()
-        if path == "up front in small chunks":
-            be.stage_chunk_bytes = 4096
+        be.stage_chunk_bytes = 4096 if "small" in path or "early" in path else be.stage_chunk_bytes
+        be.inflate_early = "early" in path
         if path.startswith("plan"):
             be.cuda_graphs = True
-            if path == "plan, unpacked late":
+            if "late" in path:
                 be._plan_arena = False
-        if path == "unpacked late":
+        if path.endswith("unpacked late") and not path.startswith("plan"):
             sset, host = be.stored_set(layout, stored, p)
-            staged = StagedKeys(layout.gate_ids, load=be._late_unpack(sset, fakecupy.asarray(host)))
+            sset, dev = be._packed_on_device(sset, host, be.inflate_early)
+            assert dev.size == (layout.set_nbytes if be.inflate_early else stored.size)
+            if be.inflate_early:            # the whole set, inflated on the device: the host's bytes
+                assert not sset.seeded and np.array_equal(fakecupy.asnumpy(dev), inflated(layout, p, stored))
+            staged = StagedKeys(layout.gate_ids, load=be._late_unpack(sset, dev))
         else:
             staged = be.stage_set(layout, stored, stream=path == "streamed", seeded_party=p)
+        if "plan" in path and "late" in path:
+            assert be._plan_keys.size == (layout.set_nbytes if be.inflate_early else stored.size)
         assert list(staged) == layout.gate_ids
         for g in reversed(layout.gate_ids):          # any order: each gate inflates its own slot
             got = staged[g]
             assert got.keys() == cpu[g].keys(), (path, p, g)
             for name, v in cpu[g].items():
                 assert np.array_equal(fakecupy.asnumpy(got[name]), v), (path, p, g, name)
+
+
+def test_a_plans_buffer_keeps_the_layout_it_was_made_for(bert_build, tmp_path):
+    """A recorded plan reads its keys at fixed addresses: once its buffer holds inflated sets,
+    later sets go there inflated too, whatever the memory free says then (and the same for
+    stored sets)."""
+    write_keys(bert_build.gates, tmp_path, 2, seed=b"sticky")
+    layout = bert_build.gates.layout()
+    for first in (True, False):
+        be = _host_kernels()()
+        be.cuda_graphs, be._plan_arena, be.inflate_early = True, False, first
+        with KeyFile.open(tmp_path / "p0.key", layout, 0, tmp_path / f"state-{first}") as kf:
+            kf.inflate = False
+            sets = [kf._read_set(j).copy() for j in (0, 1)]
+            kf.inflate = True
+            cpu = [get_backend("cpu").stage_set(layout, kf._read_set(j)) for j in (0, 1)]
+        be.stage_set(layout, sets[0], seeded_party=0)
+        buf = be._plan_keys
+        be.inflate_early = not first
+        staged = be.stage_set(layout, sets[1], seeded_party=0)
+        assert be._plan_keys is buf and buf.size == (layout.set_nbytes if first else sets[1].size)
+        for g in layout.gate_ids:
+            for name, v in cpu[1][g].items():
+                assert np.array_equal(fakecupy.asnumpy(staged[g][name]), v), (first, g, name)
+
+
+def test_a_set_is_inflated_early_where_it_fits_with_the_online_phases_room(monkeypatch):
+    """By the memory free: the full set and a third of it for the online phase (activations and
+    launch-plan pools took a third of BERT-base's set at batch 8 and seq 512)."""
+    layout = KeyLayout([("g0", "k", 1, (KeyField("r", (3000,), 50, share=True), KeyField("cw", (3,), 64)))])
+    be = _host_kernels()()
+    sset = StoredSet(layout, seeded_parties(layout)["g0"])
+    full = layout.set_nbytes
+    be.xp = type("CudaXp", (), {"cuda": None})()
+    monkeypatch.setattr(type(be), "synchronize", lambda self: None)
+    for free, want in ((full * 4 // 3 + 8, True), (full * 4 // 3 - 8, False)):
+        monkeypatch.setattr(type(be), "_free_bytes", lambda self, free=free: (free, 80 << 30))
+        assert be._inflate_early(sset) is want, free
+    be.inflate_early = False
+    monkeypatch.setattr(type(be), "_free_bytes", lambda self: (1 << 40, 80 << 30))
+    assert be._inflate_early(sset) is False
+    be.inflate_early = True
+    assert be._inflate_early(StoredSet(layout)) is False        # nothing seeded: nothing to inflate
 
 
 def test_a_gpu_server_claims_its_set_stored_and_opens_the_cpus_outputs(bert_build, tmp_path):

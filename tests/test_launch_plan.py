@@ -104,12 +104,14 @@ def test_replayed_inferences_open_what_the_cpu_opens(bert_build, key_dir):
     assert sum(replayed.compute.values()) > 0 and set(replayed.phases) == {"step", "wire", "unpack"}
 
 
+@pytest.mark.parametrize("early", [False, True], ids=["stored", "inflated early"])
 @pytest.mark.parametrize("where", ["hostkernels", pytest.param("gpu", marks=pytest.mark.gpu)])
-def test_a_set_too_large_to_unpack_is_read_from_one_packed_buffer(bert_build, key_dir, where):
-    """Where the unpacked set does not fit, every set is copied into one packed buffer (in its
-    stored layout) and each gate unpacks its slot, its seeded shares written from the seed in
-    that buffer, when it starts: on a GPU inside the recorded graphs, so a replay regenerates
-    the next set's shares. The same bytes as the CPU."""
+def test_a_set_too_large_to_unpack_is_read_from_one_packed_buffer(bert_build, key_dir, where, early):
+    """Where the unpacked set does not fit, every set is copied into one packed buffer and each
+    gate unpacks its slot when it starts: the set inflated on the device before the clock, or
+    kept in its stored layout, each gate's seeded shares then written from the seed in that
+    buffer (on a GPU inside the recorded graphs, so a replay regenerates the next set's
+    shares). The same bytes as the CPU."""
     ref = _run_sets(bert_build, key_dir, [get_backend("cpu"), get_backend("cpu")], graphs=False)
     if where == "gpu":
         kind = _gpu_kind()
@@ -118,11 +120,13 @@ def test_a_set_too_large_to_unpack_is_read_from_one_packed_buffer(bert_build, ke
         backends = [_host_kernels()(), _host_kernels()()]
     for be in backends:
         be._plan_arena = False                      # as after an arena that did not fit
+        be.inflate_early = early
     got = _run_sets(bert_build, key_dir, backends, graphs=True)
     _assert_same(ref, got, "packed buffer")
     assert all(be._plan_keys is not None and be._plan_arena is False for be in backends)
     layout = bert_build.gates.layout()
-    assert [be._plan_keys.size for be in backends] == [party_layout(layout, p).set_nbytes for p in (0, 1)]
+    assert [be._plan_keys.size for be in backends] == [layout.set_nbytes if early else party_layout(layout, p).set_nbytes
+                                                       for p in (0, 1)]
     if where == "gpu":
         assert all(plan.ready and plan.replays == SETS - 2 for be in backends for plan in be._plans.values())
 
