@@ -14,6 +14,7 @@ path here works on a :class:`~fusec.runtime.device_inflate.StoredSet`. It expect
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import time
@@ -312,8 +313,8 @@ class DeviceKeys:
 
     def _inflate_early(self, sset: StoredSet) -> bool:
         """Whether a set to be unpacked gate by gate goes on the card inflated, its share
-        fields' AES run before the clock: where the full set and the online phase's room
-        (ONLINE_ROOM_SHARE of it) fit in what this party may use. Else it stays in its stored
+        fields' AES run before the clock: where the full set, the online phase's room
+        (ONLINE_ROOM_SHARE of it) and a staging chunk fit in what this party may use. Else it stays in its stored
         layout, a quarter smaller, and each gate writes its shares as it starts (BERT-base
         batch 8 with launch plans on an H100: 1.18 s against 0.98 s inflated; seq 512 fits
         only so, both parties and the dealer on the card)."""
@@ -324,7 +325,8 @@ class DeviceKeys:
         if not hasattr(self.xp, "cuda"):
             return True
         self.synchronize()
-        return sset.layout.set_nbytes * (1 + ONLINE_ROOM_SHARE) <= self._free_bytes()[0]
+        need = sset.layout.set_nbytes * (1 + ONLINE_ROOM_SHARE) + self.stage_chunk_bytes
+        return need <= self._free_bytes()[0]
 
     def _packed_on_device(self, sset: StoredSet, host: np.ndarray, early: bool, dst=None) -> tuple[StoredSet, Any]:
         """The set's packed bytes on the device (into ``dst`` when given: a launch plan's fixed
@@ -336,19 +338,38 @@ class DeviceKeys:
             self._upload(dev, host)
             return sset, dev
         dev = self.xp.empty(sset.layout.set_nbytes, np.uint8) if dst is None else dst
-        stage = None
-        for pairs in _slot_runs(sset.pairs(), self.stage_chunk_bytes):
-            lo, hi = pairs[0][0].offset, pairs[-1][0].end
-            st_lo, st_hi = pairs[0][1].offset, pairs[-1][1].end
-            if not any(full.gate_id in sset.seeded for full, _ in pairs):
-                self._upload(dev[lo:hi], host[st_lo:st_hi])
-                continue
-            if stage is None or stage.size < st_hi - st_lo:
-                stage = None
-                stage = self.xp.empty(max(st_hi - st_lo, min(self.stage_chunk_bytes, host.size)), np.uint8)
-            self._upload(stage[:st_hi - st_lo], host[st_lo:st_hi])
-            inflate_run(self.kernels, sset, pairs, stage[:st_hi - st_lo], dev[lo:hi])
+        with self._transient_memory():
+            stage = None
+            for pairs in _slot_runs(sset.pairs(), self.stage_chunk_bytes):
+                lo, hi = pairs[0][0].offset, pairs[-1][0].end
+                st_lo, st_hi = pairs[0][1].offset, pairs[-1][1].end
+                if not any(full.gate_id in sset.seeded for full, _ in pairs):
+                    self._upload(dev[lo:hi], host[st_lo:st_hi])
+                    continue
+                if stage is None or stage.size < st_hi - st_lo:
+                    stage = None
+                    stage = self.xp.empty(max(st_hi - st_lo, min(self.stage_chunk_bytes, host.size)), np.uint8)
+                self._upload(stage[:st_hi - st_lo], host[st_lo:st_hi])
+                inflate_run(self.kernels, sset, pairs, stage[:st_hi - st_lo], dev[lo:hi])
+            stage = None
         return StoredSet(sset.layout), dev
+
+    @contextlib.contextmanager
+    def _transient_memory(self):
+        """Device allocations inside come from a memory pool of their own, given back to the
+        card on leaving: a staging chunk (1.3 GB for a batch-8 GELU's slot) left cached in the
+        party's pool starved the key-stream dealer that shares the card (it ran out of memory
+        allocating 0.55 GB beside two parties holding a set each)."""
+        if not hasattr(self.xp, "cuda"):
+            yield
+            return
+        pool = self.xp.cuda.MemoryPool()
+        try:
+            with self.xp.cuda.using_allocator(pool.malloc):
+                yield
+        finally:
+            self.synchronize()          # the kernels reading the chunk are done before it goes
+            pool.free_all_blocks()
 
     def _late_unpack(self, sset: StoredSet, dev):
         """``load(gate_id)``: that gate's fields unpacked (and its seeded shares written) from

@@ -147,15 +147,17 @@ def test_a_plans_buffer_keeps_the_layout_it_was_made_for(bert_build, tmp_path):
 
 
 def test_a_set_is_inflated_early_where_it_fits_with_the_online_phases_room(monkeypatch):
-    """By the memory free: the full set and a third of it for the online phase (activations and
-    launch-plan pools took a third of BERT-base's set at batch 8 and seq 512)."""
+    """By the memory free: the full set, a third of it for the online phase (activations and
+    launch-plan pools took a third of BERT-base's set at batch 8 and seq 512) and a chunk to
+    stage it through."""
     layout = KeyLayout([("g0", "k", 1, (KeyField("r", (3000,), 50, share=True), KeyField("cw", (3,), 64)))])
     be = _host_kernels()()
     sset = StoredSet(layout, seeded_parties(layout)["g0"])
     full = layout.set_nbytes
     be.xp = type("CudaXp", (), {"cuda": None})()
     monkeypatch.setattr(type(be), "synchronize", lambda self: None)
-    for free, want in ((full * 4 // 3 + 8, True), (full * 4 // 3 - 8, False)):
+    be.stage_chunk_bytes = 1000
+    for free, want in ((full * 4 // 3 + 1008, True), (full * 4 // 3 + 992, False)):
         monkeypatch.setattr(type(be), "_free_bytes", lambda self, free=free: (free, 80 << 30))
         assert be._inflate_early(sset) is want, free
     be.inflate_early = False
