@@ -40,12 +40,15 @@ class StagedKeys(Mapping):
     """One key set ready for the online phase, the same type on every backend: gate id ->
     that gate's key arrays (where the gates run). Either every gate's fields were unpacked
     when the set was staged (``ready``), or each gate's are unpacked on first use (``load``:
-    a set too large to hold unpacked next to its packed bytes)."""
+    a set too large to hold unpacked next to its packed bytes). ``shares_late``: ``load`` also
+    writes seeded shares from their seeds (AES inside the online clock, runtime/device_inflate.py)."""
 
-    def __init__(self, gate_ids, ready: dict | None = None, load: Callable[[str], dict] | None = None) -> None:
+    def __init__(self, gate_ids, ready: dict | None = None, load: Callable[[str], dict] | None = None,
+                 shares_late: bool = False) -> None:
         self._ids = list(gate_ids)
         self._ready = ready if ready is not None else {}
         self._load = load
+        self.shares_late = bool(shares_late and load is not None)
 
     def __getitem__(self, gate_id: str) -> dict:
         hit = self._ready.get(gate_id)

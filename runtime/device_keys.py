@@ -194,7 +194,7 @@ class DeviceKeys:
         prefetch = self.last_prefetch = KeyPrefetcher(sset.stored, host, self._copy_queue(host),
                                                       functools.partial(self._unpack_slot, sset), chunk, ahead)
         self.last_stage_seconds = time.perf_counter() - t0
-        return StagedKeys(sset.layout.gate_ids, load=prefetch.load)
+        return StagedKeys(sset.layout.gate_ids, load=prefetch.load, shares_late=bool(sset.seeded))
 
     def release_keys(self) -> None:
         """The online phase is over: drop what a streamed set still holds (its host bytes)."""
@@ -305,7 +305,7 @@ class DeviceKeys:
         sset, dev = self._packed_on_device(sset, host, self._inflate_early(sset))
         self.synchronize()
         self.last_stage_seconds = time.perf_counter() - t0
-        return StagedKeys(layout.gate_ids, load=self._late_unpack(sset, dev))
+        return StagedKeys(layout.gate_ids, load=self._late_unpack(sset, dev), shares_late=bool(sset.seeded))
 
     #: Where a set is unpacked gate by gate: inflate its seeded shares on the device before the
     #: clock (True), as each gate unpacks inside it (False), or by the memory free (None).
@@ -405,7 +405,7 @@ class DeviceKeys:
                 self._check_fits(size)
                 self._plan_keys = self.xp.empty(size, np.uint8)
             sset, dev = self._packed_on_device(sset, host, early, self._plan_keys)
-            staged = StagedKeys(layout.gate_ids, load=self._late_unpack(sset, dev))
+            staged = StagedKeys(layout.gate_ids, load=self._late_unpack(sset, dev), shares_late=bool(sset.seeded))
         self.synchronize()
         self.last_stage_seconds = time.perf_counter() - t0
         self._fixed_keys = staged

@@ -41,6 +41,7 @@ class PartyResult:
     claim_seconds: float = 0.0      # reading the set (unless verified just before), its checksum, the ledger's mark
     hello_seconds: float = 0.0      # the authenticated hello that agrees on the set
     keys_unpacked_late: bool = False   # staged, but each gate's keys unpacked when it starts (did not fit unpacked)
+    seeded_shares_late: bool = False   # and its seeded shares written from their seeds then (device_inflate.py)
     online_interval: tuple[float, float] = (0.0, 0.0)   # the online clock's start and end, time.monotonic():
     # one clock for every process on the host, so concurrent servers' intervals can be joined (fusec/bench/lanes.py)
 
@@ -117,6 +118,7 @@ def run_party(graph: GateGraph, party: int, kf: KeyFile, idx: int, channel: Chan
     dt = time.perf_counter() - t0
     interval = (start, start + dt)
     unpacked_late = not (stream_keys or keys.unpacked_up_front)
+    shares_late = keys.shares_late
     del keys
     be.release_keys()       # before the next set is received: a batch-8 set is 34 GB
     if profile is not None:
@@ -125,7 +127,8 @@ def run_party(graph: GateGraph, party: int, kf: KeyFile, idx: int, channel: Chan
     return PartyResult(outputs, idx, dt, log.rounds, sum(log.bytes_sent.values()), dict(log.bytes_sent),
                        t_load, dict(log.compute), dict(log.seconds), dict(log.phases),
                        claim_seconds=claim_seconds, hello_seconds=hello_seconds,
-                       keys_unpacked_late=unpacked_late, online_interval=interval)
+                       keys_unpacked_late=unpacked_late, seeded_shares_late=shares_late,
+                       online_interval=interval)
 
 
 PROFILE_ENV = "FUSEC_PYPROFILE"

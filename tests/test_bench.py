@@ -99,6 +99,27 @@ def test_keys_unpacked_late_by_either_party_mark_the_configuration():
     assert not summarize([step(0, False, False)], 1, 1, 8)["keys_unpacked_late"]
 
 
+def test_seeded_shares_written_inside_the_clock_mark_the_configuration():
+    """A set left in its stored layout on the card regenerates its seeded shares as each gate
+    starts (AES inside the online clock): either party saying so marks the summary, and the
+    table's footnote says it."""
+    from fusec.bench.markdown import _late_keys_note
+
+    def step(i, late0, late1):
+        return merge_parties({**_party_step(i, False, 1.0, 10, 5, {}), "keys_unpacked_late": True,
+                              "seeded_shares_late": late0},
+                             {**_party_step(i, False, 1.0, 10, 5, {}), "keys_unpacked_late": True,
+                              "seeded_shares_late": late1})
+
+    late = summarize([step(0, False, True), step(1, False, False)], 1, 1, 8)
+    assert late["seeded_shares_late"] and not summarize([step(0, False, False)], 1, 1, 8)["seeded_shares_late"]
+    doc = {"settings": {"party_argv": ["--cuda-graphs"]}, "results": [{"online": {"keys_unpacked_late": True}}]}
+    assert "inside the recorded graphs" in _late_keys_note(doc)[-1] and "seeds" not in _late_keys_note(doc)[-1]
+    doc["results"].append({"online": late})
+    assert "regenerated its seeded shares from their seeds" in _late_keys_note(doc)[-1]
+    assert _late_keys_note({"settings": {}, "results": [{"online": {}}]}) == []
+
+
 def test_a_launch_plan_either_party_did_not_record_marks_the_configuration():
     """A worker that recorded no launch plan (it would not have fit) interpreted every step:
     its memory record says why, the merge keeps both parties' records (and lanes' pairs), and

@@ -112,6 +112,8 @@ def test_every_staging_path_of_a_stored_set_gives_the_cpus_keys(bert_build, tmp_
             staged = StagedKeys(layout.gate_ids, load=be._late_unpack(sset, dev))
         else:
             staged = be.stage_set(layout, stored, stream=path == "streamed", seeded_party=p)
+            # the bench's footnote: shares written inside the clock
+            assert staged.shares_late == (path in ("streamed", "plan, stored, unpacked late")), path
         if "plan" in path and "late" in path:
             assert be._plan_keys.size == (layout.set_nbytes if be.inflate_early else stored.size)
         assert list(staged) == layout.gate_ids

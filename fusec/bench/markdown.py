@@ -258,6 +258,22 @@ def _key_load_table(doc: dict) -> list[str]:
             "", *table(["configuration", "hello", "claim", "stage", "total", "key bytes / total"], "lrrrrr", rows)]
 
 
+def _late_keys_note(doc: dict) -> list[str]:
+    """The footnote of the configurations marked \u2020 (keys unpacked inside the clock)."""
+    online = [r.get("online", {}) for r in doc["results"]]
+    if not any(o.get("keys_unpacked_late") for o in online):
+        return []
+    graphs = "--cuda-graphs" in doc["settings"].get("party_argv", [])
+    note = ("\u2020 Each gate's keys were unpacked when the gate started, inside the online clock: "
+            + ("launch plans read every set from one device buffer and unpack it inside the recorded graphs."
+               if graphs else "the unpacked set did not fit in device memory next to its packed bytes (and "
+               "the peer's, on a shared card)."))
+    if any(o.get("seeded_shares_late") for o in online):
+        note += (" The set stayed in its stored layout on the card (inflated, it and the online phase's room did "
+                 "not fit), so each gate regenerated its seeded shares from their seeds there too.")
+    return ["", note]
+
+
 def _network_lines(doc: dict) -> list[str]:
     """Shaped runs, loudly: which emulated link each network name stands for."""
     nets = {net_name(r["config"]): r["config"]["net"] for r in doc["results"] if net_name(r["config"])}
@@ -308,12 +324,7 @@ def render_markdown(doc: dict) -> str:
                      "online / batch", "steps min / max",
                       "online / inference", "bytes / inference", "rounds", "keygen / inference",
                       "key / inference / party", "tokens/s"], "lrrlr" + "l" * shaped + "rrrrrrrr", rows)]
-    if any(r.get("online", {}).get("keys_unpacked_late") for r in doc["results"]):
-        graphs = "--cuda-graphs" in st.get("party_argv", [])
-        lines += ["", "\u2020 Each gate's keys were unpacked when the gate started, inside the online clock: "
-                  + ("launch plans read every set from one device buffer and unpack it inside the recorded graphs."
-                     if graphs else "the unpacked set did not fit in device memory next to its packed bytes (and "
-                     "the peer's, on a shared card).")]
+    lines += _late_keys_note(doc)
     refused = next((r["online"]["plan_refused"] for r in doc["results"] if r.get("online", {}).get("plan_refused")), None)
     if refused:
         lines += ["", f"\u2021 Asked for launch plans, these ran interpreted: {refused}."]

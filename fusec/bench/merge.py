@@ -41,7 +41,7 @@ def merge_records(a: dict, b: dict, phases: Callable[[Any, Any], dict]) -> dict:
         x, y = a.get(key), b.get(key)
         if key == "scopes":
             out[key] = merge_scopes(x, y)
-        elif key == "keys_unpacked_late":
+        elif key in ("keys_unpacked_late", "seeded_shares_late"):
             out[key] = bool(x) or bool(y)
         elif key == "round_phases":
             out[key] = phases(x, y)
@@ -88,6 +88,7 @@ def summarize(steps: list[dict], batch: int, internal_batch: int, seq: int) -> d
             "tokens_per_second": batch * internal_batch * seq / secs if secs else None,
             "scopes_per_batch": scopes, "round_phases_per_batch": _phases(timed, internal_batch),
             "keys_unpacked_late": any(s.get("keys_unpacked_late", False) for s in timed),
+            "seeded_shares_late": any(s.get("seeded_shares_late", False) for s in timed),
             "plan_refused": next(iter(_plan_notes(steps)), None)}
 
 

@@ -107,6 +107,7 @@ class StepRecord:
     scopes: dict = field(default_factory=dict)
     round_phases: dict = field(default_factory=dict)   # step / pack / wire / unpack seconds (RoundLog.phases)
     keys_unpacked_late: bool = False   # some set's keys unpacked gate by gate inside the clock (runtime/party.py)
+    seeded_shares_late: bool = False   # and its seeded shares regenerated there too
     online_intervals: list = field(default_factory=list)  # each set's [start, end] of its online clock (monotonic)
     memory: dict = field(default_factory=dict)    # device memory after the step (Backend.memory_report; GPU only)
 
@@ -190,6 +191,7 @@ class Server:
             rec.hello_seconds += getattr(res, "hello_seconds", 0.0)
             rec.rounds += res.rounds
             rec.keys_unpacked_late |= getattr(res, "keys_unpacked_late", False)
+            rec.seeded_shares_late |= getattr(res, "seeded_shares_late", False)
             rec.online_intervals.append(list(res.online_interval))
             rec.bytes_sent += res.bytes_sent
             add_scopes(rec.scopes, result_scopes(res))
