@@ -5,6 +5,7 @@ Every expected value here comes from an independent oracle written with Python i
 """
 from __future__ import annotations
 
+import math
 import random
 
 import numpy as np
@@ -156,6 +157,21 @@ def test_pack_unpack_round_trip_oracle(w):
             assert got.dtype == np.uint64
             assert [int(v) for v in got] == vals
         assert oracle_unpack(packed.tobytes(), w, count) == vals
+
+
+@pytest.mark.parametrize("blocks", [1, 3])
+@pytest.mark.parametrize("w", [3, 13, 37, 50, 63])
+def test_pack_unpack_across_passes_of_blocks(w, blocks, monkeypatch):
+    """Odd widths are packed and unpacked ``BLOCKS_PER_PASS`` blocks at a time: counts that end
+    inside, at and past a pass's last block, over several passes, against the bit-string oracle."""
+    monkeypatch.setattr(ring, "BLOCKS_PER_PASS", blocks)
+    per = 64 // math.gcd(w, 64)
+    rnd = random.Random(7 * w + blocks)
+    for count in (1, per * blocks - 1, per * blocks, per * blocks + 1, 5 * per * blocks + 7):
+        vals = [rnd.getrandbits(w) for _ in range(count)]
+        packed = ring.pack_bits(np.array(vals, np.uint64), w)
+        assert packed.tobytes() == oracle_pack(vals, w), (w, blocks, count)
+        assert [int(v) for v in ring.unpack_bits(oracle_pack(vals, w), w, count)] == vals, (w, blocks, count)
 
 
 @pytest.mark.parametrize("w", [1, 3, 8, 13, 32, 50, 64])
