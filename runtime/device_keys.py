@@ -314,10 +314,10 @@ class DeviceKeys:
     def _inflate_early(self, sset: StoredSet) -> bool:
         """Whether a set to be unpacked gate by gate goes on the card inflated, its share
         fields' AES run before the clock: where the full set, the online phase's room
-        (ONLINE_ROOM_SHARE of it) and a staging chunk fit in what this party may use. Else it stays in its stored
-        layout, a quarter smaller, and each gate writes its shares as it starts (BERT-base
-        batch 8 with launch plans on an H100: 1.18 s against 0.98 s inflated; seq 512 fits
-        only so, both parties and the dealer on the card)."""
+        (ONLINE_ROOM_SHARE of it) and a staging chunk fit in what this party may use. Else
+        it stays in its stored layout, a quarter smaller, and each gate writes its shares as
+        it starts (BERT-base batch 8 with launch plans on an H100: 1.18 s against 0.99 s
+        inflated; seq 512 fits only so, both parties and the dealer on the card)."""
         if not sset.seeded:
             return False
         if self.inflate_early is not None:
@@ -397,8 +397,10 @@ class DeviceKeys:
         else:
             # inflated or stored: decided with the buffer, once (a recorded plan reads its addresses)
             kept = self._plan_keys
-            early = (kept.size == layout.set_nbytes != host.size if kept is not None and kept.size in
-                     (layout.set_nbytes, host.size) else self._inflate_early(sset))
+            if kept is not None and kept.size in (layout.set_nbytes, host.size):
+                early = bool(sset.seeded) and kept.size == layout.set_nbytes
+            else:
+                early = self._inflate_early(sset)
             size = layout.set_nbytes if early else host.size
             if kept is None or kept.size != size:
                 self._plan_keys = kept = None
