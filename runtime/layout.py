@@ -438,7 +438,9 @@ def _normalize(d: Any) -> Any:
 
 # --------------------------------------------------------------------------- packing
 def _field_values(slot: GateSlot, f: KeyField, arr: Any) -> np.ndarray:
-    """Validate one field's array and return it as uint64 (no copy when already uint64)."""
+    """Validate one field's array and return it as an unsigned array: uint64, or the narrower
+    unsigned type it came in (the dealer's split gives a share field the narrowest one), not
+    widened here since packing reads any unsigned width."""
     a = np.asarray(arr)
     where = f"gate {slot.gate_id!r} ({slot.kind}) field {f.name!r}"
     if a.shape != f.shape:
@@ -457,15 +459,13 @@ def _field_values(slot: GateSlot, f: KeyField, arr: Any) -> np.ndarray:
                 "reduce values mod 2^bits before writing keys (dealer bug)",
             )
         a = a.astype(np.uint64)
-    elif a.dtype.kind == "u":
-        a = a.astype(np.uint64, copy=False)
-    else:
+    elif a.dtype.kind != "u":
         raise KeyFileError(
             f"{where}: array has dtype {a.dtype}; key values must be unsigned integers",
             "dealer bug: keys are uint64 ring elements",
         )
-    if f.bits < 64 and a.size:
-        too_wide = (a >> np.uint64(f.bits)) != 0
+    if f.bits < 8 * a.dtype.itemsize and a.size and int(a.max()) >> f.bits:   # one pass; the index only then
+        too_wide = (a >> a.dtype.type(f.bits)) != 0
         if too_wide.any():
             i = np.unravel_index(int(np.argmax(too_wide)), a.shape)
             raise KeyFileError(

@@ -154,11 +154,14 @@ def pack_bits(values, bits: int) -> np.ndarray:
     values at a time (:func:`_pack_blocks`). Returns uint8.
     """
     bits = check_bits(bits, "packing width")
-    v = np.ascontiguousarray(np.asarray(values, dtype=np.uint64).reshape(-1))
+    v = values if isinstance(values, np.ndarray) else np.asarray(values, dtype=np.uint64)
+    if v.dtype.kind != "u":         # bools, signed integers: as uint64 (negatives wrap, as numpy casts)
+        v = v.astype(np.uint64)
+    v = np.ascontiguousarray(v).reshape(-1)     # any unsigned width: narrower ones are not widened first
     if bits in (8, 16, 32, 64):
         return v.astype(np.dtype(f"<u{bits // 8}")).view(np.uint8).copy()
     if bits == 1:
-        return np.packbits((v & U64(1)).astype(np.uint8), bitorder="little")
+        return np.packbits((v & v.dtype.type(1)).astype(np.uint8, copy=False), bitorder="little")
     return _pack_blocks(v, bits)
 
 
@@ -177,7 +180,8 @@ BLOCKS_PER_PASS = 1 << 12
 def _pack_blocks(v: np.ndarray, bits: int) -> np.ndarray:
     """Values of ``bits`` bits, a block of ``64/g`` values (``bits/g`` words, g = gcd(bits, 64)) at
     a time: the blocks of one pass transposed so value j of every block is one contiguous
-    column, each column shifted into its word(s), the words transposed back."""
+    column, each column shifted into its word(s), the words transposed back. ``v``: 1-D, of any
+    unsigned dtype (cast to uint64 a pass at a time)."""
     per, words = _block_geometry(bits)
     n = v.size
     nblk = (n + per - 1) // per

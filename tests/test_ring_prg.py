@@ -174,6 +174,29 @@ def test_pack_unpack_across_passes_of_blocks(w, blocks, monkeypatch):
         assert [int(v) for v in ring.unpack_bits(oracle_pack(vals, w), w, count)] == vals, (w, blocks, count)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.bool_, np.int64])
+@pytest.mark.parametrize("w", [1, 2, 5, 8, 13, 16, 37, 64])
+def test_pack_reads_every_integer_dtype_as_its_values(w, dtype):
+    """The dealer's split leaves share fields in their narrowest unsigned type; packing reads
+    any unsigned width without widening it first (and bools, signed integers as uint64)."""
+    rnd = random.Random(31 * w)
+    top = 2 if dtype is np.bool_ else (1 << min(w, 8 * np.dtype(dtype).itemsize - (dtype is np.int64)))
+    vals = [rnd.randrange(top) for _ in range(300)]
+    packed = ring.pack_bits(np.array(vals, dtype), w)
+    assert packed.tobytes() == oracle_pack([v % (1 << w) for v in vals], w), (w, dtype)
+
+
+def test_a_value_too_wide_for_its_field_is_refused_in_any_unsigned_dtype():
+    from fusec.errors import KeyFileError
+    from fusec.runtime.layout import KeyField, KeyLayout, pack_gate_array
+
+    slot = KeyLayout([("g", "k", 1, (KeyField("a", (4,), 2),))]).slots[0]
+    for dtype in (np.uint8, np.uint16, np.uint64):
+        with pytest.raises(KeyFileError, match=r"value 4 at index \(3,\) does not fit in 2 bits"):
+            pack_gate_array(slot, {"a": np.array([0, 1, 3, 4], dtype)})
+        assert pack_gate_array(slot, {"a": np.array([0, 1, 2, 3], dtype)}).tobytes()[:1] == bytes([0b11100100])
+
+
 @pytest.mark.parametrize("w", [1, 3, 8, 13, 32, 50, 64])
 def test_pack_ignores_high_bits_and_shapes(w):
     rnd = random.Random(100 + w)
