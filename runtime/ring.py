@@ -159,7 +159,7 @@ def pack_bits(values, bits: int) -> np.ndarray:
         v = v.astype(np.uint64)
     v = np.ascontiguousarray(v).reshape(-1)     # any unsigned width: narrower ones are not widened first
     if bits in (8, 16, 32, 64):
-        return v.astype(np.dtype(f"<u{bits // 8}")).view(np.uint8).copy()
+        return v.astype(np.dtype(f"<u{bits // 8}")).view(np.uint8)     # (astype copies: a fresh array)
     if bits == 1:
         return np.packbits((v & v.dtype.type(1)).astype(np.uint8, copy=False), bitorder="little")
     return _pack_blocks(v, bits)
@@ -210,7 +210,7 @@ def _pack_blocks(v: np.ndarray, bits: int) -> np.ndarray:
                 np.right_shift(c[j], U64(64 - sh), out=t)
                 a[w + 1] |= t
         out[b0:b0 + k] = a[:words].T
-    return out.astype("<u8", copy=False).reshape(-1).view(np.uint8)[: packed_size(n, bits)].copy()
+    return out.astype("<u8", copy=False).reshape(-1).view(np.uint8)[: packed_size(n, bits)]    # (a view of out: fresh)
 
 
 def unpack_bits(buf, bits: int, count: int) -> np.ndarray:

@@ -57,4 +57,6 @@ class DealerRng:
     def share(self, value: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
         """Additive shares of ``value`` in Z_{2^bits}: s0 + s1 = value."""
         s0 = self.ring(value.shape, bits)
-        return s0, (value - s0) & ring.mask(bits)
+        s1 = value - s0
+        s1 &= ring.mask(bits)
+        return s0, s1

@@ -140,9 +140,11 @@ def _other_share(f: KeyField, index: int, seed, a, b, be, chunk: int):
         n = min(chunk, f.count - start)
         raw = prg.value_stream(seed, blocks_needed(n, bits), tweak, start=start * bits // 128)
         raw = raw.reshape(-1).view(np.uint8)[:(n * bits + 7) // 8]
-        stream = be.unpack_open(raw, bits, n)
-        total = a[start:start + n].astype(np.uint64, copy=False) + b[start:start + n].astype(np.uint64, copy=False)
-        out[start:start + n] = (total - stream) & np.uint64(ring.mask(bits))
+        stream = be.unpack_open(raw, bits, n)                # a fresh array: worked on in place
+        xnp.subtract(a[start:start + n].astype(np.uint64, copy=False), stream, out=stream)
+        stream += b[start:start + n].astype(np.uint64, copy=False)
+        stream &= np.uint64(ring.mask(bits))
+        out[start:start + n] = stream
     return out.reshape(f.shape)
 
 
