@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from fusec.allocator import tune_host_allocator
 from fusec.errors import FusecError, ParameterError
 from fusec.limits import Limits
 from fusec.party_cli import address_type, key_set_count, party_options, seconds_type, tls_argv, tls_options
@@ -19,6 +20,7 @@ def main() -> None:
     """Entry point: user errors print a message and exit 2, never a traceback; a warning
     (an INSECURE ablation, a launch plan that does not fit) is one line on stderr."""
     warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
+    tune_host_allocator()
     try:
         cli(standalone_mode=False)
     except click.exceptions.Abort:

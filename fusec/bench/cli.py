@@ -191,4 +191,7 @@ def keygen_in_memory(build, count, backend) -> None:
 def main(argv: list[str] | None = None) -> None:
     """``python -m fusec.bench``: the workers' entry point (exits with the worker's status;
     a usage error exits 2 with click's one-line message)."""
+    from fusec.allocator import tune_host_allocator  # noqa: PLC0415
+
+    tune_host_allocator()
     workers.main(args=argv, prog_name="python -m fusec.bench")
