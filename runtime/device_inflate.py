@@ -70,7 +70,7 @@ def inflate_slot(kernels, full: GateSlot, stored: GateSlot, src, dst) -> None:
             j += 1
         else:
             off, nb = kept[f.name]
-            room[...] = src[off:off + nb]
+            _copy(room, src[off:off + nb])
         pos += f.nbytes
 
 
@@ -94,4 +94,10 @@ def inflate_run(kernels, sset: StoredSet, pairs: list[tuple[GateSlot, GateSlot]]
         if full.gate_id in sset.seeded:
             inflate_slot(kernels, full, st, s, d)
         else:
-            d[...] = s
+            _copy(d, s)
+
+
+def _copy(dst, src) -> None:
+    """Device bytes copied as words (fields and slots are ALIGN = 8 bytes apart and long): an
+    elementwise copy of uint8 moves one byte per thread."""
+    dst.view(np.uint64)[...] = src.view(np.uint64)
