@@ -64,10 +64,10 @@ def serve(server, elements: int, n: int, f: int) -> dict:
 
     server.prepare()
     graph = build_graph(elements, n, f)
-    kf, idx = server.open_keys(graph)       # every key check before any socket
+    be = get_backend(server.backend)
+    kf, idx = server.open_keys(graph, inflate=not be.seeded_shares_on_device)   # every key check before any socket
     with kf:
         inputs = {_OWNED[server.party]: ring.encode_fixed(_load_vector(server.input_path, elements), f, n)}
-        be = get_backend(server.backend)
         with server.channel() as ch:
             res = run_party(graph, server.party, kf, idx, ch, inputs, be)
     outs = {k: ring.decode_fixed(v, f, n).tolist() for k, v in res.outputs.items()}
