@@ -12,8 +12,10 @@ unpacked inside a launch plan reads its seed from the fixed key buffer, so the r
 regenerates the next set's shares from the next set's seeds.
 
 The share fields' AES (one block per 16 bytes of share) runs where the slot is unpacked: before
-the online clock when the set is unpacked up front, inside it when each gate's keys are unpacked
-as the gate starts (sets too large to unpack whole, streamed sets).
+the online clock when the set is unpacked up front; for a set too large to unpack whole, before
+it too where the inflated set still fits beside the online phase (the whole set inflated on the
+card, runtime/device_keys.py ``_inflate_early``), else inside it as each gate starts, and inside
+it for streamed sets.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import numpy as np
 from fusec.runtime.layout import GateSlot, KeyLayout
 from fusec.runtime.seeded_shares import SEED_NBYTES, TWEAK_SEEDED_SHARE, party_layout, seeded_parties
 
-__all__ = ["StoredSet", "inflate_slot", "inflate_run"]
+__all__ = ["StoredSet", "inflate_slot", "inflate_run", "slot_bytes"]
 
 
 @dataclass(frozen=True)
