@@ -207,3 +207,48 @@ def test_a_gpu_server_claims_its_set_stored_and_opens_the_cpus_outputs(bert_buil
     assert outs["cpu"].keys() == outs["device"].keys()
     for k, v in outs["cpu"].items():
         np.testing.assert_array_equal(outs["device"][k], v)
+
+
+def test_early_inflation_stages_through_a_pool_given_back_after(bert_build, tmp_path):
+    """The staging chunks of an early inflation come from a memory pool of their own, whose
+    blocks go back to the card once the set is inflated (a chunk left cached in the party's
+    pool starved the dealer sharing the card); the inflated set itself stays in the party's."""
+    import contextlib
+    import types
+
+    write_keys(bert_build.gates, tmp_path, 1, seed=b"transient")
+    layout = bert_build.gates.layout()
+    stored, _ = _stored_and_cpu(bert_build, tmp_path, 0)
+    events, current = [], [None]
+
+    class Pool:
+        def malloc(self, n):
+            events.append(("malloc", n))
+
+        def free_all_blocks(self):
+            events.append(("free", current[0]))
+
+    @contextlib.contextmanager
+    def using_allocator(alloc):
+        current[0] = alloc
+        events.append("enter")
+        yield
+        events.append("leave")
+        current[0] = None
+
+    def empty(n, dtype):
+        events.append(("empty", int(n), current[0] is not None))
+        return fakecupy.empty(n, dtype)
+
+    be = _host_kernels()()
+    be.stage_chunk_bytes = 4096
+    be.xp = types.SimpleNamespace(asarray=fakecupy.asarray, ndarray=fakecupy.ndarray, zeros=fakecupy.zeros,
+                                  empty=empty, cuda=types.SimpleNamespace(MemoryPool=Pool,
+                                                                          using_allocator=using_allocator))
+    sset, host = be.stored_set(layout, stored, 0)
+    _, dev = be._packed_on_device(sset, host, True)
+    assert np.array_equal(fakecupy.asnumpy(dev), inflated(layout, 0, stored))
+    allocs = [e for e in events if e[0] == "empty"]
+    assert allocs[0] == ("empty", layout.set_nbytes, False)          # the set: the party's own pool
+    assert len(allocs) > 1 and all(inside for _, _, inside in allocs[1:])   # chunks: the transient pool
+    assert events[-2:] == ["leave", ("free", None)]
