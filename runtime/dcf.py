@@ -19,7 +19,7 @@ from fusec.errors import ParameterError
 from fusec.runtime import ring
 from fusec.runtime.prg import TWEAK_LEAF_VALUE, TWEAK_LEVEL_VALUE, CpuPrg, default_prg, blocks_needed, words_to_fields
 from fusec.runtime.rng import DealerRng
-from fusec.runtime.tree import (ONE, clear_t, control_bit, neg_if, path_bit, select_block,
+from fusec.runtime.tree import (ONE, clear_t, control_bit, neg_if, path_bit, select_pair,
                                 times_bit, with_low_bit)
 
 
@@ -111,11 +111,8 @@ def keygen(rng: DealerRng, alpha: np.ndarray, beta: np.ndarray, n: int, w: int,
             L, R = prg.children(clear_t(st[b]))
             raw.append((L, R))
             vals.append((_convert(prg, L, m, w, TWEAK_LEVEL_VALUE), _convert(prg, R, m, w, TWEAK_LEVEL_VALUE)))
-        lose_raw = [select_block(a, raw[b][0], raw[b][1]) for b in (0, 1)]
-        keep_raw = [select_block(a, raw[b][1], raw[b][0]) for b in (0, 1)]
-        a_col = a[:, None].astype(bool)
-        v_lose = [np.where(a_col, vals[b][0], vals[b][1]) for b in (0, 1)]
-        v_keep = [np.where(a_col, vals[b][1], vals[b][0]) for b in (0, 1)]
+        lose_raw, keep_raw = zip(*(select_pair(a, raw[b][0], raw[b][1]) for b in (0, 1)))
+        v_lose, v_keep = zip(*(select_pair(a, vals[b][0], vals[b][1]) for b in (0, 1)))
         t1 = control_bit(st[1])
         s_cw = clear_t(lose_raw[0] ^ lose_raw[1])
         vcw = neg_if(t1, (v_lose[1] - v_lose[0] - V + beta * a[:, None]) & wm, wm)

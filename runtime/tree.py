@@ -34,9 +34,13 @@ def with_low_bit(block: np.ndarray, bit: np.ndarray) -> np.ndarray:
     return out
 
 
-def select_block(cond: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per element: ``a`` where cond == 1 else ``b`` (blocks [..., 2])."""
-    return np.where(cond.astype(bool)[..., None], a, b)
+def select_pair(cond: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(``a`` where cond == 1 else ``b``, the other one) per element, for arrays whose trailing
+    axes follow cond's (blocks [..., 2], payloads [..., m]): a keygen level's lose and keep
+    branches from one XOR of the two and one mask, not two ``where`` passes."""
+    diff = a ^ b
+    diff &= (np.uint64(0) - cond.astype(np.uint64)).reshape(cond.shape + (1,) * (a.ndim - cond.ndim))
+    return b ^ diff, a ^ diff
 
 
 def times_bit(bit: np.ndarray, block: np.ndarray) -> np.ndarray:
@@ -78,8 +82,7 @@ def keygen_tree(rng, path: np.ndarray, depth: int, prg):
     for i in range(depth):
         a = path_bit(path, i, depth)
         raw = [prg.children(clear_t(st[b])) for b in (0, 1)]
-        lose = [select_block(a, raw[b][0], raw[b][1]) for b in (0, 1)]
-        keep = [select_block(a, raw[b][1], raw[b][0]) for b in (0, 1)]
+        lose, keep = zip(*(select_pair(a, raw[b][0], raw[b][1]) for b in (0, 1)))
         s_cw = clear_t(lose[0] ^ lose[1])
         tcw_l = control_bit(raw[0][0]) ^ control_bit(raw[1][0]) ^ a ^ ONE
         tcw_r = control_bit(raw[0][1]) ^ control_bit(raw[1][1]) ^ a
