@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from dataclasses import dataclass
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -340,17 +341,15 @@ class DeviceKeys:
         dev = self.xp.empty(sset.layout.set_nbytes, np.uint8) if dst is None else dst
         with self._transient_memory():
             stage = None
-            for pairs in _slot_runs(sset.pairs(), self.stage_chunk_bytes):
-                lo, hi = pairs[0][0].offset, pairs[-1][0].end
-                st_lo, st_hi = pairs[0][1].offset, pairs[-1][1].end
-                if not any(full.gate_id in sset.seeded for full, _ in pairs):
-                    self._upload(dev[lo:hi], host[st_lo:st_hi])
+            for run in _slot_runs(sset, self.stage_chunk_bytes):
+                if not run.seeded:
+                    self._upload(dev[run.lo:run.hi], host[run.st_lo:run.st_hi])
                     continue
-                if stage is None or stage.size < st_hi - st_lo:
+                if stage is None or stage.size < run.st_hi - run.st_lo:
                     stage = None
-                    stage = self.xp.empty(max(st_hi - st_lo, min(self.stage_chunk_bytes, host.size)), np.uint8)
-                self._upload(stage[:st_hi - st_lo], host[st_lo:st_hi])
-                inflate_run(self.kernels, sset, pairs, stage[:st_hi - st_lo], dev[lo:hi])
+                    stage = self.xp.empty(max(run.st_hi - run.st_lo, min(self.stage_chunk_bytes, host.size)), np.uint8)
+                self._upload(stage[:run.st_hi - run.st_lo], host[run.st_lo:run.st_hi])
+                inflate_run(self.kernels, sset, run.pairs, stage[:run.st_hi - run.st_lo], dev[run.lo:run.hi])
             stage = None
         return StoredSet(sset.layout), dev
 
@@ -459,10 +458,9 @@ class DeviceKeys:
         first, stage = 0, self._plan_stage if keep_stage else None
         inflated_stage = self._plan_inflated if keep_stage else None
         room = min(self.stage_chunk_bytes, host.size)
-        for pairs in _slot_runs(sset.pairs(), self.stage_chunk_bytes):
-            group = [full for full, _ in pairs]
-            lo, hi = group[0].offset, group[-1].end
-            st_lo, st_hi = pairs[0][1].offset, pairs[-1][1].end
+        for run in _slot_runs(sset, self.stage_chunk_bytes):
+            group = [full for full, _ in run.pairs]
+            lo, hi, st_lo, st_hi = run.lo, run.hi, run.st_lo, run.st_hi
             if stage is None or stage.size < st_hi - st_lo:
                 stage = None
                 stage = self.xp.empty(max(st_hi - st_lo, room), np.uint8)
@@ -470,13 +468,13 @@ class DeviceKeys:
                     self._plan_stage = stage
             self._upload(stage[:st_hi - st_lo], host[st_lo:st_hi])
             packed = stage[:st_hi - st_lo]
-            if any(full.gate_id in sset.seeded for full in group):
+            if run.seeded:
                 if inflated_stage is None or inflated_stage.size < hi - lo:
                     inflated_stage = None
                     inflated_stage = self.xp.empty(max(hi - lo, room), np.uint8)
                     if keep_stage:
                         self._plan_inflated = inflated_stage
-                inflate_run(self.kernels, sset, pairs, packed, inflated_stage[:hi - lo])
+                inflate_run(self.kernels, sset, run.pairs, packed, inflated_stage[:hi - lo])
                 packed = inflated_stage[:hi - lo]
             count = sum(f.count for s in group for f in s.fields)
             keys.update(unpack_key_set(self.kernels, sset.layout, packed, out=out[first:first + count],
@@ -537,15 +535,39 @@ class DeviceKeys:
         return max(0, free), total
 
 
-def _slot_runs(pairs, chunk_bytes: int):
-    """Consecutive (full slot, stored slot) pairs grouped into runs of at most ``chunk_bytes``
-    full bytes (a larger slot alone)."""
+@dataclass(frozen=True)
+class _Run:
+    """Consecutive slots staged together: their (full, stored) pairs, their bytes in the full
+    layout (``lo``-``hi``) and as stored (``st_lo``-``st_hi``), and whether one holds a seed."""
+    pairs: list
+    seeded: bool
+
+    @property
+    def lo(self) -> int:
+        return self.pairs[0][0].offset
+
+    @property
+    def hi(self) -> int:
+        return self.pairs[-1][0].end
+
+    @property
+    def st_lo(self) -> int:
+        return self.pairs[0][1].offset
+
+    @property
+    def st_hi(self) -> int:
+        return self.pairs[-1][1].end
+
+
+def _slot_runs(sset: StoredSet, chunk_bytes: int):
+    """The set's slots grouped into runs of at most ``chunk_bytes`` full bytes (a larger slot
+    alone)."""
     run, size = [], 0
-    for full, st in pairs:
+    for full, st in sset.pairs():
         if run and size + full.nbytes > chunk_bytes:
-            yield run
+            yield _Run(run, any(f.gate_id in sset.seeded for f, _ in run))
             run, size = [], 0
         run.append((full, st))
         size = full.end - run[0][0].offset
     if run:
-        yield run
+        yield _Run(run, any(f.gate_id in sset.seeded for f, _ in run))
