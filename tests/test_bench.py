@@ -550,3 +550,22 @@ def test_a_worker_failure_names_the_key_stream_dealer_that_stopped(tmp_path, rc,
         assert got.message.startswith(worker.message) and f"exit status {rc}" in got.message and says in got.message
     else:
         assert got is worker
+
+
+def test_a_card_too_small_for_the_servers_key_sets_is_a_skip_with_the_sizes():
+    """Both parties on one card hold two stored sets (each lane its own); on two cards one each."""
+    from fusec.bench.keys import check_card
+    gb = 10**9
+    one = Case(resolve_model("bert-base", layers=1), seq=128, batch=2, gates="sigma", gpus=1)
+    with pytest.raises(BenchError, match=r"both parties' key sets need at least 67.60 GB of GPU memory "
+                                         r"\(2 x 33.80 GB stored per set\); the card has 64.00 GB") as e:
+        check_card(int(33.8 * gb), one, card_bytes=64 * gb)
+    assert e.value.kind == "memory"
+    check_card(int(33.8 * gb), one, card_bytes=80 * gb)
+    check_card(int(33.8 * gb), Case(resolve_model("bert-base", layers=1), seq=128, batch=2, gates="sigma", gpus=2),
+               card_bytes=64 * gb)
+    lanes = Case(resolve_model("bert-base", layers=1), seq=128, batch=8, gates="fused", gpus=1, lanes=2)
+    with pytest.raises(BenchError, match=r"4 x 21.00 GB"):
+        check_card(21 * gb, lanes, card_bytes=80 * gb)
+    check_card(10**15, Case(resolve_model("bert-base", layers=1), seq=128, batch=8, gates="fused", gpus=None),
+               card_bytes=gb)      # the CPU backend holds no card

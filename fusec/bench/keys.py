@@ -10,6 +10,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from fusec.bench import machine
 from fusec.bench.failures import BenchError
 from fusec.bench.plan import Case
 from fusec.bench.util import gb, unique
@@ -141,4 +142,22 @@ def check_memory(set_nbytes: int, plan: KeyPlan, case: Case) -> None:
                          f"{gb(set_nbytes)} per party" + (f", plus {gb(files)} of key files in {plan.root}"
                                                            if files else "") + f"); {gb(avail)} is available",
                          "use a machine with more memory, fewer --layers, or a smaller --batch / --internal-batch",
+                         kind="memory")
+
+
+def check_card(stored_nbytes: int, case: Case, card_bytes: int | None = None) -> None:
+    """A GPU server keeps its whole key set on the card in its stored layout (seeded shares
+    are regenerated there), so a card that holds less than its servers' sets -- both
+    parties' with one GPU, each lane's -- is a sure failure: a skip with the sizes, before
+    minutes of keygen end in an out-of-memory error. (A lower bound: the online phase and
+    the dealer need more.) ``card_bytes``: the card's memory (default: nvidia-smi's)."""
+    if case.gpus is None:       # the CPU backend
+        return
+    card = machine.card_memory() if card_bytes is None else card_bytes
+    servers = (2 if case.gpus == 1 else 1) * case.lanes
+    if card is not None and servers * stored_nbytes > card:
+        who = "both parties'" if case.gpus == 1 else "one party's"
+        raise BenchError(f"{case.name}: {who} key sets need at least {gb(servers * stored_nbytes)} of GPU memory "
+                         f"({servers} x {gb(stored_nbytes)} stored per set); the card has {gb(card)}",
+                         "use a card with more memory, --gpus 2, fewer --layers, or a smaller --batch",
                          kind="memory")

@@ -26,6 +26,22 @@ def gpu_names() -> list[str]:
     return [line.strip() for line in r.stdout.splitlines() if line.strip()] if r.returncode == 0 else []
 
 
+def card_memory() -> int | None:
+    """The memory of the smallest GPU here in bytes (nvidia-smi's ``memory.total``), None
+    where nvidia-smi is missing or says nothing: the bound :func:`fusec.bench.keys.check_card`
+    holds a configuration's key sets to."""
+    try:
+        r = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                           capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    try:
+        sizes = [int(float(line)) * 2**20 for line in r.stdout.split() if line.strip()] if r.returncode == 0 else []
+    except ValueError:
+        return None
+    return min(sizes) if sizes else None
+
+
 def cuda_mps() -> bool:
     """Whether CUDA's Multi-Process Service runs here: both parties' kernels then share the
     card at once instead of taking turns (a context switch each time one party's round

@@ -26,7 +26,7 @@ from fusec.bench.compile import CompileInfo, compile_case
 from fusec.bench.dealers import KeygenInfo, generate_keys, keygen_summary
 from fusec.bench.export import export_model
 from fusec.bench.failures import SKIPPABLE, BenchError
-from fusec.bench.keys import KeyPlan, check_memory, free_space, plan_keys
+from fusec.bench.keys import KeyPlan, check_card, check_memory, free_space, plan_keys
 from fusec.bench.lanes import merge_lanes
 from fusec.bench.machine import machine_info
 from fusec.bench.markdown import render_markdown
@@ -59,6 +59,7 @@ def run_case(case: Case, opts: BenchOptions, echo: Echo = print) -> dict:
         record["keys"] = {"mode": plans[0].mode, "files_per_party": sum(p.file_pairs for p in plans),
                           "dir": str(key_root)}
         check_memory(comp.set_nbytes * case.lanes, plans[0], case)
+        check_card(max(comp.stored_nbytes), case)
         merged, kg, files = _run_steps(case, opts, comp, plans, envs, echo)
         record["keygen"] = keygen_summary(kg, comp.stored_key_nbytes, case.batch, sets_per_batch=case.lanes)
         record["online"] = summarize(merged, case.batch, opts.internal_batch, case.seq)
