@@ -21,11 +21,14 @@ def record(seq: int, batch: int, gates: str, online: float, key_per_inf: float, 
     if skipped:
         return {"config": c, "skipped": skipped, "skip_kind": "memory",
                 "compile": {"rounds_planned": rounds, "key_bytes_per_set": key_per_inf * batch}}
-    return {"config": c,
+    return {"config": c, "compile": {"aes_per_set": int(4.4e8 * batch)},
             "keygen": {"per_inference": {"seconds": 1.0, "key_bytes_per_party": key_per_inf}},
             "online": {"per_batch": {"online_seconds": online, "bytes_sent": bytes_per_inf * batch, "rounds": rounds},
                        "per_inference": {"online_seconds": online / batch, "bytes_sent": bytes_per_inf},
-                       "tokens_per_second": batch * seq / online, "steps": []}}
+                       "tokens_per_second": batch * seq / online, "steps": [],
+                       "round_phases_per_batch": {"p0": {"step": 0.5 * online, "wire": 0.4 * online},
+                                                  "p1": {"step": 0.4 * online, "pack": 0.2 * online,
+                                                         "wire": 0.3 * online}}}}
 
 
 def write(path: Path, card: str, results: list[dict]) -> Path:
@@ -66,6 +69,8 @@ def test_batch_rows_compare_with_batch_one_and_sigma_on_the_same_card_only(files
     assert b2[10] == f"{(2 * 128 / 0.40) / (128 / 0.25):.2f}x"
     b1 = _row(batch, "bert-base", "128", "1", "fused", "launch plans", "H100 80GB HBM3", "call1")
     assert b1[10] == "1" and b1[11] == f"{1.20 / 0.25:.2f}x"      # sigma / fused, same card
+    # both parties' AES on the one card over the slower party's time outside the wire (p1: step + pack)
+    assert b8[16] == f"{2 * 4.4e8 * 8 / (0.6 * 1.0) / 1e9:.1f} G"
     assert "H200" not in batch           # the H200 ran one batch size only: no batch sweep of its own
     skipped = _row(batch, "bert-base", "128", "2", "sigma", "launch plans", "H100 80GB HBM3", "call2")
     assert skipped[7] == "skipped (memory)" and skipped[13] == "1315" and skipped[15] == "16.90 GB"

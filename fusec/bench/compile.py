@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ class CompileInfo:
     set_nbytes: int          # bytes of a key set (one true-batch forward) in a server's memory, per party
     rounds_planned: int
     stored_nbytes: tuple[int, int]   # what each party's key file or stream holds per set
+    aes_per_set: int | None = None   # AES blocks one party computes per set (the build's report)
 
     @property
     def stored_key_nbytes(self) -> float:
@@ -31,7 +33,8 @@ class CompileInfo:
     def as_dict(self) -> dict:
         return {"build": str(self.build), "seconds": self.seconds, "cached": self.cached,
                 "rounds_planned": self.rounds_planned, "key_bytes_per_set": self.stored_key_nbytes,
-                "key_bytes_per_set_by_party": list(self.stored_nbytes), "key_bytes_per_set_unseeded": self.set_nbytes}
+                "key_bytes_per_set_by_party": list(self.stored_nbytes), "key_bytes_per_set_unseeded": self.set_nbytes,
+                "aes_per_set": self.aes_per_set}
 
 
 def compile_case(case: Case, model_path: Path, workdir: Path, timeout: float) -> CompileInfo:
@@ -68,7 +71,20 @@ def compile_case(case: Case, model_path: Path, workdir: Path, timeout: float) ->
     program = json.loads((build / "program.json").read_text())
     stored = tuple(party_layout(layout, p).set_nbytes for p in (0, 1))
     return CompileInfo(build, float(manifest.get("compile_seconds", 0.0)), cached, layout.set_nbytes,
-                       int(program.get("rounds", 0)), stored)
+                       int(program.get("rounds", 0)), stored, reported_aes(build / "report.txt"))
+
+
+_AES_LINE = re.compile(r"^AES calls per party: ([\d,]+)", re.M)
+
+
+def reported_aes(report: Path) -> int | None:
+    """The AES blocks per party per set that ``fusec compile``'s report states (the gates'
+    own cost model), None where the report is missing or says nothing of it."""
+    try:
+        m = _AES_LINE.search(report.read_text())
+    except OSError:
+        return None
+    return int(m.group(1).replace(",", "")) if m else None
 
 
 def _compiler_refusal(message: str) -> str:

@@ -14,7 +14,9 @@ so a sweep arrives as several JSON files. This joins them into the tables a read
   a round against the key and AES a construction saves over the *whole* batch
   (passes/pricing.py), so a larger batch may buy AES with rounds: per-inference key then
   falls, by design, and the rounds say so;
-* **skipped** configurations, with the key per inference the compile said they needed.
+* **skipped** configurations, with the key per inference the compile said they needed;
+* **AES/s on the card** outside the wire (:attr:`Row.aes_rate`), to hold against the card's
+  AES ceiling (ANCHORS.md): where it is near, only a second card makes the step shorter.
 
 Every row names its card and the file's folder (its device call), because timings compare
 only within one machine: ratios are taken between rows of one card only. Give it the files of
@@ -69,6 +71,19 @@ class Row:
     def rounds(self) -> float | None:
         return self.per("per_batch", "rounds") or (self.rec.get("compile") or {}).get("rounds_planned")
 
+    @property
+    def aes_rate(self) -> float | None:
+        """AES blocks per second on one card outside the wire: the servers on it (both parties
+        with one GPU; each lane's) times a set's AES per party (the build's report), over the
+        slower party's time in its round phases other than the wire. Against the card's AES
+        ceiling (ANCHORS.md) it says how busy the card was."""
+        aes = (self.rec.get("compile") or {}).get("aes_per_set")
+        phases = (self.rec.get("online") or {}).get("round_phases_per_batch") or {}
+        busy = [sum(v for k, v in ph.items() if k != "wire") for ph in phases.values()]
+        if not aes or not busy or not max(busy):
+            return None
+        return (2 if self.c.get("gpus") == 1 else 1) * self.c.get("lanes", 1) * aes / max(busy)
+
     def group(self) -> tuple:
         """What makes rows comparable: model, gates, runtime, GPUs, network, lanes and card."""
         c = self.c
@@ -122,7 +137,7 @@ def _cells(r: Row, rows: list[Row], vs: str, base: Row | None) -> list[str]:
     head = [c.get("label", c["model"]), str(c["seq"]), str(c["batch"]), r.gates, runtime, r.card, r.source]
     if not r.ran:
         return head + [f"skipped ({r.rec.get('skip_kind')})", "-", "-", "-", "-", "-",
-                       "-" if r.rounds is None else f"{r.rounds:.0f}", "-", gb(r.key_per_inference), "-"]
+                       "-" if r.rounds is None else f"{r.rounds:.0f}", "-", gb(r.key_per_inference), "-", "-"]
     tps = r.rec["online"].get("tokens_per_second")
     base_tps = base.rec["online"].get("tokens_per_second") if base else None
     fused = _find(rows, r.group(), c["seq"], c["batch"], "fused") if c["gates"] == "sigma" else None
@@ -133,7 +148,7 @@ def _cells(r: Row, rows: list[Row], vs: str, base: Row | None) -> list[str]:
                    "-" if tps is None else f"{tps:,.1f}", "1" if base is r else _ratio(tps, base_tps),
                    vs_other, gb(r.per("per_inference", "bytes_sent")), f"{r.rounds:.0f}",
                    secs(((r.rec.get("keygen") or {}).get("per_inference") or {}).get("seconds")),
-                   gb(r.key_per_inference), _late(r)]
+                   gb(r.key_per_inference), "-" if r.aes_rate is None else f"{r.aes_rate / 1e9:.1f} G", _late(r)]
 
 
 def _late(r: Row) -> str:
@@ -146,7 +161,7 @@ def _late(r: Row) -> str:
 
 HEADER = ["model", "seq", "batch", "gates", "runtime", "card", "call", "online / batch", "online / inference", "tokens/s",
           "vs {vs}", "sigma / fused", "bytes / inference", "rounds", "keygen / inference", "key / inference / party",
-          "keys"]
+          "AES/s on the card", "keys"]
 
 
 def _sweep_table(rows: list[Row], pick, vs: str, base_of) -> list[str]:
@@ -155,7 +170,7 @@ def _sweep_table(rows: list[Row], pick, vs: str, base_of) -> list[str]:
     if not chosen:
         return []
     body = [_cells(r, rows, vs, base_of(r)) for r in chosen]
-    return table([h.format(vs=vs) for h in HEADER], "lrrllll" + "r" * 9 + "l", body)
+    return table([h.format(vs=vs) for h in HEADER], "lrrllll" + "r" * 10 + "l", body)
 
 
 def constancy(rows: list[Row]) -> list[str]:
