@@ -569,3 +569,5 @@ def test_a_card_too_small_for_the_servers_key_sets_is_a_skip_with_the_sizes():
         check_card(21 * gb, lanes, card_bytes=80 * gb)
     check_card(10**15, Case(resolve_model("bert-base", layers=1), seq=128, batch=8, gates="fused", gpus=None),
                card_bytes=gb)      # the CPU backend holds no card
+    check_card(10**15, Case(resolve_model("bert-base", layers=1), seq=128, batch=8, gates="fused", gpus=1,
+                            runtime="keys in clock"), card_bytes=gb)     # --stream-keys: a ring of small buffers

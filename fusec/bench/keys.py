@@ -150,8 +150,10 @@ def check_card(stored_nbytes: int, case: Case, card_bytes: int | None = None) ->
     are regenerated there), so a card that holds less than its servers' sets -- both
     parties' with one GPU, each lane's -- is a sure failure: a skip with the sizes, before
     minutes of keygen end in an out-of-memory error. (A lower bound: the online phase and
-    the dealer need more.) ``card_bytes``: the card's memory (default: nvidia-smi's)."""
-    if case.gpus is None:       # the CPU backend
+    the dealer need more.) With keys in the clock (``--stream-keys``) a set goes through a
+    ring of small buffers instead and need not fit. ``card_bytes``: the card's memory
+    (default: nvidia-smi's)."""
+    if case.gpus is None or case.runtime == "keys in clock":     # the CPU backend; keys streamed per gate
         return
     card = machine.card_memory() if card_bytes is None else card_bytes
     servers = (2 if case.gpus == 1 else 1) * case.lanes
