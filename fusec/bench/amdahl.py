@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from fusec.bench.merge import scope_metric
+from fusec.bench.util import run_command
 from fusec.errors import FusecError
 
 LINEAR_SCOPES = ("linear", "input")
@@ -198,14 +199,9 @@ def main(argv: list[str] | None = None) -> None:
         lines = markdown(results, micro)
         click.echo("\n".join(lines).strip() if lines else "no configuration measured with both gate sets")
 
-    try:
-        cmd.main(args=argv, prog_name="python -m fusec.bench.amdahl", standalone_mode=False)
-    except FusecError as e:
-        click.echo(f"error: {e}", err=True)
-        raise SystemExit(2) from None
-    except click.ClickException as e:
-        e.show()
-        raise SystemExit(2) from None
+    status = run_command(cmd, argv, "python -m fusec.bench.amdahl")
+    if status:
+        raise SystemExit(status)
 
 
 if __name__ == "__main__":

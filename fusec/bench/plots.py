@@ -40,7 +40,7 @@ import click
 
 from fusec.bench.merge import scope_metric
 from fusec.bench.plan import DEFAULT_RUNTIME
-from fusec.bench.util import load_results
+from fusec.bench.util import load_results, run_command
 from fusec.runtime.striped_channel import DEFAULT_STRIPES
 from fusec.errors import FusecError
 
@@ -453,16 +453,8 @@ def cli(files, out) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit status 0, or 2 with one line (no matplotlib, a file that is not bench output)."""
-    try:
-        cli.main(args=argv, prog_name="python -m fusec.bench.plots", standalone_mode=False)
-    except FusecError as e:
-        click.echo(f"error: {e}", err=True)
-        return 2
-    except click.ClickException as e:
-        e.show()
-        return 2
-    return 0
+    """Exit status 0, or 2 with one line (a file that is not bench output, no matplotlib)."""
+    return run_command(cli, argv, "python -m fusec.bench.plots")
 
 
 if __name__ == "__main__":

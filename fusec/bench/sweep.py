@@ -31,13 +31,11 @@ from pathlib import Path
 import click
 
 from fusec.bench.markdown import net_name, table
-from fusec.bench.util import gb, load_results, secs
-from fusec.errors import FusecError
+from fusec.bench.util import gb, load_results, run_command, secs
+from fusec.runtime.striped_channel import DEFAULT_STRIPES
 
 #: per-inference key and bytes count as constant across batch sizes within this (issue 14)
 CONSTANT_WITHIN = 0.01
-#: the workers' TCP connections unless a run says otherwise (named in a row only when it differs)
-DEFAULT_STRIPES = 4
 
 
 @dataclass(frozen=True)
@@ -251,15 +249,7 @@ def cli(files, source_depth) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Exit status 0, or 2 with one line (a file that is not bench output)."""
-    try:
-        cli.main(args=argv, prog_name="python -m fusec.bench.sweep", standalone_mode=False)
-    except FusecError as e:
-        click.echo(f"error: {e}", err=True)
-        return 2
-    except click.ClickException as e:
-        e.show()
-        return 2
-    return 0
+    return run_command(cli, argv, "python -m fusec.bench.sweep")
 
 
 if __name__ == "__main__":

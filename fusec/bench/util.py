@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Iterable
 
+import click
+
 
 def unique(items: Iterable) -> list:
     """The items in first-seen order, without repeats."""
@@ -81,3 +83,19 @@ def load_results(paths) -> tuple[list[dict], list[dict]]:
         if "online" in r or "online" not in last.get(key(r), {}):
             last[key(r)] = r
     return [r for r in results if last.get(key(r)) is r], docs
+
+
+def run_command(command: click.Command, argv: list[str] | None, prog: str) -> int:
+    """Run a ``python -m fusec.bench.X`` click command: exit status 0, or 2 with one line for a
+    user error (a file that is not bench output, a bad option), never a traceback."""
+    from fusec.errors import FusecError
+
+    try:
+        command.main(args=argv, prog_name=prog, standalone_mode=False)
+    except FusecError as e:
+        click.echo(f"error: {e}", err=True)
+        return 2
+    except click.ClickException as e:
+        e.show()
+        return 2
+    return 0
