@@ -14,7 +14,7 @@ import hashlib
 import json
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +97,8 @@ def compile_model(model, out_dir, opts: CompileOptions, batch: int | None = None
     """``limits`` (``fusec/limits.py``) bound every size and the compile-time evaluation;
     ``progress`` hears each stage start and end (``passes.pipeline.stage``)."""
     t0 = time.perf_counter()
+    if opts.round_price == "inference":     # a gate's saving is over the true batch: price it per inference
+        opts = replace(opts, price_batch=int(batch or 1))
     with using_limits(limits):
         with stage(progress, "frontend"):
             graph = frontend(model, batch, seq, input_shapes, public_inputs, input_roles)

@@ -8,6 +8,9 @@ from fusec.errors import CompileError
 GATE_SETS = ("fused", "sigma")
 RESCALES = ("slack", "ars")
 MAX_TREES = ("auto", "shifted", "packed")
+#: What a construction's saving is weighed over against the price of a round: the whole true batch
+#: (a larger batch may buy AES with rounds) or one inference (every batch gets batch 1's choices).
+ROUND_PRICES = ("batch", "inference")
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,10 @@ class CompileOptions:
     # what a construction must save (key bytes + 16 B per AES, over the whole gate) to be worth one more
     # round (passes/pricing.py): raise it for a high-latency link, lower it for large batches on one card
     round_worth_mib: float = 32.0
+    # "batch": that saving is counted over the whole true batch; "inference": per inference, so the
+    # program per inference (key, AES, bytes, rounds) is batch 1's at every batch size
+    round_price: str = "batch"
+    price_batch: int = 1            # the true batch "inference" pricing divides by (set by fusec.build)
     insecure_mask_dependent_shapes: bool = False   # padding ablation only
     # one party of each gate gets a 16-byte seed in place of its additive shares (runtime/seeded_shares.py);
     # None: on for the fused gates, off for the sigma baseline (SIGMA's keys hold both parties' shares)
@@ -48,6 +55,10 @@ class CompileOptions:
             raise CompileError(f"unknown rescale {self.rescale!r}", f"use one of {', '.join(RESCALES)}")
         if not 0.0 <= self.round_worth_mib <= 1e9:
             raise CompileError(f"round worth {self.round_worth_mib} MiB is out of range", "use a value from 0 to 1e9")
+        if self.round_price not in ROUND_PRICES:
+            raise CompileError(f"unknown round price {self.round_price!r}", f"use one of {', '.join(ROUND_PRICES)}")
+        if int(self.price_batch) < 1:
+            raise CompileError(f"price batch {self.price_batch} must be at least 1")
         if self.max_tree not in MAX_TREES:
             raise CompileError(f"unknown max tree {self.max_tree!r}", f"use one of {', '.join(MAX_TREES)}")
         if not 16 <= self.bits <= 64:
@@ -60,7 +71,11 @@ class CompileOptions:
 
     @property
     def round_worth_bytes(self) -> float:
-        return self.round_worth_mib * (1 << 20)
+        """What one more round must save over a whole gate (passes/pricing.py): the stated
+        price, times the true batch where savings are weighed per inference (a gate's saving
+        grows with the batch, so the choice is then the same at every batch size)."""
+        per_batch = self.price_batch if self.round_price == "inference" else 1
+        return self.round_worth_mib * (1 << 20) * per_batch
 
     @property
     def safe_magnitude(self) -> float:

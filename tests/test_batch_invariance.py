@@ -33,3 +33,26 @@ def test_per_inference_costs_are_the_same_at_batch_1_and_3(tmp_path, round_worth
     for k in STORED:      # a byte of padding per packed field and set, nothing that grows with the batch
         assert three["totals"][k] <= 3 * one["totals"][k], k
         assert three["per_inference"][k] == pytest.approx(one["per_inference"][k], rel=1e-3), k
+
+
+def test_pricing_per_inference_compiles_batch_3_to_batch_1s_program(tmp_path):
+    """At 0.02 MiB a round, bert-tiny's batch 3 buys AES with rounds that its batch 1 does not
+    (the saving is counted over the batch); ``round_price="inference"`` weighs it per inference,
+    so batch 3 gets batch 1's rounds and per-inference costs again."""
+    def per_inference(batch: int, price: str) -> dict:
+        opts = CompileOptions(bits=37, round_worth_mib=0.02, round_price=price)
+        return summary(compile_model(MODEL, tmp_path / f"{price}{batch}", opts, batch=batch, seq=8))["per_inference"]
+
+    one = per_inference(1, "batch")
+    assert per_inference(1, "inference") == one          # at batch 1 the two prices agree
+    assert per_inference(3, "batch")["rounds"] != one["rounds"]
+    three = per_inference(3, "inference")
+    assert three["rounds"] == one["rounds"]
+    for k in EXACT:
+        assert three[k] == one[k], k
+
+
+def test_an_unknown_round_price_is_refused():
+    from fusec.errors import CompileError
+    with pytest.raises(CompileError, match="unknown round price 'gate'"):
+        CompileOptions(round_price="gate")
