@@ -127,7 +127,7 @@ def _find(rows: list[Row], group: tuple, seq: int, batch: int, gates: str | None
     return next((r for r in rows if r.ran and r.group() == want and r.c["seq"] == seq and r.c["batch"] == batch), None)
 
 
-def _cells(r: Row, rows: list[Row], vs: str, base: Row | None) -> list[str]:
+def _cells(r: Row, rows: list[Row], base: Row | None) -> list[str]:
     c = r.c
     stripes = c.get("stripes")
     runtime = (c.get("runtime") or "-") + (f", {stripes} connection{'s' * (stripes > 1)}"
@@ -167,7 +167,7 @@ def _sweep_table(rows: list[Row], pick, vs: str, base_of) -> list[str]:
                                                                  r.c["seq"], r.c["batch"]))
     if not chosen:
         return []
-    body = [_cells(r, rows, vs, base_of(r)) for r in chosen]
+    body = [_cells(r, rows, base_of(r)) for r in chosen]
     return table([h.format(vs=vs) for h in HEADER], "lrrllll" + "r" * 10 + "l", body)
 
 
