@@ -27,6 +27,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import click
 
@@ -162,7 +163,9 @@ HEADER = ["model", "seq", "batch", "gates", "runtime", "card", "call", "online /
           "AES/s on the card", "keys"]
 
 
-def _sweep_table(rows: list[Row], pick, vs: str, base_of) -> list[str]:
+def _sweep_table(rows: list[Row], pick: Callable[[Row], bool], vs: str,
+                 base_of: Callable[[Row], Row | None]) -> list[str]:
+    """The rows ``pick`` keeps, each against ``base_of`` it (the column "vs ``vs``")."""
     chosen = sorted((r for r in rows if pick(r)), key=lambda r: (r.group()[0], r.card, r.c["gates"], str(r.group()),
                                                                  r.c["seq"], r.c["batch"]))
     if not chosen:
