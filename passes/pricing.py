@@ -6,7 +6,10 @@ evaluate online (each block is 16 bytes of PRG output they must produce). A cons
 that takes one more round is worth it only where it saves at least what a round is worth
 over the whole gate (``--round-worth``, 32 MiB by default): that keeps a batch-1 model's
 latency (a round costs a wire exchange) and lets large batches and long sequences, where
-the card's AES and the key's size bound the time, take the cheaper gate.
+the card's AES and the key's size bound the time, take the cheaper gate. With
+``--round-price inference`` the price of a round is multiplied by the true batch
+(``CompileOptions.round_worth_bytes``), so a gate's saving counts per inference and every
+batch size makes batch 1's choices (its program per inference: tests/test_batch_invariance.py).
 """
 from __future__ import annotations
 
