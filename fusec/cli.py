@@ -13,6 +13,7 @@ import numpy as np
 from fusec.allocator import tune_host_allocator
 from fusec.errors import FusecError, ParameterError
 from fusec.limits import Limits
+from fusec.passes.options import ROUND_PRICES
 from fusec.party_cli import address_type, key_set_count, party_options, seconds_type, tls_argv, tls_options
 
 
@@ -205,7 +206,7 @@ def compile_options(f):
         click.option("--round-worth", "round_worth", type=click.FloatRange(0, 1e9), default=32.0, show_default=True,
                      help="MiB of key (16 B per AES counted as key) a construction must save to be worth one more "
                           "round: raise it for a high-latency link, lower it for large batches on one card"),
-        click.option("--round-price", "round_price", type=click.Choice(["batch", "inference"]), default="batch",
+        click.option("--round-price", "round_price", type=click.Choice(ROUND_PRICES), default="batch",
                      show_default=True,
                      help="weigh a construction's saving over the whole true batch (a larger batch may buy AES with "
                           "rounds) or per inference (every batch size compiles to batch 1's program per inference)"),
