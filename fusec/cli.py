@@ -313,13 +313,14 @@ def _say_stage(stage: str, done: str | None) -> None:
 @compile_options
 def compile_cmd(model, out, **kw) -> None:
     """ONNX model -> build directory (IR, program, key layout, weights, report)."""
+    from fusec.notes import grouped
     from fusec.report import totals
 
     b = _compile(model, out, **kw)
     t = totals(b)
     click.echo(f"compiled {model} -> {out}: {t['gates']} gates, {t['rounds']} rounds, "
                f"key {t['key_bytes'] / 2**20:.2f} MiB/party, online {t['bytes_sent_per_party'] / 2**20:.2f} MiB/party")
-    for n in b.ir.meta.get("notes", []):
+    for n in grouped(b.ir.meta.get("notes", [])):     # one line per message, not per layer
         click.echo(f"note: {n}", err=True)
 
 

@@ -33,6 +33,7 @@ import math
 from collections import defaultdict
 
 from fusec.ir import scalar_fn
+from fusec.notes import grouped
 from fusec.passes import ranges as ranges_pass
 from fusec.runtime.seeded_shares import party_layout
 
@@ -441,5 +442,5 @@ def report(build, all_ranges: bool = False, top: int = 10, data: dict | None = N
              "", "## ranges (calibrated vs proven; bits at the tensor's scale)",
              ranges_text(d["ranges"], None if all_ranges else top)]
     if d["notes"]:
-        lines += ["", "## notes"] + [f"- {n}" for n in d["notes"]]
+        lines += ["", "## notes"] + [f"- {n}" for n in grouped(d["notes"])]
     return "\n".join(lines) + "\n"
