@@ -180,8 +180,8 @@ def cost_table(build, c: dict | None = None) -> str:
 
 def class_table(c: dict) -> str:
     B = c["batch"]
-    lines = [f"| class | gates | elements | key bytes | AES calls | bytes sent/party | rounds (critical path) | "
-             f"rounds/gate | key B/elem | AES/elem | sent B/elem | key bytes/inference |",
+    lines = ["| class | gates | elements | key bytes | AES calls | bytes sent/party | rounds (critical path) | "
+             "rounds/gate | key B/elem | AES/elem | sent B/elem | key bytes/inference |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in c["by_class"]:
         pe = r["per_element"]
