@@ -20,6 +20,7 @@ from fusec.passes.client_split import client_split
 from fusec.passes.expand_blocks import expand_blocks
 from fusec.passes.fit_specs import fit_specs
 from fusec.passes.fold_constants import fold_constants
+from fusec.passes.fold_norm_affine import fold_norm_affine
 from fusec.passes.fuse_scalar import fuse_scalar
 from fusec.passes.fuse_truncate_linear import fuse_truncate_linear
 from fusec.passes.key_order import key_order
@@ -48,6 +49,7 @@ PASSES: list[Pass] = [
     fuse_scalar,       # elementwise chains on one tensor -> one Scalar (GELU, SiLU, rsqrt, ...)
     expand_blocks,     # Softmax, LayerNorm -> reductions + labelled Scalars
     defer_softmax_division,  # softmax(S) @ V -> (exp @ V) * (1/sum): the product runs beside the reciprocal
+    fold_norm_affine,  # (gamma z + beta) @ W -> z @ (gamma W) + beta W: no truncation between a layer norm and a matmul
     owner_contract,    # ranges the owner promises (and checks) for what it computes from masks / ids
     prove_ranges,      # an interval per secret tensor that holds for every admissible input
     calibrate,         # plaintext float run: every tensor's range

@@ -242,12 +242,25 @@ class _Scaler:
             if have:
                 self.g.rename_input(node.name, t, self.cache[(t, max(have))])
 
+    def truncate_early(self, node: Node, secret_in: list[str]) -> None:
+        """An input whose producer says ``truncate_early`` (a layer norm whose matmuls read it
+        before its affine tail, ``passes/fold_norm_affine``) is ready long before the other
+        operand of its residual sum: read it truncated to the sum's lower scale, a round off
+        the critical path, instead of carrying the sum at the higher scale into the next
+        layer norm, which would then truncate it on the critical path."""
+        low = max(min(self.scale(t) for t in secret_in), self.o.frac)
+        for t in secret_in:
+            p = self.g.producer(t)
+            if self.scale(t) > low and p is not None and p.attrs.get("truncate_early"):
+                self.rescaled(node, t, low)
+
     def keep(self, node: Node) -> None:
         """Ops that keep their input's scale (sums, movement, Rescale: minus its shift)."""
         secret_in = self.secret_inputs(node)
         out = node.outputs[0]
         if len(secret_in) > 1:
             self.reuse_truncated(node, secret_in)
+            self.truncate_early(node, self.secret_inputs(node))
             secret_in = self.secret_inputs(node)
         if len(secret_in) > 1:   # align: upscale (free) where the result fits, else rescale down
             scales = sorted({self.scale(t) for t in secret_in}, reverse=True)
