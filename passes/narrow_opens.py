@@ -8,7 +8,8 @@ most any reader takes of it:
 * a truncation (``TruncateNarrow``): its proven view, ``view_bits``;
 * a product (``Mul``, ``MatMulPrivate``, ``MulNarrow``): its own ring width (a ``MulNarrow``
   input read through a view: the view's width);
-* a packed scalar lookup: its comparison view or its value ring, whichever is wider;
+* a packed scalar lookup: its comparison view or its value ring, whichever is wider (one
+  that folds a rescale lifts its input from the view: the view);
 * a narrow max tree: its view;
 * a ring-linear gate: the demand of its own output;
 * anything else (other lookups, outputs): the whole ring.
@@ -67,6 +68,8 @@ def _reads(gate: Gate, slot: int, out_demand: int, n: int) -> int:
         return rule(gate, slot, out_demand)
     if isinstance(gate, Chain) and type(gate.stages[0]) is PackedLookup:
         first = gate.stages[0]          # compares on its view, evaluates on its value ring
+        if first.pre_shift:             # ... lifted from its view (a folded rescale): the view is all it reads
+            return first.view_bits
         return max(first.view_bits, first.vbits)
     return n
 

@@ -143,3 +143,42 @@ def test_a_narrowed_product_reads_whole_ring_wires_under_forced_masks(n, d):
         assert np.array_equal(np.asarray(got).reshape(3, 2), want_mm)
         got, _, _ = run_gate(Mul(15, d), [x.reshape(-1), x[::-1].reshape(-1)], [n, n], in_masks=masks)
         assert np.array_equal(np.asarray(got).reshape(3, 5), want_mul)
+
+
+def _truncation_then_folded_gelu(narrow: bool, n: int = 50):
+    """x -> tx = trunc_4(x) -> GELU with a folded rescale by 12 (a lookup lifted from its view)
+    -> output. The lookup reads only its k-bit view of tx, so the pass leaves tx on k bits."""
+    from fusec.runtime.gates.catalog import gelu_spec
+
+    spec = gelu_spec(n, 12)
+    k = (int(8 * 2 ** 24) + (1 << (12 + spec.view_shift)) + 1).bit_length() + 2     # |x| < 8 at 24 bits
+    g = GateGraph()
+    g.input("x", 64, n)
+    g.add("tx", TruncateNarrow(64, n, k + 4, 4), ["x"])
+    g.add("gelu", Chain([PackedLookup(64, spec, view_bits=k, pre_shift=12)]), ["tx"])
+    g.output("y", "gelu")
+    return (narrow_opens(g, CompileOptions(bits=n)) if narrow else g), spec, k
+
+
+def test_a_lookup_lifted_from_its_view_demands_only_the_view():
+    """The truncation in front of a folded-rescale lookup opens k bits, not the lookup's value
+    ring; both programs give GELU of the input (float oracle, the spec's error plus a couple of
+    ulps of the two free truncations)."""
+    from math import erf, sqrt
+
+    narrowed, spec, k = _truncation_then_folded_gelu(True)
+    plain, _, _ = _truncation_then_folded_gelu(False)
+    assert plain.node("tx").gate.out_bits == N_BITS
+    tx = narrowed.node("tx").gate
+    assert tx.out_bits == max(k, tx.mid_bits + 1) < N_BITS        # the view (a truncation keeps a bit more)
+    xs = np.linspace(-6.0, 6.0, 64)
+    X = np.round(xs * 2.0 ** 28).astype(np.int64)           # 12 + 12 + 4 fractional bits
+    want = np.array([0.5 * v * (1 + erf(v / sqrt(2))) for v in xs])
+    sent = {}
+    for name, g in (("plain", plain), ("narrowed", narrowed)):
+        out, logs = run_graph(g, {"x": ring.from_signed(X, N_BITS)}, seed=b"lifted-view")
+        got = ring.to_signed(np.asarray(out["y"]) & ring.mask(g.node("gelu").gate.out_bits),
+                             g.node("gelu").gate.out_bits) / 2.0 ** spec.poly_scale
+        assert np.abs(got - want).max() < 4e-3, (name, np.abs(got - want).max())
+        sent[name] = sum(sum(log.bytes_sent.values()) for log in logs)
+    assert sent["narrowed"] < sent["plain"]
