@@ -68,7 +68,7 @@ def _reads(gate: Gate, slot: int, out_demand: int, n: int) -> int:
         return rule(gate, slot, out_demand)
     if isinstance(gate, Chain) and type(gate.stages[0]) is PackedLookup:
         first = gate.stages[0]          # compares on its view, evaluates on its value ring
-        if first.pre_shift:             # ... lifted from its view (a folded rescale): the view is all it reads
+        if first.lifted:                # ... lifted from its view (a folded rescale, a max tree): the view is all it reads
             return first.view_bits
         return max(first.view_bits, first.vbits)
     return n

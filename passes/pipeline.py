@@ -24,6 +24,7 @@ from fusec.passes.fold_norm_affine import fold_norm_affine
 from fusec.passes.fuse_scalar import fuse_scalar
 from fusec.passes.fuse_truncate_linear import fuse_truncate_linear
 from fusec.passes.key_order import key_order
+from fusec.passes.lift_max_tree import lift_max_tree
 from fusec.passes.mask_softmax import mask_softmax
 from fusec.passes.lower import Lowered, lower
 from fusec.passes.merge_rescales import merge_rescales
@@ -104,6 +105,7 @@ def run_passes(graph: Graph, opts: CompileOptions, progress: Progress | None = N
 def build_gates(graph: Graph, opts: CompileOptions) -> tuple[Lowered, list[Step]]:
     """Lower, schedule, and order keys. Deterministic in (graph, opts)."""
     low = lower(graph, opts)
+    low.gates = lift_max_tree(low.gates, opts)     # softmax's max tree unwidened where exp lifts its view itself
     low.gates = narrow_opens(low.gates, opts)      # products and truncations on the bits their readers use
     low.gates = fuse_truncate_linear(low.gates, opts)     # a truncation read by a shrinking map opens the map
     ir_attrs = {gid: graph.node(name).attrs if name in graph.g else {} for gid, name in low.ir_node.items()}

@@ -113,3 +113,31 @@ def test_a_folded_rescale_at_small_widths_every_input_and_every_low_mask():
     want_cost = g.cost()        # each open is sent in whole bytes
     assert (cost.key_bits, cost.aes, cost.rounds) == (want_cost.key_bits, want_cost.aes, want_cost.rounds)
     assert want_cost.open_bits <= cost.open_bits < want_cost.open_bits + 16 / g.elements
+
+
+@pytest.mark.parametrize("n", [37, 50])
+def test_a_lifted_lookup_reads_only_its_view(n):
+    """``lift=True`` (no rescale, s = 0): the wire is valid mod 2^k only (a max tree's unwidened
+    result, passes/lift_max_tree.py). Inputs carry random bits above the view; the gate must
+    give what the oracle gives for the k-bit value alone."""
+    spec = gelu_spec(n, 12)
+    t = spec.view_shift
+    k = (int(8.0 * 2 ** spec.f_in) + (1 << t) + 1).bit_length() + 2
+    probe = PackedLookup(1, spec, view_bits=k, lift=True)
+    assert probe.lifted and probe.pre_shift == 0 and probe.view_shift == t
+    h = (1 << (k - 2)) - (1 << t)
+    xs = sorted({x for b in spec.breakpoints for d in (0, 1, -1, 1 << t, (1 << t) - 1, 1 << (t + 1))
+                 for x in ((int(b) + d), (int(b) - d)) if -h < x < h}
+                | {int(v) for v in np.random.default_rng(n).integers(-h + 1, h, 200)} | {-h + 1, h - 1, 0})
+    X, R = cross(xs, mask_sets(n, t, k, len(xs), b"lift-%d" % n))
+    junk = np.random.default_rng(n + 1).integers(0, 1 << (n - k), len(X))
+    wire = [x + (int(j) << k) for x, j in zip(X, junk)]          # garbage above the view
+    g = PackedLookup(len(X), spec, view_bits=k, lift=True)
+    out, cost, logs = measure_gate(g, wire, n, masks=[np.asarray(R, np.uint64)])
+    w = g.out_bits
+    got = [int(v) % (1 << w) for v in out]
+    want = _oracle(spec, X, R, 0, t, w)
+    bad = [(x, r, gv, wv) for x, r, gv, wv in zip(X, R, got, want) if gv != wv]
+    assert not bad, f"{len(bad)}/{len(X)} wrong, e.g. (x, r, got, want) = {bad[:3]}"
+    assert cost == g.cost(), (cost, g.cost())
+    assert all(lg.rounds == 2 for lg in logs)

@@ -488,7 +488,8 @@ class MaxTreeNarrow(Gate):
 
     LOOKUPS = ("shifted", "packed")
 
-    def __init__(self, shape, bits: int, axis: int, view_bits: int, pre_shift: int = 0, lookup: str = "shifted"):
+    def __init__(self, shape, bits: int, axis: int, view_bits: int, pre_shift: int = 0, lookup: str = "shifted",
+                 widen: bool = True):
         """``pre_shift`` = s: the input carries x at s more fractional bits than the max is
         wanted at; the tree then runs on the free truncation ``hi_s(u mod 2^view_bits)``
         (``floor(x / 2^s) + {0, 1}`` per element, DESIGN §4) of ``view_bits - s`` bits, which
@@ -496,7 +497,11 @@ class MaxTreeNarrow(Gate):
 
         ``lookup``: each level's ReLU as the ``shifted`` one (one round, one (k-1)-bit DCF with
         a two-word payload) or the ``packed`` one (two rounds: a 1-bit DPF comparison, then
-        the select from dealer correlations; about a third of the AES and half the key)."""
+        the select from dealer correlations; about a third of the AES and half the key).
+
+        ``widen=False``: no widening round; the result is the tree's k-bit wire, valid mod
+        2^k only (``out_bits`` = k), for readers that look at nothing above it
+        (passes/lift_max_tree.py)."""
         from fusec.runtime.gates.sign_relu import SignReLU  # noqa: PLC0415
 
         self._tree = MaxTree(shape, bits, axis)
@@ -513,6 +518,9 @@ class MaxTreeNarrow(Gate):
         if lookup not in self.LOOKUPS:
             raise ParameterError(f"{self.kind}: unknown lookup {lookup!r}", f"use one of {', '.join(self.LOOKUPS)}")
         self.lookup = lookup
+        self.widen = bool(widen)
+        if not self.widen:
+            self.out_bits = self.view_bits
         relu = (lambda e: SignReLU(e, self.view_bits)) if lookup == "shifted" else (lambda e: ReLU2(e, self.view_bits))
         self._tree.levels = [relu(g.elements) for g in self._tree.levels]
         self.levels = self._tree.levels
@@ -523,11 +531,11 @@ class MaxTreeNarrow(Gate):
         for i, g in enumerate(self.levels):
             out += _prefixed_specs(f"l{i}", g.fields())
         N, n, k = self.elements, self.bits, self.view_bits
-        return out + [("offset", (N,), n), ("msb", (N,), n - k)]
+        return out + ([("offset", (N,), n), ("msb", (N,), n - k)] if self.widen else [])
 
     def cost(self) -> GateCost:
         n, k = self.bits, self.view_bits
-        widen = GateCost(key_bits=2 * n - k, aes=0, rounds=1, open_bits=n)
+        widen = GateCost(key_bits=2 * n - k, aes=0, rounds=1, open_bits=n) if self.widen else ZERO_COST
         if not self.levels:
             return widen
         from fusec.runtime.gates.sign_relu import SignReLU  # noqa: PLC0415
@@ -545,6 +553,8 @@ class MaxTreeNarrow(Gate):
         keys: tuple[dict, dict] = ({}, {})
         r = self._tree.levels_keygen(rng, self._tree._rows(self._view(np.asarray(in_masks[0], np.uint64))), k, keys)
         q = r.reshape(-1)
+        if not self.widen:          # the k-bit wire itself, under the tree's own mask
+            return q.reshape(self.out_shape), keys[0], keys[1]
         r_out = rng.ring(self.elements, n)
         _shares(rng, n, keys, offset=r_out - q)
         _shares(rng, n - k, keys, msb=ring.msb(q, k))
@@ -555,6 +565,8 @@ class MaxTreeNarrow(Gate):
         k, n = self.view_bits, self.bits
         u = self._view(self._tree._input_rows(inputs[0], be))
         u = yield from self._tree.levels_eval(party, key, u, k, be)
+        if not self.widen:
+            return u.reshape(self.out_shape)
         share = widen_share(party, u.reshape(-1), k, key["msb"], key["offset"], n)
         out = yield Open(share, n, scope="other")
         return out.reshape(self.out_shape)

@@ -339,7 +339,8 @@ class PackedLookup(SplineLookup):
     kind = "packed_lookup"
 
     def __init__(self, elements: int, spec: OperatorSpec, view_bits: int | None = None,
-                 value_bits: int | None = None, pre_shift: int = 0, proven: tuple[float, float] | None = None):
+                 value_bits: int | None = None, pre_shift: int = 0, proven: tuple[float, float] | None = None,
+                 lift: bool = False):
         """``view_bits`` = k: the input is PROVEN to fit k signed bits with two bits of slack
         (``|x| < 2^(k-2) - 2^view_shift``); the comparison then runs on the view
         ``hi_t(u mod 2^k)`` of ``m = k - t`` bits (``t = spec.view_shift``), which is
@@ -368,7 +369,11 @@ class PackedLookup(SplineLookup):
 
         ``proven`` = (lo, hi): the input's PROVEN real range (with ``view_bits``). Breakpoints
         outside it are pinned next to it like those outside the view, so the comparison's
-        points lie closer together and its walks share more of the tree."""
+        points lie closer together and its walks share more of the tree.
+
+        ``lift`` (with ``view_bits``): the input is read only through its k-bit view and lifted
+        to w bits as with ``pre_shift`` (here s = 0): the wire may then be valid mod 2^k only,
+        as a max tree's result is when it is not widened (passes/lift_max_tree.py)."""
         super().__init__(elements, spec, "shifted")
         self.lookup = "packed"
         self.vbits = self.out_bits = check_width(value_bits or self.bits, "lookup value width")
@@ -377,6 +382,11 @@ class PackedLookup(SplineLookup):
         self.view_bits, self.view_shift = self.bits, 0
         self.cmp_bps = list(self.bps)
         self.pre_shift = int(pre_shift)
+        self.proven = proven
+        #: the polynomial's input lifted from the k-bit view (a folded rescale, or ``lift``)
+        self.lifted = bool(self.pre_shift) or bool(lift)
+        if lift and (view_bits is None or view_bits >= self.bits):
+            raise ParameterError(f"{spec.name}: a lifted lookup needs a view narrower than its {self.bits}-bit input")
         if view_bits is not None and (view_bits < self.bits or self.pre_shift):
             coarse = self._coarse(spec, int(view_bits), self.pre_shift, proven)
             if coarse is not None:
@@ -389,7 +399,7 @@ class PackedLookup(SplineLookup):
         offsets = (0, *self.cmp_bps)   # the points u - a walked by the packed comparison, u first
         #: the comparison's points share their top tree levels (runtime/dpf_arc.py); None: too many points
         self.arc = DpfArc.plan(self.cmp_bits, offsets)
-        if self.pre_shift and self.vbits <= self.pre_mid:
+        if self.lifted and self.vbits <= self.pre_mid:
             raise ParameterError(f"{spec.name}: value width {self.vbits} must exceed the folded view's {self.pre_mid}")
 
     def _coarse(self, spec: OperatorSpec, k: int, pre: int = 0, proven: tuple[float, float] | None = None):
@@ -440,14 +450,14 @@ class PackedLookup(SplineLookup):
         out += [("rho", (N, P), 1), ("rho_a", (N, P), n)]
         if d:
             out += [("rpow", (N, d), n), ("rho_rpow", (N, P, d), n)]
-        if self.pre_shift and d:    # the lifted mask's t-dependent part, a multiple of 2^m
+        if self.lifted and d:       # the lifted mask's t-dependent part, a multiple of 2^m
             out += [("rpow_b", (N, d), n - self.pre_mid), ("rho_rpow_b", (N, P, d), n - self.pre_mid)]
         return out + [("r_out", (N,), n)]
 
     def cost(self) -> GateCost:
         n, d, P = self.vbits, self.d, self.M - 1
         key = dpf.DpfKey.key_bits(self.cmp_bits) + P + P * n + d * n + P * d * n + n
-        pre = (P + 1) * d * (n - self.pre_mid) if self.pre_shift else 0
+        pre = (P + 1) * d * (n - self.pre_mid) if self.lifted else 0
         aes = self.arc.aes_per_eval() if self.arc else self.M * dpf.DpfKey.aes_per_eval(self.cmp_bits)
         return GateCost(key_bits=key + pre, aes=aes, rounds=2, open_bits=P + n)
 
@@ -462,7 +472,7 @@ class PackedLookup(SplineLookup):
         m = ring.mask(n)
         k0, k1 = dpf.lt_keygen(rng, self._view(r), self.cmp_bits)
         keys = (prefixed("lt", k0.arrays()), prefixed("lt", k1.arrays()))
-        if self.pre_shift:          # the polynomial's mask: q, lifted (r' = q - t b, t public)
+        if self.lifted:             # the polynomial's mask: q, lifted (r' = q - t b, t public)
             r, msb_q = view_secret(r, View(self.view_bits, self.pre_shift))
         r = r & m
         rho = rng.bits((N, P))
@@ -472,7 +482,7 @@ class PackedLookup(SplineLookup):
             rpow = np.stack(_powers((np.uint64(0) - r) & m, d, m)[1:], axis=1)   # (N, d)
             keys[0]["rpow"], keys[1]["rpow"] = rng.share(rpow, n)
             keys[0]["rho_rpow"], keys[1]["rho_rpow"] = rng.share((rho[:, :, None] * rpow[:, None, :]) & m, n)
-        if self.pre_shift and d:    # B_j / 2^m = ((b - q)^j - (-q)^j) / 2^m, b = 2^m MSB(q)
+        if self.lifted and d:       # B_j / 2^m = ((b - q)^j - (-q)^j) / 2^m, b = 2^m MSB(q)
             mid = self.pre_mid
             b = msb_q << np.uint64(mid)
             bpow = np.stack(_powers((b - r) & m, d, m)[1:], axis=1)
@@ -501,7 +511,7 @@ class PackedLookup(SplineLookup):
         if party == 1:
             c = c ^ (uc[:, None] < a[None, :]).astype(np.uint64)
         rpow, rho_rpow = (key["rpow"], key["rho_rpow"]) if d else (None, None)
-        if self.pre_shift:          # the rescaled input: public, lifted to w bits (see __init__)
+        if self.lifted:             # the (rescaled) input: public, lifted to w bits (see __init__)
             u, t_pub = view_public(u_in, n, View(self.view_bits, self.pre_shift))
             if d:
                 mid = np.uint64(self.pre_mid)
@@ -527,9 +537,10 @@ class PackedLookup(SplineLookup):
 
 
 def _lookup(elements: int, spec: OperatorSpec, lookup: str, pad: bool, view_bits: int | None = None,
-            value_bits: int | None = None, pre_shift: int = 0, proven: tuple[float, float] | None = None) -> Gate:
+            value_bits: int | None = None, pre_shift: int = 0, proven: tuple[float, float] | None = None,
+            lift: bool = False) -> Gate:
     if lookup == "packed":
-        return PackedLookup(elements, spec, view_bits, value_bits, pre_shift, proven)
+        return PackedLookup(elements, spec, view_bits, value_bits, pre_shift, proven, lift)
     # padding is a property of the piece table only: the other lookups' shapes never depend on r
     return SplineLookup(elements, spec, lookup, pad or lookup != "pieces")
 
@@ -541,7 +552,7 @@ class ScalarGate(Chain):
 
     def __init__(self, elements: int, spec: OperatorSpec, lookup: str = "auto", pad: bool = True,
                  defer_shift: bool = False, view_bits: int | None = None, out_view_bits: int | None = None,
-                 pre_shift: int = 0, proven: tuple[float, float] | None = None):
+                 pre_shift: int = 0, proven: tuple[float, float] | None = None, lift: bool = False):
         """``lookup``: 'packed' (packed comparison + correlations, 2 rounds), 'shifted' (one
         DCF, 1 round), 'pieces' (baseline piece table) or 'auto' (smallest key). With
         ``defer_shift`` the output stays at ``spec.poly_scale`` (no truncation stage): the
@@ -549,11 +560,12 @@ class ScalarGate(Chain):
         ``out_view_bits`` = k usable too (:meth:`narrows_value`), the deferred value is a wire
         of ``Z_{2^k}``, read by its consumers through the view ``View(k, out_shift)`` (a
         product's free truncation, runtime/gates/mul_narrow.py): the shift costs no round.
-        ``proven``: the input's proven real range, for the packed comparison (PackedLookup).
+        ``proven``: the input's proven real range, for the packed comparison (PackedLookup);
+        ``lift``: the packed lookup reads its input only through its view (PackedLookup).
         """
         from fusec.runtime.gates.truncation import TruncateNarrow, TruncateSlack  # noqa: PLC0415
 
-        if pre_shift:         # a folded rescale: only the packed lookup lifts a truncated input
+        if pre_shift or lift:  # a folded rescale or a lifted view: only the packed lookup lifts its input
             lookup = "packed"
         if lookup == "auto":  # the cheapest key for this spec (a function of the spec only)
             lookup = min(("packed", "shifted"),
@@ -562,7 +574,7 @@ class ScalarGate(Chain):
         narrow_value = self.narrows_value(spec, lookup, k)
         narrow_out = narrow_value and not defer_shift
         stages: list[Gate] = [_lookup(elements, spec, lookup, pad, view_bits, k if narrow_value else None, pre_shift,
-                                      proven)]
+                                      proven, lift)]
         if narrow_out:
             # the value is proven to fit k bits at poly_scale: the lookup runs mod 2^k, then a
             # free truncation widened back to n bits (one round, no DCF)
