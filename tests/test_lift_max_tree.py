@@ -15,25 +15,13 @@ from fusec.passes.options import CompileOptions
 from fusec.runtime.gates.compare import MaxTreeNarrow
 from fusec.runtime.gates.scalar import PackedLookup
 from tests.harness import run_graph
+from tests.test_softmax_grid import near_ties, scores_model
 
 ROWS, COLS = 16, 128        # exp takes the packed lookup here (the one that can lift)
 
 
-def scores(scale: float = 1.0) -> Graph:
-    g = Graph("softmax_rows")
-    g.add_input("x", (ROWS, COLS))
-    g.add_node("Mul", ["x", g.add_const("k", np.asarray(scale))], ["s"], infos=[TensorInfo((ROWS, COLS))])
-    g.add_node("Softmax", ["s"], ["y"], infos=[TensorInfo((ROWS, COLS))], axis=1)
-    g.outputs = ["y"]
-    return g
-
-
-def near_ties(seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    x = rng.uniform(-4, 4, (ROWS, COLS))
-    for i in range(ROWS):
-        x[i, :5] = rng.uniform(-2, 3) - rng.uniform(0, 2.0 ** -5, 5)
-    return x
+def scores() -> Graph:
+    return scores_model(1.0, ROWS, COLS)
 
 
 def trees(low) -> list[MaxTreeNarrow]:
@@ -51,7 +39,7 @@ def rounds(steps) -> int:
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_unwidened_tree_softmax_matches_numpy_one_round_sooner(seed, monkeypatch):
-    x = near_ties(seed)
+    x = near_ties(np.random.default_rng(seed), ROWS, COLS)
     opts = CompileOptions()
     ir, low, steps = compile_graph(scores(), opts)
     assert [t.widen for t in trees(low)] == [False] and len(lifted(low)) == 1

@@ -19,13 +19,13 @@ from tests.harness import run_graph
 ROWS, COLS = 6, 16
 
 
-def scores_model(scale: float) -> Graph:
+def scores_model(scale: float, rows: int = ROWS, cols: int = COLS) -> Graph:
     """y = softmax(scale * x) over rows: the max reads a rescaled product (the tree's free
     truncation of the unrescaled tensor), as attention scores do."""
     g = Graph("softmax_rows")
-    g.add_input("x", (ROWS, COLS))
-    g.add_node("Mul", ["x", g.add_const("k", np.asarray(scale))], ["s"], infos=[TensorInfo((ROWS, COLS))])
-    g.add_node("Softmax", ["s"], ["y"], infos=[TensorInfo((ROWS, COLS))], axis=1)
+    g.add_input("x", (rows, cols))
+    g.add_node("Mul", ["x", g.add_const("k", np.asarray(scale))], ["s"], infos=[TensorInfo((rows, cols))])
+    g.add_node("Softmax", ["s"], ["y"], infos=[TensorInfo((rows, cols))], axis=1)
     g.outputs = ["y"]
     return g
 
@@ -35,11 +35,11 @@ def softmax(s: np.ndarray) -> np.ndarray:
     return e / e.sum(1, keepdims=True)
 
 
-def near_ties(rng) -> np.ndarray:
+def near_ties(rng, rows: int = ROWS, cols: int = COLS) -> np.ndarray:
     """Rows whose largest entries lie within a grid step of each other and of the max, the
     case a coarse max gets wrong if its error were larger than the grid."""
-    x = rng.uniform(-4, 4, (ROWS, COLS))
-    for i in range(ROWS):
+    x = rng.uniform(-4, 4, (rows, cols))
+    for i in range(rows):
         top = rng.uniform(-2, 3)
         x[i, :5] = top - rng.uniform(0, 2.0 ** -5, 5)       # five entries within 1/32 of each other
     return x
