@@ -206,11 +206,10 @@ def compile_options(f):
         click.option("--round-worth", "round_worth", type=click.FloatRange(0, 1e9), default=32.0, show_default=True,
                      help="MiB of key (16 B per AES counted as key) a construction must save to be worth one more "
                           "round: raise it for a high-latency link, lower it for large batches on one card"),
-        click.option("--round-price", "round_price", type=click.Choice(ROUND_PRICES), default="inference",
+        click.option("--round-price", "round_price", type=click.Choice(ROUND_PRICES), default="batch",
                      show_default=True,
-                     help="weigh a construction's saving per inference (every batch size compiles to batch 1's "
-                          "program per inference) or over the whole true batch (a larger batch buys AES and key "
-                          "with rounds: for one card without a network between the parties)"),
+                     help="weigh a construction's saving over the whole true batch (a larger batch may buy AES with "
+                          "rounds) or per inference (every batch size compiles to batch 1's program per inference)"),
         click.option("--seeded-shares", "seeded_shares", type=click.Choice(["auto", "on", "off"]), default="auto",
                      show_default=True,
                      help="the dealer gives one party of each gate a 16-byte seed in place of its additive shares "
@@ -255,7 +254,7 @@ def _role_arg(values: tuple[str, ...]) -> dict[str, str]:
 
 def _compile(model, out, batch, seq, input_shape, public_input, bits, frac, gate_set, weights, rescale,
              max_error_ulps, calib, insecure, input_range=(), quiet: bool = False, input_role=(), max_tree="auto",
-             round_worth=32.0, seeded_shares="auto", round_price="inference",
+             round_worth=32.0, seeded_shares="auto", round_price="batch",
              max_elements=Limits.max_elements, max_bytes=Limits.max_bytes, fold_seconds=Limits.fold_seconds,
              calib_seconds=Limits.calib_seconds):
     from fusec.limits import using
@@ -270,7 +269,7 @@ def _compile(model, out, batch, seq, input_shape, public_input, bits, frac, gate
 
 def _compile_within_limits(model, out, batch, seq, input_shape, public_input, bits, frac, gate_set, weights, rescale,
                            max_error_ulps, calib, insecure, input_range, quiet, input_role, lim, max_tree="auto",
-                           round_worth=32.0, seeded_shares="auto", round_price="inference"):
+                           round_worth=32.0, seeded_shares="auto", round_price="batch"):
     from fusec.build import compile_model, frontend
     from fusec.calib_set import load_calibration
     from fusec.passes.options import CompileOptions

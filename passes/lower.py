@@ -302,9 +302,8 @@ class _Lowering:
     def max_tree(self, shape, axis: int, view_bits: int, pre_shift: int) -> MaxTreeNarrow:
         """The max tree with ``--max-tree``'s comparisons, or under ``auto`` the packed ones where
         what they save over the whole tree (passes/pricing.py) pays for their extra round per
-        level. BERT-base at seq 128 keeps the one-round tree; long sequences (and, under
-        ``--round-price batch``, large batches), bound by the card's AES and the key's size,
-        take the packed one."""
+        level. A batch-1 BERT-base at seq 128 keeps the one-round tree; larger batches and
+        sequences, bound by the card's AES and the key's size, take the packed one."""
         trees = {lk: MaxTreeNarrow(shape, self.n, axis, view_bits, pre_shift=pre_shift, lookup=lk)
                  for lk in MaxTreeNarrow.LOOKUPS if self.o.max_tree in ("auto", lk)}
         if len(trees) == 1:

@@ -31,10 +31,9 @@ class CompileOptions:
     # what a construction must save (key bytes + 16 B per AES, over the whole gate) to be worth one more
     # round (passes/pricing.py): raise it for a high-latency link, lower it for large batches on one card
     round_worth_mib: float = 32.0
-    # "inference": that saving is counted per inference, so the program per inference (key, AES, bytes,
-    # rounds) is batch 1's at every batch size; "batch": over the whole true batch (a larger batch buys
-    # AES and key with rounds, for one card without a network between the parties)
-    round_price: str = "inference"
+    # "batch": that saving is counted over the whole true batch; "inference": per inference, so the
+    # program per inference (key, AES, bytes, rounds) is batch 1's at every batch size
+    round_price: str = "batch"
     price_batch: int = 1            # the true batch "inference" pricing divides by (set by fusec.build)
     insecure_mask_dependent_shapes: bool = False   # padding ablation only
     # one party of each gate gets a 16-byte seed in place of its additive shares (runtime/seeded_shares.py);

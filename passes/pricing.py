@@ -5,14 +5,11 @@ A gate's price per element is its key bytes plus 16 bytes per AES block the serv
 evaluate online (each block is 16 bytes of PRG output they must produce). A construction
 that takes one more round is worth it only where it saves at least what a round is worth
 over the whole gate (``--round-worth``, 32 MiB by default): that keeps a batch-1 model's
-latency (a round costs a wire exchange) and lets long sequences, where the card's AES and
-the key's size bound the time, take the cheaper gate. By default (``--round-price
-inference``) the price of a round is multiplied by the true batch
+latency (a round costs a wire exchange) and lets large batches and long sequences, where
+the card's AES and the key's size bound the time, take the cheaper gate. With
+``--round-price inference`` the price of a round is multiplied by the true batch
 (``CompileOptions.round_worth_bytes``), so a gate's saving counts per inference and every
-batch size makes batch 1's choices (its program per inference: tests/test_batch_invariance.py):
-two servers over a network pay for a round at every batch size. ``--round-price batch``
-counts the saving over the whole batch, so larger batches buy AES and key with rounds (one
-card, no network between the parties).
+batch size makes batch 1's choices (its program per inference: tests/test_batch_invariance.py).
 """
 from __future__ import annotations
 
