@@ -99,6 +99,7 @@ def _reshaped(graph: Graph, z: str, reshapes: list[Node]) -> str:
 def _fold(graph: Graph, mm: Node, z: str, gamma: np.ndarray, beta: np.ndarray) -> None:
     """``mm`` (y @ W) rewritten to read z: ``z @ (diag(gamma) W) + beta @ W``."""
     w = graph.const(mm.inputs[1])
+    w = w if np.issubdtype(w.dtype, np.floating) else w.astype(np.float64)      # gamma W is not an integer matrix
     out = mm.outputs[0]
     info = graph.info(out)
     graph.remove_node(mm.name)
