@@ -115,7 +115,7 @@ def test_a_folded_rescale_at_small_widths_every_input_and_every_low_mask():
     assert want_cost.open_bits <= cost.open_bits < want_cost.open_bits + 16 / g.elements
 
 
-@pytest.mark.parametrize("n", [37, 50])
+@pytest.mark.parametrize("n", [37, 50, 64])
 def test_a_lifted_lookup_reads_only_its_view(n):
     """``lift=True`` (no rescale, s = 0): the wire is valid mod 2^k only (a max tree's unwidened
     result, passes/lift_max_tree.py). Inputs carry random bits above the view; the gate must
@@ -130,8 +130,9 @@ def test_a_lifted_lookup_reads_only_its_view(n):
                  for x in ((int(b) + d), (int(b) - d)) if -h < x < h}
                 | {int(v) for v in np.random.default_rng(n).integers(-h + 1, h, 200)} | {-h + 1, h - 1, 0})
     X, R = cross(xs, mask_sets(n, t, k, len(xs), b"lift-%d" % n))
-    junk = np.random.default_rng(n + 1).integers(0, 1 << (n - k), len(X))
-    wire = [x + (int(j) << k) for x, j in zip(X, junk)]          # garbage above the view
+    # garbage above the view (below the top bit: the harness takes signed 64-bit inputs)
+    junk = np.random.default_rng(n + 1).integers(0, 1 << (n - k - 1), len(X))
+    wire = [x + (int(j) << k) for x, j in zip(X, junk)]
     g = PackedLookup(len(X), spec, view_bits=k, lift=True)
     out, cost, logs = measure_gate(g, wire, n, masks=[np.asarray(R, np.uint64)])
     w = g.out_bits
@@ -141,3 +142,24 @@ def test_a_lifted_lookup_reads_only_its_view(n):
     assert not bad, f"{len(bad)}/{len(X)} wrong, e.g. (x, r, got, want) = {bad[:3]}"
     assert cost == g.cost(), (cost, g.cost())
     assert all(lg.rounds == 2 for lg in logs)
+
+
+def test_a_lifted_lookup_at_small_widths_every_input_under_every_mask_set():
+    """n = 18 (GELU in 8 linear pieces at f = 6), a 12-bit view, no rescale: every admissible
+    input under the forced and patterned mask sets, with random bits above the view."""
+    from tests.test_narrow_gates import make_spec
+
+    n, k = 18, 12
+    spec = make_spec("gelu", n)[0]
+    probe = PackedLookup(1, spec, view_bits=k, lift=True)
+    t = probe.view_shift
+    h = (1 << (k - 2)) - (1 << t)
+    X, R = cross(list(range(-h + 1, h)), mask_sets(n, t, k, 2 * h - 1, b"lift-small", random_sets=2))
+    junk = np.random.default_rng(5).integers(0, 1 << (n - k), len(X))
+    g = PackedLookup(len(X), spec, view_bits=k, lift=True)
+    out, _, _ = measure_gate(g, [x + (int(j) << k) for x, j in zip(X, junk)], n, masks=[np.asarray(R, np.uint64)])
+    w = g.out_bits
+    got = [int(v) % (1 << w) for v in out]
+    want = _oracle(spec, X, R, 0, t, w)
+    bad = [(x, r, gv, wv) for x, r, gv, wv in zip(X, R, got, want) if gv != wv]
+    assert not bad, f"{len(bad)}/{len(X)} wrong, e.g. (x, r, got, want) = {bad[:3]}"

@@ -760,35 +760,42 @@ def _max_oracle(x: np.ndarray, s: int) -> np.ndarray:
     return np.array([max(int(v) >> s for v in row) for row in x], dtype=np.int64)
 
 
-def _check_max(n: int, k: int, s: int, x: np.ndarray, masks=None, lookup: str = "shifted"):
+def _check_max(n: int, k: int, s: int, x: np.ndarray, masks=None, lookup: str = "shifted", widen: bool = True):
     """Run MaxTreeNarrow on rows x (signed, |x| < 2^(k-4) so the truncated values keep the
-    slack); exact for s = 0, within one ulp above for s > 0 (each truncation's carry)."""
-    g = MaxTreeNarrow(x.shape, n, 1, k, pre_shift=s, lookup=lookup)
+    slack); exact for s = 0, within one ulp above for s > 0 (each truncation's carry).
+    Unwidened (``widen=False``), the result is only right mod 2^(k - s): compared there."""
+    g = MaxTreeNarrow(x.shape, n, 1, k, pre_shift=s, lookup=lookup, widen=widen)
     got, cost, logs = measure_gate(g, x.reshape(-1), n, masks=masks)
     d = got.reshape(-1) - _max_oracle(x, s)
+    if not widen:
+        m = k - s
+        d = ((d + (1 << (m - 1))) % (1 << m)) - (1 << (m - 1))     # the difference mod 2^m, centred
+        assert g.out_bits == m
     assert (d == 0).all() if s == 0 else ((d >= 0) & (d <= 1)).all(), (n, k, s, d)
     want = g.cost()
     assert (cost.key_bits, cost.aes, cost.rounds) == (want.key_bits, want.aes, want.rounds)
-    assert logs[0].rounds == len(g.levels) * (1 if lookup == "shifted" else 2) + 1
+    assert logs[0].rounds == len(g.levels) * (1 if lookup == "shifted" else 2) + int(widen)
 
 
+@pytest.mark.parametrize("widen", [True, False], ids=["widened", "unwidened"])
 @pytest.mark.parametrize("lookup", MaxTreeNarrow.LOOKUPS)
 @pytest.mark.parametrize("s", [0, 2])
-def test_max_tree_narrow_every_pair_small(s, lookup):
+def test_max_tree_narrow_every_pair_small(s, lookup, widen):
     """Every pair (a, b) of the valid range at n = 12, k = 8, under random and forced masks."""
     n, k = 12, 8
     q = 1 << (k - 4)
     vals = np.arange(-q, q)
     x = np.stack(np.meshgrid(vals, vals, indexing="ij"), axis=-1).reshape(-1, 2)
-    _check_max(n, k, s, x, lookup=lookup)
+    _check_max(n, k, s, x, lookup=lookup, widen=widen)
     for m in forced_masks((x.size,), n):
-        _check_max(n, k, s, x, masks=[m], lookup=lookup)
+        _check_max(n, k, s, x, masks=[m], lookup=lookup, widen=widen)
 
 
+@pytest.mark.parametrize("widen", [True, False], ids=["widened", "unwidened"])
 @pytest.mark.parametrize("lookup", MaxTreeNarrow.LOOKUPS)
 @pytest.mark.parametrize("n", [37, 50, 64])
 @pytest.mark.parametrize("s", [0, 12])
-def test_max_tree_narrow_random_wide(n, s, lookup):
+def test_max_tree_narrow_random_wide(n, s, lookup, widen):
     k = 30
     rng = np.random.default_rng(n + s)
     q = 1 << (k - 4)
@@ -796,9 +803,9 @@ def test_max_tree_narrow_random_wide(n, s, lookup):
     x[0] = q - 1
     x[1] = -q
     x[2, :2] = (-q, q - 1)
-    _check_max(n, k, s, x, lookup=lookup)
+    _check_max(n, k, s, x, lookup=lookup, widen=widen)
     for m in forced_masks((x.size,), n):
-        _check_max(n, k, s, x, masks=[m], lookup=lookup)
+        _check_max(n, k, s, x, masks=[m], lookup=lookup, widen=widen)
 
 
 def test_the_packed_max_tree_trades_a_round_per_level_for_aes_and_key():
