@@ -44,10 +44,30 @@ def test_backend_kind():
     return type(get_backend(name))
 
 
-def party_backends(be=None):
-    """One backend object per party: AES contexts and counters are never shared."""
+def party_backends(be=None, gates=()):
+    """One backend object per party: AES contexts and counters are never shared.
+
+    On a GPU the kernels are those a build of ``gates`` would have: their packed
+    comparisons' arc walks generated (:func:`kernel_source_for`). The default kernels have
+    none, and walk every point from the root instead: the same values at several times the
+    AES ``cost()`` states (20 against 4 per element for an 18-bit GELU lookup)."""
     kind = type(be) if be is not None else test_backend_kind()
+    if getattr(kind, "name", None) == "gpu":
+        source = kernel_source_for(gates)
+        return kind(source), kind(source)
     return kind(), kind()
+
+
+def kernel_source_for(gates) -> str | None:
+    """The kernels.cu a build of these gates gets (the default kernels plus their arc walks,
+    as ``fusec compile`` generates them); None where they walk no arcs (the default source)."""
+    import dataclasses
+
+    from fusec.codegen import cuda
+    from fusec.codegen.program import gate_arcs
+
+    arcs = gate_arcs(getattr(g, "gate", g) for g in gates)      # a CostProbe wraps its gate
+    return cuda.render(dataclasses.replace(cuda.default_config(), dpf_arcs=tuple(arcs))) if arcs else None
 
 
 def both_parties(work) -> None:
@@ -106,7 +126,7 @@ def run_gate(gate, in_values, in_bits, rng=None, in_masks=None, be=None):
     in_masks = [np.asarray(m, np.uint64) & ring.mask(b) for m, b in zip(in_masks, in_bits)]
     us = [(np.asarray(v, np.uint64) + m) & ring.mask(b) for v, m, b in zip(in_values, in_masks, in_bits)]
     r_out, k0, k1 = gate.keygen(rng, in_masks)
-    b0, b1 = party_backends(be)
+    b0, b1 = party_backends(be, [gate])
     o0, o1, logs = run_pair([gate.eval(0, b0.stage_key(k0), [b0.asarray(u.copy()) for u in us], b0)],
                             [gate.eval(1, b1.stage_key(k1), [b1.asarray(u.copy()) for u in us], b1)], (b0, b1))
     u0, u1 = o0[0], o1[0]
@@ -174,7 +194,7 @@ def run_graph(gates, inputs: dict, seed: bytes = b"graph-test"):
 
     k0, k1, _ = gates.keygen(DealerRng(seed))
     owner = {n.id: n.gate.owner for n in gates.nodes if isinstance(n.gate, Input)}
-    bes = party_backends()
+    bes = party_backends(gates=[n.gate for n in gates.nodes])
     ex = queue_exchanges()
     out, logs = [None, None], [RoundLog(), RoundLog()]
     keys = (k0, k1)
@@ -187,13 +207,14 @@ def run_graph(gates, inputs: dict, seed: bytes = b"graph-test"):
     return out[1], logs
 
 
-def measure_gate(gate, xi, n: int, masks=None):
+def measure_gate(gate, xi, n: int, masks=None, be=None):
     """Run ``gate`` on signed inputs ``xi`` with both parties; return (signed output, the
-    per-element cost measured from the real keys, AES counter and bytes sent, logs)."""
+    per-element cost measured from the real keys, AES counter and bytes sent, logs).
+    ``be``: a backend to run on instead of the test backend."""
     from fusec.runtime.gates.base import GateCost
 
     probe = CostProbe(gate)
-    got, _, logs = run_gate(probe, [ring.from_signed(np.asarray(xi, np.int64), n)], [n], in_masks=masks)
+    got, _, logs = run_gate(probe, [ring.from_signed(np.asarray(xi, np.int64), n)], [n], in_masks=masks, be=be)
     E = gate.elements
     assert probe.key_bits[0] == probe.key_bits[1]
     assert probe.aes[0] == probe.aes[1]

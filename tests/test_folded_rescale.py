@@ -115,6 +115,36 @@ def test_a_folded_rescale_at_small_widths_every_input_and_every_low_mask():
     assert want_cost.open_bits <= cost.open_bits < want_cost.open_bits + 16 / g.elements
 
 
+def test_the_gpu_kernels_of_a_build_cost_an_18_bit_lookup_what_cost_says():
+    """The GPU backend's own code over the host build of the kernels a build of this gate gets
+    (``kernel_source_for``: its arc walk generated): the oracle's values and ``cost()``'s AES.
+    The default kernels walk every point from the root: the same values at 5x the AES, which
+    is what a card found when the gate tests ran on the default kernels (20 against 4)."""
+    import tempfile
+
+    from fusec.codegen import cuda
+    from tests.fakedevice import host_kernel_backend
+    from tests.harness import kernel_source_for
+    from tests.test_narrow_gates import make_spec
+
+    if cuda.nvcc_path() is None:
+        pytest.skip("nvcc (CUDA toolkit) not found: cannot build the host kernels")
+    n, k, s = 18, 12, 3
+    spec = make_spec("gelu", n)[0]
+    t = PackedLookup(1, spec, view_bits=k, pre_shift=s).view_shift - s
+    h = (1 << (k - 2)) - (1 << (s + t))
+    X, R = cross(list(range(-h + 1, h, 7)), mask_sets(n, s + t, k, len(range(-h + 1, h, 7)), b"fold-host"))
+    g = PackedLookup(len(X), spec, view_bits=k, pre_shift=s)
+    aes = {}
+    for name, src in (("build", kernel_source_for([g])), ("default", cuda.render(cuda.default_config()))):
+        be = host_kernel_backend(src, cuda.compile_host_library(src, tempfile.mkdtemp()))()
+        out, cost, _ = measure_gate(g, X, n, masks=[np.asarray(R, np.uint64)], be=be)
+        assert [int(v) % (1 << g.out_bits) for v in out] == _oracle(spec, X, R, s, t, g.out_bits), name
+        aes[name] = cost.aes
+    assert aes["build"] == g.cost().aes
+    assert aes["default"] > g.cost().aes
+
+
 @pytest.mark.parametrize("n", [37, 50, 64])
 def test_a_lifted_lookup_reads_only_its_view(n):
     """``lift=True`` (no rescale, s = 0): the wire is valid mod 2^k only (a max tree's unwidened
