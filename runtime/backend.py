@@ -16,7 +16,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from fusec.errors import FusecError
-from fusec.runtime import dcf, dpf, dpf_arc, dpf_arith, ring, xp as array_module
+from fusec.runtime import dcf, dpf, dpf_arc, dpf_arith, dpf_trie, ring, xp as array_module
 from fusec.runtime.layout import GateSlot, KeyLayout, pack_gate_array, unpack_gate_key
 from fusec.runtime.prg import CpuPrg, active_prg
 from fusec.runtime.rng import DealerRng
@@ -232,6 +232,10 @@ class Backend:
     def dpf_lt_arc(self, party: int, key: dpf.DpfKey, u, arc: dpf_arc.DpfArc):
         """``dpf_lt_eval`` at ``u - a_j`` for the arc's offsets, its shared tree prefixes expanded once."""
         return dpf_arc.lt_eval_arc(party, key, u, arc, self.prg)
+
+    def dpf_lt_trie(self, party: int, key: dpf.DpfKey, u, trie: dpf_trie.DpfTrie):
+        """``dpf_lt_eval`` at ``u - a_j`` for many spread-out offsets, each node of their paths once."""
+        return dpf_trie.lt_eval_trie(party, key, u, trie, self.prg)
 
     def dpf_eval(self, party: int, key: dpf.DpfKey, x):
         return dpf.eval(party, key, x, self.prg)

@@ -402,6 +402,9 @@ class GpuBackend(DeviceKeys, Backend):
     def dpf_lt_arc(self, party: int, key: dpf.DpfKey, u, arc):
         return self.kernels.dpf_lt_arc(party, key.root, key.cw_seed, key.cw_tr, key.cw_leaf, u, arc)
 
+    def dpf_lt_trie(self, party: int, key: dpf.DpfKey, u, trie):
+        return self.kernels.dpf_lt_trie(party, key.root, key.cw_seed, key.cw_tr, key.cw_leaf, u, trie)
+
     def dpf_eval(self, party: int, key: dpf.DpfKey, x):
         return self.kernels.dpf_eval(party, key.root, key.cw_seed, key.cw_tr, key.cw_leaf, x, key.n)
 

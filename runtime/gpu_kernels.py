@@ -232,6 +232,7 @@ class GpuKernels:
         if not self.launcher.on_device:
             self._available.discard("fusec_matmul_mod_tiled")
         self._ctr_keys: dict[bytes, Any] = {}
+        self._trie_tables: dict[Any, tuple[Any, Any]] = {}     # DpfTrie -> (sorted offsets, columns) on the device
         self.poison = poison
         self.aes_blocks = 0
 
@@ -400,6 +401,32 @@ class GpuKernels:
         out = self._empty((N, arc.points), np.uint64)
         self._run(name, f"DPF arc n={arc.n} M={arc.points}", N, (*keys, us, out, np.uint64(N)))
         self.aes_blocks += N * arc.aes_per_eval()
+        return out
+
+    def dpf_lt_trie(self, party: int, root, cw_seed, cw_tr, cw_leaf, u, trie) -> Any:
+        """``dpf_lt_eval`` at ``u - a_j`` for many spread-out offsets == dpf_trie.lt_eval_trie: the
+        sorted points walked depth first, each node once (at most the plan's AES, which is what
+        is counted; a build without the kernel walks every point from the root)."""
+        us = self._u64(u).reshape(-1)
+        if not self.has("fusec_dpf_lt_trie"):
+            a = self.xp.asarray(np.asarray(trie.offsets, np.uint64))
+            return self.dpf_lt_eval(party, root, cw_seed, cw_tr, cw_leaf, (us[:, None] - a[None, :]) & ring.mask(trie.n),
+                                    trie.n)
+        keys = [self._u64(x) for x in (root, cw_seed, cw_tr, cw_leaf)]
+        N = keys[0].shape[0]
+        self._check_key("DPF", ("root", "cw_seed", "cw_tr", "cw_leaf"), keys,
+                        [(N, 2), (trie.depth, N, 2), (trie.depth, N), (N, 2)])
+        if us.shape[0] != N:
+            raise ParameterError(f"DPF trie eval: {us.shape[0]} inputs for {N} keys")
+        tables = self._trie_tables.get(trie)
+        if tables is None:      # kept: a recorded launch plan reads them at these addresses
+            order = np.asarray(trie.order, np.uint64)
+            tables = self._trie_tables[trie] = (self.xp.asarray(np.asarray(trie.offsets, np.uint64)[order.astype(np.int64)]),
+                                                self.xp.asarray(order))
+        out = self._empty((N, trie.points), np.uint64)
+        self._run("fusec_dpf_lt_trie", f"DPF trie n={trie.n} M={trie.points}", N,
+                  (*keys, us, *tables, out, np.uint64(N), np.uint64(trie.points), np.int32(trie.n)))
+        self.aes_blocks += N * trie.aes_per_eval()
         return out
 
     def _check_key(self, what: str, names, arrays, shapes) -> None:

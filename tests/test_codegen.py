@@ -24,6 +24,7 @@ from fusec.codegen import cuda
 from fusec.errors import ParameterError
 from fusec.runtime import dcf, dpf, prg, ring
 from fusec.runtime.dpf_arc import DpfArc
+from tests.test_dpf_trie import TRIES
 from fusec.runtime.gpu_kernels import GpuKernels, HostLauncher, kernel_names, limb_plan
 from fusec.runtime.rng import DealerRng
 
@@ -243,6 +244,25 @@ def test_dpf_arc_walk_matches_the_plain_walks(kernels, arc):
         np.testing.assert_array_equal(got, dpf.lt_eval(party, key, pts))
         if kernels.has(cuda.dpf_arc_kernel_name(arc)):
             assert kernels.aes_blocks - before == N * arc.aes_per_eval()
+
+
+@pytest.mark.parametrize("trie", TRIES, ids=lambda t: f"n{t.n}-M{t.points}")
+def test_dpf_trie_walk_matches_the_plain_walks(kernels, trie):
+    """The generic trie kernel (depth first over the sorted points, the previous path kept) ==
+    dpf.lt_eval at every point u - a_j, and counts the plan's AES."""
+    n, N = trie.n, 301
+    rng = DealerRng(b"trie-%d-%d" % (n, trie.points))
+    alpha, u = rng.ring(N, n), rng.ring(N, n)
+    a = np.asarray(trie.offsets, np.uint64)
+    u[:40] = (alpha[:40] + a[np.arange(40) % len(a)] + np.uint64(1)) & ring.mask(n)
+    u[40:80] = (alpha[40:80] + a[np.arange(40) % len(a)]) & ring.mask(n)
+    u[80:84] = [0, ring.mask(n), 1, ring.mask(n) - np.uint64(1)]
+    pts = (u[:, None] - a[None, :]) & ring.mask(n)
+    for party, key in enumerate(dpf.lt_keygen(rng, alpha, n)):
+        before = kernels.aes_blocks
+        got = kernels.dpf_lt_trie(party, key.root, key.cw_seed, key.cw_tr, key.cw_leaf, u, trie)
+        np.testing.assert_array_equal(got, dpf.lt_eval(party, key, pts))
+        assert kernels.aes_blocks - before == N * trie.aes_per_eval()
 
 
 def test_dcf_rejects_mismatched_keys(kernels):

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from fusec.codegen import cuda
 from fusec.runtime import dcf, dpf, prg, ring
 from fusec.runtime.dpf_arc import DpfArc
+from tests.test_dpf_trie import TRIES
 from fusec.runtime.gpu_kernels import GpuKernelError, GpuKernels
 from fusec.runtime.rng import DealerRng
 
@@ -134,6 +135,19 @@ def test_dpf_arc_walks(gk, cp, arc):
     for party, key in enumerate(dpf.lt_keygen(rng, alpha, n)):
         dev = [cp.asarray(v) for v in (key.root, key.cw_seed, key.cw_tr, key.cw_leaf, u)]
         _same(gk.dpf_lt_arc(party, *dev, arc), dpf.lt_eval(party, key, pts))
+
+
+@pytest.mark.parametrize("trie", TRIES, ids=lambda t: f"n{t.n}-M{t.points}")
+def test_dpf_trie_walks(gk, cp, trie):
+    """The trie kernel on the card == dpf.lt_eval at u - a_j."""
+    rng, n, N = DealerRng(), trie.n, 20_011
+    alpha, u = rng.ring(N, n), rng.ring(N, n)
+    a = np.asarray(trie.offsets, np.uint64)
+    u[:64] = (alpha[:64] + a[np.arange(64) % len(a)] + np.uint64(1)) & ring.mask(n)
+    pts = (u[:, None] - a[None, :]) & ring.mask(n)
+    for party, key in enumerate(dpf.lt_keygen(rng, alpha, n)):
+        dev = [cp.asarray(v) for v in (key.root, key.cw_seed, key.cw_tr, key.cw_leaf, u)]
+        _same(gk.dpf_lt_trie(party, *dev, trie), dpf.lt_eval(party, key, pts))
 
 
 def test_ctr_keystream(gk):

@@ -47,6 +47,7 @@ from fusec.errors import KeyFileError, ParameterError
 from fusec.ir.spec import OperatorSpec
 from fusec.runtime import dcf, dpf, ring
 from fusec.runtime.dpf_arc import DpfArc
+from fusec.runtime.dpf_trie import DpfTrie
 from fusec.runtime.gates.base import (Chain, EvalGen, Gate, GateCost, Key, Open, check_width,
                                       prefixed, unprefixed)
 from fusec.runtime.gates.mul_narrow import View, view_public, view_secret
@@ -399,6 +400,8 @@ class PackedLookup(SplineLookup):
         offsets = (0, *self.cmp_bps)   # the points u - a walked by the packed comparison, u first
         #: the comparison's points share their top tree levels (runtime/dpf_arc.py); None: too many points
         self.arc = DpfArc.plan(self.cmp_bits, offsets)
+        #: more points than an arc takes: each node on their paths once (runtime/dpf_trie.py); None: plain walks
+        self.trie = DpfTrie.plan(self.cmp_bits, offsets) if self.arc is None else None
         if self.lifted and self.vbits <= self.pre_mid:
             raise ParameterError(f"{spec.name}: value width {self.vbits} must exceed the folded view's {self.pre_mid}")
 
@@ -458,7 +461,8 @@ class PackedLookup(SplineLookup):
         n, d, P = self.vbits, self.d, self.M - 1
         key = dpf.DpfKey.key_bits(self.cmp_bits) + P + P * n + d * n + P * d * n + n
         pre = (P + 1) * d * (n - self.pre_mid) if self.lifted else 0
-        aes = self.arc.aes_per_eval() if self.arc else self.M * dpf.DpfKey.aes_per_eval(self.cmp_bits)
+        walk = self.arc or self.trie
+        aes = walk.aes_per_eval() if walk else self.M * dpf.DpfKey.aes_per_eval(self.cmp_bits)
         return GateCost(key_bits=key + pre, aes=aes, rounds=2, open_bits=P + n)
 
     def _view(self, v):
@@ -505,6 +509,8 @@ class PackedLookup(SplineLookup):
         lt = dpf.DpfKey.from_arrays(self.cmp_bits, unprefixed("lt", key))
         if self.arc is not None:                                                        # [z < r] at z = u - a
             t = be.dpf_lt_arc(party, lt, uc, self.arc)                                  # (N, M)
+        elif self.trie is not None:
+            t = be.dpf_lt_trie(party, lt, uc, self.trie)
         else:
             t = be.dpf_lt_eval(party, lt, xp.concatenate([uc[:, None], (uc[:, None] - a[None, :]) & mc], axis=1))
         c = t[:, 1:] ^ t[:, :1] ^ key["rho"]
