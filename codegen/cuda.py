@@ -32,6 +32,7 @@ import jinja2
 import fusec.templates
 from fusec.errors import FusecError, ParameterError
 from fusec.runtime.dpf_arc import DpfArc
+from fusec.runtime.dpf_trie import MAX_TRIE_POINTS
 
 TEMPLATE = "fss_kernels.cu.j2"
 BLOCK_SIZE = 256
@@ -253,6 +254,7 @@ def render(config: KernelConfig | None = None) -> str:
                f"{', inlined AES' if config.inline_aes else ''}")
     return _environment().get_template(TEMPLATE).render(
         t0=aes_t0(), block_size=config.block_size, inline_aes=config.inline_aes, config_summary=summary,
+        trie_max_points=MAX_TRIE_POINTS,
         **_instances(config))
 
 

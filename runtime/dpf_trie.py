@@ -39,6 +39,12 @@ from fusec.runtime.tree import ONE, control_bit
 from fusec.runtime.xp import np
 
 
+#: Most points a trie walk takes: the GPU kernel runs one block per element and one thread per
+#: point, each node in shared memory beside the AES tables (48 KB a block). Gates with more
+#: points walk every point from the root.
+MAX_TRIE_POINTS = 640
+
+
 @dataclass(frozen=True)
 class DpfTrie(_Offsets):
     """The compile-time plan of a depth-first walk over the sorted points ``~u + a_j``."""
@@ -47,7 +53,7 @@ class DpfTrie(_Offsets):
     def plan(cls, n: int, offsets) -> "DpfTrie | None":
         """The plan for more points than an arc walk takes, where it saves AES; else None."""
         trie = cls(n, tuple(offsets))
-        if trie.points <= MAX_ARC_POINTS or trie.aes_per_eval() >= trie.plain_aes_per_eval():
+        if not MAX_ARC_POINTS < trie.points <= MAX_TRIE_POINTS or trie.aes_per_eval() >= trie.plain_aes_per_eval():
             return None
         return trie
 
@@ -137,4 +143,4 @@ def _first_points(new: np.ndarray, rank: np.ndarray, count: int) -> np.ndarray:
     return np.where(slot < distinct[:, None], first, last)
 
 
-__all__ = ["DpfTrie", "lt_eval_trie"]
+__all__ = ["DpfTrie", "MAX_TRIE_POINTS", "lt_eval_trie"]

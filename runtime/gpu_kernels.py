@@ -424,8 +424,13 @@ class GpuKernels:
             tables = self._trie_tables[trie] = (self.xp.asarray(np.asarray(trie.offsets, np.uint64)[order.astype(np.int64)]),
                                                 self.xp.asarray(order))
         out = self._empty((N, trie.points), np.uint64)
-        self._run("fusec_dpf_lt_trie", f"DPF trie n={trie.n} M={trie.points}", N,
-                  (*keys, us, *tables, out, np.uint64(N), np.uint64(trie.points), np.int32(trie.n)))
+        step, args = f"DPF trie n={trie.n} M={trie.points}", (*keys, us, *tables, out, np.uint64(N),
+                                                              np.uint64(trie.points), np.int32(trie.n))
+        if self.launcher.on_device:     # one block per element, one thread per point
+            self.launcher.launch_grid("fusec_dpf_lt_trie", step, (min(N, (1 << 31) - 1), 1, 1),
+                                      -(-trie.points // 32) * 32, args)
+        else:
+            self._run("fusec_dpf_lt_trie", step, N, args)
         self.aes_blocks += N * trie.aes_per_eval()
         return out
 
