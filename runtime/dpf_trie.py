@@ -15,8 +15,9 @@ depends on r only, and changes only where ``r = 2^s - lo_s(a_j)``. :meth:`DpfTri
 takes the maximum over those M + 1 residues, level by level, so :meth:`DpfTrie.aes_per_eval`
 (the gate's ``cost()``) holds for every element. The CPU walk below computes exactly that
 many nodes per level (padding a level with copies of its last node), so its AES counter
-equals the bound; the GPU kernel walks the sorted points depth first and computes only the
-nodes a point does not share with the one before, at most the bound. Which nodes are
+equals the bound; the GPU kernel (templates/_fss_trie.cu.j2: a block per element, a thread
+per point, level by level through shared memory) computes only the nodes the points reach,
+at most the bound. Which nodes are
 computed depends on ``u``, which both parties hold (the opened masked value): nothing
 secret.
 
@@ -47,7 +48,7 @@ MAX_TRIE_POINTS = 640
 
 @dataclass(frozen=True)
 class DpfTrie(_Offsets):
-    """The compile-time plan of a depth-first walk over the sorted points ``~u + a_j``."""
+    """The compile-time plan of a walk over the union of the paths of the points ``~u + a_j``."""
 
     @classmethod
     def plan(cls, n: int, offsets) -> "DpfTrie | None":

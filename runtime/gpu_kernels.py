@@ -404,9 +404,9 @@ class GpuKernels:
         return out
 
     def dpf_lt_trie(self, party: int, root, cw_seed, cw_tr, cw_leaf, u, trie) -> Any:
-        """``dpf_lt_eval`` at ``u - a_j`` for many spread-out offsets == dpf_trie.lt_eval_trie: the
-        sorted points walked depth first, each node once (at most the plan's AES, which is what
-        is counted; a build without the kernel walks every point from the root)."""
+        """``dpf_lt_eval`` at ``u - a_j`` for many spread-out offsets == dpf_trie.lt_eval_trie: a
+        block per element, a thread per point, each node of their paths once (at most the plan's
+        AES, which is what is counted; a build without the kernel walks every point from the root)."""
         us = self._u64(u).reshape(-1)
         if not self.has("fusec_dpf_lt_trie"):
             a = self.xp.asarray(np.asarray(trie.offsets, np.uint64))

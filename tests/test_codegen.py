@@ -226,43 +226,27 @@ def test_dpf_evals_match_cpu(kernels, n, points):
                 np.testing.assert_array_equal(got, ref_fn(party, key, x))
 
 
-@pytest.mark.parametrize("arc", ARCS, ids=lambda a: f"n{a.n}-M{a.points}")
-def test_dpf_arc_walk_matches_the_plain_walks(kernels, arc):
-    """The generated arc walk == dpf.lt_eval at every point u - a_j (the generic config walks
-    every point from the root instead), and counts the arc's AES."""
-    n, N = arc.n, 301
-    rng = DealerRng(b"arc-%d-%d" % (n, arc.points))
+@pytest.mark.parametrize("plan", ARCS + TRIES, ids=lambda a: f"{type(a).__name__}-n{a.n}-M{a.points}")
+def test_dpf_walks_at_many_points_match_the_plain_walks(kernels, plan):
+    """The generated arc walk (the generic config walks every point from the root instead) and
+    the trie kernel (a block per element, level by level) == dpf.lt_eval at every point u - a_j,
+    and count the plan's AES."""
+    n, N = plan.n, 301
+    rng = DealerRng(b"walk-%d-%d" % (n, plan.points))
     alpha, u = rng.ring(N, n), rng.ring(N, n)
-    a = np.asarray(arc.offsets, np.uint64)
+    a = np.asarray(plan.offsets, np.uint64)
     u[:40] = (alpha[:40] + a[np.arange(40) % len(a)] + np.uint64(1)) & ring.mask(n)   # a point at alpha
     u[40:80] = (alpha[40:80] + a[np.arange(40) % len(a)]) & ring.mask(n)              # ... and one past it
     u[80:84] = [0, ring.mask(n), 1, ring.mask(n) - np.uint64(1)]
     pts = (u[:, None] - a[None, :]) & ring.mask(n)
+    arc = isinstance(plan, DpfArc)
+    walk = kernels.dpf_lt_arc if arc else kernels.dpf_lt_trie
     for party, key in enumerate(dpf.lt_keygen(rng, alpha, n)):
         before = kernels.aes_blocks
-        got = kernels.dpf_lt_arc(party, key.root, key.cw_seed, key.cw_tr, key.cw_leaf, u, arc)
+        got = walk(party, key.root, key.cw_seed, key.cw_tr, key.cw_leaf, u, plan)
         np.testing.assert_array_equal(got, dpf.lt_eval(party, key, pts))
-        if kernels.has(cuda.dpf_arc_kernel_name(arc)):
-            assert kernels.aes_blocks - before == N * arc.aes_per_eval()
-
-
-@pytest.mark.parametrize("trie", TRIES, ids=lambda t: f"n{t.n}-M{t.points}")
-def test_dpf_trie_walk_matches_the_plain_walks(kernels, trie):
-    """The generic trie kernel (depth first over the sorted points, the previous path kept) ==
-    dpf.lt_eval at every point u - a_j, and counts the plan's AES."""
-    n, N = trie.n, 301
-    rng = DealerRng(b"trie-%d-%d" % (n, trie.points))
-    alpha, u = rng.ring(N, n), rng.ring(N, n)
-    a = np.asarray(trie.offsets, np.uint64)
-    u[:40] = (alpha[:40] + a[np.arange(40) % len(a)] + np.uint64(1)) & ring.mask(n)
-    u[40:80] = (alpha[40:80] + a[np.arange(40) % len(a)]) & ring.mask(n)
-    u[80:84] = [0, ring.mask(n), 1, ring.mask(n) - np.uint64(1)]
-    pts = (u[:, None] - a[None, :]) & ring.mask(n)
-    for party, key in enumerate(dpf.lt_keygen(rng, alpha, n)):
-        before = kernels.aes_blocks
-        got = kernels.dpf_lt_trie(party, key.root, key.cw_seed, key.cw_tr, key.cw_leaf, u, trie)
-        np.testing.assert_array_equal(got, dpf.lt_eval(party, key, pts))
-        assert kernels.aes_blocks - before == N * trie.aes_per_eval()
+        if not arc or kernels.has(cuda.dpf_arc_kernel_name(plan)):
+            assert kernels.aes_blocks - before == N * plan.aes_per_eval()
 
 
 def test_dcf_rejects_mismatched_keys(kernels):

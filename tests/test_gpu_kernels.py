@@ -124,30 +124,19 @@ def test_dpf_evals(gk, cp, n, points):
                 _same(gpu_fn(party, *dev, n), ref_fn(party, key, x))
 
 
-@pytest.mark.parametrize("arc", ARCS, ids=lambda a: f"n{a.n}-M{a.points}")
-def test_dpf_arc_walks(gk, cp, arc):
-    """The generated arc walk (or, generic, the per-point walks) == dpf.lt_eval at u - a_j."""
-    rng, n, N = DealerRng(), arc.n, 40_009
+@pytest.mark.parametrize("plan", ARCS + TRIES, ids=lambda a: f"{type(a).__name__}-n{a.n}-M{a.points}")
+def test_dpf_walks_at_many_points(gk, cp, plan):
+    """The generated arc walk (or, generic, the per-point walks) and the trie kernel (a block per
+    element, shared memory between the levels) == dpf.lt_eval at u - a_j."""
+    rng, n, N = DealerRng(), plan.n, 20_011
     alpha, u = rng.ring(N, n), rng.ring(N, n)
-    a = np.asarray(arc.offsets, np.uint64)
+    a = np.asarray(plan.offsets, np.uint64)
     u[:64] = (alpha[:64] + a[np.arange(64) % len(a)] + np.uint64(1)) & ring.mask(n)
     pts = (u[:, None] - a[None, :]) & ring.mask(n)
+    walk = gk.dpf_lt_arc if isinstance(plan, DpfArc) else gk.dpf_lt_trie
     for party, key in enumerate(dpf.lt_keygen(rng, alpha, n)):
         dev = [cp.asarray(v) for v in (key.root, key.cw_seed, key.cw_tr, key.cw_leaf, u)]
-        _same(gk.dpf_lt_arc(party, *dev, arc), dpf.lt_eval(party, key, pts))
-
-
-@pytest.mark.parametrize("trie", TRIES, ids=lambda t: f"n{t.n}-M{t.points}")
-def test_dpf_trie_walks(gk, cp, trie):
-    """The trie kernel on the card == dpf.lt_eval at u - a_j."""
-    rng, n, N = DealerRng(), trie.n, 20_011
-    alpha, u = rng.ring(N, n), rng.ring(N, n)
-    a = np.asarray(trie.offsets, np.uint64)
-    u[:64] = (alpha[:64] + a[np.arange(64) % len(a)] + np.uint64(1)) & ring.mask(n)
-    pts = (u[:, None] - a[None, :]) & ring.mask(n)
-    for party, key in enumerate(dpf.lt_keygen(rng, alpha, n)):
-        dev = [cp.asarray(v) for v in (key.root, key.cw_seed, key.cw_tr, key.cw_leaf, u)]
-        _same(gk.dpf_lt_trie(party, *dev, trie), dpf.lt_eval(party, key, pts))
+        _same(walk(party, *dev, plan), dpf.lt_eval(party, key, pts))
 
 
 def test_ctr_keystream(gk):
