@@ -408,7 +408,7 @@ class GpuKernels:
         block per element, a thread per point, each node of their paths once (at most the plan's
         AES, which is what is counted; a build without the kernel walks every point from the root)."""
         us = self._u64(u).reshape(-1)
-        if not self.has("fusec_dpf_lt_trie"):
+        if not self.has("fusec_dpf_lt_trie") or trie.points > codegen.MAX_TRIE_POINTS:
             a = self.xp.asarray(np.asarray(trie.offsets, np.uint64))
             return self.dpf_lt_eval(party, root, cw_seed, cw_tr, cw_leaf, (us[:, None] - a[None, :]) & ring.mask(trie.n),
                                     trie.n)

@@ -249,6 +249,21 @@ def test_dpf_walks_at_many_points_match_the_plain_walks(kernels, plan):
             assert kernels.aes_blocks - before == N * plan.aes_per_eval()
 
 
+def test_a_trie_past_the_kernels_points_walks_every_point(kernels):
+    """More points than a block takes (MAX_TRIE_POINTS): the wrapper walks every point from the
+    root instead of overrunning the kernel's shared memory; the values are the same."""
+    from fusec.runtime.dpf_trie import MAX_TRIE_POINTS, DpfTrie
+
+    n, N = 20, 7
+    trie = DpfTrie(n, tuple(range(0, 3 * (MAX_TRIE_POINTS + 5), 3)))
+    rng = DealerRng(b"trie-wide")
+    alpha, u = rng.ring(N, n), rng.ring(N, n)
+    pts = (u[:, None] - np.asarray(trie.offsets, np.uint64)[None, :]) & ring.mask(n)
+    for party, key in enumerate(dpf.lt_keygen(rng, alpha, n)):
+        got = kernels.dpf_lt_trie(party, key.root, key.cw_seed, key.cw_tr, key.cw_leaf, u, trie)
+        np.testing.assert_array_equal(got, dpf.lt_eval(party, key, pts))
+
+
 def test_dcf_rejects_mismatched_keys(kernels):
     rng = DealerRng(b"shapes")
     k0, _ = dcf.keygen(rng, rng.ring(8, 20), rng.ring((8, 2), 20), 20, 20)
