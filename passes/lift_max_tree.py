@@ -75,7 +75,7 @@ def _lifted(chain: Chain) -> Chain:
 
 def _unwidened(tree: MaxTreeNarrow) -> MaxTreeNarrow:
     return MaxTreeNarrow(tree.shape, tree.bits, tree.axis, tree.in_view, pre_shift=tree.pre_shift,
-                         lookup=tree.lookup, widen=False)
+                         widen=False, packed_levels=tree.packed_levels)
 
 
 def lift_max_tree(gates: GateGraph, opts: CompileOptions) -> GateGraph:

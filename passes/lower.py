@@ -300,18 +300,25 @@ class _Lowering:
         return self.max_tree(shape, axis, k, 0)
 
     def max_tree(self, shape, axis: int, view_bits: int, pre_shift: int) -> MaxTreeNarrow:
-        """The max tree with ``--max-tree``'s comparisons, or under ``auto`` the packed ones where
-        what they save over the whole tree (passes/pricing.py) pays for their extra round per
-        level. A batch-1 BERT-base at seq 128 keeps the one-round tree; larger batches and
-        sequences, bound by the card's AES and the key's size, take the packed one."""
-        trees = {lk: MaxTreeNarrow(shape, self.n, axis, view_bits, pre_shift=pre_shift, lookup=lk)
-                 for lk in MaxTreeNarrow.LOOKUPS if self.o.max_tree in ("auto", lk)}
-        if len(trees) == 1:
-            return next(iter(trees.values()))
-        shifted, packed = trees["shifted"], trees["packed"]
-        extra = packed.cost().rounds - shifted.cost().rounds
-        return packed if worth_rounds(gate_price(shifted) - gate_price(packed), extra, self.o.round_worth_bytes) \
-            else shifted
+        """The max tree with ``--max-tree``'s comparisons, or under ``auto`` the first j levels
+        packed for the j whose saving over the whole tree (passes/pricing.py) beats its j extra
+        rounds by the most. Each level holds half the comparisons of the one before, so the
+        wide levels pay for their round first: a batch-1 BERT-base at seq 128 packs the first
+        level; larger batches and sequences, bound by the card's AES and the key's size, more."""
+        def tree(packed: int) -> MaxTreeNarrow:
+            return MaxTreeNarrow(shape, self.n, axis, view_bits, pre_shift=pre_shift, packed_levels=packed)
+
+        shifted = tree(0)
+        depth = len(shifted.levels)
+        if self.o.max_tree != "auto":
+            return shifted if self.o.max_tree == "shifted" else tree(depth)
+        best, net = shifted, 0.0
+        for j in range(1, depth + 1):
+            t = tree(j)
+            saved, extra = gate_price(shifted) - gate_price(t), t.cost().rounds - shifted.cost().rounds
+            if worth_rounds(saved, extra, self.o.round_worth_bytes) and saved - extra * self.o.round_worth_bytes > net:
+                best, net = t, saved - extra * self.o.round_worth_bytes
+        return best
 
     def coarse_max(self, node: Node, x: str, raw: str, pre: int) -> tuple[str, int, int]:
         """(tree input, pre-shift, coarse shift c) for a max whose node allows an error of

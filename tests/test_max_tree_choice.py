@@ -1,5 +1,6 @@
-"""``--max-tree auto``: the packed max tree where its saving pays for its extra rounds
-(passes/pricing.py), priced here from the gates' own costs, not from the rule's code."""
+"""``--max-tree auto``: the first levels of the max tree packed where their saving pays for
+their extra rounds (passes/pricing.py), priced here from one comparison's cost and the level
+widths, not from the rule's code."""
 from types import SimpleNamespace
 
 import pytest
@@ -10,49 +11,64 @@ from fusec.passes.options import CompileOptions
 from fusec.runtime.gates.compare import MaxTreeNarrow
 
 
-def _choose(shape, view_bits=20, **opts):
+def _choose(shape, view_bits=20, **opts) -> MaxTreeNarrow:
     lowering = SimpleNamespace(o=CompileOptions(**opts), n=50)
-    return _Lowering.max_tree(lowering, shape, len(shape) - 1, view_bits, 0).lookup
+    return _Lowering.max_tree(lowering, shape, len(shape) - 1, view_bits, 0)
 
 
-def _tree_saving(shape, view_bits):
-    """Price saved by the packed tree over the whole gate, and its extra rounds, from the two
-    gates' own cost(): key bytes + 16 bytes per AES, per output element (a row)."""
-    sh, pk = (MaxTreeNarrow(shape, 50, len(shape) - 1, view_bits, lookup=lk).cost() for lk in ("shifted", "packed"))
+def _best_packed_levels(shape, view_bits, worth=32 << 20) -> int:
+    """The j whose first j packed levels save the most over their j extra rounds, priced from
+    one comparison's cost() of each kind and the level widths counted here: key bytes + 16
+    bytes per AES, over every row."""
+    from fusec.runtime.gates.compare import ReLU2
+    from fusec.runtime.gates.sign_relu import SignReLU
+
+    sh, pk = SignReLU(1, view_bits).cost(), ReLU2(1, view_bits).cost()
+    per_cmp = (sh.key_bits - pk.key_bits) / 8 + 16 * (sh.aes - pk.aes)
     rows = 1
     for d in shape[:-1]:
         rows *= d
-    saved = ((sh.key_bits - pk.key_bits) / 8 + 16 * (sh.aes - pk.aes)) * rows
-    return saved, pk.rounds - sh.rounds
+    widths, w = [], shape[-1]
+    while w > 1:                    # comparisons per row at each level: the pairs, the odd one carried
+        widths.append(w // 2)
+        w -= w // 2
+    best, net, saved = 0, 0.0, 0.0
+    for j, c in enumerate(widths, start=1):
+        saved += per_cmp * c * rows
+        if saved >= worth * j and saved - worth * j > net:
+            best, net = j, saved - worth * j
+    return best
 
 
-@pytest.mark.parametrize("shape", [(12, 16, 16), (12, 128, 128), (24, 128, 128), (12, 512, 512), (96, 128, 128)])
-def test_auto_takes_the_packed_tree_where_it_saves_32_mib_a_round(shape):
-    saved, extra = _tree_saving(shape, 20)
-    want = "packed" if saved >= (32 << 20) * extra else "shifted"
-    assert _choose(shape) == want
+@pytest.mark.parametrize("shape", [(12, 16, 16), (12, 128, 128), (24, 128, 128), (12, 512, 512), (96, 128, 128),
+                                   (5, 100)])
+def test_auto_packs_the_levels_whose_saving_beats_32_mib_a_round_by_the_most(shape):
+    assert _choose(shape).packed_levels == _best_packed_levels(shape, 20)
 
 
-def test_bert_base_batch_1_keeps_the_one_round_tree_larger_ones_pack():
-    """BERT-base's attention rows (12 heads x seq) on the grid's 18-bit view: seq 128 at batch 1
-    stays one round a level; batch 8 and seq 512 take the packed tree."""
-    assert _choose((12, 128, 128), view_bits=18) == "shifted"
-    assert _choose((8 * 12, 128, 128), view_bits=18) == "packed"
-    assert _choose((12, 512, 512), view_bits=18) == "packed"
+def test_bert_base_batch_1_packs_its_widest_level_larger_ones_more():
+    """BERT-base's attention rows (12 heads x seq) on the grid's 18-bit view: at seq 128 and
+    batch 1 the first level (64 of the 127 comparisons a row) pays for its round, the next does
+    not; batch 8 packs four levels of seven, seq 512 more. The widest levels go first."""
+    assert _choose((12, 128, 128), view_bits=18).lookup == "packed 1/7"
+    assert _choose((8 * 12, 128, 128), view_bits=18).lookup == "packed 4/7"
+    assert _choose((12, 512, 512), view_bits=18).packed_levels == _best_packed_levels((12, 512, 512), 18) >= 4
+    tree = _choose((12, 128, 128), view_bits=18)
+    assert [type(g).__name__ for g in tree.levels] == ["ReLU2"] + ["SignReLU"] * 6
 
 
 def test_the_worth_of_a_round_moves_the_choice():
     """--round-worth: 0 packs even a tiny tree; a high-latency link's large value keeps BERT-base's
     batch-8 trees at one round a level."""
-    assert _choose((12, 16, 16), round_worth_mib=0) == "packed"
-    assert _choose((8 * 12, 128, 128), view_bits=18, round_worth_mib=4096) == "shifted"
+    assert _choose((12, 16, 16), round_worth_mib=0).lookup == "packed"
+    assert _choose((8 * 12, 128, 128), view_bits=18, round_worth_mib=4096).lookup == "shifted"
     with pytest.raises(CompileError, match="round worth"):
         CompileOptions(round_worth_mib=-1)
 
 
 def test_an_explicit_choice_wins_and_a_bad_one_is_refused():
-    assert _choose((12, 16, 16), max_tree="packed") == "packed"
-    assert _choose((96, 512, 512), max_tree="shifted") == "shifted"
+    assert _choose((12, 16, 16), max_tree="packed").lookup == "packed"
+    assert _choose((96, 512, 512), max_tree="shifted").lookup == "shifted"
     with pytest.raises(CompileError, match="unknown max tree"):
         CompileOptions(max_tree="pieces")
 

@@ -763,11 +763,12 @@ def _max_oracle(x: np.ndarray, s: int) -> np.ndarray:
     return np.array([max(int(v) >> s for v in row) for row in x], dtype=np.int64)
 
 
-def _check_max(n: int, k: int, s: int, x: np.ndarray, masks=None, lookup: str = "shifted", widen: bool = True):
+def _check_max(n: int, k: int, s: int, x: np.ndarray, masks=None, lookup: str = "shifted", widen: bool = True,
+               packed_levels: int | None = None):
     """Run MaxTreeNarrow on rows x (signed, |x| < 2^(k-4) so the truncated values keep the
     slack); exact for s = 0, within one ulp above for s > 0 (each truncation's carry).
     Unwidened (``widen=False``), the result is only right mod 2^(k - s): compared there."""
-    g = MaxTreeNarrow(x.shape, n, 1, k, pre_shift=s, lookup=lookup, widen=widen)
+    g = MaxTreeNarrow(x.shape, n, 1, k, pre_shift=s, lookup=lookup, widen=widen, packed_levels=packed_levels)
     got, cost, logs = measure_gate(g, x.reshape(-1), n, masks=masks)
     d = got.reshape(-1) - _max_oracle(x, s)
     if not widen:
@@ -777,7 +778,25 @@ def _check_max(n: int, k: int, s: int, x: np.ndarray, masks=None, lookup: str = 
     assert (d == 0).all() if s == 0 else ((d >= 0) & (d <= 1)).all(), (n, k, s, d)
     want = g.cost()
     assert (cost.key_bits, cost.aes, cost.rounds) == (want.key_bits, want.aes, want.rounds)
-    assert logs[0].rounds == len(g.levels) * (1 if lookup == "shifted" else 2) + int(widen)
+    packed = (0 if lookup == "shifted" else len(g.levels)) if packed_levels is None else packed_levels
+    assert logs[0].rounds == len(g.levels) + packed + int(widen)
+
+
+@pytest.mark.parametrize("packed_levels", [1, 2, 3])
+@pytest.mark.parametrize("n,k,s", [(12, 8, 0), (50, 20, 3), (64, 30, 0)])
+def test_max_tree_narrow_with_its_first_levels_packed(n, k, s, packed_levels):
+    """The first levels packed, the rest shifted: the max of each row (rows of 7, with an odd
+    element carried past a level) under random and forced masks, and the measured key, AES and
+    rounds equal cost()."""
+    rng = np.random.default_rng(n + k + packed_levels)
+    q = 1 << (k - 4)
+    x = rng.integers(-q, q, size=(40, 7))
+    x[0], x[1, :2] = q - 1, (-q, q - 1)
+    g = MaxTreeNarrow(x.shape, n, 1, k, pre_shift=s, packed_levels=packed_levels)
+    assert g.lookup == (f"packed {packed_levels}/3" if packed_levels < 3 else "packed")
+    _check_max(n, k, s, x, packed_levels=packed_levels)
+    for m in forced_masks((x.size,), n):
+        _check_max(n, k, s, x, masks=[m], packed_levels=packed_levels, widen=False)
 
 
 @pytest.mark.parametrize("widen", [True, False], ids=["widened", "unwidened"])
@@ -818,6 +837,8 @@ def test_the_packed_max_tree_trades_a_round_per_level_for_aes_and_key():
     assert pk.aes < sh.aes / 2.5 and pk.key_bits < 0.6 * sh.key_bits
     with pytest.raises(ParameterError, match="unknown lookup"):
         MaxTreeNarrow((2, 4), 50, 1, 8, lookup="pieces")
+    with pytest.raises(ParameterError, match="3 packed levels in a tree of 2"):
+        MaxTreeNarrow((2, 4), 50, 1, 8, packed_levels=3)
 
 
 def test_max_tree_narrow_rejects_bad_views():

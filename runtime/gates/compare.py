@@ -489,7 +489,7 @@ class MaxTreeNarrow(Gate):
     LOOKUPS = ("shifted", "packed")
 
     def __init__(self, shape, bits: int, axis: int, view_bits: int, pre_shift: int = 0, lookup: str = "shifted",
-                 widen: bool = True):
+                 widen: bool = True, packed_levels: int | None = None):
         """``pre_shift`` = s: the input carries x at s more fractional bits than the max is
         wanted at; the tree then runs on the free truncation ``hi_s(u mod 2^view_bits)``
         (``floor(x / 2^s) + {0, 1}`` per element, DESIGN §4) of ``view_bits - s`` bits, which
@@ -498,6 +498,11 @@ class MaxTreeNarrow(Gate):
         ``lookup``: each level's ReLU as the ``shifted`` one (one round, one (k-1)-bit DCF with
         a two-word payload) or the ``packed`` one (two rounds: a 1-bit DPF comparison, then
         the select from dealer correlations; about a third of the AES and half the key).
+
+        ``packed_levels`` = j: the first j levels packed, the rest shifted (default: every level
+        as ``lookup`` says). The first level holds half the comparisons, the next a quarter:
+        packing the wide levels alone buys most of the saving for a round or two
+        (passes/lower.py prices each j).
 
         ``widen=False``: no widening round; the result is the tree's k-bit wire, valid mod
         2^k only (``out_bits`` = k), for readers that look at nothing above it
@@ -517,12 +522,20 @@ class MaxTreeNarrow(Gate):
                                  f"[4, {self.bits})")
         if lookup not in self.LOOKUPS:
             raise ParameterError(f"{self.kind}: unknown lookup {lookup!r}", f"use one of {', '.join(self.LOOKUPS)}")
-        self.lookup = lookup
+        depth = len(self._tree.levels)
+        if packed_levels is None:
+            packed_levels = depth if lookup == "packed" else 0
+        if not 0 <= packed_levels <= depth:
+            raise ParameterError(f"{self.kind}: {packed_levels} packed levels in a tree of {depth}")
+        self.packed_levels = int(packed_levels)
+        #: the comparisons, as the report shows them: shifted, packed, or the packed levels of the depth
+        self.lookup = ("shifted" if self.packed_levels == 0 else "packed" if self.packed_levels == depth
+                       else f"packed {self.packed_levels}/{depth}")
         self.widen = bool(widen)
         if not self.widen:
             self.out_bits = self.view_bits
-        relu = (lambda e: SignReLU(e, self.view_bits)) if lookup == "shifted" else (lambda e: ReLU2(e, self.view_bits))
-        self._tree.levels = [relu(g.elements) for g in self._tree.levels]
+        self._tree.levels = [ReLU2(g.elements, self.view_bits) if i < self.packed_levels
+                             else SignReLU(g.elements, self.view_bits) for i, g in enumerate(self._tree.levels)]
         self.levels = self._tree.levels
 
 
@@ -539,10 +552,13 @@ class MaxTreeNarrow(Gate):
         if not self.levels:
             return widen
         from fusec.runtime.gates.sign_relu import SignReLU  # noqa: PLC0415
-        one = (SignReLU(1, k) if self.lookup == "shifted" else ReLU2(1, k)).cost()
-        k1 = self.k - 1
-        return GateCost(key_bits=k1 * one.key_bits, aes=k1 * one.aes, rounds=len(self.levels) * one.rounds,
-                        open_bits=k1 * one.open_bits) + widen
+        total = ZERO_COST
+        for i, g in enumerate(self.levels):          # per row: this level's comparisons times one's cost
+            one = (ReLU2(1, k) if i < self.packed_levels else SignReLU(1, k)).cost()
+            c = g.elements // self.elements
+            total = total + GateCost(key_bits=c * one.key_bits, aes=c * one.aes, rounds=one.rounds,
+                                     open_bits=c * one.open_bits)
+        return total + widen
 
     def _view(self, v):
         """The tree's ring: ``hi_s(v mod 2^in_view)`` (the identity view when s = 0)."""
