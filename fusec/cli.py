@@ -202,7 +202,7 @@ def compile_options(f):
         click.option("--max-error-ulps", default=8.0, show_default=True, help="error bound for fitted specs"),
         click.option("--max-tree", type=click.Choice(["auto", "shifted", "packed"]), default="auto", show_default=True,
                      help="row maxima (softmax): each tree level in one round (shifted) or in two with a third of the "
-                          "AES and half the key (packed); auto: packed where the saving pays for the rounds"),
+                          "AES and half the key (packed); auto: the first levels packed, as many as pay for their rounds"),
         click.option("--round-worth", "round_worth", type=click.FloatRange(0, 1e9), default=32.0, show_default=True,
                      help="MiB of key (16 B per AES counted as key) a construction must save to be worth one more "
                           "round: raise it for a high-latency link, lower it for large batches on one card"),
