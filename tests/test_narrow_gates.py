@@ -830,6 +830,27 @@ def test_max_tree_narrow_random_wide(n, s, lookup, widen):
         _check_max(n, k, s, x, masks=[m], lookup=lookup, widen=widen)
 
 
+def test_a_max_tree_with_its_first_level_packed_on_the_gpu_backends_host_kernels():
+    """The GPU backend's own code (round packing, the DPF and DCF kernels) over the host build
+    of the kernels: a tree with its first level packed gives the rows' maxima, at cost()."""
+    import tempfile
+
+    from fusec.codegen import cuda
+    from tests.fakedevice import host_kernel_backend
+
+    if cuda.nvcc_path() is None:
+        pytest.skip("nvcc (CUDA toolkit) not found: cannot build the host kernels")
+    src = cuda.render(cuda.default_config())
+    be = host_kernel_backend(src, cuda.compile_host_library(src, tempfile.mkdtemp()))()
+    n, k = 50, 20
+    x = np.random.default_rng(9).integers(-(1 << (k - 4)), 1 << (k - 4), size=(33, 8))
+    g = MaxTreeNarrow(x.shape, n, 1, k, packed_levels=1)
+    got, cost, logs = measure_gate(g, x.reshape(-1), n, be=be)
+    assert got.reshape(-1).tolist() == _max_oracle(x, 0).tolist()
+    assert (cost.key_bits, cost.aes, cost.rounds) == (g.cost().key_bits, g.cost().aes, g.cost().rounds) \
+        and logs[0].rounds == 3 + 1 + 1
+
+
 def test_the_packed_max_tree_trades_a_round_per_level_for_aes_and_key():
     """The packed comparison: two rounds a level, a third of the AES, about half the key."""
     sh, pk = (MaxTreeNarrow((16, 128), 50, 1, 20, lookup=lk).cost() for lk in MaxTreeNarrow.LOOKUPS)
