@@ -571,3 +571,16 @@ def test_a_card_too_small_for_the_servers_key_sets_is_a_skip_with_the_sizes():
                card_bytes=gb)      # the CPU backend holds no card
     check_card(10**15, Case(resolve_model("bert-base", layers=1), seq=128, batch=8, gates="fused", gpus=1,
                             runtime="keys in clock"), card_bytes=gb)     # --stream-keys: a ring of small buffers
+
+
+def test_a_skipped_configuration_is_told_by_the_line_that_says_why():
+    """The GPT-2 batch-8 skip of 2026-12-07 (bench/results/h100_2026-12-07e): both parties only
+    saw their peer close; the dealer's allocation failure is the reason the tables show."""
+    from fusec.bench.failures import reason
+
+    text = ("gpt2/seq128/b8/fused/1gpu/plans: P0 failed: peer 127.0.0.1:45755 closed the connection\n"
+            "  hint: the other party stopped; see its log for the reason\n--- key-stream dealer (exit status 2) ---\n"
+            "serving 5 key set(s)\nerror: the GPU ran out of memory: Out of memory allocating 553,648,128 bytes\n")
+    assert reason(text) == "error: the GPU ran out of memory: Out of memory allocating 553,648,128 bytes"
+    assert reason("first line\n  second") == "first line"
+    assert reason("") == ""

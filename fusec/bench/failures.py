@@ -38,3 +38,14 @@ def classify_failure(returncode: int | None, text: str) -> str:
     if _DISK.search(text):
         return "disk"
     return "error"
+
+
+def reason(text: str) -> str:
+    """The one line of a failure's output that says why: the first line naming a shortage of
+    memory or disk (a party's "peer closed the connection" is only the echo of the process
+    that ran out), else the first line."""
+    lines = [" ".join(line.split()) for line in str(text).splitlines() if line.strip()]
+    for line in lines:
+        if _MEMORY.search(line) or _DISK.search(line):
+            return line
+    return lines[0] if lines else ""

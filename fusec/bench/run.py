@@ -25,7 +25,7 @@ from typing import Any, Callable
 from fusec.bench.compile import CompileInfo, compile_case
 from fusec.bench.dealers import KeygenInfo, generate_keys, keygen_summary
 from fusec.bench.export import export_model
-from fusec.bench.failures import SKIPPABLE, BenchError
+from fusec.bench.failures import SKIPPABLE, BenchError, reason
 from fusec.bench.keys import KeyPlan, check_card, check_memory, free_space, plan_keys
 from fusec.bench.lanes import merge_lanes
 from fusec.bench.machine import machine_info
@@ -185,7 +185,7 @@ def _save(doc: dict, path: Path | None) -> None:
 
 def _one_line(rec: dict) -> str:
     if "skipped" in rec:
-        return f"  skipped ({rec.get('skip_kind')}): {rec['skipped'].splitlines()[0]}"
+        return f"  skipped ({rec.get('skip_kind')}): {reason(rec['skipped'])}"
     on, kg = rec["online"]["per_batch"], rec["keygen"]["per_batch"]
     return (f"  median {on['online_seconds']:.3f} s per batch, {rec['online']['tokens_per_second']:.1f} tokens/s, "
             f"{gb(on['bytes_sent'])} per batch, {on['rounds']:.0f} rounds; keygen "

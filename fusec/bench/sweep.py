@@ -31,6 +31,7 @@ from typing import Callable
 
 import click
 
+from fusec.bench.failures import reason
 from fusec.bench.markdown import net_name, table
 from fusec.bench.util import gb, load_results, run_command, secs
 from fusec.runtime.striped_channel import DEFAULT_STRIPES
@@ -236,7 +237,7 @@ def render(rows: list[Row]) -> str:
     skipped = [r for r in rows if not r.ran]
     if skipped:
         lines += ["", "### Skipped", ""] + [f"- {r.c['name']} on the {r.card} ({r.source}): "
-                                            f"{' '.join(str(r.rec.get('skipped')).split())}" for r in skipped]
+                                            f"{reason(r.rec.get('skipped'))}" for r in skipped]
     return "\n".join(lines) + "\n"
 
 
