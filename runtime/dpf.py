@@ -138,11 +138,17 @@ def prefix_parity(party: int, key: DpfKey, x: np.ndarray, prg: CpuPrg | None = N
     prg = prg or default_prg()
     x = _check_x(key, x)
     leaf, acc = _walk(key, x, prg, True)
-    pos = x & ring.mask(key.nu) if key.nu else np.zeros_like(x)
+    return acc ^ leaf_prefix_parity(leaf, x, key.nu)
+
+
+def leaf_prefix_parity(leaf: np.ndarray, x: np.ndarray, nu: int) -> np.ndarray:
+    """The parity of the 128-bit leaf blocks' bits below each point's position ``x mod 2^nu``
+    (the last ``nu`` levels of a prefix parity, read from the leaf)."""
+    pos = x & ring.mask(nu) if nu else np.zeros_like(x)
     lo_mask = np.where(pos >= 64, ~np.uint64(0), (ONE << (pos & np.uint64(63))) - ONE)
     hi_mask = np.where(pos >= 64, (ONE << (pos & np.uint64(63))) - ONE, 0).astype(np.uint64)
     par = np.bitwise_count(leaf[..., 0] & lo_mask) + np.bitwise_count(leaf[..., 1] & hi_mask)
-    return acc ^ (par.astype(np.uint64) & ONE)
+    return par.astype(np.uint64) & ONE
 
 
 def lt_keygen(rng: DealerRng, alpha: np.ndarray, n: int, prg: CpuPrg | None = None) -> tuple[DpfKey, DpfKey]:

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from fusec.errors import ParameterError
 from fusec.runtime import ring
-from fusec.runtime.dpf import DpfKey, leaf_bits
+from fusec.runtime.dpf import DpfKey, leaf_bits, leaf_prefix_parity
 from fusec.runtime.prg import TWEAK_LEAF_VALUE, CpuPrg, default_prg
 from fusec.runtime.tree import ONE, clear_t, control_bit, times_bit, with_low_bit
 from fusec.runtime.xp import np
@@ -216,11 +216,7 @@ def _walk_run(key: DpfKey, u: np.ndarray, arc: Arc, prg: CpuPrg) -> np.ndarray:
             st, t = _step(key, lv, st, xi, prg)
             acc ^= xi & (t ^ control_bit(st))
         st = _leaf(key, st, prg)
-    pos = y & ring.mask(nu) if nu else np.zeros_like(y)
-    lo_mask = np.where(pos >= 64, ~np.uint64(0), (ONE << (pos & np.uint64(63))) - ONE)
-    hi_mask = np.where(pos >= 64, (ONE << (pos & np.uint64(63))) - ONE, 0).astype(np.uint64)
-    bits = np.bitwise_count(st[..., 0] & lo_mask) + np.bitwise_count(st[..., 1] & hi_mask)
-    return acc ^ (bits.astype(np.uint64) & ONE)
+    return acc ^ leaf_prefix_parity(st, y, nu)
 
 
 def _step(key: DpfKey, level: int, st: np.ndarray, d: np.ndarray, prg: CpuPrg) -> tuple[np.ndarray, np.ndarray]:

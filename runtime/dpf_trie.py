@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from fusec.errors import ParameterError
 from fusec.runtime import ring
-from fusec.runtime.dpf import DpfKey, leaf_bits
+from fusec.runtime.dpf import DpfKey, leaf_bits, leaf_prefix_parity
 from fusec.runtime.dpf_arc import MAX_ARC_POINTS, _leaf, _Offsets, _step
 from fusec.runtime.prg import CpuPrg, default_prg
 from fusec.runtime.tree import ONE, control_bit
@@ -100,7 +100,6 @@ def lt_eval_trie(party: int, key: DpfKey, u: np.ndarray, trie: DpfTrie, prg: Cpu
     N, M, n = u.shape[0], trie.points, trie.n
     if N != key.elements:
         raise ParameterError(f"DPF trie eval: {N} inputs for {key.elements} keys")
-    nu = leaf_bits(n)
     y = ((~u)[:, None] + np.asarray(trie.offsets, np.uint64)[None, :]) & ring.mask(n)
     perm = np.argsort(y, axis=1, kind="stable")
     ys = np.take_along_axis(y, perm, axis=1)                # each row ascending
@@ -119,11 +118,7 @@ def lt_eval_trie(party: int, key: DpfKey, u: np.ndarray, trie: DpfTrie, prg: Cpu
         par = par[rows, parent] ^ (d & (t ^ control_bit(st)))
         rank = nrank
     leaf = _leaf(key, st, prg)[rows, rank]                  # (N, M, 2)
-    pos = ys & ring.mask(nu) if nu else np.zeros_like(ys)
-    lo_mask = np.where(pos >= 64, ~np.uint64(0), (ONE << (pos & np.uint64(63))) - ONE)
-    hi_mask = np.where(pos >= 64, (ONE << (pos & np.uint64(63))) - ONE, 0).astype(np.uint64)
-    bits = np.bitwise_count(leaf[..., 0] & lo_mask) + np.bitwise_count(leaf[..., 1] & hi_mask)
-    got = par[rows, rank] ^ (bits.astype(np.uint64) & ONE)
+    got = par[rows, rank] ^ leaf_prefix_parity(leaf, ys, leaf_bits(n))
     out = np.empty_like(got)
     np.put_along_axis(out, perm, got, axis=1)
     return out

@@ -390,14 +390,8 @@ class GpuKernels:
         name = codegen.dpf_arc_kernel_name(arc)
         us = self._u64(u).reshape(-1)
         if name not in self._available:
-            a = self.xp.asarray(np.asarray(arc.offsets, np.uint64))
-            return self.dpf_lt_eval(party, root, cw_seed, cw_tr, cw_leaf, (us[:, None] - a[None, :]) & ring.mask(arc.n), arc.n)
-        keys = [self._u64(x) for x in (root, cw_seed, cw_tr, cw_leaf)]
-        N = keys[0].shape[0]
-        self._check_key("DPF", ("root", "cw_seed", "cw_tr", "cw_leaf"), keys,
-                        [(N, 2), (arc.depth, N, 2), (arc.depth, N), (N, 2)])
-        if us.shape[0] != N:
-            raise ParameterError(f"DPF arc eval: {us.shape[0]} inputs for {N} keys")
+            return self._each_point_from_the_root(party, root, cw_seed, cw_tr, cw_leaf, us, arc)
+        keys, N = self._walk_keys("arc", arc, root, cw_seed, cw_tr, cw_leaf, us)
         out = self._empty((N, arc.points), np.uint64)
         self._run(name, f"DPF arc n={arc.n} M={arc.points}", N, (*keys, us, out, np.uint64(N)))
         self.aes_blocks += N * arc.aes_per_eval()
@@ -409,15 +403,8 @@ class GpuKernels:
         AES, which is what is counted; a build without the kernel walks every point from the root)."""
         us = self._u64(u).reshape(-1)
         if not self.has("fusec_dpf_lt_trie") or trie.points > codegen.MAX_TRIE_POINTS:
-            a = self.xp.asarray(np.asarray(trie.offsets, np.uint64))
-            return self.dpf_lt_eval(party, root, cw_seed, cw_tr, cw_leaf, (us[:, None] - a[None, :]) & ring.mask(trie.n),
-                                    trie.n)
-        keys = [self._u64(x) for x in (root, cw_seed, cw_tr, cw_leaf)]
-        N = keys[0].shape[0]
-        self._check_key("DPF", ("root", "cw_seed", "cw_tr", "cw_leaf"), keys,
-                        [(N, 2), (trie.depth, N, 2), (trie.depth, N), (N, 2)])
-        if us.shape[0] != N:
-            raise ParameterError(f"DPF trie eval: {us.shape[0]} inputs for {N} keys")
+            return self._each_point_from_the_root(party, root, cw_seed, cw_tr, cw_leaf, us, trie)
+        keys, N = self._walk_keys("trie", trie, root, cw_seed, cw_tr, cw_leaf, us)
         tables = self._trie_tables.get(trie)
         if tables is None:      # kept: a recorded launch plan reads them at these addresses
             order = np.asarray(trie.order, np.uint64)
@@ -433,6 +420,21 @@ class GpuKernels:
             self._run("fusec_dpf_lt_trie", step, N, args)
         self.aes_blocks += N * trie.aes_per_eval()
         return out
+
+    def _each_point_from_the_root(self, party: int, root, cw_seed, cw_tr, cw_leaf, us, plan) -> Any:
+        """The plain walks at ``u - a_j`` for a plan's offsets (no kernel for its shared walk)."""
+        a = self.xp.asarray(np.asarray(plan.offsets, np.uint64))
+        return self.dpf_lt_eval(party, root, cw_seed, cw_tr, cw_leaf, (us[:, None] - a[None, :]) & ring.mask(plan.n), plan.n)
+
+    def _walk_keys(self, what: str, plan, root, cw_seed, cw_tr, cw_leaf, us) -> tuple[list, int]:
+        """A DPF key's fields checked against the plan's depth and one input per key; (fields, N)."""
+        keys = [self._u64(x) for x in (root, cw_seed, cw_tr, cw_leaf)]
+        N = keys[0].shape[0]
+        self._check_key("DPF", ("root", "cw_seed", "cw_tr", "cw_leaf"), keys,
+                        [(N, 2), (plan.depth, N, 2), (plan.depth, N), (N, 2)])
+        if us.shape[0] != N:
+            raise ParameterError(f"DPF {what} eval: {us.shape[0]} inputs for {N} keys")
+        return keys, N
 
     def _check_key(self, what: str, names, arrays, shapes) -> None:
         for name, a, shape in zip(names, arrays, shapes):

@@ -249,6 +249,22 @@ def test_dpf_walks_at_many_points_match_the_plain_walks(kernels, plan):
             assert kernels.aes_blocks - before == N * plan.aes_per_eval()
 
 
+@pytest.mark.parametrize("alpha", [0, (1 << 10) - 1, 1 << 9])
+def test_the_trie_kernel_at_every_input_of_ten_bits(kernels, alpha):
+    """The host build of the trie kernel at every u of a 10-bit domain, alpha forced to 0,
+    2^n - 1 and 2^(n-1): both parties' XOR against Python ints."""
+    from fusec.runtime.dpf_trie import DpfTrie
+
+    n = 10
+    trie = DpfTrie(n, (0, 1, 2, 5, 64, 65, 127, 128, 129, 300, 301, 511, 512, 513, 700, 701, 900, 1000,
+                       1020, 1021, 1022, 1023, 7, 8))
+    u = np.arange(1 << n, dtype=np.uint64)
+    k0, k1 = dpf.lt_keygen(DealerRng(b"trie-kernel-%d" % alpha), np.full(u.size, alpha, np.uint64), n)
+    got = [kernels.dpf_lt_trie(p, k.root, k.cw_seed, k.cw_tr, k.cw_leaf, u, trie) for p, k in ((0, k0), (1, k1))]
+    want = [[int((int(x) - a) % (1 << n) < alpha) for a in trie.offsets] for x in u]
+    assert (got[0] ^ got[1]).tolist() == want
+
+
 def test_a_trie_past_the_kernels_points_walks_every_point(kernels):
     """More points than a block takes (MAX_TRIE_POINTS): the wrapper walks every point from the
     root instead of overrunning the kernel's shared memory; the values are the same."""

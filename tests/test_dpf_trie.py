@@ -73,3 +73,18 @@ def test_plans_past_the_arc_walks_points_only_and_only_where_cheaper():
     assert rsqrt is not None and rsqrt.aes_per_eval() * 3 < rsqrt.plain_aes_per_eval()
     spread = DpfTrie(8, tuple(range(0, 256, 8)))          # 32 points, one per level-5 node: no sharing to gain
     assert DpfTrie.plan(8, spread.offsets) is None or spread.aes_per_eval() < spread.plain_aes_per_eval()
+
+
+@pytest.mark.parametrize("alpha", [0, (1 << 10) - 1, 1 << 9, 1, 333])
+def test_every_input_at_ten_bits_against_the_integers(alpha):
+    """n = 10 (three tree levels above the leaf), 24 points wrapping past 2^n: every u, with
+    alpha forced to 0, 2^n - 1, 2^(n-1) and two more; both parties' XOR against Python ints."""
+    n = 10
+    trie = DpfTrie(n, (0, 1, 2, 5, 64, 65, 127, 128, 129, 300, 301, 511, 512, 513, 700, 701, 900, 1000,
+                       1020, 1021, 1022, 1023, 7, 8))
+    u = np.arange(1 << n, dtype=np.uint64)
+    rng = DealerRng(b"trie-ten-%d" % alpha)
+    k0, k1 = dpf.lt_keygen(rng, np.full(u.size, alpha, np.uint64), n)
+    got = lt_eval_trie(0, k0, u, trie) ^ lt_eval_trie(1, k1, u, trie)
+    want = [[int((int(x) - a) % (1 << n) < alpha) for a in trie.offsets] for x in u]
+    assert got.tolist() == want
