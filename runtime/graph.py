@@ -18,6 +18,7 @@ import numpy as np
 from fusec.errors import ParameterError
 from fusec.runtime.gates.arith import Input, Output
 from fusec.runtime.gates.base import Gate, GateCost, Key
+from fusec.runtime.keygen_chunks import gate_keygen
 from fusec.runtime.layout import KeyLayout
 from fusec.runtime.protocol import Exchange, RoundLog, drive, timed
 from fusec.runtime.rng import DealerRng
@@ -109,12 +110,13 @@ class GateGraph:
 
         Without ``masks`` each wire's mask is dropped once the last gate reading it has its
         keys: the dealer then holds the live wires' masks only, not every activation of the
-        model (several GB on the device for BERT-base at batch 4)."""
+        model (several GB on the device for BERT-base at batch 4). A large elementwise gate is
+        keyed in element chunks, its keys then host arrays (runtime/keygen_chunks.py)."""
         keep_all = masks is not None
         masks = {} if masks is None else masks
         last_reader = {w: i for i, n in enumerate(self.nodes) for w in n.inputs}
         for i, n in enumerate(self.nodes):
-            out, k0, k1 = n.gate.keygen(rng, [masks[w] for w in n.inputs])
+            out, k0, k1 = gate_keygen(n.gate, rng, [masks[w] for w in n.inputs])     # large gates in chunks
             masks[n.id] = out
             if not keep_all:
                 for w in set(n.inputs):

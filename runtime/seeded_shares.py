@@ -131,20 +131,23 @@ def split_key(slot: GateSlot, party: int | None, k0: dict, k1: dict, rng, be,
 def _other_share(f: KeyField, index: int, seed, a, b, be, chunk: int):
     """(a + b - stream) mod 2^bits for share field ``index`` of a slot, ``chunk`` elements at a
     time: a chunk starting at element e starts at stream block e * bits / 128 (e is a multiple
-    of 128), the piece the PRG's ``value_stream(start=)`` gives."""
+    of 128), the piece the PRG's ``value_stream(start=)`` gives. Host (numpy) shares, as a
+    gate keyed in chunks has them (runtime/keygen_chunks.py), give a host result, and only a
+    chunk at a time is on the device."""
     prg, bits = default_prg(), f.bits
-    a, b = xnp.asarray(a).reshape(-1), xnp.asarray(b).reshape(-1)
-    out = xnp.empty(f.count, _narrowest_uint(bits))
+    host = isinstance(a, np.ndarray) and isinstance(b, np.ndarray)     # np: numpy, whatever computes
+    a, b = (a.reshape(-1), b.reshape(-1)) if host else (xnp.asarray(a).reshape(-1), xnp.asarray(b).reshape(-1))
+    out = (np if host else xnp).empty(f.count, _narrowest_uint(bits))
     tweak = TWEAK_SEEDED_SHARE | np.uint64(index)
     for start in range(0, f.count, chunk):
         n = min(chunk, f.count - start)
         raw = prg.value_stream(seed, blocks_needed(n, bits), tweak, start=start * bits // 128)
         raw = raw.reshape(-1).view(np.uint8)[:(n * bits + 7) // 8]
         stream = be.unpack_open(raw, bits, n)                # a fresh array: worked on in place
-        xnp.subtract(a[start:start + n].astype(np.uint64, copy=False), stream, out=stream)
-        stream += b[start:start + n].astype(np.uint64, copy=False)
+        xnp.subtract(xnp.asarray(a[start:start + n]).astype(np.uint64, copy=False), stream, out=stream)
+        stream += xnp.asarray(b[start:start + n]).astype(np.uint64, copy=False)
         stream &= np.uint64(ring.mask(bits))
-        out[start:start + n] = stream
+        out[start:start + n] = be.asnumpy(stream) if host else stream
     return out.reshape(f.shape)
 
 

@@ -15,6 +15,7 @@ import pytest
 from fusec.build import compile_model, encode_inputs, load_build
 from fusec.passes.calibrate import default_feeds
 from fusec.passes.options import CompileOptions
+from fusec.runtime import keygen_chunks
 from fusec.runtime.dealer import write_keys
 from fusec.runtime.keyio import KeyFile
 from fusec.runtime.backend import get_backend
@@ -116,6 +117,20 @@ def test_device_dealer_writes_the_cpu_dealers_keys(bert_build, tmp_path, device)
     cpu = _key_sets(bert_build, tmp_path / "cpu", get_backend("cpu"))
     dev = _key_sets(bert_build, tmp_path / "dev", device()())
     assert cpu[0] == dev[0] and cpu[1] == dev[1]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_dealer_keys_large_gates_in_chunks_as_the_cpu_dealer_does(bert_build, tmp_path, device, monkeypatch):
+    """Gates larger than the keygen chunk (here 128 elements: bert-tiny's lookups and
+    truncations) are keyed a chunk at a time, each chunk's keys leaving the device at once and
+    the seeded split reading them from the host: the files are still the CPU dealer's, byte
+    for byte, and other files than one keygen per gate writes."""
+    whole = _key_sets(bert_build, tmp_path / "whole", get_backend("cpu"))
+    monkeypatch.setattr(keygen_chunks, "KEYGEN_CHUNK_ELEMENTS", 128)
+    cpu = _key_sets(bert_build, tmp_path / "cpu", get_backend("cpu"))
+    dev = _key_sets(bert_build, tmp_path / "dev", device()())
+    assert cpu[0] == dev[0] and cpu[1] == dev[1]
+    assert cpu[0] != whole[0] and len(cpu[0]) == len(whole[0])
 
 
 @pytest.mark.parametrize("device", DEVICES)

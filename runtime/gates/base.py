@@ -12,6 +12,7 @@ so a gate never talks to the channel itself and rounds batch across gates for fr
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -147,6 +148,11 @@ class Gate(ABC):
 
     kind: ClassVar[str] = "gate"
     inputs: ClassVar[int] = 1
+    #: Each element's key is drawn from that element's input masks alone, every input and every
+    #: key field has one element axis, and nothing else depends on the element count: the dealer
+    #: may then make a large gate's key in element chunks (runtime/keygen_chunks.py), so its
+    #: memory is a chunk's, not the gate's (:meth:`with_elements` makes the chunk's gate).
+    elementwise_keys: ClassVar[bool] = False
 
     def __init__(self, elements: int):
         if elements <= 0:
@@ -172,6 +178,15 @@ class Gate(ABC):
 
     def key_bits_total(self) -> int:
         return field_bits(self.fields())
+
+    def with_elements(self, elements: int) -> "Gate":
+        """This gate on ``elements`` elements (an element chunk's gate; only where
+        :attr:`elementwise_keys` holds, which says the count is the only thing to change)."""
+        if not self.elementwise_keys:
+            raise TypeError(f"{self.kind}: its keys are not elementwise; it has no chunk gate")
+        gate = copy.copy(self)
+        gate.elements = int(elements)
+        return gate
 
     def key_fields(self, mark_shares: bool = True) -> tuple[KeyField, ...]:
         """:meth:`fields` as the layout's fields, each marked whether it is an additive share
@@ -229,6 +244,12 @@ class Chain(Gate):
             self.kind = kind  # type: ignore[misc]
         self.bits = getattr(stages[0], "bits", None)
         self.out_bits = getattr(stages[-1], "out_bits", getattr(stages[-1], "bits", None))
+        self.elementwise_keys = all(g.elementwise_keys for g in stages)  # type: ignore[misc]
+
+    def with_elements(self, elements: int) -> "Chain":
+        gate = super().with_elements(elements)
+        gate.stages = [g.with_elements(elements) for g in self.stages]
+        return gate
 
     def fields(self):
         return [(f"{i}.{name}", shape, bits) for i, g in enumerate(self.stages) for name, shape, bits in g.fields()]

@@ -129,6 +129,11 @@ class SplineLookup(Gate):
         # padded maximum M and each key set records how many it keys (``pieces_used``).
         self.slots = self.M
 
+    @property
+    def elementwise_keys(self) -> bool:     # type: ignore[override]
+        """The piece table's DCF keys run over elements times slots in one axis: keyed in one piece."""
+        return self.lookup != "pieces"
+
     # ------------------------------------------------------------------ layout and cost
     def _dcf_count(self) -> int:
         return 1 if self.lookup == "shifted" else self.slots

@@ -326,6 +326,7 @@ class TruncateSlack(_Shift):
     """
 
     kind = "truncate_slack"
+    elementwise_keys = True
 
     def __init__(self, elements: int, bits: int, shift: int):
         if check_width(bits, f"{self.kind} ring width") < 3:
@@ -437,6 +438,7 @@ class TruncateNarrow(Gate):
     """
 
     kind = "truncate_narrow"
+    elementwise_keys = True
 
     def __init__(self, elements: int, bits: int, view_bits: int, shift: int, out_bits: int | None = None):
         super().__init__(elements)

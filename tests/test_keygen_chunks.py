@@ -1,0 +1,164 @@
+"""A large elementwise gate keyed in element chunks (runtime/keygen_chunks.py): the dealer's memory
+is a chunk's, and the keys open what one keygen of the whole gate opens."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fusec.runtime import keygen_chunks, ring
+from fusec.runtime.dealer import write_keys
+from fusec.runtime.gates.base import Gate, GateCost
+from fusec.runtime.gates.scalar import PackedLookup, ScalarGate
+from fusec.runtime.gates.truncation import TruncateNarrow, TruncateSlack
+from fusec.runtime.graph import GateGraph
+from fusec.runtime.keygen_chunks import element_axes, gate_keygen
+from fusec.runtime.keyio import KeyFile
+from fusec.runtime.protocol import drive
+from fusec.runtime.rng import DealerRng
+from tests.harness import both_parties, party_backends, queue_exchanges
+from tests.test_device_path import every_gate, gate_inputs
+
+E = 300         # keyed as chunks of 128, 128 and 44 elements
+CHUNK = 128
+
+
+class _Affine(Gate):
+    """A gate whose keys are a known function of its input mask (no draws): an oracle for where
+    each chunk's keys land. Its ``cw_seed`` field has the element axis second, as a DPF's
+    correction words do, and is not a share."""
+
+    kind = "affine_test"
+    elementwise_keys = True
+    keyed: list[int] = []
+
+    def fields(self):
+        return [("a", (self.elements,), 50), ("cw_seed", (3, self.elements, 2), 64)]
+
+    def keygen(self, rng, in_masks):
+        type(self).keyed.append(self.elements)
+        r = np.asarray(in_masks[0], np.uint64).reshape(-1)
+        cw = np.stack([np.stack([r + np.uint64(lv), r * np.uint64(lv + 2)], axis=1) for lv in range(3)])
+        a0 = r & np.uint64(ring.mask(50))
+        return r + np.uint64(1), {"a": a0, "cw_seed": cw}, {"a": (a0 * np.uint64(3)) & np.uint64(ring.mask(50)),
+                                                           "cw_seed": cw}
+
+    def eval(self, party, key, inputs, be):
+        yield from ()
+        return inputs[0]
+
+    def cost(self):
+        return GateCost(0, 0, 0, 0)
+
+
+def test_chunks_land_where_one_keygen_puts_each_element():
+    _Affine.keyed = []
+    gate = _Affine(E)
+    r = np.arange(E, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    assert element_axes(gate) == {"a": 0, "cw_seed": 1}
+    out, k0, k1 = gate_keygen(gate, DealerRng(b"affine"), [r], chunk=CHUNK)
+    assert _Affine.keyed == [128, 128, 44]
+    cw = np.stack([np.stack([r + np.uint64(lv), r * np.uint64(lv + 2)], axis=1) for lv in range(3)])
+    assert np.array_equal(out, r + np.uint64(1))
+    assert np.array_equal(k0["a"], r & np.uint64(ring.mask(50)))
+    assert np.array_equal(k1["a"], (r * np.uint64(3)) & np.uint64(ring.mask(50)))
+    assert np.array_equal(k0["cw_seed"], cw) and np.array_equal(k1["cw_seed"], cw)
+    _Affine.keyed = []
+    gate_keygen(gate, DealerRng(b"affine"), [r], chunk=E)       # not larger than a chunk: one keygen
+    assert _Affine.keyed == [E]
+
+
+def test_a_chunk_is_a_whole_number_of_stream_blocks():
+    with pytest.raises(ValueError, match="multiple of 128"):
+        gate_keygen(_Affine(E), DealerRng(b"x"), [np.zeros(E, np.uint64)], chunk=100)
+
+
+def _chunked_kinds():
+    return [(label, g) for label, g in every_gate(E=E) if g.elementwise_keys]
+
+
+def test_the_large_nonlinear_gates_are_keyed_in_chunks_and_the_others_are_not():
+    kinds = {type(s) for _, g in _chunked_kinds() for s in getattr(g, "stages", [g])}
+    assert {PackedLookup, TruncateNarrow, TruncateSlack} <= kinds
+    assert any(isinstance(g, ScalarGate) for _, g in _chunked_kinds())
+    for label, g in every_gate(E=E):
+        if g.elementwise_keys:      # a faithful resize: the chunk gate of all E elements is the gate
+            assert element_axes(g) is not None, label
+            assert g.with_elements(E).fields() == g.fields(), label
+        else:
+            with pytest.raises(TypeError):
+                g.with_elements(1)
+
+
+def _opened(gate, keys, us, r_in, r_out):
+    """Both parties' evaluation on ``keys``; the output's value (the opened output less its mask)."""
+    bes, ex, out = party_backends(), queue_exchanges(), [None, None]
+
+    def work(p):
+        be = bes[p]
+        out[p] = be.asnumpy(drive([gate.eval(p, be.stage_key(keys[p]), [be.asarray(u) for u in us], be)],
+                                  ex[p], p, be)[0])
+
+    both_parties(work)
+    assert np.array_equal(out[0], out[1])
+    bits = getattr(gate, "out_bits", None) or gate.bits
+    return (out[0].reshape(-1) - np.asarray(r_out, np.uint64).reshape(-1)) & np.uint64(ring.mask(bits))
+
+
+@pytest.mark.parametrize("label", [label for label, _ in _chunked_kinds()])
+def test_a_gate_keyed_in_chunks_opens_what_one_keygen_opens(label):
+    """Same input masks, same public inputs: a one-stage gate's output value is a function of
+    the input and its mask alone (a truncation's rounding bit, a lookup's neighbour), so the
+    keys made in three chunks and the keys of one keygen give the same values, element for
+    element, though every key word is another draw. In a chain the truncation after a lookup
+    rounds by the lookup's fresh output mask: there the values may differ by one unit, as two
+    keygens of the whole gate do."""
+    gate = dict(_chunked_kinds())[label]
+    sizes, in_bits = gate_inputs(gate)
+    rng = DealerRng(b"chunks-" + label.encode())
+    r_in = [rng.ring(k, b) for k, b in zip(sizes, in_bits)]
+    gen = np.random.default_rng(len(label))     # inputs inside every gate's proven range: |x| < 2^14
+    x = [gen.integers(-(1 << 14), 1 << 14, k).astype(np.uint64) for k in sizes]
+    us = [(xi + np.asarray(ri, np.uint64)) & np.uint64(ring.mask(b)) for xi, ri, b in zip(x, r_in, in_bits)]
+    whole = gate.keygen(DealerRng(b"whole"), r_in)
+    chunked = gate_keygen(gate, DealerRng(b"chunked"), r_in, chunk=CHUNK)
+    assert isinstance(chunked[1][next(iter(chunked[1]))], np.ndarray)
+    assert any(not np.array_equal(chunked[1][k], whole[1][k]) for k in whole[1])    # other draws
+    want = _opened(gate, whole[1:], us, r_in, whole[0])
+    got = _opened(gate, chunked[1:], us, r_in, chunked[0])
+    bits = getattr(gate, "out_bits", None) or gate.bits
+    diff = (got - want) & np.uint64(ring.mask(bits))
+    off = diff != 0 if len(getattr(gate, "stages", [gate])) == 1 else (diff != 0) & (diff != 1) & (diff != ring.mask(bits))
+    assert not off.any(), (label, np.flatnonzero(off)[:5])
+
+
+def test_key_files_of_a_gate_keyed_in_chunks_open_what_its_keys_open(tmp_path, monkeypatch):
+    """Through the dealer: keyed in chunks, split into a seed for one party (on host arrays, a
+    chunk at a time) and packed into files; a server's set holds the keys ``graph.keygen`` makes
+    from the same seed, which are chunked the same way."""
+    monkeypatch.setattr(keygen_chunks, "KEYGEN_CHUNK_ELEMENTS", CHUNK)
+    gate = dict(_chunked_kinds())[next(label for label, g in _chunked_kinds() if isinstance(g, ScalarGate))]
+    g = GateGraph()
+    g.input("x", E, gate.bits)
+    g.add("a", gate, ["x"])
+    g.add("b", gate.with_elements(E), ["x"])
+    g.output("y", "a")
+    g.output("z", "b")
+    layout = g.layout()
+    write_keys(g, tmp_path, 1, seed=b"chunked-files")
+    k0, k1, _ = g.keygen(DealerRng(b"chunked-files"))
+    for p, want in ((0, k0), (1, k1)):
+        with KeyFile.open(tmp_path / f"p{p}.key", layout, p, tmp_path / "state") as kf:
+            r = kf.claim(0)
+            got = {gid: r.read_gate(gid) for gid in layout.gate_ids}
+        for s in layout.slots:
+            for f in s.fields:
+                if not f.share:
+                    assert np.array_equal(got[s.gate_id][f.name], want[s.gate_id][f.name]), (p, s.gate_id, f.name)
+        if p == 0:
+            first = got
+    for s in layout.slots:
+        for f in s.fields:
+            if f.share:
+                total = (first[s.gate_id][f.name] + got[s.gate_id][f.name]) & np.uint64(ring.mask(f.bits))
+                want = (np.asarray(k0[s.gate_id][f.name], np.uint64) + np.asarray(k1[s.gate_id][f.name], np.uint64))
+                assert np.array_equal(total, want & np.uint64(ring.mask(f.bits))), (s.gate_id, f.name)
