@@ -1,0 +1,66 @@
+"""The dealer's memory for one large elementwise gate, keyed whole and in element chunks (CPU).
+
+Keys GELU as the compiler emits it (a narrow packed lookup with a folded rescale) for N
+elements, once in one piece and once in chunks, under tracemalloc: the traced peak, the keys
+and mask the keygen returns, and the working memory beyond them. On a card the chunked keys
+leave the device a chunk at a time (runtime/keygen_chunks.py), so there the device's peak is
+at most this working memory; keyed whole, all of it is on the device.
+
+    python bench/dealer_chunks.py --elements 3145728 --chunks 0,524288 --out bench/results/dealer_chunks_<date>.json
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+import sys
+import time
+import tracemalloc
+
+from fusec.runtime.gates.catalog import _narrow_gelu, gelu_spec
+from fusec.runtime.keygen_chunks import gate_keygen
+from fusec.runtime.rng import DealerRng
+
+
+def measure(elements: int, chunk: int) -> dict:
+    gate = _narrow_gelu(elements, gelu_spec(50, 12), 50, 12, 12)
+    rng = DealerRng(b"dealer-chunks")
+    r = rng.ring(elements, 50)
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    out, k0, k1 = gate_keygen(gate, rng, [r], chunk=chunk)
+    seconds = time.perf_counter() - t0
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    kept = sum(v.nbytes for k in (k0, k1) for v in k.values()) + out.nbytes
+    return {"elements": elements, "chunk": chunk, "keygen_seconds": round(seconds, 2), "traced_peak_bytes": peak,
+            "returned_bytes": kept, "working_bytes": peak - kept}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--elements", type=int, default=3 * (1 << 20))
+    ap.add_argument("--chunks", default="0,524288", help="comma-separated; 0 = keyed in one piece")
+    ap.add_argument("--out", help="JSON results")
+    args = ap.parse_args()
+    rows = []
+    for c in (int(x) for x in args.chunks.split(",")):
+        row = measure(args.elements, c)
+        rows.append(row)
+        print(f"N={row['elements']:,} chunk={c:,}: peak {row['traced_peak_bytes'] / 1e6:,.0f} MB, returned "
+              f"{row['returned_bytes'] / 1e6:,.0f} MB, working {row['working_bytes'] / 1e6:,.0f} MB, "
+              f"{row['keygen_seconds']} s", flush=True)
+    if args.out:
+        git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+        doc = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "machine": {"host": platform.node(), "cpu": platform.processor() or platform.machine(),
+                           "python": platform.python_version()},
+               "git": git, "command": " ".join(["python"] + sys.argv), "results": rows}
+        with open(args.out, "w") as f:
+            json.dump(doc, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
