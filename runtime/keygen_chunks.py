@@ -25,10 +25,12 @@ from fusec.runtime.rng import DealerRng
 from fusec.runtime.xp import np
 
 #: Elements keyed at a time (a multiple of 128: a chunk's share fields then start on a block
-#: of the seeded shares' stream, runtime/seeded_shares.py). BERT-base's GELU at batch 1 is
-#: 393,216 elements and stays one piece; at batch 8 it is six chunks, and a softmax's exp at
-#: seq 512 (3.1 M elements) too.
-KEYGEN_CHUNK_ELEMENTS = 1 << 19
+#: of the seeded shares' stream, runtime/seeded_shares.py), about one wave of an H100's threads.
+#: BERT-base's GELU is 393,216 elements at batch 1 (two chunks) and 3.1 M at batch 8 (twelve).
+#: On the CPU, GELU's keys at 3.1 M elements take 893 MB of working memory beside the 6.6 GB
+#: they return (830 MB keyed whole; 1,787 MB at 2^19), in 9.3 s against 23.0 s whole
+#: (bench/dealer_chunks.py); on a card the returned keys are on the host.
+KEYGEN_CHUNK_ELEMENTS = 1 << 18
 
 
 def element_axes(gate: Gate) -> dict[str, int] | None:
