@@ -135,7 +135,7 @@ def _other_share(f: KeyField, index: int, seed, a, b, be, chunk: int):
     gate keyed in chunks has them (runtime/keygen_chunks.py), give a host result, and only a
     chunk at a time is on the device."""
     prg, bits = default_prg(), f.bits
-    host = isinstance(a, np.ndarray) and isinstance(b, np.ndarray)     # np: numpy, whatever computes
+    host = type(a) is np.ndarray and type(b) is np.ndarray     # np: numpy whatever computes (not a device array)
     a, b = (a.reshape(-1), b.reshape(-1)) if host else (xnp.asarray(a).reshape(-1), xnp.asarray(b).reshape(-1))
     out = (np if host else xnp).empty(f.count, _narrowest_uint(bits))
     tweak = TWEAK_SEEDED_SHARE | np.uint64(index)

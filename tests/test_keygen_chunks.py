@@ -162,3 +162,39 @@ def test_key_files_of_a_gate_keyed_in_chunks_open_what_its_keys_open(tmp_path, m
                 total = (first[s.gate_id][f.name] + got[s.gate_id][f.name]) & np.uint64(ring.mask(f.bits))
                 want = (np.asarray(k0[s.gate_id][f.name], np.uint64) + np.asarray(k1[s.gate_id][f.name], np.uint64))
                 assert np.array_equal(total, want & np.uint64(ring.mask(f.bits))), (s.gate_id, f.name)
+
+
+def test_on_the_device_a_chunked_gate_holds_a_chunk_and_its_keys_go_to_the_host(monkeypatch):
+    """On the fake device (tests/fakedevice.py), every device array made while a 4,096-element
+    GELU is keyed: in chunks of 512, the largest is an eighth of the largest keyed whole (the
+    output mask, 8 bytes an element, is the only whole-gate array left on the device), and the
+    keys come back as host arrays."""
+    from tests import fakedevice
+    from fusec.runtime.gates.catalog import _narrow_gelu, gelu_spec
+
+    made: list[int] = []
+    device = fakedevice._device
+
+    def recorded(res):
+        out = device(res)
+        if isinstance(out, fakedevice.DeviceArray):
+            made.append(out.nbytes)
+        return out
+
+    monkeypatch.setattr(fakedevice, "_device", recorded)
+    N, chunk = 4096, 512
+    gate = _narrow_gelu(N, gelu_spec(50, 12), 50, 12, 12)
+    be = fakedevice.FakeDeviceBackend()
+    largest = {}
+    with be.activate():
+        for c in (0, chunk):
+            rng = be.dealer_rng(b"device-chunks")
+            r = rng.ring(N, 50)
+            made.clear()
+            out, k0, k1 = gate_keygen(gate, rng, [r], chunk=c)
+            largest[c] = max(made)
+            assert isinstance(out, fakedevice.DeviceArray) and out.size == N
+            kinds = {type(v) for k in (k0, k1) for v in k.values()}
+            assert kinds == ({fakedevice.DeviceArray} if c == 0 else {np.ndarray}), c
+    assert largest[0] > 8 * N * 8
+    assert largest[chunk] <= max(largest[0] * chunk // N, 8 * N), largest
