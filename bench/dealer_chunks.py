@@ -1,7 +1,7 @@
 """The dealer's memory for one large elementwise gate, keyed whole and in element chunks (CPU).
 
 Keys GELU as the compiler emits it (a narrow packed lookup with a folded rescale) for N
-elements, once in one piece and once in chunks, under tracemalloc: the traced peak, the keys
+elements, once in one piece and once in chunks, each in a process of its own, under tracemalloc: the traced peak, the keys
 and mask the keygen returns, and the working memory beyond them. On a card the chunked keys
 leave the device a chunk at a time (runtime/keygen_chunks.py), so there the device's peak is
 at most this working memory; keyed whole, all of it is on the device.
@@ -44,10 +44,17 @@ def main() -> None:
     ap.add_argument("--elements", type=int, default=3 * (1 << 20))
     ap.add_argument("--chunks", default="0,524288", help="comma-separated; 0 = keyed in one piece")
     ap.add_argument("--out", help="JSON results")
+    ap.add_argument("--one", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.one:        # one configuration in this process (the parent runs each in its own)
+        print(json.dumps(measure(args.elements, int(args.chunks))))
+        return
     rows = []
     for c in (int(x) for x in args.chunks.split(",")):
-        row = measure(args.elements, c)
+        # each in a fresh process: a process's first large keygen pays its page faults
+        run = subprocess.run([sys.executable, __file__, "--one", "--elements", str(args.elements), "--chunks", str(c)],
+                             capture_output=True, text=True, check=True)
+        row = json.loads(run.stdout.strip().splitlines()[-1])
         rows.append(row)
         print(f"N={row['elements']:,} chunk={c:,}: peak {row['traced_peak_bytes'] / 1e6:,.0f} MB, returned "
               f"{row['returned_bytes'] / 1e6:,.0f} MB, working {row['working_bytes'] / 1e6:,.0f} MB, "

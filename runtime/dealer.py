@@ -11,7 +11,8 @@ from fusec.runtime.graph import GateGraph
 from fusec.runtime.keyfile import new_key_set_id, new_pairing_secret
 from fusec.runtime.keyio import KeyFileWriter
 from fusec.runtime.party import PROFILE_ENV, python_profiler
-from fusec.runtime.seeded_shares import party_layout, seeded_parties, split_key
+from fusec.runtime.keygen_chunks import chunked, element_axes
+from fusec.runtime.seeded_shares import draw_seed, party_layout, seeded_parties, split_key, split_part
 
 
 def write_keys(graph: GateGraph, out_dir: str | os.PathLike, count: int = 1,
@@ -86,6 +87,9 @@ class SetGenerator:
         self.seeded = seeded_parties(layout)        # whose shares of each gate come from a seed
         self.party_slots = [{s.gate_id: s for s in party_layout(layout, p).slots} for p in (0, 1)]
         self.gates = {n.id: n.gate for n in graph.nodes} if graph.insecure else None
+        # gates whose seeded shares are split where the keys are made, a chunk at a time (a gate
+        # keyed in chunks with every share field element-major); the others' after keygen
+        self.split_in_keygen = {n.id for n in graph.nodes if n.id in self.seeded and _split_by_part(n.gate, layout.slot(n.id))}
         self.spent = dict.fromkeys(("generate_seconds", "pack_seconds", "write_seconds"), 0.0)
         self.used = 0
 
@@ -95,7 +99,7 @@ class SetGenerator:
         clock, spent = time.perf_counter, self.spent
         for w in sinks:
             w.begin_set(index)
-        stream = self.graph.keygen_stream(self.rng)
+        stream = self.graph.keygen_stream(self.rng, finish=self._finish)
         while True:
             t0 = clock()
             item = next(stream, None)
@@ -107,7 +111,8 @@ class SetGenerator:
             if self.gates is not None:      # per party, as the files hold it (the unkeyed room is DCF keys')
                 stored = sum(self.party_slots[p][gate_id].nbytes for p in (0, 1)) / 2
                 self.used += stored - unused_key_nbytes(self.gates[gate_id], k0)
-            keys = split_key(slot, self.seeded.get(gate_id), k0, k1, self.seed_rng, self.be)
+            keys = (k0, k1) if gate_id in self.split_in_keygen else \
+                split_key(slot, self.seeded.get(gate_id), k0, k1, self.seed_rng, self.be)
             packed = tuple(self.pack(self.party_slots[p][gate_id], keys[p]) for p in (0, 1))
             t2 = clock()
             for w, b in zip(sinks, packed):
@@ -121,6 +126,13 @@ class SetGenerator:
             w.end_set()
         spent["write_seconds"] += clock() - t0
 
+    def _finish(self, gate_id: str):
+        """The split of a gate keyed in chunks, each chunk's on the device (one seed for the gate)."""
+        if gate_id not in self.split_in_keygen:
+            return None
+        slot, party, seed = self.slots[gate_id], self.seeded[gate_id], draw_seed(self.seed_rng)
+        return lambda first, k0, k1: split_part(slot, party, k0, k1, seed, self.be, first)
+
     def release_cache(self) -> int:
         """After a set: the device memory its keygen cached, given back (Backend.release_cache)."""
         return self.be.release_cache()
@@ -129,3 +141,12 @@ class SetGenerator:
         """Seconds per part, summed over the sets; for an INSECURE (unpadded) graph also
         ``key_bytes_used`` (see :func:`write_keys`)."""
         return {**self.spent, **({"key_bytes_used": float(self.used)} if self.gates is not None else {})}
+
+
+def _split_by_part(gate, slot) -> bool:
+    """Whether a gate's seeded shares can be split chunk by chunk as it is keyed: it is keyed in
+    chunks and every share field has its elements first (split_part's offsets)."""
+    if not chunked(gate):
+        return False
+    axes = element_axes(gate)
+    return all(axes.get(f.name) == 0 for f in slot.fields if f.share)

@@ -16,6 +16,8 @@ whole gate would take, from the same CSPRNG, as every set's are.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy
 
 from fusec.errors import FusecError
@@ -28,8 +30,8 @@ from fusec.runtime.xp import np
 #: of the seeded shares' stream, runtime/seeded_shares.py), about one wave of an H100's threads.
 #: BERT-base's GELU is 393,216 elements at batch 1 (two chunks) and 3.1 M at batch 8 (twelve).
 #: On the CPU, GELU's keys at 3.1 M elements take 893 MB of working memory beside the 6.6 GB
-#: they return (830 MB keyed whole; 1,787 MB at 2^19), in 9.3 s against 23.0 s whole
-#: (bench/dealer_chunks.py); on a card the returned keys are on the host.
+#: they return (830 MB keyed whole; 1,787 MB at 2^19; bench/dealer_chunks.py); on a card the
+#: returned keys are on the host, so the device holds the working memory alone.
 KEYGEN_CHUNK_ELEMENTS = 1 << 18
 
 
@@ -49,17 +51,32 @@ def element_axes(gate: Gate) -> dict[str, int] | None:
     return axes
 
 
-def gate_keygen(gate: Gate, rng: DealerRng, in_masks: list, chunk: int | None = None) -> tuple[object, Key, Key]:
+#: What the dealer does to a gate's keys where it computes, before they leave: called with the
+#: first element of the keys' part (0 for a gate keyed whole) and both parties' keys of it
+#: (runtime/dealer.py splits the seeded shares so, a chunk at a time).
+Finish = Callable[[int, Key, Key], tuple[Key, Key]]
+
+
+def chunked(gate: Gate, chunk: int | None = None) -> bool:
+    """Whether :func:`gate_keygen` keys ``gate`` in chunks (with inputs of its element count)."""
+    chunk = KEYGEN_CHUNK_ELEMENTS if chunk is None else int(chunk)
+    return bool(chunk) and gate.elements > chunk and element_axes(gate) is not None
+
+
+def gate_keygen(gate: Gate, rng: DealerRng, in_masks: list, chunk: int | None = None,
+                finish: Finish | None = None) -> tuple[object, Key, Key]:
     """``gate.keygen(rng, in_masks)``, in element chunks where the gate is larger than ``chunk``
-    (default :data:`KEYGEN_CHUNK_ELEMENTS`; 0: never) and its keys are elementwise. Chunked, the
-    keys are host (numpy) arrays of the whole gate's field shapes and the output mask is one
-    flat array of the backend's."""
+    (default :data:`KEYGEN_CHUNK_ELEMENTS`; 0: never) and its keys are elementwise; ``finish``
+    (if given) applied to each part's keys. Chunked, the keys are host (numpy) arrays of the
+    whole gate's field shapes (a field the finish adds with no element axis, such as a seed,
+    taken from the first chunk) and the output mask is one flat array of the backend's."""
     chunk = KEYGEN_CHUNK_ELEMENTS if chunk is None else int(chunk)
     N = gate.elements
     flat = [m.reshape(-1) for m in in_masks]
-    axes = element_axes(gate) if chunk and N > chunk and all(m.size == N for m in flat) else None
+    axes = element_axes(gate) if chunked(gate, chunk) and all(m.size == N for m in flat) else None
     if axes is None:
-        return gate.keygen(rng, in_masks)
+        out, k0, k1 = gate.keygen(rng, in_masks)
+        return (out, *finish(0, k0, k1)) if finish is not None else (out, k0, k1)
     if chunk % 128:
         raise ValueError(f"keygen chunk {chunk} is not a multiple of 128 elements")
     outs: list = []
@@ -72,9 +89,14 @@ def gate_keygen(gate: Gate, rng: DealerRng, in_masks: list, chunk: int | None = 
             raise FusecError(f"dealer bug: {gate.kind}'s chunk of {sub.elements} elements has an output mask "
                              f"of {out.size}")
         outs.append(out.reshape(-1))
+        if finish is not None:
+            k0, k1 = finish(lo, k0, k1)
         shapes = {name: shape for name, shape, _ in sub.fields()}
         for whole, part in zip(keys, (k0, k1)):
             for name, v in part.items():
+                if name not in axes:         # no element axis (a seed the finish drew for the gate)
+                    whole.setdefault(name, host(v))
+                    continue
                 v, ax = host(v).reshape(shapes[name]), axes[name]
                 if name not in whole:        # the whole gate's field, filled chunk by chunk
                     whole[name] = numpy.empty(v.shape[:ax] + (N,) + v.shape[ax + 1:], v.dtype)

@@ -116,39 +116,59 @@ def split_key(slot: GateSlot, party: int | None, k0: dict, k1: dict, rng, be,
     chunk's temporaries, not the field several times over as uint64."""
     if party is None:
         return k0, k1
+    return split_part(slot, party, k0, k1, draw_seed(rng), be, 0, chunk)
+
+
+def draw_seed(rng):
+    """A seeded slot's fresh seed (two words) from the dealer's CSPRNG ``rng``."""
+    return rng.blocks((1,)).reshape(2)
+
+
+def split_part(slot: GateSlot, party: int, k0: dict, k1: dict, seed, be, first: int = 0,
+               chunk: int = SPLIT_CHUNK_ELEMENTS) -> tuple[dict, dict]:
+    """:func:`split_key` with ``seed`` drawn, of the keys of the slot's elements from ``first``
+    on (a gate keyed in element chunks, runtime/keygen_chunks.py): every share field then has
+    its elements first, and the part's values take the seed's stream from the field's value
+    ``first * (values per element)`` on, where the whole field's split takes them."""
     if chunk % 128:
         raise ValueError(f"split chunk {chunk} is not a multiple of 128 elements")
     keys = (k0, k1)
-    seed = rng.blocks((1,)).reshape(2)
     mine = {SEED_FIELD: seed}
     theirs = dict(keys[1 - party])
     for j, f in enumerate(_share_fields(slot)):
-        theirs[f.name] = _other_share(f, j, seed, k0[f.name], k1[f.name], be, chunk)
+        a = k0[f.name]
+        offset = first * (int(np.prod(f.shape[1:], dtype=np.int64)) if len(f.shape) > 1 else 1)
+        theirs[f.name] = _other_share(f, j, seed, a, k1[f.name], be, chunk, offset)
     mine.update({f.name: keys[party][f.name] for f in slot.fields if not f.share})
     return (mine, theirs) if party == 0 else (theirs, mine)
 
 
-def _other_share(f: KeyField, index: int, seed, a, b, be, chunk: int):
+def _other_share(f: KeyField, index: int, seed, a, b, be, chunk: int, offset: int = 0):
     """(a + b - stream) mod 2^bits for share field ``index`` of a slot, ``chunk`` elements at a
     time: a chunk starting at element e starts at stream block e * bits / 128 (e is a multiple
-    of 128), the piece the PRG's ``value_stream(start=)`` gives. Host (numpy) shares, as a
-    gate keyed in chunks has them (runtime/keygen_chunks.py), give a host result, and only a
-    chunk at a time is on the device."""
+    of 128), the piece the PRG's ``value_stream(start=)`` gives. ``a`` and ``b`` may be the
+    field's values from ``offset`` on (a part of a gate keyed in chunks; ``offset * bits`` a
+    multiple of 128). Host (numpy) shares give a host result, with a chunk at a time on the
+    device."""
     prg, bits = default_prg(), f.bits
+    if (offset * bits) % 128:
+        raise ValueError(f"a part of field {f.name!r} starting at value {offset} does not start on a stream block")
+    shape = tuple(np.shape(a))
     host = type(a) is np.ndarray and type(b) is np.ndarray     # np: numpy whatever computes (not a device array)
     a, b = (a.reshape(-1), b.reshape(-1)) if host else (xnp.asarray(a).reshape(-1), xnp.asarray(b).reshape(-1))
-    out = (np if host else xnp).empty(f.count, _narrowest_uint(bits))
+    count = int(a.size)
+    out = (np if host else xnp).empty(count, _narrowest_uint(bits))
     tweak = TWEAK_SEEDED_SHARE | np.uint64(index)
-    for start in range(0, f.count, chunk):
-        n = min(chunk, f.count - start)
-        raw = prg.value_stream(seed, blocks_needed(n, bits), tweak, start=start * bits // 128)
+    for start in range(0, count, chunk):
+        n = min(chunk, count - start)
+        raw = prg.value_stream(seed, blocks_needed(n, bits), tweak, start=(offset + start) * bits // 128)
         raw = raw.reshape(-1).view(np.uint8)[:(n * bits + 7) // 8]
         stream = be.unpack_open(raw, bits, n)                # a fresh array: worked on in place
         xnp.subtract(xnp.asarray(a[start:start + n]).astype(np.uint64, copy=False), stream, out=stream)
         stream += xnp.asarray(b[start:start + n]).astype(np.uint64, copy=False)
         stream &= np.uint64(ring.mask(bits))
         out[start:start + n] = be.asnumpy(stream) if host else stream
-    return out.reshape(f.shape)
+    return out.reshape(shape)
 
 
 def _narrowest_uint(bits: int) -> np.dtype:

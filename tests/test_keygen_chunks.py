@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from fusec.runtime import keygen_chunks, ring
-from fusec.runtime.dealer import write_keys
+from fusec.runtime.backend import get_backend
+from fusec.runtime.dealer import SetGenerator, write_keys
 from fusec.runtime.gates.base import Gate, GateCost
 from fusec.runtime.gates.scalar import PackedLookup, ScalarGate
 from fusec.runtime.gates.truncation import TruncateNarrow, TruncateSlack
@@ -144,6 +145,8 @@ def test_key_files_of_a_gate_keyed_in_chunks_open_what_its_keys_open(tmp_path, m
     g.output("y", "a")
     g.output("z", "b")
     layout = g.layout()
+    gen = SetGenerator(g, get_backend("cpu"), DealerRng(b"x"))
+    assert gen.split_in_keygen == {"a", "b"}        # each seeded to one party, split chunk by chunk
     write_keys(g, tmp_path, 1, seed=b"chunked-files")
     k0, k1, _ = g.keygen(DealerRng(b"chunked-files"))
     for p, want in ((0, k0), (1, k1)):
@@ -198,3 +201,28 @@ def test_on_the_device_a_chunked_gate_holds_a_chunk_and_its_keys_go_to_the_host(
             assert kinds == ({fakedevice.DeviceArray} if c == 0 else {np.ndarray}), c
     assert largest[0] > 8 * N * 8
     assert largest[chunk] <= max(largest[0] * chunk // N, 8 * N), largest
+
+
+@pytest.mark.parametrize("bits", [1, 13, 44, 64])
+def test_a_field_split_in_parts_is_the_field_split_whole(bits):
+    """The seeded split of a gate keyed in chunks: parts of 128, 128 and 44 elements of a field
+    of 300 x (3, 2) values, each split with the gate's one seed from its first element on, are
+    the whole field's split (each part takes the seed's stream where the whole split does)."""
+    from fusec.runtime.layout import KeyField, KeyLayout
+    from fusec.runtime.seeded_shares import SEED_FIELD, draw_seed, split_key, split_part
+
+    gen = np.random.default_rng(bits)
+    f = KeyField("x", (E, 3, 2), bits, share=True)
+    slot = KeyLayout([("g", "k", E, (f,))]).slot("g")
+    a, b = (gen.integers(0, 1 << 63, (E, 3, 2), dtype=np.uint64) & np.uint64(ring.mask(bits)) for _ in range(2))
+    be = get_backend("cpu")
+    whole = split_key(slot, 1, {"x": a}, {"x": b}, DealerRng(b"seed"), be)
+    seed = draw_seed(DealerRng(b"seed"))
+    assert np.array_equal(whole[1][SEED_FIELD], seed)
+    parts = [split_part(slot, 1, {"x": a[lo:lo + CHUNK]}, {"x": b[lo:lo + CHUNK]}, seed, be, lo)
+             for lo in range(0, E, CHUNK)]
+    joined = np.concatenate([p[0]["x"] for p in parts])
+    assert joined.shape == (E, 3, 2) and np.array_equal(joined, whole[0]["x"])
+    if (6 * bits) % 128:        # a part from element 1 starts at value 6, inside a stream block
+        with pytest.raises(ValueError, match="stream block"):
+            split_part(slot, 1, {"x": a[1:]}, {"x": b[1:]}, seed, be, 1)
