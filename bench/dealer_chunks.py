@@ -1,10 +1,11 @@
 """The dealer's memory for one large elementwise gate, keyed whole and in element chunks (CPU).
 
 Keys GELU as the compiler emits it (a narrow packed lookup with a folded rescale) for N
-elements, once in one piece and once in chunks, each in a process of its own, under tracemalloc: the traced peak, the keys
-and mask the keygen returns, and the working memory beyond them. On a card the chunked keys
-leave the device a chunk at a time (runtime/keygen_chunks.py), so there the device's peak is
-at most this working memory; keyed whole, all of it is on the device.
+elements, once in one piece and once in chunks, each in a process of its own, under
+tracemalloc: the traced peak, the keys and mask the keygen returns, and the working memory
+beyond them. On a card the chunked keys leave the device a chunk at a time
+(runtime/keygen_chunks.py), so there the device's peak is at most this working memory; keyed
+whole, all of it is on the device.
 
     python bench/dealer_chunks.py --elements 3145728 --chunks 0,524288 --out bench/results/dealer_chunks_<date>.json
 """

@@ -89,7 +89,8 @@ class SetGenerator:
         self.gates = {n.id: n.gate for n in graph.nodes} if graph.insecure else None
         # gates whose seeded shares are split where the keys are made, a chunk at a time (a gate
         # keyed in chunks with every share field element-major); the others' after keygen
-        self.split_in_keygen = {n.id for n in graph.nodes if n.id in self.seeded and _split_by_part(n.gate, layout.slot(n.id))}
+        self.split_in_keygen = {n.id for n in graph.nodes
+                                if n.id in self.seeded and _split_by_part(n.gate, layout.slot(n.id))}
         self.spent = dict.fromkeys(("generate_seconds", "pack_seconds", "write_seconds"), 0.0)
         self.used = 0
 

@@ -6,7 +6,8 @@ the one allocation too many: GPT-2's GELU at batch 8 (3.1 M elements) had the de
 5.29 GB when it asked for 0.55 GB more (H100, 2026-12-07). A gate whose keys are elementwise
 (:attr:`~fusec.runtime.gates.base.Gate.elementwise_keys`) is keyed instead ``chunk`` elements at
 a time by the gate :meth:`~fusec.runtime.gates.base.Gate.with_elements` gives, each chunk's
-keys leaving the device at once; they are joined on the host along each field's element axis,
+keys leaving the device at once (after the dealer's ``finish``, its seeded split of the chunk:
+runtime/dealer.py); they are joined on the host along each field's element axis,
 where the dealer packs them anyway. The masks stay where the dealer computes (the next gates
 read them).
 
