@@ -27,13 +27,17 @@ from fusec.runtime.gates.base import Gate, Key
 from fusec.runtime.rng import DealerRng
 from fusec.runtime.xp import np
 
-#: Elements keyed at a time (a multiple of 128: a chunk's share fields then start on a block
-#: of the seeded shares' stream, runtime/seeded_shares.py), about one wave of an H100's threads.
-#: BERT-base's GELU is 393,216 elements at batch 1 (two chunks) and 3.1 M at batch 8 (twelve).
-#: On the CPU, GELU's keys at 3.1 M elements take 893 MB of working memory beside the 6.6 GB
-#: they return (830 MB keyed whole; 1,787 MB at 2^19; bench/dealer_chunks.py); on a card the
-#: returned keys are on the host, so the device holds the working memory alone.
-KEYGEN_CHUNK_ELEMENTS = 1 << 18
+#: A gate whose keys, both parties' as uint64, take at most this is keyed whole: on a card its
+#: chunks' keys would leave the device unpacked and be packed on the host, which made the GPU
+#: dealer 2.25x slower per BERT-base set when every gate past 2^18 elements was chunked (H100,
+#: 3.27 -> 7.36 s; the whole gate is packed on the card and only its packed bytes copied).
+#: BERT-base's GELU at batch 1 (393,216 elements, 0.4 GB) stays whole; GPT-2's at batch 8
+#: (3.1 M elements, 6.6 GB, the dealer's out-of-memory) is chunked.
+KEYGEN_WHOLE_BYTES = 1 << 30
+#: What a chunk's keys take (both parties, uint64): the device's share of a chunked gate.
+KEYGEN_CHUNK_BYTES = 1 << 28
+#: Elements a chunk takes whatever its keys' size (tests: small gates chunked); None: by bytes.
+KEYGEN_CHUNK_ELEMENTS: int | None = None
 
 
 def element_axes(gate: Gate) -> dict[str, int] | None:
@@ -58,23 +62,37 @@ def element_axes(gate: Gate) -> dict[str, int] | None:
 Finish = Callable[[int, Key, Key], tuple[Key, Key]]
 
 
-def chunked(gate: Gate, chunk: int | None = None) -> bool:
-    """Whether :func:`gate_keygen` keys ``gate`` in chunks (with inputs of its element count)."""
-    chunk = KEYGEN_CHUNK_ELEMENTS if chunk is None else int(chunk)
-    return bool(chunk) and gate.elements > chunk and element_axes(gate) is not None
+def chunk_elements(gate: Gate) -> int | None:
+    """Elements of each chunk :func:`gate_keygen` keys ``gate`` in by default, or None (whole):
+    a multiple of 128 (a chunk's share fields then start on a block of the seeded shares'
+    stream, runtime/seeded_shares.py) whose keys take about :data:`KEYGEN_CHUNK_BYTES`."""
+    axes = element_axes(gate)
+    if axes is None:
+        return None
+    if KEYGEN_CHUNK_ELEMENTS is not None:
+        return KEYGEN_CHUNK_ELEMENTS if gate.elements > KEYGEN_CHUNK_ELEMENTS else None
+    per_element = 16 * sum(int(numpy.prod(shape)) for _, shape, _ in gate.with_elements(1).fields())
+    if gate.elements * per_element <= KEYGEN_WHOLE_BYTES:
+        return None
+    return max(128, KEYGEN_CHUNK_BYTES // per_element // 128 * 128)
+
+
+def chunked(gate: Gate) -> bool:
+    """Whether :func:`gate_keygen` keys ``gate`` in chunks by default (inputs of its element count)."""
+    return chunk_elements(gate) is not None
 
 
 def gate_keygen(gate: Gate, rng: DealerRng, in_masks: list, chunk: int | None = None,
                 finish: Finish | None = None) -> tuple[object, Key, Key]:
-    """``gate.keygen(rng, in_masks)``, in element chunks where the gate is larger than ``chunk``
-    (default :data:`KEYGEN_CHUNK_ELEMENTS`; 0: never) and its keys are elementwise; ``finish``
-    (if given) applied to each part's keys. Chunked, the keys are host (numpy) arrays of the
-    whole gate's field shapes (a field the finish adds with no element axis, such as a seed,
-    taken from the first chunk) and the output mask is one flat array of the backend's."""
-    chunk = KEYGEN_CHUNK_ELEMENTS if chunk is None else int(chunk)
+    """``gate.keygen(rng, in_masks)``, in element chunks of ``chunk`` elements (default
+    :func:`chunk_elements`; 0: never) where the gate is larger and its keys are elementwise;
+    ``finish`` (if given) applied to each part's keys. Chunked, the keys are host (numpy) arrays
+    of the whole gate's field shapes (a field the finish adds with no element axis, such as a
+    seed, taken from the first chunk) and the output mask is one flat array of the backend's."""
+    chunk = (chunk_elements(gate) or 0) if chunk is None else int(chunk)
     N = gate.elements
     flat = [m.reshape(-1) for m in in_masks]
-    axes = element_axes(gate) if chunked(gate, chunk) and all(m.size == N for m in flat) else None
+    axes = element_axes(gate) if chunk and N > chunk and all(m.size == N for m in flat) else None
     if axes is None:
         out, k0, k1 = gate.keygen(rng, in_masks)
         return (out, *finish(0, k0, k1)) if finish is not None else (out, k0, k1)

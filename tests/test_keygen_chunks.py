@@ -227,3 +227,21 @@ def test_a_field_split_in_parts_is_the_field_split_whole(bits):
     if (6 * bits) % 128:        # a part from element 1 starts at value 6, inside a stream block
         with pytest.raises(ValueError, match="stream block"):
             split_part(slot, 1, {"x": a[1:]}, {"x": b[1:]}, seed, be, 1)
+
+
+def test_a_gate_is_chunked_by_the_size_of_its_keys():
+    """By default a gate is keyed whole while its keys (both parties, as uint64) fit 1 GiB, as
+    BERT-base's GELU at batch 1 does, and in chunks whose keys fit 256 MiB past that, as
+    GPT-2's at batch 8 (the dealer's out-of-memory on one H100) is."""
+    from fusec.runtime.gates.catalog import _narrow_gelu, gelu_spec
+    from fusec.runtime.keygen_chunks import KEYGEN_CHUNK_BYTES, KEYGEN_WHOLE_BYTES, chunk_elements
+
+    spec = gelu_spec(50, 12)
+    small, large = (_narrow_gelu(n, spec, 50, 12, 12) for n in (393_216, 3_145_728))
+    per_element = 16 * sum(int(np.prod(shape)) for _, shape, _ in large.fields()) // large.elements
+    assert small.elements * per_element <= KEYGEN_WHOLE_BYTES < large.elements * per_element
+    assert chunk_elements(small) is None
+    c = chunk_elements(large)
+    assert c % 128 == 0 and c * per_element <= KEYGEN_CHUNK_BYTES < (c + 128) * per_element
+    _Affine.keyed = []
+    assert chunk_elements(_Affine(10 ** 6)) is None         # 10^6 x 112 bytes: whole
