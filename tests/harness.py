@@ -89,6 +89,20 @@ def both_parties(work) -> None:
         raise err[0]
 
 
+def gate_outputs(gate, keys, us) -> list:
+    """Both parties' public outputs of one gate on ``keys`` (a pair) and public inputs ``us``,
+    each party on its test backend (host arrays)."""
+    bes, ex, out = party_backends(), queue_exchanges(), [None, None]
+
+    def work(p):
+        be = bes[p]
+        out[p] = be.asnumpy(drive([gate.eval(p, be.stage_key(keys[p]), [be.asarray(u) for u in us], be)],
+                                  ex[p], p, be)[0])
+
+    both_parties(work)
+    return out
+
+
 def run_pair(gens0, gens1, be=None):
     """Drive two parties' generator lists concurrently; return (results0, results1, logs).
 

@@ -14,9 +14,8 @@ from fusec.runtime.gates.truncation import TruncateNarrow, TruncateSlack
 from fusec.runtime.graph import GateGraph
 from fusec.runtime.keygen_chunks import element_axes, gate_keygen
 from fusec.runtime.keyio import KeyFile
-from fusec.runtime.protocol import drive
 from fusec.runtime.rng import DealerRng
-from tests.harness import both_parties, party_backends, queue_exchanges
+from tests.harness import gate_outputs
 from tests.test_device_path import every_gate, gate_inputs
 
 E = 300         # keyed as chunks of 128, 128 and 44 elements
@@ -92,14 +91,7 @@ def test_the_large_nonlinear_gates_are_keyed_in_chunks_and_the_others_are_not():
 
 def _opened(gate, keys, us, r_in, r_out):
     """Both parties' evaluation on ``keys``; the output's value (the opened output less its mask)."""
-    bes, ex, out = party_backends(), queue_exchanges(), [None, None]
-
-    def work(p):
-        be = bes[p]
-        out[p] = be.asnumpy(drive([gate.eval(p, be.stage_key(keys[p]), [be.asarray(u) for u in us], be)],
-                                  ex[p], p, be)[0])
-
-    both_parties(work)
+    out = gate_outputs(gate, keys, us)
     assert np.array_equal(out[0], out[1])
     bits = getattr(gate, "out_bits", None) or gate.bits
     return (out[0].reshape(-1) - np.asarray(r_out, np.uint64).reshape(-1)) & np.uint64(ring.mask(bits))

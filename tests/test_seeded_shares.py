@@ -17,11 +17,10 @@ from fusec.runtime.gates.base import UNSHARED_FIELDS, is_share_field
 from fusec.runtime.keyio import KeyFile
 from fusec.runtime.layout import KeyField, KeyLayout, pack_gate_array, unpack_gate_key
 from fusec.runtime.prg import CpuPrg, blocks_needed, words_to_fields
-from fusec.runtime.protocol import drive
 from fusec.runtime.rng import DealerRng
 from fusec.runtime.seeded_shares import (SEED_FIELD, SEED_NBYTES, TWEAK_SEEDED_SHARE, InflateBehind, inflate,
                                          party_layout, seeded_parties, split_key)
-from tests.harness import both_parties, party_backends, queue_exchanges
+from tests.harness import gate_outputs
 from tests.test_device_path import every_gate, gate_inputs
 
 
@@ -37,18 +36,6 @@ def _read_back(layout: KeyLayout, party: int, stored_bytes: np.ndarray) -> dict:
     buf[layout.set_nbytes - stored_bytes.size:] = stored_bytes
     inflate(layout, party, buf)
     return {s.gate_id: unpack_gate_key(s, buf[s.offset:s.end]) for s in layout.slots}
-
-
-def _outputs(gate, keys, us):
-    bes, ex, out = party_backends(), queue_exchanges(), [None, None]
-
-    def work(p):
-        be = bes[p]
-        out[p] = be.asnumpy(drive([gate.eval(p, be.stage_key(keys[p]), [be.asarray(u) for u in us], be)],
-                                  ex[p], p, be)[0])
-
-    both_parties(work)
-    return out
 
 
 @pytest.mark.parametrize("label", [label for label, _ in every_gate(E=40)])
@@ -73,8 +60,8 @@ def test_every_gate_kind_opens_the_same_output_from_seeded_shares(label):
     read = [_read_back(layout, p, _stored_set(layout, p, split[p])) for p in (0, 1)]
     for g in ("a", "b"):
         us = [rng.ring(k, b) for k, b in zip(sizes, in_bits)]
-        want = _outputs(gate, made[g], us)
-        got = _outputs(gate, (read[0][g], read[1][g]), us)
+        want = gate_outputs(gate, made[g], us)
+        got = gate_outputs(gate, (read[0][g], read[1][g]), us)
         assert np.array_equal(want[0], want[1]) and np.array_equal(got[0], want[0]), (label, g)
         if g in seeded:     # the seeded party's share fields really changed: they came from the seed
             p = seeded[g]
