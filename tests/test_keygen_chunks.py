@@ -235,5 +235,4 @@ def test_a_gate_is_chunked_by_the_size_of_its_keys():
     assert chunk_elements(small) is None
     c = chunk_elements(large)
     assert c % 128 == 0 and c * per_element <= KEYGEN_CHUNK_BYTES < (c + 128) * per_element
-    _Affine.keyed = []
     assert chunk_elements(_Affine(10 ** 6)) is None         # 10^6 x 112 bytes: whole
