@@ -395,12 +395,15 @@ def test_stage_set_unpacks_per_gate_when_the_unpacked_set_does_not_fit(bert_buil
             assert np.array_equal(fakedevice.fakecupy.asnumpy(staged[g][name]), v), (g, name)
 
 
-def test_keys_packed_on_the_device_are_the_host_bytes(bert_build):
+@pytest.mark.parametrize("chunk", [None, 128], ids=["whole", "chunks"])
+def test_keys_packed_on_the_device_are_the_host_bytes(bert_build, monkeypatch, chunk):
     """The dealer's in-memory timing packs keys where it computes (pack_key_device): the
-    bytes the CPU's numpy packing gives, through the GPU backend's own code."""
+    bytes the CPU's numpy packing gives, through the GPU backend's own code; also for gates
+    keyed in chunks, whose keys come back as host arrays."""
     from fusec.runtime.dealer import SetGenerator
     from tests import fakedevice
 
+    monkeypatch.setattr(keygen_chunks, "KEYGEN_CHUNK_ELEMENTS", chunk)
     be = _host_kernels()()
     layout = bert_build.gates.layout()
     slots = {s.gate_id: s for s in layout.slots}
