@@ -11,7 +11,7 @@ from fusec.runtime.graph import GateGraph
 from fusec.runtime.keyfile import new_key_set_id, new_pairing_secret
 from fusec.runtime.keyio import KeyFileWriter
 from fusec.runtime.party import PROFILE_ENV, python_profiler
-from fusec.runtime.keygen_chunks import chunked, element_axes
+from fusec.runtime.keygen_chunks import chunked
 from fusec.runtime.seeded_shares import draw_seed, party_layout, seeded_parties, split_key, split_part
 
 
@@ -87,10 +87,9 @@ class SetGenerator:
         self.seeded = seeded_parties(layout)        # whose shares of each gate come from a seed
         self.party_slots = [{s.gate_id: s for s in party_layout(layout, p).slots} for p in (0, 1)]
         self.gates = {n.id: n.gate for n in graph.nodes} if graph.insecure else None
-        # gates whose seeded shares are split where the keys are made, a chunk at a time (a gate
-        # keyed in chunks with every share field element-major); the others' after keygen
-        self.split_in_keygen = {n.id for n in graph.nodes
-                                if n.id in self.seeded and _split_by_part(n.gate, layout.slot(n.id))}
+        # gates keyed in chunks: their seeded shares are split a chunk at a time where the keys are
+        # made (runtime/keygen_chunks.py); the others' after keygen
+        self.split_in_keygen = {n.id for n in graph.nodes if n.id in self.seeded and chunked(n.gate)}
         self.spent = dict.fromkeys(("generate_seconds", "pack_seconds", "write_seconds"), 0.0)
         self.used = 0
 
@@ -143,11 +142,3 @@ class SetGenerator:
         ``key_bytes_used`` (see :func:`write_keys`)."""
         return {**self.spent, **({"key_bytes_used": float(self.used)} if self.gates is not None else {})}
 
-
-def _split_by_part(gate, slot) -> bool:
-    """Whether a gate's seeded shares can be split chunk by chunk as it is keyed: it is keyed in
-    chunks and every share field has its elements first (split_part's offsets)."""
-    if not chunked(gate):
-        return False
-    axes = element_axes(gate)
-    return all(axes.get(f.name) == 0 for f in slot.fields if f.share)

@@ -7,12 +7,12 @@ the one allocation too many: GPT-2's GELU at batch 8 (3.1 M elements) had the de
 (:attr:`~fusec.runtime.gates.base.Gate.elementwise_keys`) is keyed instead ``chunk`` elements at
 a time by the gate :meth:`~fusec.runtime.gates.base.Gate.with_elements` gives, each chunk's
 keys leaving the device at once (after the dealer's ``finish``, its seeded split of the chunk:
-runtime/dealer.py); they are joined on the host along each field's element axis,
-where the dealer packs them anyway. The masks stay where the dealer computes (the next gates
+runtime/dealer.py); they are joined on the host along each field's element axis and packed
+there. The masks stay where the dealer computes (the next gates
 read them).
 
-The chunk is one constant on every backend, so a test seed still gives the same files from
-the CPU and the GPU dealer; the keys of a chunked gate are other draws than one keygen of the
+Whether and how a gate is chunked depends on its key layout alone, the same on every backend,
+so a test seed still gives the same files from the CPU and the GPU dealer; the keys of a chunked gate are other draws than one keygen of the
 whole gate would take, from the same CSPRNG, as every set's are.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy
 
 from fusec.errors import FusecError
 from fusec.runtime import xp
-from fusec.runtime.gates.base import Gate, Key
+from fusec.runtime.gates.base import Gate, Key, is_share_field
 from fusec.runtime.rng import DealerRng
 from fusec.runtime.xp import np
 
@@ -43,14 +43,17 @@ KEYGEN_CHUNK_ELEMENTS: int | None = None
 def element_axes(gate: Gate) -> dict[str, int] | None:
     """``{field: its element axis}`` of an elementwise gate, found by comparing the field shapes
     of its one- and two-element gates (the one axis where 1 becomes 2); None where a field has
-    no such axis (e.g. a count shared by all elements): the gate is then keyed in one piece."""
+    no such axis (e.g. a count shared by all elements), or where an additive share's is not
+    the first (the dealer splits a chunk's seeded shares by its first element: split_part in
+    runtime/seeded_shares.py): the gate is then keyed in one piece."""
     if not gate.elementwise_keys:
         return None
     one, two = gate.with_elements(1).fields(), gate.with_elements(2).fields()
     axes: dict[str, int] = {}
     for (name, s1, _), (name2, s2, _) in zip(one, two, strict=True):
         diff = [i for i, (a, b) in enumerate(zip(s1, s2)) if a != b]
-        if name != name2 or len(s1) != len(s2) or len(diff) != 1 or (s1[diff[0]], s2[diff[0]]) != (1, 2):
+        if name != name2 or len(s1) != len(s2) or len(diff) != 1 or (s1[diff[0]], s2[diff[0]]) != (1, 2) \
+                or (diff[0] != 0 and is_share_field(name)):
             return None
         axes[name] = diff[0]
     return axes

@@ -136,9 +136,8 @@ def split_part(slot: GateSlot, party: int, k0: dict, k1: dict, seed, be, first: 
     mine = {SEED_FIELD: seed}
     theirs = dict(keys[1 - party])
     for j, f in enumerate(_share_fields(slot)):
-        a = k0[f.name]
-        offset = first * (int(np.prod(f.shape[1:], dtype=np.int64)) if len(f.shape) > 1 else 1)
-        theirs[f.name] = _other_share(f, j, seed, a, k1[f.name], be, chunk, offset)
+        offset = first * int(np.prod(f.shape[1:], dtype=np.int64))     # values before the part
+        theirs[f.name] = _other_share(f, j, seed, k0[f.name], k1[f.name], be, chunk, offset)
     mine.update({f.name: keys[party][f.name] for f in slot.fields if not f.share})
     return (mine, theirs) if party == 0 else (theirs, mine)
 
@@ -148,26 +147,24 @@ def _other_share(f: KeyField, index: int, seed, a, b, be, chunk: int, offset: in
     time: a chunk starting at element e starts at stream block e * bits / 128 (e is a multiple
     of 128), the piece the PRG's ``value_stream(start=)`` gives. ``a`` and ``b`` may be the
     field's values from ``offset`` on (a part of a gate keyed in chunks; ``offset * bits`` a
-    multiple of 128). Host (numpy) shares give a host result, with a chunk at a time on the
-    device."""
+    multiple of 128)."""
     prg, bits = default_prg(), f.bits
     if (offset * bits) % 128:
         raise ValueError(f"a part of field {f.name!r} starting at value {offset} does not start on a stream block")
     shape = tuple(np.shape(a))
-    host = type(a) is np.ndarray and type(b) is np.ndarray     # np: numpy whatever computes (not a device array)
-    a, b = (a.reshape(-1), b.reshape(-1)) if host else (xnp.asarray(a).reshape(-1), xnp.asarray(b).reshape(-1))
+    a, b = xnp.asarray(a).reshape(-1), xnp.asarray(b).reshape(-1)
     count = int(a.size)
-    out = (np if host else xnp).empty(count, _narrowest_uint(bits))
+    out = xnp.empty(count, _narrowest_uint(bits))
     tweak = TWEAK_SEEDED_SHARE | np.uint64(index)
     for start in range(0, count, chunk):
         n = min(chunk, count - start)
         raw = prg.value_stream(seed, blocks_needed(n, bits), tweak, start=(offset + start) * bits // 128)
         raw = raw.reshape(-1).view(np.uint8)[:(n * bits + 7) // 8]
         stream = be.unpack_open(raw, bits, n)                # a fresh array: worked on in place
-        xnp.subtract(xnp.asarray(a[start:start + n]).astype(np.uint64, copy=False), stream, out=stream)
-        stream += xnp.asarray(b[start:start + n]).astype(np.uint64, copy=False)
+        xnp.subtract(a[start:start + n].astype(np.uint64, copy=False), stream, out=stream)
+        stream += b[start:start + n].astype(np.uint64, copy=False)
         stream &= np.uint64(ring.mask(bits))
-        out[start:start + n] = be.asnumpy(stream) if host else stream
+        out[start:start + n] = stream
     return out.reshape(shape)
 
 

@@ -122,9 +122,9 @@ def test_device_dealer_writes_the_cpu_dealers_keys(bert_build, tmp_path, device)
 @pytest.mark.parametrize("device", DEVICES)
 def test_device_dealer_keys_large_gates_in_chunks_as_the_cpu_dealer_does(bert_build, tmp_path, device, monkeypatch):
     """Gates larger than the keygen chunk (here 128 elements: bert-tiny's lookups and
-    truncations) are keyed a chunk at a time, each chunk's keys leaving the device at once and
-    the seeded split reading them from the host: the files are still the CPU dealer's, byte
-    for byte, and other files than one keygen per gate writes."""
+    truncations) are keyed a chunk at a time, each chunk's seeded shares split where it was
+    keyed and its keys then leaving the device: the files are still the CPU dealer's, byte for
+    byte, and other files than one keygen per gate writes."""
     whole = _key_sets(bert_build, tmp_path / "whole", get_backend("cpu"))
     monkeypatch.setattr(keygen_chunks, "KEYGEN_CHUNK_ELEMENTS", 128)
     cpu = _key_sets(bert_build, tmp_path / "cpu", get_backend("cpu"))

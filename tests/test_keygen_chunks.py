@@ -126,8 +126,8 @@ def test_a_gate_keyed_in_chunks_opens_what_one_keygen_opens(label):
 
 
 def test_key_files_of_a_gate_keyed_in_chunks_open_what_its_keys_open(tmp_path, monkeypatch):
-    """Through the dealer: keyed in chunks, split into a seed for one party (on host arrays, a
-    chunk at a time) and packed into files; a server's set holds the keys ``graph.keygen`` makes
+    """Through the dealer: keyed in chunks, each chunk split into a seed for one party where it
+    was keyed, and packed into files; a server's set holds the keys ``graph.keygen`` makes
     from the same seed, which are chunked the same way."""
     monkeypatch.setattr(keygen_chunks, "KEYGEN_CHUNK_ELEMENTS", CHUNK)
     gate = dict(_chunked_kinds())[next(label for label, g in _chunked_kinds() if isinstance(g, ScalarGate))]
@@ -236,3 +236,18 @@ def test_a_gate_is_chunked_by_the_size_of_its_keys():
     c = chunk_elements(large)
     assert c % 128 == 0 and c * per_element <= KEYGEN_CHUNK_BYTES < (c + 128) * per_element
     assert chunk_elements(_Affine(10 ** 6)) is None         # 10^6 x 112 bytes: whole
+
+
+class _ShareSecond(_Affine):
+    """An additive share (``rho``) with its element axis second: a chunk's seeded split could not
+    start it at the chunk's first element, so the gate is keyed whole."""
+
+    kind = "share_second_test"
+
+    def fields(self):
+        return [("rho", (3, self.elements), 50)]
+
+
+def test_a_share_whose_elements_are_not_first_keeps_the_gate_whole():
+    assert element_axes(_ShareSecond(E)) is None
+    assert element_axes(_Affine(E)) == {"a": 0, "cw_seed": 1}     # a correction word (not a share) may be second
