@@ -17,7 +17,7 @@ import numpy as np
 
 from fusec.errors import FusecError
 from fusec.runtime import dcf, dpf, dpf_arc, dpf_arith, dpf_trie, ring, xp as array_module
-from fusec.runtime.layout import GateSlot, KeyLayout, pack_gate_array, unpack_gate_key
+from fusec.runtime.layout import GateSlot, KeyField, KeyLayout, pack_field, pack_gate_array, unpack_gate_key
 from fusec.runtime.prg import CpuPrg, active_prg
 from fusec.runtime.rng import DealerRng
 from fusec.runtime.round_message import MINE, PEER, RoundMessage
@@ -183,6 +183,16 @@ class Backend:
     def pack_key(self, slot: GateSlot, arrays: dict) -> np.ndarray:
         """One gate's key as its slot bytes (host uint8), checked against the layout."""
         return pack_gate_array(slot, {k: self.asnumpy(v) for k, v in arrays.items()})
+
+    def pack_key_field(self, slot: GateSlot, f: KeyField, values) -> np.ndarray:
+        """One field's values (or a part of them, shaped as ``f``) packed where the backend
+        computes, as host bytes (``f.packed_nbytes``): a gate keyed in chunks is packed so,
+        chunk by chunk (runtime/keygen_chunks.py ``PackedParts``)."""
+        return pack_field(slot, f, self.asnumpy(values))
+
+    def key_bytes(self, nbytes: int) -> np.ndarray:
+        """Host bytes one gate's packed key is assembled in (page-locked on a GPU)."""
+        return np.empty(int(nbytes), np.uint8)
 
     def pack_key_device(self, slot: GateSlot, arrays: dict):
         """The slot bytes where the backend computes (the dealer's in-memory timing: no copy

@@ -11,7 +11,7 @@ from fusec.runtime.graph import GateGraph
 from fusec.runtime.keyfile import new_key_set_id, new_pairing_secret
 from fusec.runtime.keyio import KeyFileWriter
 from fusec.runtime.party import PROFILE_ENV, python_profiler
-from fusec.runtime.keygen_chunks import chunked
+from fusec.runtime.keygen_chunks import HostArrays, KeySink, PackedParts, chunk_elements, chunked, element_axes
 from fusec.runtime.seeded_shares import draw_seed, party_layout, seeded_parties, split_key, split_part
 
 
@@ -87,9 +87,14 @@ class SetGenerator:
         self.seeded = seeded_parties(layout)        # whose shares of each gate come from a seed
         self.party_slots = [{s.gate_id: s for s in party_layout(layout, p).slots} for p in (0, 1)]
         self.gates = {n.id: n.gate for n in graph.nodes} if graph.insecure else None
-        # gates keyed in chunks: their seeded shares are split a chunk at a time where the keys are
-        # made (runtime/keygen_chunks.py); the others' after keygen
-        self.split_in_keygen = {n.id for n in graph.nodes if n.id in self.seeded and chunked(n.gate)}
+        # gates keyed in chunks (runtime/keygen_chunks.py): their seeded shares are split a chunk at a
+        # time where the keys are made (the others' after keygen), and each chunk is packed at once
+        # into the party's slot bytes where it can be (PackedParts.fits; else packed whole on the host)
+        self.by_id = {n.id: n.gate for n in graph.nodes}
+        self.in_chunks = {n.id for n in graph.nodes if chunked(n.gate)}
+        self.split_in_keygen = self.in_chunks & set(self.seeded)
+        self.packed_in_keygen = {g for g in self.in_chunks if to_host and PackedParts.fits(
+            self.by_id[g], element_axes(self.by_id[g]), self._party_slots(g), chunk_elements(self.by_id[g]))}
         self.spent = dict.fromkeys(("generate_seconds", "pack_seconds", "write_seconds"), 0.0)
         self.used = 0
 
@@ -99,7 +104,7 @@ class SetGenerator:
         clock, spent = time.perf_counter, self.spent
         for w in sinks:
             w.begin_set(index)
-        stream = self.graph.keygen_stream(self.rng, finish=self._finish)
+        stream = self.graph.keygen_stream(self.rng, sink=self._sink)
         while True:
             t0 = clock()
             item = next(stream, None)
@@ -111,9 +116,12 @@ class SetGenerator:
             if self.gates is not None:      # per party, as the files hold it (the unkeyed room is DCF keys')
                 stored = sum(self.party_slots[p][gate_id].nbytes for p in (0, 1)) / 2
                 self.used += stored - unused_key_nbytes(self.gates[gate_id], k0)
-            keys = (k0, k1) if gate_id in self.split_in_keygen else \
-                split_key(slot, self.seeded.get(gate_id), k0, k1, self.seed_rng, self.be)
-            packed = tuple(self.pack(self.party_slots[p][gate_id], keys[p]) for p in (0, 1))
+            if gate_id in self.packed_in_keygen:
+                keys = packed = (k0, k1)                # packed chunk by chunk (PackedParts)
+            else:
+                keys = (k0, k1) if gate_id in self.split_in_keygen else \
+                    split_key(slot, self.seeded.get(gate_id), k0, k1, self.seed_rng, self.be)
+                packed = tuple(self.pack(self.party_slots[p][gate_id], keys[p]) for p in (0, 1))
             t2 = clock()
             for w, b in zip(sinks, packed):
                 w.write_gate_packed(gate_id, b)
@@ -126,12 +134,22 @@ class SetGenerator:
             w.end_set()
         spent["write_seconds"] += clock() - t0
 
-    def _finish(self, gate_id: str):
-        """The split of a gate keyed in chunks, each chunk's on the device (one seed for the gate)."""
-        if gate_id not in self.split_in_keygen:
+    def _party_slots(self, gate_id: str) -> tuple:
+        return self.party_slots[0][gate_id], self.party_slots[1][gate_id]
+
+    def _sink(self, gate_id: str) -> KeySink | None:
+        """Where a gate keyed in chunks puts them: split a chunk at a time where it is keyed (one
+        seed for the gate), then packed into the parties' slot bytes or joined as host arrays."""
+        if gate_id not in self.in_chunks:
             return None
-        slot, party, seed = self.slots[gate_id], self.seeded[gate_id], draw_seed(self.seed_rng)
-        return lambda first, k0, k1: split_part(slot, party, k0, k1, seed, self.be, first)
+        split = None
+        if gate_id in self.split_in_keygen:
+            slot, party, seed = self.slots[gate_id], self.seeded[gate_id], draw_seed(self.seed_rng)
+            split = lambda first, k0, k1: split_part(slot, party, k0, k1, seed, self.be, first)  # noqa: E731
+        gate = self.by_id[gate_id]
+        if gate_id in self.packed_in_keygen:
+            return PackedParts(gate, element_axes(gate), self._party_slots(gate_id), self.be, split)
+        return HostArrays(gate, element_axes(gate), split)
 
     def release_cache(self) -> int:
         """After a set: the device memory its keygen cached, given back (Backend.release_cache)."""

@@ -326,7 +326,7 @@ class GpuBackend(DeviceKeys, Backend):
         pos = 0
         for f in slot.fields:
             if f.count:
-                self._get_into(self._pack_field(slot, f, arrays), out[pos:pos + f.packed_nbytes])
+                self._get_into(self._pack_field(slot, f, arrays[f.name]), out[pos:pos + f.packed_nbytes])
             out[pos + f.packed_nbytes:pos + f.nbytes] = 0
             pos += f.nbytes
         return out
@@ -335,13 +335,22 @@ class GpuBackend(DeviceKeys, Backend):
         """The slot's bytes as a device array (no copy to the host)."""
         parts = []
         for f in slot.fields:
-            packed = self._pack_field(slot, f, arrays) if f.count else self.xp.zeros(0, np.uint8)
+            packed = self._pack_field(slot, f, arrays[f.name]) if f.count else self.xp.zeros(0, np.uint8)
             pad = f.nbytes - f.packed_nbytes
             parts.append(packed if not pad else self.xp.concatenate([packed, self.xp.zeros(pad, np.uint8)]))
         return self.xp.concatenate(parts) if parts else self.xp.zeros(0, np.uint8)
 
-    def _pack_field(self, slot, f, arrays: dict):
-        a = arrays[f.name]
+    def pack_key_field(self, slot, f, values) -> np.ndarray:
+        """Packed on the card; only the packed bytes are copied to the host (page-locked)."""
+        out = self._pinned(f.packed_nbytes)
+        if f.count:
+            self._get_into(self._pack_field(slot, f, values), out)
+        return out
+
+    def key_bytes(self, nbytes: int) -> np.ndarray:
+        return self._pinned(nbytes)
+
+    def _pack_field(self, slot, f, a):
         if tuple(a.shape) != tuple(f.shape):
             raise FusecError(f"dealer bug: gate {slot.gate_id!r} field {f.name!r} has shape {a.shape}, "
                              f"the layout says {f.shape}")

@@ -18,7 +18,7 @@ import numpy as np
 from fusec.errors import ParameterError
 from fusec.runtime.gates.arith import Input, Output
 from fusec.runtime.gates.base import Gate, GateCost, Key
-from fusec.runtime.keygen_chunks import Finish, gate_keygen
+from fusec.runtime.keygen_chunks import KeySink, gate_keygen
 from fusec.runtime.layout import KeyLayout
 from fusec.runtime.protocol import Exchange, RoundLog, drive, timed
 from fusec.runtime.rng import DealerRng
@@ -105,7 +105,7 @@ class GateGraph:
         return keys[0], keys[1], masks
 
     def keygen_stream(self, rng: DealerRng, masks: dict | None = None,
-                      finish: Callable[[str], Finish | None] | None = None) -> Iterator[tuple[str, Key, Key]]:
+                      sink: Callable[[str], KeySink | None] | None = None) -> Iterator[tuple[str, object, object]]:
         """The keys gate by gate, in layout order, so a dealer can write each and drop it
         (a large model's key set need not fit in memory); wire masks go into ``masks``.
 
@@ -113,13 +113,14 @@ class GateGraph:
         keys: the dealer then holds the live wires' masks only, not every activation of the
         model (several GB on the device for BERT-base at batch 4). A large elementwise gate is
         keyed in element chunks, its keys then host arrays (runtime/keygen_chunks.py);
-        ``finish(gate id)`` gives what to do to each chunk's keys before they leave (or None)."""
+        ``sink(gate id)`` gives where a gate's keys go, part by part, and what it returns is
+        yielded in place of the keys (None: the keys as above)."""
         keep_all = masks is not None
         masks = {} if masks is None else masks
         last_reader = {w: i for i, n in enumerate(self.nodes) for w in n.inputs}
         for i, n in enumerate(self.nodes):
             out, k0, k1 = gate_keygen(n.gate, rng, [masks[w] for w in n.inputs],     # large gates in chunks
-                                      finish=finish(n.id) if finish is not None else None)
+                                      sink=sink(n.id) if sink is not None else None)
             masks[n.id] = out
             if not keep_all:
                 for w in set(n.inputs):

@@ -17,13 +17,16 @@ whole gate would take, from the same CSPRNG, as every set's are.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Protocol
 
 import numpy
 
 from fusec.errors import FusecError
 from fusec.runtime import xp
 from fusec.runtime.gates.base import Gate, Key, is_share_field
+from fusec.runtime.layout import GateSlot, KeyField
 from fusec.runtime.rng import DealerRng
 from fusec.runtime.xp import np
 
@@ -59,12 +62,6 @@ def element_axes(gate: Gate) -> dict[str, int] | None:
     return axes
 
 
-#: What the dealer does to a gate's keys where it computes, before they leave: called with the
-#: first element of the keys' part (0 for a gate keyed whole) and both parties' keys of it
-#: (runtime/dealer.py splits the seeded shares so, a chunk at a time).
-Finish = Callable[[int, Key, Key], tuple[Key, Key]]
-
-
 def chunk_elements(gate: Gate) -> int | None:
     """Elements of each chunk :func:`gate_keygen` keys ``gate`` in by default, or None (whole):
     a multiple of 128 (a chunk's share fields then start on a block of the seeded shares'
@@ -85,25 +82,133 @@ def chunked(gate: Gate) -> bool:
     return chunk_elements(gate) is not None
 
 
+#: What the dealer does to a chunk's keys where it computes, before they leave: called with the
+#: part's first element and both parties' keys of it (runtime/dealer.py splits the seeded shares
+#: so, a chunk at a time, with one seed for the gate).
+Split = Callable[[int, Key, Key], tuple[Key, Key]]
+
+
+class KeySink(Protocol):
+    """Where :func:`gate_keygen` puts a gate's keys, part by part (the whole gate is one part)."""
+
+    def put(self, first: int, count: int, k0: Key, k1: Key) -> None:
+        """Both parties' keys of elements ``first .. first + count`` (in the part's field shapes)."""
+
+    def result(self) -> tuple[object, object]:
+        """The two parties' keys of the whole gate, once every part is in."""
+
+
+class HostArrays:
+    """The parts joined along each field's element axis into host (numpy) arrays of the whole
+    gate's field shapes; a field with no element axis (a seed the split drew for the gate) is
+    taken from the first part. ``split`` (if given) is applied to each part first."""
+
+    def __init__(self, gate: Gate, axes: dict[str, int], split: Split | None = None) -> None:
+        self.gate, self.axes, self.split = gate, axes, split
+        self.keys: tuple[Key, Key] = ({}, {})
+        self.host = getattr(xp.current(), "asnumpy", numpy.asarray)      # cupy.asnumpy on a device
+
+    def put(self, first: int, count: int, k0: Key, k1: Key) -> None:
+        if self.split is not None:
+            k0, k1 = self.split(first, k0, k1)
+        N, shapes = self.gate.elements, {name: shape for name, shape, _ in self.gate.with_elements(count).fields()}
+        for whole, part in zip(self.keys, (k0, k1)):
+            for name, v in part.items():
+                if name not in self.axes:
+                    whole.setdefault(name, self.host(v))
+                    continue
+                v, ax = self.host(v).reshape(shapes[name]), self.axes[name]
+                if name not in whole:        # the whole gate's field, filled part by part
+                    whole[name] = numpy.empty(v.shape[:ax] + (N,) + v.shape[ax + 1:], v.dtype)
+                whole[name][(slice(None),) * ax + (slice(first, first + count),)] = v
+
+    def result(self) -> tuple[Key, Key]:
+        return self.keys
+
+
+class PackedParts:
+    """Each part's keys packed at once, where the backend computes, into each party's slot bytes
+    (host; ``slots``: the two parties' slots of the gate, as their files hold them): only packed
+    bytes leave the card, and no uint64 copy of the whole gate is ever made. A field's part
+    lands at its element's bits: for a field whose element axis is not the first, one run of
+    bytes per index before that axis. :meth:`fits` says where that is byte-aligned.
+    ``split`` (if given) is applied to each part first."""
+
+    def __init__(self, gate: Gate, axes: dict[str, int], slots: tuple[GateSlot, GateSlot], be,
+                 split: Split | None = None) -> None:
+        self.gate, self.axes, self.slots, self.be, self.split = gate, axes, slots, be, split
+        self.bufs = tuple(be.key_bytes(s.nbytes) for s in slots)
+        for slot, buf in zip(slots, self.bufs):      # the alignment padding after each field
+            pos = 0
+            for f in slot.fields:
+                buf[pos + f.packed_nbytes:pos + f.nbytes] = 0
+                pos += f.nbytes
+
+    @staticmethod
+    def fits(gate: Gate, axes: dict[str, int] | None, slots: tuple[GateSlot, GateSlot], chunk: int) -> bool:
+        """Whether every part of ``chunk`` elements (a multiple of 8) starts on a byte of every
+        field in both slots: a field whose element axis is not the first needs each run of the
+        whole gate's elements to be whole bytes."""
+        if axes is None or chunk % 8:
+            return False
+        for slot in slots:
+            for f in slot.fields:
+                ax = axes.get(f.name)
+                if ax and f.count and (gate.elements * math.prod(f.shape[ax + 1:]) * f.bits) % 8:
+                    return False
+        return True
+
+    def put(self, first: int, count: int, k0: Key, k1: Key) -> None:
+        if self.split is not None:
+            k0, k1 = self.split(first, k0, k1)
+        N = self.gate.elements
+        for slot, buf, keys in zip(self.slots, self.bufs, (k0, k1)):
+            pos = 0
+            for f in slot.fields:
+                ax = self.axes.get(f.name)
+                if ax is None:              # no element axis (a seed): the first part's
+                    if first == 0 and f.count:
+                        buf[pos:pos + f.packed_nbytes] = self.be.pack_key_field(slot, f, keys[f.name])
+                    pos += f.nbytes
+                    continue
+                part = KeyField(f.name, f.shape[:ax] + (count,) + f.shape[ax + 1:], f.bits, f.share)
+                packed = self.be.pack_key_field(slot, part, keys[f.name].reshape(part.shape))
+                rows, per_element = math.prod(f.shape[:ax]), math.prod(f.shape[ax + 1:]) * f.bits
+                start, length = first * per_element // 8, len(packed) // rows
+                if rows == 1:
+                    buf[pos + start:pos + start + len(packed)] = packed
+                else:                       # one run per row; every run is whole bytes (fits)
+                    stride = N * per_element // 8
+                    buf[pos:pos + rows * stride].reshape(rows, stride)[:, start:start + length] = \
+                        packed.reshape(rows, length)
+                pos += f.nbytes
+
+    def result(self) -> tuple[object, object]:
+        return self.bufs
+
+
 def gate_keygen(gate: Gate, rng: DealerRng, in_masks: list, chunk: int | None = None,
-                finish: Finish | None = None) -> tuple[object, Key, Key]:
+                sink: KeySink | None = None) -> tuple[object, object, object]:
     """``gate.keygen(rng, in_masks)``, in element chunks of ``chunk`` elements (default
-    :func:`chunk_elements`; 0: never) where the gate is larger and its keys are elementwise;
-    ``finish`` (if given) applied to each part's keys. Chunked, the keys are host (numpy) arrays
-    of the whole gate's field shapes (a field the finish adds with no element axis, such as a
-    seed, taken from the first chunk) and the output mask is one flat array of the backend's."""
+    :func:`chunk_elements`; 0: never) where the gate is larger and its keys are elementwise.
+    The keys go through ``sink`` where one is given (a gate keyed whole as one part), and the
+    two parties' keys are what it returns; otherwise a chunked gate's are :class:`HostArrays`'
+    and a whole gate's its keygen's. The output mask is one flat array of the backend's where
+    the gate is chunked."""
     chunk = (chunk_elements(gate) or 0) if chunk is None else int(chunk)
     N = gate.elements
     flat = [m.reshape(-1) for m in in_masks]
     axes = element_axes(gate) if chunk and N > chunk and all(m.size == N for m in flat) else None
     if axes is None:
         out, k0, k1 = gate.keygen(rng, in_masks)
-        return (out, *finish(0, k0, k1)) if finish is not None else (out, k0, k1)
+        if sink is None:
+            return out, k0, k1
+        sink.put(0, N, k0, k1)
+        return (out, *sink.result())
     if chunk % 128:
         raise ValueError(f"keygen chunk {chunk} is not a multiple of 128 elements")
+    sink = sink if sink is not None else HostArrays(gate, axes)
     outs: list = []
-    keys: tuple[Key, Key] = ({}, {})
-    host = getattr(xp.current(), "asnumpy", numpy.asarray)      # cupy.asnumpy on a device
     for lo in range(0, N, chunk):
         sub = gate.with_elements(min(N, lo + chunk) - lo)
         out, k0, k1 = sub.keygen(rng, [m[lo:lo + sub.elements] for m in flat])
@@ -111,17 +216,6 @@ def gate_keygen(gate: Gate, rng: DealerRng, in_masks: list, chunk: int | None = 
             raise FusecError(f"dealer bug: {gate.kind}'s chunk of {sub.elements} elements has an output mask "
                              f"of {out.size}")
         outs.append(out.reshape(-1))
-        if finish is not None:
-            k0, k1 = finish(lo, k0, k1)
-        shapes = {name: shape for name, shape, _ in sub.fields()}
-        for whole, part in zip(keys, (k0, k1)):
-            for name, v in part.items():
-                if name not in axes:         # no element axis (a seed the finish drew for the gate)
-                    whole.setdefault(name, host(v))
-                    continue
-                v, ax = host(v).reshape(shapes[name]), axes[name]
-                if name not in whole:        # the whole gate's field, filled chunk by chunk
-                    whole[name] = numpy.empty(v.shape[:ax] + (N,) + v.shape[ax + 1:], v.dtype)
-                whole[name][(slice(None),) * ax + (slice(lo, lo + sub.elements),)] = v
+        sink.put(lo, sub.elements, k0, k1)
         del out, k0, k1
-    return np.concatenate(outs), keys[0], keys[1]
+    return (np.concatenate(outs), *sink.result())

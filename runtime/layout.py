@@ -507,6 +507,13 @@ def pack_gate_array(slot: GateSlot, arrays: Mapping[str, Any]) -> np.ndarray:
     return out
 
 
+def pack_field(slot: GateSlot, f: KeyField, values: Any) -> np.ndarray:
+    """One field's values (``f.shape``, checked as :func:`pack_gate_key` checks them) densely
+    bit-packed: ``f.packed_nbytes`` fresh bytes. ``f`` may be a part of one of the slot's
+    fields (a gate keyed in element chunks: runtime/keygen_chunks.py)."""
+    return pack_bits(_field_values(slot, f, values), f.bits) if f.count else np.zeros(0, np.uint8)
+
+
 def pack_gate_key(slot: GateSlot, arrays: Mapping[str, Any]) -> bytes:
     """Pack one gate's key arrays into its slot bytes (``slot.nbytes`` long).
 

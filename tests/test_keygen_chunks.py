@@ -125,21 +125,32 @@ def test_a_gate_keyed_in_chunks_opens_what_one_keygen_opens(label):
     assert not off.any(), (label, np.flatnonzero(off)[:5])
 
 
-def test_key_files_of_a_gate_keyed_in_chunks_open_what_its_keys_open(tmp_path, monkeypatch):
-    """Through the dealer: keyed in chunks, each chunk split into a seed for one party where it
-    was keyed, and packed into files; a server's set holds the keys ``graph.keygen`` makes
-    from the same seed, which are chunked the same way."""
-    monkeypatch.setattr(keygen_chunks, "KEYGEN_CHUNK_ELEMENTS", CHUNK)
-    gate = dict(_chunked_kinds())[next(label for label, g in _chunked_kinds() if isinstance(g, ScalarGate))]
+def _two_gate_graph(gate) -> GateGraph:
+    """Two copies of ``gate`` on one input: the seeded shares then go one gate to each party."""
     g = GateGraph()
-    g.input("x", E, gate.bits)
+    g.input("x", gate.elements, gate.bits)
     g.add("a", gate, ["x"])
-    g.add("b", gate.with_elements(E), ["x"])
+    g.add("b", gate.with_elements(gate.elements), ["x"])
     g.output("y", "a")
     g.output("z", "b")
+    return g
+
+
+@pytest.mark.parametrize("elements", [E, E + 4], ids=["runs-not-whole-bytes", "packed-where-keyed"])
+def test_key_files_of_a_gate_keyed_in_chunks_open_what_its_keys_open(tmp_path, monkeypatch, elements):
+    """Through the dealer: keyed in chunks, each chunk split into a seed for one party where it
+    was keyed, and packed into files; a server's set holds the keys ``graph.keygen`` makes
+    from the same seed, which are chunked the same way and joined as host arrays. At 304
+    elements each chunk is packed into the slot's bytes where it is keyed (PackedParts); at 300
+    a DPF's one-bit correction words (levels x 300) do not start each level on a byte, and the
+    dealer packs the joined host arrays instead."""
+    monkeypatch.setattr(keygen_chunks, "KEYGEN_CHUNK_ELEMENTS", CHUNK)
+    label = next(label for label, g in _chunked_kinds() if isinstance(g, ScalarGate))
+    g = _two_gate_graph(dict(_chunked_kinds())[label].with_elements(elements))
     layout = g.layout()
     gen = SetGenerator(g, get_backend("cpu"), DealerRng(b"x"))
     assert gen.split_in_keygen == {"a", "b"}        # each seeded to one party, split chunk by chunk
+    assert gen.packed_in_keygen == (set() if elements % 8 else {"a", "b"})
     write_keys(g, tmp_path, 1, seed=b"chunked-files")
     k0, k1, _ = g.keygen(DealerRng(b"chunked-files"))
     for p, want in ((0, k0), (1, k1)):
@@ -194,6 +205,53 @@ def test_on_the_device_a_chunked_gate_holds_a_chunk_and_its_keys_go_to_the_host(
             assert kinds == ({fakedevice.DeviceArray} if c == 0 else {np.ndarray}), c
     assert largest[0] > 8 * N * 8
     assert largest[chunk] <= max(largest[0] * chunk // N, 8 * N), largest
+
+
+@pytest.mark.parametrize("seeded", [None, 0, 1], ids=["unseeded", "p0-seeded", "p1-seeded"])
+@pytest.mark.parametrize("label", [label for label, _ in _chunked_kinds()])
+def test_chunks_packed_where_keyed_are_the_joined_keys_packed(label, seeded):
+    """:class:`PackedParts` packs each chunk's keys (after its seeded split) into the parties'
+    slot bytes at the chunk's bits; the oracle is the layout's packing of the same keys joined
+    as whole host arrays (:class:`HostArrays`): the same bytes, padding included, for every
+    elementwise gate kind, at 304 elements in chunks of 128, 128 and 48."""
+    from fusec.runtime.keygen_chunks import HostArrays, PackedParts
+    from fusec.runtime.layout import pack_gate_array
+    from fusec.runtime.seeded_shares import party_layout, seeded_parties, split_part
+
+    gate = dict(_chunked_kinds())[label].with_elements(E + 4)
+    layout = _two_gate_graph(gate).layout()
+    party = seeded_parties(layout).get("a") if seeded is not None else None
+    if seeded is not None and party is None:
+        pytest.skip("no share field to seed")
+    slots = tuple(party_layout(layout, p).slot("a") if party is not None else layout.slot("a") for p in (0, 1))
+    seed = np.array([0x1234, 0x5678], np.uint64)
+    split = (lambda first, k0, k1: split_part(layout.slot("a"), party, k0, k1, seed, be, first)) \
+        if party is not None else None
+    be = get_backend("cpu")
+    r = DealerRng(b"mask").ring(gate.elements, gate.bits)
+    axes = element_axes(gate)
+    assert PackedParts.fits(gate, axes, slots, CHUNK)
+    _, *joined = gate_keygen(gate, DealerRng(b"packed"), [r], chunk=CHUNK, sink=HostArrays(gate, axes, split))
+    _, *packed = gate_keygen(gate, DealerRng(b"packed"), [r], chunk=CHUNK,
+                             sink=PackedParts(gate, axes, slots, be, split))
+    for p in (0, 1):
+        assert np.array_equal(packed[p], pack_gate_array(slots[p], joined[p])), (label, p)
+
+
+def test_a_field_whose_runs_are_not_whole_bytes_is_not_packed_where_keyed():
+    """The rule :class:`PackedParts` keys by: every chunk must start each field's runs on a byte.
+    ``cw_seed`` here has the element axis second, n x 2 values of 1 bit per run (a DPF's
+    one-bit correction words are so): runs of 604 bits at n = 302, of 608 at 304."""
+    from fusec.runtime.keygen_chunks import PackedParts
+    from fusec.runtime.layout import KeyField, KeyLayout
+
+    def slots(n: int, bits: int):
+        fields = (KeyField("a", (n,), 50), KeyField("cw_seed", (3, n, 2), bits))
+        return (KeyLayout([("g", "k", n, fields)]).slot("g"),) * 2
+
+    for n, bits, fits in ((302, 1, False), (304, 1, True), (302, 64, True), (302, 4, True)):
+        assert PackedParts.fits(_Affine(n), element_axes(_Affine(n)), slots(n, bits), CHUNK) == fits, (n, bits)
+    assert not PackedParts.fits(_Affine(304), element_axes(_Affine(304)), slots(304, 1), 100)   # not on a byte
 
 
 @pytest.mark.parametrize("bits", [1, 13, 44, 64])
