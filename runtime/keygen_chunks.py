@@ -5,11 +5,13 @@ parties' keys as uint64 at once, with its temporaries. On a card the parties sha
 the one allocation too many: GPT-2's GELU at batch 8 (3.1 M elements) had the dealer at
 5.29 GB when it asked for 0.55 GB more (H100, 2026-12-07). A gate whose keys are elementwise
 (:attr:`~fusec.runtime.gates.base.Gate.elementwise_keys`) is keyed instead ``chunk`` elements at
-a time by the gate :meth:`~fusec.runtime.gates.base.Gate.with_elements` gives, each chunk's
-keys leaving the device at once (after the dealer's ``finish``, its seeded split of the chunk:
-runtime/dealer.py); they are joined on the host along each field's element axis and packed
-there. The masks stay where the dealer computes (the next gates
-read them).
+a time by the gate :meth:`~fusec.runtime.gates.base.Gate.with_elements` gives. Each chunk's keys go
+to a :class:`KeySink` at once: the dealer's (runtime/dealer.py) splits the chunk's seeded shares
+and packs every field of it where it was keyed, into each party's slot bytes on the host at the
+chunk's bits (:class:`PackedParts`; only packed bytes leave the card), or, where a field's runs
+would not start on a byte, joins the chunks as host arrays to be packed whole
+(:class:`HostArrays`, also what a caller without a sink gets). The masks stay where the dealer
+computes (the next gates read them).
 
 Whether and how a gate is chunked depends on its key layout alone, the same on every backend,
 so a test seed still gives the same files from the CPU and the GPU dealer; the keys of a chunked gate are other draws than one keygen of the
