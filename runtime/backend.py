@@ -184,11 +184,15 @@ class Backend:
         """One gate's key as its slot bytes (host uint8), checked against the layout."""
         return pack_gate_array(slot, {k: self.asnumpy(v) for k, v in arrays.items()})
 
-    def pack_key_field(self, slot: GateSlot, f: KeyField, values) -> np.ndarray:
+    def pack_key_field(self, slot: GateSlot, f: KeyField, values, out: np.ndarray | None = None) -> np.ndarray:
         """One field's values (or a part of them, shaped as ``f``) packed where the backend
-        computes, as host bytes (``f.packed_nbytes``): a gate keyed in chunks is packed so,
-        chunk by chunk (runtime/keygen_chunks.py ``PackedParts``)."""
-        return pack_field(slot, f, self.asnumpy(values))
+        computes, as host bytes (``f.packed_nbytes``, into ``out`` if given): a gate keyed in
+        chunks is packed so, chunk by chunk (runtime/keygen_chunks.py ``PackedParts``)."""
+        packed = pack_field(slot, f, self.asnumpy(values))
+        if out is None:
+            return packed
+        out[...] = packed
+        return out
 
     def key_bytes(self, nbytes: int) -> np.ndarray:
         """Host bytes one gate's packed key is assembled in (page-locked on a GPU)."""

@@ -76,7 +76,8 @@ class SetGenerator:
     each server: runtime/keystream.py), each in its party's layout (a seed in place of the
     shares of the gates seeded to it: runtime/seeded_shares.py), with the time split into
     generating, packing (the seeds' streams and the other party's differences included; on
-    a GPU, the copy to the host too) and handing the bytes over."""
+    a GPU, the copy to the host too) and handing the bytes over. A gate packed chunk by chunk
+    where it is keyed (``packed_in_keygen``) counts its split and packing as generating."""
 
     def __init__(self, graph: GateGraph, be: Backend, rng, seed_rng=None, to_host: bool = True) -> None:
         self.graph, self.rng, self.be = graph, rng, be

@@ -340,9 +340,10 @@ class GpuBackend(DeviceKeys, Backend):
             parts.append(packed if not pad else self.xp.concatenate([packed, self.xp.zeros(pad, np.uint8)]))
         return self.xp.concatenate(parts) if parts else self.xp.zeros(0, np.uint8)
 
-    def pack_key_field(self, slot, f, values) -> np.ndarray:
-        """Packed on the card; only the packed bytes are copied to the host (page-locked)."""
-        out = self._pinned(f.packed_nbytes)
+    def pack_key_field(self, slot, f, values, out: np.ndarray | None = None) -> np.ndarray:
+        """Packed on the card; only the packed bytes are copied to the host (page-locked, or
+        ``out``: one copy straight into a gate's slot bytes)."""
+        out = self._pinned(f.packed_nbytes) if out is None else out
         if f.count:
             self._get_into(self._pack_field(slot, f, values), out)
         return out

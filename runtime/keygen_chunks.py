@@ -170,17 +170,18 @@ class PackedParts:
                 ax = self.axes.get(f.name)
                 if ax is None:              # no element axis (a seed): the first part's
                     if first == 0 and f.count:
-                        buf[pos:pos + f.packed_nbytes] = self.be.pack_key_field(slot, f, keys[f.name])
+                        self.be.pack_key_field(slot, f, keys[f.name], out=buf[pos:pos + f.packed_nbytes])
                     pos += f.nbytes
                     continue
                 part = KeyField(f.name, f.shape[:ax] + (count,) + f.shape[ax + 1:], f.bits, f.share)
-                packed = self.be.pack_key_field(slot, part, keys[f.name].reshape(part.shape))
+                values = keys[f.name].reshape(part.shape)
                 rows, per_element = math.prod(f.shape[:ax]), math.prod(f.shape[ax + 1:]) * f.bits
-                start, length = first * per_element // 8, len(packed) // rows
-                if rows == 1:
-                    buf[pos + start:pos + start + len(packed)] = packed
+                start = first * per_element // 8
+                if rows == 1:               # one run: packed straight into the slot's bytes
+                    self.be.pack_key_field(slot, part, values, out=buf[pos + start:pos + start + part.packed_nbytes])
                 else:                       # one run per row; every run is whole bytes (fits)
-                    stride = N * per_element // 8
+                    packed = self.be.pack_key_field(slot, part, values)
+                    stride, length = N * per_element // 8, len(packed) // rows
                     buf[pos:pos + rows * stride].reshape(rows, stride)[:, start:start + length] = \
                         packed.reshape(rows, length)
                 pos += f.nbytes
