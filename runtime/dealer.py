@@ -87,11 +87,11 @@ class SetGenerator:
         self.slots = {s.gate_id: s for s in layout.slots}
         self.seeded = seeded_parties(layout)        # whose shares of each gate come from a seed
         self.party_slots = [{s.gate_id: s for s in party_layout(layout, p).slots} for p in (0, 1)]
-        self.gates = {n.id: n.gate for n in graph.nodes} if graph.insecure else None
+        self.by_id = {n.id: n.gate for n in graph.nodes}
+        self.insecure = graph.insecure      # INSECURE (unpadded): the bytes each set really keys are counted
         # gates keyed in chunks (runtime/keygen_chunks.py): their seeded shares are split a chunk at a
         # time where the keys are made (the others' after keygen), and each chunk is packed at once
         # into the party's slot bytes where it can be (PackedParts.fits; else packed whole on the host)
-        self.by_id = {n.id: n.gate for n in graph.nodes}
         self.in_chunks = {n.id for n in graph.nodes if chunked(n.gate)}
         self.split_in_keygen = self.in_chunks & set(self.seeded)
         self.packed_in_keygen = {g for g in self.in_chunks if to_host and PackedParts.fits(
@@ -114,9 +114,11 @@ class SetGenerator:
                 break
             gate_id, k0, k1 = item
             slot = self.slots[gate_id]
-            if self.gates is not None:      # per party, as the files hold it (the unkeyed room is DCF keys')
+            if self.insecure:               # per party, as the files hold it (the unkeyed room is DCF keys')
                 stored = sum(self.party_slots[p][gate_id].nbytes for p in (0, 1)) / 2
-                self.used += stored - unused_key_nbytes(self.gates[gate_id], k0)
+                # a gate packed where keyed has no unpadded piece table (not elementwise: never chunked)
+                unused = 0 if gate_id in self.packed_in_keygen else unused_key_nbytes(self.by_id[gate_id], k0)
+                self.used += stored - unused
             if gate_id in self.packed_in_keygen:
                 keys = packed = (k0, k1)                # packed chunk by chunk (PackedParts)
             else:
@@ -159,5 +161,5 @@ class SetGenerator:
     def timings(self) -> dict[str, float]:
         """Seconds per part, summed over the sets; for an INSECURE (unpadded) graph also
         ``key_bytes_used`` (see :func:`write_keys`)."""
-        return {**self.spent, **({"key_bytes_used": float(self.used)} if self.gates is not None else {})}
+        return {**self.spent, **({"key_bytes_used": float(self.used)} if self.insecure else {})}
 

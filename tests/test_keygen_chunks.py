@@ -207,6 +207,26 @@ def test_on_the_device_a_chunked_gate_holds_a_chunk_and_its_keys_go_to_the_host(
     assert largest[chunk] <= max(largest[0] * chunk // N, 8 * N), largest
 
 
+def test_an_insecure_graph_counts_a_gate_packed_where_keyed_as_wholly_keyed(tmp_path, monkeypatch):
+    """An INSECURE (unpadded) build's dealer counts the bytes each set really keys; a gate packed
+    chunk by chunk hands over bytes, not arrays, and keys its whole slot: the count is the
+    files' bytes, as for a padded build's every gate."""
+    from fusec.runtime.keyfile import data_offset
+    from fusec.runtime.seeded_shares import party_layout
+
+    monkeypatch.setattr(keygen_chunks, "KEYGEN_CHUNK_ELEMENTS", CHUNK)
+    label = next(label for label, g in _chunked_kinds() if isinstance(g, ScalarGate))
+    g = _two_gate_graph(dict(_chunked_kinds())[label].with_elements(E + 4))
+    g.insecure = True
+    assert SetGenerator(g, get_backend("cpu"), DealerRng(b"x")).packed_in_keygen == {"a", "b"}
+    timings: dict = {}
+    write_keys(g, tmp_path, 1, timings=timings)
+    lay = g.layout()
+    assert timings["key_bytes_used"] == sum(party_layout(lay, p).set_nbytes for p in (0, 1)) / 2
+    assert sum((tmp_path / f"p{p}.key").stat().st_size for p in (0, 1)) - 2 * data_offset(1) == \
+        2 * timings["key_bytes_used"]
+
+
 @pytest.mark.parametrize("seeded", [None, 0, 1], ids=["unseeded", "p0-seeded", "p1-seeded"])
 @pytest.mark.parametrize("label", [label for label, _ in _chunked_kinds()])
 def test_chunks_packed_where_keyed_are_the_joined_keys_packed(label, seeded):
