@@ -6,7 +6,8 @@ between them. Under MPS their kernels share the card at once, which is nearer wh
 servers with a card each see (BERT-base s128 on an H100: 0.218 s instead of 0.333 s,
 BENCHMARKS.md). The daemon is started for the bench's duration with its pipe and log
 directories under the work directory, every process the bench starts inherits them, and
-it is stopped at the end; a daemon already running is used as it is. Whether MPS ran is
+it is stopped at the end, the bench returning once it is gone; a daemon already running is
+used as it is. Whether MPS ran is
 recorded in the JSON (``machine.cuda_mps``)."""
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -22,6 +24,21 @@ from fusec.bench.machine import cuda_mps
 
 CONTROL = "nvidia-cuda-mps-control"
 ENV = ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY")
+
+
+#: Seconds :func:`mps_daemon` waits, after its ``quit``, for the daemon to be gone.
+QUIT_WAIT_SECONDS = 30.0
+
+
+def _wait_gone(timeout: float | None = None) -> bool:
+    """Wait until no MPS daemon runs (a daemon told to quit takes a moment): the next bench
+    then starts its own rather than taking a dying one for a running one. False on timeout."""
+    deadline = time.monotonic() + (QUIT_WAIT_SECONDS if timeout is None else timeout)
+    while cuda_mps():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
 
 
 @contextlib.contextmanager
@@ -51,6 +68,7 @@ def mps_daemon(workdir: Path) -> Iterator[None]:
             yield
         finally:
             subprocess.run([control], input="quit\n", capture_output=True, text=True, timeout=60)
+            _wait_gone()
     finally:
         for k, v in saved.items():
             if v is None:
