@@ -651,3 +651,25 @@ def test_a_skipped_configuration_is_told_by_the_line_that_says_why():
     assert reason(text) == "error: the GPU ran out of memory: Out of memory allocating 553,648,128 bytes"
     assert reason("first line\n  second") == "first line"
     assert reason("") == ""
+
+
+def test_the_mps_audit_finds_a_run_no_daemon_started_with(tmp_path):
+    """bench/mps_audit.py: a run ran under MPS only where a daemon started in its first seconds;
+    the second run of a call, which found the first one's dying daemon, is flagged."""
+    import io
+    import tarfile
+
+    audit = runpy.run_path(str(Path(__file__).resolve().parent.parent / "bench" / "mps_audit.py"))["audit"]
+    call = tmp_path / "h100_x" / "call1"
+    call.mkdir(parents=True)
+    log = ("[2026-12-07 21:33:11.789 Control   614] Starting control daemon using socket /tmp/fusec/mps/pipe/control\n"
+           "[2026-12-07 21:34:43.837 Control   614] Cmd:quit\n").encode()
+    with tarfile.open(call / "mps_log.tgz", "w:gz") as t:
+        info = tarfile.TarInfo("log/control.log")
+        info.size = len(log)
+        t.addfile(info, io.BytesIO(log))
+    for name, date in (("first.json", "2026-12-07T21:33:11+00:00"), ("second.json", "2026-12-07T21:34:44+00:00")):
+        (call / name).write_text(json.dumps({"date": date, "machine": {"cuda_mps": True},
+                                             "results": [{"online": {"per_step": {"online_seconds": 0.2}}}]}))
+    rows = {Path(r["run"]).name: r["under_mps"] for r in audit(tmp_path)}
+    assert rows == {"first.json": True, "second.json": False}
