@@ -23,8 +23,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; f
 if [ "$TESTS" = 1 ]; then
   t0=$SECONDS
   timeout "${TEST_LIMIT:-300}" python3 -m pytest ${GPU_TESTS:-tests/test_gpu_kernels.py tests/test_device_path.py tests/test_mul_narrow.py \
-    tests/test_narrow_gates.py tests/test_stream_prefetch.py tests/test_launch_plan.py} -m gpu -q -x -o addopts="" -p no:cacheprovider > /tmp/gpu_tests.log 2>&1
-  echo "gpu tests rc=$? $((SECONDS - t0)) s: $(tail -1 /tmp/gpu_tests.log)"; tail -n 30 /tmp/gpu_tests.log >> "$LOG"
+    tests/test_narrow_gates.py tests/test_stream_prefetch.py tests/test_launch_plan.py} -m gpu -v -x -o addopts="" -p no:cacheprovider > /tmp/gpu_tests.log 2>&1
+  # -v: each test's name and outcome as it ends, so a run the limit stops still says which passed
+  echo "gpu tests rc=$? $((SECONDS - t0)) s: $(grep -c ' PASSED' /tmp/gpu_tests.log) passed, $(grep -c -E ' (FAILED|ERROR)' /tmp/gpu_tests.log) failed: $(tail -1 /tmp/gpu_tests.log)"
+  grep -E " (PASSED|FAILED|ERROR|SKIPPED)" /tmp/gpu_tests.log > "$OUT/gpu_tests.txt"; tail -n 40 /tmp/gpu_tests.log >> "$LOG"
 fi
 if [ -n "${WIRE:-}" ]; then   # WIRE="1,2,4,8": loopback GB/s of the parties' channel per stripe count -> $OUT/wire.txt
   timeout 120 python3 bench/wire.py --mb 64 --rounds 6 --stripes "$WIRE" 2>&1 | tee -a "$OUT/wire.txt"
