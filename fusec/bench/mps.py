@@ -7,8 +7,7 @@ servers with a card each see (BERT-base s128 on an H100: 0.218 s instead of 0.33
 BENCHMARKS.md). The daemon is started for the bench's duration with its pipe and log
 directories under the work directory, every process the bench starts inherits them, and
 it is stopped at the end, the bench returning once it is gone; a daemon already running is
-used as it is. Whether MPS ran is
-recorded in the JSON (``machine.cuda_mps``)."""
+used as it is. Whether MPS ran is recorded in the JSON (``machine.cuda_mps``)."""
 from __future__ import annotations
 
 import contextlib
